@@ -1,0 +1,138 @@
+package m2mauth
+
+import (
+	"context"
+	"log/slog"
+	"time"
+)
+
+// AuditEventType names what an [AuditEvent] records.
+type AuditEventType string
+
+// Audit event types.
+const (
+	// EventTokenIssued: the token endpoint issued an access token.
+	EventTokenIssued AuditEventType = "token_issued"
+	// EventAuthFailed: client authentication failed; Reason says why
+	// (one of the Reason constants).
+	EventAuthFailed AuditEventType = "client_auth_failed"
+	// EventRequestRejected: a token request was refused for a reason other
+	// than authentication, scope or audience; Error holds the RFC code.
+	EventRequestRejected AuditEventType = "request_rejected"
+	// EventScopeDenied: a requested scope was not granted (token endpoint)
+	// or a token lacked a required scope (middleware).
+	EventScopeDenied AuditEventType = "scope_denied"
+	// EventAudienceDenied: the client asked for an audience it was not
+	// granted.
+	EventAudienceDenied AuditEventType = "audience_denied"
+	// EventRateLimited: a request was refused because its client id or
+	// address had too many recent authentication failures.
+	EventRateLimited AuditEventType = "rate_limited"
+	// EventTokenRejected: the middleware refused an access token; Reason
+	// says why.
+	EventTokenRejected AuditEventType = "token_rejected"
+)
+
+// Reasons given in [AuditEvent.Reason] for failed client authentication.
+// The client always receives the same invalid_client answer; only the
+// audit trail tells these apart.
+const (
+	ReasonNoCredentials  = "no_credentials"
+	ReasonUnknownClient  = "unknown_client"
+	ReasonBadSecret      = "bad_secret"
+	ReasonExpiredSecret  = "expired_secret"
+	ReasonClientDisabled = "client_disabled"
+	ReasonPublicClient   = "public_client"
+)
+
+// AuditEvent is one security-relevant event. It never holds a secret, an
+// access token or an Authorization header; strings that came from the
+// request (ClientID, UserAgent) are truncated to a bounded length.
+type AuditEvent struct {
+	Time      time.Time
+	Type      AuditEventType
+	ClientID  string
+	RemoteIP  string
+	UserAgent string
+	Audience  string
+	Scopes    Scopes
+	// JTI is the id of the token issued or rejected, when known.
+	JTI string
+	// SecretID is the id of the secret that authenticated the client.
+	SecretID string
+	// Error is the RFC error code sent to the client, if any.
+	Error string
+	// Reason is a short machine-readable explanation.
+	Reason string
+}
+
+// Auditor receives audit events. Audit is called synchronously on the
+// request path and must be safe for concurrent use; an implementation that
+// cannot record an event must report that failure itself (for example to a
+// fallback logger), because the caller has no way to.
+type Auditor interface {
+	Audit(ctx context.Context, e AuditEvent)
+}
+
+// AuditorFunc adapts a function to the [Auditor] interface.
+type AuditorFunc func(ctx context.Context, e AuditEvent)
+
+// Audit calls f(ctx, e).
+func (f AuditorFunc) Audit(ctx context.Context, e AuditEvent) { f(ctx, e) }
+
+// SlogAuditor writes audit events to a [slog.Logger]: issued tokens at
+// Info, everything else at Warn, each with the message "m2mauth audit" and
+// one attribute per non-empty field. It is safe for concurrent use.
+type SlogAuditor struct {
+	logger *slog.Logger
+}
+
+// NewSlogAuditor returns an auditor that logs to logger, or to
+// [slog.Default] when logger is nil.
+func NewSlogAuditor(logger *slog.Logger) *SlogAuditor {
+	if logger == nil {
+		logger = slog.Default()
+	}
+	return &SlogAuditor{logger: logger}
+}
+
+// Audit logs e.
+func (a *SlogAuditor) Audit(ctx context.Context, e AuditEvent) {
+	level := slog.LevelWarn
+	if e.Type == EventTokenIssued {
+		level = slog.LevelInfo
+	}
+	if !a.logger.Enabled(ctx, level) {
+		return
+	}
+	attrs := make([]slog.Attr, 0, 11)
+	attrs = append(attrs, slog.String("event", string(e.Type)), slog.Time("event_time", e.Time))
+	add := func(k, v string) {
+		if v != "" {
+			attrs = append(attrs, slog.String(k, v))
+		}
+	}
+	add("client_id", e.ClientID)
+	add("remote_ip", e.RemoteIP)
+	add("user_agent", e.UserAgent)
+	add("audience", e.Audience)
+	if len(e.Scopes) > 0 {
+		add("scope", e.Scopes.String())
+	}
+	add("jti", e.JTI)
+	add("secret_id", e.SecretID)
+	add("error", e.Error)
+	add("reason", e.Reason)
+	a.logger.LogAttrs(ctx, level, "m2mauth audit", attrs...)
+}
+
+// maxAuditField bounds request-supplied strings in audit events.
+const maxAuditField = 256
+
+// truncate cuts s to at most maxAuditField bytes.
+func truncate(s string) string {
+	if len(s) > maxAuditField {
+		return s[:maxAuditField]
+	}
+	return s
+}

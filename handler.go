@@ -1,0 +1,657 @@
+package m2mauth
+
+import (
+	"bytes"
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"mime"
+	"net"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// GrantTypeClientCredentials is the only grant type the token handler
+// issues tokens for (RFC 6749 §4.4).
+const GrantTypeClientCredentials = "client_credentials"
+
+// TokenHandlerConfig holds the tunables of a [TokenHandler]. The zero value
+// of every field but Issuer is a working default.
+type TokenHandlerConfig struct {
+	// Issuer is the "iss" claim of every token, normally the base URL of
+	// this authorization server. Required.
+	Issuer string
+	// DefaultAudience is the audience of tokens whose request names none
+	// (neither "audience" nor "resource"). Default: none, and such
+	// requests are refused with invalid_request.
+	DefaultAudience string
+	// TokenTTL is the lifetime of issued tokens, in whole seconds; a
+	// client's own TokenTTL overrides it. Default: 1h.
+	TokenTTL time.Duration
+	// MaxBodyBytes bounds the request body; larger bodies are refused with
+	// 413. Default: 8 KiB.
+	MaxBodyBytes int64
+	// Realm is the realm of the "WWW-Authenticate: Basic" challenge sent
+	// with invalid_client. Default: "m2mauth".
+	Realm string
+	// Auditor receives an event for every issued token and every refused
+	// request. Default: a [SlogAuditor] on [slog.Default].
+	Auditor Auditor
+	// Logger receives internal errors (a failing store or key provider),
+	// whose details are never sent to clients. Default: [slog.Default].
+	Logger *slog.Logger
+	// Now is the clock. Default: [time.Now].
+	Now func() time.Time
+}
+
+// TokenHandler is the token endpoint of an OAuth 2.0 authorization server
+// for the client credentials grant (RFC 6749 §4.4). Mount it with
+//
+//	mux.Handle("POST /oauth/token", h)
+//
+// It accepts parameters as application/x-www-form-urlencoded (RFC 6749) or
+// as a JSON object of strings, never from the URL query; client
+// authentication by HTTP Basic (client_secret_basic, RFC 6749 §2.3.1) or by
+// client_id and client_secret in the body (client_secret_post), never both.
+// Each successful request gets a fresh JWT access token (RFC 9068) and
+// writes nothing to any store.
+//
+// A TokenHandler is safe for concurrent use.
+type TokenHandler struct {
+	store     ClientStore
+	keys      KeyProvider
+	cfg       TokenHandlerConfig
+	challenge string // WWW-Authenticate value for invalid_client
+	dummyHash string // verified against for unknown clients
+	signer    atomic.Pointer[tokenSigner]
+}
+
+const (
+	defaultTokenTTL     = time.Hour
+	defaultMaxBodyBytes = 8 << 10
+	defaultRealm        = "m2mauth"
+)
+
+// NewTokenHandler returns a token handler that finds clients in store and
+// signs tokens with the signing key of keys. It checks cfg and the current
+// signing key now, so a misconfiguration fails here rather than at the
+// first request.
+func NewTokenHandler(store ClientStore, keys KeyProvider, cfg TokenHandlerConfig) (*TokenHandler, error) {
+	if store == nil {
+		return nil, errors.New("m2mauth: nil ClientStore")
+	}
+	if keys == nil {
+		return nil, errors.New("m2mauth: nil KeyProvider")
+	}
+	if cfg.Issuer == "" {
+		return nil, errors.New("m2mauth: TokenHandlerConfig.Issuer is required")
+	}
+	switch {
+	case cfg.TokenTTL == 0:
+		cfg.TokenTTL = defaultTokenTTL
+	case cfg.TokenTTL < time.Second:
+		return nil, fmt.Errorf("m2mauth: TokenTTL %v is under one second", cfg.TokenTTL)
+	}
+	switch {
+	case cfg.MaxBodyBytes == 0:
+		cfg.MaxBodyBytes = defaultMaxBodyBytes
+	case cfg.MaxBodyBytes < 256:
+		return nil, fmt.Errorf("m2mauth: MaxBodyBytes %d is too small for a token request", cfg.MaxBodyBytes)
+	}
+	if cfg.Realm == "" {
+		cfg.Realm = defaultRealm
+	}
+	if strings.ContainsAny(cfg.Realm, "\"\\\r\n") {
+		return nil, errors.New("m2mauth: Realm must not contain quotes, backslashes or line breaks")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.Auditor == nil {
+		cfg.Auditor = NewSlogAuditor(cfg.Logger)
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	h := &TokenHandler{store: store, keys: keys, cfg: cfg, challenge: `Basic realm="` + cfg.Realm + `"`}
+	if _, err := h.currentSigner(context.Background()); err != nil {
+		return nil, err
+	}
+	dummy, err := GenerateSecret()
+	if err != nil {
+		return nil, err
+	}
+	if h.dummyHash, err = HashSecret(dummy); err != nil {
+		return nil, err
+	}
+	return h, nil
+}
+
+// currentSigner returns a signer for the provider's signing key, reusing
+// the prepared one while the provider returns the same key.
+func (h *TokenHandler) currentSigner(ctx context.Context) (*tokenSigner, error) {
+	k, err := h.keys.SigningKey(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("m2mauth: signing key: %w", err)
+	}
+	if k == nil {
+		return nil, errors.New("m2mauth: KeyProvider returned a nil signing key")
+	}
+	if s := h.signer.Load(); s != nil && s.jwk == k {
+		return s, nil
+	}
+	s, err := newTokenSigner(k)
+	if err != nil {
+		return nil, err
+	}
+	h.signer.Store(s)
+	return s, nil
+}
+
+// tokenRequest is a parsed token request.
+type tokenRequest struct {
+	grantType, clientID, clientSecret, scope, audience, resource string
+	// basic is true when the client used the Authorization header.
+	basic bool
+}
+
+// bufPool holds the buffers used to read request bodies and build
+// responses.
+var bufPool = sync.Pool{New: func() any { b := make([]byte, 0, 1024); return &b }}
+
+// ServeHTTP answers one token request.
+func (h *TokenHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	hdr := w.Header()
+	hdr.Set("Content-Type", "application/json")
+	hdr.Set("Cache-Control", "no-store")
+	hdr.Set("Pragma", "no-cache")
+
+	bp := bufPool.Get().(*[]byte)
+	defer bufPool.Put(bp)
+
+	ev := AuditEvent{RemoteIP: remoteIP(r), UserAgent: truncate(r.UserAgent())}
+	var req tokenRequest
+	body, err := h.issue(r, &req, &ev, bp)
+	ev.Time = h.cfg.Now()
+	if err != nil {
+		h.fail(w, r, &req, &ev, err)
+		return
+	}
+	w.WriteHeader(http.StatusOK)
+	w.Write(body)
+	h.cfg.Auditor.Audit(r.Context(), ev)
+}
+
+// issue runs the token request flow and returns the response body, built
+// in *bp, or the error to answer with. It fills ev as it learns.
+func (h *TokenHandler) issue(r *http.Request, req *tokenRequest, ev *AuditEvent, bp *[]byte) ([]byte, error) {
+	if r.Method != http.MethodPost {
+		e := NewError(CodeInvalidRequest, "the token endpoint accepts only POST")
+		e.Status = http.StatusMethodNotAllowed
+		return nil, e
+	}
+	if err := h.parse(r, req, bp); err != nil {
+		return nil, err
+	}
+	ev.ClientID = truncate(req.clientID)
+
+	c, secretID, err := h.authenticate(r.Context(), req, ev)
+	if err != nil {
+		return nil, err
+	}
+	ev.SecretID = secretID
+
+	switch req.grantType {
+	case GrantTypeClientCredentials:
+	case "":
+		return nil, NewError(CodeInvalidRequest, "missing grant_type")
+	default:
+		return nil, NewError(CodeUnsupportedGrantType, "only the client_credentials grant type is supported")
+	}
+
+	audience, err := h.audience(req)
+	if err != nil {
+		return nil, err
+	}
+	ev.Audience = truncate(audience)
+	granted, ok := c.Grants[audience]
+	if !ok {
+		return nil, NewError(CodeInvalidTarget, "the client is not granted the requested audience")
+	}
+
+	scopes := granted
+	if req.scope != "" {
+		if scopes, err = ParseScopes(req.scope); err != nil {
+			return nil, NewError(CodeInvalidScope, "scope is malformed (RFC 6749 section 3.3)")
+		}
+		if !granted.HasAll(scopes) {
+			ev.Scopes = scopes
+			return nil, NewError(CodeInvalidScope, "requested scope is not granted to the client for this audience")
+		}
+	}
+	ev.Scopes = scopes
+
+	signer, err := h.currentSigner(r.Context())
+	if err != nil {
+		return nil, err
+	}
+	jti, err := newJTI()
+	if err != nil {
+		return nil, fmt.Errorf("m2mauth: token id: %w", err)
+	}
+	ev.JTI = jti
+
+	ttl := h.cfg.TokenTTL
+	if c.TokenTTL > 0 {
+		ttl = c.TokenTTL
+	}
+	ttlSeconds := int64(ttl / time.Second)
+	if ttlSeconds < 1 {
+		ttlSeconds = 1
+	}
+	now := h.cfg.Now()
+	claims := tokenClaims{
+		issuer:   h.cfg.Issuer,
+		clientID: c.ID,
+		audience: audience,
+		jti:      jti,
+		scope:    scopes.String(),
+		issuedAt: now,
+		expiry:   now.Add(time.Duration(ttlSeconds) * time.Second),
+	}
+
+	// The claims JSON goes at the end of the buffer, the response before
+	// it; the token is built straight into the response.
+	buf := (*bp)[:0]
+	buf = appendClaimsJSON(buf, &claims)
+	n := len(buf)
+	buf = append(buf, `{"access_token":"`...)
+	buf = signer.appendToken(buf, buf[:n])
+	buf = append(buf, `","token_type":"Bearer","expires_in":`...)
+	buf = strconv.AppendInt(buf, ttlSeconds, 10)
+	if claims.scope != "" {
+		buf = append(buf, `,"scope":`...)
+		buf = appendJSONString(buf, claims.scope)
+	}
+	buf = append(buf, '}')
+	*bp = buf
+	return buf[n:], nil
+}
+
+// parse reads the body and the Authorization header into req. Parameters
+// in the URL query are never read.
+func (h *TokenHandler) parse(r *http.Request, req *tokenRequest, bp *[]byte) error {
+	isJSON, err := bodyFormat(r.Header.Values("Content-Type"))
+	if err != nil {
+		return err
+	}
+	body, err := readBody(r, h.cfg.MaxBodyBytes, bp)
+	if err != nil {
+		return err
+	}
+	if isJSON {
+		err = parseJSONParams(body, req)
+	} else {
+		err = parseFormParams(string(body), req)
+	}
+	if err != nil {
+		return err
+	}
+	return parseBasic(r.Header.Values("Authorization"), req)
+}
+
+// bodyFormat accepts exactly one Content-Type of
+// application/x-www-form-urlencoded or application/json, with at most a
+// UTF-8 charset parameter.
+func bodyFormat(values []string) (isJSON bool, err error) {
+	if len(values) != 1 {
+		return false, NewError(CodeInvalidRequest, "Content-Type must be application/x-www-form-urlencoded or application/json")
+	}
+	ct := values[0]
+	switch ct {
+	case "application/x-www-form-urlencoded":
+		return false, nil
+	case "application/json":
+		return true, nil
+	}
+	mt, params, err := mime.ParseMediaType(ct)
+	if err == nil {
+		for k, v := range params {
+			if k != "charset" || !strings.EqualFold(v, "utf-8") {
+				err = errors.New("unsupported media type parameter")
+			}
+		}
+	}
+	if err == nil {
+		switch mt {
+		case "application/x-www-form-urlencoded":
+			return false, nil
+		case "application/json":
+			return true, nil
+		}
+	}
+	return false, NewError(CodeInvalidRequest, "Content-Type must be application/x-www-form-urlencoded or application/json")
+}
+
+// readBody reads the whole body into *bp, refusing more than limit bytes
+// with 413.
+func readBody(r *http.Request, limit int64, bp *[]byte) ([]byte, error) {
+	tooLarge := func() error {
+		e := NewError(CodeInvalidRequest, "request body too large")
+		e.Status = http.StatusRequestEntityTooLarge
+		return e
+	}
+	if r.ContentLength > limit {
+		return nil, tooLarge()
+	}
+	if r.Body == nil || r.Body == http.NoBody {
+		return nil, nil
+	}
+	buf := (*bp)[:0]
+	for {
+		if len(buf) == cap(buf) {
+			buf = append(buf, 0)[:len(buf)]
+		}
+		n, err := r.Body.Read(buf[len(buf):cap(buf)])
+		buf = buf[:len(buf)+n]
+		if int64(len(buf)) > limit {
+			*bp = buf
+			return nil, tooLarge()
+		}
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			*bp = buf
+			return nil, WrapError(CodeInvalidRequest, "could not read the request body", err)
+		}
+	}
+	*bp = buf
+	return buf, nil
+}
+
+// param stores the value of a recognised parameter in req, refusing a
+// repeated one (RFC 6749 §3.2). Unrecognised parameters are ignored
+// (RFC 6749 §3.1).
+func (req *tokenRequest) param(name, value string, seen *uint8) error {
+	var dst *string
+	var bit uint8
+	switch name {
+	case "grant_type":
+		dst, bit = &req.grantType, 1
+	case "client_id":
+		dst, bit = &req.clientID, 2
+	case "client_secret":
+		dst, bit = &req.clientSecret, 4
+	case "scope":
+		dst, bit = &req.scope, 8
+	case "audience":
+		dst, bit = &req.audience, 16
+	case "resource":
+		dst, bit = &req.resource, 32
+	default:
+		return nil
+	}
+	if *seen&bit != 0 {
+		return NewError(CodeInvalidRequest, "parameter "+name+" is repeated")
+	}
+	*seen |= bit
+	// A parameter sent without a value is treated as omitted
+	// (RFC 6749 §3.1).
+	*dst = value
+	return nil
+}
+
+// parseFormParams parses an application/x-www-form-urlencoded body.
+func parseFormParams(body string, req *tokenRequest) error {
+	var seen uint8
+	for body != "" {
+		var pair string
+		pair, body, _ = strings.Cut(body, "&")
+		if pair == "" {
+			continue
+		}
+		k, v, _ := strings.Cut(pair, "=")
+		key, err1 := url.QueryUnescape(k)
+		value, err2 := url.QueryUnescape(v)
+		if err1 != nil || err2 != nil {
+			return NewError(CodeInvalidRequest, "malformed form encoding")
+		}
+		if err := req.param(key, value, &seen); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// parseJSONParams parses a JSON object whose values are all strings, with
+// no repeated keys and nothing after it.
+func parseJSONParams(body []byte, req *tokenRequest) error {
+	bad := func(desc string) error { return NewError(CodeInvalidRequest, desc) }
+	dec := json.NewDecoder(bytes.NewReader(body))
+	if t, err := dec.Token(); err != nil || t != json.Delim('{') {
+		return bad("body must be a JSON object")
+	}
+	var seen uint8
+	names := make(map[string]bool)
+	for dec.More() {
+		t, err := dec.Token()
+		if err != nil {
+			return bad("malformed JSON")
+		}
+		name := t.(string) // object keys are always strings
+		if names[name] {
+			return bad("parameter " + truncate(name) + " is repeated")
+		}
+		names[name] = true
+		t, err = dec.Token()
+		if err != nil {
+			return bad("malformed JSON")
+		}
+		value, ok := t.(string)
+		if !ok {
+			return bad("parameter values must be JSON strings")
+		}
+		if err := req.param(name, value, &seen); err != nil {
+			return err
+		}
+	}
+	if t, err := dec.Token(); err != nil || t != json.Delim('}') {
+		return bad("malformed JSON")
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return bad("unexpected data after the JSON object")
+	}
+	return nil
+}
+
+// parseBasic reads client_secret_basic credentials (RFC 6749 §2.3.1): the
+// client id and secret are form-urlencoded, then joined by ':' and
+// base64-encoded. Basic and body credentials together are refused; a body
+// client_id equal to the Basic one is tolerated.
+func parseBasic(values []string, req *tokenRequest) error {
+	switch len(values) {
+	case 0:
+		return nil
+	case 1:
+	default:
+		return NewError(CodeInvalidRequest, "more than one Authorization header")
+	}
+	req.basic = true
+	scheme, cred, _ := strings.Cut(values[0], " ")
+	if !strings.EqualFold(scheme, "Basic") {
+		return NewError(CodeInvalidClient, "unsupported client authentication method; use HTTP Basic")
+	}
+	raw, err := base64.StdEncoding.DecodeString(strings.TrimSpace(cred))
+	if err != nil {
+		return NewError(CodeInvalidClient, "malformed HTTP Basic credentials")
+	}
+	id, secret, ok := strings.Cut(string(raw), ":")
+	if !ok {
+		return NewError(CodeInvalidClient, "malformed HTTP Basic credentials")
+	}
+	if id, err = url.QueryUnescape(id); err == nil {
+		secret, err = url.QueryUnescape(secret)
+	}
+	if err != nil {
+		return NewError(CodeInvalidClient, "malformed HTTP Basic credentials")
+	}
+	if req.clientSecret != "" {
+		return NewError(CodeInvalidRequest, "use one client authentication method: HTTP Basic or client_secret in the body, not both")
+	}
+	if req.clientID != "" && req.clientID != id {
+		return NewError(CodeInvalidRequest, "client_id in the body differs from the HTTP Basic client id")
+	}
+	req.clientID, req.clientSecret = id, secret
+	return nil
+}
+
+// authenticate finds and authenticates the client. Unknown clients, wrong
+// or expired secrets and disabled clients all yield the same invalid_client
+// error after comparable work; only ev.Reason tells them apart.
+func (h *TokenHandler) authenticate(ctx context.Context, req *tokenRequest, ev *AuditEvent) (*Client, string, error) {
+	fail := func(reason string) error {
+		ev.Reason = reason
+		return NewError(CodeInvalidClient, "client authentication failed")
+	}
+	if req.clientID == "" {
+		if req.clientSecret != "" {
+			return nil, "", NewError(CodeInvalidRequest, "client_secret requires client_id")
+		}
+		return nil, "", fail(ReasonNoCredentials)
+	}
+	if !validClientID(req.clientID) {
+		VerifySecret(h.dummyHash, req.clientSecret)
+		return nil, "", fail(ReasonUnknownClient)
+	}
+	c, err := h.store.Client(ctx, req.clientID)
+	if errors.Is(err, ErrClientNotFound) {
+		VerifySecret(h.dummyHash, req.clientSecret)
+		return nil, "", fail(ReasonUnknownClient)
+	}
+	if err != nil {
+		return nil, "", WrapError(CodeServerError, "the client store is unavailable", err)
+	}
+	if c.Public {
+		ev.Reason = ReasonPublicClient
+		return nil, "", NewError(CodeUnauthorizedClient, "public clients may not use the client_credentials grant")
+	}
+	if req.clientSecret == "" {
+		VerifySecret(h.dummyHash, req.clientSecret)
+		return nil, "", fail(ReasonNoCredentials)
+	}
+	now := h.cfg.Now()
+	matched, expired := -1, false
+	for i, s := range c.Secrets {
+		ok, err := VerifySecret(s.Hash, req.clientSecret)
+		if err != nil {
+			h.cfg.Logger.ErrorContext(ctx, "m2mauth: unreadable secret hash", "client_id", c.ID, "secret_id", s.ID, "error", err)
+			continue
+		}
+		if ok {
+			if s.ActiveAt(now) {
+				matched = i
+			} else {
+				expired = true
+			}
+		}
+	}
+	if len(c.Secrets) == 0 {
+		VerifySecret(h.dummyHash, req.clientSecret)
+	}
+	switch {
+	case matched < 0 && expired:
+		return nil, "", fail(ReasonExpiredSecret)
+	case matched < 0:
+		return nil, "", fail(ReasonBadSecret)
+	case c.Disabled:
+		return nil, "", fail(ReasonClientDisabled)
+	}
+	return c, c.Secrets[matched].ID, nil
+}
+
+// audience picks the token's audience from "audience", its RFC 8707 alias
+// "resource", or the default.
+func (h *TokenHandler) audience(req *tokenRequest) (string, error) {
+	aud := req.audience
+	if req.resource != "" {
+		u, err := url.Parse(req.resource)
+		if err != nil || !u.IsAbs() || u.Fragment != "" || strings.Contains(req.resource, "#") {
+			return "", NewError(CodeInvalidTarget, "resource must be an absolute URI without a fragment (RFC 8707 section 2)")
+		}
+		if aud != "" && aud != req.resource {
+			return "", NewError(CodeInvalidRequest, "audience and resource name different targets")
+		}
+		aud = req.resource
+	}
+	if aud == "" {
+		aud = h.cfg.DefaultAudience
+	}
+	if aud == "" {
+		return "", NewError(CodeInvalidRequest, "missing audience")
+	}
+	return aud, nil
+}
+
+// fail answers with the protocol error for err, audits the refusal and
+// logs internal causes.
+func (h *TokenHandler) fail(w http.ResponseWriter, r *http.Request, req *tokenRequest, ev *AuditEvent, err error) {
+	e := asError(err)
+	if e.Code == CodeServerError {
+		h.cfg.Logger.ErrorContext(r.Context(), "m2mauth: token request failed", "error", err)
+	}
+	if e.Code == CodeInvalidClient {
+		// RFC 6749 §5.2: 401 with a challenge for the scheme the client
+		// used; we also advertise Basic when it sent no credentials.
+		w.Header().Set("WWW-Authenticate", h.challenge)
+	}
+	if e.Status == http.StatusMethodNotAllowed {
+		w.Header().Set("Allow", http.MethodPost)
+	}
+	ev.Error = e.Code
+	switch e.Code {
+	case CodeInvalidClient:
+		ev.Type = EventAuthFailed
+	case CodeInvalidScope:
+		ev.Type = EventScopeDenied
+	case CodeInvalidTarget:
+		ev.Type = EventAudienceDenied
+	default:
+		ev.Type = EventRequestRejected
+	}
+	if ev.Reason == "" {
+		ev.Reason = e.Description
+	}
+	writeError(w, e)
+	h.cfg.Auditor.Audit(r.Context(), *ev)
+}
+
+// writeError writes e as the JSON body with its status. Headers set by the
+// caller are kept.
+func writeError(w http.ResponseWriter, e *Error) {
+	bp := bufPool.Get().(*[]byte)
+	buf := appendErrorJSON((*bp)[:0], e)
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(e.Status)
+	w.Write(buf)
+	*bp = buf
+	bufPool.Put(bp)
+}
+
+// remoteIP returns the host part of r.RemoteAddr.
+func remoteIP(r *http.Request) string {
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		return truncate(r.RemoteAddr)
+	}
+	return host
+}

@@ -1,0 +1,169 @@
+package m2mauth
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+)
+
+// ErrClientNotFound is returned by a [ClientStore] for an unknown client id.
+var ErrClientNotFound = errors.New("m2mauth: client not found")
+
+// ErrClientExists is returned by [ClientManager.CreateClient] for a client
+// id that is already taken.
+var ErrClientExists = errors.New("m2mauth: client already exists")
+
+// ErrSecretNotFound is returned by [ClientManager] secret methods for an
+// unknown secret id.
+var ErrSecretNotFound = errors.New("m2mauth: secret not found")
+
+// Client is an OAuth 2.0 client registered with the authorization server.
+//
+// A Client value belongs to whoever holds it: stores hand out copies, and a
+// store never keeps a reference to a Client passed to it.
+type Client struct {
+	// ID is the client_id: 1 to 255 printable ASCII characters
+	// (RFC 6749 Appendix A.1, VSCHAR).
+	ID string
+	// Secrets are the client's secrets, as one-way hashes. A confidential
+	// client authenticates with any of them that has not expired.
+	Secrets []Secret
+	// Grants maps each audience (the API a token is for) to the scopes the
+	// client may request for it: the ceiling for that audience.
+	Grants map[string]Scopes
+	// Public marks a client that cannot keep a secret. Public clients may
+	// not use the client credentials grant (RFC 6749 §4.4); they exist in
+	// the model so the token handler can refuse them with
+	// unauthorized_client.
+	Public bool
+	// Disabled clients cannot authenticate.
+	Disabled bool
+	// TokenTTL, when positive, overrides the token handler's token lifetime
+	// for this client.
+	TokenTTL time.Duration
+	// CreatedAt and UpdatedAt are maintained by the store.
+	CreatedAt time.Time
+	UpdatedAt time.Time
+}
+
+// Clone returns a deep copy of c.
+func (c *Client) Clone() *Client {
+	if c == nil {
+		return nil
+	}
+	out := *c
+	if c.Secrets != nil {
+		out.Secrets = append(make([]Secret, 0, len(c.Secrets)), c.Secrets...)
+	}
+	if c.Grants != nil {
+		out.Grants = make(map[string]Scopes, len(c.Grants))
+		for aud, s := range c.Grants {
+			out.Grants[aud] = s.Clone()
+		}
+	}
+	return &out
+}
+
+// maxClientIDLen bounds client ids; longer ids in requests are refused
+// before any store is asked.
+const maxClientIDLen = 255
+
+// validClientID reports whether id is 1 to 255 characters of VSCHAR
+// (%x20-7E, RFC 6749 Appendix A.1).
+func validClientID(id string) bool {
+	if id == "" || len(id) > maxClientIDLen {
+		return false
+	}
+	for i := 0; i < len(id); i++ {
+		if id[i] < 0x20 || id[i] > 0x7e {
+			return false
+		}
+	}
+	return true
+}
+
+// Validate reports whether c is well-formed: a valid ID, secrets with ids
+// and readable hashes (a confidential client needs at least one), and
+// grants with non-empty audiences and valid scope tokens. Stores call it
+// before writing.
+func (c *Client) Validate() error {
+	if !validClientID(c.ID) {
+		return errors.New("m2mauth: client id must be 1 to 255 printable ASCII characters")
+	}
+	if c.TokenTTL < 0 {
+		return errors.New("m2mauth: client token TTL must not be negative")
+	}
+	seen := make(map[string]bool, len(c.Secrets))
+	for _, s := range c.Secrets {
+		if s.ID == "" || seen[s.ID] {
+			return fmt.Errorf("m2mauth: client %q: secret ids must be unique and non-empty", c.ID)
+		}
+		seen[s.ID] = true
+		if err := ValidateSecretHash(s.Hash); err != nil {
+			return fmt.Errorf("m2mauth: client %q: secret %q: %w", c.ID, s.ID, err)
+		}
+	}
+	if c.Public && len(c.Secrets) > 0 {
+		return fmt.Errorf("m2mauth: client %q: a public client has no secrets", c.ID)
+	}
+	for aud, scopes := range c.Grants {
+		if aud == "" {
+			return fmt.Errorf("m2mauth: client %q: empty audience in grants", c.ID)
+		}
+		for _, s := range scopes {
+			if !validScopeToken(s) {
+				return fmt.Errorf("m2mauth: client %q: audience %q: %w", c.ID, aud, errInvalidScope)
+			}
+		}
+	}
+	return nil
+}
+
+// ClientStore is where the token handler finds clients. It is consulted on
+// every token request, so implementations should answer from one query or
+// memory.
+type ClientStore interface {
+	// Client returns the client with the given id, or an error wrapping
+	// ErrClientNotFound if there is none. Any other error is treated as a
+	// store failure (500 server_error), never as failed authentication.
+	// The caller may modify the returned Client; the store must not keep
+	// a reference to it.
+	Client(ctx context.Context, id string) (*Client, error)
+}
+
+// ClientManager is the optional administration interface of a
+// [ClientStore]. memstore and sqlstore implement it; the storetest package
+// checks any implementation against its contract.
+//
+// Every method validates its input and changes nothing on error. Methods
+// that name an unknown client return an error wrapping [ErrClientNotFound].
+type ClientManager interface {
+	ClientStore
+
+	// CreateClient stores a new client. It sets CreatedAt and UpdatedAt
+	// when they are zero and returns an error wrapping [ErrClientExists]
+	// if the id is taken.
+	CreateClient(ctx context.Context, c *Client) error
+	// UpdateClient replaces the grants, Public, Disabled and TokenTTL of
+	// an existing client and sets UpdatedAt. Secrets and CreatedAt are
+	// left as stored; change secrets with the secret methods.
+	UpdateClient(ctx context.Context, c *Client) error
+	// AddSecret adds a secret to a client.
+	AddSecret(ctx context.Context, clientID string, s Secret) error
+	// ExpireSecret sets the expiry of one secret; a zero time removes the
+	// expiry. It returns an error wrapping [ErrSecretNotFound] for an
+	// unknown secret id.
+	ExpireSecret(ctx context.Context, clientID, secretID string, at time.Time) error
+	// RemoveSecret deletes one secret. It returns an error wrapping
+	// [ErrSecretNotFound] for an unknown secret id.
+	RemoveSecret(ctx context.Context, clientID, secretID string) error
+	// SetDisabled disables or re-enables a client.
+	SetDisabled(ctx context.Context, clientID string, disabled bool) error
+	// DeleteClient removes a client and its secrets.
+	DeleteClient(ctx context.Context, clientID string) error
+	// ListClients returns up to limit clients with ids greater than after,
+	// in ascending id order. Pass the last id of one page as after to get
+	// the next; an empty page means the end. limit <= 0 means 100.
+	ListClients(ctx context.Context, after string, limit int) ([]*Client, error)
+}

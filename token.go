@@ -1,0 +1,166 @@
+package m2mauth
+
+import (
+	"crypto/hmac"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/json"
+	"hash"
+	"strconv"
+	"sync"
+	"time"
+	"unicode/utf8"
+
+	"github.com/go-jose/go-jose/v4"
+	"github.com/go-jose/go-jose/v4/jwt"
+)
+
+// TokenType is the JWT "typ" header of access tokens (RFC 9068 §2.1).
+const TokenType = "at+jwt"
+
+// Claims are the claims of an m2mauth access token, the JWT profile of
+// RFC 9068 §2.2 for the client credentials grant: the registered claims
+// (iss, sub, aud, exp, nbf, iat, jti) plus client_id and scope. Subject
+// equals ClientID, since the client acts on its own behalf.
+type Claims struct {
+	jwt.Claims
+	// ClientID is the "client_id" claim.
+	ClientID string `json:"client_id"`
+	// Scopes are the granted scopes, the "scope" claim.
+	Scopes Scopes `json:"-"`
+}
+
+// jtiBytes is the number of random bytes in a jti: 128 bits.
+const jtiBytes = 16
+
+// tokenSigner signs JWS compact serializations with one HS256 key. The
+// protected header is fixed per key, so it is encoded once; the HMAC state
+// keyed with the secret is pooled so each signature costs one SHA-256 pass
+// over the signing input and one over the inner digest.
+type tokenSigner struct {
+	jwk    *jose.JSONWebKey
+	header string // base64url(header) + "."
+	macs   sync.Pool
+}
+
+func newTokenSigner(k *jose.JSONWebKey) (*tokenSigner, error) {
+	if err := checkKey(k); err != nil {
+		return nil, err
+	}
+	key := append([]byte(nil), k.Key.([]byte)...)
+	hdr, err := json.Marshal(struct {
+		Alg string `json:"alg"`
+		Kid string `json:"kid"`
+		Typ string `json:"typ"`
+	}{k.Algorithm, k.KeyID, TokenType})
+	if err != nil {
+		return nil, err
+	}
+	s := &tokenSigner{jwk: k, header: base64.RawURLEncoding.EncodeToString(hdr) + "."}
+	s.macs.New = func() any { return hmac.New(sha256.New, key) }
+	return s, nil
+}
+
+// appendToken appends header.payload.signature to dst, where payload is
+// the base64url encoding of the JSON claims.
+func (s *tokenSigner) appendToken(dst, claimsJSON []byte) []byte {
+	start := len(dst)
+	dst = append(dst, s.header...)
+	dst = base64.RawURLEncoding.AppendEncode(dst, claimsJSON)
+	mac := s.macs.Get().(hash.Hash)
+	mac.Reset()
+	mac.Write(dst[start:])
+	var sum [sha256.Size]byte
+	sig := mac.Sum(sum[:0])
+	s.macs.Put(mac)
+	dst = append(dst, '.')
+	return base64.RawURLEncoding.AppendEncode(dst, sig)
+}
+
+// tokenClaims are the values an issued token carries.
+type tokenClaims struct {
+	issuer, clientID, audience, jti, scope string
+	issuedAt, expiry                       time.Time
+}
+
+// appendClaimsJSON appends the JSON payload of an access token. The field
+// set is fixed, so it is written directly rather than by reflection.
+func appendClaimsJSON(dst []byte, c *tokenClaims) []byte {
+	iat := c.issuedAt.Unix()
+	dst = append(dst, `{"iss":`...)
+	dst = appendJSONString(dst, c.issuer)
+	dst = append(dst, `,"sub":`...)
+	dst = appendJSONString(dst, c.clientID)
+	dst = append(dst, `,"client_id":`...)
+	dst = appendJSONString(dst, c.clientID)
+	dst = append(dst, `,"aud":`...)
+	dst = appendJSONString(dst, c.audience)
+	dst = append(dst, `,"iat":`...)
+	dst = strconv.AppendInt(dst, iat, 10)
+	dst = append(dst, `,"nbf":`...)
+	dst = strconv.AppendInt(dst, iat, 10)
+	dst = append(dst, `,"exp":`...)
+	dst = strconv.AppendInt(dst, c.expiry.Unix(), 10)
+	dst = append(dst, `,"jti":`...)
+	dst = appendJSONString(dst, c.jti)
+	if c.scope != "" {
+		dst = append(dst, `,"scope":`...)
+		dst = appendJSONString(dst, c.scope)
+	}
+	return append(dst, '}')
+}
+
+// newJTI returns a token id of 128 random bits, base64url-encoded.
+func newJTI() (string, error) {
+	var b [jtiBytes]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return "", err
+	}
+	return base64.RawURLEncoding.EncodeToString(b[:]), nil
+}
+
+const hexDigits = "0123456789abcdef"
+
+// appendJSONString appends s as a JSON string literal. Invalid UTF-8 is
+// replaced by U+FFFD, as encoding/json does.
+func appendJSONString(dst []byte, s string) []byte {
+	dst = append(dst, '"')
+	start := 0
+	for i := 0; i < len(s); {
+		c := s[i]
+		if c < utf8.RuneSelf {
+			if c >= 0x20 && c != '"' && c != '\\' && c != '<' && c != '>' && c != '&' {
+				i++
+				continue
+			}
+			dst = append(dst, s[start:i]...)
+			switch c {
+			case '"', '\\':
+				dst = append(dst, '\\', c)
+			case '\n':
+				dst = append(dst, '\\', 'n')
+			case '\r':
+				dst = append(dst, '\\', 'r')
+			case '\t':
+				dst = append(dst, '\\', 't')
+			default:
+				dst = append(dst, '\\', 'u', '0', '0', hexDigits[c>>4], hexDigits[c&0xf])
+			}
+			i++
+			start = i
+			continue
+		}
+		r, size := utf8.DecodeRuneInString(s[i:])
+		if r == utf8.RuneError && size == 1 {
+			dst = append(dst, s[start:i]...)
+			dst = append(dst, `\ufffd`...)
+			i += size
+			start = i
+			continue
+		}
+		i += size
+	}
+	dst = append(dst, s[start:]...)
+	return append(dst, '"')
+}
