@@ -284,6 +284,7 @@ func (h *TokenHandler) issue(r *http.Request, req *tokenRequest, ev *AuditEvent,
 	}
 	buf = append(buf, '}')
 	*bp = buf
+	ev.Type = EventTokenIssued
 	return buf[n:], nil
 }
 

@@ -64,7 +64,9 @@ func NewStaticKeys(signing jose.JSONWebKey, previous ...jose.JSONWebKey) (*Stati
 func (s *StaticKeys) SigningKey(context.Context) (*jose.JSONWebKey, error) { return s.signing, nil }
 
 // VerificationKeys returns the signing key followed by the previous keys.
-func (s *StaticKeys) VerificationKeys(context.Context) (*jose.JSONWebKeySet, error) { return s.set, nil }
+func (s *StaticKeys) VerificationKeys(context.Context) (*jose.JSONWebKeySet, error) {
+	return s.set, nil
+}
 
 // NewHS256Key returns an HS256 signing key holding a copy of secret, which
 // must be at least [MinHMACKeyLen] bytes of random data. An empty kid is

@@ -1,0 +1,70 @@
+package m2mauth_test
+
+import (
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+)
+
+// FuzzTokenHandler throws arbitrary bodies, content types and
+// Authorization headers at the token endpoint: it must never panic and must
+// always answer 200 with a token or an RFC 6749 §5.2 JSON error, uncached.
+func FuzzTokenHandler(f *testing.F) {
+	fx := newFixture(f)
+	good := basic("svc", fx.secret)
+	form := "application/x-www-form-urlencoded"
+	for _, seed := range []struct{ body, ct, auth string }{
+		{"grant_type=client_credentials&scope=read", form, good},
+		{"grant_type=client_credentials&client_id=svc&client_secret=" + fx.secret, form, ""},
+		{`{"grant_type":"client_credentials","scope":"read write"}`, "application/json", good},
+		{`{"grant_type":"client_credentials","scope":"read","scope":"x"}`, "application/json", good},
+		{`{"a":{"b":[1,2,{"c":null}]}}`, "application/json", good},
+		{"grant_type=client_credentials&resource=https%3A%2F%2Fapi.example.com%23f", form, good},
+		{"grant_type=client_credentials&scope=%ff%fe", form, good},
+		{"%", form, "Basic %%%"},
+		{"grant_type=client_credentials", "application/json; charset=utf-16", "bearer x"},
+		{"grant_type=client_credentials", form, "Basic " + strings.Repeat("A", 300)},
+		{"&&&=&=&grant_type", "multipart/form-data; boundary=\"", ""},
+	} {
+		f.Add(seed.body, seed.ct, seed.auth)
+	}
+	codes := map[string]int{
+		"invalid_request": 400, "invalid_client": 401, "unauthorized_client": 400,
+		"unsupported_grant_type": 400, "invalid_scope": 400, "invalid_target": 400,
+	}
+	f.Fuzz(func(t *testing.T, body, ct, authz string) {
+		r := httptest.NewRequest(http.MethodPost, "/oauth/token", strings.NewReader(body))
+		r.Header.Set("Content-Type", ct)
+		if authz != "" {
+			r.Header.Set("Authorization", authz)
+		}
+		w := httptest.NewRecorder()
+		fx.handler.ServeHTTP(w, r)
+		if w.Header().Get("Cache-Control") != "no-store" || w.Header().Get("Content-Type") != "application/json" {
+			t.Fatalf("headers %v", w.Header())
+		}
+		var resp map[string]any
+		if err := json.Unmarshal(w.Body.Bytes(), &resp); err != nil {
+			t.Fatalf("status %d, body not JSON: %q", w.Code, w.Body)
+		}
+		if w.Code == http.StatusOK {
+			if s, _ := resp["access_token"].(string); s == "" || resp["token_type"] != "Bearer" {
+				t.Fatalf("200 without a token: %q", w.Body)
+			}
+			return
+		}
+		code, _ := resp["error"].(string)
+		want, ok := codes[code]
+		if code == "invalid_request" && w.Code == http.StatusRequestEntityTooLarge {
+			want = w.Code
+		}
+		if !ok || want != w.Code {
+			t.Fatalf("status %d with error %q: %q", w.Code, code, w.Body)
+		}
+		if _, ok := resp["error_description"].(string); !ok {
+			t.Fatalf("no error_description: %q", w.Body)
+		}
+	})
+}
