@@ -1,0 +1,80 @@
+package m2mauth_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/m2mauth/m2mauth"
+	"github.com/m2mauth/m2mauth/memstore"
+)
+
+// ExampleTokenHandler mounts the token endpoint on a mux, registers a
+// client, and gets a token with client_secret_basic.
+func ExampleTokenHandler() {
+	ctx := context.Background()
+
+	// The signing key: 32+ random bytes, kept secret (a file, a secret
+	// manager, an environment variable).
+	key, err := m2mauth.NewHS256Key("2026-11", []byte("use-32-or-more-random-bytes-here"))
+	if err != nil {
+		log.Fatal(err)
+	}
+	keys, err := m2mauth.NewStaticKeys(key)
+	if err != nil {
+		log.Fatal(err)
+	}
+
+	// A client with one secret; the store keeps only its hash.
+	store := memstore.New()
+	secret, hashed, err := m2mauth.NewSecret(time.Now(), time.Time{})
+	if err != nil {
+		log.Fatal(err)
+	}
+	err = store.CreateClient(ctx, &m2mauth.Client{
+		ID:      "reporting-service",
+		Secrets: []m2mauth.Secret{hashed},
+		Grants: map[string]m2mauth.Scopes{
+			"https://api.example.com": {"read:builders", "read:subcontractors"},
+		},
+	})
+	if err != nil {
+		log.Fatal(err)
+	}
+
+	tokens, err := m2mauth.NewTokenHandler(store, keys, m2mauth.TokenHandlerConfig{
+		Issuer:          "https://auth.example.com",
+		DefaultAudience: "https://api.example.com",
+	})
+	if err != nil {
+		log.Fatal(err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("POST /oauth/token", tokens)
+
+	// A client's request, as golang.org/x/oauth2/clientcredentials sends it.
+	body := url.Values{"grant_type": {"client_credentials"}, "scope": {"read:builders"}}
+	r := httptest.NewRequest(http.MethodPost, "/oauth/token", strings.NewReader(body.Encode()))
+	r.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	r.SetBasicAuth(url.QueryEscape("reporting-service"), url.QueryEscape(secret))
+	w := httptest.NewRecorder()
+	mux.ServeHTTP(w, r)
+
+	var resp struct {
+		AccessToken string `json:"access_token"`
+		TokenType   string `json:"token_type"`
+		ExpiresIn   int    `json:"expires_in"`
+		Scope       string `json:"scope"`
+	}
+	if err := json.NewDecoder(w.Body).Decode(&resp); err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println(w.Code, resp.TokenType, resp.ExpiresIn, resp.Scope, strings.Count(resp.AccessToken, "."))
+	// Output: 200 Bearer 3600 read:builders 2
+}
