@@ -83,8 +83,9 @@ func validClientID(id string) bool {
 	return true
 }
 
-// Validate reports whether c is well-formed: a valid ID, secrets with ids
-// and readable hashes (a confidential client needs at least one), and
+// Validate reports whether c is well-formed: a valid ID, secrets with
+// unique ids and readable hashes (a client with no secret is valid but
+// cannot authenticate until one is added), no secrets on a public client, and
 // grants with non-empty audiences and valid scope tokens. Stores call it
 // before writing.
 func (c *Client) Validate() error {
