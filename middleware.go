@@ -1,0 +1,520 @@
+package m2mauth
+
+import (
+	"context"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"hash"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/go-jose/go-jose/v4"
+	josejson "github.com/go-jose/go-jose/v4/json"
+	"github.com/go-jose/go-jose/v4/jwt"
+)
+
+// ValidatorConfig holds the settings of a [Validator]. Issuer and Audience
+// are required; every other zero value is a working default.
+type ValidatorConfig struct {
+	// Issuer is the exact "iss" tokens must carry: the token handler's
+	// Issuer. Required.
+	Issuer string
+	// Audience is the audience this API answers to; a token's "aud" must
+	// contain it. Required.
+	Audience string
+	// Algorithms lists the signature algorithms accepted. A key is used
+	// only with its own algorithm, whatever the token header says.
+	// Default: HS256, the only one implemented.
+	Algorithms []jose.SignatureAlgorithm
+	// Leeway is the clock skew tolerated on exp, nbf and iat.
+	// Default: 30s. At most 5 minutes.
+	Leeway time.Duration
+	// CacheSize is the number of verified tokens remembered, so a token
+	// presented again skips signature verification and parsing (its expiry
+	// and the scopes are still checked). Negative disables the cache.
+	// Default: 10000.
+	CacheSize int
+	// Realm is the realm of the "WWW-Authenticate: Bearer" challenge.
+	// Default: "m2mauth".
+	Realm string
+	// Auditor, if set, receives a token_rejected event for every refused
+	// token and a scope_denied event for every 403. Default: none.
+	Auditor Auditor
+	// ErrorHandler, if set, renders refusals instead of the default JSON
+	// body. The WWW-Authenticate header is already set when it is called;
+	// it must write the status (err.Status) and a body.
+	ErrorHandler func(w http.ResponseWriter, r *http.Request, err *Error)
+	// Now is the clock. Default: [time.Now].
+	Now func() time.Time
+}
+
+// Validator checks access tokens issued by a [TokenHandler] (RFC 9068 §4,
+// RFC 8725) and guards routes with [Validator.RequireScopes] and
+// [Validator.RequireAnyScope]. It is safe for concurrent use.
+type Validator struct {
+	keys      KeyProvider
+	cfg       ValidatorConfig
+	algs      map[jose.SignatureAlgorithm]bool
+	challenge string // `Bearer realm="..."`
+	index     atomic.Pointer[keyIndex]
+	cache     *tokenCache // nil when disabled
+}
+
+const (
+	defaultLeeway    = 30 * time.Second
+	maxLeeway        = 5 * time.Minute
+	defaultCacheSize = 10000
+	// maxTokenLen bounds the tokens looked at; ours are a few hundred bytes.
+	maxTokenLen = 4096
+)
+
+// NewValidator returns a validator that verifies tokens with the
+// verification keys of keys. It checks cfg and the current key set now.
+func NewValidator(keys KeyProvider, cfg ValidatorConfig) (*Validator, error) {
+	if keys == nil {
+		return nil, errors.New("m2mauth: nil KeyProvider")
+	}
+	if cfg.Issuer == "" {
+		return nil, errors.New("m2mauth: ValidatorConfig.Issuer is required")
+	}
+	if cfg.Audience == "" {
+		return nil, errors.New("m2mauth: ValidatorConfig.Audience is required")
+	}
+	if len(cfg.Algorithms) == 0 {
+		cfg.Algorithms = []jose.SignatureAlgorithm{jose.HS256}
+	}
+	v := &Validator{keys: keys, algs: make(map[jose.SignatureAlgorithm]bool)}
+	for _, a := range cfg.Algorithms {
+		if a != jose.HS256 {
+			return nil, fmt.Errorf("m2mauth: unsupported algorithm %q (supported: HS256)", a)
+		}
+		v.algs[a] = true
+	}
+	switch {
+	case cfg.Leeway == 0:
+		cfg.Leeway = defaultLeeway
+	case cfg.Leeway < 0 || cfg.Leeway > maxLeeway:
+		return nil, fmt.Errorf("m2mauth: Leeway %v outside [0, %v]", cfg.Leeway, maxLeeway)
+	}
+	if cfg.CacheSize == 0 {
+		cfg.CacheSize = defaultCacheSize
+	}
+	if cfg.Realm == "" {
+		cfg.Realm = defaultRealm
+	}
+	if strings.ContainsAny(cfg.Realm, "\"\\\r\n") {
+		return nil, errors.New("m2mauth: Realm must not contain quotes, backslashes or line breaks")
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	v.cfg = cfg
+	v.challenge = `Bearer realm="` + cfg.Realm + `"`
+	if cfg.CacheSize > 0 {
+		v.cache = newTokenCache(cfg.CacheSize)
+	}
+	idx, err := v.keyIndex(context.Background())
+	if err != nil {
+		return nil, err
+	}
+	if len(idx.keys) == 0 {
+		return nil, errors.New("m2mauth: KeyProvider has no usable verification key")
+	}
+	return v, nil
+}
+
+// verifyKey is one verification key, with pooled HMAC state keyed by it.
+type verifyKey struct {
+	alg  jose.SignatureAlgorithm
+	macs sync.Pool
+}
+
+// keyIndex is the provider's key set indexed by kid. It is rebuilt when
+// the provider returns a different set; cache entries remember the index
+// they were verified under, so removing a key also drops its tokens from
+// the cache.
+type keyIndex struct {
+	set  *jose.JSONWebKeySet
+	keys map[string]*verifyKey
+}
+
+func (v *Validator) keyIndex(ctx context.Context) (*keyIndex, error) {
+	set, err := v.keys.VerificationKeys(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("m2mauth: verification keys: %w", err)
+	}
+	if set == nil {
+		return nil, errors.New("m2mauth: KeyProvider returned a nil key set")
+	}
+	if idx := v.index.Load(); idx != nil && idx.set == set {
+		return idx, nil
+	}
+	idx := &keyIndex{set: set, keys: make(map[string]*verifyKey, len(set.Keys))}
+	for i := range set.Keys {
+		k := &set.Keys[i]
+		// Keys that are malformed, or of an algorithm not allowed here,
+		// are left out: they can verify nothing.
+		if checkKey(k) != nil || !v.algs[jose.SignatureAlgorithm(k.Algorithm)] {
+			continue
+		}
+		secret := append([]byte(nil), k.Key.([]byte)...)
+		vk := &verifyKey{alg: jose.SignatureAlgorithm(k.Algorithm)}
+		vk.macs.New = func() any { return hmac.New(sha256.New, secret) }
+		idx.keys[k.KeyID] = vk
+	}
+	v.index.Store(idx)
+	return idx, nil
+}
+
+// Reasons given in [AuditEvent.Reason] for a token_rejected event.
+const (
+	ReasonTokenMalformed     = "malformed"
+	ReasonTokenAlgorithm     = "algorithm_not_allowed"
+	ReasonTokenUnknownKey    = "unknown_key"
+	ReasonTokenSignature     = "bad_signature"
+	ReasonTokenType          = "wrong_type"
+	ReasonTokenIssuer        = "wrong_issuer"
+	ReasonTokenAudience      = "wrong_audience"
+	ReasonTokenExpired       = "expired"
+	ReasonTokenNotYetValid   = "not_yet_valid"
+	ReasonTokenIssuedFuture  = "issued_in_future"
+	ReasonTokenMissingClaims = "missing_claims"
+)
+
+// tokenFault is the internal cause behind an invalid_token error: the
+// reason, and the client and token ids when the claims could be read, for
+// the audit trail.
+type tokenFault struct{ reason, clientID, jti string }
+
+func (f *tokenFault) Error() string { return "m2mauth: token rejected: " + f.reason }
+
+// reject builds the invalid_token error for a reason.
+func reject(reason, description string) *Error {
+	return WrapError(CodeInvalidToken, description, &tokenFault{reason: reason})
+}
+
+// RejectionReason returns the audit reason of an error from
+// [Validator.Validate] (one of the ReasonToken constants), or "".
+func RejectionReason(err error) string {
+	var f *tokenFault
+	if errors.As(err, &f) {
+		return f.reason
+	}
+	return ""
+}
+
+// Validate verifies raw, a JWT access token, and returns its claims. Any
+// failure is an *[Error] with code invalid_token, except a failing
+// [KeyProvider], which is a server_error. The returned Claims may be shared
+// with other callers and must not be modified.
+func (v *Validator) Validate(ctx context.Context, raw string) (*Claims, error) {
+	idx, err := v.keyIndex(ctx)
+	if err != nil {
+		return nil, WrapError(CodeServerError, "token verification keys are unavailable", err)
+	}
+	now := v.cfg.Now()
+	if v.cache != nil {
+		if c, ok := v.cache.get(raw, idx, now); ok {
+			return c, nil
+		}
+	}
+	c, err := v.verify(idx, raw, now)
+	if err != nil {
+		var f *tokenFault
+		if c != nil && errors.As(err, &f) {
+			f.clientID, f.jti = truncate(c.ClientID), truncate(c.ID)
+		}
+		return nil, err
+	}
+	if v.cache != nil {
+		e := cacheEntry{claims: c, idx: idx, until: c.Expiry.Time().Add(v.cfg.Leeway)}
+		if c.NotBefore != nil {
+			e.from = c.NotBefore.Time().Add(-v.cfg.Leeway)
+		}
+		v.cache.put(raw, e, now)
+	}
+	return c, nil
+}
+
+// tokenHeader is the JOSE header of an access token. go-jose's JSON
+// decoder matches names exactly, unlike encoding/json.
+type tokenHeader struct {
+	Alg  string   `json:"alg"`
+	Kid  string   `json:"kid"`
+	Typ  string   `json:"typ"`
+	Crit []string `json:"crit"`
+	B64  *bool    `json:"b64"`
+}
+
+// tokenPayload is the JSON claims set, decoded before validation.
+type tokenPayload struct {
+	jwt.Claims
+	ClientID *string `json:"client_id"`
+	Scope    *string `json:"scope"`
+}
+
+// verify checks everything about raw from scratch. On failure it returns
+// the claims too when they could be read, for the audit trail.
+func (v *Validator) verify(idx *keyIndex, raw string, now time.Time) (*Claims, error) {
+	if len(raw) > maxTokenLen {
+		return nil, reject(ReasonTokenMalformed, "token too long")
+	}
+	h64, rest, ok1 := strings.Cut(raw, ".")
+	p64, s64, ok2 := strings.Cut(rest, ".")
+	if !ok1 || !ok2 || strings.IndexByte(s64, '.') >= 0 {
+		return nil, reject(ReasonTokenMalformed, "token is not a JWS compact serialization")
+	}
+
+	var buf [maxTokenLen]byte
+	hdrJSON, err := base64.RawURLEncoding.AppendDecode(buf[:0], []byte(h64))
+	if err != nil {
+		return nil, reject(ReasonTokenMalformed, "malformed token header")
+	}
+	var hdr tokenHeader
+	if err := josejson.Unmarshal(hdrJSON, &hdr); err != nil {
+		return nil, reject(ReasonTokenMalformed, "malformed token header")
+	}
+	alg := jose.SignatureAlgorithm(hdr.Alg)
+	if !v.algs[alg] {
+		return nil, reject(ReasonTokenAlgorithm, "token algorithm not allowed")
+	}
+	if len(hdr.Crit) > 0 || hdr.B64 != nil {
+		return nil, reject(ReasonTokenMalformed, "token uses unsupported critical header parameters")
+	}
+	key := idx.keys[hdr.Kid]
+	if key == nil {
+		return nil, reject(ReasonTokenUnknownKey, "token signed by an unknown key")
+	}
+	if key.alg != alg {
+		// The key decides the algorithm, never the header (RFC 8725 §3.1).
+		return nil, reject(ReasonTokenAlgorithm, "token algorithm does not match its key")
+	}
+
+	// HS256: the signature is 32 bytes, 43 base64url characters.
+	var sig [sha256.Size]byte
+	if len(s64) != 43 {
+		return nil, reject(ReasonTokenSignature, "invalid token signature")
+	}
+	if n, err := base64.RawURLEncoding.Decode(sig[:], []byte(s64)); err != nil || n != sha256.Size {
+		return nil, reject(ReasonTokenSignature, "invalid token signature")
+	}
+	mac := key.macs.Get().(hash.Hash)
+	mac.Reset()
+	mac.Write([]byte(raw[:len(h64)+1+len(p64)]))
+	var sum [sha256.Size]byte
+	good := hmac.Equal(mac.Sum(sum[:0]), sig[:])
+	key.macs.Put(mac)
+	if !good {
+		return nil, reject(ReasonTokenSignature, "invalid token signature")
+	}
+
+	// The signature is good; now the header and claims are trusted input.
+	if t := hdr.Typ; !strings.EqualFold(t, TokenType) && !strings.EqualFold(t, "application/"+TokenType) {
+		return nil, reject(ReasonTokenType, "token is not an access token (typ must be at+jwt)")
+	}
+	payload, err := base64.RawURLEncoding.AppendDecode(buf[:0], []byte(p64))
+	if err != nil {
+		return nil, reject(ReasonTokenMalformed, "malformed token claims")
+	}
+	var p tokenPayload
+	if err := josejson.Unmarshal(payload, &p); err != nil {
+		return nil, reject(ReasonTokenMalformed, "malformed token claims")
+	}
+	c := &Claims{Claims: p.Claims}
+	if p.ClientID == nil || *p.ClientID == "" || p.Subject == "" || p.Expiry == nil || p.IssuedAt == nil || p.ID == "" {
+		return c, reject(ReasonTokenMissingClaims, "token lacks a required claim")
+	}
+	c.ClientID = *p.ClientID
+	if p.Scope != nil {
+		if c.Scopes, err = ParseScopes(*p.Scope); err != nil {
+			return c, reject(ReasonTokenMalformed, "token scope claim is malformed")
+		}
+	}
+	err = p.Claims.ValidateWithLeeway(jwt.Expected{
+		Issuer:      v.cfg.Issuer,
+		AnyAudience: jwt.Audience{v.cfg.Audience},
+		Time:        now,
+	}, v.cfg.Leeway)
+	exp := p.Expiry.Time()
+	switch {
+	case errors.Is(err, jwt.ErrInvalidIssuer):
+		return c, reject(ReasonTokenIssuer, "token issuer is not trusted")
+	case errors.Is(err, jwt.ErrInvalidAudience):
+		return c, reject(ReasonTokenAudience, "token is not for this audience")
+	case errors.Is(err, jwt.ErrNotValidYet):
+		return c, reject(ReasonTokenNotYetValid, "token is not valid yet")
+	case errors.Is(err, jwt.ErrIssuedInTheFuture):
+		return c, reject(ReasonTokenIssuedFuture, "token issued in the future")
+	case err != nil || !now.Add(-v.cfg.Leeway).Before(exp):
+		// RFC 7519 §4.1.4: valid only before exp.
+		return c, reject(ReasonTokenExpired, "token expired")
+	}
+	return c, nil
+}
+
+// claimsKey is the context key of the verified claims.
+type claimsKey struct{}
+
+// ClaimsFromContext returns the claims of the access token that
+// [Validator.RequireScopes] or [Validator.RequireAnyScope] accepted for
+// this request. The claims are shared and must not be modified.
+func ClaimsFromContext(ctx context.Context) (*Claims, bool) {
+	c, ok := ctx.Value(claimsKey{}).(*Claims)
+	return c, ok
+}
+
+// RequireScopes returns middleware that lets a request through only with a
+// valid bearer token (RFC 6750 §2.1, Authorization header only: tokens in
+// the query string or body are never read) carrying every one of scopes.
+// The next handler finds the claims with [ClaimsFromContext].
+//
+// Refusals follow RFC 6750 §3: no token is 401 with a bare Bearer
+// challenge; a malformed Authorization header is 400 invalid_request; a bad
+// token is 401 invalid_token; a token lacking a scope is 403
+// insufficient_scope naming the required scopes.
+//
+// RequireScopes panics if a scope is not a valid scope token
+// (RFC 6749 §3.3): that is a programming error found when routes are set
+// up, as with [regexp.MustCompile].
+func (v *Validator) RequireScopes(scopes ...string) func(http.Handler) http.Handler {
+	return v.require(mustScopes(scopes), Scopes.HasAll)
+}
+
+// RequireAnyScope is [Validator.RequireScopes] satisfied by any one of
+// scopes.
+func (v *Validator) RequireAnyScope(scopes ...string) func(http.Handler) http.Handler {
+	s := mustScopes(scopes)
+	if len(s) == 0 {
+		panic("m2mauth: RequireAnyScope needs at least one scope")
+	}
+	return v.require(s, Scopes.HasAny)
+}
+
+func mustScopes(scopes []string) Scopes {
+	s, err := NewScopes(scopes...)
+	if err != nil {
+		panic(fmt.Sprintf("m2mauth: invalid required scope in %q: %v", scopes, err))
+	}
+	return s
+}
+
+func (v *Validator) require(want Scopes, ok func(have, want Scopes) bool) func(http.Handler) http.Handler {
+	insufficient := fmt.Sprintf(`%s, error="insufficient_scope", error_description="the access token lacks a required scope", scope="%s"`, v.challenge, want)
+	return func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			raw, e := bearerToken(r.Header["Authorization"])
+			if e != nil {
+				v.refuse(w, r, e)
+				return
+			}
+			c, err := v.Validate(r.Context(), raw)
+			if err != nil {
+				v.refuse(w, r, asError(err))
+				return
+			}
+			if !ok(c.Scopes, want) {
+				w.Header().Set("WWW-Authenticate", insufficient)
+				if v.cfg.Auditor != nil {
+					ev := v.event(r, EventScopeDenied, CodeInsufficientScope)
+					ev.ClientID, ev.JTI, ev.Scopes = truncate(c.ClientID), truncate(c.ID), want
+					v.cfg.Auditor.Audit(r.Context(), ev)
+				}
+				v.render(w, r, NewError(CodeInsufficientScope, "the access token lacks a required scope: "+want.String()))
+				return
+			}
+			next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), claimsKey{}, c)))
+		})
+	}
+}
+
+// errNoToken marks a request without bearer credentials: RFC 6750 §3.1
+// says to answer it with no error code in the challenge.
+var errNoToken = errors.New("m2mauth: no bearer token")
+
+// bearerToken extracts the token from the Authorization header values
+// (RFC 6750 §2.1): exactly one header, scheme Bearer in any case, then a
+// token68.
+func bearerToken(values []string) (string, *Error) {
+	switch len(values) {
+	case 0:
+		return "", WrapError(CodeInvalidToken, "missing bearer token", errNoToken)
+	case 1:
+	default:
+		return "", NewError(CodeInvalidRequest, "more than one Authorization header")
+	}
+	scheme, tok, _ := strings.Cut(values[0], " ")
+	if !strings.EqualFold(scheme, "Bearer") {
+		return "", WrapError(CodeInvalidToken, "missing bearer token", errNoToken)
+	}
+	tok = strings.TrimLeft(tok, " ")
+	if !isToken68(tok) {
+		return "", NewError(CodeInvalidRequest, "malformed bearer token")
+	}
+	return tok, nil
+}
+
+// isToken68 reports whether s matches token68 (RFC 7235 §2.1):
+// 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"=".
+func isToken68(s string) bool {
+	i := 0
+	for ; i < len(s); i++ {
+		c := s[i]
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' ||
+			c == '-' || c == '.' || c == '_' || c == '~' || c == '+' || c == '/') {
+			break
+		}
+	}
+	if i == 0 {
+		return false
+	}
+	for ; i < len(s); i++ {
+		if s[i] != '=' {
+			return false
+		}
+	}
+	return true
+}
+
+// refuse answers a request whose token was missing or refused.
+func (v *Validator) refuse(w http.ResponseWriter, r *http.Request, e *Error) {
+	switch {
+	case errors.Is(e, errNoToken):
+		w.Header().Set("WWW-Authenticate", v.challenge)
+	case e.Code == CodeServerError:
+		// Not the client's fault: no challenge.
+	default:
+		w.Header().Set("WWW-Authenticate", fmt.Sprintf(`%s, error="%s", error_description="%s"`, v.challenge, e.Code, e.Description))
+	}
+	if !errors.Is(e, errNoToken) && v.cfg.Auditor != nil {
+		ev := v.event(r, EventTokenRejected, e.Code)
+		var f *tokenFault
+		if errors.As(e, &f) {
+			ev.Reason, ev.ClientID, ev.JTI = f.reason, f.clientID, f.jti
+		}
+		v.cfg.Auditor.Audit(r.Context(), ev)
+	}
+	v.render(w, r, e)
+}
+
+func (v *Validator) render(w http.ResponseWriter, r *http.Request, e *Error) {
+	if v.cfg.ErrorHandler != nil {
+		v.cfg.ErrorHandler(w, r, e)
+		return
+	}
+	w.Header().Set("Cache-Control", "no-store")
+	writeError(w, e)
+}
+
+// event starts an audit event about r.
+func (v *Validator) event(r *http.Request, typ AuditEventType, code string) AuditEvent {
+	return AuditEvent{
+		Time: v.cfg.Now(), Type: typ, RemoteIP: remoteIP(r), UserAgent: truncate(r.UserAgent()),
+		Audience: v.cfg.Audience, Error: code,
+	}
+}
