@@ -165,3 +165,109 @@ func TestTokenHandlerRetainsNothing(t *testing.T) {
 	// allow a little noise from the runtime.
 	require.Less(t, grown, int64(256<<10), "heap grew by %d bytes over %d tokens", grown, n)
 }
+
+// benchRoute is the protected route of the validation benchmarks.
+var benchRoute = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusNoContent) })
+
+// runRouteBench serves GET /api/builders with the bearer token to h b.N
+// times.
+func runRouteBench(b *testing.B, h http.Handler, token string) {
+	b.Helper()
+	r := httptest.NewRequest(http.MethodGet, "/api/builders", nil)
+	r.Header.Set("Authorization", "Bearer "+token)
+	w := httptest.NewRecorder()
+	h.ServeHTTP(w, r)
+	if w.Code != http.StatusNoContent {
+		b.Fatalf("status %d: %s", w.Code, w.Body)
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		w := httptest.NewRecorder()
+		h.ServeHTTP(w, r)
+	}
+}
+
+// benchToken issues a real token through the token handler.
+func benchToken(b *testing.B) (string, *m2mauth.StaticKeys) {
+	b.Helper()
+	h, auth := benchTokenHandler(b)
+	r := httptest.NewRequest(http.MethodPost, "/oauth/token", strings.NewReader(benchBody))
+	r.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	r.Header.Set("Authorization", auth)
+	w := httptest.NewRecorder()
+	h.ServeHTTP(w, r)
+	var resp struct {
+		AccessToken string `json:"access_token"`
+	}
+	require.NoError(b, json.Unmarshal(w.Body.Bytes(), &resp))
+	key, err := m2mauth.NewHS256Key("k1", benchKey)
+	require.NoError(b, err)
+	keys, err := m2mauth.NewStaticKeys(key)
+	require.NoError(b, err)
+	return resp.AccessToken, keys
+}
+
+func benchValidator(b *testing.B, cacheSize int) (http.Handler, string) {
+	tok, keys := benchToken(b)
+	v, err := m2mauth.NewValidator(keys, m2mauth.ValidatorConfig{
+		Issuer: benchIssuer, Audience: benchAudience, CacheSize: cacheSize,
+	})
+	require.NoError(b, err)
+	return v.RequireScopes("read")(benchRoute), tok
+}
+
+// BenchmarkRequireScopes is the hot path: a token seen before, answered
+// from the verified-token cache.
+func BenchmarkRequireScopes(b *testing.B) {
+	h, tok := benchValidator(b, 0)
+	runRouteBench(b, h, tok)
+}
+
+// BenchmarkRequireScopesUncached verifies the token from scratch each time.
+func BenchmarkRequireScopesUncached(b *testing.B) {
+	h, tok := benchValidator(b, -1)
+	runRouteBench(b, h, tok)
+}
+
+// BenchmarkRequireScopesBare is the harness cost: the 204 route alone.
+func BenchmarkRequireScopesBare(b *testing.B) {
+	tok, _ := benchToken(b)
+	runRouteBench(b, benchRoute, tok)
+}
+
+// BenchmarkRequireScopesFloor is a minimal hand-written check with go-jose:
+// ParseSigned, Claims, Expected validation and a scope check.
+func BenchmarkRequireScopesFloor(b *testing.B) {
+	tok, _ := benchToken(b)
+	type claims struct {
+		jwt.Claims
+		Scope string `json:"scope"`
+	}
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		raw, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+		if !ok {
+			w.WriteHeader(http.StatusUnauthorized)
+			return
+		}
+		t, err := jwt.ParseSigned(raw, []jose.SignatureAlgorithm{jose.HS256})
+		if err != nil {
+			w.WriteHeader(http.StatusUnauthorized)
+			return
+		}
+		var c claims
+		if err := t.Claims(benchKey, &c); err != nil {
+			w.WriteHeader(http.StatusUnauthorized)
+			return
+		}
+		if err := c.Claims.Validate(jwt.Expected{Issuer: benchIssuer, AnyAudience: jwt.Audience{benchAudience}, Time: time.Now()}); err != nil {
+			w.WriteHeader(http.StatusUnauthorized)
+			return
+		}
+		if !strings.Contains(" "+c.Scope+" ", " read ") {
+			w.WriteHeader(http.StatusForbidden)
+			return
+		}
+		benchRoute.ServeHTTP(w, r)
+	})
+	runRouteBench(b, h, tok)
+}

@@ -68,3 +68,39 @@ func FuzzTokenHandler(f *testing.F) {
 		}
 	})
 }
+
+// FuzzRequireScopes throws arbitrary Authorization header values at a
+// protected route: it must never panic and must answer 200, 400, 401 or
+// 403, refusals with a JSON error and a Bearer challenge.
+func FuzzRequireScopes(f *testing.F) {
+	p := newProtected(f)
+	good := mint(f, keyB, "k2", "at+jwt", validClaims(p.clock()))
+	for _, s := range []string{
+		"Bearer " + good, "bearer " + good, "Bearer " + good + "==", "Bearer " + good[:len(good)-1],
+		"Bearer", "Bearer ", "Bearer  x", "Basic abc", "", "Bearer a.b.c", "Bearer ..", "Bearer e30.e30.",
+		"Bearer eyJhbGciOiJub25lIn0.e30.", "Bearer " + strings.Repeat("A", 5000),
+	} {
+		f.Add(s)
+	}
+	h := p.v.RequireScopes("read")(echo)
+	f.Fuzz(func(t *testing.T, authz string) {
+		r := httptest.NewRequest(http.MethodGet, "/", nil)
+		r.Header["Authorization"] = []string{authz}
+		w := httptest.NewRecorder()
+		h.ServeHTTP(w, r)
+		switch w.Code {
+		case 200:
+			return
+		case 400, 401, 403:
+		default:
+			t.Fatalf("status %d", w.Code)
+		}
+		if !strings.HasPrefix(w.Header().Get("WWW-Authenticate"), `Bearer realm="m2mauth"`) {
+			t.Fatalf("challenge %q", w.Header().Get("WWW-Authenticate"))
+		}
+		var body map[string]string
+		if err := json.Unmarshal(w.Body.Bytes(), &body); err != nil || body["error"] == "" {
+			t.Fatalf("body %q", w.Body)
+		}
+	})
+}

@@ -1,0 +1,151 @@
+package m2mauth_test
+
+import (
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/base64"
+	"fmt"
+	"runtime"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/m2mauth/m2mauth"
+)
+
+// fastMinter signs HS256 access tokens that differ only in jti, cheaply
+// enough to make a million of them.
+type fastMinter struct {
+	header string
+	key    []byte
+	iat    int64
+}
+
+func newFastMinter(now time.Time) *fastMinter {
+	h := base64.RawURLEncoding.EncodeToString([]byte(`{"alg":"HS256","kid":"k2","typ":"at+jwt"}`))
+	return &fastMinter{header: h + ".", key: keyB, iat: now.Unix()}
+}
+
+func (m *fastMinter) mint(i int, ttl time.Duration) string {
+	payload := fmt.Sprintf(`{"iss":%q,"sub":"svc","client_id":"svc","aud":%q,"iat":%d,"exp":%d,"jti":"j%d","scope":"read"}`,
+		testIssuer, testAudience, m.iat, m.iat+int64(ttl/time.Second), i)
+	in := m.header + base64.RawURLEncoding.EncodeToString([]byte(payload))
+	mac := hmac.New(sha256.New, m.key)
+	mac.Write([]byte(in))
+	return in + "." + base64.RawURLEncoding.EncodeToString(mac.Sum(nil))
+}
+
+// TestTokenCache: hits and misses are counted, a hit still honours expiry,
+// invalid tokens are never cached, and the entry count never exceeds the
+// bound however many distinct tokens arrive.
+func TestTokenCache(t *testing.T) {
+	p := newProtected(t, func(c *m2mauth.ValidatorConfig) { c.CacheSize = 1024 })
+	m := newFastMinter(p.clock())
+	ctx := t.Context()
+
+	tok := m.mint(0, time.Minute)
+	for range 3 {
+		_, err := p.v.Validate(ctx, tok)
+		require.NoError(t, err)
+	}
+	st := p.v.CacheStats()
+	assert.Equal(t, uint64(2), st.Hits)
+	assert.Equal(t, uint64(1), st.Misses)
+	assert.Equal(t, 1, st.Entries)
+	assert.Equal(t, 1024, st.Capacity)
+
+	// Invalid tokens: never cached, every one a miss.
+	for i := range 100 {
+		_, err := p.v.Validate(ctx, tok[:len(tok)-4]+fmt.Sprintf("%04d", i))
+		require.Error(t, err)
+	}
+	st = p.v.CacheStats()
+	assert.Equal(t, 1, st.Entries, "invalid tokens are not cached")
+	assert.Equal(t, uint64(2), st.Hits)
+
+	// Expiry honoured on a hit: exp is 60s away, leeway 30s.
+	p.advance(89 * time.Second)
+	_, err := p.v.Validate(ctx, tok)
+	require.NoError(t, err)
+	assert.Equal(t, uint64(3), p.v.CacheStats().Hits)
+	p.advance(time.Second)
+	_, err = p.v.Validate(ctx, tok)
+	require.ErrorIs(t, err, &m2mauth.Error{Code: m2mauth.CodeInvalidToken})
+	assert.Equal(t, m2mauth.ReasonTokenExpired, m2mauth.RejectionReason(err))
+	assert.Equal(t, uint64(3), p.v.CacheStats().Hits, "an expired entry is not a hit")
+	assert.Equal(t, 0, p.v.CacheStats().Entries, "an expired entry is dropped")
+}
+
+// TestTokenCacheBound floods the cache with distinct valid tokens: the
+// entry count stays at or under its capacity and the heap stays bounded.
+func TestTokenCacheBound(t *testing.T) {
+	n := 1_000_000
+	if raceEnabled || testing.Short() {
+		n = 50_000
+	}
+	p := newProtected(t, func(c *m2mauth.ValidatorConfig) { c.CacheSize = 10000 })
+	m := newFastMinter(p.clock())
+	ctx := t.Context()
+	var ms runtime.MemStats
+	for i := range n {
+		_, err := p.v.Validate(ctx, m.mint(i, time.Hour))
+		if err != nil {
+			require.NoError(t, err)
+		}
+		if i%100_000 == 99_999 {
+			require.LessOrEqual(t, p.v.CacheStats().Entries, 10000)
+		}
+	}
+	st := p.v.CacheStats()
+	assert.LessOrEqual(t, st.Entries, st.Capacity)
+	assert.Equal(t, 10000, st.Capacity)
+	assert.Equal(t, uint64(n), st.Misses)
+	runtime.GC()
+	runtime.ReadMemStats(&ms)
+	runtime.KeepAlive(p)
+	// 10,000 entries of a ~300-byte token and its claims: a few MB.
+	assert.Less(t, ms.HeapAlloc, uint64(64<<20), "heap in use after %d tokens", n)
+	t.Logf("%d tokens: %d entries, heap in use %d KiB", n, st.Entries, ms.HeapAlloc>>10)
+}
+
+// TestTokenCacheParallel hammers the cache from many goroutines with a mix
+// of repeated and fresh tokens; run with -race.
+func TestTokenCacheParallel(t *testing.T) {
+	p := newProtected(t, func(c *m2mauth.ValidatorConfig) { c.CacheSize = 64 })
+	m := newFastMinter(p.clock())
+	shared := make([]string, 16)
+	for i := range shared {
+		shared[i] = m.mint(i, time.Hour)
+	}
+	h := p.v.RequireScopes("read")(echo)
+	const workers, each = 8, 300
+	var wg sync.WaitGroup
+	errs := make(chan string, workers*each)
+	for w := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range each {
+				tok := shared[(w+i)%len(shared)]
+				if i%3 == 0 {
+					tok = m.mint(100000+w*each+i, time.Hour)
+				}
+				if rec := call(h, "Bearer "+tok); rec.Code != 200 {
+					errs <- rec.Body.String()
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for e := range errs {
+		t.Error(e)
+	}
+	st := p.v.CacheStats()
+	assert.Equal(t, uint64(workers*each), st.Hits+st.Misses, "every request counted once")
+	assert.Positive(t, st.Hits)
+	assert.LessOrEqual(t, st.Entries, st.Capacity)
+}

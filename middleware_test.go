@@ -1,0 +1,452 @@
+package m2mauth_test
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/go-jose/go-jose/v4"
+	"github.com/go-jose/go-jose/v4/jwt"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/m2mauth/m2mauth"
+)
+
+var (
+	keyA = []byte("0123456789abcdef0123456789abcdef")
+	keyB = []byte("fedcba9876543210fedcba9876543210")
+)
+
+// swapKeys is a KeyProvider whose keys can be replaced, as a rotating
+// provider's would be.
+type swapKeys struct{ p atomic.Pointer[m2mauth.StaticKeys] }
+
+func (s *swapKeys) set(t testing.TB, signing jose.JSONWebKey, previous ...jose.JSONWebKey) {
+	t.Helper()
+	k, err := m2mauth.NewStaticKeys(signing, previous...)
+	require.NoError(t, err)
+	s.p.Store(k)
+}
+
+func (s *swapKeys) SigningKey(ctx context.Context) (*jose.JSONWebKey, error) {
+	return s.p.Load().SigningKey(ctx)
+}
+
+func (s *swapKeys) VerificationKeys(ctx context.Context) (*jose.JSONWebKeySet, error) {
+	return s.p.Load().VerificationKeys(ctx)
+}
+
+func hsKey(t testing.TB, kid string, secret []byte) jose.JSONWebKey {
+	t.Helper()
+	k, err := m2mauth.NewHS256Key(kid, secret)
+	require.NoError(t, err)
+	return k
+}
+
+// mint signs claims with go-jose, independently of the token handler.
+// typ "" leaves the typ header out.
+func mint(t testing.TB, secret []byte, kid, typ string, claims map[string]any) string {
+	t.Helper()
+	opts := (&jose.SignerOptions{}).WithHeader("kid", kid)
+	if typ != "" {
+		opts = opts.WithType(jose.ContentType(typ))
+	}
+	sig, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.HS256, Key: secret}, opts)
+	require.NoError(t, err)
+	tok, err := jwt.Signed(sig).Claims(claims).Serialize()
+	require.NoError(t, err)
+	return tok
+}
+
+// validClaims returns the claims of a good token issued at now.
+func validClaims(now time.Time) map[string]any {
+	return map[string]any{
+		"iss": testIssuer, "sub": "svc", "client_id": "svc", "aud": testAudience,
+		"iat": now.Unix(), "nbf": now.Unix(), "exp": now.Add(time.Hour).Unix(),
+		"jti": "jti-1", "scope": "read write",
+	}
+}
+
+func with(c map[string]any, kv ...any) map[string]any {
+	out := map[string]any{}
+	for k, v := range c {
+		out[k] = v
+	}
+	for i := 0; i < len(kv); i += 2 {
+		if kv[i+1] == nil {
+			delete(out, kv[i].(string))
+			continue
+		}
+		out[kv[i].(string)] = kv[i+1]
+	}
+	return out
+}
+
+// protected builds a validator over keys and a route needing scopes, whose
+// handler echoes the client id from the context.
+type protected struct {
+	v      *m2mauth.Validator
+	keys   *swapKeys
+	now    atomic.Pointer[time.Time]
+	mu     sync.Mutex
+	events []m2mauth.AuditEvent
+}
+
+func newProtected(t testing.TB, edit ...func(*m2mauth.ValidatorConfig)) *protected {
+	t.Helper()
+	p := &protected{keys: &swapKeys{}}
+	now := time.Date(2026, 11, 23, 12, 0, 0, 0, time.UTC)
+	p.now.Store(&now)
+	p.keys.set(t, hsKey(t, "k2", keyB), hsKey(t, "k1", keyA))
+	cfg := m2mauth.ValidatorConfig{
+		Issuer:   testIssuer,
+		Audience: testAudience,
+		Now:      func() time.Time { return *p.now.Load() },
+		Auditor: m2mauth.AuditorFunc(func(_ context.Context, e m2mauth.AuditEvent) {
+			p.mu.Lock()
+			p.events = append(p.events, e)
+			p.mu.Unlock()
+		}),
+	}
+	for _, e := range edit {
+		e(&cfg)
+	}
+	var err error
+	p.v, err = m2mauth.NewValidator(p.keys, cfg)
+	require.NoError(t, err)
+	return p
+}
+
+func (p *protected) clock() time.Time { return *p.now.Load() }
+
+func (p *protected) advance(d time.Duration) {
+	n := p.clock().Add(d)
+	p.now.Store(&n)
+}
+
+func (p *protected) lastEvent(t testing.TB) m2mauth.AuditEvent {
+	t.Helper()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	require.NotEmpty(t, p.events)
+	return p.events[len(p.events)-1]
+}
+
+// echo is the protected handler: it answers 200 with the client id and
+// scopes it finds in the context.
+var echo = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	c, ok := m2mauth.ClaimsFromContext(r.Context())
+	if !ok {
+		http.Error(w, "no claims", http.StatusInternalServerError)
+		return
+	}
+	w.Write([]byte(c.ClientID + " " + c.Scopes.String()))
+})
+
+func call(h http.Handler, authz ...string) *httptest.ResponseRecorder {
+	r := httptest.NewRequest(http.MethodGet, "/api/builders", nil)
+	for _, a := range authz {
+		r.Header.Add("Authorization", a)
+	}
+	w := httptest.NewRecorder()
+	h.ServeHTTP(w, r)
+	return w
+}
+
+func TestRequireScopes(t *testing.T) {
+	p := newProtected(t)
+	now := p.clock()
+	good := mint(t, keyB, "k2", "at+jwt", validClaims(now))
+	realm := `Bearer realm="m2mauth"`
+	invalid := func(desc string) string {
+		return realm + `, error="invalid_token", error_description="` + desc + `"`
+	}
+	badReq := func(desc string) string {
+		return realm + `, error="invalid_request", error_description="` + desc + `"`
+	}
+	none := base64.RawURLEncoding.EncodeToString([]byte(`{"alg":"none","kid":"k2","typ":"at+jwt"}`)) + "." +
+		strings.Split(good, ".")[1] + "."
+	parts := strings.Split(good, ".")
+	tamperedPayload := base64.RawURLEncoding.EncodeToString([]byte(strings.Replace(
+		string(mustDecode(t, parts[1])), `"read write"`, `"read write admin"`, 1)))
+	tampered := parts[0] + "." + tamperedPayload + "." + parts[2]
+	// An HS256 token whose header claims the key decides nothing: the
+	// signature is made with the kid's bytes but alg HS384.
+	hs384, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.HS384, Key: append(append([]byte{}, keyB...), keyB[:16]...)},
+		(&jose.SignerOptions{}).WithType("at+jwt").WithHeader("kid", "k2"))
+	require.NoError(t, err)
+	hs384Tok, err := jwt.Signed(hs384).Claims(validClaims(now)).Serialize()
+	require.NoError(t, err)
+
+	tests := []struct {
+		name      string
+		authz     []string
+		scopes    []string
+		any       bool
+		status    int
+		challenge string
+		code      string
+	}{
+		{name: "valid token", authz: []string{"Bearer " + good}, scopes: []string{"read"}, status: 200},
+		{name: "all of two scopes", authz: []string{"Bearer " + good}, scopes: []string{"read", "write"}, status: 200},
+		{name: "lowercase bearer, RFC 6750 §2.1 / RFC 7235 §2.1", authz: []string{"bearer " + good}, scopes: []string{"read"}, status: 200},
+		{name: "uppercase BEARER", authz: []string{"BEARER " + good}, scopes: []string{"read"}, status: 200},
+		{name: "typ application/at+jwt, RFC 9068 §4", authz: []string{"Bearer " + mint(t, keyB, "k2", "application/at+jwt", validClaims(now))}, scopes: []string{"read"}, status: 200},
+		{name: "previous key still in the set", authz: []string{"Bearer " + mint(t, keyA, "k1", "at+jwt", validClaims(now))}, scopes: []string{"read"}, status: 200},
+		{name: "aud array containing this API, RFC 7519 §4.1.3", authz: []string{"Bearer " + mint(t, keyB, "k2", "at+jwt", with(validClaims(now), "aud", []string{"other", testAudience}))}, scopes: []string{"read"}, status: 200},
+		{name: "expired within leeway", authz: []string{"Bearer " + mint(t, keyB, "k2", "at+jwt", with(validClaims(now), "exp", now.Add(-20*time.Second).Unix()))}, scopes: []string{"read"}, status: 200},
+		{name: "nbf within leeway", authz: []string{"Bearer " + mint(t, keyB, "k2", "at+jwt", with(validClaims(now), "nbf", now.Add(20*time.Second).Unix()))}, scopes: []string{"read"}, status: 200},
+
+		{name: "missing header, RFC 6750 §3.1: no error code", status: 401, challenge: realm, code: "invalid_token"},
+		{name: "Basic scheme is no bearer token", authz: []string{"Basic c3ZjOnNlY3JldA=="}, status: 401, challenge: realm, code: "invalid_token"},
+		{name: "two Authorization headers, RFC 6750 §3.1", authz: []string{"Bearer " + good, "Bearer " + good}, status: 400, challenge: badReq("more than one Authorization header"), code: "invalid_request"},
+		{name: "empty token", authz: []string{"Bearer "}, status: 400, challenge: badReq("malformed bearer token"), code: "invalid_request"},
+		{name: "scheme only", authz: []string{"Bearer"}, status: 400, challenge: badReq("malformed bearer token"), code: "invalid_request"},
+		{name: "not token68, RFC 6750 §2.1", authz: []string{"Bearer a b"}, status: 400, challenge: badReq("malformed bearer token"), code: "invalid_request"},
+		{name: "token with quote", authz: []string{`Bearer "abc"`}, status: 400, challenge: badReq("malformed bearer token"), code: "invalid_request"},
+		{name: "garbage", authz: []string{"Bearer garbage"}, status: 401, challenge: invalid("token is not a JWS compact serialization"), code: "invalid_token"},
+		{name: "garbage with dots", authz: []string{"Bearer a.b.c"}, status: 401, challenge: invalid("malformed token header"), code: "invalid_token"},
+		{name: "alg none, RFC 8725 §3.1", authz: []string{"Bearer " + none}, status: 401, challenge: invalid("token algorithm not allowed"), code: "invalid_token"},
+		{name: "HS384 not allowed", authz: []string{"Bearer " + hs384Tok}, status: 401, challenge: invalid("token algorithm not allowed"), code: "invalid_token"},
+		{name: "signed with a wrong key", authz: []string{"Bearer " + mint(t, []byte("wrong-key-wrong-key-wrong-key-!!"), "k2", "at+jwt", validClaims(now))}, status: 401, challenge: invalid("invalid token signature"), code: "invalid_token"},
+		{name: "tampered payload", authz: []string{"Bearer " + tampered}, status: 401, challenge: invalid("invalid token signature"), code: "invalid_token"},
+		{name: "signature stripped", authz: []string{"Bearer " + parts[0] + "." + parts[1] + "."}, status: 401, challenge: invalid("invalid token signature"), code: "invalid_token"},
+		{name: "unknown kid", authz: []string{"Bearer " + mint(t, keyB, "k9", "at+jwt", validClaims(now))}, status: 401, challenge: invalid("token signed by an unknown key"), code: "invalid_token"},
+		{name: "wrong typ, RFC 9068 §4", authz: []string{"Bearer " + mint(t, keyB, "k2", "JWT", validClaims(now))}, status: 401, challenge: invalid("token is not an access token (typ must be at+jwt)"), code: "invalid_token"},
+		{name: "missing typ, RFC 9068 §4", authz: []string{"Bearer " + mint(t, keyB, "k2", "", validClaims(now))}, status: 401, challenge: invalid("token is not an access token (typ must be at+jwt)"), code: "invalid_token"},
+		{name: "wrong iss, RFC 9068 §4", authz: []string{"Bearer " + mint(t, keyB, "k2", "at+jwt", with(validClaims(now), "iss", "https://evil.example.com"))}, status: 401, challenge: invalid("token issuer is not trusted"), code: "invalid_token"},
+		{name: "wrong aud, RFC 9068 §4", authz: []string{"Bearer " + mint(t, keyB, "k2", "at+jwt", with(validClaims(now), "aud", otherAud))}, status: 401, challenge: invalid("token is not for this audience"), code: "invalid_token"},
+		{name: "expired, RFC 7519 §4.1.4", authz: []string{"Bearer " + mint(t, keyB, "k2", "at+jwt", with(validClaims(now), "exp", now.Add(-31*time.Second).Unix()))}, status: 401, challenge: invalid("token expired"), code: "invalid_token"},
+		{name: "nbf in the future, RFC 7519 §4.1.5", authz: []string{"Bearer " + mint(t, keyB, "k2", "at+jwt", with(validClaims(now), "nbf", now.Add(time.Minute).Unix()))}, status: 401, challenge: invalid("token is not valid yet"), code: "invalid_token"},
+		{name: "iat in the future", authz: []string{"Bearer " + mint(t, keyB, "k2", "at+jwt", with(validClaims(now), "iat", now.Add(time.Minute).Unix()))}, status: 401, challenge: invalid("token issued in the future"), code: "invalid_token"},
+		{name: "no exp, RFC 9068 §2.2", authz: []string{"Bearer " + mint(t, keyB, "k2", "at+jwt", with(validClaims(now), "exp", nil))}, status: 401, challenge: invalid("token lacks a required claim"), code: "invalid_token"},
+		{name: "no client_id, RFC 9068 §2.2", authz: []string{"Bearer " + mint(t, keyB, "k2", "at+jwt", with(validClaims(now), "client_id", nil))}, status: 401, challenge: invalid("token lacks a required claim"), code: "invalid_token"},
+		{name: "no sub, RFC 9068 §2.2", authz: []string{"Bearer " + mint(t, keyB, "k2", "at+jwt", with(validClaims(now), "sub", nil))}, status: 401, challenge: invalid("token lacks a required claim"), code: "invalid_token"},
+		{name: "malformed scope", authz: []string{"Bearer " + mint(t, keyB, "k2", "at+jwt", with(validClaims(now), "scope", "read  write"))}, status: 401, challenge: invalid("token scope claim is malformed"), code: "invalid_token"},
+		{name: "scope as array", authz: []string{"Bearer " + mint(t, keyB, "k2", "at+jwt", with(validClaims(now), "scope", []string{"read"}))}, status: 401, challenge: invalid("malformed token claims"), code: "invalid_token"},
+
+		{name: "insufficient scope, RFC 6750 §3.1", authz: []string{"Bearer " + good}, scopes: []string{"admin"}, status: 403,
+			challenge: realm + `, error="insufficient_scope", error_description="the access token lacks a required scope", scope="admin"`, code: "insufficient_scope"},
+		{name: "one of two scopes missing", authz: []string{"Bearer " + good}, scopes: []string{"read", "admin"}, status: 403,
+			challenge: realm + `, error="insufficient_scope", error_description="the access token lacks a required scope", scope="read admin"`, code: "insufficient_scope"},
+		{name: "any-of satisfied by one", authz: []string{"Bearer " + good}, scopes: []string{"admin", "write"}, any: true, status: 200},
+		{name: "any-of satisfied by none", authz: []string{"Bearer " + good}, scopes: []string{"admin", "root"}, any: true, status: 403,
+			challenge: realm + `, error="insufficient_scope", error_description="the access token lacks a required scope", scope="admin root"`, code: "insufficient_scope"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			mw := p.v.RequireScopes(tc.scopes...)
+			if tc.any {
+				mw = p.v.RequireAnyScope(tc.scopes...)
+			}
+			w := call(mw(echo), tc.authz...)
+			assert.Equal(t, tc.status, w.Code, "body: %s", w.Body)
+			assert.Equal(t, tc.challenge, w.Header().Get("WWW-Authenticate"))
+			if tc.status == http.StatusOK {
+				assert.Equal(t, "svc read write", w.Body.String())
+				return
+			}
+			assert.Equal(t, "application/json", w.Header().Get("Content-Type"))
+			assert.Equal(t, "no-store", w.Header().Get("Cache-Control"))
+			var body map[string]string
+			require.NoError(t, json.Unmarshal(w.Body.Bytes(), &body))
+			assert.Equal(t, tc.code, body["error"])
+			assert.NotEmpty(t, body["error_description"])
+			for _, a := range tc.authz {
+				_, tok, _ := strings.Cut(a, " ")
+				if len(tok) > 8 {
+					assert.NotContains(t, w.Body.String(), tok, "the token is echoed")
+					assert.NotContains(t, w.Header().Get("WWW-Authenticate"), tok)
+				}
+			}
+		})
+	}
+}
+
+func mustDecode(t testing.TB, s string) []byte {
+	t.Helper()
+	b, err := base64.RawURLEncoding.DecodeString(s)
+	require.NoError(t, err)
+	return b
+}
+
+// TestKeyRotation: a token signed by the previous key works while that key
+// is in the set, and stops — cached or not — once it is removed.
+func TestKeyRotation(t *testing.T) {
+	p := newProtected(t)
+	old := mint(t, keyA, "k1", "at+jwt", validClaims(p.clock()))
+	h := p.v.RequireScopes("read")(echo)
+	require.Equal(t, 200, call(h, "Bearer "+old).Code)
+	require.Equal(t, 200, call(h, "Bearer "+old).Code, "served from the cache")
+	assert.Equal(t, uint64(1), p.v.CacheStats().Hits)
+
+	p.keys.set(t, hsKey(t, "k2", keyB)) // k1 retired
+	w := call(h, "Bearer "+old)
+	assert.Equal(t, 401, w.Code)
+	assert.Contains(t, w.Header().Get("WWW-Authenticate"), `error_description="token signed by an unknown key"`)
+	e := p.lastEvent(t)
+	assert.Equal(t, m2mauth.EventTokenRejected, e.Type)
+	assert.Equal(t, m2mauth.ReasonTokenUnknownKey, e.Reason)
+}
+
+// TestValidatorAudit: rejections and scope denials are audited with the
+// reason and, once the signature is good, the client and jti — never the
+// token.
+func TestValidatorAudit(t *testing.T) {
+	p := newProtected(t)
+	now := p.clock()
+	expired := mint(t, keyB, "k2", "at+jwt", with(validClaims(now), "exp", now.Add(-time.Hour).Unix(), "jti", "old-jti"))
+	h := p.v.RequireScopes("read")(echo)
+	call(h, "Bearer "+expired)
+	e := p.lastEvent(t)
+	assert.Equal(t, m2mauth.EventTokenRejected, e.Type)
+	assert.Equal(t, m2mauth.ReasonTokenExpired, e.Reason)
+	assert.Equal(t, "old-jti", e.JTI)
+	assert.Equal(t, "svc", e.ClientID)
+	assert.Equal(t, "invalid_token", e.Error)
+
+	call(h, "Bearer "+mint(t, []byte("wrong-key-wrong-key-wrong-key-!!"), "k2", "at+jwt", validClaims(now)))
+	e = p.lastEvent(t)
+	assert.Equal(t, m2mauth.ReasonTokenSignature, e.Reason)
+	assert.Empty(t, e.JTI, "claims of a forged token are not trusted")
+
+	call(p.v.RequireScopes("admin")(echo), "Bearer "+mint(t, keyB, "k2", "at+jwt", validClaims(now)))
+	e = p.lastEvent(t)
+	assert.Equal(t, m2mauth.EventScopeDenied, e.Type)
+	assert.Equal(t, m2mauth.Scopes{"admin"}, e.Scopes)
+	assert.Equal(t, "jti-1", e.JTI)
+
+	n := len(p.events)
+	call(h) // no credentials: not an attack, not audited
+	assert.Len(t, p.events, n)
+}
+
+func TestValidatorErrorHandler(t *testing.T) {
+	var got *m2mauth.Error
+	p := newProtected(t, func(c *m2mauth.ValidatorConfig) {
+		c.ErrorHandler = func(w http.ResponseWriter, r *http.Request, err *m2mauth.Error) {
+			got = err
+			w.WriteHeader(err.Status)
+			w.Write([]byte("custom"))
+		}
+	})
+	w := call(p.v.RequireScopes("read")(echo), "Bearer x.y.z")
+	assert.Equal(t, 401, w.Code)
+	assert.Equal(t, "custom", w.Body.String())
+	assert.Contains(t, w.Header().Get("WWW-Authenticate"), `error="invalid_token"`)
+	require.NotNil(t, got)
+	assert.ErrorIs(t, got, &m2mauth.Error{Code: m2mauth.CodeInvalidToken})
+}
+
+func TestValidate(t *testing.T) {
+	p := newProtected(t)
+	tok := mint(t, keyB, "k2", "at+jwt", validClaims(p.clock()))
+	c, err := p.v.Validate(t.Context(), tok)
+	require.NoError(t, err)
+	assert.Equal(t, "svc", c.ClientID)
+	assert.Equal(t, "svc", c.Subject)
+	assert.Equal(t, "jti-1", c.ID)
+	assert.Equal(t, m2mauth.Scopes{"read", "write"}, c.Scopes)
+	assert.Equal(t, jwt.Audience{testAudience}, c.Audience)
+
+	_, err = p.v.Validate(t.Context(), "nope")
+	require.ErrorIs(t, err, &m2mauth.Error{Code: m2mauth.CodeInvalidToken})
+	assert.Equal(t, m2mauth.ReasonTokenMalformed, m2mauth.RejectionReason(err))
+}
+
+func TestNewValidatorValidates(t *testing.T) {
+	keys := &swapKeys{}
+	keys.set(t, hsKey(t, "k1", keyA))
+	base := m2mauth.ValidatorConfig{Issuer: testIssuer, Audience: testAudience}
+	tests := []struct {
+		name string
+		keys m2mauth.KeyProvider
+		edit func(*m2mauth.ValidatorConfig)
+	}{
+		{"nil keys", nil, nil},
+		{"no issuer", keys, func(c *m2mauth.ValidatorConfig) { c.Issuer = "" }},
+		{"no audience", keys, func(c *m2mauth.ValidatorConfig) { c.Audience = "" }},
+		{"alg none", keys, func(c *m2mauth.ValidatorConfig) { c.Algorithms = []jose.SignatureAlgorithm{"none"} }},
+		{"RS256 not implemented", keys, func(c *m2mauth.ValidatorConfig) { c.Algorithms = []jose.SignatureAlgorithm{jose.RS256} }},
+		{"negative leeway", keys, func(c *m2mauth.ValidatorConfig) { c.Leeway = -time.Second }},
+		{"huge leeway", keys, func(c *m2mauth.ValidatorConfig) { c.Leeway = time.Hour }},
+		{"quote in realm", keys, func(c *m2mauth.ValidatorConfig) { c.Realm = `"` }},
+		{"no usable key", badKeys{}, nil},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := base
+			if tc.edit != nil {
+				tc.edit(&cfg)
+			}
+			v, err := m2mauth.NewValidator(tc.keys, cfg)
+			require.Error(t, err)
+			assert.Nil(t, v)
+		})
+	}
+	assert.Panics(t, func() { (&m2mauth.Validator{}).RequireScopes("bad scope") })
+}
+
+// TestEndToEnd: a token from the token handler over a real HTTP server is
+// accepted by a protected route, refused for a scope it lacks, and refused
+// after it expires.
+func TestEndToEnd(t *testing.T) {
+	f := newFixture(t)
+	v, err := m2mauth.NewValidator(f.keys, m2mauth.ValidatorConfig{
+		Issuer: testIssuer, Audience: testAudience, Now: f.clock,
+	})
+	require.NoError(t, err)
+	mux := http.NewServeMux()
+	mux.Handle("POST /oauth/token", f.handler)
+	mux.Handle("GET /api/builders", v.RequireScopes("read")(echo))
+	mux.Handle("GET /api/admin", v.RequireScopes("admin")(echo))
+	srv := httptest.NewServer(mux)
+	t.Cleanup(srv.Close)
+
+	form := url.Values{"grant_type": {"client_credentials"}, "scope": {"read"}}
+	req, err := http.NewRequestWithContext(t.Context(), http.MethodPost, srv.URL+"/oauth/token", strings.NewReader(form.Encode()))
+	require.NoError(t, err)
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	req.SetBasicAuth("svc", f.secret)
+	resp, err := srv.Client().Do(req)
+	require.NoError(t, err)
+	var tok tokenResponse
+	require.NoError(t, json.NewDecoder(resp.Body).Decode(&tok))
+	resp.Body.Close()
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+
+	get := func(path string) (int, string, string) {
+		req, err := http.NewRequestWithContext(t.Context(), http.MethodGet, srv.URL+path, nil)
+		require.NoError(t, err)
+		req.Header.Set("Authorization", "Bearer "+tok.AccessToken)
+		resp, err := srv.Client().Do(req)
+		require.NoError(t, err)
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		require.NoError(t, err)
+		return resp.StatusCode, resp.Header.Get("WWW-Authenticate"), string(b)
+	}
+	code, _, body := get("/api/builders")
+	assert.Equal(t, 200, code)
+	assert.Equal(t, "svc read", body, "claims reach the handler through the context")
+
+	code, challenge, _ := get("/api/admin")
+	assert.Equal(t, 403, code)
+	assert.Contains(t, challenge, `error="insufficient_scope"`)
+	assert.Contains(t, challenge, `scope="admin"`)
+
+	f.advance(time.Hour + 31*time.Second) // past exp and the 30s leeway
+	code, challenge, _ = get("/api/builders")
+	assert.Equal(t, 401, code)
+	assert.Contains(t, challenge, `error="invalid_token", error_description="token expired"`)
+}
