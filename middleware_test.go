@@ -29,7 +29,9 @@ var (
 
 // swapKeys is a KeyProvider whose keys can be replaced, as a rotating
 // provider's would be.
-type swapKeys struct{ p atomic.Pointer[m2mauth.StaticKeys] }
+type swapKeys struct {
+	p atomic.Pointer[m2mauth.StaticKeys]
+}
 
 func (s *swapKeys) set(t testing.TB, signing jose.JSONWebKey, previous ...jose.JSONWebKey) {
 	t.Helper()
