@@ -32,7 +32,7 @@ func FuzzTokenHandler(f *testing.F) {
 	}
 	codes := map[string]int{
 		"invalid_request": 400, "invalid_client": 401, "unauthorized_client": 400,
-		"unsupported_grant_type": 400, "invalid_scope": 400, "invalid_target": 400,
+		"unsupported_grant_type": 400, "invalid_scope": 400, "invalid_target": 400, "temporarily_unavailable": 429,
 	}
 	f.Fuzz(func(t *testing.T, body, ct, authz string) {
 		r := httptest.NewRequest(http.MethodPost, "/oauth/token", strings.NewReader(body))

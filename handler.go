@@ -12,6 +12,7 @@ import (
 	"mime"
 	"net"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"strconv"
 	"strings"
@@ -51,6 +52,17 @@ type TokenHandlerConfig struct {
 	Logger *slog.Logger
 	// Now is the clock. Default: [time.Now].
 	Now func() time.Time
+	// Limiter limits failed client authentications. Default: a
+	// [RateLimiter] with its default settings and the clock above.
+	Limiter Limiter
+	// TrustedProxies are the networks of reverse proxies whose Forwarded
+	// or X-Forwarded-For headers name the client's address. Default: none;
+	// the connection's peer address is the client's and forwarding
+	// headers, which anyone can send, are ignored.
+	TrustedProxies []netip.Prefix
+	// IPv6Prefix is the length of the network prefix that identifies one
+	// IPv6 client for rate limiting. Default: 64.
+	IPv6Prefix int
 }
 
 // TokenHandler is the token endpoint of an OAuth 2.0 authorization server
@@ -122,6 +134,22 @@ func NewTokenHandler(store ClientStore, keys KeyProvider, cfg TokenHandlerConfig
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
+	if cfg.Limiter == nil {
+		l, err := NewRateLimiter(RateLimiterConfig{Now: cfg.Now})
+		if err != nil {
+			return nil, err
+		}
+		cfg.Limiter = l
+	}
+	if err := validateTrustedProxies(cfg.TrustedProxies); err != nil {
+		return nil, err
+	}
+	switch {
+	case cfg.IPv6Prefix == 0:
+		cfg.IPv6Prefix = 64
+	case cfg.IPv6Prefix < 1 || cfg.IPv6Prefix > 128:
+		return nil, fmt.Errorf("m2mauth: IPv6Prefix %d outside [1, 128]", cfg.IPv6Prefix)
+	}
 	h := &TokenHandler{store: store, keys: keys, cfg: cfg, challenge: `Basic realm="` + cfg.Realm + `"`}
 	if _, err := h.currentSigner(context.Background()); err != nil {
 		return nil, err
@@ -162,6 +190,8 @@ type tokenRequest struct {
 	grantType, clientID, clientSecret, scope, audience, resource string
 	// basic is true when the client used the Authorization header.
 	basic bool
+	// limitID and addrKey key the failed-authentication limiter.
+	limitID, addrKey string
 }
 
 // bufPool holds the buffers used to read request bodies and build
@@ -178,8 +208,12 @@ func (h *TokenHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	bp := bufPool.Get().(*[]byte)
 	defer bufPool.Put(bp)
 
-	ev := AuditEvent{RemoteIP: remoteIP(r), UserAgent: truncate(r.UserAgent())}
-	var req tokenRequest
+	addr := clientAddr(r, h.cfg.TrustedProxies)
+	ev := AuditEvent{UserAgent: truncate(r.UserAgent())}
+	if addr.IsValid() {
+		ev.RemoteIP = addr.String()
+	}
+	req := tokenRequest{addrKey: addrKey(addr, h.cfg.IPv6Prefix)}
 	body, err := h.issue(r, &req, &ev, bp)
 	ev.Time = h.cfg.Now()
 	if err != nil {
@@ -203,6 +237,24 @@ func (h *TokenHandler) issue(r *http.Request, req *tokenRequest, ev *AuditEvent,
 		return nil, err
 	}
 	ev.ClientID = truncate(req.clientID)
+
+	if req.clientID != "" {
+		// Checked before the store or the hasher is touched. Ids that
+		// cannot exist share one key, so junk cannot fill the limiter.
+		req.limitID = req.clientID
+		if !validClientID(req.clientID) {
+			req.limitID = "\x00invalid"
+		}
+		wait, err := h.cfg.Limiter.Check(r.Context(), req.limitID, req.addrKey)
+		if err != nil {
+			return nil, WrapError(CodeServerError, "the rate limiter is unavailable", err)
+		}
+		if wait > 0 {
+			e := WrapError(CodeTemporarilyUnavailable, "too many failed authentication attempts; retry later", rateLimited{wait})
+			e.Status = http.StatusTooManyRequests
+			return nil, e
+		}
+	}
 
 	c, secretID, err := h.authenticate(r.Context(), req, ev)
 	if err != nil {
@@ -522,6 +574,11 @@ func parseBasic(values []string, req *tokenRequest) error {
 func (h *TokenHandler) authenticate(ctx context.Context, req *tokenRequest, ev *AuditEvent) (*Client, string, error) {
 	fail := func(reason string) error {
 		ev.Reason = reason
+		if reason != ReasonNoCredentials {
+			if err := h.cfg.Limiter.Fail(ctx, req.limitID, req.addrKey); err != nil {
+				h.cfg.Logger.ErrorContext(ctx, "m2mauth: recording a failed authentication", "error", err)
+			}
+		}
 		return NewError(CodeInvalidClient, "client authentication failed")
 	}
 	if req.clientID == "" {
@@ -619,12 +676,16 @@ func (h *TokenHandler) fail(w http.ResponseWriter, r *http.Request, req *tokenRe
 		w.Header().Set("Allow", http.MethodPost)
 	}
 	ev.Error = e.Code
-	switch e.Code {
-	case CodeInvalidClient:
+	var limited rateLimited
+	switch {
+	case errors.As(err, &limited):
+		w.Header().Set("Retry-After", strconv.FormatInt(retryAfterSeconds(limited.wait), 10))
+		ev.Type = EventRateLimited
+	case e.Code == CodeInvalidClient:
 		ev.Type = EventAuthFailed
-	case CodeInvalidScope:
+	case e.Code == CodeInvalidScope:
 		ev.Type = EventScopeDenied
-	case CodeInvalidTarget:
+	case e.Code == CodeInvalidTarget:
 		ev.Type = EventAudienceDenied
 	default:
 		ev.Type = EventRequestRejected
@@ -647,6 +708,11 @@ func writeError(w http.ResponseWriter, e *Error) {
 	*bp = buf
 	bufPool.Put(bp)
 }
+
+// rateLimited is the cause of a 429: how long the client must wait.
+type rateLimited struct{ wait time.Duration }
+
+func (r rateLimited) Error() string { return "m2mauth: rate limited for " + r.wait.String() }
 
 // remoteIP returns the host part of r.RemoteAddr.
 func remoteIP(r *http.Request) string {
