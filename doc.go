@@ -19,6 +19,15 @@
 //	if err != nil { ... }
 //	mux.Handle("POST /oauth/token", h)
 //
+// API routes are protected by a [Validator]'s middleware, which checks the
+// bearer token (RFC 6750, RFC 9068 §4) and the scopes a route needs:
+//
+//	v, err := m2mauth.NewValidator(keys, m2mauth.ValidatorConfig{
+//		Issuer:   "https://auth.example.com",
+//		Audience: "https://api.example.com",
+//	})
+//	mux.Handle("GET /api/builders", v.RequireScopes("read:builders")(builders))
+//
 // Clients are registered through the store's administration interface,
 // [ClientManager], with secrets made by [NewSecret]: the store keeps only a
 // one-way hash, and the plaintext is shown to the operator once.
@@ -39,5 +48,14 @@
 //     verify and mint tokens, so share it only with resource servers you
 //     trust as much as the authorization server itself.
 //   - Parameters are read only from the request body, never from the URL
-//     query, and a repeated parameter is refused (RFC 6749 §3.2).
+//     query, and a repeated parameter is refused (RFC 6749 §3.2). Bearer
+//     tokens are read only from the Authorization header.
+//   - Failed authentications are rate limited per client id and address and
+//     per address ([RateLimiter]); a locked-out request gets 429 with
+//     Retry-After before any store lookup or hashing, and a client with the
+//     right secret from another address is unaffected.
+//   - Rate-limited requests are answered with the RFC 6749 code
+//     temporarily_unavailable: no registered code means "too many failed
+//     attempts", and this one tells a client to retry later without saying
+//     whether the client id exists.
 package m2mauth
