@@ -1,0 +1,256 @@
+package sqlstore
+
+import (
+	"fmt"
+	"strings"
+)
+
+// Dialect names the SQL database engine behind a *sql.DB. Each dialect
+// states its own SQL: its schema, its placeholders ($1 or ?), its locking
+// for migrations. It is a plain value, safe to copy and share.
+type Dialect int
+
+// The supported dialects.
+const (
+	// Postgres is PostgreSQL 10 or later, for example through
+	// github.com/jackc/pgx/v5/stdlib.
+	Postgres Dialect = iota + 1
+	// MySQL is MySQL 8.0 or MariaDB 10.2 or later with InnoDB, for example
+	// through github.com/go-sql-driver/mysql.
+	MySQL
+	// SQLite is SQLite 3.8.3 or later, for example through
+	// modernc.org/sqlite (pure Go, no cgo).
+	SQLite
+)
+
+// String returns the name of d: "postgres", "mysql" or "sqlite".
+func (d Dialect) String() string {
+	switch d {
+	case Postgres:
+		return "postgres"
+	case MySQL:
+		return "mysql"
+	case SQLite:
+		return "sqlite"
+	}
+	return fmt.Sprintf("Dialect(%d)", int(d))
+}
+
+// queries holds every statement a Store or an Auditor runs, with the table
+// prefix filled in.
+//
+// The read queries (client, list) return rows of one shape, so one decoder
+// serves both:
+//
+//	kind  0 = client row, 1 = secret row, 2 = grant row
+//	cid   the client id
+//	public, disabled          client row only
+//	n1, n2, n3                client: token_ttl_ns, created_at, updated_at
+//	                          secret: seq, created_at, expires_at (nullable)
+//	s1, s2                    secret: secret_id, hash; grant: audience, scopes
+//
+// client takes the client id three times (once per branch of the UNION
+// ALL); list takes (after, limit).
+type queries struct {
+	client string
+	list   string
+
+	clientExists string
+	lockClient   string
+	insertClient string
+	updateClient string
+	setDisabled  string
+	touchClient  string
+	deleteClient string
+
+	insertSecret  string
+	nextSecretSeq string
+	secretExists  string
+	expireSecret  string
+	deleteSecret  string
+	deleteSecrets string
+
+	insertGrant  string
+	deleteGrants string
+
+	insertAudit string
+
+	createMigrations string
+	appliedVersions  string
+	insertVersion    string
+	// migrateLock and migrateUnlock take the lock key (Postgres, an int64)
+	// or name (MySQL, a string); SQLite has none and relies on BEGIN
+	// IMMEDIATE instead.
+	migrateLock   string
+	migrateUnlock string
+}
+
+// newQueries returns the statements of d for tables named with prefix,
+// which the caller has validated.
+func newQueries(d Dialect, prefix string) (*queries, error) {
+	t := func(s string) string { return strings.ReplaceAll(s, "{p}", prefix) }
+	switch d {
+	case Postgres:
+		return postgresQueries(t), nil
+	case MySQL:
+		return mysqlQueries(t), nil
+	case SQLite:
+		return sqliteQueries(t), nil
+	}
+	return nil, fmt.Errorf("sqlstore: unknown dialect %v", d)
+}
+
+func postgresQueries(t func(string) string) *queries {
+	return &queries{
+		client: t(`SELECT 0 AS kind, c.id AS cid, c.public AS public, c.disabled AS disabled,
+       c.token_ttl_ns AS n1, c.created_at AS n2, c.updated_at AS n3, NULL::text AS s1, NULL::text AS s2
+  FROM {p}clients c WHERE c.id = $1
+UNION ALL
+SELECT 1, s.client_id, NULL::boolean, NULL::boolean, s.seq, s.created_at, s.expires_at, s.secret_id, s.hash
+  FROM {p}secrets s WHERE s.client_id = $2
+UNION ALL
+SELECT 2, g.client_id, NULL::boolean, NULL::boolean, NULL::bigint, NULL::bigint, NULL::bigint, g.audience, g.scopes
+  FROM {p}grants g WHERE g.client_id = $3`),
+		list: t(`WITH page_ids AS (SELECT id FROM {p}clients WHERE id > $1 ORDER BY id LIMIT $2)
+SELECT 0 AS kind, c.id AS cid, c.public AS public, c.disabled AS disabled,
+       c.token_ttl_ns AS n1, c.created_at AS n2, c.updated_at AS n3, NULL::text AS s1, NULL::text AS s2
+  FROM {p}clients c JOIN page_ids ON page_ids.id = c.id
+UNION ALL
+SELECT 1, s.client_id, NULL::boolean, NULL::boolean, s.seq, s.created_at, s.expires_at, s.secret_id, s.hash
+  FROM {p}secrets s JOIN page_ids ON page_ids.id = s.client_id
+UNION ALL
+SELECT 2, g.client_id, NULL::boolean, NULL::boolean, NULL::bigint, NULL::bigint, NULL::bigint, g.audience, g.scopes
+  FROM {p}grants g JOIN page_ids ON page_ids.id = g.client_id`),
+
+		clientExists: t(`SELECT 1 FROM {p}clients WHERE id = $1`),
+		lockClient:   t(`SELECT 1 FROM {p}clients WHERE id = $1 FOR UPDATE`),
+		insertClient: t(`INSERT INTO {p}clients (id, public, disabled, token_ttl_ns, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6)`),
+		updateClient: t(`UPDATE {p}clients SET public = $1, disabled = $2, token_ttl_ns = $3, updated_at = $4 WHERE id = $5`),
+		setDisabled:  t(`UPDATE {p}clients SET disabled = $1, updated_at = $2 WHERE id = $3`),
+		touchClient:  t(`UPDATE {p}clients SET updated_at = $1 WHERE id = $2`),
+		deleteClient: t(`DELETE FROM {p}clients WHERE id = $1`),
+
+		insertSecret:  t(`INSERT INTO {p}secrets (client_id, secret_id, seq, hash, created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6)`),
+		nextSecretSeq: t(`SELECT COALESCE(MAX(seq) + 1, 0) FROM {p}secrets WHERE client_id = $1`),
+		secretExists:  t(`SELECT 1 FROM {p}secrets WHERE client_id = $1 AND secret_id = $2`),
+		expireSecret:  t(`UPDATE {p}secrets SET expires_at = $1 WHERE client_id = $2 AND secret_id = $3`),
+		deleteSecret:  t(`DELETE FROM {p}secrets WHERE client_id = $1 AND secret_id = $2`),
+		deleteSecrets: t(`DELETE FROM {p}secrets WHERE client_id = $1`),
+
+		insertGrant:  t(`INSERT INTO {p}grants (client_id, audience, scopes) VALUES ($1, $2, $3)`),
+		deleteGrants: t(`DELETE FROM {p}grants WHERE client_id = $1`),
+
+		insertAudit: t(`INSERT INTO {p}audit_events (event_time, event_type, client_id, remote_ip, user_agent, audience, scope, jti, secret_id, error_code, reason)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)`),
+
+		createMigrations: t(`CREATE TABLE IF NOT EXISTS {p}schema_migrations (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)`),
+		appliedVersions:  t(`SELECT version FROM {p}schema_migrations`),
+		insertVersion:    t(`INSERT INTO {p}schema_migrations (version, applied_at) VALUES ($1, $2)`),
+		migrateLock:      `SELECT pg_advisory_lock($1)`,
+		migrateUnlock:    `SELECT pg_advisory_unlock($1)`,
+	}
+}
+
+func mysqlQueries(t func(string) string) *queries {
+	return &queries{
+		client: t(`SELECT 0 AS kind, c.id AS cid, c.public AS public, c.disabled AS disabled,
+       c.token_ttl_ns AS n1, c.created_at AS n2, c.updated_at AS n3, NULL AS s1, NULL AS s2
+  FROM {p}clients c WHERE c.id = ?
+UNION ALL
+SELECT 1, s.client_id, NULL, NULL, s.seq, s.created_at, s.expires_at, s.secret_id, s.hash
+  FROM {p}secrets s WHERE s.client_id = ?
+UNION ALL
+SELECT 2, g.client_id, NULL, NULL, NULL, NULL, NULL, g.audience, g.scopes
+  FROM {p}grants g WHERE g.client_id = ?`),
+		list: t(`WITH page_ids AS (SELECT id FROM {p}clients WHERE id > ? ORDER BY id LIMIT ?)
+SELECT 0 AS kind, c.id AS cid, c.public AS public, c.disabled AS disabled,
+       c.token_ttl_ns AS n1, c.created_at AS n2, c.updated_at AS n3, NULL AS s1, NULL AS s2
+  FROM {p}clients c JOIN page_ids ON page_ids.id = c.id
+UNION ALL
+SELECT 1, s.client_id, NULL, NULL, s.seq, s.created_at, s.expires_at, s.secret_id, s.hash
+  FROM {p}secrets s JOIN page_ids ON page_ids.id = s.client_id
+UNION ALL
+SELECT 2, g.client_id, NULL, NULL, NULL, NULL, NULL, g.audience, g.scopes
+  FROM {p}grants g JOIN page_ids ON page_ids.id = g.client_id`),
+
+		clientExists: t(`SELECT 1 FROM {p}clients WHERE id = ?`),
+		lockClient:   t(`SELECT 1 FROM {p}clients WHERE id = ? FOR UPDATE`),
+		insertClient: t(`INSERT INTO {p}clients (id, public, disabled, token_ttl_ns, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?)`),
+		updateClient: t(`UPDATE {p}clients SET public = ?, disabled = ?, token_ttl_ns = ?, updated_at = ? WHERE id = ?`),
+		setDisabled:  t(`UPDATE {p}clients SET disabled = ?, updated_at = ? WHERE id = ?`),
+		touchClient:  t(`UPDATE {p}clients SET updated_at = ? WHERE id = ?`),
+		deleteClient: t(`DELETE FROM {p}clients WHERE id = ?`),
+
+		insertSecret:  t(`INSERT INTO {p}secrets (client_id, secret_id, seq, hash, created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?)`),
+		nextSecretSeq: t(`SELECT COALESCE(MAX(seq) + 1, 0) FROM {p}secrets WHERE client_id = ?`),
+		secretExists:  t(`SELECT 1 FROM {p}secrets WHERE client_id = ? AND secret_id = ?`),
+		expireSecret:  t(`UPDATE {p}secrets SET expires_at = ? WHERE client_id = ? AND secret_id = ?`),
+		deleteSecret:  t(`DELETE FROM {p}secrets WHERE client_id = ? AND secret_id = ?`),
+		deleteSecrets: t(`DELETE FROM {p}secrets WHERE client_id = ?`),
+
+		insertGrant:  t(`INSERT INTO {p}grants (client_id, audience, scopes) VALUES (?, ?, ?)`),
+		deleteGrants: t(`DELETE FROM {p}grants WHERE client_id = ?`),
+
+		insertAudit: t(`INSERT INTO {p}audit_events (event_time, event_type, client_id, remote_ip, user_agent, audience, scope, jti, secret_id, error_code, reason)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`),
+
+		createMigrations: t(`CREATE TABLE IF NOT EXISTS {p}schema_migrations (version BIGINT NOT NULL PRIMARY KEY, applied_at BIGINT NOT NULL) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin`),
+		appliedVersions:  t(`SELECT version FROM {p}schema_migrations`),
+		insertVersion:    t(`INSERT INTO {p}schema_migrations (version, applied_at) VALUES (?, ?)`),
+		// GET_LOCK waits at most 2 seconds per call so that a cancelled
+		// context is noticed; Migrate calls it again until it succeeds.
+		migrateLock:   `SELECT GET_LOCK(?, 2)`,
+		migrateUnlock: `SELECT RELEASE_LOCK(?)`,
+	}
+}
+
+func sqliteQueries(t func(string) string) *queries {
+	return &queries{
+		client: t(`SELECT 0 AS kind, c.id AS cid, c.public AS public, c.disabled AS disabled,
+       c.token_ttl_ns AS n1, c.created_at AS n2, c.updated_at AS n3, NULL AS s1, NULL AS s2
+  FROM {p}clients c WHERE c.id = ?
+UNION ALL
+SELECT 1, s.client_id, NULL, NULL, s.seq, s.created_at, s.expires_at, s.secret_id, s.hash
+  FROM {p}secrets s WHERE s.client_id = ?
+UNION ALL
+SELECT 2, g.client_id, NULL, NULL, NULL, NULL, NULL, g.audience, g.scopes
+  FROM {p}grants g WHERE g.client_id = ?`),
+		list: t(`WITH page_ids AS (SELECT id FROM {p}clients WHERE id > ? ORDER BY id LIMIT ?)
+SELECT 0 AS kind, c.id AS cid, c.public AS public, c.disabled AS disabled,
+       c.token_ttl_ns AS n1, c.created_at AS n2, c.updated_at AS n3, NULL AS s1, NULL AS s2
+  FROM {p}clients c JOIN page_ids ON page_ids.id = c.id
+UNION ALL
+SELECT 1, s.client_id, NULL, NULL, s.seq, s.created_at, s.expires_at, s.secret_id, s.hash
+  FROM {p}secrets s JOIN page_ids ON page_ids.id = s.client_id
+UNION ALL
+SELECT 2, g.client_id, NULL, NULL, NULL, NULL, NULL, g.audience, g.scopes
+  FROM {p}grants g JOIN page_ids ON page_ids.id = g.client_id`),
+
+		clientExists: t(`SELECT 1 FROM {p}clients WHERE id = ?`),
+		// Writers hold the database write lock from BEGIN IMMEDIATE on,
+		// so no row lock is needed.
+		lockClient:   t(`SELECT 1 FROM {p}clients WHERE id = ?`),
+		insertClient: t(`INSERT INTO {p}clients (id, public, disabled, token_ttl_ns, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?)`),
+		updateClient: t(`UPDATE {p}clients SET public = ?, disabled = ?, token_ttl_ns = ?, updated_at = ? WHERE id = ?`),
+		setDisabled:  t(`UPDATE {p}clients SET disabled = ?, updated_at = ? WHERE id = ?`),
+		touchClient:  t(`UPDATE {p}clients SET updated_at = ? WHERE id = ?`),
+		deleteClient: t(`DELETE FROM {p}clients WHERE id = ?`),
+
+		insertSecret:  t(`INSERT INTO {p}secrets (client_id, secret_id, seq, hash, created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?)`),
+		nextSecretSeq: t(`SELECT COALESCE(MAX(seq) + 1, 0) FROM {p}secrets WHERE client_id = ?`),
+		secretExists:  t(`SELECT 1 FROM {p}secrets WHERE client_id = ? AND secret_id = ?`),
+		expireSecret:  t(`UPDATE {p}secrets SET expires_at = ? WHERE client_id = ? AND secret_id = ?`),
+		deleteSecret:  t(`DELETE FROM {p}secrets WHERE client_id = ? AND secret_id = ?`),
+		deleteSecrets: t(`DELETE FROM {p}secrets WHERE client_id = ?`),
+
+		insertGrant:  t(`INSERT INTO {p}grants (client_id, audience, scopes) VALUES (?, ?, ?)`),
+		deleteGrants: t(`DELETE FROM {p}grants WHERE client_id = ?`),
+
+		insertAudit: t(`INSERT INTO {p}audit_events (event_time, event_type, client_id, remote_ip, user_agent, audience, scope, jti, secret_id, error_code, reason)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`),
+
+		createMigrations: t(`CREATE TABLE IF NOT EXISTS {p}schema_migrations (version INTEGER NOT NULL PRIMARY KEY, applied_at INTEGER NOT NULL)`),
+		appliedVersions:  t(`SELECT version FROM {p}schema_migrations`),
+		insertVersion:    t(`INSERT INTO {p}schema_migrations (version, applied_at) VALUES (?, ?)`),
+	}
+}

@@ -1,0 +1,76 @@
+package sqlstore_test
+
+import (
+	"context"
+	"database/sql"
+	"log"
+	"net/http"
+	"os"
+	"time"
+
+	_ "github.com/jackc/pgx/v5/stdlib" // registers the "pgx" driver
+
+	"github.com/m2mauth/m2mauth"
+	"github.com/m2mauth/m2mauth/sqlstore"
+)
+
+// Example wires a PostgreSQL-backed store and auditor into a token
+// endpoint. It needs a database, so it is compiled but not run.
+func Example() {
+	ctx := context.Background()
+	db, err := sql.Open("pgx", os.Getenv("DATABASE_URL"))
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer db.Close()
+
+	store, err := sqlstore.New(db, sqlstore.Postgres, sqlstore.Config{})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer store.Close()
+	// Safe to run from every replica at start-up: they take turns.
+	if err := store.Migrate(ctx); err != nil {
+		log.Fatal(err)
+	}
+	auditor, err := sqlstore.NewAuditor(db, sqlstore.Postgres, sqlstore.AuditorConfig{})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer auditor.Close()
+
+	// Register a client; show its secret to the operator once.
+	plain, secret, err := m2mauth.NewSecret(time.Now(), time.Time{})
+	if err != nil {
+		log.Fatal(err)
+	}
+	err = store.CreateClient(ctx, &m2mauth.Client{
+		ID:      "billing-service",
+		Secrets: []m2mauth.Secret{secret},
+		Grants:  map[string]m2mauth.Scopes{"https://api.example.com": {"invoices:read"}},
+	})
+	if err != nil {
+		log.Fatal(err)
+	}
+	log.Printf("client_secret for billing-service: %s", plain)
+
+	key, err := m2mauth.NewHS256Key("", []byte(os.Getenv("TOKEN_SIGNING_KEY"))) // at least 32 random bytes
+	if err != nil {
+		log.Fatal(err)
+	}
+	keys, err := m2mauth.NewStaticKeys(key)
+	if err != nil {
+		log.Fatal(err)
+	}
+	h, err := m2mauth.NewTokenHandler(store, keys, m2mauth.TokenHandlerConfig{
+		Issuer:          "https://auth.example.com",
+		DefaultAudience: "https://api.example.com",
+		Auditor:         auditor,
+	})
+	if err != nil {
+		log.Fatal(err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("POST /oauth/token", h)
+	log.Fatal(http.ListenAndServe(":8080", mux))
+}

@@ -1,0 +1,693 @@
+package sqlstore
+
+import (
+	"cmp"
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+	"unicode/utf8"
+
+	"github.com/m2mauth/m2mauth"
+)
+
+// DefaultTablePrefix is the table prefix used when [Config.TablePrefix]
+// and [AuditorConfig.TablePrefix] are empty.
+const DefaultTablePrefix = "m2mauth_"
+
+// maxPrefixLen keeps the longest name made from a prefix (an index name on
+// PostgreSQL, the migration lock name on MySQL) within every engine's
+// limit.
+const maxPrefixLen = 32
+
+// maxColumnLen bounds secret ids and audiences, which are keys: MySQL
+// stores them as VARBINARY(255). Client ids are bounded by
+// [m2mauth.Client.Validate] already.
+const maxColumnLen = 255
+
+// Config holds the tunables of a [Store]. The zero value is a working
+// configuration.
+type Config struct {
+	// TablePrefix begins the name of every table the store uses
+	// (<prefix>clients, <prefix>secrets, <prefix>grants,
+	// <prefix>audit_events, <prefix>schema_migrations). It is written
+	// into SQL, so it must be 1 to 32 characters of lower-case ASCII
+	// letters, digits and underscores, not starting with a digit.
+	// Default: [DefaultTablePrefix] ("m2mauth_").
+	TablePrefix string
+	// Now is the clock that stamps CreatedAt, UpdatedAt and applied
+	// migrations. Default: [time.Now].
+	Now func() time.Time
+}
+
+// Store is a [m2mauth.ClientManager] over a *sql.DB holding the tables
+// that [Store.Migrate] creates. It is safe for concurrent use, by many
+// goroutines and by many processes sharing the database: every change is
+// one transaction that first locks the client's row (SELECT ... FOR UPDATE
+// on PostgreSQL and MySQL; on SQLite the transaction takes the database
+// write lock with BEGIN IMMEDIATE). A Store never keeps a reference to a
+// Client passed to it, and every Client it returns is the caller's.
+//
+// The zero value is not usable; call [New].
+type Store struct {
+	db         *sql.DB
+	dialect    Dialect
+	prefix     string
+	q          *queries
+	now        func() time.Time
+	migrations []migration
+	read       lazyStmt // the hot-path query of Client
+}
+
+var _ m2mauth.ClientManager = (*Store)(nil)
+
+// New returns a store that keeps clients in db, speaking dialect. It checks
+// its arguments and the embedded schema now but does not touch the
+// database: call [Store.Migrate] to create or update the tables. db stays
+// the caller's to configure and to close.
+func New(db *sql.DB, dialect Dialect, cfg Config) (*Store, error) {
+	if db == nil {
+		return nil, errors.New("sqlstore: nil *sql.DB")
+	}
+	prefix, err := tablePrefix(cfg.TablePrefix)
+	if err != nil {
+		return nil, err
+	}
+	q, err := newQueries(dialect, prefix)
+	if err != nil {
+		return nil, err
+	}
+	migrations, err := loadMigrations(dialect, prefix)
+	if err != nil {
+		return nil, err
+	}
+	now := cfg.Now
+	if now == nil {
+		now = time.Now
+	}
+	return &Store{
+		db:         db,
+		dialect:    dialect,
+		prefix:     prefix,
+		q:          q,
+		now:        now,
+		migrations: migrations,
+		read:       lazyStmt{db: db, query: q.client},
+	}, nil
+}
+
+// tablePrefix returns p, or the default for an empty p, after checking
+// that it is safe to write into SQL as part of an unquoted identifier.
+func tablePrefix(p string) (string, error) {
+	if p == "" {
+		return DefaultTablePrefix, nil
+	}
+	if len(p) > maxPrefixLen {
+		return "", fmt.Errorf("sqlstore: table prefix %q is longer than %d characters", p, maxPrefixLen)
+	}
+	for i := 0; i < len(p); i++ {
+		c := p[i]
+		if !(c >= 'a' && c <= 'z' || c == '_' || c >= '0' && c <= '9' && i > 0) {
+			return "", fmt.Errorf("sqlstore: table prefix %q must be lower-case ASCII letters, digits and underscores, not starting with a digit", p)
+		}
+	}
+	return p, nil
+}
+
+// Close releases the prepared statement behind [Store.Client]; Client
+// returns an error after it, while the other methods keep working. It does
+// not close the *sql.DB.
+func (s *Store) Close() error { return s.read.close() }
+
+// Client returns the client with the given id, or an error wrapping
+// [m2mauth.ErrClientNotFound]. It runs one query, a prepared statement
+// that returns the client row, its secrets and its grants in one round
+// trip; any failure of the database is returned as an error that does not
+// wrap ErrClientNotFound.
+func (s *Store) Client(ctx context.Context, id string) (*m2mauth.Client, error) {
+	if !validClientID(id) {
+		// No such client can be stored; spare the database.
+		return nil, notFound(id)
+	}
+	stmt, err := s.read.get(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("sqlstore: client %q: %w", id, err)
+	}
+	rows, err := stmt.QueryContext(ctx, id, id, id)
+	if err != nil {
+		return nil, fmt.Errorf("sqlstore: client %q: %w", id, err)
+	}
+	cs, err := decodeClients(rows)
+	if err != nil {
+		return nil, fmt.Errorf("sqlstore: client %q: %w", id, err)
+	}
+	if len(cs) == 0 {
+		return nil, notFound(id)
+	}
+	return cs[0], nil
+}
+
+// CreateClient stores a copy of c, setting CreatedAt and UpdatedAt to now
+// when they are zero. It returns the error of [m2mauth.Client.Validate]
+// for a malformed client, an error for a secret id, secret hash or
+// audience the tables cannot hold (more than 255 bytes, invalid UTF-8, a
+// NUL byte), and an error wrapping [m2mauth.ErrClientExists] if the id is
+// taken.
+func (s *Store) CreateClient(ctx context.Context, c *m2mauth.Client) error {
+	if c == nil {
+		return errors.New("sqlstore: nil client")
+	}
+	if err := c.Validate(); err != nil {
+		return err
+	}
+	if err := checkColumns(c); err != nil {
+		return fmt.Errorf("sqlstore: client %q: %w", c.ID, err)
+	}
+	now := s.now()
+	created, updated := c.CreatedAt, c.UpdatedAt
+	if created.IsZero() {
+		created = now
+	}
+	if updated.IsZero() {
+		updated = now
+	}
+	err := s.write(ctx, func(q querier) error {
+		exists, err := rowExists(ctx, q, s.q.clientExists, c.ID)
+		if err != nil {
+			return err
+		}
+		if exists {
+			return m2mauth.ErrClientExists
+		}
+		if _, err := q.ExecContext(ctx, s.q.insertClient, c.ID, c.Public, c.Disabled, int64(c.TokenTTL),
+			created.UnixMicro(), updated.UnixMicro()); err != nil {
+			return err
+		}
+		for i, sec := range c.Secrets {
+			if err := s.insertSecret(ctx, q, c.ID, int64(i), sec); err != nil {
+				return err
+			}
+		}
+		return s.insertGrants(ctx, q, c.ID, c.Grants)
+	})
+	if err != nil && !errors.Is(err, m2mauth.ErrClientExists) {
+		// A concurrent CreateClient may have won the race between the
+		// check and the insert; the database refused ours with a
+		// constraint error whose shape depends on the driver.
+		if exists, cerr := rowExists(ctx, s.db, s.q.clientExists, c.ID); cerr == nil && exists {
+			err = fmt.Errorf("%w (%v)", m2mauth.ErrClientExists, err)
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("sqlstore: client %q: %w", c.ID, err)
+	}
+	return nil
+}
+
+// UpdateClient replaces the grants, Public, Disabled and TokenTTL of an
+// existing client and sets UpdatedAt to now; secrets and CreatedAt stay as
+// stored. The result is checked with [m2mauth.Client.Validate] (so a
+// client that has secrets cannot become public) and nothing changes on
+// error.
+func (s *Store) UpdateClient(ctx context.Context, c *m2mauth.Client) error {
+	if c == nil {
+		return errors.New("sqlstore: nil client")
+	}
+	return s.modify(ctx, c.ID, true, func(q querier, cur *m2mauth.Client, now time.Time) error {
+		next := c.Clone()
+		next.Secrets, next.CreatedAt = cur.Secrets, cur.CreatedAt
+		if err := next.Validate(); err != nil {
+			return err
+		}
+		if err := checkColumns(next); err != nil {
+			return err
+		}
+		if _, err := q.ExecContext(ctx, s.q.updateClient, next.Public, next.Disabled, int64(next.TokenTTL),
+			now.UnixMicro(), next.ID); err != nil {
+			return err
+		}
+		if _, err := q.ExecContext(ctx, s.q.deleteGrants, next.ID); err != nil {
+			return err
+		}
+		return s.insertGrants(ctx, q, next.ID, next.Grants)
+	})
+}
+
+// AddSecret adds sec to a client and sets its UpdatedAt. The client with
+// the new secret must pass [m2mauth.Client.Validate]: a duplicate or empty
+// secret id, an unreadable hash or a public client is refused.
+func (s *Store) AddSecret(ctx context.Context, clientID string, sec m2mauth.Secret) error {
+	return s.modify(ctx, clientID, true, func(q querier, cur *m2mauth.Client, now time.Time) error {
+		cur.Secrets = append(cur.Secrets, sec)
+		if err := cur.Validate(); err != nil {
+			return err
+		}
+		if err := checkColumns(&m2mauth.Client{Secrets: []m2mauth.Secret{sec}}); err != nil {
+			return err
+		}
+		var seq int64
+		if err := q.QueryRowContext(ctx, s.q.nextSecretSeq, clientID).Scan(&seq); err != nil {
+			return err
+		}
+		if err := s.insertSecret(ctx, q, clientID, seq, sec); err != nil {
+			return err
+		}
+		return s.touch(ctx, q, clientID, now)
+	})
+}
+
+// ExpireSecret sets the expiry of one secret (a zero at removes it) and
+// the client's UpdatedAt. It returns an error wrapping
+// [m2mauth.ErrSecretNotFound] for an unknown secret id. Expiry times are
+// stored to the microsecond, rounded down.
+func (s *Store) ExpireSecret(ctx context.Context, clientID, secretID string, at time.Time) error {
+	return s.modify(ctx, clientID, false, func(q querier, _ *m2mauth.Client, now time.Time) error {
+		exists, err := rowExists(ctx, q, s.q.secretExists, clientID, secretID)
+		if err != nil {
+			return err
+		}
+		if !exists {
+			return fmt.Errorf("secret %q: %w", secretID, m2mauth.ErrSecretNotFound)
+		}
+		if _, err := q.ExecContext(ctx, s.q.expireSecret, nullMicros(at), clientID, secretID); err != nil {
+			return err
+		}
+		return s.touch(ctx, q, clientID, now)
+	})
+}
+
+// RemoveSecret deletes one secret and sets the client's UpdatedAt. It
+// returns an error wrapping [m2mauth.ErrSecretNotFound] for an unknown
+// secret id.
+func (s *Store) RemoveSecret(ctx context.Context, clientID, secretID string) error {
+	return s.modify(ctx, clientID, false, func(q querier, _ *m2mauth.Client, now time.Time) error {
+		res, err := q.ExecContext(ctx, s.q.deleteSecret, clientID, secretID)
+		if err != nil {
+			return err
+		}
+		if n, err := res.RowsAffected(); err != nil {
+			return err
+		} else if n == 0 {
+			return fmt.Errorf("secret %q: %w", secretID, m2mauth.ErrSecretNotFound)
+		}
+		return s.touch(ctx, q, clientID, now)
+	})
+}
+
+// SetDisabled disables or re-enables a client and sets its UpdatedAt.
+func (s *Store) SetDisabled(ctx context.Context, clientID string, disabled bool) error {
+	return s.modify(ctx, clientID, false, func(q querier, _ *m2mauth.Client, now time.Time) error {
+		_, err := q.ExecContext(ctx, s.q.setDisabled, disabled, now.UnixMicro(), clientID)
+		return err
+	})
+}
+
+// DeleteClient removes a client with its secrets and grants. It deletes
+// the secrets and grants itself rather than relying on ON DELETE CASCADE,
+// so that a SQLite connection without foreign_keys enabled cannot leave
+// them behind for a later client of the same id.
+func (s *Store) DeleteClient(ctx context.Context, clientID string) error {
+	return s.modify(ctx, clientID, false, func(q querier, _ *m2mauth.Client, _ time.Time) error {
+		for _, stmt := range []string{s.q.deleteSecrets, s.q.deleteGrants, s.q.deleteClient} {
+			if _, err := q.ExecContext(ctx, stmt, clientID); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// ListClients returns up to limit clients with ids greater than after, in
+// ascending byte order of id; limit <= 0 means 100. Pass the last id of a
+// page as after to get the next; an empty page means the end. One query
+// returns the page with its secrets and grants.
+func (s *Store) ListClients(ctx context.Context, after string, limit int) ([]*m2mauth.Client, error) {
+	if limit <= 0 {
+		limit = 100
+	}
+	rows, err := s.db.QueryContext(ctx, s.q.list, listBound(after), int64(limit))
+	if err != nil {
+		return nil, fmt.Errorf("sqlstore: list clients: %w", err)
+	}
+	cs, err := decodeClients(rows)
+	if err != nil {
+		return nil, fmt.Errorf("sqlstore: list clients: %w", err)
+	}
+	return cs, nil
+}
+
+// listBound returns a string that selects, with "id > bound", exactly the
+// ids that are greater than after. Ids are printable ASCII (%x20-7E); an
+// after holding other bytes is cut where the first one appears, so the
+// database never sees a string it may be unable to store or compare
+// (PostgreSQL refuses NUL and invalid UTF-8).
+func listBound(after string) string {
+	for i := 0; i < len(after); i++ {
+		switch b := after[i]; {
+		case b < 0x20:
+			// Every id that starts with after[:i] and goes on has a
+			// larger byte at i, so it sorts after "after".
+			return after[:i]
+		case b > 0x7e:
+			// Every id that starts with after[:i] has a smaller byte at
+			// i (or ends there), so none sorts after "after": skip past
+			// the largest of them.
+			return after[:i] + strings.Repeat("~", max(maxColumnLen-i, 0))
+		}
+	}
+	return after
+}
+
+// modify runs f in a write transaction after locking the row of client id,
+// and returns an error wrapping [m2mauth.ErrClientNotFound] if there is
+// none. With load, f receives the client as stored. now is the new
+// UpdatedAt.
+func (s *Store) modify(ctx context.Context, id string, load bool,
+	f func(q querier, cur *m2mauth.Client, now time.Time) error) error {
+	if !validClientID(id) {
+		return notFound(id)
+	}
+	err := s.write(ctx, func(q querier) error {
+		exists, err := rowExists(ctx, q, s.q.lockClient, id)
+		if err != nil {
+			return err
+		}
+		if !exists {
+			return m2mauth.ErrClientNotFound
+		}
+		var cur *m2mauth.Client
+		if load {
+			// The row lock is held, and every writer takes it first: this
+			// read sees the client as no one else can change it until
+			// commit.
+			rows, err := q.QueryContext(ctx, s.q.client, id, id, id)
+			if err != nil {
+				return err
+			}
+			cs, err := decodeClients(rows)
+			if err != nil {
+				return err
+			}
+			if len(cs) == 0 {
+				return m2mauth.ErrClientNotFound
+			}
+			cur = cs[0]
+		}
+		return f(q, cur, s.now())
+	})
+	if err != nil {
+		return fmt.Errorf("sqlstore: client %q: %w", id, err)
+	}
+	return nil
+}
+
+func (s *Store) insertSecret(ctx context.Context, q querier, clientID string, seq int64, sec m2mauth.Secret) error {
+	_, err := q.ExecContext(ctx, s.q.insertSecret, clientID, sec.ID, seq, sec.Hash,
+		sec.CreatedAt.UnixMicro(), nullMicros(sec.ExpiresAt))
+	return err
+}
+
+func (s *Store) insertGrants(ctx context.Context, q querier, clientID string, grants map[string]m2mauth.Scopes) error {
+	for aud, scopes := range grants {
+		if _, err := q.ExecContext(ctx, s.q.insertGrant, clientID, aud, scopes.String()); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (s *Store) touch(ctx context.Context, q querier, clientID string, now time.Time) error {
+	_, err := q.ExecContext(ctx, s.q.touchClient, now.UnixMicro(), clientID)
+	return err
+}
+
+// write runs f in a transaction that it commits if f succeeds and rolls
+// back otherwise. On SQLite the transaction begins with BEGIN IMMEDIATE,
+// taking the write lock at once: a deferred transaction that reads first
+// could fail to upgrade its lock, with SQLITE_BUSY, when another
+// connection writes in between.
+func (s *Store) write(ctx context.Context, f func(q querier) error) error {
+	if s.dialect == SQLite {
+		conn, err := s.db.Conn(ctx)
+		if err != nil {
+			return err
+		}
+		defer conn.Close()
+		return withImmediate(ctx, conn, f)
+	}
+	return inTx(ctx, s.db, nil, f)
+}
+
+// querier is what *sql.DB, *sql.Conn and *sql.Tx have in common.
+type querier interface {
+	ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error)
+	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
+	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
+}
+
+// inTx runs f in a transaction begun on b.
+func inTx(ctx context.Context, b interface {
+	BeginTx(context.Context, *sql.TxOptions) (*sql.Tx, error)
+}, opts *sql.TxOptions, f func(q querier) error) error {
+	tx, err := b.BeginTx(ctx, opts)
+	if err != nil {
+		return err
+	}
+	if err := f(tx); err != nil {
+		_ = tx.Rollback()
+		return err
+	}
+	return tx.Commit()
+}
+
+// withImmediate runs f in a SQLite transaction begun with BEGIN IMMEDIATE
+// on conn. database/sql cannot begin such a transaction itself.
+func withImmediate(ctx context.Context, conn *sql.Conn, f func(q querier) error) error {
+	if _, err := conn.ExecContext(ctx, "BEGIN IMMEDIATE"); err != nil {
+		return err
+	}
+	err := f(conn)
+	if err == nil {
+		_, err = conn.ExecContext(ctx, "COMMIT")
+		if err == nil {
+			return nil
+		}
+	}
+	if _, rerr := conn.ExecContext(context.WithoutCancel(ctx), "ROLLBACK"); rerr != nil {
+		// The transaction may still be open: do not hand the
+		// connection back to the pool.
+		discard(conn)
+	}
+	return err
+}
+
+// rowExists reports whether query, run with args, returns a row.
+func rowExists(ctx context.Context, q querier, query string, args ...any) (bool, error) {
+	var one int
+	switch err := q.QueryRowContext(ctx, query, args...).Scan(&one); {
+	case err == nil:
+		return true, nil
+	case errors.Is(err, sql.ErrNoRows):
+		return false, nil
+	default:
+		return false, err
+	}
+}
+
+// decodeClients reads the rows of the client or list query (see
+// [queries]) into clients, in ascending id order, and closes rows. Rows of
+// a client whose own row is missing are ignored.
+func decodeClients(rows *sql.Rows) (out []*m2mauth.Client, err error) {
+	defer func() {
+		if cerr := rows.Close(); err == nil && cerr != nil {
+			out, err = nil, cerr
+		}
+	}()
+	type seqSecret struct {
+		seq int64
+		sec m2mauth.Secret
+	}
+	type building struct {
+		c       m2mauth.Client
+		found   bool
+		secrets []seqSecret
+	}
+	byID := make(map[string]*building, 1)
+	var (
+		kind             int64
+		cid              string
+		public, disabled sql.NullBool
+		n1, n2, n3       sql.NullInt64
+		s1, s2           sql.NullString
+		order            []string
+	)
+	for rows.Next() {
+		if err := rows.Scan(&kind, &cid, &public, &disabled, &n1, &n2, &n3, &s1, &s2); err != nil {
+			return nil, err
+		}
+		b := byID[cid]
+		if b == nil {
+			b = &building{c: m2mauth.Client{ID: cid}}
+			byID[cid] = b
+			order = append(order, cid)
+		}
+		switch kind {
+		case 0:
+			b.found = true
+			b.c.Public = public.Bool
+			b.c.Disabled = disabled.Bool
+			b.c.TokenTTL = time.Duration(n1.Int64)
+			b.c.CreatedAt = fromMicros(n2.Int64)
+			b.c.UpdatedAt = fromMicros(n3.Int64)
+		case 1:
+			sec := m2mauth.Secret{ID: s1.String, Hash: s2.String, CreatedAt: fromMicros(n2.Int64)}
+			if n3.Valid {
+				sec.ExpiresAt = fromMicros(n3.Int64)
+			}
+			b.secrets = append(b.secrets, seqSecret{n1.Int64, sec})
+		case 2:
+			scopes, err := m2mauth.ParseScopes(s2.String)
+			if err != nil {
+				return nil, fmt.Errorf("client %q: audience %q: stored scopes: %w", cid, s1.String, err)
+			}
+			if b.c.Grants == nil {
+				b.c.Grants = make(map[string]m2mauth.Scopes)
+			}
+			b.c.Grants[s1.String] = scopes
+		default:
+			return nil, fmt.Errorf("unexpected row kind %d", kind)
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	slices.Sort(order)
+	out = make([]*m2mauth.Client, 0, len(order))
+	for _, id := range order {
+		b := byID[id]
+		if !b.found {
+			continue
+		}
+		if len(b.secrets) > 0 {
+			slices.SortFunc(b.secrets, func(x, y seqSecret) int { return cmp.Compare(x.seq, y.seq) })
+			b.c.Secrets = make([]m2mauth.Secret, len(b.secrets))
+			for i, s := range b.secrets {
+				b.c.Secrets[i] = s.sec
+			}
+		}
+		out = append(out, &b.c)
+	}
+	return out, nil
+}
+
+// fromMicros is the inverse of [time.Time.UnixMicro], in UTC. The zero
+// time survives the round trip.
+func fromMicros(us int64) time.Time { return time.UnixMicro(us).UTC() }
+
+// nullMicros returns t in unix microseconds, or nil (NULL) for the zero
+// time.
+func nullMicros(t time.Time) any {
+	if t.IsZero() {
+		return nil
+	}
+	return t.UnixMicro()
+}
+
+// validClientID reports whether id could be stored: 1 to 255 characters of
+// VSCHAR (%x20-7E), as [m2mauth.Client.Validate] requires.
+func validClientID(id string) bool {
+	if id == "" || len(id) > maxColumnLen {
+		return false
+	}
+	for i := 0; i < len(id); i++ {
+		if id[i] < 0x20 || id[i] > 0x7e {
+			return false
+		}
+	}
+	return true
+}
+
+// checkColumns refuses what Validate allows but the tables cannot hold:
+// secret ids and audiences longer than 255 bytes, and text that is not
+// valid UTF-8 or contains NUL (PostgreSQL refuses both).
+func checkColumns(c *m2mauth.Client) error {
+	for _, sec := range c.Secrets {
+		if err := checkText("secret id", sec.ID, maxColumnLen); err != nil {
+			return err
+		}
+		if err := checkText("secret hash", sec.Hash, 0); err != nil {
+			return err
+		}
+	}
+	for aud := range c.Grants {
+		if err := checkText("audience", aud, maxColumnLen); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func checkText(what, v string, maxLen int) error {
+	if maxLen > 0 && len(v) > maxLen {
+		return fmt.Errorf("%s is longer than %d bytes", what, maxLen)
+	}
+	if !utf8.ValidString(v) || strings.IndexByte(v, 0) >= 0 {
+		return fmt.Errorf("%s must be valid UTF-8 without NUL bytes", what)
+	}
+	return nil
+}
+
+func notFound(id string) error {
+	return fmt.Errorf("sqlstore: client %q: %w", id, m2mauth.ErrClientNotFound)
+}
+
+// errClosed is returned by a statement used after Close.
+var errClosed = errors.New("sqlstore: closed")
+
+// lazyStmt is a statement prepared on first use, so that New needs no
+// database and a failed preparation (the tables not migrated yet) is
+// tried again on the next call. Once prepared, each use is one round trip
+// on every engine, where an unprepared query with arguments costs the
+// MySQL driver three.
+type lazyStmt struct {
+	db     *sql.DB
+	query  string
+	stmt   atomic.Pointer[sql.Stmt]
+	mu     sync.Mutex // guards preparing and closed
+	closed bool
+}
+
+func (l *lazyStmt) get(ctx context.Context) (*sql.Stmt, error) {
+	if st := l.stmt.Load(); st != nil {
+		return st, nil
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.closed {
+		return nil, errClosed
+	}
+	if st := l.stmt.Load(); st != nil {
+		return st, nil
+	}
+	st, err := l.db.PrepareContext(ctx, l.query)
+	if err != nil {
+		return nil, err
+	}
+	l.stmt.Store(st)
+	return st, nil
+}
+
+func (l *lazyStmt) close() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.closed = true
+	if st := l.stmt.Swap(nil); st != nil {
+		return st.Close()
+	}
+	return nil
+}
