@@ -1,134 +1,120 @@
-// Command example runs a small authorization server: the m2mauth token
-// endpoint on 127.0.0.1:8080, backed by an in-memory client store holding
-// one demo client whose credentials are printed at start-up.
+// Command example is a small, production-shaped authorization server and
+// protected API built with m2mauth.
 //
-//	go run ./example
+//	go run ./example                  # serve on 127.0.0.1:8080, SQLite file m2mauth.db
+//	go run ./example client list      # administer clients
+//
+// Usage:
+//
+//	example [global flags] [command]
+//
+// Global flags (before the command):
+//
+//	-db string                 where clients live: a SQLite file path, a
+//	                           postgres://… or mysql://… URL, or "memory"
+//	                           (default "m2mauth.db")
+//	-issuer string             the "iss" of tokens (default "http://127.0.0.1:8080")
+//	-audience string           the API's audience (default "https://api.example.com")
+//	-signing-key-file string   file holding the base64 HS256 key
+//	                           (default: next to the SQLite file)
+//
+// Commands:
+//
+//	serve [-addr 127.0.0.1:8080]       run the server (the default command)
+//	client create -id ID [-audience AUD] -scopes "a b" [-ttl 1h]
+//	client rotate-secret -id ID [-grace 24h]
+//	client disable -id ID
+//	client enable -id ID
+//	client delete -id ID
+//	client list
+//
+// The signing key comes from $M2MAUTH_SIGNING_KEY (base64, at least 32
+// bytes), else from the key file, else a new one is generated and written
+// to the key file with mode 0600 so restarts keep tokens valid.
 package main
 
 import (
-	"context"
-	"crypto/rand"
-	"encoding/base64"
 	"errors"
 	"flag"
 	"fmt"
-	"log/slog"
-	"net/http"
+	"io"
 	"os"
-	"os/signal"
-	"syscall"
-	"time"
-
-	"github.com/m2mauth/m2mauth"
-	"github.com/m2mauth/m2mauth/memstore"
 )
 
 func main() {
-	if err := run(); err != nil {
-		fmt.Fprintln(os.Stderr, "example:", err)
-		os.Exit(1)
-	}
-}
-
-func run() error {
-	addr := flag.String("addr", "127.0.0.1:8080", "listen address")
-	issuer := flag.String("issuer", "http://127.0.0.1:8080", "token issuer (iss)")
-	audience := flag.String("audience", "https://api.example.com", "default audience")
-	flag.Parse()
-
-	logger := slog.New(slog.NewJSONHandler(os.Stderr, nil))
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-
-	keySecret, err := signingKey()
-	if err != nil {
-		return err
-	}
-	key, err := m2mauth.NewHS256Key("", keySecret)
-	if err != nil {
-		return err
-	}
-	keys, err := m2mauth.NewStaticKeys(key)
-	if err != nil {
-		return err
-	}
-
-	store := memstore.New()
-	plain, secret, err := m2mauth.NewSecret(time.Now(), time.Time{})
-	if err != nil {
-		return err
-	}
-	if err := store.CreateClient(ctx, &m2mauth.Client{
-		ID:      "demo",
-		Secrets: []m2mauth.Secret{secret},
-		Grants:  map[string]m2mauth.Scopes{*audience: {"read:builders", "read:subcontractors"}},
-	}); err != nil {
-		return err
-	}
-
-	tokens, err := m2mauth.NewTokenHandler(store, keys, m2mauth.TokenHandlerConfig{
-		Issuer:          *issuer,
-		DefaultAudience: *audience,
-		Auditor:         m2mauth.NewSlogAuditor(logger),
-		Logger:          logger,
-	})
-	if err != nil {
-		return err
-	}
-	mux := http.NewServeMux()
-	mux.Handle("/oauth/token", tokens)
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
-		w.Write([]byte("ok\n"))
-	})
-
-	srv := &http.Server{
-		Addr:              *addr,
-		Handler:           mux,
-		ReadHeaderTimeout: 5 * time.Second,
-		ReadTimeout:       10 * time.Second,
-		WriteTimeout:      10 * time.Second,
-		IdleTimeout:       60 * time.Second,
-	}
-	fmt.Printf(`m2mauth example listening on http://%s
-demo client (shown once):
-  client_id:     demo
-  client_secret: %s
-get a token:
-  curl -s -u 'demo:%s' -d grant_type=client_credentials http://%s/oauth/token
-`, *addr, plain, plain, *addr)
-
-	errc := make(chan error, 1)
-	go func() { errc <- srv.ListenAndServe() }()
-	select {
-	case err := <-errc:
-		return err
-	case <-ctx.Done():
-	}
-	shutdown, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if err := srv.Shutdown(shutdown); err != nil {
-		return err
-	}
-	if err := <-errc; !errors.Is(err, http.ErrServerClosed) {
-		return err
-	}
-	return nil
-}
-
-// signingKey reads the HS256 key from M2MAUTH_SIGNING_KEY (base64), or
-// makes an ephemeral one.
-func signingKey() ([]byte, error) {
-	if v := os.Getenv("M2MAUTH_SIGNING_KEY"); v != "" {
-		b, err := base64.StdEncoding.DecodeString(v)
-		if err != nil {
-			return nil, fmt.Errorf("M2MAUTH_SIGNING_KEY: %w", err)
+	if err := run(os.Args[1:], os.Stdout, os.Stderr); err != nil {
+		if !errors.Is(err, flag.ErrHelp) && !errors.Is(err, errUsage) {
+			fmt.Fprintln(os.Stderr, "example:", err)
 		}
-		return b, nil
+		os.Exit(exitCode(err))
 	}
-	b := make([]byte, 32)
-	if _, err := rand.Read(b); err != nil {
-		return nil, err
+}
+
+// errUsage marks an error already explained by a usage message.
+var errUsage = errors.New("usage")
+
+// usageError marks a flag parsing error, which the flag package has
+// already printed with the usage.
+func usageError(err error) error {
+	if errors.Is(err, flag.ErrHelp) {
+		return err
 	}
-	fmt.Fprintln(os.Stderr, "warning: M2MAUTH_SIGNING_KEY not set; using an ephemeral signing key, tokens die with the process")
-	return b, nil
+	return fmt.Errorf("%w: %v", errUsage, err)
+}
+
+func exitCode(err error) int {
+	if errors.Is(err, flag.ErrHelp) || errors.Is(err, errUsage) {
+		return 2
+	}
+	return 1
+}
+
+// globals are the flags that come before the command.
+type globals struct {
+	db, issuer, audience, keyFile string
+}
+
+const usage = `usage: example [global flags] [command]
+
+commands:
+  serve [-addr 127.0.0.1:8080]       run the server (default)
+  client create -id ID [-audience AUD] -scopes "a b" [-ttl 1h]
+  client rotate-secret -id ID [-grace 24h]
+  client disable -id ID
+  client enable -id ID
+  client delete -id ID
+  client list
+
+global flags:
+`
+
+func run(args []string, stdout, stderr io.Writer) error {
+	var g globals
+	fs := flag.NewFlagSet("example", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.StringVar(&g.db, "db", "m2mauth.db", `a SQLite file path, a postgres://… or mysql://… URL, or "memory"`)
+	fs.StringVar(&g.issuer, "issuer", "http://127.0.0.1:8080", `the "iss" of issued tokens`)
+	fs.StringVar(&g.audience, "audience", "https://api.example.com", "the audience of the protected API")
+	fs.StringVar(&g.keyFile, "signing-key-file", "", "file holding the base64 HS256 signing key (default: next to the SQLite file)")
+	fs.Usage = func() {
+		fmt.Fprint(stderr, usage)
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		return usageError(err)
+	}
+	rest := fs.Args()
+	if len(rest) == 0 {
+		return serve(g, nil, stdout, stderr)
+	}
+	switch rest[0] {
+	case "serve":
+		return serve(g, rest[1:], stdout, stderr)
+	case "client":
+		return clientCommand(g, rest[1:], stdout, stderr)
+	default:
+		fmt.Fprintf(stderr, "unknown command %q\n", rest[0])
+		fs.Usage()
+		return errUsage
+	}
 }

@@ -1,0 +1,163 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"database/sql"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/go-sql-driver/mysql"
+	_ "github.com/jackc/pgx/v5/stdlib" // the "pgx" driver
+	_ "modernc.org/sqlite"             // the "sqlite" driver
+
+	"github.com/m2mauth/m2mauth"
+	"github.com/m2mauth/m2mauth/memstore"
+	"github.com/m2mauth/m2mauth/sqlstore"
+)
+
+// backend is the opened client store and what else lives in its database.
+type backend struct {
+	store   m2mauth.ClientManager
+	auditor m2mauth.Auditor // nil for memory
+	kind    string          // "SQLite file m2mauth.db", "PostgreSQL", …
+	sqlite  string          // the SQLite file, if any
+	close   func() error
+}
+
+// openBackend opens and migrates the store named by -db.
+func openBackend(ctx context.Context, spec string) (*backend, error) {
+	if spec == "memory" {
+		return &backend{store: memstore.New(), kind: "memory (clients are lost on exit)", close: func() error { return nil }}, nil
+	}
+	var (
+		driver, dsn, kind, file string
+		dialect                 sqlstore.Dialect
+	)
+	switch {
+	case strings.HasPrefix(spec, "postgres://"), strings.HasPrefix(spec, "postgresql://"):
+		driver, dsn, dialect, kind = "pgx", spec, sqlstore.Postgres, "PostgreSQL"
+	case strings.HasPrefix(spec, "mysql://"):
+		var err error
+		if dsn, err = mysqlDSN(spec); err != nil {
+			return nil, err
+		}
+		driver, dialect, kind = "mysql", sqlstore.MySQL, "MySQL"
+	default:
+		file = strings.TrimPrefix(spec, "sqlite://")
+		driver, dialect, kind = "sqlite", sqlstore.SQLite, "SQLite file "+file
+		dsn = "file:" + file + "?_pragma=foreign_keys(1)&_pragma=busy_timeout(5000)&_pragma=journal_mode(WAL)"
+	}
+	db, err := sql.Open(driver, dsn)
+	if err != nil {
+		return nil, err
+	}
+	fail := func(err error) (*backend, error) {
+		db.Close()
+		return nil, fmt.Errorf("%s: %w", kind, err)
+	}
+	store, err := sqlstore.New(db, dialect, sqlstore.Config{})
+	if err != nil {
+		return fail(err)
+	}
+	mctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if err := store.Migrate(mctx); err != nil {
+		return fail(err)
+	}
+	auditor, err := sqlstore.NewAuditor(db, dialect, sqlstore.AuditorConfig{})
+	if err != nil {
+		return fail(err)
+	}
+	return &backend{
+		store: store, auditor: auditor, kind: kind, sqlite: file,
+		close: func() error { return errors.Join(auditor.Close(), store.Close(), db.Close()) },
+	}, nil
+}
+
+// mysqlDSN turns mysql://user:pass@host:port/db?params into the
+// go-sql-driver/mysql form.
+func mysqlDSN(spec string) (string, error) {
+	u, err := url.Parse(spec)
+	if err != nil {
+		return "", fmt.Errorf("-db: %w", err)
+	}
+	cfg := mysql.NewConfig()
+	cfg.Net = "tcp"
+	cfg.Addr = u.Host
+	if u.Port() == "" {
+		cfg.Addr = u.Host + ":3306"
+	}
+	cfg.User = u.User.Username()
+	cfg.Passwd, _ = u.User.Password()
+	cfg.DBName = strings.TrimPrefix(u.Path, "/")
+	for k, v := range u.Query() {
+		if cfg.Params == nil {
+			cfg.Params = map[string]string{}
+		}
+		cfg.Params[k] = v[0]
+	}
+	return cfg.FormatDSN(), nil
+}
+
+// signingKey finds the HS256 key: $M2MAUTH_SIGNING_KEY, else the key
+// file, else a new key written to the key file. It reports on log what it
+// did, never the key.
+func signingKey(b *backend, keyFile string, log io.Writer) ([]byte, error) {
+	if v := os.Getenv("M2MAUTH_SIGNING_KEY"); v != "" {
+		key, err := base64.StdEncoding.DecodeString(strings.TrimSpace(v))
+		if err != nil {
+			return nil, fmt.Errorf("M2MAUTH_SIGNING_KEY is not base64: %w", err)
+		}
+		if len(key) < m2mauth.MinHMACKeyLen {
+			return nil, fmt.Errorf("M2MAUTH_SIGNING_KEY must decode to at least %d bytes", m2mauth.MinHMACKeyLen)
+		}
+		return key, nil
+	}
+	if keyFile == "" {
+		switch {
+		case b.sqlite != "":
+			keyFile = strings.TrimSuffix(b.sqlite, filepath.Ext(b.sqlite)) + ".key"
+		case strings.HasPrefix(b.kind, "memory"):
+		default:
+			keyFile = "m2mauth.key"
+		}
+	}
+	if keyFile != "" {
+		raw, err := os.ReadFile(keyFile)
+		switch {
+		case err == nil:
+			key, err := base64.StdEncoding.DecodeString(strings.TrimSpace(string(raw)))
+			if err != nil || len(key) < m2mauth.MinHMACKeyLen {
+				return nil, fmt.Errorf("%s: want base64 of at least %d bytes", keyFile, m2mauth.MinHMACKeyLen)
+			}
+			if st, err := os.Stat(keyFile); err == nil && st.Mode().Perm()&0o077 != 0 {
+				fmt.Fprintf(log, "warning: %s is readable by others (mode %v); chmod 600 it\n", keyFile, st.Mode().Perm())
+			}
+			return key, nil
+		case !errors.Is(err, fs.ErrNotExist):
+			return nil, err
+		}
+	}
+	key := make([]byte, 32)
+	if _, err := rand.Read(key); err != nil {
+		return nil, err
+	}
+	if keyFile == "" {
+		fmt.Fprintln(log, "warning: no signing key configured; using a new one for this process only")
+		return key, nil
+	}
+	if err := os.WriteFile(keyFile, []byte(base64.StdEncoding.EncodeToString(key)+"\n"), 0o600); err != nil {
+		return nil, fmt.Errorf("writing the signing key: %w", err)
+	}
+	fmt.Fprintf(log, "warning: generated a new signing key and saved it to %s (mode 0600); keep it secret, and set M2MAUTH_SIGNING_KEY in production\n", keyFile)
+	return key, nil
+}
