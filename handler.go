@@ -192,6 +192,8 @@ type tokenRequest struct {
 	basic bool
 	// limitID and addrKey key the failed-authentication limiter.
 	limitID, addrKey string
+	// now is the time of the request, read once.
+	now time.Time
 }
 
 // bufPool holds the buffers used to read request bodies and build
@@ -213,9 +215,9 @@ func (h *TokenHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if addr.IsValid() {
 		ev.RemoteIP = addr.String()
 	}
-	req := tokenRequest{addrKey: addrKey(addr, h.cfg.IPv6Prefix)}
+	req := tokenRequest{addrKey: addrKey(addr, h.cfg.IPv6Prefix), now: h.cfg.Now()}
+	ev.Time = req.now
 	body, err := h.issue(r, &req, &ev, bp)
-	ev.Time = h.cfg.Now()
 	if err != nil {
 		h.fail(w, r, &req, &ev, err)
 		return
@@ -310,7 +312,7 @@ func (h *TokenHandler) issue(r *http.Request, req *tokenRequest, ev *AuditEvent,
 	if ttlSeconds < 1 {
 		ttlSeconds = 1
 	}
-	now := h.cfg.Now()
+	now := req.now
 	claims := tokenClaims{
 		issuer:   h.cfg.Issuer,
 		clientID: c.ID,
@@ -321,8 +323,8 @@ func (h *TokenHandler) issue(r *http.Request, req *tokenRequest, ev *AuditEvent,
 		expiry:   now.Add(time.Duration(ttlSeconds) * time.Second),
 	}
 
-	// The claims JSON goes at the end of the buffer, the response before
-	// it; the token is built straight into the response.
+	// The claims JSON goes at the start of the buffer and the response
+	// after it, so the token is signed straight into the response.
 	buf := (*bp)[:0]
 	buf = appendClaimsJSON(buf, &claims)
 	n := len(buf)
@@ -607,7 +609,7 @@ func (h *TokenHandler) authenticate(ctx context.Context, req *tokenRequest, ev *
 		VerifySecret(h.dummyHash, req.clientSecret)
 		return nil, "", fail(ReasonNoCredentials)
 	}
-	now := h.cfg.Now()
+	now := req.now
 	matched, expired := -1, false
 	for i, s := range c.Secrets {
 		ok, err := VerifySecret(s.Hash, req.clientSecret)
