@@ -18,7 +18,7 @@ const (
 	// MySQL is MySQL 8.0 or MariaDB 10.2 or later with InnoDB, for example
 	// through github.com/go-sql-driver/mysql.
 	MySQL
-	// SQLite is SQLite 3.8.3 or later, for example through
+	// SQLite is SQLite 3.24 or later (for upserts), for example through
 	// modernc.org/sqlite (pure Go, no cgo).
 	SQLite
 )
@@ -51,6 +51,20 @@ func (d Dialect) String() string {
 //
 // client takes the client id three times (once per branch of the UNION
 // ALL); list takes (after, limit).
+//
+// The [Limiter]'s statements take the same arguments, in the same order,
+// on every dialect (MySQL's "?" cannot be reused, so a value needed twice
+// is passed twice); times and intervals are in microseconds:
+//
+//	limitCheck    (ipSlack, clientSlack, ip, clientID), where a slack is
+//	              (burst-1)*every; returns one row: the instant from which
+//	              both buckets hold a token, or 0
+//	limitFail     (ip, now+ipEvery, ip, clientID, now+clientEvery,
+//	              now+ipSlack, ipEvery, now+ipEvery,
+//	              now+clientSlack, clientEvery, now+clientEvery)
+//	limitCleanup  (now, batch); on MySQL it selects the (ip, client_id)
+//	              of the rows to delete, and limitCleanupRow (ip,
+//	              clientID, now) deletes each
 type queries struct {
 	client string
 	list   string
@@ -74,6 +88,11 @@ type queries struct {
 	deleteGrants string
 
 	insertAudit string
+
+	limitCheck      string
+	limitFail       string
+	limitCleanup    string
+	limitCleanupRow string // MySQL only
 
 	createMigrations string
 	appliedVersions  string
@@ -143,6 +162,30 @@ SELECT 2, g.client_id, NULL::boolean, NULL::boolean, NULL::bigint, NULL::bigint,
 		insertAudit: t(`INSERT INTO {p}audit_events (event_time, event_type, client_id, remote_ip, user_agent, audience, scope, jti, secret_id, error_code, reason)
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)`),
 
+		// A bucket's row holds the instant it is full again
+		// (refilled_at): it holds burst - (refilled_at - now)/every
+		// tokens, and a token from refilled_at - slack on. A failure
+		// takes one token, so refilled_at moves one interval past
+		// max(refilled_at, now), unless the bucket is empty
+		// (refilled_at > now + slack), which a failure leaves as it is.
+		// The address's row comes first, as in the primary key, so
+		// that concurrent failures lock rows in one order.
+		limitCheck: t(`SELECT COALESCE(MAX(CASE WHEN client_id = '' THEN refilled_at - $1 ELSE refilled_at - $2 END), 0)
+  FROM {p}rate_limits WHERE ip = $3 AND client_id IN ($4, '')`),
+		limitFail: t(`INSERT INTO {p}rate_limits AS l (ip, client_id, refilled_at) VALUES ($1, '', $2), ($3, $4, $5)
+ON CONFLICT (ip, client_id) DO UPDATE SET refilled_at = CASE
+    WHEN l.client_id = '' THEN
+        CASE WHEN l.refilled_at > $6 THEN l.refilled_at ELSE GREATEST(l.refilled_at + $7, $8) END
+    ELSE
+        CASE WHEN l.refilled_at > $9 THEN l.refilled_at ELSE GREATEST(l.refilled_at + $10, $11) END
+END`),
+		// PostgreSQL has no DELETE ... LIMIT. SKIP LOCKED passes over
+		// rows that a failure is updating, so a cleanup never waits
+		// for a lock, and cannot deadlock with failures or with the
+		// cleanups of other replicas.
+		limitCleanup: t(`DELETE FROM {p}rate_limits WHERE (ip, client_id) IN (
+    SELECT ip, client_id FROM {p}rate_limits WHERE refilled_at <= $1 LIMIT $2 FOR UPDATE SKIP LOCKED)`),
+
 		createMigrations: t(`CREATE TABLE IF NOT EXISTS {p}schema_migrations (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)`),
 		appliedVersions:  t(`SELECT version FROM {p}schema_migrations`),
 		insertVersion:    t(`INSERT INTO {p}schema_migrations (version, applied_at) VALUES ($1, $2)`),
@@ -193,6 +236,26 @@ SELECT 2, g.client_id, NULL, NULL, NULL, NULL, NULL, g.audience, g.scopes
 
 		insertAudit: t(`INSERT INTO {p}audit_events (event_time, event_type, client_id, remote_ip, user_agent, audience, scope, jti, secret_id, error_code, reason)
 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`),
+
+		// See postgresQueries for the arithmetic. In ON DUPLICATE KEY
+		// UPDATE, columns name the row already stored.
+		limitCheck: t(`SELECT COALESCE(MAX(CASE WHEN client_id = '' THEN refilled_at - ? ELSE refilled_at - ? END), 0)
+  FROM {p}rate_limits WHERE ip = ? AND client_id IN (?, '')`),
+		limitFail: t(`INSERT INTO {p}rate_limits (ip, client_id, refilled_at) VALUES (?, '', ?), (?, ?, ?)
+ON DUPLICATE KEY UPDATE refilled_at = CASE
+    WHEN client_id = '' THEN
+        CASE WHEN refilled_at > ? THEN refilled_at ELSE GREATEST(refilled_at + ?, ?) END
+    ELSE
+        CASE WHEN refilled_at > ? THEN refilled_at ELSE GREATEST(refilled_at + ?, ?) END
+END`),
+		// A DELETE through the index on refilled_at locks index entries
+		// before rows, the reverse of the upserts above, and deadlocks
+		// with them under load. So the rows are found without locking
+		// and deleted one statement each, by primary key: each locks
+		// one row, row before index entry as an upsert does, so no
+		// cycle of waits can form.
+		limitCleanup:    t(`SELECT ip, client_id FROM {p}rate_limits WHERE refilled_at <= ? LIMIT ?`),
+		limitCleanupRow: t(`DELETE FROM {p}rate_limits WHERE ip = ? AND client_id = ? AND refilled_at <= ?`),
 
 		createMigrations: t(`CREATE TABLE IF NOT EXISTS {p}schema_migrations (version BIGINT NOT NULL PRIMARY KEY, applied_at BIGINT NOT NULL) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin`),
 		appliedVersions:  t(`SELECT version FROM {p}schema_migrations`),
@@ -248,6 +311,22 @@ SELECT 2, g.client_id, NULL, NULL, NULL, NULL, NULL, g.audience, g.scopes
 
 		insertAudit: t(`INSERT INTO {p}audit_events (event_time, event_type, client_id, remote_ip, user_agent, audience, scope, jti, secret_id, error_code, reason)
 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`),
+
+		// See postgresQueries for the arithmetic. In ON CONFLICT DO
+		// UPDATE, bare columns name the row already stored; the
+		// two-argument MAX is SQLite's GREATEST.
+		limitCheck: t(`SELECT COALESCE(MAX(CASE WHEN client_id = '' THEN refilled_at - ? ELSE refilled_at - ? END), 0)
+  FROM {p}rate_limits WHERE ip = ? AND client_id IN (?, '')`),
+		limitFail: t(`INSERT INTO {p}rate_limits (ip, client_id, refilled_at) VALUES (?, '', ?), (?, ?, ?)
+ON CONFLICT (ip, client_id) DO UPDATE SET refilled_at = CASE
+    WHEN client_id = '' THEN
+        CASE WHEN refilled_at > ? THEN refilled_at ELSE MAX(refilled_at + ?, ?) END
+    ELSE
+        CASE WHEN refilled_at > ? THEN refilled_at ELSE MAX(refilled_at + ?, ?) END
+END`),
+		// DELETE ... LIMIT needs a compile-time option; rowid does not.
+		limitCleanup: t(`DELETE FROM {p}rate_limits WHERE rowid IN (
+    SELECT rowid FROM {p}rate_limits WHERE refilled_at <= ? LIMIT ?)`),
 
 		createMigrations: t(`CREATE TABLE IF NOT EXISTS {p}schema_migrations (version INTEGER NOT NULL PRIMARY KEY, applied_at INTEGER NOT NULL)`),
 		appliedVersions:  t(`SELECT version FROM {p}schema_migrations`),

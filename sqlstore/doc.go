@@ -1,7 +1,8 @@
 // Package sqlstore implements [m2mauth.ClientStore] and
 // [m2mauth.ClientManager] over database/sql, for PostgreSQL, MySQL or
 // MariaDB, and SQLite, together with an [Auditor] that writes audit events
-// to a table.
+// to a table and a [Limiter] through which replicas share the limits on
+// failed client authentication.
 //
 // # Wiring
 //
@@ -34,6 +35,9 @@
 //   - audit_events: id (auto-increment), event_time, event_type,
 //     client_id, remote_ip, user_agent, audience, scope, jti, secret_id,
 //     error_code, reason.
+//   - rate_limits: ip, client_id (empty for the address's own bucket),
+//     refilled_at (when the bucket is full again); primary key (ip,
+//     client_id), an index on refilled_at.
 //   - schema_migrations: version, applied_at.
 //
 // Times are stored as BIGINT unix microseconds: the same on every engine,
@@ -72,6 +76,50 @@
 // primary key, is recognised by looking again after the failure: either
 // way the error wraps [m2mauth.ErrClientExists].
 //
+// # Shared rate limiting
+//
+// The token handler's default limiter, [m2mauth.RateLimiter], counts
+// failed authentications in memory, so behind a load balancer each
+// replica would allow its own burst. A [Limiter] keeps the same buckets in
+// the rate_limits table instead, so failures sent to any replica count on
+// all of them:
+//
+//	limiter, err := sqlstore.NewLimiter(db, sqlstore.Postgres, sqlstore.LimiterConfig{})
+//	h, err := m2mauth.NewTokenHandler(store, keys, m2mauth.TokenHandlerConfig{Limiter: limiter, ...})
+//
+// [LimiterConfig] has the limits of [m2mauth.RateLimiterConfig], with the
+// same defaults: 5 failures in a row per client id and address, one
+// forgiven every 12 seconds, and 20 per address, one forgiven every 3
+// seconds. They are the same token buckets, not time windows that
+// approximate them: a row holds the instant its bucket is full again,
+// from which the tokens it holds at any time follow, so a check answers
+// as the in-memory limiter would. The approximations lie elsewhere. Times
+// are kept to the microsecond. Each replica reads its own clock, so the
+// replicas' clocks must agree: a skew of a second moves a lockout, or the
+// cleanup of its row, by up to a second. And, as in memory, a check and
+// the failure that may follow it are separate statements, so requests
+// that pass one check together may each fail once more than the burst.
+//
+// [Limiter.Check] is one query that reads both buckets, and
+// [Limiter.Fail] one upsert that updates both (INSERT ... ON CONFLICT DO
+// UPDATE on PostgreSQL and SQLite, INSERT ... ON DUPLICATE KEY UPDATE on
+// MySQL), which the database applies atomically, however many replicas
+// fail at once. Successful requests write nothing. With the database
+// limiter, a successful token request is two queries (the check and the
+// client), and a failed authentication adds the upsert.
+//
+// A row whose bucket has refilled counts no more than no row, and is
+// deleted by [Limiter.Cleanup]: at most CleanupBatch such rows (1000 by
+// default) at a time, found through the index on refilled_at. Fail runs
+// it once every CleanupInterval (one minute by default) as measured by
+// [LimiterConfig.Now], with no timer or goroutine, and again on the next
+// Fail while it finds full batches, so the table holds about the buckets
+// of the last few minutes' failures. Once failures stop, their rows stay
+// until the next failure or a call to Cleanup, which a host may also run
+// from a scheduled job. Cleanups cannot deadlock with failures:
+// PostgreSQL's skips rows that are locked, and MySQL's deletes one row
+// per statement.
+//
 // # SQLite
 //
 // Open SQLite with a busy timeout, so that writers wait for each other
@@ -79,6 +127,11 @@
 // preferably in WAL mode, for example with modernc.org/sqlite:
 //
 //	file:/var/lib/app/auth.db?_pragma=foreign_keys(1)&_pragma=busy_timeout(5000)&_pragma=journal_mode(WAL)
+//
+// The journal mode is kept in the file, but switching a new file to WAL
+// needs it to itself, and can fail at once with SQLITE_BUSY, busy timeout
+// or not, while another connection opens it: when several processes may
+// open a new database at the same moment, create it first, from one.
 //
 // [Store.DeleteClient] deletes secrets and grants itself, so nothing is
 // left behind even when foreign keys are off. An in-memory database

@@ -74,3 +74,51 @@ func Example() {
 	mux.Handle("POST /oauth/token", h)
 	log.Fatal(http.ListenAndServe(":8080", mux))
 }
+
+// ExampleNewLimiter shares the limits on failed client authentication
+// between the replicas of a service: each replica runs this, and a client
+// locked out by one is locked out by all. It needs a database, so it is
+// compiled but not run.
+func ExampleNewLimiter() {
+	db, err := sql.Open("pgx", os.Getenv("DATABASE_URL"))
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer db.Close()
+	store, err := sqlstore.New(db, sqlstore.Postgres, sqlstore.Config{})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer store.Close()
+	// Creates the rate_limits table along with the others.
+	if err := store.Migrate(context.Background()); err != nil {
+		log.Fatal(err)
+	}
+	// The defaults of m2mauth.RateLimiterConfig: 5 failures per client
+	// and address, one forgiven every 12s; 20 per address, one every 3s.
+	limiter, err := sqlstore.NewLimiter(db, sqlstore.Postgres, sqlstore.LimiterConfig{})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer limiter.Close()
+
+	key, err := m2mauth.NewHS256Key("", []byte(os.Getenv("TOKEN_SIGNING_KEY")))
+	if err != nil {
+		log.Fatal(err)
+	}
+	keys, err := m2mauth.NewStaticKeys(key)
+	if err != nil {
+		log.Fatal(err)
+	}
+	h, err := m2mauth.NewTokenHandler(store, keys, m2mauth.TokenHandlerConfig{
+		Issuer:          "https://auth.example.com",
+		DefaultAudience: "https://api.example.com",
+		Limiter:         limiter,
+	})
+	if err != nil {
+		log.Fatal(err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("POST /oauth/token", h)
+	log.Fatal(http.ListenAndServe(":8080", mux))
+}

@@ -34,7 +34,7 @@ func TestMigrateIsIdempotent(t *testing.T) {
 		prefix := e.newPrefix(t)
 		s := e.newStore(t, sqlstore.Config{TablePrefix: prefix})
 		want := e.versions(t, prefix)
-		require.Equal(t, []int64{1}, want)
+		require.Equal(t, []int64{1, 2}, want)
 		require.NoError(t, s.CreateClient(ctx, clientWithSecrets(t, "survivor", 2)))
 		before, err := s.Client(ctx, "survivor")
 		require.NoError(t, err)
@@ -72,7 +72,7 @@ func TestMigrateConcurrently(t *testing.T) {
 		for i, err := range errs {
 			assert.NoError(t, err, "replica %d", i)
 		}
-		assert.Equal(t, []int64{1}, e.versions(t, prefix))
+		assert.Equal(t, []int64{1, 2}, e.versions(t, prefix))
 		require.NoError(t, stores[0].CreateClient(t.Context(), clientWithSecrets(t, "after-race", 1)))
 		_, err := stores[replicas-1].Client(t.Context(), "after-race")
 		require.NoError(t, err)
@@ -107,6 +107,31 @@ func TestMigrateLeavesNewerVersions(t *testing.T) {
 		_, err := e.db.ExecContext(ctx, "INSERT INTO "+prefix+"schema_migrations (version, applied_at) VALUES (9999, 0)")
 		require.NoError(t, err)
 		require.NoError(t, s.Migrate(ctx))
-		assert.Equal(t, []int64{1, 9999}, e.versions(t, prefix))
+		assert.Equal(t, []int64{1, 2, 9999}, e.versions(t, prefix))
+	})
+}
+
+// TestMigrateUpgrade starts from a schema at version 1, as an earlier
+// release left it: Migrate adds what came later and keeps the clients.
+func TestMigrateUpgrade(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, e *env) {
+		ctx := t.Context()
+		prefix := e.newPrefix(t)
+		s := e.newStore(t, sqlstore.Config{TablePrefix: prefix})
+		require.NoError(t, s.CreateClient(ctx, clientWithSecrets(t, "kept", 1)))
+		_, err := e.db.ExecContext(ctx, "DROP TABLE "+prefix+"rate_limits")
+		require.NoError(t, err)
+		_, err = e.db.ExecContext(ctx, "DELETE FROM "+prefix+"schema_migrations WHERE version = 2")
+		require.NoError(t, err)
+		require.Equal(t, []int64{1}, e.versions(t, prefix))
+
+		require.NoError(t, s.Migrate(ctx))
+		assert.Equal(t, []int64{1, 2}, e.versions(t, prefix))
+		_, err = s.Client(ctx, "kept")
+		require.NoError(t, err)
+		l, err := sqlstore.NewLimiter(e.db, e.dialect, sqlstore.LimiterConfig{TablePrefix: prefix})
+		require.NoError(t, err)
+		defer l.Close()
+		require.NoError(t, l.Fail(ctx, "kept", "192.0.2.1"))
 	})
 }

@@ -32,12 +32,12 @@ type backend struct {
 	dialect sqlstore.Dialect
 	driver  string
 	// dsn returns the data source name of a database for t, or skips t.
-	dsn func(t *testing.T) string
+	dsn func(t testing.TB) string
 }
 
 func backends() []backend {
-	fromEnv := func(env, engine string) func(t *testing.T) string {
-		return func(t *testing.T) string {
+	fromEnv := func(env, engine string) func(t testing.TB) string {
+		return func(t testing.TB) string {
 			dsn := os.Getenv(env)
 			if dsn == "" {
 				t.Skipf("set %s to run against %s", env, engine)
@@ -46,9 +46,18 @@ func backends() []backend {
 		}
 	}
 	return []backend{
-		{"SQLite", sqlstore.SQLite, "sqlite", func(t *testing.T) string {
-			return "file:" + filepath.Join(t.TempDir(), "m2mauth.db") +
+		{"SQLite", sqlstore.SQLite, "sqlite", func(t testing.TB) string {
+			dsn := "file:" + filepath.Join(t.TempDir(), "m2mauth.db") +
 				"?_pragma=foreign_keys(1)&_pragma=busy_timeout(5000)&_pragma=journal_mode(WAL)"
+			// Switching a new file to WAL needs it to itself, and fails
+			// at once with SQLITE_BUSY rather than waiting: do it before
+			// a test opens several connections. The mode is kept in the
+			// file, so later connections find nothing to switch.
+			db, err := sql.Open("sqlite", dsn)
+			require.NoError(t, err)
+			defer db.Close()
+			require.NoError(t, db.Ping())
+			return dsn
 		}},
 		{"PostgreSQL", sqlstore.Postgres, "pgx", fromEnv("M2MAUTH_TEST_POSTGRES_DSN", "PostgreSQL")},
 		{"MySQL", sqlstore.MySQL, "mysql", fromEnv("M2MAUTH_TEST_MYSQL_DSN", "MySQL or MariaDB")},
@@ -77,7 +86,7 @@ func forEachBackend(t *testing.T, f func(t *testing.T, e *env)) {
 }
 
 // open returns a new *sql.DB on the backend's database, closed when t ends.
-func (e *env) open(t *testing.T) *sql.DB {
+func (e *env) open(t testing.TB) *sql.DB {
 	t.Helper()
 	db, err := sql.Open(e.driver, e.dsn)
 	require.NoError(t, err)
@@ -87,7 +96,7 @@ func (e *env) open(t *testing.T) *sql.DB {
 
 // newPrefix returns a table prefix no other test run uses, and drops its
 // tables when t ends.
-func (e *env) newPrefix(t *testing.T) string {
+func (e *env) newPrefix(t testing.TB) string {
 	t.Helper()
 	b := make([]byte, 6)
 	_, _ = rand.Read(b)
@@ -100,7 +109,7 @@ func (e *env) newPrefix(t *testing.T) string {
 			return
 		}
 		defer db.Close()
-		for _, table := range []string{"grants", "secrets", "clients", "audit_events", "schema_migrations"} {
+		for _, table := range []string{"grants", "secrets", "clients", "audit_events", "rate_limits", "schema_migrations"} {
 			if _, err := db.Exec("DROP TABLE IF EXISTS " + prefix + table); err != nil {
 				t.Errorf("drop table %s%s: %v", prefix, table, err)
 			}
@@ -110,7 +119,7 @@ func (e *env) newPrefix(t *testing.T) string {
 }
 
 // newStore returns a migrated store on fresh tables of e.db.
-func (e *env) newStore(t *testing.T, cfg sqlstore.Config) *sqlstore.Store {
+func (e *env) newStore(t testing.TB, cfg sqlstore.Config) *sqlstore.Store {
 	t.Helper()
 	if cfg.TablePrefix == "" {
 		cfg.TablePrefix = e.newPrefix(t)
@@ -551,7 +560,7 @@ func TestPrefixesAreSeparate(t *testing.T) {
 	})
 }
 
-func clientWithSecrets(t *testing.T, id string, n int) *m2mauth.Client {
+func clientWithSecrets(t testing.TB, id string, n int) *m2mauth.Client {
 	t.Helper()
 	c := &m2mauth.Client{
 		ID: id,

@@ -1,0 +1,454 @@
+package sqlstore_test
+
+import (
+	"bytes"
+	"context"
+	"database/sql"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/m2mauth/m2mauth"
+	"github.com/m2mauth/m2mauth/sqlstore"
+)
+
+// Tests of the token handler over sqlstore: a store, and a limiter, that
+// several replicas share.
+
+const (
+	testIssuer   = "https://auth.example.com"
+	testAudience = "https://api.example.com"
+)
+
+// newTokenHandler returns a token handler over store that signs with a
+// fixed HS256 key. Issuer, DefaultAudience, Auditor (none) and Logger
+// (discarded) default for tests.
+func newTokenHandler(t testing.TB, store m2mauth.ClientStore, cfg m2mauth.TokenHandlerConfig) *m2mauth.TokenHandler {
+	t.Helper()
+	key, err := m2mauth.NewHS256Key("k1", []byte("0123456789abcdef0123456789abcdef"))
+	require.NoError(t, err)
+	keys, err := m2mauth.NewStaticKeys(key)
+	require.NoError(t, err)
+	if cfg.Issuer == "" {
+		cfg.Issuer = testIssuer
+	}
+	if cfg.DefaultAudience == "" {
+		cfg.DefaultAudience = testAudience
+	}
+	if cfg.Auditor == nil {
+		cfg.Auditor = m2mauth.AuditorFunc(func(context.Context, m2mauth.AuditEvent) {})
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	h, err := m2mauth.NewTokenHandler(store, keys, cfg)
+	require.NoError(t, err)
+	return h
+}
+
+// basicAuth returns the client_secret_basic Authorization value
+// (RFC 6749 §2.3.1: each part form-urlencoded first).
+func basicAuth(id, secret string) string {
+	return "Basic " + base64.StdEncoding.EncodeToString([]byte(url.QueryEscape(id)+":"+url.QueryEscape(secret)))
+}
+
+// tokenRequest returns a client credentials token request for scope read
+// from the peer address addr ("192.0.2.1:4000", "[2001:db8::1]:443").
+func tokenRequest(addr, id, secret string) *http.Request {
+	r := httptest.NewRequest(http.MethodPost, "/oauth/token", strings.NewReader("grant_type=client_credentials&scope=read"))
+	r.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	r.Header.Set("Authorization", basicAuth(id, secret))
+	r.RemoteAddr = addr
+	return r
+}
+
+// tokenResponse is the JSON body of a token response or error.
+type tokenResponse struct {
+	AccessToken string `json:"access_token"`
+	TokenType   string `json:"token_type"`
+	Error       string `json:"error"`
+}
+
+// serve runs r through h and returns the recorded response and its body.
+func serve(t *testing.T, h http.Handler, r *http.Request) (*httptest.ResponseRecorder, tokenResponse) {
+	t.Helper()
+	w := httptest.NewRecorder()
+	h.ServeHTTP(w, r)
+	var body tokenResponse
+	require.NoError(t, json.Unmarshal(w.Body.Bytes(), &body), "body %q", w.Body)
+	return w, body
+}
+
+// createClient stores a client granted read on testAudience with one
+// secret, and returns the secret.
+func createClient(t *testing.T, s *sqlstore.Store, id string, now time.Time) (string, m2mauth.Secret) {
+	t.Helper()
+	plain, sec, err := m2mauth.NewSecret(now, time.Time{})
+	require.NoError(t, err)
+	require.NoError(t, s.CreateClient(t.Context(), &m2mauth.Client{
+		ID:      id,
+		Secrets: []m2mauth.Secret{sec},
+		Grants:  map[string]m2mauth.Scopes{testAudience: {"read", "write"}},
+	}))
+	return plain, sec
+}
+
+// TestLimiterSharedByReplicas runs two token handlers, each with its own
+// *sql.DB, Store and Limiter on the same tables, as two replicas would:
+// failures sent to one lock the client and address out of the other.
+func TestLimiterSharedByReplicas(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, e *env) {
+		prefix := e.newPrefix(t)
+		clock := newFakeClock()
+		plain, _ := createClient(t, e.newStore(t, sqlstore.Config{TablePrefix: prefix}), "svc", clock.Now())
+		replica := func() http.Handler {
+			db := e.open(t)
+			s, err := sqlstore.New(db, e.dialect, sqlstore.Config{TablePrefix: prefix})
+			require.NoError(t, err)
+			t.Cleanup(func() { s.Close() })
+			l, err := sqlstore.NewLimiter(db, e.dialect, sqlstore.LimiterConfig{TablePrefix: prefix, Now: clock.Now})
+			require.NoError(t, err)
+			t.Cleanup(func() { l.Close() })
+			return newTokenHandler(t, s, m2mauth.TokenHandlerConfig{Limiter: l, Now: clock.Now})
+		}
+		h1, h2 := replica(), replica()
+
+		for i := range 5 {
+			w, body := serve(t, h1, tokenRequest("192.0.2.1:4000", "svc", "wrong"))
+			require.Equal(t, http.StatusUnauthorized, w.Code, "failure %d", i)
+			require.Equal(t, m2mauth.CodeInvalidClient, body.Error)
+		}
+		for name, h := range map[string]http.Handler{"other replica": h2, "same replica": h1} {
+			w, body := serve(t, h, tokenRequest("192.0.2.1:5000", "svc", plain))
+			assert.Equal(t, http.StatusTooManyRequests, w.Code, name)
+			assert.Equal(t, "12", w.Header().Get("Retry-After"), name)
+			assert.Equal(t, m2mauth.CodeTemporarilyUnavailable, body.Error, name)
+			assert.Empty(t, body.AccessToken, name)
+		}
+		w, body := serve(t, h2, tokenRequest("192.0.2.2:5000", "svc", plain))
+		require.Equal(t, http.StatusOK, w.Code, "another address with the right secret: %s", w.Body)
+		assert.NotEmpty(t, body.AccessToken)
+
+		clock.Advance(12 * time.Second)
+		w, _ = serve(t, h2, tokenRequest("192.0.2.1:5000", "svc", plain))
+		assert.Equal(t, http.StatusOK, w.Code, "one interval later")
+
+		// The address's own bucket, filled through both replicas with ids
+		// that do not exist, from addresses of one IPv6 /64.
+		for i := range 20 {
+			h := []http.Handler{h1, h2}[i%2]
+			w, _ := serve(t, h, tokenRequest(fmt.Sprintf("[2001:db8::%x]:443", i+1), fmt.Sprint("guess-", i), "wrong"))
+			require.Equal(t, http.StatusUnauthorized, w.Code, "guess %d", i)
+		}
+		w, _ = serve(t, h2, tokenRequest("[2001:db8::ffff]:443", "svc", plain))
+		assert.Equal(t, http.StatusTooManyRequests, w.Code, "the whole /64 is locked out")
+		assert.Equal(t, "3", w.Header().Get("Retry-After"))
+		w, _ = serve(t, h1, tokenRequest("[2001:db8:0:1::1]:443", "svc", plain))
+		assert.Equal(t, http.StatusOK, w.Code, "another /64")
+	})
+}
+
+// TestLimiterKnownAndUnknownClientsAlike checks that the limiter answers a
+// wrong secret of a real client, an unknown client and an impossible
+// client id alike, so its answers reveal nothing about which exist.
+func TestLimiterKnownAndUnknownClientsAlike(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, e *env) {
+		prefix := e.newPrefix(t)
+		clock := newFakeClock()
+		s := e.newStore(t, sqlstore.Config{TablePrefix: prefix})
+		createClient(t, s, "svc", clock.Now())
+		l := e.newLimiter(t, prefix, clock, sqlstore.LimiterConfig{})
+		h := newTokenHandler(t, s, m2mauth.TokenHandlerConfig{Limiter: l, Now: clock.Now})
+
+		type answer struct {
+			status            int
+			error, retryAfter string
+		}
+		run := func(addr, id string) []answer {
+			var out []answer
+			for range 6 {
+				w, body := serve(t, h, tokenRequest(addr, id, "wrong"))
+				out = append(out, answer{w.Code, body.Error, w.Header().Get("Retry-After")})
+			}
+			return out
+		}
+		want := run("192.0.2.1:1", "svc")
+		require.Len(t, want, 6)
+		assert.Equal(t, answer{http.StatusUnauthorized, m2mauth.CodeInvalidClient, ""}, want[4])
+		assert.Equal(t, answer{http.StatusTooManyRequests, m2mauth.CodeTemporarilyUnavailable, "12"}, want[5])
+		assert.Equal(t, want, run("192.0.2.2:1", "nobody"), "unknown client")
+		assert.Equal(t, want, run("192.0.2.3:1", "bad\x01id"), "impossible client id")
+		assert.Equal(t, want, run("192.0.2.4:1", strings.Repeat("x", 300)), "overlong client id")
+	})
+}
+
+// TestTokenEndpointRotation requests tokens over HTTP from eight clients at
+// once while the secret is rotated: a new secret is added and the old one
+// set to expire. Every request with a valid secret must succeed; once the
+// old secret has expired it is refused and the new one accepted.
+func TestTokenEndpointRotation(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, e *env) {
+		ctx := t.Context()
+		prefix := e.newPrefix(t)
+		clock := newFakeClock()
+		s := e.newStore(t, sqlstore.Config{TablePrefix: prefix, Now: clock.Now})
+		oldPlain, oldSec := createClient(t, s, "rotating", clock.Now())
+		l := e.newLimiter(t, prefix, clock, sqlstore.LimiterConfig{ClientIPBurst: 1000000, IPBurst: 1000000})
+		srv := httptest.NewServer(newTokenHandler(t, s, m2mauth.TokenHandlerConfig{Limiter: l, Now: clock.Now}))
+		defer srv.Close()
+
+		post := func(secret string) (int, tokenResponse, error) {
+			req, err := http.NewRequestWithContext(ctx, http.MethodPost, srv.URL+"/oauth/token",
+				strings.NewReader("grant_type=client_credentials&scope=read"))
+			if err != nil {
+				return 0, tokenResponse{}, err
+			}
+			req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+			req.Header.Set("Authorization", basicAuth("rotating", secret))
+			resp, err := srv.Client().Do(req)
+			if err != nil {
+				return 0, tokenResponse{}, err
+			}
+			defer resp.Body.Close()
+			var body tokenResponse
+			raw, err := io.ReadAll(resp.Body)
+			if err == nil {
+				err = json.Unmarshal(raw, &body)
+			}
+			if resp.Header.Get("Cache-Control") != "no-store" {
+				err = fmt.Errorf("Cache-Control %q", resp.Header.Get("Cache-Control"))
+			}
+			return resp.StatusCode, body, err
+		}
+
+		const workers, each, rotateAfter, waitAt = 8, 30, 40, 20
+		var (
+			current      atomic.Pointer[string]
+			done         atomic.Int64
+			usedOld      atomic.Int64
+			usedNew      atomic.Int64
+			startRotate  = make(chan struct{})
+			rotated      = make(chan struct{})
+			startOnce    sync.Once
+			newPlain     string
+			newSecret    m2mauth.Secret
+			rotationErrs error
+		)
+		current.Store(&oldPlain)
+		var wg sync.WaitGroup
+		for w := range workers {
+			wg.Go(func() {
+				for i := range each {
+					if i == waitAt {
+						// Requests before this one raced the rotation;
+						// those after it see the new secret.
+						<-rotated
+					}
+					secret := *current.Load()
+					status, body, err := post(secret)
+					if assert.NoError(t, err, "worker %d request %d", w, i) {
+						assert.Equal(t, http.StatusOK, status, "worker %d request %d: %+v", w, i, body)
+						assert.Equal(t, "Bearer", body.TokenType)
+						assert.NotEmpty(t, body.AccessToken)
+					}
+					if secret == oldPlain {
+						usedOld.Add(1)
+					} else {
+						usedNew.Add(1)
+					}
+					if done.Add(1) == rotateAfter {
+						startOnce.Do(func() { close(startRotate) })
+					}
+				}
+			})
+		}
+		<-startRotate
+		var err error
+		newPlain, newSecret, err = m2mauth.NewSecret(clock.Now(), time.Time{})
+		require.NoError(t, err)
+		rotationErrs = s.AddSecret(ctx, "rotating", newSecret)
+		current.Store(&newPlain)
+		expiry := clock.Now().Add(time.Hour)
+		if rotationErrs == nil {
+			rotationErrs = s.ExpireSecret(ctx, "rotating", oldSec.ID, expiry)
+		}
+		close(rotated)
+		wg.Wait()
+		require.NoError(t, rotationErrs)
+		assert.Equal(t, int64(workers*each), done.Load())
+		assert.GreaterOrEqual(t, usedOld.Load(), int64(rotateAfter))
+		assert.GreaterOrEqual(t, usedNew.Load(), int64(workers*(each-waitAt)))
+
+		clock.Advance(time.Hour - time.Microsecond)
+		status, _, err := post(oldPlain)
+		require.NoError(t, err)
+		assert.Equal(t, http.StatusOK, status, "the old secret works until its expiry")
+
+		clock.Advance(time.Microsecond)
+		status, body, err := post(oldPlain)
+		require.NoError(t, err)
+		assert.Equal(t, http.StatusUnauthorized, status, "the old secret has expired")
+		assert.Equal(t, m2mauth.CodeInvalidClient, body.Error)
+		status, body, err = post(newPlain)
+		require.NoError(t, err)
+		assert.Equal(t, http.StatusOK, status)
+		assert.NotEmpty(t, body.AccessToken)
+	})
+}
+
+// TestTokenHandlerDatabaseOutage checks that a database the handler cannot
+// use, for the store or for the limiter, is a server_error: never an
+// invalid_client, which would blame the client for an outage and count
+// against its limits.
+func TestTokenHandlerDatabaseOutage(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, e *env) {
+		prefix := e.newPrefix(t)
+		clock := newFakeClock()
+		plain, _ := createClient(t, e.newStore(t, sqlstore.Config{TablePrefix: prefix}), "svc", clock.Now())
+		healthy, err := sqlstore.New(e.db, e.dialect, sqlstore.Config{TablePrefix: prefix})
+		require.NoError(t, err)
+		t.Cleanup(func() { healthy.Close() })
+
+		// closedDB returns a *sql.DB on the database, already closed.
+		closedDB := func(t *testing.T) *sql.DB {
+			db := e.open(t)
+			require.NoError(t, db.Close())
+			return db
+		}
+		tests := []struct {
+			name string
+			// handler returns the handler under test and the context
+			// of its requests.
+			handler func(t *testing.T, logs *bytes.Buffer) (http.Handler, context.Context)
+			logged  string
+		}{
+			{"StoreDBClosed", func(t *testing.T, logs *bytes.Buffer) (http.Handler, context.Context) {
+				db := e.open(t)
+				s, err := sqlstore.New(db, e.dialect, sqlstore.Config{TablePrefix: prefix})
+				require.NoError(t, err)
+				h := newTokenHandler(t, s, m2mauth.TokenHandlerConfig{Now: clock.Now, Logger: slog.New(slog.NewTextHandler(logs, nil))})
+				w, _ := serve(t, h, tokenRequest("192.0.2.1:1", "svc", plain))
+				require.Equal(t, http.StatusOK, w.Code, "before the outage")
+				require.NoError(t, db.Close())
+				return h, t.Context()
+			}, "the client store is unavailable"},
+			{"StoreNeverMigrated", func(t *testing.T, logs *bytes.Buffer) (http.Handler, context.Context) {
+				s, err := sqlstore.New(e.db, e.dialect, sqlstore.Config{TablePrefix: e.newPrefix(t)})
+				require.NoError(t, err)
+				return newTokenHandler(t, s, m2mauth.TokenHandlerConfig{Now: clock.Now, Logger: slog.New(slog.NewTextHandler(logs, nil))}), t.Context()
+			}, "the client store is unavailable"},
+			{"StoreContextCancelled", func(t *testing.T, logs *bytes.Buffer) (http.Handler, context.Context) {
+				h := newTokenHandler(t, healthy, m2mauth.TokenHandlerConfig{Now: clock.Now, Logger: slog.New(slog.NewTextHandler(logs, nil))})
+				ctx, cancel := context.WithCancel(t.Context())
+				cancel()
+				return h, ctx
+			}, "the client store is unavailable"},
+			{"LimiterDBClosed", func(t *testing.T, logs *bytes.Buffer) (http.Handler, context.Context) {
+				l, err := sqlstore.NewLimiter(closedDB(t), e.dialect, sqlstore.LimiterConfig{TablePrefix: prefix, Now: clock.Now})
+				require.NoError(t, err)
+				return newTokenHandler(t, healthy, m2mauth.TokenHandlerConfig{
+					Now: clock.Now, Limiter: l, Logger: slog.New(slog.NewTextHandler(logs, nil)),
+				}), t.Context()
+			}, "the rate limiter is unavailable"},
+			{"LimiterNeverMigrated", func(t *testing.T, logs *bytes.Buffer) (http.Handler, context.Context) {
+				l, err := sqlstore.NewLimiter(e.db, e.dialect, sqlstore.LimiterConfig{TablePrefix: e.newPrefix(t), Now: clock.Now})
+				require.NoError(t, err)
+				t.Cleanup(func() { l.Close() })
+				return newTokenHandler(t, healthy, m2mauth.TokenHandlerConfig{
+					Now: clock.Now, Limiter: l, Logger: slog.New(slog.NewTextHandler(logs, nil)),
+				}), t.Context()
+			}, "the rate limiter is unavailable"},
+			{"LimiterContextCancelled", func(t *testing.T, logs *bytes.Buffer) (http.Handler, context.Context) {
+				l, err := sqlstore.NewLimiter(e.db, e.dialect, sqlstore.LimiterConfig{TablePrefix: prefix, Now: clock.Now})
+				require.NoError(t, err)
+				t.Cleanup(func() { l.Close() })
+				h := newTokenHandler(t, healthy, m2mauth.TokenHandlerConfig{
+					Now: clock.Now, Limiter: l, Logger: slog.New(slog.NewTextHandler(logs, nil)),
+				})
+				w, _ := serve(t, h, tokenRequest("192.0.2.1:1", "svc", plain))
+				require.Equal(t, http.StatusOK, w.Code, "with a live context")
+				ctx, cancel := context.WithCancel(t.Context())
+				cancel()
+				return h, ctx
+			}, "the rate limiter is unavailable"},
+		}
+		for _, tt := range tests {
+			t.Run(tt.name, func(t *testing.T) {
+				var logs bytes.Buffer
+				h, ctx := tt.handler(t, &logs)
+				for _, c := range []struct{ id, secret string }{{"svc", plain}, {"svc", "wrong"}, {"nobody", "wrong"}} {
+					w, body := serve(t, h, tokenRequest("192.0.2.9:1", c.id, c.secret).WithContext(ctx))
+					assert.Equal(t, http.StatusInternalServerError, w.Code, "%s/%s: %s", c.id, c.secret, w.Body)
+					assert.Equal(t, m2mauth.CodeServerError, body.Error)
+					assert.Empty(t, body.AccessToken)
+					assert.Equal(t, "no-store", w.Header().Get("Cache-Control"))
+					assert.Equal(t, "application/json", w.Header().Get("Content-Type"))
+					assert.Empty(t, w.Header().Get("WWW-Authenticate"))
+					assert.Empty(t, w.Header().Get("Retry-After"))
+				}
+				assert.Contains(t, logs.String(), tt.logged)
+			})
+		}
+	})
+}
+
+// TestTokenRequestQueries counts the statements one token request sends
+// to the database: exactly one query when it succeeds with the in-memory
+// limiter, one more with the database limiter (its Check), and one
+// statement more again (its Fail) when authentication fails.
+func TestTokenRequestQueries(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, e *env) {
+		prefix := e.newPrefix(t)
+		clock := newFakeClock()
+		plain, _ := createClient(t, e.newStore(t, sqlstore.Config{TablePrefix: prefix}), "counted", clock.Now())
+
+		counter := &tally{}
+		cdb := sql.OpenDB(&countingConnector{drv: e.db.Driver(), dsn: e.dsn, n: counter})
+		t.Cleanup(func() { cdb.Close() })
+		cdb.SetMaxOpenConns(1) // statements are prepared once, on the one connection
+		s, err := sqlstore.New(cdb, e.dialect, sqlstore.Config{TablePrefix: prefix})
+		require.NoError(t, err)
+		t.Cleanup(func() { s.Close() })
+		l, err := sqlstore.NewLimiter(cdb, e.dialect, sqlstore.LimiterConfig{TablePrefix: prefix, Now: clock.Now})
+		require.NoError(t, err)
+		t.Cleanup(func() { l.Close() })
+
+		tests := []struct {
+			name    string
+			limiter m2mauth.Limiter
+			secret  string
+			status  int
+			want    counts
+		}{
+			{"InMemoryLimiter", nil, plain, http.StatusOK, counts{queries: 1}},
+			{"DatabaseLimiter", l, plain, http.StatusOK, counts{queries: 2}},
+			{"DatabaseLimiterFailure", l, "wrong", http.StatusUnauthorized, counts{queries: 2, execs: 1}},
+		}
+		for _, tt := range tests {
+			t.Run(tt.name, func(t *testing.T) {
+				h := newTokenHandler(t, s, m2mauth.TokenHandlerConfig{Limiter: tt.limiter, Now: clock.Now})
+				// The first request prepares the statements, and the first
+				// Fail runs the first cleanup.
+				w, _ := serve(t, h, tokenRequest("192.0.2.1:1", "counted", tt.secret))
+				require.Equal(t, tt.status, w.Code)
+				counter.reset()
+				w, _ = serve(t, h, tokenRequest("192.0.2.1:1", "counted", tt.secret))
+				require.Equal(t, tt.status, w.Code)
+				assert.Equal(t, tt.want, counter.snapshot(), "statements that reached the driver")
+			})
+		}
+	})
+}
