@@ -93,12 +93,18 @@ func statusForCode(code string) int {
 	}
 }
 
-// Error returns "code: description".
+// Error returns "code: description", followed by ": cause" when there is
+// an internal cause. It is for logs; clients see only Code and
+// Description.
 func (e *Error) Error() string {
-	if e.Description == "" {
-		return e.Code
+	s := e.Code
+	if e.Description != "" {
+		s += ": " + e.Description
 	}
-	return e.Code + ": " + e.Description
+	if e.cause != nil {
+		s += ": " + e.cause.Error()
+	}
+	return s
 }
 
 // Unwrap returns the internal cause, if any.

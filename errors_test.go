@@ -47,4 +47,5 @@ func TestErrorIsAndUnwrap(t *testing.T) {
 	var e *m2mauth.Error
 	require.ErrorAs(t, err, &e)
 	assert.Equal(t, "unavailable", e.Description)
+	assert.Equal(t, "server_error: unavailable: db down", e.Error(), "the cause is in the log text")
 }

@@ -244,7 +244,7 @@ func (h *TokenHandler) issue(r *http.Request, req *tokenRequest, ev *AuditEvent,
 		// Checked before the store or the hasher is touched. Ids that
 		// cannot exist share one key, so junk cannot fill the limiter.
 		req.limitID = req.clientID
-		if !validClientID(req.clientID) {
+		if !ValidClientID(req.clientID) {
 			req.limitID = "\x00invalid"
 		}
 		wait, err := h.cfg.Limiter.Check(r.Context(), req.limitID, req.addrKey)
@@ -589,7 +589,7 @@ func (h *TokenHandler) authenticate(ctx context.Context, req *tokenRequest, ev *
 		}
 		return nil, "", fail(ReasonNoCredentials)
 	}
-	if !validClientID(req.clientID) {
+	if !ValidClientID(req.clientID) {
 		VerifySecret(h.dummyHash, req.clientSecret)
 		return nil, "", fail(ReasonUnknownClient)
 	}

@@ -69,9 +69,10 @@ func (c *Client) Clone() *Client {
 // before any store is asked.
 const maxClientIDLen = 255
 
-// validClientID reports whether id is 1 to 255 characters of VSCHAR
-// (%x20-7E, RFC 6749 Appendix A.1).
-func validClientID(id string) bool {
+// ValidClientID reports whether id is a well-formed client id: 1 to 255
+// characters of VSCHAR (%x20-7E, RFC 6749 Appendix A.1). Stores may use
+// it to answer [ErrClientNotFound] for impossible ids without a lookup.
+func ValidClientID(id string) bool {
 	if id == "" || len(id) > maxClientIDLen {
 		return false
 	}
@@ -89,7 +90,7 @@ func validClientID(id string) bool {
 // grants with non-empty audiences and valid scope tokens. Stores call it
 // before writing.
 func (c *Client) Validate() error {
-	if !validClientID(c.ID) {
+	if !ValidClientID(c.ID) {
 		return errors.New("m2mauth: client id must be 1 to 255 printable ASCII characters")
 	}
 	if c.TokenTTL < 0 {

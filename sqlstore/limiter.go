@@ -327,7 +327,7 @@ func (l *Limiter) Close() error {
 
 // limitID returns the key of a client id's bucket.
 func limitID(clientID string) string {
-	if validClientID(clientID) {
+	if m2mauth.ValidClientID(clientID) {
 		return clientID
 	}
 	return invalidLimitID

@@ -131,7 +131,7 @@ func (s *Store) Close() error { return s.read.close() }
 // trip; any failure of the database is returned as an error that does not
 // wrap ErrClientNotFound.
 func (s *Store) Client(ctx context.Context, id string) (*m2mauth.Client, error) {
-	if !validClientID(id) {
+	if !m2mauth.ValidClientID(id) {
 		// No such client can be stored; spare the database.
 		return nil, notFound(id)
 	}
@@ -370,7 +370,7 @@ func listBound(after string) string {
 // UpdatedAt.
 func (s *Store) modify(ctx context.Context, id string, load bool,
 	f func(q querier, cur *m2mauth.Client, now time.Time) error) error {
-	if !validClientID(id) {
+	if !m2mauth.ValidClientID(id) {
 		return notFound(id)
 	}
 	err := s.write(ctx, func(q querier) error {
@@ -597,20 +597,6 @@ func nullMicros(t time.Time) any {
 		return nil
 	}
 	return t.UnixMicro()
-}
-
-// validClientID reports whether id could be stored: 1 to 255 characters of
-// VSCHAR (%x20-7E), as [m2mauth.Client.Validate] requires.
-func validClientID(id string) bool {
-	if id == "" || len(id) > maxColumnLen {
-		return false
-	}
-	for i := 0; i < len(id); i++ {
-		if id[i] < 0x20 || id[i] > 0x7e {
-			return false
-		}
-	}
-	return true
 }
 
 // checkColumns refuses what Validate allows but the tables cannot hold:
