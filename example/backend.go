@@ -28,6 +28,7 @@ import (
 type backend struct {
 	store   m2mauth.ClientManager
 	auditor m2mauth.Auditor // nil for memory
+	limiter m2mauth.Limiter // shared by replicas; nil for memory and SQLite
 	kind    string          // "SQLite file m2mauth.db", "PostgreSQL", …
 	sqlite  string          // the SQLite file, if any
 	close   func() error
@@ -54,7 +55,7 @@ func openBackend(ctx context.Context, spec string) (*backend, error) {
 	default:
 		file = strings.TrimPrefix(spec, "sqlite://")
 		driver, dialect, kind = "sqlite", sqlstore.SQLite, "SQLite file "+file
-		dsn = "file:" + file + "?_pragma=foreign_keys(1)&_pragma=busy_timeout(5000)&_pragma=journal_mode(WAL)"
+		dsn = "file:" + file + "?_pragma=foreign_keys(1)&_pragma=busy_timeout(5000)&_pragma=journal_mode(WAL)&_pragma=synchronous(NORMAL)"
 	}
 	db, err := sql.Open(driver, dsn)
 	if err != nil {
@@ -73,14 +74,25 @@ func openBackend(ctx context.Context, spec string) (*backend, error) {
 	if err := store.Migrate(mctx); err != nil {
 		return fail(err)
 	}
-	auditor, err := sqlstore.NewAuditor(db, dialect, sqlstore.AuditorConfig{})
+	// Audit rows are written in batches by a background writer, so the
+	// table does not slow down token requests; Close flushes them.
+	auditor, err := sqlstore.NewAuditor(db, dialect, sqlstore.AuditorConfig{QueueSize: 1024})
 	if err != nil {
 		return fail(err)
 	}
-	return &backend{
+	b := &backend{
 		store: store, auditor: auditor, kind: kind, sqlite: file,
 		close: func() error { return errors.Join(auditor.Close(), store.Close(), db.Close()) },
-	}, nil
+	}
+	if file == "" {
+		// A server database is shared by replicas: so are the failed-
+		// authentication counts. (A SQLite file has one server process;
+		// its in-memory limiter costs no query.)
+		if b.limiter, err = sqlstore.NewLimiter(db, dialect, sqlstore.LimiterConfig{}); err != nil {
+			return fail(err)
+		}
+	}
+	return b, nil
 }
 
 // mysqlDSN turns mysql://user:pass@host:port/db?params into the

@@ -9,7 +9,9 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -28,12 +30,17 @@ func serve(g globals, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	addr := fs.String("addr", "127.0.0.1:8080", "listen address")
+	proxies := fs.String("trusted-proxies", "", "comma-separated networks of reverse proxies whose X-Forwarded-For/Forwarded headers are believed, e.g. 10.0.0.0/8")
 	if err := fs.Parse(args); err != nil {
 		return usageError(err)
 	}
 	if fs.NArg() > 0 {
 		fs.Usage()
 		return errUsage
+	}
+	trusted, err := parsePrefixes(*proxies)
+	if err != nil {
+		return fmt.Errorf("-trusted-proxies: %w", err)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
@@ -72,6 +79,8 @@ func serve(g globals, args []string, stdout, stderr io.Writer) error {
 		DefaultAudience: g.audience,
 		Auditor:         auditor,
 		Logger:          logger,
+		Limiter:         b.limiter, // nil: the in-memory default
+		TrustedProxies:  trusted,
 	})
 	if err != nil {
 		return err
@@ -123,6 +132,22 @@ func serve(g globals, args []string, stdout, stderr io.Writer) error {
 	}
 	logger.Info("stopped")
 	return nil
+}
+
+// parsePrefixes reads a comma-separated list of networks.
+func parsePrefixes(list string) ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for _, f := range strings.Split(list, ",") {
+		if f = strings.TrimSpace(f); f == "" {
+			continue
+		}
+		p, err := netip.ParsePrefix(f)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, p.Masked())
+	}
+	return out, nil
 }
 
 // routes is the server's mux: the token endpoint, two protected demo

@@ -172,3 +172,49 @@ func TestNewAuditor(t *testing.T) {
 		require.NoError(t, a.Close(), "second Close")
 	})
 }
+
+// TestAuditorQueue: with a queue, events from many goroutines are written
+// in batches, each exactly once; Close flushes; a full queue and a closed
+// Auditor lose nothing either.
+func TestAuditorQueue(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, e *env) {
+		prefix := e.newPrefix(t)
+		e.newStore(t, sqlstore.Config{TablePrefix: prefix})
+		fallback := &recorder{}
+		a, err := sqlstore.NewAuditor(e.db, e.dialect, sqlstore.AuditorConfig{
+			TablePrefix: prefix, Fallback: fallback, QueueSize: 16,
+		})
+		require.NoError(t, err)
+
+		const workers, each = 8, 50
+		var wg sync.WaitGroup
+		for w := range workers {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for i := range each {
+					a.Audit(t.Context(), m2mauth.AuditEvent{
+						Time: time.Now(), Type: m2mauth.EventTokenIssued,
+						ClientID: "w" + string(rune('a'+w)), JTI: strings.Repeat("x", i+1),
+					})
+				}
+			}()
+		}
+		wg.Wait()
+		require.NoError(t, a.Close())
+		rows := e.auditRows(t, prefix)
+		assert.Len(t, rows, workers*each, "every event written, none lost")
+		seen := map[string]bool{}
+		for _, r := range rows {
+			seen[r.ClientID+"/"+r.JTI] = true
+		}
+		assert.Len(t, seen, workers*each, "each event exactly once")
+		assert.Zero(t, a.Failures())
+		assert.Empty(t, fallback.events)
+
+		after := m2mauth.AuditEvent{Time: time.Now(), Type: m2mauth.EventAuthFailed, ClientID: "after-close"}
+		a.Audit(t.Context(), after)
+		assert.Equal(t, uint64(1), a.Failures())
+		assert.Equal(t, []m2mauth.AuditEvent{after}, fallback.events, "after Close, events go to the fallback")
+	})
+}
