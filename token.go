@@ -23,6 +23,10 @@ const TokenType = "at+jwt"
 // RFC 9068 §2.2 for the client credentials grant: the registered claims
 // (iss, sub, aud, exp, nbf, iat, jti) plus client_id and scope. Subject
 // equals ClientID, since the client acts on its own behalf.
+//
+// Claims returned by a [Validator] may be shared between requests (the
+// verified-token cache hands out the same value for the same token), so
+// they are read-only: safe for concurrent reads, never to be modified.
 type Claims struct {
 	jwt.Claims
 	// ClientID is the "client_id" claim.
