@@ -218,6 +218,10 @@ func (v *Validator) Validate(ctx context.Context, raw string) (*Claims, error) {
 	if err != nil {
 		return nil, WrapError(CodeServerError, "token verification keys are unavailable", err)
 	}
+	if len(raw) > maxTokenLen {
+		// Refused before the cache hashes it.
+		return nil, reject(ReasonTokenMalformed, "token too long")
+	}
 	now := v.cfg.Now()
 	if v.cache != nil {
 		if c, ok := v.cache.get(raw, idx, now); ok {
@@ -262,9 +266,6 @@ type tokenPayload struct {
 // verify checks everything about raw from scratch. On failure it returns
 // the claims too when they could be read, for the audit trail.
 func (v *Validator) verify(idx *keyIndex, raw string, now time.Time) (*Claims, error) {
-	if len(raw) > maxTokenLen {
-		return nil, reject(ReasonTokenMalformed, "token too long")
-	}
 	h64, rest, ok1 := strings.Cut(raw, ".")
 	p64, s64, ok2 := strings.Cut(rest, ".")
 	if !ok1 || !ok2 || strings.IndexByte(s64, '.') >= 0 {
