@@ -1,0 +1,210 @@
+package bench
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// TestEndpoints issues a token through every implementation, so a broken
+// peer set-up fails here rather than in a benchmark.
+func TestEndpoints(t *testing.T) {
+	for _, m := range Endpoints() {
+		t.Run(m.Name, func(t *testing.T) {
+			e, err := m.New()
+			require.NoError(t, err)
+			defer e.Close()
+			w := e.Serve()
+			require.Equal(t, http.StatusOK, w.Code, w.Body.String())
+			if m.Name == EndpointNoop {
+				return
+			}
+			var resp TokenResponse
+			require.NoError(t, json.Unmarshal(w.Body.Bytes(), &resp), w.Body.String())
+			assert.NotEmpty(t, resp.AccessToken)
+			assert.True(t, strings.EqualFold(resp.TokenType, "Bearer"), resp.TokenType)
+			assert.InDelta(t, 3600, resp.ExpiresIn, 1)
+			assert.Equal(t, Scope, resp.Scope)
+
+			// The same client with a wrong secret is refused.
+			bad := e
+			bad.Authorization = basicAuth(ClientID, "wrong-secret-wrong-secret-wrong-secret-xxx")
+			assert.NotEqual(t, http.StatusOK, bad.Serve().Code)
+		})
+	}
+}
+
+// TestRoutes checks that every protected route lets m2mauth's token
+// through and refuses a tampered one and one lacking the scope.
+func TestRoutes(t *testing.T) {
+	tok, err := IssueToken()
+	require.NoError(t, err)
+	tampered := tok[:len(tok)-2] + flip(tok[len(tok)-2:])
+	noScope := tokenWithScope(t, "write")
+	for _, m := range Routes() {
+		t.Run(m.Name, func(t *testing.T) {
+			rt, err := m.New()
+			require.NoError(t, err)
+			for range 2 { // the second time from the cache, if any
+				w := rt.Serve(tok)
+				require.Equal(t, http.StatusNoContent, w.Code, w.Body.String())
+			}
+			if m.Name == RouteBare {
+				return
+			}
+			assert.Equal(t, http.StatusUnauthorized, rt.Serve(tampered).Code)
+			assert.Equal(t, http.StatusForbidden, rt.Serve(noScope).Code)
+		})
+	}
+}
+
+// flip changes a base64url string so that it decodes differently.
+func flip(s string) string {
+	if s[0] == 'A' {
+		return "B" + s[1:]
+	}
+	return "A" + s[1:]
+}
+
+// tokenWithScope issues an m2mauth token carrying scope.
+func tokenWithScope(t *testing.T, scope string) string {
+	t.Helper()
+	e, err := NewM2MAuthEndpoint(false)
+	require.NoError(t, err)
+	r := httptest.NewRequest(http.MethodPost, TokenPath, strings.NewReader("grant_type=client_credentials&scope="+scope))
+	r.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	r.Header.Set("Authorization", e.Authorization)
+	w := httptest.NewRecorder()
+	e.Handler.ServeHTTP(w, r)
+	require.Equal(t, http.StatusOK, w.Code, w.Body.String())
+	var resp TokenResponse
+	require.NoError(t, json.Unmarshal(w.Body.Bytes(), &resp))
+	return resp.AccessToken
+}
+
+// TestRetainedPerToken checks the measurement: m2mauth keeps nothing per
+// token, the peers that store tokens keep something.
+func TestRetainedPerToken(t *testing.T) {
+	if testing.Short() {
+		t.Skip("issues thousands of tokens")
+	}
+	const n = 2000
+	for _, m := range Endpoints() {
+		if m.BCrypt || m.Name == EndpointNoop {
+			continue
+		}
+		t.Run(m.Name, func(t *testing.T) {
+			e, err := m.New()
+			require.NoError(t, err)
+			defer e.Close()
+			per, err := RetainedPerToken(e, n)
+			require.NoError(t, err)
+			if m.Stores {
+				assert.Greater(t, per, 100.0, "a stored token costs at least its own bytes")
+			} else {
+				assert.Less(t, per, 64.0)
+			}
+		})
+	}
+}
+
+// TestGoOAuth2Close checks that closing go-oauth2's endpoint frees the
+// tokens its store holds, so benchmark runs do not inherit them.
+func TestGoOAuth2Close(t *testing.T) {
+	e, err := NewGoOAuth2Endpoint(false)
+	require.NoError(t, err)
+	base := liveHeap()
+	for range 2000 {
+		require.Equal(t, http.StatusOK, e.Serve().Code)
+	}
+	full := liveHeap()
+	require.Greater(t, full, base+1000*100, "the store should hold the tokens")
+	e.Close()
+	assert.Less(t, liveHeap(), base+(full-base)/10, "closing should free them")
+}
+
+// TestLoad runs the loopback load generator briefly.
+func TestLoad(t *testing.T) {
+	e, err := NewM2MAuthEndpoint(false)
+	require.NoError(t, err)
+	res, err := Load(context.Background(), e, LoadConfig{Requests: 200, Warmup: 20, Concurrency: 4, MaxDuration: 10 * time.Second})
+	require.NoError(t, err)
+	assert.Equal(t, 200, res.Requests)
+	assert.Zero(t, res.Errors)
+	assert.Positive(t, res.PerSecond)
+	assert.LessOrEqual(t, res.P50, res.P99)
+}
+
+// runIssue serves the token request to e b.N times.
+func runIssue(b *testing.B, e Endpoint) {
+	b.Helper()
+	b.ReportAllocs()
+	for b.Loop() {
+		w := httptest.NewRecorder()
+		e.Handler.ServeHTTP(w, NewTokenRequest(e.Authorization))
+		if w.Code != http.StatusOK {
+			b.Fatalf("status %d: %s", w.Code, w.Body)
+		}
+	}
+}
+
+// BenchmarkIssue measures one client credentials token request through
+// each implementation but the bcrypt one, in process.
+func BenchmarkIssue(b *testing.B) {
+	for _, m := range Endpoints() {
+		if m.BCrypt {
+			continue
+		}
+		b.Run(m.Name, func(b *testing.B) {
+			e, err := m.New()
+			require.NoError(b, err)
+			defer e.Close()
+			runIssue(b, e)
+		})
+	}
+}
+
+// BenchmarkIssueBCrypt measures the endpoints that check the client
+// secret with bcrypt; run it with a small -benchtime such as 20x.
+func BenchmarkIssueBCrypt(b *testing.B) {
+	for _, m := range Endpoints() {
+		if !m.BCrypt {
+			continue
+		}
+		b.Run(m.Name, func(b *testing.B) {
+			e, err := m.New()
+			require.NoError(b, err)
+			defer e.Close()
+			runIssue(b, e)
+		})
+	}
+}
+
+// BenchmarkValidate measures GET /api/builders with a valid token through
+// each protected route, in process.
+func BenchmarkValidate(b *testing.B) {
+	tok, err := IssueToken()
+	require.NoError(b, err)
+	for _, m := range Routes() {
+		b.Run(m.Name, func(b *testing.B) {
+			rt, err := m.New()
+			require.NoError(b, err)
+			r := NewRouteRequest(tok)
+			if w := rt.Serve(tok); w.Code != http.StatusNoContent {
+				b.Fatalf("status %d: %s", w.Code, w.Body)
+			}
+			b.ReportAllocs()
+			for b.Loop() {
+				w := httptest.NewRecorder()
+				rt.Handler.ServeHTTP(w, r)
+			}
+		})
+	}
+}

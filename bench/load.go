@@ -1,0 +1,204 @@
+package bench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log"
+	"net"
+	"net/http"
+	"runtime"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// LoadConfig bounds one loopback load run.
+type LoadConfig struct {
+	// Requests is the number of measured requests. Required.
+	Requests int
+	// Warmup is the number of requests sent first, unmeasured, to open
+	// the connections and warm the server. Default: none.
+	Warmup int
+	// Concurrency is the number of clients sending requests one after
+	// another. Default: 32.
+	Concurrency int
+	// MaxDuration stops the measured phase early. Default: 30s.
+	MaxDuration time.Duration
+}
+
+// LoadResult is what one loopback load run measured.
+type LoadResult struct {
+	Name string `json:"name"`
+	// Requests is the number of measured requests completed, Errors those
+	// of them that failed or were not answered 200.
+	Requests int `json:"requests"`
+	Errors   int `json:"errors"`
+	// Seconds is the duration of the measured phase.
+	Seconds float64 `json:"seconds"`
+	// PerSecond is Requests / Seconds.
+	PerSecond float64 `json:"per_second"`
+	// P50 and P99 are latency percentiles in microseconds, from sending
+	// the request to reading the whole answer.
+	P50 float64 `json:"p50_us"`
+	P99 float64 `json:"p99_us"`
+	// RetainedPerToken is the growth of the live heap over the measured
+	// phase, per completed request, in bytes.
+	RetainedPerToken float64 `json:"retained_bytes_per_token"`
+}
+
+// Load serves e with net/http on 127.0.0.1 (a fresh port) and drives it
+// with cfg.Concurrency keep-alive clients in this process: cfg.Warmup
+// requests, then cfg.Requests measured ones or as many as cfg.MaxDuration
+// allows. No traffic leaves the loopback interface.
+func Load(ctx context.Context, e Endpoint, cfg LoadConfig) (LoadResult, error) {
+	if cfg.Requests <= 0 {
+		return LoadResult{}, errors.New("bench: LoadConfig.Requests must be positive")
+	}
+	if cfg.Concurrency <= 0 {
+		cfg.Concurrency = 32
+	}
+	if cfg.MaxDuration <= 0 {
+		cfg.MaxDuration = 30 * time.Second
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return LoadResult{}, err
+	}
+	srv := &http.Server{
+		Handler:           e.Handler,
+		ReadHeaderTimeout: 10 * time.Second,
+		ErrorLog:          log.New(io.Discard, "", 0),
+	}
+	go srv.Serve(ln)
+	defer srv.Close()
+
+	transport := &http.Transport{
+		Proxy:               nil, // loopback only, whatever the environment says
+		MaxIdleConns:        64,
+		MaxIdleConnsPerHost: 64,
+		IdleConnTimeout:     time.Minute,
+		DisableCompression:  true,
+	}
+	defer transport.CloseIdleConnections()
+	l := &loader{
+		client: &http.Client{Transport: transport, Timeout: 10 * time.Second},
+		url:    "http://" + ln.Addr().String() + TokenPath,
+		auth:   e.Authorization,
+		conc:   cfg.Concurrency,
+	}
+
+	if cfg.Warmup > 0 {
+		lat := make([]time.Duration, 0, cfg.Warmup)
+		if _, errs, _ := l.run(ctx, lat, cfg.Warmup, time.Now().Add(cfg.MaxDuration)); errs > 0 {
+			return LoadResult{}, fmt.Errorf("bench: %s: %d of %d warm-up requests failed", e.Name, errs, cfg.Warmup)
+		}
+	}
+	// The latencies are recorded in memory allocated before the heap is
+	// first measured, so they do not count as retained.
+	lat := make([]time.Duration, 0, cfg.Requests)
+	before := liveHeap()
+	lat, errs, elapsed := l.run(ctx, lat, cfg.Requests, time.Now().Add(cfg.MaxDuration))
+	after := liveHeap()
+	runtime.KeepAlive(e.Handler)
+	if err := ctx.Err(); err != nil {
+		return LoadResult{}, err
+	}
+
+	res := LoadResult{
+		Name:     e.Name,
+		Requests: len(lat),
+		Errors:   errs,
+		Seconds:  elapsed.Seconds(),
+	}
+	if len(lat) == 0 {
+		return res, fmt.Errorf("bench: %s: no request completed", e.Name)
+	}
+	res.PerSecond = float64(len(lat)) / elapsed.Seconds()
+	slices.Sort(lat)
+	res.P50 = percentile(lat, 0.50)
+	res.P99 = percentile(lat, 0.99)
+	res.RetainedPerToken = float64(int64(after)-int64(before)) / float64(len(lat))
+	return res, nil
+}
+
+// percentile returns the p-quantile of sorted, in microseconds (nearest
+// rank).
+func percentile(sorted []time.Duration, p float64) float64 {
+	i := int(float64(len(sorted))*p+0.5) - 1
+	i = max(0, min(i, len(sorted)-1))
+	return float64(sorted[i]) / float64(time.Microsecond)
+}
+
+// loader sends token requests to one server.
+type loader struct {
+	client *http.Client
+	url    string
+	auth   string
+	conc   int
+}
+
+// run sends n requests from l.conc goroutines, stopping early at deadline
+// or when ctx ends. It returns lat (whose capacity must be at least n)
+// extended with the latencies of the requests completed, the number of
+// them that failed and the time taken.
+func (l *loader) run(ctx context.Context, lat []time.Duration, n int, deadline time.Time) ([]time.Duration, int, time.Duration) {
+	var (
+		next   atomic.Int64
+		failed atomic.Int64
+		wg     sync.WaitGroup
+	)
+	lat = lat[:n]
+	start := time.Now()
+	for range l.conc {
+		wg.Go(func() {
+			for ctx.Err() == nil {
+				i := next.Add(1) - 1
+				if i >= int64(n) {
+					return
+				}
+				t0 := time.Now()
+				if t0.After(deadline) {
+					return
+				}
+				err := l.do(ctx)
+				lat[i] = max(time.Since(t0), 1)
+				if err != nil {
+					failed.Add(1)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	// Slots of requests that never ran, past the deadline, are still 0.
+	lat = slices.DeleteFunc(lat, func(d time.Duration) bool { return d == 0 })
+	return lat, int(failed.Load()), elapsed
+}
+
+// do sends one token request and reads the whole answer, so the
+// connection is reused.
+func (l *loader) do(ctx context.Context) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, l.url, strings.NewReader(TokenBody))
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	req.Header.Set("Authorization", l.auth)
+	resp, err := l.client.Do(req)
+	if err != nil {
+		return err
+	}
+	_, err = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if err != nil {
+		return err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("status %d", resp.StatusCode)
+	}
+	return nil
+}
