@@ -15,7 +15,6 @@ import (
 	"time"
 
 	"github.com/go-jose/go-jose/v4"
-	josejson "github.com/go-jose/go-jose/v4/json"
 	"github.com/go-jose/go-jose/v4/jwt"
 )
 
@@ -246,22 +245,14 @@ func (v *Validator) Validate(ctx context.Context, raw string) (*Claims, error) {
 	return c, nil
 }
 
-// tokenHeader is the JOSE header of an access token. go-jose's JSON
-// decoder matches names exactly, unlike encoding/json.
-type tokenHeader struct {
-	Alg  string   `json:"alg"`
-	Kid  string   `json:"kid"`
-	Typ  string   `json:"typ"`
-	Crit []string `json:"crit"`
-	B64  *bool    `json:"b64"`
+// verifyScratch holds the buffers of one verification, reused through
+// scratchPool so a verification allocates only what it returns.
+type verifyScratch struct {
+	in, hdr, payload []byte
+	sum              [sha256.Size]byte
 }
 
-// tokenPayload is the JSON claims set, decoded before validation.
-type tokenPayload struct {
-	jwt.Claims
-	ClientID *string `json:"client_id"`
-	Scope    *string `json:"scope"`
-}
+var scratchPool = sync.Pool{New: func() any { return new(verifyScratch) }}
 
 // verify checks everything about raw from scratch. On failure it returns
 // the claims too when they could be read, for the audit trail.
@@ -272,24 +263,28 @@ func (v *Validator) verify(idx *keyIndex, raw string, now time.Time) (*Claims, e
 		return nil, reject(ReasonTokenMalformed, "token is not a JWS compact serialization")
 	}
 
-	var buf [maxTokenLen]byte
-	hdrJSON, err := base64.RawURLEncoding.AppendDecode(buf[:0], []byte(h64))
+	sc := scratchPool.Get().(*verifyScratch)
+	defer scratchPool.Put(sc)
+	sc.in = append(sc.in[:0], raw...)
+	signingInput := sc.in[:len(h64)+1+len(p64)]
+	hdrJSON, err := base64.RawURLEncoding.AppendDecode(sc.hdr[:0], signingInput[:len(h64)])
+	sc.hdr = hdrJSON
 	if err != nil {
 		return nil, reject(ReasonTokenMalformed, "malformed token header")
 	}
-	var hdr tokenHeader
-	if err := josejson.Unmarshal(hdrJSON, &hdr); err != nil {
+	hdr, err := parseHeader(hdrJSON)
+	if err != nil {
 		return nil, reject(ReasonTokenMalformed, "malformed token header")
 	}
-	alg := jose.SignatureAlgorithm(hdr.Alg)
+	alg := jose.SignatureAlgorithm(hdr.alg)
 	if !v.algs[alg] {
 		return nil, reject(ReasonTokenAlgorithm, "token algorithm not allowed")
 	}
-	if len(hdr.Crit) > 0 || hdr.B64 != nil {
+	if hdr.critical {
 		return nil, reject(ReasonTokenMalformed, "token uses unsupported critical header parameters")
 	}
-	key := idx.keys[hdr.Kid]
-	if key == nil {
+	key := idx.keys[string(hdr.kid)]
+	if key == nil || hdr.kid == nil {
 		return nil, reject(ReasonTokenUnknownKey, "token signed by an unknown key")
 	}
 	if key.alg != alg {
@@ -302,47 +297,46 @@ func (v *Validator) verify(idx *keyIndex, raw string, now time.Time) (*Claims, e
 	if len(s64) != 43 {
 		return nil, reject(ReasonTokenSignature, "invalid token signature")
 	}
-	if n, err := base64.RawURLEncoding.Decode(sig[:], []byte(s64)); err != nil || n != sha256.Size {
+	if n, err := base64.RawURLEncoding.Decode(sig[:], sc.in[len(signingInput)+1:]); err != nil || n != sha256.Size {
 		return nil, reject(ReasonTokenSignature, "invalid token signature")
 	}
 	mac := key.macs.Get().(hash.Hash)
 	mac.Reset()
-	mac.Write([]byte(raw[:len(h64)+1+len(p64)]))
-	var sum [sha256.Size]byte
-	good := hmac.Equal(mac.Sum(sum[:0]), sig[:])
+	mac.Write(signingInput)
+	good := hmac.Equal(mac.Sum(sc.sum[:0]), sig[:])
 	key.macs.Put(mac)
 	if !good {
 		return nil, reject(ReasonTokenSignature, "invalid token signature")
 	}
 
 	// The signature is good; now the header and claims are trusted input.
-	if t := hdr.Typ; !strings.EqualFold(t, TokenType) && !strings.EqualFold(t, "application/"+TokenType) {
+	if t := string(hdr.typ); !strings.EqualFold(t, TokenType) && !strings.EqualFold(t, "application/"+TokenType) {
 		return nil, reject(ReasonTokenType, "token is not an access token (typ must be at+jwt)")
 	}
-	payload, err := base64.RawURLEncoding.AppendDecode(buf[:0], []byte(p64))
+	payload, err := base64.RawURLEncoding.AppendDecode(sc.payload[:0], signingInput[len(h64)+1:])
+	sc.payload = payload
 	if err != nil {
 		return nil, reject(ReasonTokenMalformed, "malformed token claims")
 	}
-	var p tokenPayload
-	if err := josejson.Unmarshal(payload, &p); err != nil {
+	p, err := parseClaims(payload)
+	if err != nil {
 		return nil, reject(ReasonTokenMalformed, "malformed token claims")
 	}
-	c := &Claims{Claims: p.Claims}
-	if p.ClientID == nil || *p.ClientID == "" || p.Subject == "" || p.Expiry == nil || p.IssuedAt == nil || p.ID == "" {
+	c := &p.Claims
+	if !p.hasClientID || c.ClientID == "" || c.Subject == "" || c.Expiry == nil || c.IssuedAt == nil || c.ID == "" {
 		return c, reject(ReasonTokenMissingClaims, "token lacks a required claim")
 	}
-	c.ClientID = *p.ClientID
-	if p.Scope != nil {
-		if c.Scopes, err = ParseScopes(*p.Scope); err != nil {
+	if p.hasScope {
+		if c.Scopes, err = ParseScopes(p.scope); err != nil {
 			return c, reject(ReasonTokenMalformed, "token scope claim is malformed")
 		}
 	}
-	err = p.Claims.ValidateWithLeeway(jwt.Expected{
+	err = c.Claims.ValidateWithLeeway(jwt.Expected{
 		Issuer:      v.cfg.Issuer,
 		AnyAudience: jwt.Audience{v.cfg.Audience},
 		Time:        now,
 	}, v.cfg.Leeway)
-	exp := p.Expiry.Time()
+	exp := c.Expiry.Time()
 	switch {
 	case errors.Is(err, jwt.ErrInvalidIssuer):
 		return c, reject(ReasonTokenIssuer, "token issuer is not trusted")

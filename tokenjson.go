@@ -1,0 +1,483 @@
+package m2mauth
+
+import (
+	"errors"
+	"math"
+	"strconv"
+	"unicode/utf16"
+	"unicode/utf8"
+
+	"github.com/go-jose/go-jose/v4/jwt"
+)
+
+// The JOSE header and the claims of an access token are flat JSON objects
+// with a handful of known members. They are decoded here by a strict
+// RFC 8259 scanner rather than by reflection: names match exactly (unlike
+// encoding/json, which folds case), a known member given twice is refused
+// (RFC 7515 §4 allows refusing duplicates), unknown members are checked for
+// syntax and skipped, and nothing is allocated for what is not kept.
+
+var errJSON = errors.New("m2mauth: malformed JSON")
+
+// maxJSONDepth bounds the nesting of skipped values.
+const maxJSONDepth = 16
+
+// jsonObject calls member for each member of the JSON object that is the
+// whole of data, with the member's name (escapes decoded only when present)
+// and the raw bytes of its value, whose syntax has been checked.
+func jsonObject(data []byte, member func(name, value []byte) error) error {
+	i := skipSpace(data, 0)
+	if i >= len(data) || data[i] != '{' {
+		return errJSON
+	}
+	i = skipSpace(data, i+1)
+	if i < len(data) && data[i] == '}' {
+		if skipSpace(data, i+1) != len(data) {
+			return errJSON
+		}
+		return nil
+	}
+	for {
+		if i >= len(data) || data[i] != '"' {
+			return errJSON
+		}
+		end, err := skipString(data, i)
+		if err != nil {
+			return err
+		}
+		name := data[i+1 : end-1]
+		if hasEscape(name) {
+			if name, err = unquote(nil, data[i:end]); err != nil {
+				return err
+			}
+		}
+		i = skipSpace(data, end)
+		if i >= len(data) || data[i] != ':' {
+			return errJSON
+		}
+		start := skipSpace(data, i+1)
+		if end, err = skipValue(data, start, 0); err != nil {
+			return err
+		}
+		if err := member(name, data[start:end]); err != nil {
+			return err
+		}
+		i = skipSpace(data, end)
+		if i >= len(data) {
+			return errJSON
+		}
+		switch data[i] {
+		case ',':
+			i = skipSpace(data, i+1)
+		case '}':
+			if skipSpace(data, i+1) != len(data) {
+				return errJSON
+			}
+			return nil
+		default:
+			return errJSON
+		}
+	}
+}
+
+func skipSpace(data []byte, i int) int {
+	for i < len(data) && (data[i] == ' ' || data[i] == '\t' || data[i] == '\n' || data[i] == '\r') {
+		i++
+	}
+	return i
+}
+
+func hasEscape(b []byte) bool {
+	for _, c := range b {
+		if c == '\\' {
+			return true
+		}
+	}
+	return false
+}
+
+// skipValue returns the end of the JSON value starting at data[i].
+func skipValue(data []byte, i, depth int) (int, error) {
+	if i >= len(data) {
+		return 0, errJSON
+	}
+	switch c := data[i]; {
+	case c == '"':
+		return skipString(data, i)
+	case c == '{' || c == '[':
+		if depth >= maxJSONDepth {
+			return 0, errJSON
+		}
+		closing := byte('}')
+		if c == '[' {
+			closing = ']'
+		}
+		i = skipSpace(data, i+1)
+		if i < len(data) && data[i] == closing {
+			return i + 1, nil
+		}
+		for {
+			var err error
+			if c == '{' {
+				if i >= len(data) || data[i] != '"' {
+					return 0, errJSON
+				}
+				if i, err = skipString(data, i); err != nil {
+					return 0, err
+				}
+				i = skipSpace(data, i)
+				if i >= len(data) || data[i] != ':' {
+					return 0, errJSON
+				}
+				i = skipSpace(data, i+1)
+			}
+			if i, err = skipValue(data, i, depth+1); err != nil {
+				return 0, err
+			}
+			i = skipSpace(data, i)
+			if i >= len(data) {
+				return 0, errJSON
+			}
+			if data[i] == closing {
+				return i + 1, nil
+			}
+			if data[i] != ',' {
+				return 0, errJSON
+			}
+			i = skipSpace(data, i+1)
+		}
+	case c == 't':
+		return skipLiteral(data, i, "true")
+	case c == 'f':
+		return skipLiteral(data, i, "false")
+	case c == 'n':
+		return skipLiteral(data, i, "null")
+	case c == '-' || '0' <= c && c <= '9':
+		return skipNumber(data, i)
+	}
+	return 0, errJSON
+}
+
+func skipLiteral(data []byte, i int, lit string) (int, error) {
+	if len(data)-i < len(lit) || string(data[i:i+len(lit)]) != lit {
+		return 0, errJSON
+	}
+	return i + len(lit), nil
+}
+
+// skipNumber checks -?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?.
+func skipNumber(data []byte, i int) (int, error) {
+	digits := func(i int) (int, bool) {
+		j := i
+		for j < len(data) && '0' <= data[j] && data[j] <= '9' {
+			j++
+		}
+		return j, j > i
+	}
+	if data[i] == '-' {
+		i++
+	}
+	if i < len(data) && data[i] == '0' {
+		i++
+	} else {
+		var ok bool
+		if i, ok = digits(i); !ok {
+			return 0, errJSON
+		}
+	}
+	if i < len(data) && data[i] == '.' {
+		var ok bool
+		if i, ok = digits(i + 1); !ok {
+			return 0, errJSON
+		}
+	}
+	if i < len(data) && (data[i] == 'e' || data[i] == 'E') {
+		i++
+		if i < len(data) && (data[i] == '+' || data[i] == '-') {
+			i++
+		}
+		var ok bool
+		if i, ok = digits(i); !ok {
+			return 0, errJSON
+		}
+	}
+	return i, nil
+}
+
+// skipString returns the end of the string starting with the quote at
+// data[i], checking escapes, control characters and UTF-8.
+func skipString(data []byte, i int) (int, error) {
+	for i++; i < len(data); {
+		c := data[i]
+		switch {
+		case c == '"':
+			return i + 1, nil
+		case c == '\\':
+			if i+1 >= len(data) {
+				return 0, errJSON
+			}
+			switch data[i+1] {
+			case '"', '\\', '/', 'b', 'f', 'n', 'r', 't':
+				i += 2
+			case 'u':
+				if i+6 > len(data) {
+					return 0, errJSON
+				}
+				if _, err := strconv.ParseUint(string(data[i+2:i+6]), 16, 16); err != nil {
+					return 0, errJSON
+				}
+				i += 6
+			default:
+				return 0, errJSON
+			}
+		case c < 0x20:
+			return 0, errJSON
+		case c < utf8.RuneSelf:
+			i++
+		default:
+			r, size := utf8.DecodeRune(data[i:])
+			if r == utf8.RuneError && size == 1 {
+				return 0, errJSON
+			}
+			i += size
+		}
+	}
+	return 0, errJSON
+}
+
+// unquote appends the decoded contents of the checked JSON string s
+// (quotes included) to dst.
+func unquote(dst, s []byte) ([]byte, error) {
+	s = s[1 : len(s)-1]
+	for i := 0; i < len(s); {
+		c := s[i]
+		if c != '\\' {
+			dst = append(dst, c)
+			i++
+			continue
+		}
+		switch e := s[i+1]; e {
+		case 'b':
+			dst = append(dst, '\b')
+		case 'f':
+			dst = append(dst, '\f')
+		case 'n':
+			dst = append(dst, '\n')
+		case 'r':
+			dst = append(dst, '\r')
+		case 't':
+			dst = append(dst, '\t')
+		case 'u':
+			r := rune(hex4(s[i+2 : i+6]))
+			i += 6
+			if utf16.IsSurrogate(r) {
+				r2 := utf8.RuneError
+				if i+6 <= len(s) && s[i] == '\\' && s[i+1] == 'u' {
+					r2 = utf16.DecodeRune(r, rune(hex4(s[i+2:i+6])))
+					if r2 != utf8.RuneError {
+						i += 6
+					}
+				}
+				r = r2
+			}
+			dst = utf8.AppendRune(dst, r)
+			continue
+		default: // '"', '\\', '/'
+			dst = append(dst, e)
+		}
+		i += 2
+	}
+	return dst, nil
+}
+
+func hex4(b []byte) uint16 {
+	n, _ := strconv.ParseUint(string(b), 16, 16)
+	return uint16(n)
+}
+
+// jsonString decodes a member value that must be a string; null reports
+// absent.
+func jsonString(v []byte) (s string, present bool, err error) {
+	switch {
+	case string(v) == "null":
+		return "", false, nil
+	case len(v) < 2 || v[0] != '"':
+		return "", false, errJSON
+	case !hasEscape(v):
+		return string(v[1 : len(v)-1]), true, nil
+	}
+	b, err := unquote(nil, v)
+	return string(b), true, err
+}
+
+// jsonNumericDate decodes a NumericDate (RFC 7519 §2): seconds since the
+// epoch, possibly fractional, truncated to whole seconds. null reports
+// absent.
+func jsonNumericDate(v []byte) (d jwt.NumericDate, present bool, err error) {
+	if string(v) == "null" {
+		return 0, false, nil
+	}
+	if len(v) == 0 || v[0] != '-' && (v[0] < '0' || v[0] > '9') {
+		return 0, false, errJSON
+	}
+	if n, err := strconv.ParseInt(string(v), 10, 64); err == nil {
+		return jwt.NumericDate(n), true, nil
+	}
+	f, err := strconv.ParseFloat(string(v), 64)
+	if err != nil || math.IsInf(f, 0) || f > math.MaxInt64/2 || f < math.MinInt64/2 {
+		return 0, false, errJSON
+	}
+	return jwt.NumericDate(int64(f)), true, nil
+}
+
+// jsonAudience decodes "aud": one string or an array of strings.
+func jsonAudience(v []byte) (jwt.Audience, error) {
+	if string(v) == "null" {
+		return nil, nil
+	}
+	if len(v) > 0 && v[0] == '"' {
+		s, _, err := jsonString(v)
+		return jwt.Audience{s}, err
+	}
+	if len(v) < 2 || v[0] != '[' {
+		return nil, errJSON
+	}
+	var aud jwt.Audience
+	i := skipSpace(v, 1)
+	if v[i] == ']' {
+		return aud, nil
+	}
+	for {
+		end, err := skipValue(v, i, 0)
+		if err != nil {
+			return nil, err
+		}
+		s, ok, err := jsonString(v[i:end])
+		if err != nil || !ok {
+			return nil, errJSON
+		}
+		aud = append(aud, s)
+		i = skipSpace(v, end)
+		switch v[i] {
+		case ']':
+			return aud, nil
+		case ',':
+			i = skipSpace(v, i+1)
+		default:
+			return nil, errJSON
+		}
+	}
+}
+
+// tokenHeader is what the validator reads of a JOSE header.
+type tokenHeader struct {
+	alg, kid, typ []byte // nil when absent; alias the decoded header
+	critical      bool   // "crit" or "b64" present: extensions we do not implement
+}
+
+// parseHeader decodes a JOSE header. Known members must be strings and
+// appear once.
+func parseHeader(data []byte) (tokenHeader, error) {
+	var h tokenHeader
+	err := jsonObject(data, func(name, value []byte) error {
+		var dst *[]byte
+		switch string(name) {
+		case "alg":
+			dst = &h.alg
+		case "kid":
+			dst = &h.kid
+		case "typ":
+			dst = &h.typ
+		case "crit", "b64":
+			h.critical = true
+			return nil
+		default:
+			return nil
+		}
+		if *dst != nil || len(value) < 2 || value[0] != '"' {
+			return errJSON
+		}
+		if hasEscape(value) {
+			// Escapes never occur in headers we issue; decode them
+			// anyway. An escape yields at least one byte, so the result
+			// is not nil.
+			var err error
+			*dst, err = unquote(nil, value)
+			return err
+		}
+		*dst = value[1 : len(value)-1 : len(value)-1]
+		return nil
+	})
+	return h, err
+}
+
+// tokenClaimsSet is the decoded claims of an access token.
+type tokenClaimsSet struct {
+	Claims
+	exp, nbf, iat jwt.NumericDate
+	scope         string
+	hasClientID   bool
+	hasScope      bool
+}
+
+// parseClaims decodes the claims of an access token. Registered claims
+// must have their RFC 7519 types; each known claim may appear once.
+func parseClaims(data []byte) (*tokenClaimsSet, error) {
+	c := new(tokenClaimsSet)
+	var seen uint16
+	err := jsonObject(data, func(name, value []byte) error {
+		var bit uint16
+		var err error
+		switch string(name) {
+		case "iss":
+			bit = 1
+			c.Issuer, _, err = jsonString(value)
+		case "sub":
+			bit = 2
+			c.Subject, _, err = jsonString(value)
+		case "aud":
+			bit = 4
+			c.Audience, err = jsonAudience(value)
+		case "exp":
+			bit = 8
+			c.Expiry, err = c.date(&c.exp, value)
+		case "nbf":
+			bit = 16
+			c.NotBefore, err = c.date(&c.nbf, value)
+		case "iat":
+			bit = 32
+			c.IssuedAt, err = c.date(&c.iat, value)
+		case "jti":
+			bit = 64
+			c.ID, _, err = jsonString(value)
+		case "client_id":
+			bit = 128
+			c.ClientID, c.hasClientID, err = jsonString(value)
+		case "scope":
+			bit = 256
+			c.scope, c.hasScope, err = jsonString(value)
+		default:
+			return nil
+		}
+		if seen&bit != 0 {
+			return errJSON
+		}
+		seen |= bit
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// date decodes a NumericDate into the set's own storage, so the three
+// dates cost no allocation of their own.
+func (c *tokenClaimsSet) date(dst *jwt.NumericDate, v []byte) (*jwt.NumericDate, error) {
+	d, ok, err := jsonNumericDate(v)
+	if !ok || err != nil {
+		return nil, err
+	}
+	*dst = d
+	return dst, nil
+}

@@ -1,0 +1,150 @@
+package m2mauth
+
+import (
+	"encoding/json"
+	"testing"
+	"unicode/utf8"
+
+	"github.com/go-jose/go-jose/v4/jwt"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// TestParseHeader checks the JOSE header decoder (RFC 7515 §4): exact
+// names, strings only, no duplicates, unknown members skipped, crit and
+// b64 flagged.
+func TestParseHeader(t *testing.T) {
+	tests := []struct {
+		name          string
+		in            string
+		alg, kid, typ string
+		critical      bool
+		wantErr       bool
+	}{
+		{name: "ours", in: `{"alg":"HS256","kid":"k1","typ":"at+jwt"}`, alg: "HS256", kid: "k1", typ: "at+jwt"},
+		{name: "spaces and unknown members", in: " {\n \"x\" : [1, {\"y\": null}, true, -2.5e3] , \"alg\" : \"HS256\" , \"kid\":\"k\" }\t", alg: "HS256", kid: "k"},
+		{name: "escapes", in: `{"alg":"HS\u0032\u00356","kid":"a\/b\"c"}`, alg: "HS256", kid: `a/b"c`},
+		{name: "escaped name", in: `{"\u0061lg":"HS256"}`, alg: "HS256"},
+		{name: "names are case-sensitive", in: `{"ALG":"none","alg":"HS256"}`, alg: "HS256"},
+		{name: "crit", in: `{"alg":"HS256","crit":["exp"]}`, alg: "HS256", critical: true},
+		{name: "b64", in: `{"alg":"HS256","b64":false}`, alg: "HS256", critical: true},
+		{name: "empty object", in: `{}`},
+		{name: "duplicate alg, RFC 7515 §4", in: `{"alg":"HS256","alg":"none"}`, wantErr: true},
+		{name: "alg not a string", in: `{"alg":256}`, wantErr: true},
+		{name: "alg null", in: `{"alg":null}`, wantErr: true},
+		{name: "trailing comma", in: `{"alg":"HS256",}`, wantErr: true},
+		{name: "trailing data", in: `{"alg":"HS256"}x`, wantErr: true},
+		{name: "two objects", in: `{}{}`, wantErr: true},
+		{name: "array", in: `["alg"]`, wantErr: true},
+		{name: "unterminated", in: `{"alg":"HS256"`, wantErr: true},
+		{name: "bad escape", in: `{"alg":"\x"}`, wantErr: true},
+		{name: "short unicode escape", in: `{"alg":"\u12"}`, wantErr: true},
+		{name: "control character", in: "{\"alg\":\"a\x01\"}", wantErr: true},
+		{name: "invalid UTF-8", in: "{\"alg\":\"\xff\"}", wantErr: true},
+		{name: "single quotes", in: `{'alg':'HS256'}`, wantErr: true},
+		{name: "leading zero", in: `{"x":01}`, wantErr: true},
+		{name: "bare minus", in: `{"x":-}`, wantErr: true},
+		{name: "bad literal", in: `{"x":tru}`, wantErr: true},
+		{name: "too deep", in: `{"x":[[[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]]}`, wantErr: true},
+		{name: "BOM", in: "\ufeff{}", wantErr: true},
+		{name: "empty", in: ``, wantErr: true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			h, err := parseHeader([]byte(tc.in))
+			if tc.wantErr {
+				require.Error(t, err)
+				return
+			}
+			require.NoError(t, err)
+			assert.Equal(t, tc.alg, string(h.alg))
+			assert.Equal(t, tc.kid, string(h.kid))
+			assert.Equal(t, tc.typ, string(h.typ))
+			assert.Equal(t, tc.critical, h.critical)
+		})
+	}
+}
+
+// TestParseClaims checks the claims decoder against RFC 7519 §4.1 types.
+func TestParseClaims(t *testing.T) {
+	c, err := parseClaims([]byte(`{"iss":"https://i","sub":"s","client_id":"c","aud":["a","b"],` +
+		`"exp":1700000000,"nbf":1699999999.9,"iat":1.6e9,"jti":"j","scope":"read write","extra":{"k":[1,2]}}`))
+	require.NoError(t, err)
+	assert.Equal(t, "https://i", c.Issuer)
+	assert.Equal(t, "s", c.Subject)
+	assert.Equal(t, "c", c.ClientID)
+	assert.Equal(t, jwt.Audience{"a", "b"}, c.Audience)
+	assert.Equal(t, jwt.NumericDate(1700000000), *c.Expiry)
+	assert.Equal(t, jwt.NumericDate(1699999999), *c.NotBefore)
+	assert.Equal(t, jwt.NumericDate(1600000000), *c.IssuedAt)
+	assert.Equal(t, "j", c.ID)
+	assert.Equal(t, "read write", c.scope)
+	assert.True(t, c.hasScope && c.hasClientID)
+
+	c, err = parseClaims([]byte(`{"aud":"one","nbf":null,"scope":null}`))
+	require.NoError(t, err)
+	assert.Equal(t, jwt.Audience{"one"}, c.Audience)
+	assert.Nil(t, c.NotBefore)
+	assert.False(t, c.hasScope)
+
+	for _, bad := range []string{
+		`{"exp":"1700000000"}`, `{"exp":true}`, `{"exp":1e400}`, `{"aud":1}`, `{"aud":["a",2]}`,
+		`{"scope":["read"]}`, `{"client_id":7}`, `{"iss":"a","iss":"a"}`, `{"exp":1,"exp":2}`,
+		`{"sub":{}}`, `{"jti":"x"`, `{"aud":[}`,
+	} {
+		_, err := parseClaims([]byte(bad))
+		assert.Error(t, err, bad)
+	}
+}
+
+// FuzzJSONObject holds the scanner to encoding/json: whatever it accepts
+// is valid JSON, and the strings it decodes are the ones encoding/json
+// decodes.
+func FuzzJSONObject(f *testing.F) {
+	for _, s := range []string{
+		`{"alg":"HS256","kid":"k1","typ":"at+jwt"}`, `{"a":"\ud83d\ude00\u00e9\n"}`, `{"a":[1,{"b":null}],"c":-0.5E-3}`,
+		`{"a":"\ud800"}`, `{}`, `{"a":}`, ` { "a" : "b" } `,
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		got := map[string]string{}
+		err := jsonObject(data, func(name, value []byte) error {
+			if len(value) > 0 && value[0] == '"' {
+				s, _, err := jsonString(value)
+				if err != nil {
+					return err
+				}
+				got[string(name)] = s
+			}
+			return nil
+		})
+		if err != nil {
+			return
+		}
+		if !json.Valid(data) || !utf8.Valid(data) {
+			t.Fatalf("accepted invalid JSON %q", data)
+		}
+		var want map[string]any
+		if err := json.Unmarshal(data, &want); err != nil {
+			t.Fatalf("accepted %q that encoding/json refuses: %v", data, err)
+		}
+		for k, v := range got {
+			// encoding/json keeps the last of duplicate names.
+			if w, ok := want[k].(string); ok && w != v && countName(data, k) == 1 {
+				t.Fatalf("member %q: got %q, encoding/json %q", k, v, w)
+			}
+		}
+	})
+}
+
+func countName(data []byte, name string) int {
+	n := 0
+	jsonObject(data, func(nm, _ []byte) error {
+		if string(nm) == name {
+			n++
+		}
+		return nil
+	})
+	return n
+}
