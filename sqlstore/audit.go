@@ -82,14 +82,7 @@ var _ m2mauth.Auditor = (*Auditor)(nil)
 // NewAuditor returns an auditor that writes to db, speaking dialect. Like
 // [New] it checks its arguments now and does not touch the database.
 func NewAuditor(db *sql.DB, dialect Dialect, cfg AuditorConfig) (*Auditor, error) {
-	if db == nil {
-		return nil, errors.New("sqlstore: nil *sql.DB")
-	}
-	prefix, err := tablePrefix(cfg.TablePrefix)
-	if err != nil {
-		return nil, err
-	}
-	q, err := newQueries(dialect, prefix)
+	_, q, err := prepare(db, dialect, cfg.TablePrefix)
 	if err != nil {
 		return nil, err
 	}

@@ -1,6 +1,8 @@
 package sqlstore
 
 import (
+	"database/sql"
+	"errors"
 	"fmt"
 	"strings"
 )
@@ -102,6 +104,20 @@ type queries struct {
 	// IMMEDIATE instead.
 	migrateLock   string
 	migrateUnlock string
+}
+
+// prepare checks what every constructor is given and returns the table
+// prefix (the default for "") and the statements of dialect.
+func prepare(db *sql.DB, dialect Dialect, tablePrefixOpt string) (string, *queries, error) {
+	if db == nil {
+		return "", nil, errors.New("sqlstore: nil *sql.DB")
+	}
+	prefix, err := tablePrefix(tablePrefixOpt)
+	if err != nil {
+		return "", nil, err
+	}
+	q, err := newQueries(dialect, prefix)
+	return prefix, q, err
 }
 
 // newQueries returns the statements of d for tables named with prefix,

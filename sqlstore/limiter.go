@@ -108,14 +108,7 @@ var _ m2mauth.Limiter = (*Limiter)(nil)
 // database; the table must have been created by [Store.Migrate]. db stays
 // the caller's to configure and to close.
 func NewLimiter(db *sql.DB, dialect Dialect, cfg LimiterConfig) (*Limiter, error) {
-	if db == nil {
-		return nil, errors.New("sqlstore: nil *sql.DB")
-	}
-	prefix, err := tablePrefix(cfg.TablePrefix)
-	if err != nil {
-		return nil, err
-	}
-	q, err := newQueries(dialect, prefix)
+	_, q, err := prepare(db, dialect, cfg.TablePrefix)
 	if err != nil {
 		return nil, err
 	}

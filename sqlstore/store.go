@@ -72,14 +72,7 @@ var _ m2mauth.ClientManager = (*Store)(nil)
 // database: call [Store.Migrate] to create or update the tables. db stays
 // the caller's to configure and to close.
 func New(db *sql.DB, dialect Dialect, cfg Config) (*Store, error) {
-	if db == nil {
-		return nil, errors.New("sqlstore: nil *sql.DB")
-	}
-	prefix, err := tablePrefix(cfg.TablePrefix)
-	if err != nil {
-		return nil, err
-	}
-	q, err := newQueries(dialect, prefix)
+	prefix, q, err := prepare(db, dialect, cfg.TablePrefix)
 	if err != nil {
 		return nil, err
 	}
