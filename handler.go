@@ -215,7 +215,7 @@ func (h *TokenHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if addr.IsValid() {
 		ev.RemoteIP = addr.String()
 	}
-	req := tokenRequest{addrKey: addrKey(addr, h.cfg.IPv6Prefix), now: h.cfg.Now()}
+	req := tokenRequest{addrKey: addrKey(addr, ev.RemoteIP, h.cfg.IPv6Prefix), now: h.cfg.Now()}
 	ev.Time = req.now
 	body, err := h.issue(r, &req, &ev, bp)
 	if err != nil {

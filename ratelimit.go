@@ -280,18 +280,18 @@ func parseHop(s string) (netip.Addr, bool) {
 	return a.Unmap(), true
 }
 
-// addrKey is the limiter key of an address: IPv4 addresses whole, IPv6
-// addresses cut to their first bits.
-func addrKey(a netip.Addr, v6bits int) string {
+// addrKey is the limiter key of address a, whose text form is text: IPv4
+// addresses whole, IPv6 addresses cut to their first v6bits bits.
+func addrKey(a netip.Addr, text string, v6bits int) string {
 	switch {
 	case !a.IsValid():
 		return "unknown"
 	case a.Is4():
-		return a.String()
+		return text
 	}
 	p, err := a.WithZone("").Prefix(v6bits)
 	if err != nil {
-		return a.String()
+		return text
 	}
 	return p.String()
 }
