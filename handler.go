@@ -10,7 +10,6 @@ import (
 	"io"
 	"log/slog"
 	"mime"
-	"net"
 	"net/http"
 	"net/netip"
 	"net/url"
@@ -715,12 +714,3 @@ func writeError(w http.ResponseWriter, e *Error) {
 type rateLimited struct{ wait time.Duration }
 
 func (r rateLimited) Error() string { return "m2mauth: rate limited for " + r.wait.String() }
-
-// remoteIP returns the host part of r.RemoteAddr.
-func remoteIP(r *http.Request) string {
-	host, _, err := net.SplitHostPort(r.RemoteAddr)
-	if err != nil {
-		return truncate(r.RemoteAddr)
-	}
-	return host
-}

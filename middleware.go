@@ -513,8 +513,12 @@ func (v *Validator) render(w http.ResponseWriter, r *http.Request, e *Error) {
 
 // event starts an audit event about r.
 func (v *Validator) event(r *http.Request, typ AuditEventType, code string) AuditEvent {
-	return AuditEvent{
-		Time: v.cfg.Now(), Type: typ, RemoteIP: remoteIP(r), UserAgent: truncate(r.UserAgent()),
+	ev := AuditEvent{
+		Time: v.cfg.Now(), Type: typ, UserAgent: truncate(r.UserAgent()),
 		Audience: v.cfg.Audience, Error: code,
 	}
+	if a := clientAddr(r, nil); a.IsValid() {
+		ev.RemoteIP = a.String()
+	}
+	return ev
 }
