@@ -7,7 +7,6 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
-	"hash"
 	"net/http"
 	"strings"
 	"sync"
@@ -130,8 +129,8 @@ func NewValidator(keys KeyProvider, cfg ValidatorConfig) (*Validator, error) {
 
 // verifyKey is one verification key, with pooled HMAC state keyed by it.
 type verifyKey struct {
-	alg  jose.SignatureAlgorithm
-	macs sync.Pool
+	alg jose.SignatureAlgorithm
+	mac *hmacPool
 }
 
 // keyIndex is the provider's key set indexed by kid. It is rebuilt when
@@ -162,10 +161,7 @@ func (v *Validator) keyIndex(ctx context.Context) (*keyIndex, error) {
 		if checkKey(k) != nil || !v.algs[jose.SignatureAlgorithm(k.Algorithm)] {
 			continue
 		}
-		secret := append([]byte(nil), k.Key.([]byte)...)
-		vk := &verifyKey{alg: jose.SignatureAlgorithm(k.Algorithm)}
-		vk.macs.New = func() any { return hmac.New(sha256.New, secret) }
-		idx.keys[k.KeyID] = vk
+		idx.keys[k.KeyID] = &verifyKey{alg: jose.SignatureAlgorithm(k.Algorithm), mac: newHMACPool(k.Key.([]byte))}
 	}
 	v.index.Store(idx)
 	return idx, nil
@@ -249,7 +245,6 @@ func (v *Validator) Validate(ctx context.Context, raw string) (*Claims, error) {
 // scratchPool so a verification allocates only what it returns.
 type verifyScratch struct {
 	in, hdr, payload []byte
-	sum              [sha256.Size]byte
 }
 
 var scratchPool = sync.Pool{New: func() any { return new(verifyScratch) }}
@@ -300,12 +295,7 @@ func (v *Validator) verify(idx *keyIndex, raw string, now time.Time) (*Claims, e
 	if n, err := base64.RawURLEncoding.Decode(sig[:], sc.in[len(signingInput)+1:]); err != nil || n != sha256.Size {
 		return nil, reject(ReasonTokenSignature, "invalid token signature")
 	}
-	mac := key.macs.Get().(hash.Hash)
-	mac.Reset()
-	mac.Write(signingInput)
-	good := hmac.Equal(mac.Sum(sc.sum[:0]), sig[:])
-	key.macs.Put(mac)
-	if !good {
+	if want := key.mac.sum(signingInput); !hmac.Equal(want[:], sig[:]) {
 		return nil, reject(ReasonTokenSignature, "invalid token signature")
 	}
 

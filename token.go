@@ -45,14 +45,40 @@ const jtiBytes = 16
 type tokenSigner struct {
 	jwk    *jose.JSONWebKey
 	header string // base64url(header) + "."
-	macs   sync.Pool
+	mac    *hmacPool
+}
+
+// hmacPool hands out HMAC-SHA256 states keyed with one secret, so signing
+// and verifying skip the key schedule and allocate nothing.
+type hmacPool struct{ p sync.Pool }
+
+type hmacState struct {
+	mac hash.Hash
+	out [sha256.Size]byte
+}
+
+func newHMACPool(key []byte) *hmacPool {
+	key = append([]byte(nil), key...)
+	hp := &hmacPool{}
+	hp.p.New = func() any { return &hmacState{mac: hmac.New(sha256.New, key)} }
+	return hp
+}
+
+// sum returns HMAC-SHA256(key, msg).
+func (hp *hmacPool) sum(msg []byte) [sha256.Size]byte {
+	st := hp.p.Get().(*hmacState)
+	st.mac.Reset()
+	st.mac.Write(msg)
+	st.mac.Sum(st.out[:0])
+	out := st.out
+	hp.p.Put(st)
+	return out
 }
 
 func newTokenSigner(k *jose.JSONWebKey) (*tokenSigner, error) {
 	if err := checkKey(k); err != nil {
 		return nil, err
 	}
-	key := append([]byte(nil), k.Key.([]byte)...)
 	hdr, err := json.Marshal(struct {
 		Alg string `json:"alg"`
 		Kid string `json:"kid"`
@@ -61,9 +87,11 @@ func newTokenSigner(k *jose.JSONWebKey) (*tokenSigner, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &tokenSigner{jwk: k, header: base64.RawURLEncoding.EncodeToString(hdr) + "."}
-	s.macs.New = func() any { return hmac.New(sha256.New, key) }
-	return s, nil
+	return &tokenSigner{
+		jwk:    k,
+		header: base64.RawURLEncoding.EncodeToString(hdr) + ".",
+		mac:    newHMACPool(k.Key.([]byte)),
+	}, nil
 }
 
 // appendToken appends header.payload.signature to dst, where payload is
@@ -72,14 +100,9 @@ func (s *tokenSigner) appendToken(dst, claimsJSON []byte) []byte {
 	start := len(dst)
 	dst = append(dst, s.header...)
 	dst = base64.RawURLEncoding.AppendEncode(dst, claimsJSON)
-	mac := s.macs.Get().(hash.Hash)
-	mac.Reset()
-	mac.Write(dst[start:])
-	var sum [sha256.Size]byte
-	sig := mac.Sum(sum[:0])
-	s.macs.Put(mac)
+	sig := s.mac.sum(dst[start:])
 	dst = append(dst, '.')
-	return base64.RawURLEncoding.AppendEncode(dst, sig)
+	return base64.RawURLEncoding.AppendEncode(dst, sig[:])
 }
 
 // tokenClaims are the values an issued token carries.
