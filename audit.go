@@ -3,7 +3,9 @@ package m2mauth
 import (
 	"context"
 	"log/slog"
+	"strings"
 	"time"
+	"unicode/utf8"
 )
 
 // AuditEventType names what an [AuditEvent] records.
@@ -47,7 +49,9 @@ const (
 
 // AuditEvent is one security-relevant event. It never holds a secret, an
 // access token or an Authorization header; strings that came from the
-// request (ClientID, UserAgent) are truncated to a bounded length.
+// request (ClientID, UserAgent, Audience, RemoteIP) are cut to at most
+// 256 bytes on a character boundary, with control characters replaced by
+// '?' and invalid UTF-8 by U+FFFD.
 type AuditEvent struct {
 	Time      time.Time
 	Type      AuditEventType
@@ -72,6 +76,16 @@ type AuditEvent struct {
 // fallback logger), because the caller has no way to.
 type Auditor interface {
 	Audit(ctx context.Context, e AuditEvent)
+}
+
+// AuditHealthChecker is implemented by auditors that know whether the
+// events they receive are being recorded. A token handler whose
+// [TokenHandlerConfig.RequireAudit] is set asks before it issues a token.
+type AuditHealthChecker interface {
+	// AuditHealth returns nil while events are being recorded, and an
+	// error saying why while they cannot be (for example while the
+	// database holding the audit table is failing).
+	AuditHealth() error
 }
 
 // AuditorFunc adapts a function to the [Auditor] interface.
@@ -129,10 +143,27 @@ func (a *SlogAuditor) Audit(ctx context.Context, e AuditEvent) {
 // maxAuditField bounds request-supplied strings in audit events.
 const maxAuditField = 256
 
-// truncate cuts s to at most maxAuditField bytes.
-func truncate(s string) string {
-	if len(s) > maxAuditField {
-		return s[:maxAuditField]
+// auditString makes a request-supplied string safe for an audit event:
+// control characters (which could forge lines in a log) become '?',
+// invalid UTF-8 becomes U+FFFD, and the result is cut to at most
+// maxAuditField bytes on a character boundary.
+func auditString(s string) string {
+	clean := len(s) <= maxAuditField
+	for i := 0; clean && i < len(s); i++ {
+		clean = s[i] >= 0x20 && s[i] < 0x7f
 	}
-	return s
+	if clean {
+		return s // the common case: short printable ASCII, no copy
+	}
+	var b strings.Builder
+	for _, r := range s {
+		if r < 0x20 || (r >= 0x7f && r < 0xa0) || r == 0x2028 || r == 0x2029 {
+			r = '?'
+		}
+		if b.Len()+utf8.RuneLen(r) > maxAuditField {
+			break
+		}
+		b.WriteRune(r)
+	}
+	return b.String()
 }

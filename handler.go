@@ -3,7 +3,6 @@ package m2mauth
 import (
 	"bytes"
 	"context"
-	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -37,6 +36,10 @@ type TokenHandlerConfig struct {
 	// TokenTTL is the lifetime of issued tokens, in whole seconds; a
 	// client's own TokenTTL overrides it. Default: 1h.
 	TokenTTL time.Duration
+	// MaxTokenTTL caps the lifetime of every token, whatever a client's
+	// own TokenTTL says; TokenTTL may not exceed it. Default and upper
+	// bound: [MaxClientTokenTTL] (24h).
+	MaxTokenTTL time.Duration
 	// MaxBodyBytes bounds the request body; larger bodies are refused with
 	// 413. Default: 8 KiB.
 	MaxBodyBytes int64
@@ -54,15 +57,52 @@ type TokenHandlerConfig struct {
 	// Limiter limits failed client authentications. Default: a
 	// [RateLimiter] with its default settings and the clock above.
 	Limiter Limiter
-	// TrustedProxies are the networks of reverse proxies whose Forwarded
-	// or X-Forwarded-For headers name the client's address. Default: none;
-	// the connection's peer address is the client's and forwarding
+	// TrustedProxies are the networks of reverse proxies whose
+	// ForwardedHeader names the client's address and scheme. Default:
+	// none; the connection's peer address is the client's and forwarding
 	// headers, which anyone can send, are ignored.
 	TrustedProxies []netip.Prefix
+	// ForwardedHeader is the one forwarding header the trusted proxies
+	// write: [HeaderXForwardedFor] (then the scheme is read from
+	// X-Forwarded-Proto, which they must set) or [HeaderForwarded]
+	// (RFC 7239). Required when TrustedProxies is set; every other
+	// forwarding header is ignored. The proxies must remove or overwrite
+	// what clients send in the headers read: nginx, HAProxy and AWS ALB
+	// append to X-Forwarded-For and pass Forwarded through untouched, so
+	// behind them name X-Forwarded-For.
+	ForwardedHeader string
 	// IPv6Prefix is the length of the network prefix that identifies one
 	// IPv6 client for rate limiting. Default: 64.
 	IPv6Prefix int
+	// AllowInsecureHTTP lets clients send credentials over plain HTTP
+	// from any address. It is insecure: secrets and tokens cross the
+	// network in the clear. By default a request that did not arrive over
+	// TLS (directly, or at a trusted proxy that says so) is refused with
+	// invalid_request unless it comes from a loopback address, as
+	// RFC 6749 §1.6 and §3.2 require. Default: false.
+	AllowInsecureHTTP bool
+	// StoreTimeout bounds the time one request waits for the client store,
+	// the limiter and the rationing of slow hashes; past it the request
+	// is answered 503 temporarily_unavailable with Retry-After. Default: 5s.
+	StoreTimeout time.Duration
+	// MaxConcurrentRequests bounds the requests handled at once; others
+	// wait up to StoreTimeout for a turn, then get 503 with Retry-After.
+	// Negative means no bound. Default: 512.
+	MaxConcurrentRequests int
+	// SlowHashConcurrency bounds the argon2id and bcrypt verifications
+	// run at once (a quarter of them, at least one, for one client id).
+	// Each argon2id verification may hold up to 64 MiB. Default: 4.
+	SlowHashConcurrency int
+	// RequireAudit makes the handler refuse every request with 503
+	// temporarily_unavailable while the Auditor reports that it cannot
+	// record events, so that no token is issued unaudited. The Auditor
+	// must implement [AuditHealthChecker]. Default: false.
+	RequireAudit bool
 }
+
+// MaxClientTokenTTL is the longest token lifetime m2mauth issues: the
+// bound of [TokenHandlerConfig.MaxTokenTTL] and of a [Client]'s TokenTTL.
+const MaxClientTokenTTL = 24 * time.Hour
 
 // TokenHandler is the token endpoint of an OAuth 2.0 authorization server
 // for the client credentials grant (RFC 6749 §4.4). Mount it with
@@ -78,11 +118,13 @@ type TokenHandlerConfig struct {
 //
 // A TokenHandler is safe for concurrent use.
 type TokenHandler struct {
-	store     ClientStore
 	keys      KeyProvider
 	cfg       TokenHandlerConfig
+	auth      *clientAuth
+	addrs     *addrPolicy
 	challenge string // WWW-Authenticate value for invalid_client
-	dummyHash string // verified against for unknown clients
+	inflight  chan struct{}
+	health    AuditHealthChecker // nil unless RequireAudit
 	signer    atomic.Pointer[tokenSigner]
 }
 
@@ -107,10 +149,31 @@ func NewTokenHandler(store ClientStore, keys KeyProvider, cfg TokenHandlerConfig
 		return nil, errors.New("m2mauth: TokenHandlerConfig.Issuer is required")
 	}
 	switch {
+	case cfg.MaxTokenTTL == 0:
+		cfg.MaxTokenTTL = MaxClientTokenTTL
+	case cfg.MaxTokenTTL < time.Second || cfg.MaxTokenTTL > MaxClientTokenTTL:
+		return nil, fmt.Errorf("m2mauth: MaxTokenTTL %v outside [1s, %v]", cfg.MaxTokenTTL, MaxClientTokenTTL)
+	}
+	switch {
 	case cfg.TokenTTL == 0:
-		cfg.TokenTTL = defaultTokenTTL
-	case cfg.TokenTTL < time.Second:
-		return nil, fmt.Errorf("m2mauth: TokenTTL %v is under one second", cfg.TokenTTL)
+		cfg.TokenTTL = min(defaultTokenTTL, cfg.MaxTokenTTL)
+	case cfg.TokenTTL < time.Second || cfg.TokenTTL > cfg.MaxTokenTTL:
+		return nil, fmt.Errorf("m2mauth: TokenTTL %v outside [1s, MaxTokenTTL %v]", cfg.TokenTTL, cfg.MaxTokenTTL)
+	}
+	switch {
+	case cfg.StoreTimeout == 0:
+		cfg.StoreTimeout = 5 * time.Second
+	case cfg.StoreTimeout < time.Millisecond:
+		return nil, fmt.Errorf("m2mauth: StoreTimeout %v is under a millisecond", cfg.StoreTimeout)
+	}
+	if cfg.MaxConcurrentRequests == 0 {
+		cfg.MaxConcurrentRequests = 512
+	}
+	switch {
+	case cfg.SlowHashConcurrency == 0:
+		cfg.SlowHashConcurrency = 4
+	case cfg.SlowHashConcurrency < 0:
+		return nil, errors.New("m2mauth: SlowHashConcurrency must be positive")
 	}
 	switch {
 	case cfg.MaxBodyBytes == 0:
@@ -140,24 +203,25 @@ func NewTokenHandler(store ClientStore, keys KeyProvider, cfg TokenHandlerConfig
 		}
 		cfg.Limiter = l
 	}
-	if err := validateTrustedProxies(cfg.TrustedProxies); err != nil {
-		return nil, err
-	}
-	switch {
-	case cfg.IPv6Prefix == 0:
-		cfg.IPv6Prefix = 64
-	case cfg.IPv6Prefix < 1 || cfg.IPv6Prefix > 128:
-		return nil, fmt.Errorf("m2mauth: IPv6Prefix %d outside [1, 128]", cfg.IPv6Prefix)
-	}
-	h := &TokenHandler{store: store, keys: keys, cfg: cfg, challenge: `Basic realm="` + cfg.Realm + `"`}
-	if _, err := h.currentSigner(context.Background()); err != nil {
-		return nil, err
-	}
-	dummy, err := GenerateSecret()
+	addrs, err := newAddrPolicy(cfg.TrustedProxies, cfg.ForwardedHeader, cfg.IPv6Prefix, cfg.Logger)
 	if err != nil {
 		return nil, err
 	}
-	if h.dummyHash, err = HashSecret(dummy); err != nil {
+	h := &TokenHandler{keys: keys, cfg: cfg, addrs: addrs, challenge: `Basic realm="` + cfg.Realm + `"`}
+	if cfg.RequireAudit {
+		hc, ok := cfg.Auditor.(AuditHealthChecker)
+		if !ok {
+			return nil, errors.New("m2mauth: RequireAudit needs an Auditor that implements AuditHealthChecker")
+		}
+		h.health = hc
+	}
+	if cfg.MaxConcurrentRequests > 0 {
+		h.inflight = make(chan struct{}, cfg.MaxConcurrentRequests)
+	}
+	if _, err := h.currentSigner(context.Background()); err != nil {
+		return nil, err
+	}
+	if h.auth, err = newClientAuth(store, cfg.Limiter, cfg.Logger, cfg.StoreTimeout, cfg.SlowHashConcurrency); err != nil {
 		return nil, err
 	}
 	return h, nil
@@ -186,11 +250,10 @@ func (h *TokenHandler) currentSigner(ctx context.Context) (*tokenSigner, error) 
 
 // tokenRequest is a parsed token request.
 type tokenRequest struct {
-	grantType, clientID, clientSecret, scope, audience, resource string
-	// basic is true when the client used the Authorization header.
-	basic bool
-	// limitID and addrKey key the failed-authentication limiter.
-	limitID, addrKey string
+	grantType, scope, audience, resource string
+	cred                                 credentials
+	// addrKey is the client's address as the limiter keys it.
+	addrKey string
 	// now is the time of the request, read once.
 	now time.Time
 }
@@ -209,16 +272,23 @@ func (h *TokenHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	bp := bufPool.Get().(*[]byte)
 	defer bufPool.Put(bp)
 
-	addr := clientAddr(r, h.cfg.TrustedProxies)
-	ev := AuditEvent{UserAgent: truncate(r.UserAgent())}
-	if addr.IsValid() {
-		ev.RemoteIP = addr.String()
+	p := h.addrs.resolve(r)
+	ev := AuditEvent{UserAgent: auditString(r.UserAgent())}
+	if p.addr.IsValid() {
+		ev.RemoteIP = p.addr.String()
 	}
-	req := tokenRequest{addrKey: addrKey(addr, ev.RemoteIP, h.cfg.IPv6Prefix), now: h.cfg.Now()}
+	req := tokenRequest{addrKey: h.addrs.key(p.addr, ev.RemoteIP), now: h.cfg.Now()}
 	ev.Time = req.now
-	body, err := h.issue(r, &req, &ev, bp)
+	if h.inflight != nil {
+		if err := h.enter(r.Context()); err != nil {
+			h.fail(w, r, &ev, err)
+			return
+		}
+		defer func() { <-h.inflight }()
+	}
+	body, err := h.issue(w, r, p, &req, &ev, bp)
 	if err != nil {
-		h.fail(w, r, &req, &ev, err)
+		h.fail(w, r, &ev, err)
 		return
 	}
 	w.WriteHeader(http.StatusOK)
@@ -228,40 +298,33 @@ func (h *TokenHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 // issue runs the token request flow and returns the response body, built
 // in *bp, or the error to answer with. It fills ev as it learns.
-func (h *TokenHandler) issue(r *http.Request, req *tokenRequest, ev *AuditEvent, bp *[]byte) ([]byte, error) {
+func (h *TokenHandler) issue(w http.ResponseWriter, r *http.Request, p peer, req *tokenRequest, ev *AuditEvent, bp *[]byte) ([]byte, error) {
 	if r.Method != http.MethodPost {
 		e := NewError(CodeInvalidRequest, "the token endpoint accepts only POST")
 		e.Status = http.StatusMethodNotAllowed
 		return nil, e
 	}
-	if err := h.parse(r, req, bp); err != nil {
+	if err := transport(w, p, h.cfg.AllowInsecureHTTP); err != nil {
+		ev.Reason = ReasonInsecureTransport
 		return nil, err
 	}
-	ev.ClientID = truncate(req.clientID)
-
-	if req.clientID != "" {
-		// Checked before the store or the hasher is touched. Ids that
-		// cannot exist share one key, so junk cannot fill the limiter.
-		req.limitID = req.clientID
-		if !ValidClientID(req.clientID) {
-			req.limitID = "\x00invalid"
-		}
-		wait, err := h.cfg.Limiter.Check(r.Context(), req.limitID, req.addrKey)
-		if err != nil {
-			return nil, WrapError(CodeServerError, "the rate limiter is unavailable", err)
-		}
-		if wait > 0 {
-			e := WrapError(CodeTemporarilyUnavailable, "too many failed authentication attempts; retry later", rateLimited{wait})
-			e.Status = http.StatusTooManyRequests
+	if h.health != nil {
+		if err := h.health.AuditHealth(); err != nil {
+			ev.Reason = ReasonAuditUnavailable
+			e := WrapError(CodeTemporarilyUnavailable, "the audit trail is unavailable; retry later", errors.Join(retryLater{5 * time.Second}, err))
+			e.Status = http.StatusServiceUnavailable
 			return nil, e
 		}
 	}
+	if err := h.parse(r, req, bp); err != nil {
+		return nil, err
+	}
+	ev.ClientID = auditString(req.cred.id)
 
-	c, secretID, err := h.authenticate(r.Context(), req, ev)
+	c, err := h.auth.authenticate(r.Context(), &req.cred, req.addrKey, req.now, ev)
 	if err != nil {
 		return nil, err
 	}
-	ev.SecretID = secretID
 
 	switch req.grantType {
 	case GrantTypeClientCredentials:
@@ -275,7 +338,7 @@ func (h *TokenHandler) issue(r *http.Request, req *tokenRequest, ev *AuditEvent,
 	if err != nil {
 		return nil, err
 	}
-	ev.Audience = truncate(audience)
+	ev.Audience = auditString(audience)
 	granted, ok := c.Grants[audience]
 	if !ok {
 		return nil, NewError(CodeInvalidTarget, "the client is not granted the requested audience")
@@ -305,7 +368,7 @@ func (h *TokenHandler) issue(r *http.Request, req *tokenRequest, ev *AuditEvent,
 
 	ttl := h.cfg.TokenTTL
 	if c.TokenTTL > 0 {
-		ttl = c.TokenTTL
+		ttl = min(c.TokenTTL, h.cfg.MaxTokenTTL)
 	}
 	ttlSeconds := int64(ttl / time.Second)
 	if ttlSeconds < 1 {
@@ -360,7 +423,7 @@ func (h *TokenHandler) parse(r *http.Request, req *tokenRequest, bp *[]byte) err
 	if err != nil {
 		return err
 	}
-	return parseBasic(r.Header.Values("Authorization"), req)
+	return parseBasic(r.Header.Values("Authorization"), &req.cred)
 }
 
 // bodyFormat accepts exactly one Content-Type of
@@ -443,9 +506,9 @@ func (req *tokenRequest) param(name, value string, seen *uint8) error {
 	case "grant_type":
 		dst, bit = &req.grantType, 1
 	case "client_id":
-		dst, bit = &req.clientID, 2
+		dst, bit = &req.cred.id, 2
 	case "client_secret":
-		dst, bit = &req.clientSecret, 4
+		dst, bit = &req.cred.secret, 4
 	case "scope":
 		dst, bit = &req.scope, 8
 	case "audience":
@@ -504,7 +567,7 @@ func parseJSONParams(body []byte, req *tokenRequest) error {
 		}
 		name := t.(string) // object keys are always strings
 		if names[name] {
-			return bad("parameter " + truncate(name) + " is repeated")
+			return bad("parameter " + auditString(name) + " is repeated")
 		}
 		names[name] = true
 		t, err = dec.Token()
@@ -526,116 +589,6 @@ func parseJSONParams(body []byte, req *tokenRequest) error {
 		return bad("unexpected data after the JSON object")
 	}
 	return nil
-}
-
-// parseBasic reads client_secret_basic credentials (RFC 6749 §2.3.1): the
-// client id and secret are form-urlencoded, then joined by ':' and
-// base64-encoded. Basic and body credentials together are refused; a body
-// client_id equal to the Basic one is tolerated.
-func parseBasic(values []string, req *tokenRequest) error {
-	switch len(values) {
-	case 0:
-		return nil
-	case 1:
-	default:
-		return NewError(CodeInvalidRequest, "more than one Authorization header")
-	}
-	req.basic = true
-	scheme, cred, _ := strings.Cut(values[0], " ")
-	if !strings.EqualFold(scheme, "Basic") {
-		return NewError(CodeInvalidClient, "unsupported client authentication method; use HTTP Basic")
-	}
-	raw, err := base64.StdEncoding.DecodeString(strings.TrimSpace(cred))
-	if err != nil {
-		return NewError(CodeInvalidClient, "malformed HTTP Basic credentials")
-	}
-	id, secret, ok := strings.Cut(string(raw), ":")
-	if !ok {
-		return NewError(CodeInvalidClient, "malformed HTTP Basic credentials")
-	}
-	if id, err = url.QueryUnescape(id); err == nil {
-		secret, err = url.QueryUnescape(secret)
-	}
-	if err != nil {
-		return NewError(CodeInvalidClient, "malformed HTTP Basic credentials")
-	}
-	if req.clientSecret != "" {
-		return NewError(CodeInvalidRequest, "use one client authentication method: HTTP Basic or client_secret in the body, not both")
-	}
-	if req.clientID != "" && req.clientID != id {
-		return NewError(CodeInvalidRequest, "client_id in the body differs from the HTTP Basic client id")
-	}
-	req.clientID, req.clientSecret = id, secret
-	return nil
-}
-
-// authenticate finds and authenticates the client. Unknown clients, wrong
-// or expired secrets and disabled clients all yield the same invalid_client
-// error after comparable work; only ev.Reason tells them apart.
-func (h *TokenHandler) authenticate(ctx context.Context, req *tokenRequest, ev *AuditEvent) (*Client, string, error) {
-	fail := func(reason string) error {
-		ev.Reason = reason
-		if reason != ReasonNoCredentials {
-			if err := h.cfg.Limiter.Fail(ctx, req.limitID, req.addrKey); err != nil {
-				h.cfg.Logger.ErrorContext(ctx, "m2mauth: recording a failed authentication", "error", err)
-			}
-		}
-		return NewError(CodeInvalidClient, "client authentication failed")
-	}
-	if req.clientID == "" {
-		if req.clientSecret != "" {
-			return nil, "", NewError(CodeInvalidRequest, "client_secret requires client_id")
-		}
-		return nil, "", fail(ReasonNoCredentials)
-	}
-	if !ValidClientID(req.clientID) {
-		VerifySecret(h.dummyHash, req.clientSecret)
-		return nil, "", fail(ReasonUnknownClient)
-	}
-	c, err := h.store.Client(ctx, req.clientID)
-	if errors.Is(err, ErrClientNotFound) {
-		VerifySecret(h.dummyHash, req.clientSecret)
-		return nil, "", fail(ReasonUnknownClient)
-	}
-	if err != nil {
-		return nil, "", WrapError(CodeServerError, "the client store is unavailable", err)
-	}
-	if c.Public {
-		ev.Reason = ReasonPublicClient
-		return nil, "", NewError(CodeUnauthorizedClient, "public clients may not use the client_credentials grant")
-	}
-	if req.clientSecret == "" {
-		VerifySecret(h.dummyHash, req.clientSecret)
-		return nil, "", fail(ReasonNoCredentials)
-	}
-	now := req.now
-	matched, expired := -1, false
-	for i, s := range c.Secrets {
-		ok, err := VerifySecret(s.Hash, req.clientSecret)
-		if err != nil {
-			h.cfg.Logger.ErrorContext(ctx, "m2mauth: unreadable secret hash", "client_id", c.ID, "secret_id", s.ID, "error", err)
-			continue
-		}
-		if ok {
-			if s.ActiveAt(now) {
-				matched = i
-			} else {
-				expired = true
-			}
-		}
-	}
-	if len(c.Secrets) == 0 {
-		VerifySecret(h.dummyHash, req.clientSecret)
-	}
-	switch {
-	case matched < 0 && expired:
-		return nil, "", fail(ReasonExpiredSecret)
-	case matched < 0:
-		return nil, "", fail(ReasonBadSecret)
-	case c.Disabled:
-		return nil, "", fail(ReasonClientDisabled)
-	}
-	return c, c.Secrets[matched].ID, nil
 }
 
 // audience picks the token's audience from "audience", its RFC 8707 alias
@@ -663,7 +616,7 @@ func (h *TokenHandler) audience(req *tokenRequest) (string, error) {
 
 // fail answers with the protocol error for err, audits the refusal and
 // logs internal causes.
-func (h *TokenHandler) fail(w http.ResponseWriter, r *http.Request, req *tokenRequest, ev *AuditEvent, err error) {
+func (h *TokenHandler) fail(w http.ResponseWriter, r *http.Request, ev *AuditEvent, err error) {
 	e := asError(err)
 	if e.Code == CodeServerError {
 		h.cfg.Logger.ErrorContext(r.Context(), "m2mauth: token request failed", "error", err)
@@ -677,10 +630,15 @@ func (h *TokenHandler) fail(w http.ResponseWriter, r *http.Request, req *tokenRe
 		w.Header().Set("Allow", http.MethodPost)
 	}
 	ev.Error = e.Code
-	var limited rateLimited
+	var retry retryLater
+	if errors.As(err, &retry) {
+		w.Header().Set("Retry-After", strconv.FormatInt(retryAfterSeconds(retry.wait), 10))
+		if ev.Reason == "" && e.Status == http.StatusServiceUnavailable {
+			ev.Reason = ReasonOverloaded
+		}
+	}
 	switch {
-	case errors.As(err, &limited):
-		w.Header().Set("Retry-After", strconv.FormatInt(retryAfterSeconds(limited.wait), 10))
+	case e.Status == http.StatusTooManyRequests:
 		ev.Type = EventRateLimited
 	case e.Code == CodeInvalidClient:
 		ev.Type = EventAuthFailed
@@ -710,7 +668,21 @@ func writeError(w http.ResponseWriter, e *Error) {
 	bufPool.Put(bp)
 }
 
-// rateLimited is the cause of a 429: how long the client must wait.
-type rateLimited struct{ wait time.Duration }
-
-func (r rateLimited) Error() string { return "m2mauth: rate limited for " + r.wait.String() }
+// enter waits, up to StoreTimeout, for one of the MaxConcurrentRequests
+// turns.
+func (h *TokenHandler) enter(ctx context.Context) error {
+	select {
+	case h.inflight <- struct{}{}:
+		return nil
+	default:
+	}
+	t := time.NewTimer(h.cfg.StoreTimeout)
+	defer t.Stop()
+	select {
+	case h.inflight <- struct{}{}:
+		return nil
+	case <-t.C:
+	case <-ctx.Done():
+	}
+	return unavailable("the server is busy", context.DeadlineExceeded)
+}

@@ -227,7 +227,7 @@ func (v *Validator) Validate(ctx context.Context, raw string) (*Claims, error) {
 	if err != nil {
 		var f *tokenFault
 		if c != nil && errors.As(err, &f) {
-			f.clientID, f.jti = truncate(c.ClientID), truncate(c.ID)
+			f.clientID, f.jti = auditString(c.ClientID), auditString(c.ID)
 		}
 		return nil, err
 	}
@@ -407,7 +407,7 @@ func (v *Validator) require(want Scopes, ok func(have, want Scopes) bool) func(h
 				w.Header().Set("WWW-Authenticate", insufficient)
 				if v.cfg.Auditor != nil {
 					ev := v.event(r, EventScopeDenied, CodeInsufficientScope)
-					ev.ClientID, ev.JTI, ev.Scopes = truncate(c.ClientID), truncate(c.ID), want
+					ev.ClientID, ev.JTI, ev.Scopes = auditString(c.ClientID), auditString(c.ID), want
 					v.cfg.Auditor.Audit(r.Context(), ev)
 				}
 				v.render(w, r, NewError(CodeInsufficientScope, "the access token lacks a required scope: "+want.String()))
@@ -504,10 +504,10 @@ func (v *Validator) render(w http.ResponseWriter, r *http.Request, e *Error) {
 // event starts an audit event about r.
 func (v *Validator) event(r *http.Request, typ AuditEventType, code string) AuditEvent {
 	ev := AuditEvent{
-		Time: v.cfg.Now(), Type: typ, UserAgent: truncate(r.UserAgent()),
+		Time: v.cfg.Now(), Type: typ, UserAgent: auditString(r.UserAgent()),
 		Audience: v.cfg.Audience, Error: code,
 	}
-	if a := clientAddr(r, nil); a.IsValid() {
+	if a := peerAddr(r); a.IsValid() {
 		ev.RemoteIP = a.String()
 	}
 	return ev

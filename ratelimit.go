@@ -3,26 +3,60 @@ package m2mauth
 import (
 	"context"
 	"errors"
-	"fmt"
 	"math"
-	"net/http"
-	"net/netip"
-	"strings"
 	"sync"
 	"time"
-
-	"golang.org/x/time/rate"
 )
 
-// Limiter protects the token endpoint against guessing of client secrets
-// (RFC 6749 §2.3.1 and §10.10). The token handler asks Check before it
-// looks a client up or verifies a secret, and calls Fail after every failed
-// authentication; successful requests consume nothing, so a client that
-// knows its secret is never slowed down by its own traffic.
+// LimiterInvalidClientID is the client id under which the token handler
+// reserves attempts for every client id that no client can have (see
+// [ValidClientID]): such ids share one bucket per address, so junk cannot
+// fill a limiter. It is valid UTF-8 without a NUL byte, so every database
+// can store it, and DEL (0x7f) keeps it apart from every real client id.
+const LimiterInvalidClientID = "\x7finvalid"
+
+// Outcome is how a reserved authentication attempt ended; see
+// [Limiter.Release].
+type Outcome uint8
+
+// Outcomes of a reserved attempt.
+const (
+	// OutcomeFailed: the client did not authenticate (unknown client,
+	// wrong or expired secret, disabled or public client). The attempt
+	// stays counted against the client id and address, and against the
+	// address.
+	OutcomeFailed Outcome = iota + 1
+	// OutcomeAuthenticated: the client authenticated. The attempt is
+	// given back, and the limiter remembers that the client authenticated
+	// from the address (see [RateLimiterConfig.KnownWindow]).
+	OutcomeAuthenticated
+	// OutcomeAbandoned: no secret was checked (none was sent, or the
+	// client store failed). The attempt is given back.
+	OutcomeAbandoned
+)
+
+// Limiter protects the endpoints that authenticate clients against the
+// guessing of client secrets (RFC 6749 §2.3.1 and §10.10). It keeps token
+// buckets of attempts: one per client id and address, and one per address
+// whatever the client id.
+//
+// Every attempt is reserved before the client is looked up or a secret
+// verified, and released with its outcome afterwards, so the limit holds
+// however many requests arrive at once: a bucket of burst n lets at most n
+// attempts be verified, whether they are in flight or have failed. A
+// failed attempt stays counted until the bucket refills; an authenticated
+// or abandoned one is given back, so a client that knows its secret is
+// never slowed down by its own traffic.
+//
+// A client that authenticated from an address recently is not refused
+// because of the address's bucket, only because of its own: many clients
+// share one address behind a NAT or a proxy, and one of them failing must
+// not lock out the others.
 //
 // ip is an address key made by the handler: the client's IP address, with
 // IPv6 addresses cut to a network prefix ("2001:db8:1:2::/64"), so one host
-// cannot escape a limit by rotating through its own addresses.
+// cannot escape a limit by rotating through its own addresses. clientID is
+// a well-formed client id or [LimiterInvalidClientID].
 //
 // The default, [RateLimiter], keeps its state in memory, so each replica of
 // a service counts on its own. Replicas behind a load balancer share
@@ -31,19 +65,27 @@ import (
 //
 // Implementations must be safe for concurrent use.
 type Limiter interface {
-	// Check returns how long a request authenticating clientID from ip
-	// must wait before it may try: zero to go ahead. An error refuses the
-	// request with a server_error.
-	Check(ctx context.Context, clientID, ip string) (time.Duration, error)
-	// Fail records one failed authentication of clientID from ip.
-	Fail(ctx context.Context, clientID, ip string) error
+	// Reserve takes one attempt for (clientID, ip), atomically: it either
+	// takes one from each bucket that applies and returns zero, or takes
+	// nothing from the client's bucket and returns how long to wait
+	// before trying again. When the buckets' attempts are held by
+	// reservations still in flight, rather than by failures, it may wait
+	// for them to be released, until ctx ends. An error refuses the
+	// request with a server error.
+	Reserve(ctx context.Context, clientID, ip string) (time.Duration, error)
+	// Release ends a reservation that Reserve granted, with its outcome.
+	// Every granted reservation must be released exactly once. An error
+	// means the outcome may not have been recorded; the handler then
+	// refuses the request with a server error (it fails closed).
+	Release(ctx context.Context, clientID, ip string, o Outcome) error
 }
 
 // RateLimiterConfig holds the tunables of a [RateLimiter]; every zero
 // value is a working default.
 type RateLimiterConfig struct {
 	// ClientIPBurst is the number of failures allowed in a row for one
-	// client id from one address. Default: 5.
+	// client id from one address, and of attempts in flight at once.
+	// Default: 5.
 	ClientIPBurst int
 	// ClientIPEvery is the time it takes to forgive one failure for a
 	// client id and address. Default: 12s (a full bucket in a minute).
@@ -54,28 +96,50 @@ type RateLimiterConfig struct {
 	// IPEvery is the time it takes to forgive one failure from an
 	// address. Default: 3s (a full bucket in a minute).
 	IPEvery time.Duration
+	// KnownWindow is how long after a client authenticated from an
+	// address its requests from there are exempt from the address's
+	// bucket (its own bucket still applies). Default: 24h.
+	KnownWindow time.Duration
 	// MaxKeys bounds the number of buckets held (one per client id and
 	// address pair, one per address). When it is reached, buckets that
-	// have refilled are dropped first, then arbitrary ones. Default:
-	// 100000, a few megabytes.
+	// have refilled are dropped first, then arbitrary ones without
+	// attempts in flight; dropping a pair forgets that its client
+	// authenticated from there. Default: 100000, a few megabytes.
 	MaxKeys int
 	// Now is the clock. Default: [time.Now].
 	Now func() time.Time
 }
 
-// RateLimiter is the in-memory [Limiter]: token buckets from
-// golang.org/x/time/rate, one per (client id, address) and one per address.
-// Only failures take tokens. A request is refused while either of its
-// buckets is empty; it may try again once one token has refilled. Memory is
+// RateLimiter is the in-memory [Limiter]. A request is refused while its
+// client and address bucket holds no token, or, unless the client
+// authenticated from that address within KnownWindow, while the address's
+// bucket holds none; a request refused by its client's bucket still takes
+// a token from its address's, so an address hammering one client id is
+// soon refused for every client it has not authenticated. Memory is
 // bounded by MaxKeys. A RateLimiter is safe for concurrent use.
 type RateLimiter struct {
 	cfg     RateLimiterConfig
 	mu      sync.Mutex
-	buckets map[limitKey]*rate.Limiter
+	buckets map[limitKey]*bucket
+	// changed is closed, and replaced, when a reservation is released
+	// while waiters > 0.
+	changed chan struct{}
+	waiters int
 }
 
 // limitKey names a bucket; client is empty for an address's own bucket.
 type limitKey struct{ client, ip string }
+
+// bucket is a token bucket of attempts, with the reservations it lends.
+type bucket struct {
+	tokens float64 // at time at, reservations not subtracted
+	at     int64   // unix nanoseconds
+	// pending counts reservations in flight; for a pair, pendingAddr
+	// counts those of them that also hold one of the address's.
+	pending, pendingAddr int32
+	// authAt is when the pair's client last authenticated (0: never).
+	authAt int64
+}
 
 // NewRateLimiter returns a [RateLimiter] configured by cfg.
 func NewRateLimiter(cfg RateLimiterConfig) (*RateLimiter, error) {
@@ -93,95 +157,177 @@ func NewRateLimiter(cfg RateLimiterConfig) (*RateLimiter, error) {
 			*t = d
 		}
 		if *t < time.Millisecond {
-			return errors.New("m2mauth: RateLimiterConfig refill intervals must be at least 1ms")
+			return errors.New("m2mauth: RateLimiterConfig intervals must be at least 1ms")
 		}
 		return nil
 	}
 	if err := errors.Join(def(&cfg.ClientIPBurst, 5), def(&cfg.IPBurst, 20), def(&cfg.MaxKeys, 100000),
-		every(&cfg.ClientIPEvery, 12*time.Second), every(&cfg.IPEvery, 3*time.Second)); err != nil {
+		every(&cfg.ClientIPEvery, 12*time.Second), every(&cfg.IPEvery, 3*time.Second),
+		every(&cfg.KnownWindow, 24*time.Hour)); err != nil {
 		return nil, err
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	return &RateLimiter{cfg: cfg, buckets: make(map[limitKey]*rate.Limiter)}, nil
+	return &RateLimiter{cfg: cfg, buckets: make(map[limitKey]*bucket), changed: make(chan struct{})}, nil
 }
 
-// Check reports how long until both buckets of (clientID, ip) hold a token.
-func (l *RateLimiter) Check(_ context.Context, clientID, ip string) (time.Duration, error) {
-	now := l.cfg.Now()
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	wait := l.wait(limitKey{clientID, ip}, now)
-	if w := l.wait(limitKey{"", ip}, now); w > wait {
-		wait = w
-	}
-	return wait, nil
-}
-
-// wait returns how long until bucket k holds a token; a bucket that has
-// refilled completely is dropped, as it is no different from none.
-func (l *RateLimiter) wait(k limitKey, now time.Time) time.Duration {
-	b := l.buckets[k]
+// level returns the tokens of b at now (a missing bucket is full).
+func level(b *bucket, now int64, every time.Duration, burst int) float64 {
 	if b == nil {
-		return 0
+		return float64(burst)
 	}
-	tokens := b.TokensAt(now)
-	if tokens >= float64(b.Burst()) {
-		delete(l.buckets, k)
-		return 0
-	}
-	if tokens >= 1 {
-		return 0
-	}
+	t := b.tokens + float64(now-b.at)/float64(every)
+	return min(t, float64(burst))
+}
+
+// until returns how long from now until a bucket at level t holds a token.
+func until(t float64, every time.Duration) time.Duration {
 	// Rounded to the millisecond so float noise cannot add a second to
 	// Retry-After.
-	d := time.Duration((1 - tokens) / float64(b.Limit()) * float64(time.Second)).Round(time.Millisecond)
+	d := time.Duration((1 - t) * float64(every)).Round(time.Millisecond)
 	return max(d, time.Millisecond)
 }
 
-// Fail takes a token from both buckets of (clientID, ip).
-func (l *RateLimiter) Fail(_ context.Context, clientID, ip string) error {
-	now := l.cfg.Now()
+// known reports whether the pair's client authenticated within the window.
+func (l *RateLimiter) known(p *bucket, now int64) bool {
+	return p != nil && p.authAt != 0 && now-p.authAt < int64(l.cfg.KnownWindow)
+}
+
+// Reserve implements [Limiter.Reserve].
+func (l *RateLimiter) Reserve(ctx context.Context, clientID, ip string) (time.Duration, error) {
+	pk, ak := limitKey{clientID, ip}, limitKey{"", ip}
+	for {
+		l.mu.Lock()
+		now := l.cfg.Now().UnixNano()
+		p, a := l.buckets[pk], l.buckets[ak]
+		known := l.known(p, now)
+		pt := level(p, now, l.cfg.ClientIPEvery, l.cfg.ClientIPBurst)
+		at := level(a, now, l.cfg.IPEvery, l.cfg.IPBurst)
+		switch {
+		case pt < 1:
+			// Locked out: the refused attempt still counts against the
+			// address.
+			if !known && at >= 1 {
+				l.take(ak, now, l.cfg.IPEvery, l.cfg.IPBurst)
+			}
+			l.mu.Unlock()
+			return until(pt, l.cfg.ClientIPEvery), nil
+		case !known && at < 1:
+			l.mu.Unlock()
+			return until(at, l.cfg.IPEvery), nil
+		case pt-float64(pendingOf(p)) >= 1 && (known || at-float64(pendingOf(a)) >= 1):
+			p = l.bucket(pk, now, l.cfg.ClientIPEvery, l.cfg.ClientIPBurst)
+			p.pending++
+			if !known {
+				p.pendingAddr++
+				l.bucket(ak, now, l.cfg.IPEvery, l.cfg.IPBurst).pending++
+			}
+			l.mu.Unlock()
+			return 0, nil
+		}
+		// The tokens left are lent to attempts in flight: wait for one
+		// to be released.
+		ch := l.changed
+		l.waiters++
+		l.mu.Unlock()
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return 0, ctx.Err()
+		}
+	}
+}
+
+func pendingOf(b *bucket) int32 {
+	if b == nil {
+		return 0
+	}
+	return b.pending
+}
+
+// Release implements [Limiter.Release].
+func (l *RateLimiter) Release(_ context.Context, clientID, ip string, o Outcome) error {
+	pk, ak := limitKey{clientID, ip}, limitKey{"", ip}
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	l.take(limitKey{clientID, ip}, now, l.cfg.ClientIPEvery, l.cfg.ClientIPBurst)
-	l.take(limitKey{"", ip}, now, l.cfg.IPEvery, l.cfg.IPBurst)
+	now := l.cfg.Now().UnixNano()
+	p, a := l.buckets[pk], l.buckets[ak]
+	if p == nil || p.pending == 0 {
+		return errors.New("m2mauth: RateLimiter.Release without a reservation")
+	}
+	p.pending--
+	if p.pendingAddr > 0 {
+		p.pendingAddr--
+		if a != nil && a.pending > 0 {
+			a.pending--
+		}
+	}
+	switch o {
+	case OutcomeFailed:
+		l.take(pk, now, l.cfg.ClientIPEvery, l.cfg.ClientIPBurst)
+		l.take(ak, now, l.cfg.IPEvery, l.cfg.IPBurst)
+	case OutcomeAuthenticated:
+		p.authAt = now
+	}
+	if l.waiters > 0 {
+		close(l.changed)
+		l.changed = make(chan struct{})
+		l.waiters = 0
+	}
 	return nil
 }
 
-func (l *RateLimiter) take(k limitKey, now time.Time, every time.Duration, burst int) {
+// bucket returns the bucket k, making a full one if there is none.
+func (l *RateLimiter) bucket(k limitKey, now int64, every time.Duration, burst int) *bucket {
 	b := l.buckets[k]
 	if b == nil {
 		if len(l.buckets) >= l.cfg.MaxKeys {
 			l.evict(now)
 		}
-		b = rate.NewLimiter(rate.Every(every), burst)
+		b = &bucket{tokens: float64(burst), at: now}
 		l.buckets[k] = b
 	}
-	b.AllowN(now, 1)
+	return b
 }
 
-// evict makes room for one bucket: it drops refilled buckets among a few
-// visited in the map's random order, or else the first one visited.
-func (l *RateLimiter) evict(now time.Time) {
+// take removes one token from bucket k, if it holds one.
+func (l *RateLimiter) take(k limitKey, now int64, every time.Duration, burst int) {
+	b := l.bucket(k, now, every, burst)
+	t := level(b, now, every, burst)
+	b.tokens, b.at = max(t-1, 0), now
+}
+
+// idle reports whether b is no different from no bucket at all: full,
+// with nothing in flight and nothing to remember.
+func (l *RateLimiter) idle(k limitKey, b *bucket, now int64) bool {
+	every, burst := l.cfg.ClientIPEvery, l.cfg.ClientIPBurst
+	if k.client == "" {
+		every, burst = l.cfg.IPEvery, l.cfg.IPBurst
+	}
+	return b.pending == 0 && !l.known(b, now) && level(b, now, every, burst) >= float64(burst)
+}
+
+// evict makes room for one bucket: it drops idle buckets among a few
+// visited in the map's random order, or else the first one visited that
+// has no attempt in flight.
+func (l *RateLimiter) evict(now int64) {
 	const scan = 32
-	var first limitKey
+	var victim *limitKey
 	n, dropped := 0, false
 	for k, b := range l.buckets {
-		if n == 0 {
-			first = k
-		}
-		if b.TokensAt(now) >= float64(b.Burst()) {
+		if l.idle(k, b, now) {
 			delete(l.buckets, k)
 			dropped = true
+		} else if victim == nil && b.pending == 0 {
+			victim = &k
 		}
 		if n++; n == scan {
 			break
 		}
 	}
-	if !dropped {
-		delete(l.buckets, first)
+	if !dropped && victim != nil {
+		delete(l.buckets, *victim)
 	}
 }
 
@@ -200,108 +346,4 @@ func retryAfterSeconds(d time.Duration) int64 {
 		s = 1
 	}
 	return s
-}
-
-// clientAddr finds the client's address: the peer of the connection or,
-// when the peer is one of the trusted proxies, the nearest address in the
-// Forwarded (RFC 7239) or X-Forwarded-For header that is not a trusted
-// proxy. Forwarding headers from anyone else are ignored: they are
-// trivially spoofed.
-func clientAddr(r *http.Request, trusted []netip.Prefix) netip.Addr {
-	ap, err := netip.ParseAddrPort(r.RemoteAddr)
-	if err != nil {
-		return netip.Addr{}
-	}
-	addr := ap.Addr().Unmap()
-	if len(trusted) == 0 || !inPrefixes(addr, trusted) {
-		return addr
-	}
-	hops := forwardedHops(r.Header)
-	for i := len(hops) - 1; i >= 0; i-- {
-		hop, ok := parseHop(hops[i])
-		if !ok {
-			break
-		}
-		addr = hop
-		if !inPrefixes(hop, trusted) {
-			break
-		}
-	}
-	return addr
-}
-
-func inPrefixes(a netip.Addr, ps []netip.Prefix) bool {
-	for _, p := range ps {
-		if p.Contains(a) {
-			return true
-		}
-	}
-	return false
-}
-
-// forwardedHops lists the client addresses recorded by proxies, nearest
-// last: the for= parameters of Forwarded if present, else X-Forwarded-For.
-func forwardedHops(h http.Header) []string {
-	var hops []string
-	if fwd := h.Values("Forwarded"); len(fwd) > 0 {
-		for _, line := range fwd {
-			for _, elem := range strings.Split(line, ",") {
-				hop := "" // an element without for= is an unknown hop
-				for _, pair := range strings.Split(elem, ";") {
-					k, v, _ := strings.Cut(strings.TrimSpace(pair), "=")
-					if strings.EqualFold(k, "for") {
-						hop = strings.Trim(v, `"`)
-					}
-				}
-				hops = append(hops, hop)
-			}
-		}
-		return hops
-	}
-	for _, line := range h.Values("X-Forwarded-For") {
-		for _, hop := range strings.Split(line, ",") {
-			hops = append(hops, strings.TrimSpace(hop))
-		}
-	}
-	return hops
-}
-
-// parseHop reads one forwarded address: "192.0.2.1", "192.0.2.1:80",
-// "2001:db8::1", "[2001:db8::1]" or "[2001:db8::1]:443".
-func parseHop(s string) (netip.Addr, bool) {
-	if ap, err := netip.ParseAddrPort(s); err == nil {
-		return ap.Addr().Unmap(), true
-	}
-	s = strings.TrimSuffix(strings.TrimPrefix(s, "["), "]")
-	a, err := netip.ParseAddr(s)
-	if err != nil || a.Zone() != "" {
-		return netip.Addr{}, false
-	}
-	return a.Unmap(), true
-}
-
-// addrKey is the limiter key of address a, whose text form is text: IPv4
-// addresses whole, IPv6 addresses cut to their first v6bits bits.
-func addrKey(a netip.Addr, text string, v6bits int) string {
-	switch {
-	case !a.IsValid():
-		return "unknown"
-	case a.Is4():
-		return text
-	}
-	p, err := a.WithZone("").Prefix(v6bits)
-	if err != nil {
-		return text
-	}
-	return p.String()
-}
-
-// validateTrustedProxies checks the proxy networks of a configuration.
-func validateTrustedProxies(ps []netip.Prefix) error {
-	for _, p := range ps {
-		if !p.IsValid() {
-			return fmt.Errorf("m2mauth: invalid trusted proxy network %v", p)
-		}
-	}
-	return nil
 }

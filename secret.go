@@ -95,9 +95,12 @@ const (
 	argon2Memory   = 19 * 1024 // KiB; the OWASP minimum for argon2id
 	argon2Time     = 2
 	argon2Threads  = 1
-	maxArgonMemory = 256 * 1024
-	maxArgonTime   = 10
-	maxArgonThread = 16
+	// Bounds on imported hashes, so that one verification costs at most
+	// about 64 MiB and a few hundred milliseconds.
+	maxArgonMemory = 64 * 1024 // KiB
+	maxArgonTime   = 4
+	maxArgonThread = 4
+	maxBcryptCost  = 12
 )
 
 // ErrUnknownHash is returned by [VerifySecret] for a hash string it cannot
@@ -165,6 +168,9 @@ func VerifySecret(hash, secret string) (bool, error) {
 	case strings.HasPrefix(hash, argon2Prefix):
 		return verifyArgon2id(hash[len(argon2Prefix):], secret)
 	case isBcrypt(hash):
+		if cost, err := bcrypt.Cost([]byte(hash)); err != nil || cost > maxBcryptCost {
+			return false, ErrUnknownHash
+		}
 		err := bcrypt.CompareHashAndPassword([]byte(hash), []byte(secret))
 		switch {
 		case err == nil:
@@ -259,12 +265,42 @@ func ValidateSecretHash(hash string) error {
 		_, err := parseArgon2id(hash[len(argon2Prefix):])
 		return err
 	case isBcrypt(hash):
-		if _, err := bcrypt.Cost([]byte(hash)); err != nil {
+		if cost, err := bcrypt.Cost([]byte(hash)); err != nil || cost > maxBcryptCost {
 			return ErrUnknownHash
 		}
 		return nil
 	}
 	return ErrUnknownHash
+}
+
+// hashCost returns the part of hash that decides what verifying it costs:
+// the algorithm and its parameters, without salt or digest. Two hashes
+// with the same cost take the same time to verify.
+func hashCost(hash string) string {
+	switch {
+	case strings.HasPrefix(hash, sha256Prefix):
+		return sha256Prefix
+	case strings.HasPrefix(hash, argon2Prefix):
+		// "$argon2id$v=19$m=..,t=..,p=..$": up to the salt.
+		n := len(argon2Prefix)
+		for k := 0; k < 2; k++ {
+			i := strings.IndexByte(hash[n:], '$')
+			if i < 0 {
+				return hash
+			}
+			n += i + 1
+		}
+		return hash[:n]
+	case isBcrypt(hash) && len(hash) >= 7:
+		return hash[:7] // "$2b$12$"
+	}
+	return ""
+}
+
+// slowHash reports whether verifying hash is deliberately expensive
+// (argon2id, bcrypt), so that verifications of it must be rationed.
+func slowHash(hash string) bool {
+	return !strings.HasPrefix(hash, sha256Prefix)
 }
 
 func isBcrypt(hash string) bool {

@@ -40,7 +40,8 @@ type Client struct {
 	// Disabled clients cannot authenticate.
 	Disabled bool
 	// TokenTTL, when positive, overrides the token handler's token lifetime
-	// for this client.
+	// for this client; at most [MaxClientTokenTTL], and never more than
+	// the handler's MaxTokenTTL.
 	TokenTTL time.Duration
 	// CreatedAt and UpdatedAt are maintained by the store.
 	CreatedAt time.Time
@@ -93,8 +94,8 @@ func (c *Client) Validate() error {
 	if !ValidClientID(c.ID) {
 		return errors.New("m2mauth: client id must be 1 to 255 printable ASCII characters")
 	}
-	if c.TokenTTL < 0 {
-		return errors.New("m2mauth: client token TTL must not be negative")
+	if c.TokenTTL < 0 || c.TokenTTL > MaxClientTokenTTL {
+		return fmt.Errorf("m2mauth: client token TTL %v outside [0, %v]", c.TokenTTL, MaxClientTokenTTL)
 	}
 	seen := make(map[string]bool, len(c.Secrets))
 	for _, s := range c.Secrets {

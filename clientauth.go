@@ -1,0 +1,378 @@
+package m2mauth
+
+import (
+	"context"
+	"encoding/base64"
+	"errors"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Reasons given in [AuditEvent.Reason] for requests refused before any
+// client was authenticated.
+const (
+	// ReasonInsecureTransport: the request did not arrive over TLS.
+	ReasonInsecureTransport = "insecure_transport"
+	// ReasonAuditUnavailable: the auditor could not record events and
+	// [TokenHandlerConfig.RequireAudit] is set.
+	ReasonAuditUnavailable = "audit_unavailable"
+	// ReasonOverloaded: too many requests were in flight, or a shared
+	// store did not answer in time.
+	ReasonOverloaded = "overloaded"
+)
+
+// hstsValue is the Strict-Transport-Security header sent over TLS: a
+// year, as RFC 6797 §11.2 suggests for a stable service.
+const hstsValue = "max-age=31536000"
+
+// clientAuth authenticates clients with client_secret_basic or
+// client_secret_post (RFC 6749 §2.3.1). It is the one piece every endpoint
+// that takes client credentials uses: it reserves each attempt with the
+// limiter before the store or a hasher is touched, verifies the secret at
+// a cost that does not depend on whether the client exists, rations slow
+// hashes, and releases the reservation with the outcome.
+type clientAuth struct {
+	store   ClientStore
+	limiter Limiter
+	logger  *slog.Logger
+	timeout time.Duration
+	// dummy is verified against when no known client's hashes are at hand.
+	dummy string
+	// profile holds the secret hashes of the last client found, so that
+	// an unknown client id costs what a typical known one does.
+	profile atomic.Pointer[[]string]
+	slow    *slowGate
+}
+
+// credentials are the client credentials of one request.
+type credentials struct {
+	id, secret string
+	// basic is true when the client used the Authorization header.
+	basic bool
+}
+
+func newClientAuth(store ClientStore, limiter Limiter, logger *slog.Logger, timeout time.Duration, slow int) (*clientAuth, error) {
+	dummy, err := GenerateSecret()
+	if err != nil {
+		return nil, err
+	}
+	a := &clientAuth{store: store, limiter: limiter, logger: logger, timeout: timeout, slow: newSlowGate(slow)}
+	if a.dummy, err = HashSecret(dummy); err != nil {
+		return nil, err
+	}
+	return a, nil
+}
+
+// authenticate finds and authenticates the client of cr, from the address
+// whose limiter key is ip. Unknown clients, wrong or expired secrets,
+// disabled and public clients all yield the same invalid_client error
+// after comparable work; only ev.Reason tells them apart.
+func (a *clientAuth) authenticate(ctx context.Context, cr *credentials, ip string, now time.Time, ev *AuditEvent) (*Client, error) {
+	if cr.id == "" {
+		if cr.secret != "" {
+			return nil, NewError(CodeInvalidRequest, "client_secret requires client_id")
+		}
+		ev.Reason = ReasonNoCredentials
+		return nil, NewError(CodeInvalidClient, "client authentication failed")
+	}
+	if cr.secret == "" {
+		// Nothing to guess with: refused the same way for every id,
+		// without a lookup.
+		ev.Reason = ReasonNoCredentials
+		return nil, NewError(CodeInvalidClient, "client authentication failed")
+	}
+	limitID := cr.id
+	if !ValidClientID(limitID) {
+		limitID = LimiterInvalidClientID
+	}
+	ctx, cancel := context.WithTimeout(ctx, a.timeout)
+	defer cancel()
+	wait, err := a.limiter.Reserve(ctx, limitID, ip)
+	if err != nil {
+		return nil, unavailable("the rate limiter is unavailable", err)
+	}
+	if wait > 0 {
+		e := WrapError(CodeTemporarilyUnavailable, "too many failed authentication attempts; retry later", retryLater{wait})
+		e.Status = http.StatusTooManyRequests
+		return nil, e
+	}
+	c, outcome, err := a.verify(ctx, cr, now, ev)
+	rctx := ctx
+	if ctx.Err() != nil {
+		// The reservation must end even when the request ran out of
+		// time; give the release its own.
+		var rcancel context.CancelFunc
+		rctx, rcancel = context.WithTimeout(context.WithoutCancel(ctx), a.timeout)
+		defer rcancel()
+	}
+	if rerr := a.limiter.Release(rctx, limitID, ip, outcome); rerr != nil {
+		// Fail closed: an outcome that may not have been counted gets no
+		// answer that would tell it.
+		return nil, unavailable("the rate limiter is unavailable", rerr)
+	}
+	return c, err
+}
+
+// verify looks the client up and checks its secret, and says how the
+// attempt ended for the limiter.
+func (a *clientAuth) verify(ctx context.Context, cr *credentials, now time.Time, ev *AuditEvent) (*Client, Outcome, error) {
+	fail := func(reason string) (*Client, Outcome, error) {
+		ev.Reason = reason
+		return nil, OutcomeFailed, NewError(CodeInvalidClient, "client authentication failed")
+	}
+	if !ValidClientID(cr.id) {
+		if err := a.dummyVerify(ctx, cr.id, cr.secret); err != nil {
+			return nil, OutcomeAbandoned, err
+		}
+		return fail(ReasonUnknownClient)
+	}
+	c, err := a.store.Client(ctx, cr.id)
+	switch {
+	case errors.Is(err, ErrClientNotFound):
+		if err := a.dummyVerify(ctx, cr.id, cr.secret); err != nil {
+			return nil, OutcomeAbandoned, err
+		}
+		return fail(ReasonUnknownClient)
+	case err != nil:
+		return nil, OutcomeAbandoned, unavailable("the client store is unavailable", err)
+	case c.Public:
+		// Answered like an unknown client, so public client ids cannot
+		// be told from unused ones.
+		if err := a.dummyVerify(ctx, cr.id, cr.secret); err != nil {
+			return nil, OutcomeAbandoned, err
+		}
+		return fail(ReasonPublicClient)
+	}
+	a.remember(c.Secrets)
+	if len(c.Secrets) == 0 {
+		if err := a.dummyVerify(ctx, cr.id, cr.secret); err != nil {
+			return nil, OutcomeAbandoned, err
+		}
+		return fail(ReasonBadSecret)
+	}
+	slow := false
+	for _, s := range c.Secrets {
+		slow = slow || slowHash(s.Hash)
+	}
+	if slow {
+		if err := a.slow.enter(ctx, cr.id); err != nil {
+			return nil, OutcomeAbandoned, err
+		}
+		defer a.slow.leave(cr.id)
+	}
+	matched, expired := -1, false
+	for i, s := range c.Secrets {
+		ok, err := VerifySecret(s.Hash, cr.secret)
+		if err != nil {
+			a.logger.ErrorContext(ctx, "m2mauth: unreadable secret hash", "client_id", c.ID, "secret_id", s.ID, "error", err)
+			continue
+		}
+		if ok {
+			if s.ActiveAt(now) {
+				matched = i
+			} else {
+				expired = true
+			}
+		}
+	}
+	switch {
+	case matched < 0 && expired:
+		return fail(ReasonExpiredSecret)
+	case matched < 0:
+		return fail(ReasonBadSecret)
+	case c.Disabled:
+		return fail(ReasonClientDisabled)
+	}
+	ev.SecretID = c.Secrets[matched].ID
+	return c, OutcomeAuthenticated, nil
+}
+
+// remember keeps the hashes of a client found in the store as the profile
+// of a typical client, when they cost differently from the profile's.
+func (a *clientAuth) remember(secrets []Secret) {
+	if len(secrets) == 0 {
+		return
+	}
+	if p := a.profile.Load(); p != nil && len(*p) == len(secrets) {
+		same := true
+		for i, s := range secrets {
+			if hashCost(s.Hash) != hashCost((*p)[i]) {
+				same = false
+				break
+			}
+		}
+		if same {
+			return
+		}
+	}
+	hashes := make([]string, len(secrets))
+	for i, s := range secrets {
+		hashes[i] = s.Hash
+	}
+	a.profile.Store(&hashes)
+}
+
+// dummyVerify spends on secret what verifying a typical known client's
+// secrets costs, and discards the result.
+func (a *clientAuth) dummyVerify(ctx context.Context, id, secret string) error {
+	hashes := []string{a.dummy}
+	if p := a.profile.Load(); p != nil {
+		hashes = *p
+	}
+	slow := false
+	for _, h := range hashes {
+		slow = slow || slowHash(h)
+	}
+	if slow {
+		if err := a.slow.enter(ctx, id); err != nil {
+			return err
+		}
+		defer a.slow.leave(id)
+	}
+	for _, h := range hashes {
+		VerifySecret(h, secret)
+	}
+	return nil
+}
+
+// unavailable is the error for a shared store or limiter that failed: 503
+// with Retry-After when it did not answer in time, else 500.
+func unavailable(desc string, err error) error {
+	if errors.Is(err, context.DeadlineExceeded) {
+		e := WrapError(CodeTemporarilyUnavailable, desc+"; retry later", retryLater{time.Second})
+		e.Status = http.StatusServiceUnavailable
+		return e
+	}
+	return WrapError(CodeServerError, desc, err)
+}
+
+// retryLater is the cause of a 429 or 503: how long the client should
+// wait before it tries again.
+type retryLater struct{ wait time.Duration }
+
+func (r retryLater) Error() string { return "m2mauth: retry after " + r.wait.String() }
+
+// transport refuses a request that did not reach us over TLS (RFC 6749
+// §1.6 and §3.2), unless its peer is this machine or insecure HTTP is
+// allowed; over TLS it sets Strict-Transport-Security.
+func transport(w http.ResponseWriter, p peer, allowInsecure bool) error {
+	if p.secure {
+		w.Header().Set("Strict-Transport-Security", hstsValue)
+		return nil
+	}
+	if p.local || allowInsecure {
+		return nil
+	}
+	return NewError(CodeInvalidRequest, "this endpoint accepts only HTTPS requests (RFC 6749 section 3.2)")
+}
+
+// parseBasic reads client_secret_basic credentials (RFC 6749 §2.3.1): the
+// client id and secret are form-urlencoded, then joined by ':' and
+// base64-encoded. Basic and body credentials together are refused; a body
+// client_id equal to the Basic one is tolerated.
+func parseBasic(values []string, cr *credentials) error {
+	switch len(values) {
+	case 0:
+		return nil
+	case 1:
+	default:
+		return NewError(CodeInvalidRequest, "more than one Authorization header")
+	}
+	cr.basic = true
+	scheme, cred, _ := strings.Cut(values[0], " ")
+	if !strings.EqualFold(scheme, "Basic") {
+		return NewError(CodeInvalidClient, "unsupported client authentication method; use HTTP Basic")
+	}
+	raw, err := base64.StdEncoding.DecodeString(strings.TrimSpace(cred))
+	if err != nil {
+		return NewError(CodeInvalidClient, "malformed HTTP Basic credentials")
+	}
+	id, secret, ok := strings.Cut(string(raw), ":")
+	if !ok {
+		return NewError(CodeInvalidClient, "malformed HTTP Basic credentials")
+	}
+	if id, err = url.QueryUnescape(id); err == nil {
+		secret, err = url.QueryUnescape(secret)
+	}
+	if err != nil {
+		return NewError(CodeInvalidClient, "malformed HTTP Basic credentials")
+	}
+	if cr.secret != "" {
+		return NewError(CodeInvalidRequest, "use one client authentication method: HTTP Basic or client_secret in the body, not both")
+	}
+	if cr.id != "" && cr.id != id {
+		return NewError(CodeInvalidRequest, "client_id in the body differs from the HTTP Basic client id")
+	}
+	cr.id, cr.secret = id, secret
+	return nil
+}
+
+// slowGate rations verifications of deliberately slow hashes (argon2id,
+// bcrypt): at most n at once in the process and at most perClient of them
+// for one client id, so a burst of guesses cannot exhaust memory or CPU.
+// Fast hashes pass without a lock.
+type slowGate struct {
+	global    chan struct{}
+	perClient int
+	mu        sync.Mutex
+	clients   map[string]*clientSlots
+}
+
+type clientSlots struct {
+	ch   chan struct{}
+	refs int
+}
+
+func newSlowGate(n int) *slowGate {
+	return &slowGate{global: make(chan struct{}, n), perClient: max(1, n/2), clients: make(map[string]*clientSlots)}
+}
+
+// enter waits for a slot to verify a slow hash of client id, until ctx
+// ends. A nil error must be matched by a leave.
+func (g *slowGate) enter(ctx context.Context, id string) error {
+	g.mu.Lock()
+	cs := g.clients[id]
+	if cs == nil {
+		cs = &clientSlots{ch: make(chan struct{}, g.perClient)}
+		g.clients[id] = cs
+	}
+	cs.refs++
+	g.mu.Unlock()
+	select {
+	case cs.ch <- struct{}{}:
+		select {
+		case g.global <- struct{}{}:
+			if ctx.Err() == nil { // the caller may have gone meanwhile
+				return nil
+			}
+			<-g.global
+		case <-ctx.Done():
+		}
+		<-cs.ch
+	case <-ctx.Done():
+	}
+	g.unref(id, cs)
+	return unavailable("too many slow secret verifications", context.DeadlineExceeded)
+}
+
+func (g *slowGate) leave(id string) {
+	<-g.global
+	g.mu.Lock()
+	cs := g.clients[id]
+	g.mu.Unlock()
+	<-cs.ch
+	g.unref(id, cs)
+}
+
+func (g *slowGate) unref(id string, cs *clientSlots) {
+	g.mu.Lock()
+	if cs.refs--; cs.refs == 0 {
+		delete(g.clients, id)
+	}
+	g.mu.Unlock()
+}
