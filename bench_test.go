@@ -59,7 +59,7 @@ func runTokenBench(b *testing.B, h http.Handler, auth string) {
 	b.Helper()
 	b.ReportAllocs()
 	for b.Loop() {
-		r := httptest.NewRequest(http.MethodPost, "/oauth/token", strings.NewReader(benchBody))
+		r := httptest.NewRequest(http.MethodPost, "https://m2mauth.test/oauth/token", strings.NewReader(benchBody))
 		r.Header.Set("Content-Type", "application/x-www-form-urlencoded")
 		r.Header.Set("Authorization", auth)
 		w := httptest.NewRecorder()
@@ -137,7 +137,7 @@ func BenchmarkTokenHandlerFloor(b *testing.B) {
 func TestTokenHandlerRetainsNothing(t *testing.T) {
 	h, auth := benchTokenHandler(t)
 	serve := func() {
-		r := httptest.NewRequest(http.MethodPost, "/oauth/token", strings.NewReader(benchBody))
+		r := httptest.NewRequest(http.MethodPost, "https://m2mauth.test/oauth/token", strings.NewReader(benchBody))
 		r.Header.Set("Content-Type", "application/x-www-form-urlencoded")
 		r.Header.Set("Authorization", auth)
 		w := httptest.NewRecorder()
@@ -191,7 +191,7 @@ func runRouteBench(b *testing.B, h http.Handler, token string) {
 func benchToken(b *testing.B) (string, *m2mauth.StaticKeys) {
 	b.Helper()
 	h, auth := benchTokenHandler(b)
-	r := httptest.NewRequest(http.MethodPost, "/oauth/token", strings.NewReader(benchBody))
+	r := httptest.NewRequest(http.MethodPost, "https://m2mauth.test/oauth/token", strings.NewReader(benchBody))
 	r.Header.Set("Content-Type", "application/x-www-form-urlencoded")
 	r.Header.Set("Authorization", auth)
 	w := httptest.NewRecorder()

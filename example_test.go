@@ -60,7 +60,7 @@ func ExampleTokenHandler() {
 
 	// A client's request, as golang.org/x/oauth2/clientcredentials sends it.
 	body := url.Values{"grant_type": {"client_credentials"}, "scope": {"read:builders"}}
-	r := httptest.NewRequest(http.MethodPost, "/oauth/token", strings.NewReader(body.Encode()))
+	r := httptest.NewRequest(http.MethodPost, "https://m2mauth.test/oauth/token", strings.NewReader(body.Encode()))
 	r.Header.Set("Content-Type", "application/x-www-form-urlencoded")
 	r.SetBasicAuth(url.QueryEscape("reporting-service"), url.QueryEscape(secret))
 	w := httptest.NewRecorder()
@@ -112,7 +112,7 @@ func ExampleValidator_RequireScopes() {
 		})))
 
 	// Get a token.
-	r := httptest.NewRequest(http.MethodPost, "/oauth/token", strings.NewReader("grant_type=client_credentials"))
+	r := httptest.NewRequest(http.MethodPost, "https://m2mauth.test/oauth/token", strings.NewReader("grant_type=client_credentials"))
 	r.Header.Set("Content-Type", "application/x-www-form-urlencoded")
 	r.SetBasicAuth("test-client", secret)
 	w := httptest.NewRecorder()

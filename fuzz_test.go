@@ -35,7 +35,7 @@ func FuzzTokenHandler(f *testing.F) {
 		"unsupported_grant_type": 400, "invalid_scope": 400, "invalid_target": 400, "temporarily_unavailable": 429,
 	}
 	f.Fuzz(func(t *testing.T, body, ct, authz string) {
-		r := httptest.NewRequest(http.MethodPost, "/oauth/token", strings.NewReader(body))
+		r := httptest.NewRequest(http.MethodPost, "https://m2mauth.test/oauth/token", strings.NewReader(body))
 		r.Header.Set("Content-Type", ct)
 		if authz != "" {
 			r.Header.Set("Authorization", authz)

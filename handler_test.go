@@ -163,6 +163,9 @@ func (f *fixture) do(t testing.TB, rq request) (*httptest.ResponseRecorder, toke
 	if rq.target == "" {
 		rq.target = "/oauth/token"
 	}
+	if strings.HasPrefix(rq.target, "/") {
+		rq.target = "https://m2mauth.test" + rq.target // r.TLS is set
+	}
 	if rq.contentType == "" {
 		rq.contentType = "application/x-www-form-urlencoded"
 	}
@@ -260,8 +263,11 @@ func TestTokenHandler(t *testing.T) {
 		{name: "basic with bad escape", req: request{body: cc, headers: auth("Basic " + base64.StdEncoding.EncodeToString([]byte("svc:%zz")))}, status: 401, code: "invalid_client", challenge: true},
 		{name: "basic without url-encoding fails for + in secret", req: request{body: cc, headers: auth("Basic " + base64.StdEncoding.EncodeToString([]byte("weird%3Aid%2B1:"+f.weirdSecret)))}, status: 401, code: "invalid_client", challenge: true},
 		{name: "client id with control character", req: request{body: cc + "&client_id=a%00b&client_secret=x"}, status: 401, code: "invalid_client", challenge: true},
-		{name: "public client, RFC 6749 §4.4", req: request{body: cc + "&client_id=public"}, status: 400, code: "unauthorized_client"},
-		{name: "public client with a secret", req: request{body: cc + post("public", "whatever")}, status: 400, code: "unauthorized_client"},
+		// RFC 6749 §4.4: public clients may not use this grant. They are
+		// answered like unknown clients, so their ids cannot be told from
+		// unused ones.
+		{name: "public client, RFC 6749 §4.4", req: request{body: cc + "&client_id=public"}, status: 401, code: "invalid_client", challenge: true},
+		{name: "public client with a secret", req: request{body: cc + post("public", "whatever")}, status: 401, code: "invalid_client", challenge: true},
 		{name: "credentials in the query string ignored, RFC 6749 §2.3.1", req: request{target: "/oauth/token?client_id=svc&client_secret=" + url.QueryEscape(f.secret), body: cc}, status: 401, code: "invalid_client", challenge: true},
 		{name: "grant_type in the query string ignored", req: request{target: "/oauth/token?grant_type=client_credentials", body: "scope=read", headers: auth(basic("svc", f.secret))}, status: 400, code: "invalid_request"},
 
@@ -330,7 +336,7 @@ func TestTokenHandlerAudit(t *testing.T) {
 		{"expired secret", request{body: cc, headers: auth(basic("rotated", f.oldSecret))}, m2mauth.EventAuthFailed, m2mauth.ReasonExpiredSecret},
 		{"disabled", request{body: cc, headers: auth(basic("disabled", f.disSecret))}, m2mauth.EventAuthFailed, m2mauth.ReasonClientDisabled},
 		{"no credentials", request{body: cc}, m2mauth.EventAuthFailed, m2mauth.ReasonNoCredentials},
-		{"public", request{body: cc + "&client_id=public"}, m2mauth.EventRequestRejected, m2mauth.ReasonPublicClient},
+		{"public", request{body: cc, headers: auth(basic("public", "whatever"))}, m2mauth.EventAuthFailed, m2mauth.ReasonPublicClient},
 		{"scope", request{body: cc + "&scope=admin", headers: auth(basic("svc", f.secret))}, m2mauth.EventScopeDenied, ""},
 		{"audience", request{body: cc + "&audience=x", headers: auth(basic("svc", f.secret))}, m2mauth.EventAudienceDenied, ""},
 		{"issued", request{body: cc, headers: auth(basic("svc", f.secret)), target: "/oauth/token"}, m2mauth.EventTokenIssued, ""},
@@ -416,7 +422,7 @@ func TestTokenHandlerStoreFailure(t *testing.T) {
 		Logger:  discardLogger(),
 	})
 	require.NoError(t, err)
-	r := httptest.NewRequest(http.MethodPost, "/oauth/token", strings.NewReader("grant_type=client_credentials"))
+	r := httptest.NewRequest(http.MethodPost, "https://m2mauth.test/oauth/token", strings.NewReader("grant_type=client_credentials"))
 	r.Header.Set("Content-Type", "application/x-www-form-urlencoded")
 	r.Header.Set("Authorization", basic("svc", "s"))
 	w := httptest.NewRecorder()

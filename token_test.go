@@ -82,7 +82,7 @@ func TestIssuedTokenEscaping(t *testing.T) {
 		Issuer: "https://iss.example/\u2028", DefaultAudience: aud, Auditor: m2mauth.AuditorFunc(func(context.Context, m2mauth.AuditEvent) {}),
 	})
 	require.NoError(t, err)
-	r := httptest.NewRequest(http.MethodPost, "/", strings.NewReader("grant_type=client_credentials"))
+	r := httptest.NewRequest(http.MethodPost, "https://m2mauth.test/", strings.NewReader("grant_type=client_credentials"))
 	r.Header.Set("Content-Type", "application/x-www-form-urlencoded")
 	r.Header.Set("Authorization", basic(id, plain))
 	w := httptest.NewRecorder()
