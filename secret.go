@@ -87,14 +87,14 @@ func randomID(prefix string, n int) (string, error) {
 }
 
 const (
-	sha256Prefix   = "$sha256$"
-	sha256SaltLen  = 16
-	argon2Prefix   = "$argon2id$"
-	argon2SaltLen  = 16
-	argon2KeyLen   = 32
-	argon2Memory   = 19 * 1024 // KiB; the OWASP minimum for argon2id
-	argon2Time     = 2
-	argon2Threads  = 1
+	sha256Prefix  = "$sha256$"
+	sha256SaltLen = 16
+	argon2Prefix  = "$argon2id$"
+	argon2SaltLen = 16
+	argon2KeyLen  = 32
+	argon2Memory  = 19 * 1024 // KiB; the OWASP minimum for argon2id
+	argon2Time    = 2
+	argon2Threads = 1
 	// Bounds on imported hashes, so that one verification costs at most
 	// about 64 MiB and a few hundred milliseconds.
 	maxArgonMemory = 64 * 1024 // KiB
