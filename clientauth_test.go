@@ -1,0 +1,384 @@
+package m2mauth_test
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"runtime"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"golang.org/x/crypto/argon2"
+
+	"github.com/m2mauth/m2mauth"
+)
+
+// argon2Hash hashes secret with argon2id at the given memory (KiB) and
+// time cost, as a hash imported from another system would be.
+func argon2Hash(t testing.TB, secret string, memory, time uint32) string {
+	t.Helper()
+	salt := make([]byte, 16)
+	_, err := rand.Read(salt)
+	require.NoError(t, err)
+	key := argon2.IDKey([]byte(secret), salt, time, memory, 1, 32)
+	enc := base64.RawStdEncoding
+	return fmt.Sprintf("$argon2id$v=19$m=%d,t=%d,p=1$%s$%s", memory, time, enc.EncodeToString(salt), enc.EncodeToString(key))
+}
+
+// addClient adds a client with one secret hashed as given.
+func (f *fixture) addClient(t testing.TB, id, hash string) {
+	t.Helper()
+	require.NoError(t, f.store.CreateClient(context.Background(), &m2mauth.Client{
+		ID: id, Secrets: []m2mauth.Secret{{ID: "s1", Hash: hash}},
+		Grants: map[string]m2mauth.Scopes{testAudience: {"read"}},
+	}))
+}
+
+// burst sends one request per address, all released at once, and counts
+// the answers by status.
+func (f *fixture) burst(t *testing.T, id, secret string, addrs []string) map[int]int {
+	t.Helper()
+	start := make(chan struct{})
+	var mu sync.Mutex
+	codes := map[int]int{}
+	var wg sync.WaitGroup
+	for _, a := range addrs {
+		wg.Go(func() {
+			<-start
+			code, _ := f.try(t, id, secret, a)
+			mu.Lock()
+			codes[code]++
+			mu.Unlock()
+		})
+	}
+	close(start)
+	wg.Wait()
+	return codes
+}
+
+func repeatAddr(a string, n int) []string {
+	out := make([]string, n)
+	for i := range out {
+		out[i] = a
+	}
+	return out
+}
+
+// TestSimultaneousGuesses: RFC 6749 §2.3.1 and §10.10 ask for protection
+// against brute force. However many wrong guesses arrive at once, at most
+// the burst (5 per client and address) have their secret verified; the
+// rest are refused with 429 before the store is asked.
+func TestSimultaneousGuesses(t *testing.T) {
+	tests := []struct {
+		name string
+		hash func(t testing.TB) string
+	}{
+		{"salted SHA-256", func(t testing.TB) string { h, err := m2mauth.HashSecret("right"); require.NoError(t, err); return h }},
+		{"argon2id", func(t testing.TB) string { h, err := m2mauth.HashSecretArgon2id("right"); require.NoError(t, err); return h }},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			f, store := newLimited(t)
+			f.addClient(t, "target", tc.hash(t))
+			before := store.n.Load()
+			codes := f.burst(t, "target", "wrong", repeatAddr(ipA, 200))
+			assert.Equal(t, map[int]int{401: 5, 429: 195}, codes)
+			assert.Equal(t, int64(5), store.n.Load()-before, "only the burst reached the store")
+
+			// An unknown id gets the same answers.
+			codes = f.burst(t, "nobody", "wrong", repeatAddr(ipB, 200))
+			assert.Equal(t, map[int]int{401: 5, 429: 195}, codes)
+		})
+	}
+}
+
+// TestSlowHashesRationed: guesses from many addresses each get their own
+// bucket, so they all reach the hasher; slow hashes are verified a few at
+// a time, so memory stays bounded (each verification below holds 64 MiB).
+func TestSlowHashesRationed(t *testing.T) {
+	n := 40
+	if raceEnabled {
+		n = 12
+	}
+	f, _ := newLimited(t)
+	f.addClient(t, "imported", argon2Hash(t, "right", 64*1024, 1))
+	addrs := make([]string, n)
+	for i := range addrs {
+		addrs[i] = fmt.Sprintf("198.51.100.%d:1", i+1)
+	}
+	runtime.GC()
+	var before runtime.MemStats
+	runtime.ReadMemStats(&before)
+	codes := f.burst(t, "imported", "wrong", addrs)
+	var after runtime.MemStats
+	runtime.ReadMemStats(&after)
+	assert.Equal(t, map[int]int{401: n}, codes)
+	// HeapSys never shrinks, so it records the peak. Unrationed, n
+	// verifications at once would need n*64 MiB (2.5 GiB for 40); four at
+	// a time need 256 MiB, and the GC may let as much again pile up.
+	grown := after.HeapSys - before.HeapSys
+	t.Logf("%d simultaneous argon2id (64 MiB) verifications: heap grew %d MiB", n, grown>>20)
+	assert.Less(t, grown, uint64(700<<20))
+}
+
+// TestNeighbourLockout: many clients share an address behind a NAT or a
+// proxy. Failures for one client lock the address out for clients it has
+// not seen authenticate, but not for a client that authenticated from
+// there recently; and another address is unaffected.
+func TestNeighbourLockout(t *testing.T) {
+	f, _ := newLimited(t)
+	const x, y = "198.51.100.20:1", "203.0.113.30:1"
+	code, _ := f.try(t, "rotated", f.newSecret, x)
+	require.Equal(t, 200, code, "B authenticates from X")
+	f.addClient(t, "other", mustHash(t, "c-secret"))
+
+	got := map[int]int{}
+	for range 30 {
+		code, _ := f.try(t, "svc", "wrong", x)
+		got[code]++
+	}
+	assert.Equal(t, map[int]int{401: 5, 429: 25}, got, "A from X")
+
+	code, _ = f.try(t, "rotated", f.newSecret, x)
+	assert.Equal(t, 200, code, "B, which authenticated from X before, still gets in from X")
+	code, retry := f.try(t, "other", "c-secret", x)
+	assert.Equal(t, 429, code, "a client never seen from X is refused while X is locked out")
+	assert.NotEmpty(t, retry)
+	code, _ = f.try(t, "svc", f.secret, y)
+	assert.Equal(t, 200, code, "A from another address")
+
+	// The exemption ends KnownWindow (24h) after B's last success; by
+	// then X's bucket has long refilled.
+	f.advance(25 * time.Hour)
+	code, _ = f.try(t, "other", "c-secret", x)
+	assert.Equal(t, 200, code)
+}
+
+func mustHash(t testing.TB, secret string) string {
+	t.Helper()
+	h, err := m2mauth.HashSecret(secret)
+	require.NoError(t, err)
+	return h
+}
+
+// faultyLimiter fails on demand.
+type faultyLimiter struct {
+	m2mauth.Limiter
+	reserveErr, releaseErr error
+	released               []m2mauth.Outcome
+	mu                     sync.Mutex
+}
+
+func (l *faultyLimiter) Reserve(ctx context.Context, id, ip string) (time.Duration, error) {
+	if l.reserveErr != nil {
+		return 0, l.reserveErr
+	}
+	return l.Limiter.Reserve(ctx, id, ip)
+}
+
+func (l *faultyLimiter) Release(ctx context.Context, id, ip string, o m2mauth.Outcome) error {
+	l.mu.Lock()
+	l.released = append(l.released, o)
+	l.mu.Unlock()
+	if err := l.Limiter.Release(ctx, id, ip, o); err != nil {
+		return err
+	}
+	return l.releaseErr
+}
+
+// TestLimiterFailsClosed: when the limiter cannot reserve or cannot record
+// an outcome, the request gets a server error, never a verdict on its
+// secret.
+func TestLimiterFailsClosed(t *testing.T) {
+	tests := []struct {
+		name                   string
+		reserveErr, releaseErr error
+		secret                 string
+		status                 int
+		code                   string
+		outcomes               []m2mauth.Outcome
+	}{
+		{"reserve fails", errors.New("db down"), nil, "wrong", 500, "server_error", nil},
+		{"reserve times out", context.DeadlineExceeded, nil, "wrong", 503, "temporarily_unavailable", nil},
+		{"failure not recorded", nil, errors.New("db down"), "wrong", 500, "server_error", []m2mauth.Outcome{m2mauth.OutcomeFailed}},
+		{"success not recorded", nil, errors.New("db down"), "", 500, "server_error", []m2mauth.Outcome{m2mauth.OutcomeAuthenticated}},
+		{"healthy: failure", nil, nil, "wrong", 401, "invalid_client", []m2mauth.Outcome{m2mauth.OutcomeFailed}},
+		{"healthy: success", nil, nil, "", 200, "", []m2mauth.Outcome{m2mauth.OutcomeAuthenticated}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			inner, err := m2mauth.NewRateLimiter(m2mauth.RateLimiterConfig{})
+			require.NoError(t, err)
+			l := &faultyLimiter{Limiter: inner, reserveErr: tc.reserveErr, releaseErr: tc.releaseErr}
+			f := newFixture(t, func(c *m2mauth.TokenHandlerConfig) { c.Limiter = l; c.Logger = discardLogger() })
+			secret := tc.secret
+			if secret == "" {
+				secret = f.secret
+			}
+			w, resp := f.do(t, request{body: "grant_type=client_credentials", headers: auth(basic("svc", secret))})
+			assert.Equal(t, tc.status, w.Code)
+			assert.Equal(t, tc.code, resp.Error)
+			assert.Equal(t, tc.status == 200, resp.AccessToken != "")
+			if tc.status == 503 {
+				assert.Equal(t, "1", w.Header().Get("Retry-After"))
+			}
+			assert.Equal(t, tc.outcomes, l.released)
+		})
+	}
+}
+
+// blockingStore answers only when released, or when the request's
+// context ends.
+type blockingStore struct {
+	m2mauth.ClientStore
+	entered chan struct{}
+	release chan struct{}
+}
+
+func (s *blockingStore) Client(ctx context.Context, id string) (*m2mauth.Client, error) {
+	s.entered <- struct{}{}
+	select {
+	case <-s.release:
+		return s.ClientStore.Client(ctx, id)
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+// TestStoreTimeout: a stalled store is given StoreTimeout, then the
+// request gets 503 with Retry-After, and the attempt is not counted as a
+// failure.
+func TestStoreTimeout(t *testing.T) {
+	f := newFixture(t)
+	bs := &blockingStore{ClientStore: f.store, entered: make(chan struct{}, 10), release: make(chan struct{})}
+	h, err := m2mauth.NewTokenHandler(bs, f.keys, m2mauth.TokenHandlerConfig{
+		Issuer: testIssuer, DefaultAudience: testAudience, Auditor: m2mauth.AuditorFunc(f.audit),
+		Now: f.clock, StoreTimeout: 20 * time.Millisecond, Logger: discardLogger(),
+	})
+	require.NoError(t, err)
+	f.handler = h
+	for range 8 { // more than the burst: timeouts cost no attempt
+		w, resp := f.do(t, request{body: "grant_type=client_credentials", headers: auth(basic("svc", f.secret))})
+		require.Equal(t, 503, w.Code)
+		assert.Equal(t, "temporarily_unavailable", resp.Error)
+		assert.Equal(t, "1", w.Header().Get("Retry-After"))
+	}
+	assert.Equal(t, m2mauth.ReasonOverloaded, f.lastEvent(t).Reason)
+	close(bs.release)
+	w, _ := f.do(t, request{body: "grant_type=client_credentials", headers: auth(basic("svc", f.secret))})
+	assert.Equal(t, 200, w.Code)
+}
+
+// TestMaxConcurrentRequests: past MaxConcurrentRequests, a request waits
+// up to StoreTimeout for a turn, then gets 503 with Retry-After.
+func TestMaxConcurrentRequests(t *testing.T) {
+	f := newFixture(t)
+	bs := &blockingStore{ClientStore: f.store, entered: make(chan struct{}, 10), release: make(chan struct{})}
+	h, err := m2mauth.NewTokenHandler(bs, f.keys, m2mauth.TokenHandlerConfig{
+		Issuer: testIssuer, DefaultAudience: testAudience, Auditor: m2mauth.AuditorFunc(f.audit),
+		Now: f.clock, StoreTimeout: time.Minute, MaxConcurrentRequests: 1, Logger: discardLogger(),
+	})
+	require.NoError(t, err)
+	first := make(chan int)
+	go func() {
+		r := httptest.NewRequest(http.MethodPost, "https://m2mauth.test/oauth/token", strings.NewReader("grant_type=client_credentials"))
+		r.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+		r.Header.Set("Authorization", basic("svc", f.secret))
+		w := httptest.NewRecorder()
+		h.ServeHTTP(w, r)
+		first <- w.Code
+	}()
+	<-bs.entered // the first request holds the only turn
+
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+	defer cancel()
+	r := httptest.NewRequestWithContext(ctx, http.MethodPost, "https://m2mauth.test/oauth/token", strings.NewReader("grant_type=client_credentials"))
+	r.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	r.Header.Set("Authorization", basic("svc", f.secret))
+	w := httptest.NewRecorder()
+	h.ServeHTTP(w, r)
+	assert.Equal(t, 503, w.Code)
+	assert.Equal(t, "1", w.Header().Get("Retry-After"))
+	assert.Contains(t, w.Body.String(), `"temporarily_unavailable"`)
+
+	close(bs.release)
+	assert.Equal(t, 200, <-first)
+}
+
+// healthAuditor records events and reports a health that tests set.
+type healthAuditor struct {
+	m2mauth.AuditorFunc
+	err atomic.Pointer[error]
+}
+
+func (a *healthAuditor) AuditHealth() error {
+	if p := a.err.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
+
+// TestRequireAudit: a host that must not issue unaudited tokens gets 503
+// while its auditor cannot record events.
+func TestRequireAudit(t *testing.T) {
+	f := newFixture(t)
+	a := &healthAuditor{AuditorFunc: f.audit}
+	_, err := m2mauth.NewTokenHandler(f.store, f.keys, m2mauth.TokenHandlerConfig{Issuer: testIssuer, RequireAudit: true, Auditor: m2mauth.AuditorFunc(f.audit)})
+	require.ErrorContains(t, err, "AuditHealthChecker")
+	f.handler, err = m2mauth.NewTokenHandler(f.store, f.keys, m2mauth.TokenHandlerConfig{
+		Issuer: testIssuer, DefaultAudience: testAudience, Auditor: a, Now: f.clock, RequireAudit: true,
+	})
+	require.NoError(t, err)
+	ok := request{body: "grant_type=client_credentials", headers: auth(basic("svc", f.secret))}
+
+	w, _ := f.do(t, ok)
+	require.Equal(t, 200, w.Code)
+	down := errors.New("audit table unavailable")
+	a.err.Store(&down)
+	w, resp := f.do(t, ok)
+	assert.Equal(t, 503, w.Code)
+	assert.Equal(t, "temporarily_unavailable", resp.Error)
+	assert.Empty(t, resp.AccessToken)
+	assert.NotEmpty(t, w.Header().Get("Retry-After"))
+	assert.Equal(t, m2mauth.ReasonAuditUnavailable, f.lastEvent(t).Reason)
+	a.err.Store(nil)
+	w, _ = f.do(t, ok)
+	assert.Equal(t, 200, w.Code)
+}
+
+// TestUnknownClientCostsLikeKnown: an unknown client id is verified
+// against the hashes of a client the store returned, so it costs what a
+// known client costs, even when that one's hash is argon2id.
+func TestUnknownClientCostsLikeKnown(t *testing.T) {
+	f, _ := newLimited(t)
+	f.addClient(t, "imported", argon2Hash(t, "right", 16*1024, 2))
+	timeOf := func(id string, i int) time.Duration {
+		start := time.Now()
+		code, _ := f.try(t, id, "wrong", fmt.Sprintf("198.51.100.%d:1", i))
+		require.Equal(t, 401, code)
+		return time.Since(start)
+	}
+	timeOf("imported", 200) // the store returns it once: it is the profile now
+	const n = 5
+	var known, unknown []time.Duration
+	for i := range n {
+		known = append(known, timeOf("imported", i))
+		unknown = append(unknown, timeOf(fmt.Sprintf("nobody-%d", i), 100+i))
+	}
+	slices.Sort(known)
+	slices.Sort(unknown)
+	t.Logf("median: known %v, unknown %v", known[n/2], unknown[n/2])
+	// Unequalised, the unknown id would take a few microseconds against
+	// the known one's milliseconds.
+	assert.Greater(t, unknown[n/2], known[n/2]/4)
+}
