@@ -447,6 +447,43 @@ func TestTokenHandlerPerClientTTL(t *testing.T) {
 	assert.Equal(t, int64(300), resp.ExpiresIn)
 }
 
+// TestMaxTokenTTL: no token lives longer than MaxTokenTTL (at most 24h),
+// whatever a client's settings say; stores refuse longer client TTLs and
+// the handler refuses a longer default.
+func TestMaxTokenTTL(t *testing.T) {
+	f := newFixture(t)
+	long := &m2mauth.Client{ID: "long", Secrets: []m2mauth.Secret{{ID: "s", Hash: mustHash(t, "x")}}, Grants: map[string]m2mauth.Scopes{testAudience: {"read"}}}
+	long.TokenTTL = 10000 * time.Hour
+	require.Error(t, long.Validate())
+	require.Error(t, f.store.CreateClient(context.Background(), long))
+	long.TokenTTL = m2mauth.MaxClientTokenTTL
+	require.NoError(t, long.Validate())
+
+	_, err := m2mauth.NewTokenHandler(f.store, f.keys, m2mauth.TokenHandlerConfig{Issuer: testIssuer, TokenTTL: 25 * time.Hour})
+	assert.Error(t, err)
+	_, err = m2mauth.NewTokenHandler(f.store, f.keys, m2mauth.TokenHandlerConfig{Issuer: testIssuer, MaxTokenTTL: 48 * time.Hour})
+	assert.Error(t, err)
+	_, err = m2mauth.NewTokenHandler(f.store, f.keys, m2mauth.TokenHandlerConfig{Issuer: testIssuer, MaxTokenTTL: time.Minute, TokenTTL: time.Hour})
+	assert.Error(t, err)
+
+	// A store that does not validate hands out a week-long TTL: the
+	// handler caps it.
+	week := *long
+	week.TokenTTL = 7 * 24 * time.Hour
+	for _, tc := range []struct {
+		max  time.Duration
+		want int64
+	}{{0, 86400}, {10 * time.Minute, 600}} {
+		h, err := m2mauth.NewTokenHandler(storeFunc(func(context.Context, string) (*m2mauth.Client, error) { c := week; return &c, nil }),
+			f.keys, m2mauth.TokenHandlerConfig{Issuer: testIssuer, DefaultAudience: testAudience, MaxTokenTTL: tc.max})
+		require.NoError(t, err)
+		f.handler = h
+		w, resp := f.do(t, request{body: "grant_type=client_credentials", headers: auth(basic("long", "x"))})
+		require.Equal(t, 200, w.Code, w.Body.String())
+		assert.Equal(t, tc.want, resp.ExpiresIn)
+	}
+}
+
 func TestNewTokenHandlerValidates(t *testing.T) {
 	store := memstore.New()
 	key, err := m2mauth.NewHS256Key("k1", []byte("0123456789abcdef0123456789abcdef"))

@@ -73,6 +73,49 @@ func TestHashAndVerifySecret(t *testing.T) {
 	}
 }
 
+// TestHashCostBounded: imported hashes whose verification would cost more
+// than about 64 MiB or a few hundred milliseconds are refused, both when a
+// store validates them and when they are verified, so that anyone who
+// knows a client id cannot make each guess cost seconds or gigabytes.
+func TestHashCostBounded(t *testing.T) {
+	const salt, sum = "c2FsdHNhbHRzYWx0c2FsdA", "aGFzaGhhc2hoYXNoaGFzaGhhc2hoYXNoaGFzaGhhc2g"
+	argon := func(params string) string { return "$argon2id$v=19$" + params + "$" + salt + "$" + sum }
+	// A bcrypt hash with a cost that would take hours, made by editing a
+	// real one (computing it would take as long).
+	bc, err := bcrypt.GenerateFromPassword([]byte("imported"), bcrypt.MinCost)
+	require.NoError(t, err)
+	withCost := func(cost string) string { return string(bc[:4]) + cost + string(bc[6:]) }
+	tests := []struct {
+		name string
+		hash string
+		ok   bool
+	}{
+		{"argon2id OWASP default", argon("m=19456,t=2,p=1"), true},
+		{"argon2id at the bounds", argon("m=65536,t=4,p=4"), true},
+		{"argon2id 256 MiB", argon("m=262144,t=1,p=1"), false},
+		{"argon2id t=10", argon("m=19456,t=10,p=1"), false},
+		{"argon2id p=16", argon("m=19456,t=1,p=16"), false},
+		{"bcrypt cost 12", withCost("12"), true},
+		{"bcrypt cost 13", withCost("13"), false},
+		{"bcrypt cost 31", withCost("31"), false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			err := m2mauth.ValidateSecretHash(tc.hash)
+			if tc.ok {
+				require.NoError(t, err)
+				return
+			}
+			require.ErrorIs(t, err, m2mauth.ErrUnknownHash)
+			start := time.Now()
+			ok, err := m2mauth.VerifySecret(tc.hash, "guess")
+			assert.False(t, ok)
+			assert.ErrorIs(t, err, m2mauth.ErrUnknownHash)
+			assert.Less(t, time.Since(start), time.Second, "refused before any hashing")
+		})
+	}
+}
+
 func TestNewSecret(t *testing.T) {
 	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	plain, s, err := m2mauth.NewSecret(now, now.Add(time.Hour))
