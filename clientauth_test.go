@@ -84,7 +84,11 @@ func TestSimultaneousGuesses(t *testing.T) {
 		hash func(t testing.TB) string
 	}{
 		{"salted SHA-256", func(t testing.TB) string { h, err := m2mauth.HashSecret("right"); require.NoError(t, err); return h }},
-		{"argon2id", func(t testing.TB) string { h, err := m2mauth.HashSecretArgon2id("right"); require.NoError(t, err); return h }},
+		{"argon2id", func(t testing.TB) string {
+			h, err := m2mauth.HashSecretArgon2id("right")
+			require.NoError(t, err)
+			return h
+		}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
