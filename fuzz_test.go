@@ -2,9 +2,12 @@ package m2mauth_test
 
 import (
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"strings"
+	"sync/atomic"
 	"testing"
 )
 
@@ -34,14 +37,32 @@ func FuzzTokenHandler(f *testing.F) {
 		"invalid_request": 400, "invalid_client": 401, "unauthorized_client": 400,
 		"unsupported_grant_type": 400, "invalid_scope": 400, "invalid_target": 400, "temporarily_unavailable": 429,
 	}
+	// Each input comes from an address of its own, so earlier inputs'
+	// failures never lock later ones out of authentication and issuance.
+	var n atomic.Uint32
+	// With M2MAUTH_FUZZ_STATS set to a file, each input's status is
+	// appended to it, to tell how many inputs reached issuance.
+	var stats *os.File
+	if path := os.Getenv("M2MAUTH_FUZZ_STATS"); path != "" {
+		var err error
+		if stats, err = os.OpenFile(path, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o600); err != nil {
+			f.Fatal(err)
+		}
+		defer stats.Close()
+	}
 	f.Fuzz(func(t *testing.T, body, ct, authz string) {
 		r := httptest.NewRequest(http.MethodPost, "https://m2mauth.test/oauth/token", strings.NewReader(body))
+		i := n.Add(1)
+		r.RemoteAddr = fmt.Sprintf("10.%d.%d.%d:1", byte(i>>16), byte(i>>8), byte(i))
 		r.Header.Set("Content-Type", ct)
 		if authz != "" {
 			r.Header.Set("Authorization", authz)
 		}
 		w := httptest.NewRecorder()
 		fx.handler.ServeHTTP(w, r)
+		if stats != nil {
+			fmt.Fprintln(stats, w.Code)
+		}
 		if w.Header().Get("Cache-Control") != "no-store" || w.Header().Get("Content-Type") != "application/json" {
 			t.Fatalf("headers %v", w.Header())
 		}
