@@ -27,8 +27,9 @@ const (
 )
 
 // hstsValue is the Strict-Transport-Security header sent over TLS: a
-// year, as RFC 6797 §11.2 suggests for a stable service.
-const hstsValue = "max-age=31536000"
+// year, as RFC 6797 §11.2 suggests for a stable service. The slice is
+// shared by every response and never modified.
+var hstsValue = []string{"max-age=31536000"}
 
 // clientAuth authenticates clients with client_secret_basic or
 // client_secret_post (RFC 6749 §2.3.1). It is the one piece every endpoint
@@ -262,7 +263,7 @@ func (r retryLater) Error() string { return "m2mauth: retry after " + r.wait.Str
 // allowed; over TLS it sets Strict-Transport-Security.
 func transport(w http.ResponseWriter, p peer, allowInsecure bool) error {
 	if p.secure {
-		w.Header().Set("Strict-Transport-Security", hstsValue)
+		w.Header()["Strict-Transport-Security"] = hstsValue
 		return nil
 	}
 	if p.local || allowInsecure {
