@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -280,6 +281,78 @@ func mustDecode(t testing.TB, s string) []byte {
 	b, err := base64.RawURLEncoding.DecodeString(s)
 	require.NoError(t, err)
 	return b
+}
+
+// assertRefused checks a refusal rendered by the default error handler:
+// the status, the exact challenge and the exact JSON body.
+func assertRefused(t *testing.T, w *httptest.ResponseRecorder, status int, challenge, body string) {
+	t.Helper()
+	assert.Equal(t, status, w.Code, "body: %s", w.Body)
+	assert.Equal(t, challenge, w.Header().Get("WWW-Authenticate"))
+	assert.Equal(t, "application/json", w.Header().Get("Content-Type"))
+	assert.Equal(t, "no-store", w.Header().Get("Cache-Control"))
+	assert.JSONEq(t, body, w.Body.String())
+}
+
+// TestRequireScopesNumericDate: exp, nbf and iat are NumericDates
+// (RFC 7519 §2): seconds since the epoch, fractions allowed. Values a
+// time.Time cannot hold, or that arithmetic on it overflows, are refused
+// as malformed before any date is compared; the range accepted is
+// [0, 253402300799], 1970 to the end of year 9999.
+func TestRequireScopesNumericDate(t *testing.T) {
+	p := newProtected(t)
+	now := p.clock()
+	h := p.v.RequireScopes("read")(echo)
+	malformed := `Bearer realm="m2mauth", error="invalid_token", error_description="malformed token claims"`
+	malformedBody := `{"error":"invalid_token","error_description":"malformed token claims"}`
+
+	tests := []struct {
+		name      string
+		claim     string
+		value     string // raw JSON
+		status    int
+		challenge string
+		body      string
+		reason    string
+	}{
+		{name: "exp int64 max, RFC 7519 §4.1.4", claim: "exp", value: "9223372036854775807", status: 401, challenge: malformed, body: malformedBody, reason: m2mauth.ReasonTokenMalformed},
+		{name: "nbf int64 max overflows time, RFC 7519 §4.1.5", claim: "nbf", value: "9223372036854775807", status: 401, challenge: malformed, body: malformedBody, reason: m2mauth.ReasonTokenMalformed},
+		{name: "iat int64 max overflows time, RFC 7519 §4.1.6", claim: "iat", value: "9223372036854775807", status: 401, challenge: malformed, body: malformedBody, reason: m2mauth.ReasonTokenMalformed},
+		{name: "nbf int64 min, RFC 7519 §4.1.5", claim: "nbf", value: "-9223372036854775808", status: 401, challenge: malformed, body: malformedBody, reason: m2mauth.ReasonTokenMalformed},
+		{name: "exp beyond int64 as an integer, RFC 7519 §2", claim: "exp", value: "92233720368547758070", status: 401, challenge: malformed, body: malformedBody, reason: m2mauth.ReasonTokenMalformed},
+		{name: "exp 1e30, exponent form, RFC 7519 §2", claim: "exp", value: "1e30", status: 401, challenge: malformed, body: malformedBody, reason: m2mauth.ReasonTokenMalformed},
+		{name: "nbf 9.3e18, exponent form past int64, RFC 7519 §2", claim: "nbf", value: "9.3e18", status: 401, challenge: malformed, body: malformedBody, reason: m2mauth.ReasonTokenMalformed},
+		{name: "exp year 10000, RFC 7519 §2", claim: "exp", value: "253402300800", status: 401, challenge: malformed, body: malformedBody, reason: m2mauth.ReasonTokenMalformed},
+		{name: "exp year 10000 in exponent form, RFC 7519 §2", claim: "exp", value: "2.534023008E+11", status: 401, challenge: malformed, body: malformedBody, reason: m2mauth.ReasonTokenMalformed},
+		{name: "exp half a second past year 9999, RFC 7519 §2", claim: "exp", value: "253402300799.5", status: 401, challenge: malformed, body: malformedBody, reason: m2mauth.ReasonTokenMalformed},
+		{name: "nbf -1, before the epoch, RFC 7519 §2", claim: "nbf", value: "-1", status: 401, challenge: malformed, body: malformedBody, reason: m2mauth.ReasonTokenMalformed},
+		{name: "iat -1, before the epoch, RFC 7519 §2", claim: "iat", value: "-1", status: 401, challenge: malformed, body: malformedBody, reason: m2mauth.ReasonTokenMalformed},
+		{name: "iat -0.5, fraction before the epoch, RFC 7519 §2", claim: "iat", value: "-0.5", status: 401, challenge: malformed, body: malformedBody, reason: m2mauth.ReasonTokenMalformed},
+		{name: "exp -1e3, RFC 7519 §2", claim: "exp", value: "-1e3", status: 401, challenge: malformed, body: malformedBody, reason: m2mauth.ReasonTokenMalformed},
+
+		{name: "exp last second of year 9999, RFC 7519 §2", claim: "exp", value: "253402300799", status: 200},
+		{name: "nbf 0, the epoch", claim: "nbf", value: "0", status: 200},
+		{name: "iat -0 is zero", claim: "iat", value: "-0", status: 200},
+		{name: "nbf 1.5, fractional, RFC 7519 §2", claim: "nbf", value: "1.5", status: 200},
+		{name: "iat in exponent form", claim: "iat", value: fmt.Sprintf("%de0", now.Unix()), status: 200},
+		{name: "exp 1.5 is a date, long past, RFC 7519 §4.1.4", claim: "exp", value: "1.5", status: 401,
+			challenge: `Bearer realm="m2mauth", error="invalid_token", error_description="token expired"`,
+			body:      `{"error":"invalid_token","error_description":"token expired"}`, reason: m2mauth.ReasonTokenExpired},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			tok := mint(t, keyB, "k2", "at+jwt", with(validClaims(now), tc.claim, json.RawMessage(tc.value)))
+			require.Contains(t, string(mustDecode(t, strings.Split(tok, ".")[1])), `"`+tc.claim+`":`+tc.value)
+			w := call(h, "Bearer "+tok)
+			if tc.status == http.StatusOK {
+				assert.Equal(t, tc.status, w.Code, "body: %s", w.Body)
+				assert.Equal(t, "svc read write", w.Body.String())
+				return
+			}
+			assertRefused(t, w, tc.status, tc.challenge, tc.body)
+			assert.Equal(t, tc.reason, p.lastEvent(t).Reason)
+		})
+	}
 }
 
 // TestKeyRotation: a token signed by the previous key works while that key

@@ -2,7 +2,6 @@ package m2mauth
 
 import (
 	"errors"
-	"math"
 	"strconv"
 	"unicode/utf16"
 	"unicode/utf8"
@@ -310,9 +309,17 @@ func jsonString(v []byte) (s string, present bool, err error) {
 	return string(b), true, err
 }
 
+// maxNumericDate is the last second of year 9999 UTC, the latest
+// NumericDate accepted. Any date up to it converts to a time.Time, and
+// adding or subtracting a leeway to it does not overflow.
+const maxNumericDate = 253402300799
+
 // jsonNumericDate decodes a NumericDate (RFC 7519 §2): seconds since the
-// epoch, possibly fractional, truncated to whole seconds. null reports
-// absent.
+// epoch, possibly fractional or with an exponent, truncated to whole
+// seconds. null reports absent. Dates outside [0, maxNumericDate] are
+// malformed: a time.Time cannot hold the largest ones, and comparing them
+// after a conversion that wrapped around would turn a far-future nbf or
+// iat into a past one.
 func jsonNumericDate(v []byte) (d jwt.NumericDate, present bool, err error) {
 	if string(v) == "null" {
 		return 0, false, nil
@@ -321,13 +328,17 @@ func jsonNumericDate(v []byte) (d jwt.NumericDate, present bool, err error) {
 		return 0, false, errJSON
 	}
 	if n, err := strconv.ParseInt(string(v), 10, 64); err == nil {
+		if n < 0 || n > maxNumericDate {
+			return 0, false, errJSON
+		}
 		return jwt.NumericDate(n), true, nil
 	}
+	// Fractions, exponents, and integers too long for an int64.
 	f, err := strconv.ParseFloat(string(v), 64)
-	if err != nil || math.IsInf(f, 0) || f > math.MaxInt64/2 || f < math.MinInt64/2 {
+	if err != nil || !(f >= 0 && f <= maxNumericDate) {
 		return 0, false, errJSON
 	}
-	return jwt.NumericDate(int64(f)), true, nil
+	return jwt.NumericDate(f), true, nil
 }
 
 // jsonAudience decodes "aud": one string or an array of strings.

@@ -97,6 +97,62 @@ func TestParseClaims(t *testing.T) {
 	}
 }
 
+// TestJSONNumericDate checks NumericDate decoding (RFC 7519 §2): integer,
+// fractional and exponent forms, truncated to whole seconds, within
+// [0, 253402300799] (the epoch to the end of year 9999) so that no date
+// overflows time.Time or its arithmetic; anything else is malformed.
+func TestJSONNumericDate(t *testing.T) {
+	tests := []struct {
+		in      string
+		want    jwt.NumericDate
+		absent  bool
+		wantErr bool
+	}{
+		{in: "1700000000", want: 1700000000},
+		{in: "0", want: 0},
+		{in: "-0", want: 0},
+		{in: "-0.0", want: 0},
+		{in: "1.5", want: 1},
+		{in: "1699999999.999", want: 1699999999},
+		{in: "1.7e9", want: 1700000000},
+		{in: "17E8", want: 1700000000},
+		{in: "1700000000e0", want: 1700000000},
+		{in: "253402300799", want: 253402300799},
+		{in: "253402300799.0", want: 253402300799},
+		{in: "2.53402300799e11", want: 253402300799},
+		{in: "null", absent: true},
+
+		{in: "253402300800", wantErr: true},
+		{in: "253402300799.5", wantErr: true},
+		{in: "2.534023008e11", wantErr: true},
+		{in: "9223372036854775807", wantErr: true},
+		{in: "9223372036854775808", wantErr: true},
+		{in: "-9223372036854775808", wantErr: true},
+		{in: "1e30", wantErr: true},
+		{in: "1e400", wantErr: true},
+		{in: "-1", wantErr: true},
+		{in: "-0.5", wantErr: true},
+		{in: "-1e-9", wantErr: true},
+		{in: "-1e30", wantErr: true},
+		{in: `"1700000000"`, wantErr: true},
+		{in: "true", wantErr: true},
+		{in: "", wantErr: true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.in, func(t *testing.T) {
+			d, present, err := jsonNumericDate([]byte(tc.in))
+			if tc.wantErr {
+				require.Error(t, err)
+				assert.False(t, present)
+				return
+			}
+			require.NoError(t, err)
+			assert.Equal(t, !tc.absent, present)
+			assert.Equal(t, tc.want, d)
+		})
+	}
+}
+
 // FuzzJSONObject holds the scanner to encoding/json: whatever it accepts
 // is valid JSON, and the strings it decodes are the ones encoding/json
 // decodes.
