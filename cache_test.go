@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"fmt"
 	"runtime"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -77,6 +78,43 @@ func TestTokenCache(t *testing.T) {
 	assert.Equal(t, m2mauth.ReasonTokenExpired, m2mauth.RejectionReason(err))
 	assert.Equal(t, uint64(3), p.v.CacheStats().Hits, "an expired entry is not a hit")
 	assert.Equal(t, 0, p.v.CacheStats().Entries, "an expired entry is dropped")
+}
+
+// TestTokenCacheCanonicalOnly: the cache is keyed by the exact token
+// string, and only the canonical spelling of a token verifies (RFC 7515 §2,
+// RFC 4648 §3.5), so a twin whose signature differs only in the unused
+// bits of its last character is never served from the cache, whether the
+// canonical token was cached before it or not, and never enters it.
+func TestTokenCacheCanonicalOnly(t *testing.T) {
+	p := newProtected(t)
+	m := newFastMinter(p.clock())
+	ctx := t.Context()
+	tok := m.mint(0, time.Hour)
+	sig := tok[strings.LastIndexByte(tok, '.')+1:]
+	prefix := tok[:len(tok)-len(sig)]
+	twins := []string{prefix + twin(t, sig, 0b01), prefix + twin(t, sig, 0b10), prefix + twin(t, sig, 0b11)}
+
+	for _, tw := range twins {
+		_, err := p.v.Validate(ctx, tw)
+		require.ErrorIs(t, err, &m2mauth.Error{Code: m2mauth.CodeInvalidToken}, "twin before the canonical token")
+		assert.Equal(t, m2mauth.ReasonTokenSignature, m2mauth.RejectionReason(err))
+	}
+	assert.Equal(t, 0, p.v.CacheStats().Entries, "a twin never enters the cache")
+
+	for range 2 {
+		_, err := p.v.Validate(ctx, tok)
+		require.NoError(t, err)
+	}
+	require.Equal(t, uint64(1), p.v.CacheStats().Hits, "the canonical token is cached")
+
+	for _, tw := range twins {
+		_, err := p.v.Validate(ctx, tw)
+		require.ErrorIs(t, err, &m2mauth.Error{Code: m2mauth.CodeInvalidToken}, "twin after the canonical token")
+		assert.Equal(t, m2mauth.ReasonTokenSignature, m2mauth.RejectionReason(err))
+	}
+	st := p.v.CacheStats()
+	assert.Equal(t, uint64(1), st.Hits, "no twin is a hit")
+	assert.Equal(t, 1, st.Entries, "only the canonical token is cached")
 }
 
 // TestTokenCacheBound floods the cache with distinct valid tokens: the

@@ -1,6 +1,7 @@
 package m2mauth
 
 import (
+	"bytes"
 	"context"
 	"crypto/hmac"
 	"crypto/sha256"
@@ -262,7 +263,7 @@ func (v *Validator) verify(idx *keyIndex, raw string, now time.Time) (*Claims, e
 	defer scratchPool.Put(sc)
 	sc.in = append(sc.in[:0], raw...)
 	signingInput := sc.in[:len(h64)+1+len(p64)]
-	hdrJSON, err := base64.RawURLEncoding.AppendDecode(sc.hdr[:0], signingInput[:len(h64)])
+	hdrJSON, err := decodePart(sc.hdr[:0], signingInput[:len(h64)])
 	sc.hdr = hdrJSON
 	if err != nil {
 		return nil, reject(ReasonTokenMalformed, "malformed token header")
@@ -288,14 +289,15 @@ func (v *Validator) verify(idx *keyIndex, raw string, now time.Time) (*Claims, e
 	}
 
 	// HS256: the signature is 32 bytes, 43 base64url characters.
-	var sig [sha256.Size]byte
+	var sigBuf [sha256.Size]byte
 	if len(s64) != 43 {
 		return nil, reject(ReasonTokenSignature, "invalid token signature")
 	}
-	if n, err := base64.RawURLEncoding.Decode(sig[:], sc.in[len(signingInput)+1:]); err != nil || n != sha256.Size {
+	sig, err := decodePart(sigBuf[:0], sc.in[len(signingInput)+1:])
+	if err != nil || len(sig) != sha256.Size {
 		return nil, reject(ReasonTokenSignature, "invalid token signature")
 	}
-	if want := key.mac.sum(signingInput); !hmac.Equal(want[:], sig[:]) {
+	if want := key.mac.sum(signingInput); !hmac.Equal(want[:], sig) {
 		return nil, reject(ReasonTokenSignature, "invalid token signature")
 	}
 
@@ -303,7 +305,7 @@ func (v *Validator) verify(idx *keyIndex, raw string, now time.Time) (*Claims, e
 	if t := string(hdr.typ); !strings.EqualFold(t, TokenType) && !strings.EqualFold(t, "application/"+TokenType) {
 		return nil, reject(ReasonTokenType, "token is not an access token (typ must be at+jwt)")
 	}
-	payload, err := base64.RawURLEncoding.AppendDecode(sc.payload[:0], signingInput[len(h64)+1:])
+	payload, err := decodePart(sc.payload[:0], signingInput[len(h64)+1:])
 	sc.payload = payload
 	if err != nil {
 		return nil, reject(ReasonTokenMalformed, "malformed token claims")
@@ -341,6 +343,27 @@ func (v *Validator) verify(idx *keyIndex, raw string, now time.Time) (*Claims, e
 		return c, reject(ReasonTokenExpired, "token expired")
 	}
 	return c, nil
+}
+
+// strictBase64URL decodes base64url without padding and refuses a final
+// character whose unused bits are not zero (RFC 4648 §3.5).
+var strictBase64URL = base64.RawURLEncoding.Strict()
+
+var errNotBase64URL = errors.New("m2mauth: not canonical base64url")
+
+// decodePart appends the bytes of src, one part of a JWS compact
+// serialization, to dst. Each part is base64url without padding
+// (RFC 7515 §2) and only its canonical spelling is accepted: anything
+// outside the alphabet, '=' padding, and non-zero unused bits in the last
+// character are refused. Otherwise a signature would have three other
+// spellings that verify too (RFC 7515 §7.1), each a different token string
+// to the cache and to anything that counts or logs tokens by their string.
+func decodePart(dst, src []byte) ([]byte, error) {
+	// encoding/base64 skips CR and LF, even in strict mode.
+	if bytes.IndexByte(src, '\n') >= 0 || bytes.IndexByte(src, '\r') >= 0 {
+		return dst, errNotBase64URL
+	}
+	return strictBase64URL.AppendDecode(dst, src)
 }
 
 // claimsKey is the context key of the verified claims.

@@ -2,6 +2,8 @@ package m2mauth_test
 
 import (
 	"context"
+	"crypto/hmac"
+	"crypto/sha256"
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
@@ -294,6 +296,28 @@ func assertRefused(t *testing.T, w *httptest.ResponseRecorder, status int, chall
 	assert.JSONEq(t, body, w.Body.String())
 }
 
+// signHS256 completes a signing input (header.payload, encoded by hand)
+// into a token signed with secret, whatever the input's encoding.
+func signHS256(secret []byte, input string) string {
+	mac := hmac.New(sha256.New, secret)
+	mac.Write([]byte(input))
+	return input + "." + base64.RawURLEncoding.EncodeToString(mac.Sum(nil))
+}
+
+// twin returns s, a canonical base64url string whose last character has
+// unused bits, with those bits set to bits: the same bytes under a
+// non-canonical spelling (RFC 4648 §3.5).
+func twin(t testing.TB, s string, bits byte) string {
+	t.Helper()
+	const alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+	unused := map[int]byte{2: 0b1111, 3: 0b11}[len(s)%4]
+	require.NotZero(t, unused&bits, "%q has no unused bits to set", s)
+	v := strings.IndexByte(alphabet, s[len(s)-1])
+	require.GreaterOrEqual(t, v, 0)
+	require.Zero(t, byte(v)&unused, "%q is not canonical", s)
+	return s[:len(s)-1] + string(alphabet[byte(v)|bits&unused])
+}
+
 // TestRequireScopesNumericDate: exp, nbf and iat are NumericDates
 // (RFC 7519 §2): seconds since the epoch, fractions allowed. Values a
 // time.Time cannot hold, or that arithmetic on it overflows, are refused
@@ -351,6 +375,96 @@ func TestRequireScopesNumericDate(t *testing.T) {
 			}
 			assertRefused(t, w, tc.status, tc.challenge, tc.body)
 			assert.Equal(t, tc.reason, p.lastEvent(t).Reason)
+		})
+	}
+}
+
+// TestRequireScopesCanonicalBase64: each part of a JWS is base64url
+// without padding (RFC 7515 §2), and only its canonical spelling is
+// accepted (RFC 4648 §3.5): the unused bits of the last character must be
+// zero. Otherwise a token has other string forms that verify too
+// (signature malleability, RFC 7515 §7.1), each a fresh token to a cache,
+// a replay check or a log.
+func TestRequireScopesCanonicalBase64(t *testing.T) {
+	p := newProtected(t)
+	now := p.clock()
+	h := p.v.RequireScopes("read")(echo)
+	good := mint(t, keyB, "k2", "at+jwt", validClaims(now))
+	parts := strings.Split(good, ".")
+	require.Len(t, parts[2], 43) // 256 bits in 258: the last character has 2 unused bits
+
+	// A header and a payload whose encodings end with unused bits, signed
+	// over their non-canonical spellings: the signature is good, only the
+	// encoding is wrong.
+	hdr := base64.RawURLEncoding.EncodeToString([]byte(`{"alg":"HS256","kid":"k2","typ":"at+jwt"}`))
+	payloadJSON, err := json.Marshal(validClaims(now))
+	require.NoError(t, err)
+	for len(payloadJSON)%3 != 1 { // 4 unused bits in the last character
+		payloadJSON = append(payloadJSON[:len(payloadJSON)-1], ' ', '}')
+	}
+	payload := base64.RawURLEncoding.EncodeToString(payloadJSON)
+	require.Equal(t, 200, call(h, "Bearer "+signHS256(keyB, hdr+"."+payload)).Code, "the canonical hand-made token is good")
+
+	realm := `Bearer realm="m2mauth"`
+	invalid := func(desc string) (string, string) {
+		return realm + `, error="invalid_token", error_description="` + desc + `"`,
+			`{"error":"invalid_token","error_description":"` + desc + `"}`
+	}
+	tests := []struct {
+		name  string
+		token string
+		desc  string
+	}{
+		{name: "signature, low unused bit set, RFC 7515 §7.1 / RFC 4648 §3.5", token: parts[0] + "." + parts[1] + "." + twin(t, parts[2], 0b01), desc: "invalid token signature"},
+		{name: "signature, high unused bit set, RFC 4648 §3.5", token: parts[0] + "." + parts[1] + "." + twin(t, parts[2], 0b10), desc: "invalid token signature"},
+		{name: "signature, both unused bits set, RFC 4648 §3.5", token: parts[0] + "." + parts[1] + "." + twin(t, parts[2], 0b11), desc: "invalid token signature"},
+		{name: "signature padded with =, RFC 7515 §2", token: good + "=", desc: "invalid token signature"},
+		{name: "signature in the standard alphabet, RFC 4648 §5", token: parts[0] + "." + parts[1] + ".+" + parts[2][1:], desc: "invalid token signature"},
+		{name: "header with unused bits set, signed, RFC 4648 §3.5", token: signHS256(keyB, twin(t, hdr, 0b01)+"."+payload), desc: "malformed token header"},
+		{name: "payload with unused bits set, signed, RFC 4648 §3.5", token: signHS256(keyB, hdr+"."+twin(t, payload, 0b1000)), desc: "malformed token claims"},
+		{name: "payload with unused bits set, signed, RFC 4648 §3.5 (low bit)", token: signHS256(keyB, hdr+"."+twin(t, payload, 0b0001)), desc: "malformed token claims"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			require.Equal(t, 200, call(h, "Bearer "+good).Code, "the canonical token is good, and cached")
+			hits := p.v.CacheStats().Hits
+			challenge, body := invalid(tc.desc)
+			assertRefused(t, call(h, "Bearer "+tc.token), 401, challenge, body)
+			assert.Equal(t, hits, p.v.CacheStats().Hits, "a twin is never a cache hit")
+		})
+	}
+}
+
+// TestValidateStrictBase64: Validate, which takes any string, refuses the
+// characters encoding/base64 would skip (CR and LF) and padding, even when
+// the signature covers them: outside the base64url alphabet (RFC 7515 §2).
+func TestValidateStrictBase64(t *testing.T) {
+	p := newProtected(t)
+	now := p.clock()
+	hdr := base64.RawURLEncoding.EncodeToString([]byte(`{"alg":"HS256","kid":"k2","typ":"at+jwt"}`))
+	payloadJSON, err := json.Marshal(validClaims(now))
+	require.NoError(t, err)
+	payload := base64.RawURLEncoding.EncodeToString(payloadJSON)
+	_, err = p.v.Validate(t.Context(), signHS256(keyB, hdr+"."+payload))
+	require.NoError(t, err, "the canonical hand-made token is good")
+
+	tests := []struct {
+		name, input, desc, reason string
+	}{
+		{name: "LF in the header, RFC 7515 §2", input: hdr[:8] + "\n" + hdr[8:] + "." + payload, desc: "malformed token header", reason: m2mauth.ReasonTokenMalformed},
+		{name: "CRLF in the header, RFC 7515 §2", input: hdr[:8] + "\r\n" + hdr[8:] + "." + payload, desc: "malformed token header", reason: m2mauth.ReasonTokenMalformed},
+		{name: "CR at the end of the payload, RFC 7515 §2", input: hdr + "." + payload + "\r", desc: "malformed token claims", reason: m2mauth.ReasonTokenMalformed},
+		{name: "LF inside the payload, RFC 7515 §2", input: hdr + "." + payload[:20] + "\n" + payload[20:], desc: "malformed token claims", reason: m2mauth.ReasonTokenMalformed},
+		{name: "padded header, RFC 7515 §2", input: base64.URLEncoding.EncodeToString([]byte(`{"alg":"HS256","kid":"k2","typ":"at+jwt"}`)) + "." + payload, desc: "malformed token header", reason: m2mauth.ReasonTokenMalformed},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := p.v.Validate(t.Context(), signHS256(keyB, tc.input))
+			var e *m2mauth.Error
+			require.ErrorAs(t, err, &e)
+			assert.Equal(t, m2mauth.CodeInvalidToken, e.Code)
+			assert.Equal(t, tc.desc, e.Description)
+			assert.Equal(t, tc.reason, m2mauth.RejectionReason(err))
 		})
 	}
 }
