@@ -8,7 +8,9 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
+	"net/url"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -387,6 +389,13 @@ func ClaimsFromContext(ctx context.Context) (*Claims, bool) {
 // token is 401 invalid_token; a token lacking a scope is 403
 // insufficient_scope naming the required scopes.
 //
+// A client must send its token by one method only (RFC 6750 §2), so a
+// bearer Authorization header together with an access_token parameter in
+// the query string or in an application/x-www-form-urlencoded body is 400
+// invalid_request. To find one in a body, the middleware reads at most its
+// first 64 KiB, where the parameter's name and "=" must lie to be seen,
+// and puts them back: the next handler reads the body unchanged.
+//
 // RequireScopes panics if a scope is not a valid scope token
 // (RFC 6749 §3.3): that is a programming error found when routes are set
 // up, as with [regexp.MustCompile].
@@ -417,6 +426,9 @@ func (v *Validator) require(want Scopes, ok func(have, want Scopes) bool) func(h
 	return func(next http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			raw, e := bearerToken(r.Header["Authorization"])
+			if e == nil && otherTokenMethod(r) {
+				e = NewError(CodeInvalidRequest, "more than one method used to send the access token")
+			}
 			if e != nil {
 				v.refuse(w, r, e)
 				return
@@ -439,6 +451,81 @@ func (v *Validator) require(want Scopes, ok func(have, want Scopes) bool) func(h
 			next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), claimsKey{}, c)))
 		})
 	}
+}
+
+// otherTokenMethod reports whether r, which has a bearer Authorization
+// header, also has an access_token parameter in its query string
+// (RFC 6750 §2.3) or form body (§2.2). A request without a query string
+// or a form body costs nothing here.
+func otherTokenMethod(r *http.Request) bool {
+	return r.URL.RawQuery != "" && hasAccessToken(r.URL.RawQuery) || formHasAccessToken(r)
+}
+
+// maxFormPrefix bounds the part of an application/x-www-form-urlencoded
+// body read to look for an access_token parameter.
+const maxFormPrefix = 64 << 10
+
+// formHasAccessToken reports whether r has an
+// application/x-www-form-urlencoded body with an access_token parameter
+// among its first maxFormPrefix bytes (RFC 6750 §2.2). What it reads is put
+// back in front of the rest of r.Body.
+func formHasAccessToken(r *http.Request) bool {
+	if r.Body == nil || r.Body == http.NoBody {
+		return false
+	}
+	ct := r.Header["Content-Type"]
+	if len(ct) == 0 {
+		return false
+	}
+	mt, _, _ := strings.Cut(ct[0], ";")
+	if !strings.EqualFold(strings.TrimSpace(mt), "application/x-www-form-urlencoded") {
+		return false
+	}
+	// A read error is left for the next handler to meet: it reads what was
+	// read here, then the body again.
+	prefix, _ := io.ReadAll(io.LimitReader(r.Body, maxFormPrefix))
+	r.Body = replayedBody{io.MultiReader(bytes.NewReader(prefix), r.Body), r.Body}
+	form := string(prefix)
+	if len(prefix) == maxFormPrefix {
+		// The last parameter may be cut short: look at it only if its
+		// name is whole.
+		last := strings.LastIndexAny(form, "&;") + 1
+		if !strings.Contains(form[last:], "=") {
+			form = form[:last]
+		}
+	}
+	return hasAccessToken(form)
+}
+
+// replayedBody is a request body whose start was read and put back.
+type replayedBody struct {
+	io.Reader
+	io.Closer
+}
+
+// hasAccessToken reports whether the URL-encoded form q (a query string
+// or a form body) has a parameter named access_token, with any value and
+// with its name escaped or not. Both '&' and ';' separate parameters, as
+// some servers and proxies split on either.
+func hasAccessToken(q string) bool {
+	for q != "" {
+		var param string
+		if i := strings.IndexAny(q, "&;"); i >= 0 {
+			param, q = q[:i], q[i+1:]
+		} else {
+			param, q = q, ""
+		}
+		name, _, _ := strings.Cut(param, "=")
+		if name == "access_token" {
+			return true
+		}
+		if strings.ContainsAny(name, "%+") {
+			if n, err := url.QueryUnescape(name); err == nil && n == "access_token" {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // errNoToken marks a request without bearer credentials: RFC 6750 §3.1

@@ -469,6 +469,92 @@ func TestValidateStrictBase64(t *testing.T) {
 	}
 }
 
+// TestRequireScopesOneBearerMethod: a client must not send the token by
+// more than one method (RFC 6750 §2). A token in the Authorization header
+// plus an access_token in the query (§2.3) or in a form body (§2.2) is
+// 400 invalid_request. The query and body are never a source of tokens:
+// without the header such requests get the bare challenge (§3.1). The
+// body reaches the protected handler unchanged.
+func TestRequireScopesOneBearerMethod(t *testing.T) {
+	p := newProtected(t)
+	good := mint(t, keyB, "k2", "at+jwt", validClaims(p.clock()))
+	other := mint(t, keyA, "k1", "at+jwt", validClaims(p.clock()))
+	const form = "application/x-www-form-urlencoded"
+	twoMethods := `Bearer realm="m2mauth", error="invalid_request", error_description="more than one method used to send the access token"`
+	twoMethodsBody := `{"error":"invalid_request","error_description":"more than one method used to send the access token"}`
+	bare := `Bearer realm="m2mauth"`
+	bareBody := `{"error":"invalid_token","error_description":"missing bearer token"}`
+	big := strings.Repeat("x", 64<<10)
+
+	tests := []struct {
+		name      string
+		method    string
+		target    string
+		ct        string
+		body      string
+		authz     string
+		status    int
+		challenge string
+		respBody  string
+	}{
+		{name: "header only", target: "/api/builders", authz: "Bearer " + good, status: 200},
+		{name: "header and access_token in the query, RFC 6750 §2 / §2.3", target: "/api/builders?access_token=" + other, authz: "Bearer " + good, status: 400, challenge: twoMethods, respBody: twoMethodsBody},
+		{name: "header and the same token in the query, RFC 6750 §2", target: "/api/builders?access_token=" + good, authz: "Bearer " + good, status: 400, challenge: twoMethods, respBody: twoMethodsBody},
+		{name: "header and access_token among other query parameters, RFC 6750 §2", target: "/api/builders?page=2&access_token=" + other + "&q=x", authz: "Bearer " + good, status: 400, challenge: twoMethods, respBody: twoMethodsBody},
+		{name: "header and a percent-encoded access_token name, RFC 6750 §2", target: "/api/builders?access%5Ftoken=" + other, authz: "Bearer " + good, status: 400, challenge: twoMethods, respBody: twoMethodsBody},
+		{name: "header and an empty access_token in the query, RFC 6750 §2", target: "/api/builders?access_token=", authz: "Bearer " + good, status: 400, challenge: twoMethods, respBody: twoMethodsBody},
+		{name: "header and access_token after a semicolon, RFC 6750 §2", target: "/api/builders?a=1;access_token=" + other, authz: "Bearer " + good, status: 400, challenge: twoMethods, respBody: twoMethodsBody},
+		{name: "header and a form body token, RFC 6750 §2 / §2.2", method: http.MethodPost, target: "/api/builders", ct: form, body: "access_token=" + other, authz: "Bearer " + good, status: 400, challenge: twoMethods, respBody: twoMethodsBody},
+		{name: "header and a form body token after other fields, RFC 6750 §2.2", method: http.MethodPost, target: "/api/builders", ct: "Application/X-WWW-Form-URLEncoded; charset=utf-8", body: "name=b1&access_token=" + other, authz: "Bearer " + good, status: 400, challenge: twoMethods, respBody: twoMethodsBody},
+		{name: "header and a form body token within the first 64 KiB, RFC 6750 §2.2", method: http.MethodPut, target: "/api/builders", ct: form, body: "a=" + big[:64<<10-len("a=&access_token=x")] + "&access_token=x&b=" + big, authz: "Bearer " + good, status: 400, challenge: twoMethods, respBody: twoMethodsBody},
+
+		{name: "other query parameters", target: "/api/builders?page=2&q=access_token&access_tokens=1", authz: "Bearer " + good, status: 200},
+		{name: "form body without access_token reaches the handler whole", method: http.MethodPost, target: "/api/builders", ct: form, body: "name=b1&token=x", authz: "Bearer " + good, status: 200},
+		{name: "large form body reaches the handler whole", method: http.MethodPost, target: "/api/builders", ct: form, body: "a=" + big + big + "&b=2", authz: "Bearer " + good, status: 200},
+		{name: "form body token past the 64 KiB looked at is not seen", method: http.MethodPost, target: "/api/builders", ct: form, body: "a=" + big + "&access_token=" + other, authz: "Bearer " + good, status: 200},
+		{name: "access_token in a JSON body is not a form parameter, RFC 6750 §2.2", method: http.MethodPost, target: "/api/builders", ct: "application/json", body: `{"access_token":"x"}`, authz: "Bearer " + good, status: 200},
+		{name: "access_token in a multipart body is not looked at, RFC 6750 §2.2", method: http.MethodPost, target: "/api/builders", ct: "multipart/form-data; boundary=b", body: "--b\r\nContent-Disposition: form-data; name=\"access_token\"\r\n\r\nx\r\n--b--\r\n", authz: "Bearer " + good, status: 200},
+
+		{name: "query token alone is not accepted, RFC 6750 §2.3 / §3.1", target: "/api/builders?access_token=" + good, status: 401, challenge: bare, respBody: bareBody},
+		{name: "form body token alone is not accepted, RFC 6750 §2.2 / §3.1", method: http.MethodPost, target: "/api/builders", ct: form, body: "access_token=" + good, status: 401, challenge: bare, respBody: bareBody},
+		{name: "Basic credentials and a query token, RFC 6750 §3.1", target: "/api/builders?access_token=" + good, authz: "Basic c3ZjOnNlY3JldA==", status: 401, challenge: bare, respBody: bareBody},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			method := tc.method
+			if method == "" {
+				method = http.MethodGet
+			}
+			var seen []byte
+			var readErr error
+			h := p.v.RequireScopes("read")(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				seen, readErr = io.ReadAll(r.Body)
+				w.WriteHeader(http.StatusNoContent)
+			}))
+			r := httptest.NewRequest(method, tc.target, strings.NewReader(tc.body))
+			if tc.ct != "" {
+				r.Header.Set("Content-Type", tc.ct)
+			}
+			if tc.authz != "" {
+				r.Header.Set("Authorization", tc.authz)
+			}
+			w := httptest.NewRecorder()
+			h.ServeHTTP(w, r)
+			if tc.status == http.StatusOK {
+				assert.Equal(t, http.StatusNoContent, w.Code, "body: %s", w.Body)
+				require.NoError(t, readErr)
+				assert.Equal(t, tc.body, string(seen), "the handler reads the body unchanged")
+				return
+			}
+			assertRefused(t, w, tc.status, tc.challenge, tc.respBody)
+			for _, tok := range []string{good, other} {
+				assert.NotContains(t, w.Body.String(), tok, "the token is echoed")
+				assert.NotContains(t, w.Header().Get("WWW-Authenticate"), tok)
+			}
+		})
+	}
+}
+
 // TestKeyRotation: a token signed by the previous key works while that key
 // is in the set, and stops — cached or not — once it is removed.
 func TestKeyRotation(t *testing.T) {
