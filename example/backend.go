@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"log/slog"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -34,8 +35,52 @@ type backend struct {
 	close   func() error
 }
 
+// dbPool bounds the connections a server keeps to its database.
+type dbPool struct {
+	maxOpen, maxIdle int
+	maxLifetime      time.Duration // 0: connections are reused forever
+}
+
+// defaultPool is the pool of the admin commands and the default of serve's
+// -db-max-open, -db-max-idle and -db-conn-max-lifetime. A replica holds
+// at most maxOpen connections, so N replicas need N × 20 of the server's
+// connections (PostgreSQL's max_connections is 100 by default).
+func defaultPool() dbPool {
+	return dbPool{maxOpen: 20, maxIdle: 10, maxLifetime: 30 * time.Minute}
+}
+
+// check refuses settings that would leave the pool unbounded or unusable.
+func (p dbPool) check() error {
+	switch {
+	case p.maxOpen < 1:
+		return errors.New("-db-max-open must be at least 1: an unbounded pool lets a burst of requests exhaust the database's connections")
+	case p.maxIdle < 0:
+		return errors.New("-db-max-idle must not be negative")
+	case p.maxLifetime < 0:
+		return errors.New("-db-conn-max-lifetime must not be negative")
+	}
+	return nil
+}
+
+// backendOptions say how to open a backend.
+type backendOptions struct {
+	pool dbPool
+	// auditLog, when set, makes openBackend open the auditor of the audit
+	// table, which logs its failures there. Only the server audits: the
+	// admin commands leave the table, and the server's spill file, alone.
+	auditLog *slog.Logger
+	// auditSpill is the auditor's spill file: "" for the default (beside
+	// the SQLite file, or m2mauth-audit.spill in the working directory),
+	// "none" for none.
+	auditSpill string
+}
+
+// defaultAuditSpill is the spill file of a server database's auditor when
+// -audit-spill is not given.
+const defaultAuditSpill = "m2mauth-audit.spill"
+
 // openBackend opens and migrates the store named by -db.
-func openBackend(ctx context.Context, spec string) (*backend, error) {
+func openBackend(ctx context.Context, spec string, opts backendOptions) (*backend, error) {
 	if spec == "memory" {
 		return &backend{store: memstore.New(), kind: "memory (clients are lost on exit)", close: func() error { return nil }}, nil
 	}
@@ -61,6 +106,15 @@ func openBackend(ctx context.Context, spec string) (*backend, error) {
 	if err != nil {
 		return nil, err
 	}
+	// Past maxOpen, a query waits for a free connection (within the token
+	// handler's store timeout, then 503 with Retry-After) instead of
+	// opening one more and being refused by the server. SQLite takes the
+	// same pool: in WAL mode readers do not block each other or the
+	// writer, and writers (the audit writer, the admin commands) take
+	// turns through busy_timeout and BEGIN IMMEDIATE.
+	db.SetMaxOpenConns(opts.pool.maxOpen)
+	db.SetMaxIdleConns(min(opts.pool.maxIdle, opts.pool.maxOpen))
+	db.SetConnMaxLifetime(opts.pool.maxLifetime)
 	fail := func(err error) (*backend, error) {
 		db.Close()
 		return nil, fmt.Errorf("%s: %w", kind, err)
@@ -74,15 +128,37 @@ func openBackend(ctx context.Context, spec string) (*backend, error) {
 	if err := store.Migrate(mctx); err != nil {
 		return fail(err)
 	}
-	// Audit rows are written in batches by a background writer, so the
-	// table does not slow down token requests; Close flushes them.
-	auditor, err := sqlstore.NewAuditor(db, dialect, sqlstore.AuditorConfig{QueueSize: 1024})
-	if err != nil {
-		return fail(err)
-	}
 	b := &backend{
-		store: store, auditor: auditor, kind: kind, sqlite: file,
-		close: func() error { return errors.Join(auditor.Close(), store.Close(), db.Close()) },
+		store: store, kind: kind, sqlite: file,
+		close: func() error { return errors.Join(store.Close(), db.Close()) },
+	}
+	if opts.auditLog != nil {
+		spill := opts.auditSpill
+		switch {
+		case spill == "none":
+			spill = ""
+		case spill == "" && file != "":
+			spill = strings.TrimSuffix(file, filepath.Ext(file)) + "-audit.spill"
+		case spill == "":
+			spill = defaultAuditSpill
+		}
+		// Audit rows are written in batches by a background writer, so
+		// the table does not slow down token requests. While the database
+		// fails, events are held and retried, then spilled to the file
+		// (synced, and written to the table when it answers again, by
+		// this process or the next); Close flushes them. Every event is
+		// also in the JSON log, so the last-resort fallback is silent.
+		auditor, err := sqlstore.NewAuditor(db, dialect, sqlstore.AuditorConfig{
+			QueueSize: 1024,
+			SpillFile: spill,
+			Logger:    opts.auditLog,
+			Fallback:  m2mauth.AuditorFunc(func(context.Context, m2mauth.AuditEvent) {}),
+		})
+		if err != nil {
+			return fail(err)
+		}
+		b.auditor = auditor
+		b.close = func() error { return errors.Join(auditor.Close(), store.Close(), db.Close()) }
 	}
 	if file == "" {
 		// A server database is shared by replicas: so are the failed-

@@ -30,7 +30,7 @@ func clientCommand(g globals, args []string, stdout, stderr io.Writer) error {
 	case "create":
 		audience = fs.String("audience", g.audience, "audience the client may get tokens for")
 		scopes = fs.String("scopes", "", `space-delimited scopes granted for the audience, e.g. "read:builders read:subcontractors"`)
-		ttl = fs.Duration("ttl", 0, "token lifetime for this client (default: the server's, 1h)")
+		ttl = fs.Duration("ttl", 0, "token lifetime for this client, at most 24h (default: the server's, 1h)")
 	case "rotate-secret":
 		grace = fs.Duration("grace", 24*time.Hour, "how long the current secrets keep working")
 	case "disable", "enable", "delete", "list":
@@ -49,9 +49,17 @@ func clientCommand(g globals, args []string, stdout, stderr io.Writer) error {
 		fs.Usage()
 		return errUsage
 	}
+	switch {
+	case ttl != nil && *ttl < 0:
+		return errors.New("-ttl must not be negative")
+	case ttl != nil && *ttl > m2mauth.MaxClientTokenTTL:
+		return fmt.Errorf("-ttl %v is longer than the %v a token may live; a leaked token stays valid until it expires, so keep it short (1h or less) and let the client fetch a new one", *ttl, m2mauth.MaxClientTokenTTL)
+	case grace != nil && *grace < 0:
+		return errors.New("-grace must not be negative")
+	}
 
 	ctx := context.Background()
-	b, err := openBackend(ctx, g.db)
+	b, err := openBackend(ctx, g.db, backendOptions{pool: defaultPool()})
 	if err != nil {
 		return err
 	}
@@ -61,9 +69,6 @@ func clientCommand(g globals, args []string, stdout, stderr io.Writer) error {
 
 	switch args[0] {
 	case "create":
-		if *ttl < 0 {
-			return errors.New("-ttl must not be negative")
-		}
 		granted, err := m2mauth.ParseScopes(*scopes)
 		if err != nil {
 			return fmt.Errorf("-scopes: %w", err)
@@ -78,9 +83,6 @@ func clientCommand(g globals, args []string, stdout, stderr io.Writer) error {
 		}
 		return enc.Encode(map[string]string{"client_id": *id, "client_secret": plain})
 	case "rotate-secret":
-		if *grace < 0 {
-			return errors.New("-grace must not be negative")
-		}
 		c, err := store.Client(ctx, *id)
 		if err != nil {
 			return err

@@ -20,13 +20,33 @@
 //
 // Commands:
 //
-//	serve [-addr 127.0.0.1:8080]       run the server (the default command)
-//	client create -id ID [-audience AUD] -scopes "a b" [-ttl 1h]
+//	serve [flags]                      run the server (the default command)
+//	client create -id ID [-audience AUD] -scopes "a b" [-ttl 1h]   (-ttl at most 24h)
 //	client rotate-secret -id ID [-grace 24h]
 //	client disable -id ID
 //	client enable -id ID
 //	client delete -id ID
 //	client list
+//
+// Flags of serve (see "example serve -h"):
+//
+//	-addr 127.0.0.1:8080            listen address
+//	-tls-cert FILE -tls-key FILE    serve HTTPS (TLS 1.2 or later)
+//	-trusted-proxies NETS           TLS-terminating reverse proxies, e.g. 10.0.0.0/8
+//	-forwarded-header NAME          the header they write: X-Forwarded-For (default) or Forwarded
+//	-insecure-http                  INSECURE: plain HTTP on any address, from anywhere
+//	-db-max-open 20                 database connections open at most
+//	-db-max-idle 10                 idle connections kept
+//	-db-conn-max-lifetime 30m       connections are replaced after this
+//	-store-timeout 5s               then a token request is answered 503 with Retry-After
+//	-max-concurrent 256             token requests handled at once
+//	-require-audit                  answer 503 while the audit table cannot record
+//	-audit-spill FILE               where audit events wait while the table cannot be
+//	                                written (default: m2mauth-audit.spill beside
+//	                                the SQLite file, or in the working directory)
+//
+// Plain HTTP is served only on a loopback address unless -trusted-proxies
+// names the TLS-terminating proxy in front, or -insecure-http is given.
 //
 // The signing key comes from $M2MAUTH_SIGNING_KEY (base64, at least 32
 // bytes), else from the key file, else a new one is generated and written
@@ -77,8 +97,8 @@ type globals struct {
 const usage = `usage: example [global flags] [command]
 
 commands:
-  serve [-addr 127.0.0.1:8080]       run the server (default)
-  client create -id ID [-audience AUD] -scopes "a b" [-ttl 1h]
+  serve [flags]                      run the server (default); "serve -h" lists its flags
+  client create -id ID [-audience AUD] -scopes "a b" [-ttl 1h]   (-ttl at most 24h)
   client rotate-secret -id ID [-grace 24h]
   client disable -id ID
   client enable -id ID

@@ -6,12 +6,14 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -22,13 +24,41 @@ import (
 	"golang.org/x/oauth2/clientcredentials"
 )
 
+// binDir holds the command built for this test binary; see TestMain.
+var binDir string
+
+var build struct {
+	once sync.Once
+	path string
+	err  error
+}
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "m2mauth-example-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	binDir = dir
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
 // buildExample compiles the command once per test binary.
 func buildExample(t *testing.T) string {
 	t.Helper()
-	bin := filepath.Join(t.TempDir(), "example")
-	out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput()
-	require.NoError(t, err, "go build: %s", out)
-	return bin
+	build.once.Do(func() {
+		bin := filepath.Join(binDir, "example")
+		out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput()
+		if err != nil {
+			build.err = fmt.Errorf("go build: %v: %s", err, out)
+			return
+		}
+		build.path = bin
+	})
+	require.NoError(t, build.err)
+	return build.path
 }
 
 // runCLI runs one admin command and returns its stdout.
@@ -44,17 +74,45 @@ func runCLI(t *testing.T, bin string, args ...string) string {
 // server is a running "example serve".
 type server struct {
 	cmd    *exec.Cmd
-	base   string
-	stderr *bytes.Buffer
+	base   string // the URL it printed, with 127.0.0.1 for an unspecified address
+	client *http.Client
+	stderr *syncBuffer
 	done   chan error
 }
 
+// syncBuffer is a bytes.Buffer that a process writes while a test reads.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// startServer runs "serve -addr 127.0.0.1:0" with the global flags.
 func startServer(t *testing.T, bin string, global ...string) *server {
 	t.Helper()
-	cmd := exec.Command(bin, append(global, "serve", "-addr", "127.0.0.1:0")...)
+	return startServerWith(t, bin, http.DefaultClient, global, "-addr", "127.0.0.1:0")
+}
+
+// startServerWith runs "serve" with the global and serve flags and waits,
+// boundedly, until its health check answers to client.
+func startServerWith(t *testing.T, bin string, client *http.Client, global []string, serveArgs ...string) *server {
+	t.Helper()
+	cmd := exec.Command(bin, append(append(global, "serve"), serveArgs...)...)
+	cmd.Dir = t.TempDir() // for files it makes in the working directory
 	stdout, err := cmd.StdoutPipe()
 	require.NoError(t, err)
-	s := &server{cmd: cmd, stderr: &bytes.Buffer{}, done: make(chan error, 1)}
+	s := &server{cmd: cmd, client: client, stderr: &syncBuffer{}, done: make(chan error, 1)}
 	cmd.Stderr = s.stderr
 	require.NoError(t, cmd.Start())
 	t.Cleanup(func() { cmd.Process.Kill() })
@@ -84,8 +142,10 @@ func startServer(t *testing.T, bin string, global ...string) *server {
 		for range lines { // keep draining stdout
 		}
 	}()
+	s.base = strings.Replace(s.base, "://0.0.0.0:", "://127.0.0.1:", 1)
+	s.base = strings.Replace(s.base, "://[::]:", "://127.0.0.1:", 1)
 	for i := 0; ; i++ {
-		resp, err := http.Get(s.base + "/healthz")
+		resp, err := client.Get(s.base + "/healthz")
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == 200 {
@@ -208,7 +268,8 @@ func TestExampleEndToEnd(t *testing.T) {
 	}
 }
 
-// TestCLIErrors: bad flags and bad commands print usage and exit non-zero.
+// TestCLIErrors: bad flags and bad commands print usage and exit 2; bad
+// values exit 1 with a message naming the flag.
 func TestCLIErrors(t *testing.T) {
 	dir := t.TempDir()
 	db := filepath.Join(dir, "m.db")
@@ -216,13 +277,23 @@ func TestCLIErrors(t *testing.T) {
 		name string
 		args []string
 		code int
+		msg  string // in the error, when set
 	}{
-		{"unknown command", []string{"-db", db, "frobnicate"}, 2},
-		{"unknown client command", []string{"-db", db, "client", "frobnicate"}, 2},
-		{"missing id", []string{"-db", db, "client", "disable"}, 2},
-		{"bad flag", []string{"-db", db, "-nope"}, 2},
-		{"unknown client", []string{"-db", db, "client", "delete", "-id", "nobody"}, 1},
-		{"bad scope", []string{"-db", db, "client", "create", "-id", "x", "-scopes", `a"b`}, 1},
+		{"unknown command", []string{"-db", db, "frobnicate"}, 2, ""},
+		{"unknown client command", []string{"-db", db, "client", "frobnicate"}, 2, ""},
+		{"missing id", []string{"-db", db, "client", "disable"}, 2, ""},
+		{"bad flag", []string{"-db", db, "-nope"}, 2, ""},
+		{"unknown client", []string{"-db", db, "client", "delete", "-id", "nobody"}, 1, ""},
+		{"bad scope", []string{"-db", db, "client", "create", "-id", "x", "-scopes", `a"b`}, 1, ""},
+		{"ttl over a day", []string{"-db", db, "client", "create", "-id", "x", "-scopes", "a", "-ttl", "25h"}, 1, "-ttl 25h0m0s is longer than the 24h0m0s"},
+		{"ttl of a year", []string{"-db", db, "client", "create", "-id", "x", "-scopes", "a", "-ttl", "10000h"}, 1, "-ttl 10000h0m0s is longer"},
+		{"negative ttl", []string{"-db", db, "client", "create", "-id", "x", "-scopes", "a", "-ttl", "-1h"}, 1, "-ttl must not be negative"},
+		{"tls cert without key", []string{"-db", db, "serve", "-tls-cert", filepath.Join(dir, "cert.pem")}, 2, ""},
+		{"tls key without cert", []string{"-db", db, "serve", "-tls-key", filepath.Join(dir, "key.pem")}, 2, ""},
+		{"unknown forwarded header", []string{"-db", db, "serve", "-forwarded-header", "X-Real-IP"}, 1, "-forwarded-header"},
+		{"unbounded pool", []string{"-db", db, "serve", "-db-max-open", "0"}, 1, "-db-max-open must be at least 1"},
+		{"no concurrency", []string{"-db", db, "serve", "-max-concurrent", "0"}, 1, "-max-concurrent"},
+		{"plain HTTP on every interface", []string{"-db", db, "serve", "-addr", ":0"}, 1, "-insecure-http"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -231,6 +302,9 @@ func TestCLIErrors(t *testing.T) {
 			require.Error(t, err)
 			assert.Equal(t, tc.code, exitCode(err))
 			assert.Empty(t, stdout.String())
+			if tc.msg != "" {
+				assert.Contains(t, err.Error(), tc.msg)
+			}
 		})
 	}
 }

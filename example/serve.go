@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
@@ -24,29 +25,100 @@ const (
 	demoScopes   = "read:builders read:subcontractors"
 )
 
-// serve runs the authorization server and the demo API until SIGINT or
-// SIGTERM.
-func serve(g globals, args []string, stdout, stderr io.Writer) error {
+// serveFlags are the flags of "serve".
+type serveFlags struct {
+	addr            string
+	tlsCert, tlsKey string
+	insecureHTTP    bool
+	proxies         string
+	forwardedHeader string
+	pool            dbPool
+	storeTimeout    time.Duration
+	maxConcurrent   int
+	requireAudit    bool
+	auditSpill      string
+}
+
+// parseServeFlags reads and checks the flags of "serve", before anything
+// is opened.
+func parseServeFlags(args []string, stderr io.Writer) (*serveFlags, error) {
+	var f serveFlags
+	pool := defaultPool()
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	addr := fs.String("addr", "127.0.0.1:8080", "listen address")
-	proxies := fs.String("trusted-proxies", "", "comma-separated networks of reverse proxies whose X-Forwarded-For/Forwarded headers are believed, e.g. 10.0.0.0/8")
+	fs.StringVar(&f.addr, "addr", "127.0.0.1:8080", "listen address; any address but a loopback one needs TLS, -trusted-proxies or -insecure-http")
+	fs.StringVar(&f.tlsCert, "tls-cert", "", "PEM certificate chain `file`: serve HTTPS (TLS 1.2 or later); needs -tls-key")
+	fs.StringVar(&f.tlsKey, "tls-key", "", "PEM private key `file` of -tls-cert")
+	fs.BoolVar(&f.insecureHTTP, "insecure-http", false, "INSECURE: serve plain HTTP on any address and accept token requests over plain HTTP from anywhere; client secrets and tokens cross the network in the clear")
+	fs.StringVar(&f.proxies, "trusted-proxies", "", "comma-separated `networks` of TLS-terminating reverse proxies whose -forwarded-header is believed, e.g. 10.0.0.0/8 (default: none; forwarding headers are ignored)")
+	fs.StringVar(&f.forwardedHeader, "forwarded-header", m2mauth.HeaderXForwardedFor, `the header the trusted proxies write: "X-Forwarded-For" (with X-Forwarded-Proto) or "Forwarded" (RFC 7239). The proxies must overwrite or strip what clients send in it and in X-Forwarded-Proto`)
+	fs.IntVar(&f.pool.maxOpen, "db-max-open", pool.maxOpen, "most connections open to the database; more queries wait for one. Keep replicas × this below the database server's max_connections")
+	fs.IntVar(&f.pool.maxIdle, "db-max-idle", pool.maxIdle, "most idle connections kept for reuse (at most -db-max-open)")
+	fs.DurationVar(&f.pool.maxLifetime, "db-conn-max-lifetime", pool.maxLifetime, "close connections after this long, so failovers and load balancers are followed (0: never)")
+	fs.DurationVar(&f.storeTimeout, "store-timeout", 5*time.Second, "how long a token request waits for a turn, a database connection and its query before it is answered 503 with Retry-After")
+	fs.IntVar(&f.maxConcurrent, "max-concurrent", 256, "most token requests handled at once; others wait up to -store-timeout, then get 503 with Retry-After")
+	fs.BoolVar(&f.requireAudit, "require-audit", false, "answer token requests 503 while the audit table cannot record events, so that no token is issued unaudited")
+	fs.StringVar(&f.auditSpill, "audit-spill", "", "`file` where audit events wait, synced to disk, while the audit table cannot be written; one per server process (default: beside the SQLite file, as NAME-audit.spill, or "+defaultAuditSpill+" in the working directory for a server database; \"none\": no file)")
 	if err := fs.Parse(args); err != nil {
-		return usageError(err)
+		return nil, usageError(err)
 	}
 	if fs.NArg() > 0 {
 		fs.Usage()
-		return errUsage
+		return nil, errUsage
 	}
-	trusted, err := parsePrefixes(*proxies)
+	if (f.tlsCert == "") != (f.tlsKey == "") {
+		fmt.Fprintln(stderr, "-tls-cert and -tls-key go together")
+		fs.Usage()
+		return nil, errUsage
+	}
+	if !strings.EqualFold(f.forwardedHeader, m2mauth.HeaderXForwardedFor) && !strings.EqualFold(f.forwardedHeader, m2mauth.HeaderForwarded) {
+		return nil, fmt.Errorf("-forwarded-header %q: want %q or %q", f.forwardedHeader, m2mauth.HeaderXForwardedFor, m2mauth.HeaderForwarded)
+	}
+	if err := f.pool.check(); err != nil {
+		return nil, err
+	}
+	if f.storeTimeout < time.Millisecond {
+		return nil, errors.New("-store-timeout must be at least 1ms")
+	}
+	if f.maxConcurrent < 1 {
+		return nil, errors.New("-max-concurrent must be at least 1")
+	}
+	return &f, nil
+}
+
+// serve runs the authorization server and the demo API until SIGINT or
+// SIGTERM.
+func serve(g globals, args []string, stdout, stderr io.Writer) error {
+	f, err := parseServeFlags(args, stderr)
+	if err != nil {
+		return err
+	}
+	trusted, err := parsePrefixes(f.proxies)
 	if err != nil {
 		return fmt.Errorf("-trusted-proxies: %w", err)
+	}
+	var tlsConfig *tls.Config
+	if f.tlsCert != "" {
+		cert, err := tls.LoadX509KeyPair(f.tlsCert, f.tlsKey)
+		if err != nil {
+			return fmt.Errorf("-tls-cert, -tls-key: %w", err)
+		}
+		tlsConfig = &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{cert}}
+	}
+	// Plain HTTP is for this machine, or for the hop from a TLS-
+	// terminating proxy (whose X-Forwarded-Proto the handler checks).
+	if tlsConfig == nil && len(trusted) == 0 && !f.insecureHTTP && !loopbackOnly(f.addr) {
+		return fmt.Errorf("refusing to serve plain HTTP on %s, which other machines can reach: client secrets and tokens would cross the network in the clear. "+
+			"Give -tls-cert and -tls-key, or -trusted-proxies when a TLS-terminating reverse proxy is in front, or -insecure-http to accept the risk", f.addr)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 
 	logger := slog.New(slog.NewJSONHandler(stderr, nil))
-	b, err := openBackend(ctx, g.db)
+	if f.insecureHTTP {
+		logger.Warn("INSECURE: -insecure-http is set: token requests are accepted over plain HTTP from any address, so client secrets and tokens may cross the network in the clear; use -tls-cert and -tls-key, or a TLS-terminating proxy and -trusted-proxies")
+	}
+	b, err := openBackend(ctx, g.db, backendOptions{pool: f.pool, auditLog: logger, auditSpill: f.auditSpill})
 	if err != nil {
 		return err
 	}
@@ -66,21 +138,19 @@ func serve(g globals, args []string, stdout, stderr io.Writer) error {
 
 	// Audit events go to the JSON log and, with a database, to its audit
 	// table too.
-	var auditor m2mauth.Auditor = m2mauth.NewSlogAuditor(logger)
-	if b.auditor != nil {
-		slogAuditor, tableAuditor := auditor, b.auditor
-		auditor = m2mauth.AuditorFunc(func(ctx context.Context, e m2mauth.AuditEvent) {
-			slogAuditor.Audit(ctx, e)
-			tableAuditor.Audit(ctx, e)
-		})
-	}
+	auditor := teeAuditor{log: m2mauth.NewSlogAuditor(logger), table: b.auditor}
 	tokens, err := m2mauth.NewTokenHandler(b.store, keys, m2mauth.TokenHandlerConfig{
-		Issuer:          g.issuer,
-		DefaultAudience: g.audience,
-		Auditor:         auditor,
-		Logger:          logger,
-		Limiter:         b.limiter, // nil: the in-memory default
-		TrustedProxies:  trusted,
+		Issuer:                g.issuer,
+		DefaultAudience:       g.audience,
+		Auditor:               auditor,
+		Logger:                logger,
+		Limiter:               b.limiter, // nil: the in-memory default
+		TrustedProxies:        trusted,
+		ForwardedHeader:       f.forwardedHeader,
+		AllowInsecureHTTP:     f.insecureHTTP,
+		StoreTimeout:          f.storeTimeout,
+		MaxConcurrentRequests: f.maxConcurrent,
+		RequireAudit:          f.requireAudit,
 	})
 	if err != nil {
 		return err
@@ -94,11 +164,15 @@ func serve(g globals, args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 
-	ln, err := net.Listen("tcp", *addr)
+	ln, err := net.Listen("tcp", f.addr)
 	if err != nil {
 		return err
 	}
-	base := "http://" + ln.Addr().String()
+	scheme := "http"
+	if tlsConfig != nil {
+		scheme = "https"
+	}
+	base := scheme + "://" + ln.Addr().String()
 	if err := greet(ctx, b, g, base, stdout); err != nil {
 		ln.Close()
 		return err
@@ -106,16 +180,25 @@ func serve(g globals, args []string, stdout, stderr io.Writer) error {
 
 	srv := &http.Server{
 		Handler:           routes(tokens, validator),
+		TLSConfig:         tlsConfig,
 		ReadHeaderTimeout: 5 * time.Second,
 		ReadTimeout:       10 * time.Second,
-		WriteTimeout:      15 * time.Second,
-		IdleTimeout:       60 * time.Second,
-		MaxHeaderBytes:    16 << 10,
-		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
+		// Long enough for a request that waited the whole store timeout.
+		WriteTimeout:   max(15*time.Second, f.storeTimeout+10*time.Second),
+		IdleTimeout:    60 * time.Second,
+		MaxHeaderBytes: 16 << 10,
+		ErrorLog:       slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
 	}
-	logger.Info("listening", "addr", base, "store", b.kind)
+	logger.Info("listening", "addr", base, "store", b.kind,
+		"db_max_open", f.pool.maxOpen, "max_concurrent", f.maxConcurrent, "store_timeout", f.storeTimeout.String())
 	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(ln) }()
+	go func() {
+		if tlsConfig != nil {
+			errc <- srv.ServeTLS(ln, "", "")
+		} else {
+			errc <- srv.Serve(ln)
+		}
+	}()
 	select {
 	case err := <-errc:
 		return err
@@ -132,6 +215,21 @@ func serve(g globals, args []string, stdout, stderr io.Writer) error {
 	}
 	logger.Info("stopped")
 	return nil
+}
+
+// loopbackOnly reports whether the listen address addr can be reached
+// only from this machine: "localhost" or a loopback IP address. An empty
+// host, an unspecified address or another name cannot.
+func loopbackOnly(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	ip, err := netip.ParseAddr(host)
+	return err == nil && ip.IsLoopback()
 }
 
 // parsePrefixes reads a comma-separated list of networks.
