@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/url"
+	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -95,7 +96,7 @@ func (a *clientAuth) authenticate(ctx context.Context, cr *credentials, ip strin
 	defer cancel()
 	wait, err := a.limiter.Reserve(ctx, limitID, ip)
 	if err != nil {
-		return nil, unavailable("the rate limiter is unavailable", err)
+		return nil, unavailable(ctx, "the rate limiter is unavailable", err)
 	}
 	if wait > 0 {
 		e := WrapError(CodeTemporarilyUnavailable, "too many failed authentication attempts; retry later", retryLater{wait})
@@ -114,7 +115,7 @@ func (a *clientAuth) authenticate(ctx context.Context, cr *credentials, ip strin
 	if rerr := a.limiter.Release(rctx, limitID, ip, outcome); rerr != nil {
 		// Fail closed: an outcome that may not have been counted gets no
 		// answer that would tell it.
-		return nil, unavailable("the rate limiter is unavailable", rerr)
+		return nil, unavailable(rctx, "the rate limiter is unavailable", rerr)
 	}
 	return c, err
 }
@@ -140,7 +141,7 @@ func (a *clientAuth) verify(ctx context.Context, cr *credentials, now time.Time,
 		}
 		return fail(ReasonUnknownClient)
 	case err != nil:
-		return nil, OutcomeAbandoned, unavailable("the client store is unavailable", err)
+		return nil, OutcomeAbandoned, unavailable(ctx, "the client store is unavailable", err)
 	case c.Public:
 		// Answered like an unknown client, so public client ids cannot
 		// be told from unused ones.
@@ -242,9 +243,10 @@ func (a *clientAuth) dummyVerify(ctx context.Context, id, secret string) error {
 }
 
 // unavailable is the error for a shared store or limiter that failed: 503
-// with Retry-After when it did not answer in time, else 500.
-func unavailable(desc string, err error) error {
-	if errors.Is(err, context.DeadlineExceeded) {
+// with Retry-After when it did not answer in time (whatever error a driver
+// makes of a deadline), else 500.
+func unavailable(ctx context.Context, desc string, err error) error {
+	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, os.ErrDeadlineExceeded) || errors.Is(ctx.Err(), context.DeadlineExceeded) {
 		e := WrapError(CodeTemporarilyUnavailable, desc+"; retry later", retryLater{time.Second})
 		e.Status = http.StatusServiceUnavailable
 		return e
@@ -358,7 +360,7 @@ func (g *slowGate) enter(ctx context.Context, id string) error {
 	case <-ctx.Done():
 	}
 	g.unref(id, cs)
-	return unavailable("too many slow secret verifications", context.DeadlineExceeded)
+	return unavailable(ctx, "too many slow secret verifications", context.DeadlineExceeded)
 }
 
 func (g *slowGate) leave(id string) {

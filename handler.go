@@ -684,5 +684,5 @@ func (h *TokenHandler) enter(ctx context.Context) error {
 	case <-t.C:
 	case <-ctx.Done():
 	}
-	return unavailable("the server is busy", context.DeadlineExceeded)
+	return unavailable(ctx, "the server is busy", context.DeadlineExceeded)
 }
