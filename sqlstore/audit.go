@@ -4,7 +4,9 @@ import (
 	"context"
 	"database/sql"
 	"errors"
+	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -19,6 +21,14 @@ import (
 // strings that come from requests to 256 bytes.
 const maxAuditText = 1024
 
+// retryBatch is the most held or spilled events written again in one
+// transaction.
+const retryBatch = 256
+
+// minRetryDelay is the wait before the first retry of a failed write; each
+// failed retry doubles it, up to [AuditorConfig.MaxRetryDelay].
+const minRetryDelay = 50 * time.Millisecond
+
 // AuditorConfig holds the tunables of an [Auditor]. The zero value is a
 // working configuration.
 type AuditorConfig struct {
@@ -28,15 +38,21 @@ type AuditorConfig struct {
 	TablePrefix string
 	// Now stamps events whose Time is zero. Default: [time.Now].
 	Now func() time.Time
-	// Timeout bounds each insert. The insert does not stop when the
-	// request's context is cancelled (a client that hangs up must not
-	// erase its own trail), so this is its only limit. Default: 5s.
+	// Timeout bounds each insert or transaction. The insert does not stop
+	// when the request's context is cancelled (a client that hangs up
+	// must not erase its own trail), so this is its only limit.
+	// Default: 5s.
 	Timeout time.Duration
-	// Fallback receives every event that could not be written.
-	// Default: [m2mauth.NewSlogAuditor] on Logger.
+	// Fallback receives every event that the Auditor gives up on: the
+	// events it can neither write, nor hold for retry, nor spill (see
+	// [Auditor.Lost]). Default: [m2mauth.NewSlogAuditor] on Logger, which
+	// logs each event as the "m2mauth audit" record a SlogAuditor writes.
 	Fallback m2mauth.Auditor
-	// Logger receives the error of every failed write, with the event's
-	// type and client id. Default: [slog.Default].
+	// Logger receives an error record for each event not written on the
+	// first try and for each event lost, with the event's type, its
+	// client id and the error, and no other field of the event (the
+	// Fallback logs lost events in full); and a record when writes
+	// succeed again. Default: [slog.Default].
 	Logger *slog.Logger
 	// QueueSize, when positive, makes writes asynchronous: Audit queues
 	// the event and one background goroutine writes queued events in
@@ -45,52 +61,158 @@ type AuditorConfig struct {
 	// up. When the queue is full, Audit writes the event itself, so a
 	// burst slows requests down rather than losing events or growing
 	// memory; rows may then be out of event order (event_time keeps it).
-	// [Auditor.Close] writes what is queued before it returns; events
-	// queued when the process dies without Close are lost.
-	// Default: 0, every event is written before Audit returns.
+	// Events queued when the process dies without [Auditor.Close] are
+	// lost. Default: 0, every event is written (or held for retry)
+	// before Audit returns.
 	QueueSize int
+	// RetryBuffer bounds the events held in memory while writes fail.
+	// Past it, events go to the SpillFile, or to the Fallback when there
+	// is none. Events held in memory when the process dies without
+	// [Auditor.Close] are lost. Default: 4096.
+	RetryBuffer int
+	// MaxRetryDelay bounds the wait between two retries of held events.
+	// The first retry comes after about 50ms, and each failure doubles
+	// the wait (with jitter) up to MaxRetryDelay. Default: 5s.
+	MaxRetryDelay time.Duration
+	// SpillFile, when set, is the path of a file to which events that
+	// do not fit in the RetryBuffer are appended, one JSON object per
+	// line, and synced to disk, while writes fail. Once the database
+	// answers again they are written to the table in file order, and the
+	// file is emptied. A file left by an earlier process is written to
+	// the table when the Auditor starts. The directory must exist:
+	// [NewAuditor] opens the file, creating it with mode 0600, and
+	// [Auditor.Close] removes it unless it still holds events. No two
+	// Auditors, in one process or several, may share a file. On a file
+	// system other than a SQLite database's, it also keeps events when
+	// that one is full. Default: "", no spill file.
+	SpillFile string
+	// SpillMaxBytes bounds the size of the SpillFile. Events that would
+	// grow it further go to the Fallback. Default: 64 MiB.
+	SpillMaxBytes int64
+	// CloseTimeout bounds how long [Auditor.Close] goes on writing queued,
+	// held and spilled events to the table. What is left then is
+	// appended to the SpillFile, or passed to the Fallback when there is
+	// none or it is full. Default: 10s.
+	CloseTimeout time.Duration
 }
 
 // Auditor is a [m2mauth.Auditor] that inserts each event as a row of the
-// <prefix>audit_events table (created by [Store.Migrate]), synchronously.
-// When an insert fails it logs the error, hands the event to its fallback
-// auditor and counts the failure (see [Auditor.Failures]), so no event is
-// lost without a trace. Events hold no secrets and no tokens, and neither
-// do the rows. Text that is not valid UTF-8 or contains NUL bytes is
-// repaired with U+FFFD before it is written.
+// <prefix>audit_events table (created by [Store.Migrate]). Events hold no
+// secrets and no tokens, and neither do the rows. Text that is not valid
+// UTF-8 or contains NUL bytes is repaired with U+FFFD before it is
+// written.
 //
-// An Auditor is safe for concurrent use.
+// When a write fails, the Auditor logs the failure and holds the event
+// in memory, and one background goroutine writes held events again with
+// exponential backoff until the database answers. Past
+// [AuditorConfig.RetryBuffer] events, the rest are appended to
+// [AuditorConfig.SpillFile] (by the caller of Audit, which waits for the
+// file to be synced); only when there is no room there either does an
+// event go to the fallback auditor (see [Auditor.Lost]). No request waits
+// for the database more than once: while writes fail and events are
+// held, Audit holds new events without trying the database, and
+// [Auditor.AuditHealth] reports the failure, so that a token handler with
+// [m2mauth.TokenHandlerConfig.RequireAudit] issues no token that would go
+// unrecorded. [Auditor.Failures], [Auditor.Lost] and [Auditor.Pending]
+// count what happened.
+//
+// Delivery is at least once: a row may be written twice when a commit
+// succeeds but its answer is lost, or when the process dies after part of
+// the spill file was written to the table and before the file was
+// removed (the next process writes the whole file again). Rows of events
+// that were held may be out of event order; event_time keeps it.
+//
+// An Auditor is safe for concurrent use. It runs a background goroutine
+// until [Auditor.Close], which the owner must call.
 type Auditor struct {
-	insert   lazyStmt
-	now      func() time.Time
-	timeout  time.Duration
-	fallback m2mauth.Auditor
-	logger   *slog.Logger
-	failures atomic.Uint64
+	insert    lazyStmt
+	db        *sql.DB
+	now       func() time.Time
+	timeout   time.Duration
+	fallback  m2mauth.Auditor
+	logger    *slog.Logger
+	maxDelay  time.Duration
+	closeWait time.Duration
 
-	// With a queue: mu guards closed against a send on a closed queue;
-	// done is closed when the writer has written everything.
-	db     *sql.DB
-	queue  chan m2mauth.AuditEvent
-	mu     sync.RWMutex
-	closed bool
-	done   chan struct{}
+	failures atomic.Uint64
+	lost     atomic.Uint64
+	// health holds the error that makes AuditHealth fail, nil while
+	// writes succeed.
+	health atomic.Pointer[error]
+
+	// mu guards closed against a send on the queue, or a new in-flight
+	// write, after Close has begun; inflight counts the writes that Audit
+	// does itself, which Close waits for.
+	mu       sync.RWMutex
+	closed   atomic.Bool
+	inflight sync.WaitGroup
+	queue    chan m2mauth.AuditEvent // nil without a queue
+	queueMax int
+
+	// hmu guards held, the events waiting for a retry, oldest first;
+	// only the writer removes events from it.
+	hmu     sync.Mutex
+	held    []m2mauth.AuditEvent
+	heldMax int
+	spill   *spillFile // nil without a spill file
+
+	wake    chan struct{} // a held event is waiting (buffered, one slot)
+	stop    chan struct{} // closed by Close
+	done    chan struct{} // closed when the writer is finished
+	closeBy time.Time     // set by Close before stop is closed
+
+	closeOnce sync.Once
+	closeErr  error
 }
 
-var _ m2mauth.Auditor = (*Auditor)(nil)
+var (
+	_ m2mauth.Auditor            = (*Auditor)(nil)
+	_ m2mauth.AuditHealthChecker = (*Auditor)(nil)
+)
 
-// NewAuditor returns an auditor that writes to db, speaking dialect. Like
-// [New] it checks its arguments now and does not touch the database.
+// errAuditorClosed is the cause given for events received after Close.
+var errAuditorClosed = errors.New("sqlstore: auditor closed")
+
+// NewAuditor returns an auditor that writes to db, speaking dialect, and
+// starts its background goroutine. Like [New] it checks its arguments now
+// and does not touch the database, except that a spill file left by an
+// earlier process is opened now, and its events are written to the table
+// by the background goroutine from the start.
 func NewAuditor(db *sql.DB, dialect Dialect, cfg AuditorConfig) (*Auditor, error) {
 	_, q, err := prepare(db, dialect, cfg.TablePrefix)
 	if err != nil {
 		return nil, err
 	}
-	if cfg.Timeout < 0 {
-		return nil, errors.New("sqlstore: AuditorConfig.Timeout must not be negative")
+	for _, d := range []struct {
+		name string
+		v    *time.Duration
+		def  time.Duration
+	}{
+		{"Timeout", &cfg.Timeout, 5 * time.Second},
+		{"MaxRetryDelay", &cfg.MaxRetryDelay, 5 * time.Second},
+		{"CloseTimeout", &cfg.CloseTimeout, 10 * time.Second},
+	} {
+		if *d.v < 0 {
+			return nil, fmt.Errorf("sqlstore: AuditorConfig.%s must not be negative", d.name)
+		}
+		if *d.v == 0 {
+			*d.v = d.def
+		}
 	}
-	if cfg.Timeout == 0 {
-		cfg.Timeout = 5 * time.Second
+	if cfg.QueueSize < 0 {
+		return nil, errors.New("sqlstore: AuditorConfig.QueueSize must not be negative")
+	}
+	if cfg.RetryBuffer < 0 {
+		return nil, errors.New("sqlstore: AuditorConfig.RetryBuffer must not be negative")
+	}
+	if cfg.RetryBuffer == 0 {
+		cfg.RetryBuffer = 4096
+	}
+	if cfg.SpillMaxBytes < 0 {
+		return nil, errors.New("sqlstore: AuditorConfig.SpillMaxBytes must not be negative")
+	}
+	if cfg.SpillMaxBytes == 0 {
+		cfg.SpillMaxBytes = 64 << 20
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
@@ -101,58 +223,187 @@ func NewAuditor(db *sql.DB, dialect Dialect, cfg AuditorConfig) (*Auditor, error
 	if cfg.Fallback == nil {
 		cfg.Fallback = m2mauth.NewSlogAuditor(cfg.Logger)
 	}
-	if cfg.QueueSize < 0 {
-		return nil, errors.New("sqlstore: AuditorConfig.QueueSize must not be negative")
+	spill, err := openSpill(cfg.SpillFile, cfg.SpillMaxBytes)
+	if err != nil {
+		return nil, err
 	}
 	a := &Auditor{
-		insert:   lazyStmt{db: db, query: q.insertAudit},
-		now:      cfg.Now,
-		timeout:  cfg.Timeout,
-		fallback: cfg.Fallback,
-		logger:   cfg.Logger,
-		db:       db,
+		insert:    lazyStmt{db: db, query: q.insertAudit},
+		db:        db,
+		now:       cfg.Now,
+		timeout:   cfg.Timeout,
+		fallback:  cfg.Fallback,
+		logger:    cfg.Logger,
+		maxDelay:  cfg.MaxRetryDelay,
+		closeWait: cfg.CloseTimeout,
+		queueMax:  cfg.QueueSize,
+		heldMax:   cfg.RetryBuffer,
+		spill:     spill,
+		wake:      make(chan struct{}, 1),
+		stop:      make(chan struct{}),
+		done:      make(chan struct{}),
 	}
 	if cfg.QueueSize > 0 {
 		a.queue = make(chan m2mauth.AuditEvent, cfg.QueueSize)
-		a.done = make(chan struct{})
-		go a.writer(cfg.QueueSize)
 	}
+	go a.run()
 	return a, nil
 }
 
 // Audit inserts e as one row, or queues it when the Auditor has a queue
-// with room. On failure it logs the error, passes e to the fallback
-// auditor and increments [Auditor.Failures].
+// with room. When the insert fails, or while earlier failed events are
+// still waiting for a retry, it holds e for the background retry instead
+// (see [Auditor]); it never waits for the database longer than
+// [AuditorConfig.Timeout]. After [Auditor.Close], e goes to the fallback
+// auditor.
 func (a *Auditor) Audit(ctx context.Context, e m2mauth.AuditEvent) {
 	if e.Time.IsZero() {
 		e.Time = a.now()
 	}
-	if a.queue != nil {
-		a.mu.RLock()
-		queued := false
-		if !a.closed {
-			select {
-			case a.queue <- e:
-				queued = true
-			default: // full: write it here, which also slows the caller
-			}
-		}
+	a.mu.RLock()
+	if a.closed.Load() {
 		a.mu.RUnlock()
-		if queued {
+		a.failures.Add(1)
+		a.lose(ctx, errAuditorClosed, e)
+		return
+	}
+	if a.queue != nil {
+		select {
+		case a.queue <- e:
+			a.mu.RUnlock()
 			return
+		default: // full: write it here, which also slows the caller
 		}
 	}
+	a.inflight.Add(1)
+	a.mu.RUnlock()
+	defer a.inflight.Done()
+
+	if err := a.holding(); err != nil {
+		a.keep(ctx, err, e)
+		return
+	}
 	if err := a.write(ctx, e); err != nil {
-		a.failed(ctx, err, e)
+		a.failing(err)
+		a.keep(ctx, err, e)
+		return
+	}
+	a.healthy()
+}
+
+// AuditHealth returns nil while events are being written to the table,
+// and an error from the first failed write until a write succeeds again,
+// and after [Auditor.Close]. It implements [m2mauth.AuditHealthChecker].
+func (a *Auditor) AuditHealth() error {
+	if a.closed.Load() {
+		return errAuditorClosed
+	}
+	if p := a.health.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
+
+// Failures returns how many events were not written on the first try
+// since the Auditor was made: each was held for retry, spilled, or lost
+// (see [Auditor.Lost]). Events written by a retry still count here.
+func (a *Auditor) Failures() uint64 { return a.failures.Load() }
+
+// Lost returns how many events reached only the fallback auditor since
+// the Auditor was made: received after Close, or failed with the retry
+// buffer and the spill file full (or no spill file), or left in memory
+// when Close gave up and could not spill them. It also counts unreadable
+// lines of a spill file, which reach nothing.
+func (a *Auditor) Lost() uint64 { return a.lost.Load() }
+
+// Pending returns how many events are waiting to be written again: held
+// in memory for the background retry, or in the spill file (including,
+// after Close, those it left there for the next process). It does not
+// count events in the queue that were never tried.
+func (a *Auditor) Pending() int {
+	a.hmu.Lock()
+	n := len(a.held)
+	a.hmu.Unlock()
+	return n + a.spill.pending()
+}
+
+// Close stops taking events (later ones go to the fallback auditor and
+// count as lost), then goes on writing queued, held and spilled events
+// for at most [AuditorConfig.CloseTimeout], stops the background
+// goroutine, appends what could not be written to the spill file (or
+// passes it to the fallback auditor), and releases the prepared insert
+// statement. It does not close the *sql.DB. Calling it again does nothing.
+func (a *Auditor) Close() error {
+	a.closeOnce.Do(func() {
+		a.closeBy = time.Now().Add(a.closeWait)
+		a.mu.Lock()
+		a.closed.Store(true)
+		a.mu.Unlock()
+		a.inflight.Wait()
+		close(a.stop)
+		<-a.done
+		a.closeErr = errors.Join(a.spill.close(), a.insert.close())
+	})
+	return a.closeErr
+}
+
+// holding returns the write error while writes fail and events are held;
+// new events are then held too, without trying the database.
+func (a *Auditor) holding() error {
+	p := a.health.Load()
+	if p == nil || a.Pending() == 0 {
+		return nil
+	}
+	return *p
+}
+
+// failing records a failed write.
+func (a *Auditor) failing(err error) {
+	err = fmt.Errorf("sqlstore: audit events are not being written: %w", err)
+	a.health.Store(&err)
+}
+
+// healthy records a successful write.
+func (a *Auditor) healthy() {
+	if a.health.Load() != nil && a.health.Swap(nil) != nil {
+		a.logger.LogAttrs(context.Background(), slog.LevelInfo, "sqlstore: audit events are written again",
+			slog.Int("pending", a.Pending()))
 	}
 }
 
-// failed reports events that could not be written.
-func (a *Auditor) failed(ctx context.Context, err error, events ...m2mauth.AuditEvent) {
+// keep holds events that were not written (because of cause) for the
+// background retry: in memory while there is room, then in the spill
+// file; the rest are lost.
+func (a *Auditor) keep(ctx context.Context, cause error, events ...m2mauth.AuditEvent) {
+	a.failures.Add(uint64(len(events)))
+	a.hmu.Lock()
+	n := min(len(events), a.heldMax-len(a.held))
+	a.held = append(a.held, events[:n]...)
+	a.hmu.Unlock()
+	if n < len(events) {
+		stored, err := a.spill.append(events[n:])
+		n += stored
+		if n < len(events) {
+			a.lose(ctx, fmt.Errorf("%w; %w", cause, err), events[n:]...)
+		}
+	}
+	for _, e := range events[:n] {
+		a.logger.LogAttrs(ctx, slog.LevelError, "sqlstore: audit event not written; holding it for retry",
+			slog.String("event", string(e.Type)), slog.String("client_id", e.ClientID), slog.Any("error", cause))
+	}
+	select {
+	case a.wake <- struct{}{}:
+	default:
+	}
+}
+
+// lose passes events to the fallback auditor and counts them as lost.
+func (a *Auditor) lose(ctx context.Context, cause error, events ...m2mauth.AuditEvent) {
+	a.lost.Add(uint64(len(events)))
+	ctx = context.WithoutCancel(ctx)
 	for _, e := range events {
-		a.failures.Add(1)
 		a.logger.LogAttrs(ctx, slog.LevelError, "sqlstore: audit event not written; passing it to the fallback auditor",
-			slog.String("event", string(e.Type)), slog.String("client_id", e.ClientID), slog.Any("error", err))
+			slog.String("event", string(e.Type)), slog.String("client_id", e.ClientID), slog.Any("error", cause))
 		a.fallback.Audit(ctx, e)
 	}
 }
@@ -175,33 +426,9 @@ func (a *Auditor) write(ctx context.Context, e m2mauth.AuditEvent) error {
 	return err
 }
 
-// writer drains the queue: it takes what is waiting, up to max events, and
-// writes them in one transaction, until the queue is closed and empty.
-func (a *Auditor) writer(max int) {
-	defer close(a.done)
-	batch := make([]m2mauth.AuditEvent, 0, max)
-	for e := range a.queue {
-		batch = append(batch[:0], e)
-	fill:
-		for len(batch) < max {
-			select {
-			case e, ok := <-a.queue:
-				if !ok {
-					break fill
-				}
-				batch = append(batch, e)
-			default:
-				break fill
-			}
-		}
-		if err := a.writeBatch(batch); err != nil {
-			a.failed(context.Background(), err, batch...)
-		}
-	}
-}
-
-func (a *Auditor) writeBatch(batch []m2mauth.AuditEvent) (err error) {
-	ctx, cancel := context.WithTimeout(context.Background(), a.timeout)
+// writeBatch writes batch in one transaction, within a.timeout and ctx.
+func (a *Auditor) writeBatch(ctx context.Context, batch []m2mauth.AuditEvent) (err error) {
+	ctx, cancel := context.WithTimeout(ctx, a.timeout)
 	defer cancel()
 	stmt, err := a.insert.get(ctx)
 	if err != nil {
@@ -226,24 +453,180 @@ func (a *Auditor) writeBatch(batch []m2mauth.AuditEvent) (err error) {
 	return tx.Commit()
 }
 
-// Failures returns how many events could not be written since the
-// Auditor was made. Each of them went to the fallback auditor.
-func (a *Auditor) Failures() uint64 { return a.failures.Load() }
-
-// Close writes the events still queued, then releases the prepared insert
-// statement; later events go to the fallback auditor and count as
-// failures. It does not close the *sql.DB.
-func (a *Auditor) Close() error {
-	if a.queue != nil {
-		a.mu.Lock()
-		if !a.closed {
-			a.closed = true
-			close(a.queue)
+// run is the background goroutine: it writes queued events in batches and
+// retries held and spilled events with backoff, until Close.
+func (a *Auditor) run() {
+	defer close(a.done)
+	ctx := context.Background()
+	timer := time.NewTimer(0)
+	defer timer.Stop()
+	var (
+		attempt int       // failed retries in a row
+		next    time.Time // when to retry held events
+	)
+	batch := make([]m2mauth.AuditEvent, 0, a.queueMax)
+	for {
+		var retry <-chan time.Time
+		if a.Pending() > 0 {
+			timer.Reset(time.Until(next))
+			retry = timer.C
 		}
-		a.mu.Unlock()
-		<-a.done
+		select {
+		case <-a.stop:
+			a.shutdown(batch)
+			return
+		case e := <-a.queue: // never ready without a queue
+			batch = a.fill(append(batch[:0], e))
+			a.writeQueued(ctx, batch)
+		case <-a.wake:
+			// An event was just held after a failure: retrying at once
+			// would fail too.
+			if now := time.Now(); !next.After(now) {
+				next = now.Add(retryDelay(attempt, a.maxDelay))
+			}
+		case <-retry:
+			if _, err := a.retry(ctx); err != nil {
+				attempt++
+				next = time.Now().Add(retryDelay(attempt, a.maxDelay))
+			} else {
+				attempt = 0
+			}
+		}
+		timer.Stop()
 	}
-	return a.insert.close()
+}
+
+// retryDelay returns the wait before retry number attempt+1: minRetryDelay
+// doubled attempt times, at most max, less a random part of up to half.
+func retryDelay(attempt int, max time.Duration) time.Duration {
+	d := max
+	if attempt < 16 {
+		d = min(max, minRetryDelay<<attempt)
+	}
+	return d - rand.N(d/2+1)
+}
+
+// fill adds to batch what is waiting in the queue, up to a.queueMax events.
+func (a *Auditor) fill(batch []m2mauth.AuditEvent) []m2mauth.AuditEvent {
+	for len(batch) < a.queueMax {
+		select {
+		case e := <-a.queue:
+			batch = append(batch, e)
+		default:
+			return batch
+		}
+	}
+	return batch
+}
+
+// writeQueued writes a batch taken from the queue, or holds it.
+func (a *Auditor) writeQueued(ctx context.Context, batch []m2mauth.AuditEvent) {
+	if err := a.holding(); err != nil {
+		a.keep(ctx, err, batch...)
+		return
+	}
+	if err := a.writeBatch(ctx, batch); err != nil {
+		a.failing(err)
+		a.keep(ctx, err, batch...)
+		return
+	}
+	a.healthy()
+}
+
+// retry writes the oldest held events, or else the next events of the
+// spill file, in one transaction. It reports whether there was anything
+// to write.
+func (a *Auditor) retry(ctx context.Context) (bool, error) {
+	a.hmu.Lock()
+	batch := append([]m2mauth.AuditEvent(nil), a.held[:min(len(a.held), retryBatch)]...)
+	a.hmu.Unlock()
+	if len(batch) > 0 {
+		if err := a.writeBatch(ctx, batch); err != nil {
+			a.failing(err)
+			return true, err
+		}
+		a.hmu.Lock()
+		n := copy(a.held, a.held[len(batch):])
+		clear(a.held[n:])
+		a.held = a.held[:n]
+		a.hmu.Unlock()
+		a.healthy()
+		return true, nil
+	}
+
+	c, err := a.spill.next(retryBatch)
+	if err != nil {
+		a.logger.LogAttrs(ctx, slog.LevelError, "sqlstore: cannot read the audit spill file", slog.Any("error", err))
+		return true, err
+	}
+	if c.lines == 0 {
+		return false, nil
+	}
+	if len(c.events) > 0 {
+		if err := a.writeBatch(ctx, c.events); err != nil {
+			a.failing(err)
+			return true, err
+		}
+	}
+	if c.bad > 0 {
+		a.lost.Add(uint64(c.bad))
+		a.logger.LogAttrs(ctx, slog.LevelError, "sqlstore: unreadable lines of the audit spill file skipped",
+			slog.Int("lines", c.bad))
+	}
+	if err := a.spill.commit(c); err != nil {
+		a.logger.LogAttrs(ctx, slog.LevelError, "sqlstore: cannot remove the audit spill file", slog.Any("error", err))
+	}
+	if len(c.events) > 0 {
+		a.healthy()
+	}
+	return true, nil
+}
+
+// shutdown writes what it can before a.closeBy: the queue, then held and
+// spilled events, retrying with backoff; then it spills, or loses, what
+// is still held.
+func (a *Auditor) shutdown(batch []m2mauth.AuditEvent) {
+	ctx, cancel := context.WithDeadline(context.Background(), a.closeBy)
+	defer cancel()
+	for drained := false; !drained; {
+		select {
+		case e := <-a.queue:
+			batch = a.fill(append(batch[:0], e))
+			a.writeQueued(ctx, batch)
+		default:
+			drained = true
+		}
+	}
+	timer := time.NewTimer(0)
+	defer timer.Stop()
+	for attempt := 0; a.Pending() > 0; {
+		did, err := a.retry(ctx)
+		if err == nil {
+			if !did {
+				break
+			}
+			attempt = 0
+			continue
+		}
+		attempt++
+		wait := retryDelay(attempt, a.maxDelay)
+		if time.Until(a.closeBy) <= wait {
+			break
+		}
+		timer.Reset(wait)
+		<-timer.C
+	}
+
+	a.hmu.Lock()
+	rest := a.held
+	a.held = nil
+	a.hmu.Unlock()
+	if len(rest) > 0 {
+		stored, err := a.spill.append(rest)
+		if stored < len(rest) {
+			a.lose(ctx, fmt.Errorf("sqlstore: audit events still held at close: %w", err), rest[stored:]...)
+		}
+	}
 }
 
 // auditText returns s as every engine can store it: valid UTF-8, no NUL,

@@ -3,9 +3,22 @@ package sqlstore_test
 import (
 	"bytes"
 	"context"
+	"database/sql"
+	"database/sql/driver"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
 	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"runtime"
+	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -40,6 +53,14 @@ audience, scope, jti, secret_id, error_code, reason FROM `+prefix+`audit_events 
 	return out
 }
 
+// countAuditRows returns the number of rows of the audit table.
+func (e *env) countAuditRows(t *testing.T, prefix string) int {
+	t.Helper()
+	var n int
+	require.NoError(t, e.db.QueryRowContext(t.Context(), `SELECT COUNT(*) FROM `+prefix+`audit_events`).Scan(&n))
+	return n
+}
+
 // recorder is a fallback auditor that keeps what it is given.
 type recorder struct {
 	mu     sync.Mutex
@@ -50,6 +71,279 @@ func (r *recorder) Audit(_ context.Context, e m2mauth.AuditEvent) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.events = append(r.events, e)
+}
+
+func (r *recorder) len() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.events)
+}
+
+// errOutage is what a flaky database answers while it is down.
+var errOutage = errors.New("test: database unavailable")
+
+// outage is the switch of a flaky database: while down holds true, its
+// connections, statements and transactions fail with errOutage, as a
+// database that stopped answering would. When downAfter is positive, the
+// statement executed after downAfter others sets down.
+type outage struct {
+	down      atomic.Bool
+	downAfter atomic.Int64
+	execs     atomic.Int64
+}
+
+// exec is called before each statement is executed.
+func (o *outage) exec() error {
+	if o.down.Load() {
+		return errOutage
+	}
+	if max := o.downAfter.Load(); max > 0 && o.execs.Add(1) > max {
+		o.down.Store(true)
+		return errOutage
+	}
+	return nil
+}
+
+// openFlaky returns a *sql.DB on the backend's database that fails while
+// the returned outage says so.
+func (e *env) openFlaky(t testing.TB) (*sql.DB, *outage) {
+	t.Helper()
+	probe, err := sql.Open(e.driver, e.dsn)
+	require.NoError(t, err)
+	drv := probe.Driver()
+	require.NoError(t, probe.Close())
+	c := &flakyConnector{drv: drv, o: new(outage)}
+	if dc, ok := drv.(driver.DriverContext); ok {
+		c.connector, err = dc.OpenConnector(e.dsn)
+		require.NoError(t, err)
+	} else {
+		c.dsn = e.dsn
+	}
+	db := sql.OpenDB(c)
+	t.Cleanup(func() { db.Close() })
+	return db, c.o
+}
+
+type flakyConnector struct {
+	drv       driver.Driver
+	connector driver.Connector // nil: drv.Open(dsn)
+	dsn       string
+	o         *outage
+}
+
+func (c *flakyConnector) Connect(ctx context.Context) (driver.Conn, error) {
+	if c.o.down.Load() {
+		return nil, errOutage
+	}
+	var (
+		conn driver.Conn
+		err  error
+	)
+	if c.connector != nil {
+		conn, err = c.connector.Connect(ctx)
+	} else {
+		conn, err = c.drv.Open(c.dsn)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return &flakyConn{Conn: conn, o: c.o}, nil
+}
+
+func (c *flakyConnector) Driver() driver.Driver { return c.drv }
+
+// flakyConn passes everything to the driver's connection, unless down.
+type flakyConn struct {
+	driver.Conn
+	o *outage
+}
+
+func (c *flakyConn) Prepare(q string) (driver.Stmt, error) {
+	return c.PrepareContext(context.Background(), q)
+}
+
+func (c *flakyConn) PrepareContext(ctx context.Context, q string) (driver.Stmt, error) {
+	if c.o.down.Load() {
+		return nil, errOutage
+	}
+	var (
+		st  driver.Stmt
+		err error
+	)
+	if p, ok := c.Conn.(driver.ConnPrepareContext); ok {
+		st, err = p.PrepareContext(ctx, q)
+	} else {
+		st, err = c.Conn.Prepare(q)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return &flakyStmt{Stmt: st, conn: c}, nil
+}
+
+func (c *flakyConn) Begin() (driver.Tx, error) {
+	return c.BeginTx(context.Background(), driver.TxOptions{})
+}
+
+func (c *flakyConn) BeginTx(ctx context.Context, opts driver.TxOptions) (driver.Tx, error) {
+	if c.o.down.Load() {
+		return nil, errOutage
+	}
+	if b, ok := c.Conn.(driver.ConnBeginTx); ok {
+		return b.BeginTx(ctx, opts)
+	}
+	return c.Conn.Begin() // a driver without BeginTx
+}
+
+func (c *flakyConn) ExecContext(ctx context.Context, q string, args []driver.NamedValue) (driver.Result, error) {
+	if err := c.o.exec(); err != nil {
+		return nil, err
+	}
+	if x, ok := c.Conn.(driver.ExecerContext); ok {
+		return x.ExecContext(ctx, q, args)
+	}
+	return nil, driver.ErrSkip
+}
+
+func (c *flakyConn) QueryContext(ctx context.Context, q string, args []driver.NamedValue) (driver.Rows, error) {
+	if c.o.down.Load() {
+		return nil, errOutage
+	}
+	if x, ok := c.Conn.(driver.QueryerContext); ok {
+		return x.QueryContext(ctx, q, args)
+	}
+	return nil, driver.ErrSkip
+}
+
+func (c *flakyConn) CheckNamedValue(nv *driver.NamedValue) error {
+	if x, ok := c.Conn.(driver.NamedValueChecker); ok {
+		return x.CheckNamedValue(nv)
+	}
+	return driver.ErrSkip
+}
+
+func (c *flakyConn) ResetSession(ctx context.Context) error {
+	if x, ok := c.Conn.(driver.SessionResetter); ok {
+		return x.ResetSession(ctx)
+	}
+	return nil
+}
+
+func (c *flakyConn) IsValid() bool {
+	if x, ok := c.Conn.(driver.Validator); ok {
+		return x.IsValid()
+	}
+	return true
+}
+
+// flakyStmt passes everything to the driver's statement, unless down.
+type flakyStmt struct {
+	driver.Stmt
+	conn *flakyConn
+}
+
+func (s *flakyStmt) Exec(args []driver.Value) (driver.Result, error) {
+	if err := s.conn.o.exec(); err != nil {
+		return nil, err
+	}
+	return s.Stmt.Exec(args) // a driver without ExecContext
+}
+
+func (s *flakyStmt) ExecContext(ctx context.Context, args []driver.NamedValue) (driver.Result, error) {
+	if err := s.conn.o.exec(); err != nil {
+		return nil, err
+	}
+	if x, ok := s.Stmt.(driver.StmtExecContext); ok {
+		return x.ExecContext(ctx, args)
+	}
+	vals := make([]driver.Value, len(args))
+	for i, a := range args {
+		vals[i] = a.Value
+	}
+	return s.Stmt.Exec(vals) // a driver without ExecContext
+}
+
+func (s *flakyStmt) QueryContext(ctx context.Context, args []driver.NamedValue) (driver.Rows, error) {
+	if s.conn.o.down.Load() {
+		return nil, errOutage
+	}
+	if x, ok := s.Stmt.(driver.StmtQueryContext); ok {
+		return x.QueryContext(ctx, args)
+	}
+	vals := make([]driver.Value, len(args))
+	for i, a := range args {
+		vals[i] = a.Value
+	}
+	return s.Stmt.Query(vals) // a driver without QueryContext
+}
+
+func (s *flakyStmt) CheckNamedValue(nv *driver.NamedValue) error {
+	if x, ok := s.Stmt.(driver.NamedValueChecker); ok {
+		return x.CheckNamedValue(nv)
+	}
+	return s.conn.CheckNamedValue(nv)
+}
+
+// waitFor polls cond until it holds, failing t after a deadline generous
+// enough for a loaded machine.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			require.FailNow(t, "timed out waiting: "+what)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+}
+
+// testEvent returns the i-th event of a test: every field set, distinct
+// by JTI.
+func testEvent(i int) m2mauth.AuditEvent {
+	return m2mauth.AuditEvent{
+		Time: time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC).Add(time.Duration(i) * 1001 * time.Microsecond),
+		Type: m2mauth.EventTokenIssued, ClientID: fmt.Sprintf("svc-%d", i%7), RemoteIP: "192.0.2.1",
+		UserAgent: "agent/1 \"quoted\"", Audience: "https://api.example.com", Scopes: m2mauth.Scopes{"read", "write"},
+		JTI: fmt.Sprintf("jti-%04d", i), SecretID: "sec_1", Error: "", Reason: "r\u00e9ason",
+	}
+}
+
+// rowOf is the row that testEvent(i) becomes.
+func rowOf(e m2mauth.AuditEvent) auditRow {
+	return auditRow{e.Time.UnixMicro(), string(e.Type), e.ClientID, e.RemoteIP, e.UserAgent, e.Audience,
+		e.Scopes.String(), e.JTI, e.SecretID, e.Error, e.Reason}
+}
+
+// wantRows returns the rows of testEvent(0) to testEvent(n-1) but those
+// whose JTI is in skip, sorted by JTI.
+func wantRows(n int, skip map[string]bool) []auditRow {
+	var out []auditRow
+	for i := range n {
+		if e := testEvent(i); !skip[e.JTI] {
+			out = append(out, rowOf(e))
+		}
+	}
+	return out
+}
+
+// sortedRows returns the rows of the table sorted by JTI.
+func (e *env) sortedRows(t *testing.T, prefix string) []auditRow {
+	t.Helper()
+	rows := e.auditRows(t, prefix)
+	sort.Slice(rows, func(i, j int) bool { return rows[i].JTI < rows[j].JTI })
+	return rows
+}
+
+// lineCount returns the number of lines in the file at path, 0 if there is
+// no file.
+func lineCount(t *testing.T, path string) int {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return 0
+	}
+	require.NoError(t, err)
+	return bytes.Count(b, []byte{'\n'})
 }
 
 func TestAuditorWritesRows(t *testing.T) {
@@ -103,74 +397,457 @@ func TestAuditorWritesRows(t *testing.T) {
 		}
 		assert.Equal(t, want, e.auditRows(t, prefix))
 		assert.Zero(t, a.Failures())
+		assert.Zero(t, a.Lost())
+		assert.Zero(t, a.Pending())
+		assert.NoError(t, a.AuditHealth())
 		assert.Empty(t, fallback.events)
 	})
 }
 
-// TestAuditorFallback checks that an event the database refuses is logged,
-// handed to the fallback and counted.
-func TestAuditorFallback(t *testing.T) {
+// TestAuditorOutage sends events while every write fails, then lets the
+// database answer again: each event reaches the table exactly once, from
+// memory or through the spill file, and AuditHealth reports the outage
+// from its start to its end.
+func TestAuditorOutage(t *testing.T) {
+	const n = 500
+	tests := []struct {
+		name             string
+		queue, retryBuf  int
+		spill            bool
+		minSpilledEvents int
+	}{
+		{name: "Sync"},
+		{name: "Queued", queue: 16},
+		{name: "SyncSpill", retryBuf: 8, spill: true, minSpilledEvents: n - 8},
+		{name: "QueuedSpill", queue: 16, retryBuf: 8, spill: true, minSpilledEvents: n - 8},
+	}
 	forEachBackend(t, func(t *testing.T, e *env) {
-		prefix := e.newPrefix(t)
-		e.newStore(t, sqlstore.Config{TablePrefix: prefix})
-		db := e.open(t)
-		fallback := &recorder{}
-		var logs bytes.Buffer
-		a, err := sqlstore.NewAuditor(db, e.dialect, sqlstore.AuditorConfig{
-			TablePrefix: prefix,
-			Fallback:    fallback,
-			Logger:      slog.New(slog.NewTextHandler(&logs, nil)),
-		})
-		require.NoError(t, err)
+		for _, tt := range tests {
+			t.Run(tt.name, func(t *testing.T) {
+				prefix := e.newPrefix(t)
+				e.newStore(t, sqlstore.Config{TablePrefix: prefix})
+				db, o := e.openFlaky(t)
+				spill := ""
+				if tt.spill {
+					spill = filepath.Join(t.TempDir(), "audit.spill")
+				}
+				fallback := &recorder{}
+				a, err := sqlstore.NewAuditor(db, e.dialect, sqlstore.AuditorConfig{
+					TablePrefix: prefix, Fallback: fallback, Logger: slog.New(slog.DiscardHandler),
+					QueueSize: tt.queue, RetryBuffer: tt.retryBuf, SpillFile: spill,
+					MaxRetryDelay: 20 * time.Millisecond,
+				})
+				require.NoError(t, err)
+				t.Cleanup(func() { a.Close() })
 
-		ok := m2mauth.AuditEvent{Time: time.Now(), Type: m2mauth.EventTokenIssued, ClientID: "before"}
-		a.Audit(t.Context(), ok)
-		require.Zero(t, a.Failures())
+				require.NoError(t, a.AuditHealth())
+				o.down.Store(true)
+				var wg sync.WaitGroup
+				const workers = 4
+				for w := range workers {
+					wg.Go(func() {
+						for i := w; i < n; i += workers {
+							a.Audit(t.Context(), testEvent(i))
+						}
+					})
+				}
+				wg.Wait()
+				waitFor(t, "every event held or spilled", func() bool { return a.Pending() == n })
+				require.ErrorIs(t, a.AuditHealth(), errOutage)
+				assert.Equal(t, uint64(n), a.Failures())
+				assert.Zero(t, a.Lost())
+				assert.Zero(t, e.countAuditRows(t, prefix))
+				if tt.spill {
+					assert.GreaterOrEqual(t, lineCount(t, spill), tt.minSpilledEvents)
+				}
 
-		require.NoError(t, db.Close())
-		lost := m2mauth.AuditEvent{Time: time.Now(), Type: m2mauth.EventAuthFailed, ClientID: "during", Reason: m2mauth.ReasonUnknownClient}
-		a.Audit(t.Context(), lost)
-		a.Audit(t.Context(), lost)
-		assert.Equal(t, uint64(2), a.Failures())
-		assert.Equal(t, []m2mauth.AuditEvent{lost, lost}, fallback.events)
-		assert.Contains(t, logs.String(), "audit event not written")
-		assert.Contains(t, logs.String(), "client_id=during")
-		assert.Contains(t, logs.String(), "database is closed")
+				o.down.Store(false)
+				waitFor(t, "every event written", func() bool { return a.Pending() == 0 && a.AuditHealth() == nil })
+				assert.Equal(t, wantRows(n, nil), e.sortedRows(t, prefix), "each event exactly once")
+				assert.Zero(t, a.Lost())
+				assert.Zero(t, fallback.len())
+				if tt.spill {
+					assert.Zero(t, lineCount(t, spill), "emptied once written")
+				}
 
-		rows := e.auditRows(t, prefix)
-		require.Len(t, rows, 1)
-		assert.Equal(t, "before", rows[0].ClientID)
+				a.Audit(t.Context(), testEvent(n))
+				require.NoError(t, a.Close())
+				assert.Equal(t, n+1, e.countAuditRows(t, prefix))
+				assert.Equal(t, uint64(n), a.Failures())
+				if tt.spill {
+					assert.NoFileExists(t, spill, "removed by Close")
+				}
+			})
+		}
 	})
 }
 
-// TestAuditorMissingTable checks the default fallback path when the table
-// was never created: the event reaches the log, and the failure is counted.
+// TestAuditorSpillAcrossRestart: events spilled by an Auditor that was
+// closed during an outage are written by the next Auditor on the same
+// file; lines torn or garbled are skipped and counted as lost.
+func TestAuditorSpillAcrossRestart(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, e *env) {
+		const n = 300
+		prefix := e.newPrefix(t)
+		e.newStore(t, sqlstore.Config{TablePrefix: prefix})
+		spill := filepath.Join(t.TempDir(), "audit.spill")
+		db, o := e.openFlaky(t)
+		o.down.Store(true)
+
+		first, err := sqlstore.NewAuditor(db, e.dialect, sqlstore.AuditorConfig{
+			TablePrefix: prefix, Logger: slog.New(slog.DiscardHandler), QueueSize: 32, RetryBuffer: 64,
+			SpillFile: spill, MaxRetryDelay: 10 * time.Millisecond, CloseTimeout: 50 * time.Millisecond,
+		})
+		require.NoError(t, err)
+		for i := range n {
+			first.Audit(t.Context(), testEvent(i))
+		}
+		require.NoError(t, first.Close())
+		assert.Zero(t, first.Lost())
+		assert.Equal(t, n, first.Pending(), "left in the spill file")
+		require.Equal(t, n, lineCount(t, spill), "everything held was spilled at Close")
+
+		// A process that died while appending left a torn line; and one
+		// line is not an event at all.
+		f, err := os.OpenFile(spill, os.O_WRONLY|os.O_APPEND, 0)
+		require.NoError(t, err)
+		_, err = f.WriteString("not json\n{\"event\":\"token_iss")
+		require.NoError(t, err)
+		require.NoError(t, f.Close())
+
+		second, err := sqlstore.NewAuditor(e.db, e.dialect, sqlstore.AuditorConfig{
+			TablePrefix: prefix, Logger: slog.New(slog.DiscardHandler), SpillFile: spill,
+		})
+		require.NoError(t, err)
+		t.Cleanup(func() { second.Close() })
+		waitFor(t, "the spill file written", func() bool { return second.Pending() == 0 })
+		assert.NoError(t, second.AuditHealth())
+		assert.Equal(t, uint64(2), second.Lost(), "the two unreadable lines")
+		assert.Zero(t, second.Failures())
+		require.NoError(t, second.Close())
+		assert.NoFileExists(t, spill)
+		assert.Equal(t, wantRows(n, nil), e.sortedRows(t, prefix), "each event once, every field kept")
+	})
+}
+
+// TestAuditorSpillCompactedAtClose: when Close comes while a spill file is
+// being written to the table and the database fails again, the lines
+// already written are cut from the file, so the next process does not
+// write them twice.
+func TestAuditorSpillCompactedAtClose(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, e *env) {
+		const n = 300
+		prefix := e.newPrefix(t)
+		e.newStore(t, sqlstore.Config{TablePrefix: prefix})
+		spill := filepath.Join(t.TempDir(), "audit.spill")
+		db, o := e.openFlaky(t)
+		o.down.Store(true)
+		first, err := sqlstore.NewAuditor(db, e.dialect, sqlstore.AuditorConfig{
+			TablePrefix: prefix, Logger: slog.New(slog.DiscardHandler), RetryBuffer: 1,
+			SpillFile: spill, CloseTimeout: time.Millisecond,
+		})
+		require.NoError(t, err)
+		for i := range n {
+			first.Audit(t.Context(), testEvent(i))
+		}
+		require.NoError(t, first.Close())
+		require.Equal(t, n, lineCount(t, spill))
+
+		// The next process writes one transaction of the file (256
+		// rows), then the database fails in the middle of the second.
+		db2, o2 := e.openFlaky(t)
+		o2.downAfter.Store(280)
+		second, err := sqlstore.NewAuditor(db2, e.dialect, sqlstore.AuditorConfig{
+			TablePrefix: prefix, Logger: slog.New(slog.DiscardHandler), SpillFile: spill,
+			MaxRetryDelay: time.Hour, CloseTimeout: time.Millisecond,
+		})
+		require.NoError(t, err)
+		waitFor(t, "the database down again", o2.down.Load)
+		require.NoError(t, second.Close())
+		require.Equal(t, 256, e.countAuditRows(t, prefix))
+		assert.Equal(t, n-256, lineCount(t, spill), "only the lines not written are left")
+		assert.Equal(t, n-256, second.Pending())
+
+		third, err := sqlstore.NewAuditor(e.db, e.dialect, sqlstore.AuditorConfig{
+			TablePrefix: prefix, Logger: slog.New(slog.DiscardHandler), SpillFile: spill,
+		})
+		require.NoError(t, err)
+		waitFor(t, "the rest written", func() bool { return third.Pending() == 0 })
+		require.NoError(t, third.Close())
+		assert.Equal(t, wantRows(n, nil), e.sortedRows(t, prefix), "each event once")
+	})
+}
+
+// TestAuditorBounded: past the retry buffer and the spill file, events go
+// to the fallback auditor and count as lost; memory and the file stay
+// within their bounds; the rest is written once the database answers.
+func TestAuditorBounded(t *testing.T) {
+	const n, retryBuf = 200, 4
+	tests := []struct {
+		name     string
+		spill    bool
+		maxBytes int64
+	}{
+		{name: "NoSpillFile"},
+		{name: "SpillFileFull", spill: true, maxBytes: 4096},
+	}
+	forEachBackend(t, func(t *testing.T, e *env) {
+		for _, tt := range tests {
+			t.Run(tt.name, func(t *testing.T) {
+				prefix := e.newPrefix(t)
+				e.newStore(t, sqlstore.Config{TablePrefix: prefix})
+				db, o := e.openFlaky(t)
+				spill := ""
+				if tt.spill {
+					spill = filepath.Join(t.TempDir(), "audit.spill")
+				}
+				fallback := &recorder{}
+				a, err := sqlstore.NewAuditor(db, e.dialect, sqlstore.AuditorConfig{
+					TablePrefix: prefix, Fallback: fallback, Logger: slog.New(slog.DiscardHandler),
+					RetryBuffer: retryBuf, SpillFile: spill, SpillMaxBytes: tt.maxBytes,
+					MaxRetryDelay: 20 * time.Millisecond,
+				})
+				require.NoError(t, err)
+				t.Cleanup(func() { a.Close() })
+
+				o.down.Store(true)
+				for i := range n {
+					a.Audit(t.Context(), testEvent(i))
+				}
+				spilled := 0
+				if tt.spill {
+					fi, err := os.Stat(spill)
+					require.NoError(t, err)
+					assert.LessOrEqual(t, fi.Size(), tt.maxBytes)
+					spilled = lineCount(t, spill)
+					assert.Positive(t, spilled)
+				}
+				assert.Equal(t, retryBuf+spilled, a.Pending(), "the retry buffer is full, no more")
+				assert.Equal(t, uint64(n-retryBuf-spilled), a.Lost())
+				assert.Equal(t, uint64(n), a.Failures())
+				require.Equal(t, int(a.Lost()), fallback.len())
+				lost := map[string]bool{}
+				for _, ev := range fallback.events {
+					lost[ev.JTI] = true
+				}
+
+				o.down.Store(false)
+				require.NoError(t, a.Close())
+				assert.Equal(t, wantRows(n, lost), e.sortedRows(t, prefix), "the rest written, once")
+			})
+		}
+	})
+}
+
+// TestAuditorFallbackFormat: the default fallback logs a lost event as the
+// same record a SlogAuditor writes, and the records about failed writes
+// name the event type, the client id and the error, nothing else.
+func TestAuditorFallbackFormat(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, e *env) {
+		prefix := e.newPrefix(t)
+		e.newStore(t, sqlstore.Config{TablePrefix: prefix})
+		db, o := e.openFlaky(t)
+		var logs bytes.Buffer
+		a, err := sqlstore.NewAuditor(db, e.dialect, sqlstore.AuditorConfig{
+			TablePrefix: prefix, Logger: slog.New(slog.NewJSONHandler(&logs, nil)),
+			CloseTimeout: time.Millisecond,
+		})
+		require.NoError(t, err)
+		o.down.Store(true)
+		ev := testEvent(1)
+		ev.Type, ev.Error = m2mauth.EventAuthFailed, "invalid_client"
+		a.Audit(t.Context(), ev) // held, then lost at Close
+		require.NoError(t, a.Close())
+		a.Audit(t.Context(), ev) // lost at once
+		assert.Equal(t, uint64(2), a.Lost())
+
+		var direct bytes.Buffer
+		m2mauth.NewSlogAuditor(slog.New(slog.NewJSONHandler(&direct, nil))).Audit(t.Context(), ev)
+		want := decodeJSONLines(t, direct.Bytes())
+		require.Len(t, want, 1)
+		delete(want[0], "time")
+
+		var fallback, failed []map[string]any
+		for _, rec := range decodeJSONLines(t, logs.Bytes()) {
+			if rec["msg"] == "m2mauth audit" {
+				delete(rec, "time")
+				fallback = append(fallback, rec)
+				continue
+			}
+			if strings.Contains(rec["msg"].(string), "not written") {
+				failed = append(failed, rec)
+			}
+		}
+		assert.Equal(t, []map[string]any{want[0], want[0]}, fallback)
+		require.Len(t, failed, 3, "held; lost at Close; lost after Close")
+		for _, rec := range failed {
+			keys := make([]string, 0, len(rec))
+			for k := range rec {
+				keys = append(keys, k)
+			}
+			assert.ElementsMatch(t, []string{"time", "level", "msg", "event", "client_id", "error"}, keys)
+			assert.Equal(t, "ERROR", rec["level"])
+			assert.Equal(t, string(ev.Type), rec["event"])
+			assert.Equal(t, ev.ClientID, rec["client_id"])
+		}
+		assert.Contains(t, failed[0]["error"], errOutage.Error())
+	})
+}
+
+func decodeJSONLines(t *testing.T, b []byte) []map[string]any {
+	t.Helper()
+	var out []map[string]any
+	dec := json.NewDecoder(bytes.NewReader(b))
+	for {
+		var m map[string]any
+		err := dec.Decode(&m)
+		if err == io.EOF {
+			return out
+		}
+		require.NoError(t, err)
+		out = append(out, m)
+	}
+}
+
+// TestAuditorMissingTable: an event for a table that was never created is
+// held, reported by AuditHealth, and logged by the default fallback when
+// Close gives up on it.
 func TestAuditorMissingTable(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, e *env) {
 		var logs bytes.Buffer
 		a, err := sqlstore.NewAuditor(e.db, e.dialect, sqlstore.AuditorConfig{
-			TablePrefix: e.newPrefix(t),
-			Logger:      slog.New(slog.NewTextHandler(&logs, nil)),
+			TablePrefix: e.newPrefix(t), Logger: slog.New(slog.NewTextHandler(&logs, nil)),
+			MaxRetryDelay: 10 * time.Millisecond, CloseTimeout: 50 * time.Millisecond,
+		})
+		require.NoError(t, err)
+		a.Audit(t.Context(), m2mauth.AuditEvent{Type: m2mauth.EventScopeDenied, ClientID: "svc", JTI: "jti-9"})
+		assert.Equal(t, uint64(1), a.Failures())
+		assert.Equal(t, 1, a.Pending())
+		assert.Error(t, a.AuditHealth())
+		assert.Contains(t, logs.String(), "audit event not written; holding it for retry")
+
+		start := time.Now()
+		require.NoError(t, a.Close())
+		assert.Less(t, time.Since(start), 5*time.Second, "Close is bounded")
+		assert.Equal(t, uint64(1), a.Lost())
+		assert.Contains(t, logs.String(), "m2mauth audit", "the event itself, from the default fallback")
+		assert.Contains(t, logs.String(), "jti=jti-9")
+		assert.ErrorContains(t, a.AuditHealth(), "closed")
+	})
+}
+
+// TestAuditorRequireAudit runs a token handler that must not issue
+// unaudited tokens: while the audit table cannot be written it answers
+// 503 with Retry-After, and 200 again once it can.
+func TestAuditorRequireAudit(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, e *env) {
+		prefix := e.newPrefix(t)
+		store := e.newStore(t, sqlstore.Config{TablePrefix: prefix})
+		plain, _ := createClient(t, store, "svc", time.Now())
+		db, o := e.openFlaky(t)
+		a, err := sqlstore.NewAuditor(db, e.dialect, sqlstore.AuditorConfig{
+			TablePrefix: prefix, Logger: slog.New(slog.DiscardHandler), MaxRetryDelay: 20 * time.Millisecond,
 		})
 		require.NoError(t, err)
 		t.Cleanup(func() { a.Close() })
-		a.Audit(t.Context(), m2mauth.AuditEvent{Type: m2mauth.EventScopeDenied, ClientID: "svc", JTI: "jti-9"})
-		assert.Equal(t, uint64(1), a.Failures())
-		assert.Contains(t, logs.String(), "audit event not written")
-		assert.Contains(t, logs.String(), "m2mauth audit", "the event itself, from the default fallback")
-		assert.Contains(t, logs.String(), "jti=jti-9")
+		h := newTokenHandler(t, store, m2mauth.TokenHandlerConfig{Auditor: a, RequireAudit: true})
+		request := func() (*httptest.ResponseRecorder, tokenResponse) {
+			return serve(t, h, tokenRequest("127.0.0.1:4000", "svc", plain))
+		}
+
+		w, body := request()
+		require.Equal(t, http.StatusOK, w.Code, "%s", w.Body)
+		assert.NotEmpty(t, body.AccessToken)
+
+		o.down.Store(true)
+		w, _ = request()
+		require.Equal(t, http.StatusOK, w.Code, "checked before its own event failed")
+		require.Error(t, a.AuditHealth())
+		for range 3 {
+			w, body = request()
+			assert.Equal(t, http.StatusServiceUnavailable, w.Code)
+			assert.Equal(t, m2mauth.CodeTemporarilyUnavailable, body.Error)
+			assert.NotEmpty(t, w.Header().Get("Retry-After"))
+			assert.Empty(t, body.AccessToken)
+		}
+
+		o.down.Store(false)
+		waitFor(t, "the audit table written again", func() bool { return a.AuditHealth() == nil })
+		w, body = request()
+		assert.Equal(t, http.StatusOK, w.Code)
+		assert.NotEmpty(t, body.AccessToken)
+		require.NoError(t, a.Close())
+
+		var types []string
+		for _, r := range e.auditRows(t, prefix) {
+			types = append(types, r.Type+"/"+r.Reason)
+		}
+		sort.Strings(types)
+		assert.Equal(t, []string{
+			"request_rejected/" + m2mauth.ReasonAuditUnavailable,
+			"request_rejected/" + m2mauth.ReasonAuditUnavailable,
+			"request_rejected/" + m2mauth.ReasonAuditUnavailable,
+			"token_issued/", "token_issued/", "token_issued/",
+		}, types, "every request audited, the refused ones too")
 	})
 }
 
 func TestNewAuditor(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, e *env) {
-		_, err := sqlstore.NewAuditor(e.db, e.dialect, sqlstore.AuditorConfig{Timeout: -time.Second})
-		require.Error(t, err)
-		a, err := sqlstore.NewAuditor(e.db, e.dialect, sqlstore.AuditorConfig{})
-		require.NoError(t, err)
-		require.NoError(t, a.Close())
-		require.NoError(t, a.Close(), "second Close")
+		dir := t.TempDir()
+		tests := []struct {
+			name string
+			cfg  sqlstore.AuditorConfig
+			ok   bool
+		}{
+			{"Zero", sqlstore.AuditorConfig{}, true},
+			{"SpillFile", sqlstore.AuditorConfig{SpillFile: filepath.Join(dir, "a.spill")}, true},
+			{"NegativeTimeout", sqlstore.AuditorConfig{Timeout: -time.Second}, false},
+			{"NegativeQueueSize", sqlstore.AuditorConfig{QueueSize: -1}, false},
+			{"NegativeRetryBuffer", sqlstore.AuditorConfig{RetryBuffer: -1}, false},
+			{"NegativeMaxRetryDelay", sqlstore.AuditorConfig{MaxRetryDelay: -time.Second}, false},
+			{"NegativeCloseTimeout", sqlstore.AuditorConfig{CloseTimeout: -time.Second}, false},
+			{"NegativeSpillMaxBytes", sqlstore.AuditorConfig{SpillMaxBytes: -1}, false},
+			{"SpillFileInMissingDirectory", sqlstore.AuditorConfig{SpillFile: filepath.Join(dir, "no", "a.spill")}, false},
+			{"SpillFileIsDirectory", sqlstore.AuditorConfig{SpillFile: dir}, false},
+		}
+		for _, tt := range tests {
+			t.Run(tt.name, func(t *testing.T) {
+				a, err := sqlstore.NewAuditor(e.db, e.dialect, tt.cfg)
+				if !tt.ok {
+					require.Error(t, err)
+					assert.Nil(t, a)
+					return
+				}
+				require.NoError(t, err)
+				require.NoError(t, a.Close())
+				require.NoError(t, a.Close(), "second Close")
+				if tt.cfg.SpillFile != "" {
+					assert.NoFileExists(t, tt.cfg.SpillFile, "an empty spill file is removed")
+				}
+			})
+		}
 	})
+}
+
+// TestAuditorCloseStopsGoroutines: Close ends the background work of
+// every kind of Auditor.
+func TestAuditorCloseStopsGoroutines(t *testing.T) {
+	e := &env{backend: backends()[0]}
+	e.dsn = e.backend.dsn(t)
+	e.db = e.open(t)
+	require.NoError(t, e.db.Ping())
+	before := runtime.NumGoroutine()
+	for i, cfg := range []sqlstore.AuditorConfig{
+		{},
+		{QueueSize: 8},
+		{QueueSize: 8, SpillFile: filepath.Join(t.TempDir(), "a.spill")},
+	} {
+		a, err := sqlstore.NewAuditor(e.db, e.dialect, cfg)
+		require.NoError(t, err, "config %d", i)
+		require.NoError(t, a.Close())
+	}
+	waitFor(t, "the goroutines gone", func() bool { return runtime.NumGoroutine() <= before })
 }
 
 // TestAuditorQueue: with a queue, events from many goroutines are written
@@ -215,6 +892,7 @@ func TestAuditorQueue(t *testing.T) {
 		after := m2mauth.AuditEvent{Time: time.Now(), Type: m2mauth.EventAuthFailed, ClientID: "after-close"}
 		a.Audit(t.Context(), after)
 		assert.Equal(t, uint64(1), a.Failures())
+		assert.Equal(t, uint64(1), a.Lost())
 		assert.Equal(t, []m2mauth.AuditEvent{after}, fallback.events, "after Close, events go to the fallback")
 	})
 }

@@ -1,0 +1,318 @@
+package sqlstore
+
+import (
+	"bufio"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/m2mauth/m2mauth"
+)
+
+// Why an event that did not fit in the retry buffer was not spilled.
+var (
+	errNoSpill   = errors.New("sqlstore: audit retry buffer full and no spill file")
+	errSpillFull = errors.New("sqlstore: audit retry buffer and spill file full")
+)
+
+// maxSpillLine bounds a line read back from a spill file; longer lines
+// are skipped as unreadable. Lines written are far shorter: each field is
+// cut to maxAuditText bytes, which JSON escaping at most sextuples.
+const maxSpillLine = 128 << 10
+
+// spillFile is the file in which an [Auditor] keeps the events that do
+// not fit in its retry buffer, one JSON object per line, oldest first.
+// Lines before off have been written to the table; the file is emptied
+// when all have, and removed by close. It is safe for concurrent use.
+type spillFile struct {
+	path string
+	max  int64
+
+	mu   sync.Mutex
+	f    *os.File // nil after close
+	rd   *bufio.Reader
+	size int64 // bytes in the file
+	off  int64 // bytes of it already written to the table
+	n    int   // lines after off
+}
+
+// spillRecord is one line of a spill file. Its keys are those of the
+// records of [m2mauth.SlogAuditor].
+type spillRecord struct {
+	Time      time.Time `json:"event_time"`
+	Type      string    `json:"event"`
+	ClientID  string    `json:"client_id,omitempty"`
+	RemoteIP  string    `json:"remote_ip,omitempty"`
+	UserAgent string    `json:"user_agent,omitempty"`
+	Audience  string    `json:"audience,omitempty"`
+	Scope     string    `json:"scope,omitempty"`
+	JTI       string    `json:"jti,omitempty"`
+	SecretID  string    `json:"secret_id,omitempty"`
+	Error     string    `json:"error,omitempty"`
+	Reason    string    `json:"reason,omitempty"`
+}
+
+// spillChunk is a run of lines read from a spill file.
+type spillChunk struct {
+	events []m2mauth.AuditEvent
+	bad    int   // lines that could not be read back
+	lines  int   // len(events) + bad
+	end    int64 // the offset after the last line
+}
+
+// openSpill opens, or creates, the spill file at path, and counts the
+// lines that an earlier process left in it. It returns nil for an empty
+// path.
+func openSpill(path string, max int64) (*spillFile, error) {
+	if path == "" {
+		return nil, nil
+	}
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_APPEND, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("sqlstore: spill file: %w", err)
+	}
+	s := &spillFile{path: path, max: max, f: f, rd: bufio.NewReaderSize(nil, maxSpillLine)}
+	if err := s.count(); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("sqlstore: spill file: %w", err)
+	}
+	return s, nil
+}
+
+// count sets size and n from the file, and ends a last line that a
+// process stopped in the middle of, so that it is skipped as unreadable
+// rather than glued to the next line appended.
+func (s *spillFile) count() error {
+	fi, err := s.f.Stat()
+	if err != nil {
+		return err
+	}
+	if !fi.Mode().IsRegular() {
+		return fmt.Errorf("%s is not a regular file", s.path)
+	}
+	s.rd.Reset(io.NewSectionReader(s.f, 0, fi.Size()))
+	var last byte
+	for {
+		b, err := s.rd.ReadSlice('\n')
+		if len(b) > 0 {
+			last = b[len(b)-1]
+		}
+		s.size += int64(len(b))
+		if err == io.EOF {
+			break
+		}
+		if err != nil && !errors.Is(err, bufio.ErrBufferFull) {
+			return err
+		}
+		if err == nil {
+			s.n++
+		}
+	}
+	if s.size > 0 && last != '\n' {
+		if _, err := s.f.Write([]byte{'\n'}); err != nil {
+			return err
+		}
+		if err := s.f.Sync(); err != nil {
+			return err
+		}
+		s.size++
+		s.n++
+	}
+	return nil
+}
+
+// pending returns the lines not yet written to the table.
+func (s *spillFile) pending() int {
+	if s == nil {
+		return 0
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.n
+}
+
+// append appends as many of events as fit within the size bound, and
+// syncs the file. It returns how many it appended, and why not all.
+func (s *spillFile) append(events []m2mauth.AuditEvent) (int, error) {
+	if s == nil {
+		return 0, errNoSpill
+	}
+	var buf []byte
+	ends := make([]int, 0, len(events))
+	for _, e := range events {
+		line, err := json.Marshal(spillRecord{
+			Time: e.Time, Type: auditText(string(e.Type)), ClientID: auditText(e.ClientID),
+			RemoteIP: auditText(e.RemoteIP), UserAgent: auditText(e.UserAgent), Audience: auditText(e.Audience),
+			Scope: auditText(e.Scopes.String()), JTI: auditText(e.JTI), SecretID: auditText(e.SecretID),
+			Error: auditText(e.Error), Reason: auditText(e.Reason),
+		})
+		if err != nil { // a time outside years 0-9999
+			break
+		}
+		buf = append(append(buf, line...), '\n')
+		ends = append(ends, len(buf))
+	}
+
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.f == nil {
+		return 0, errAuditorClosed
+	}
+	k := 0
+	for k < len(ends) && s.size+int64(ends[k]) <= s.max {
+		k++
+	}
+	if k == 0 {
+		return 0, errSpillFull
+	}
+	if _, err := s.f.Write(buf[:ends[k-1]]); err != nil {
+		s.f.Truncate(s.size)
+		return 0, fmt.Errorf("sqlstore: spill file: %w", err)
+	}
+	if err := s.f.Sync(); err != nil {
+		s.f.Truncate(s.size)
+		return 0, fmt.Errorf("sqlstore: spill file: %w", err)
+	}
+	s.size += int64(ends[k-1])
+	s.n += k
+	if k < len(events) {
+		return k, errSpillFull
+	}
+	return k, nil
+}
+
+// next reads up to max lines after off, without consuming them: commit
+// does, once they are written to the table.
+func (s *spillFile) next(max int) (spillChunk, error) {
+	c := spillChunk{}
+	if s == nil {
+		return c, nil
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	c.end = s.off
+	if s.f == nil || s.off >= s.size {
+		s.n = 0
+		return c, nil
+	}
+	s.rd.Reset(io.NewSectionReader(s.f, s.off, s.size-s.off))
+	for c.lines < max {
+		var (
+			line []byte
+			long bool
+			err  error
+		)
+		for {
+			var b []byte
+			b, err = s.rd.ReadSlice('\n')
+			c.end += int64(len(b))
+			if !errors.Is(err, bufio.ErrBufferFull) {
+				line = b
+				break
+			}
+			long = true
+		}
+		if err == io.EOF && len(line) == 0 && !long {
+			break
+		}
+		if err != nil && err != io.EOF {
+			return spillChunk{}, err
+		}
+		c.lines++
+		var r spillRecord
+		if long || err == io.EOF || json.Unmarshal(line, &r) != nil {
+			c.bad++
+			continue
+		}
+		c.events = append(c.events, m2mauth.AuditEvent{
+			Time: r.Time, Type: m2mauth.AuditEventType(r.Type), ClientID: r.ClientID,
+			RemoteIP: r.RemoteIP, UserAgent: r.UserAgent, Audience: r.Audience,
+			Scopes: m2mauth.Scopes(strings.Fields(r.Scope)), JTI: r.JTI, SecretID: r.SecretID,
+			Error: r.Error, Reason: r.Reason,
+		})
+	}
+	if c.lines == 0 {
+		s.n = 0
+	}
+	return c, nil
+}
+
+// commit records that the lines of c are written to the table, and
+// empties the file once all its lines are.
+func (s *spillFile) commit(c spillChunk) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.off = c.end
+	s.n = max(s.n-c.lines, 0)
+	if s.off < s.size || s.f == nil {
+		return nil
+	}
+	if err := s.f.Truncate(0); err != nil {
+		return fmt.Errorf("sqlstore: spill file: %w", err)
+	}
+	s.off, s.size, s.n = 0, 0, 0
+	if err := s.f.Sync(); err != nil {
+		return fmt.Errorf("sqlstore: spill file: %w", err)
+	}
+	return nil
+}
+
+// close closes the file: it removes it when all its lines are written to
+// the table, or else rewrites it without the lines that are, so that the
+// next process writes only the others.
+func (s *spillFile) close() error {
+	if s == nil {
+		return nil
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.f == nil {
+		return nil
+	}
+	f := s.f
+	s.f = nil
+	switch {
+	case s.off >= s.size:
+		s.off, s.size, s.n = 0, 0, 0
+		return errors.Join(f.Close(), os.Remove(s.path))
+	case s.off > 0:
+		err := s.compact(f)
+		return errors.Join(err, f.Close())
+	}
+	return f.Close()
+}
+
+// compact replaces the file with its lines after off.
+func (s *spillFile) compact(f *os.File) error {
+	tmp := s.path + ".tmp"
+	t, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return fmt.Errorf("sqlstore: spill file: %w", err)
+	}
+	_, err = io.Copy(t, io.NewSectionReader(f, s.off, s.size-s.off))
+	if err == nil {
+		err = t.Sync()
+	}
+	err = errors.Join(err, t.Close())
+	if err == nil {
+		err = os.Rename(tmp, s.path)
+	}
+	if err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("sqlstore: spill file: %w", err)
+	}
+	s.size -= s.off
+	s.off = 0
+	// Make the rename durable where directories can be synced.
+	if d, err := os.Open(filepath.Dir(s.path)); err == nil {
+		d.Sync()
+		d.Close()
+	}
+	return nil
+}
