@@ -108,10 +108,10 @@ type AuditorConfig struct {
 // [AuditorConfig.RetryBuffer] events, the rest are appended to
 // [AuditorConfig.SpillFile] (by the caller of Audit, which waits for the
 // file to be synced); only when there is no room there either does an
-// event go to the fallback auditor (see [Auditor.Lost]). No request waits
-// for the database more than once: while writes fail and events are
-// held, Audit holds new events without trying the database, and
-// [Auditor.AuditHealth] reports the failure, so that a token handler with
+// event go to the fallback auditor (see [Auditor.Lost]). While writes
+// fail and events are held, Audit holds new events without trying the
+// database, so that requests do not wait on it, and [Auditor.AuditHealth]
+// reports the failure, so that a token handler with
 // [m2mauth.TokenHandlerConfig.RequireAudit] issues no token that would go
 // unrecorded. [Auditor.Failures], [Auditor.Lost] and [Auditor.Pending]
 // count what happened.
@@ -119,7 +119,7 @@ type AuditorConfig struct {
 // Delivery is at least once: a row may be written twice when a commit
 // succeeds but its answer is lost, or when the process dies after part of
 // the spill file was written to the table and before the file was
-// removed (the next process writes the whole file again). Rows of events
+// emptied (the next process writes the whole file again). Rows of events
 // that were held may be out of event order; event_time keeps it.
 //
 // An Auditor is safe for concurrent use. It runs a background goroutine
