@@ -16,11 +16,17 @@ import (
 // always answer 200 with a token or an RFC 6749 §5.2 JSON error, uncached.
 func FuzzTokenHandler(f *testing.F) {
 	fx := newFixture(f)
-	good := basic("svc", fx.secret)
+	// Fuzzing runs in several processes, each with its own fixture: the
+	// client the seeds authenticate as has a fixed secret, so seeds and
+	// their mutations reach issuance in every process.
+	const fzSecret = "fuzz-secret-not-random-0123456789"
+	fx.addClient(f, "fz", mustHash(f, fzSecret))
+	good := basic("fz", fzSecret)
 	form := "application/x-www-form-urlencoded"
 	for _, seed := range []struct{ body, ct, auth string }{
 		{"grant_type=client_credentials&scope=read", form, good},
-		{"grant_type=client_credentials&client_id=svc&client_secret=" + fx.secret, form, ""},
+		{"grant_type=client_credentials", form, good},
+		{"grant_type=client_credentials&client_id=fz&client_secret=" + fzSecret, form, ""},
 		{`{"grant_type":"client_credentials","scope":"read write"}`, "application/json", good},
 		{`{"grant_type":"client_credentials","scope":"read","scope":"x"}`, "application/json", good},
 		{`{"a":{"b":[1,2,{"c":null}]}}`, "application/json", good},
