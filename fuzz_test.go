@@ -37,7 +37,8 @@ func FuzzTokenHandler(f *testing.F) {
 		{"grant_type=client_credentials", form, "Basic " + strings.Repeat("A", 300)},
 		{"&&&=&=&grant_type", "multipart/form-data; boundary=\"", ""},
 	} {
-		f.Add(seed.body, seed.ct, seed.auth)
+		f.Add(seed.body, seed.ct, seed.auth, false)
+		f.Add(seed.body, seed.ct, seed.auth, true)
 	}
 	codes := map[string]int{
 		"invalid_request": 400, "invalid_client": 401, "unauthorized_client": 400,
@@ -56,7 +57,13 @@ func FuzzTokenHandler(f *testing.F) {
 		}
 		defer stats.Close()
 	}
-	f.Fuzz(func(t *testing.T, body, ct, authz string) {
+	// With asGood set, the Authorization header is the valid one whatever
+	// authz holds, so that mutations of the body explore the steps after
+	// authentication, up to issuance.
+	f.Fuzz(func(t *testing.T, body, ct, authz string, asGood bool) {
+		if asGood {
+			authz = good
+		}
 		r := httptest.NewRequest(http.MethodPost, "https://m2mauth.test/oauth/token", strings.NewReader(body))
 		i := n.Add(1)
 		r.RemoteAddr = fmt.Sprintf("10.%d.%d.%d:1", byte(i>>16), byte(i>>8), byte(i))
