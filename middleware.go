@@ -379,6 +379,14 @@ func ClaimsFromContext(ctx context.Context) (*Claims, bool) {
 	return c, ok
 }
 
+// ContextWithClaims returns a copy of ctx carrying c, as the middleware
+// passes it to the handler behind it, so that [ClaimsFromContext] finds
+// it. It is meant for tests of such handlers (see the m2mauthtest
+// package); in production, claims come only from a validated token.
+func ContextWithClaims(ctx context.Context, c *Claims) context.Context {
+	return context.WithValue(ctx, claimsKey{}, c)
+}
+
 // RequireScopes returns middleware that lets a request through only with a
 // valid bearer token (RFC 6750 §2.1, Authorization header only: tokens in
 // the query string or body are never read) carrying every one of scopes.
@@ -448,7 +456,7 @@ func (v *Validator) require(want Scopes, ok func(have, want Scopes) bool) func(h
 				v.render(w, r, NewError(CodeInsufficientScope, "the access token lacks a required scope: "+want.String()))
 				return
 			}
-			next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), claimsKey{}, c)))
+			next.ServeHTTP(w, r.WithContext(ContextWithClaims(r.Context(), c)))
 		})
 	}
 }
