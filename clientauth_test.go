@@ -110,7 +110,7 @@ func TestSimultaneousGuesses(t *testing.T) {
 // bucket, so they all reach the hasher; slow hashes are verified a few at
 // a time, so memory stays bounded (each verification below holds 64 MiB).
 func TestSlowHashesRationed(t *testing.T) {
-	n := 40
+	n := 24
 	if raceEnabled {
 		n = 12
 	}
@@ -128,7 +128,7 @@ func TestSlowHashesRationed(t *testing.T) {
 	runtime.ReadMemStats(&after)
 	assert.Equal(t, map[int]int{401: n}, codes)
 	// HeapSys never shrinks, so it records the peak. Unrationed, n
-	// verifications at once would need n*64 MiB (2.5 GiB for 40); four at
+	// verifications at once would need n*64 MiB (1.5 GiB for 24); four at
 	// a time need 256 MiB, and the GC may let as much again pile up.
 	grown := after.HeapSys - before.HeapSys
 	t.Logf("%d simultaneous argon2id (64 MiB) verifications: heap grew %d MiB", n, grown>>20)

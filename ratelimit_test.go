@@ -261,10 +261,10 @@ func TestRateLimitIPv6Prefix(t *testing.T) {
 // TestRateLimiterBoundedMemory: a million distinct (client, address)
 // failures leave at most MaxKeys buckets and a bounded heap.
 func TestRateLimiterBoundedMemory(t *testing.T) {
-	// Twenty times MaxKeys shows the bound as well as a million would.
-	n := 200_000
+	// Ten times MaxKeys shows the bound as well as a million would.
+	n := 100_000
 	if raceEnabled || testing.Short() {
-		n = 50_000
+		n = 30_000
 	}
 	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	const maxKeys = 10_000
