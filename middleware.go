@@ -383,7 +383,11 @@ func ClaimsFromContext(ctx context.Context) (*Claims, bool) {
 // passes it to the handler behind it, so that [ClaimsFromContext] finds
 // it. It is meant for tests of such handlers (see the m2mauthtest
 // package); in production, claims come only from a validated token.
+// A nil c leaves ctx as it is.
 func ContextWithClaims(ctx context.Context, c *Claims) context.Context {
+	if c == nil {
+		return ctx
+	}
 	return context.WithValue(ctx, claimsKey{}, c)
 }
 
