@@ -28,7 +28,9 @@ type cacheShard struct {
 
 type cacheEntry struct {
 	claims *Claims
-	idx    *keyIndex
+	// keys identifies the key set the token was verified under; the
+	// entry is valid only while the validator uses the same one.
+	keys any
 	from   time.Time // nbf - leeway: the first instant the token is valid
 	until  time.Time // exp + leeway: the first instant it is invalid again
 }
@@ -51,9 +53,9 @@ func (c *tokenCache) shard(raw string) *cacheShard {
 	return &c.shards[(uint(raw[n-1])*31+uint(raw[n-2]))%cacheShards]
 }
 
-// get returns the cached claims of raw if it was verified under idx and
+// get returns the cached claims of raw if it was verified under keys and
 // is still within its validity at now.
-func (c *tokenCache) get(raw string, idx *keyIndex, now time.Time) (*Claims, bool) {
+func (c *tokenCache) get(raw string, keys any, now time.Time) (*Claims, bool) {
 	s := c.shard(raw)
 	s.mu.RLock()
 	e, ok := s.entries[raw]
@@ -62,7 +64,7 @@ func (c *tokenCache) get(raw string, idx *keyIndex, now time.Time) (*Claims, boo
 		s.misses.Add(1)
 		return nil, false
 	}
-	if e.idx != idx || now.Before(e.from) || !now.Before(e.until) {
+	if e.keys != keys || now.Before(e.from) || !now.Before(e.until) {
 		s.mu.Lock()
 		delete(s.entries, raw)
 		s.mu.Unlock()
@@ -82,7 +84,7 @@ func (c *tokenCache) put(raw string, e cacheEntry, now time.Time) {
 	if _, ok := s.entries[raw]; !ok && len(s.entries) >= c.perShard {
 		evicted, scanned := false, 0
 		for k, old := range s.entries { // map order is random
-			if !now.Before(old.until) || old.idx != e.idx {
+			if !now.Before(old.until) || old.keys != e.keys {
 				delete(s.entries, k)
 				evicted = true
 			}
@@ -123,13 +125,4 @@ func (c *tokenCache) stats() CacheStats {
 		s.mu.RUnlock()
 	}
 	return st
-}
-
-// CacheStats reports the verified-token cache's counters; all zero when
-// the cache is disabled.
-func (v *Validator) CacheStats() CacheStats {
-	if v.cache == nil {
-		return CacheStats{}
-	}
-	return v.cache.stats()
 }

@@ -3,6 +3,7 @@ package m2mauth
 import (
 	"errors"
 	"net/http"
+	"sync"
 )
 
 // Error codes of RFC 6749 §5.2 (token endpoint), RFC 6750 §3.1 (protected
@@ -93,11 +94,11 @@ func statusForCode(code string) int {
 	}
 }
 
-// Error returns "code: description", followed by ": cause" when there is
+// Error returns "m2mauth: code: description", followed by ": cause" when there is
 // an internal cause. It is for logs; clients see only Code and
 // Description.
 func (e *Error) Error() string {
-	s := e.Code
+	s := "m2mauth: " + e.Code
 	if e.Description != "" {
 		s += ": " + e.Description
 	}
@@ -135,4 +136,23 @@ func appendErrorJSON(dst []byte, e *Error) []byte {
 		dst = appendJSONString(dst, e.Description)
 	}
 	return append(dst, '}')
+}
+
+// defaultRealm is the realm of every challenge unless configured.
+const defaultRealm = "m2mauth"
+
+// bufPool holds the buffers used to read request bodies and build
+// responses.
+var bufPool = sync.Pool{New: func() any { b := make([]byte, 0, 1024); return &b }}
+
+// writeError writes e as the JSON body with its status. Headers set by the
+// caller are kept.
+func writeError(w http.ResponseWriter, e *Error) {
+	bp := bufPool.Get().(*[]byte)
+	buf := appendErrorJSON((*bp)[:0], e)
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(e.Status)
+	w.Write(buf)
+	*bp = buf
+	bufPool.Put(bp)
 }

@@ -33,7 +33,7 @@ func TestErrorStatus(t *testing.T) {
 		t.Run(code, func(t *testing.T) {
 			e := m2mauth.NewError(code, "d")
 			assert.Equal(t, status, e.Status)
-			assert.Equal(t, code+": d", e.Error())
+			assert.Equal(t, "m2mauth: "+code+": d", e.Error())
 		})
 	}
 }
@@ -47,5 +47,5 @@ func TestErrorIsAndUnwrap(t *testing.T) {
 	var e *m2mauth.Error
 	require.ErrorAs(t, err, &e)
 	assert.Equal(t, "unavailable", e.Description)
-	assert.Equal(t, "server_error: unavailable: db down", e.Error(), "the cause is in the log text")
+	assert.Equal(t, "m2mauth: server_error: unavailable: db down", e.Error(), "the cause is in the log text")
 }

@@ -14,7 +14,6 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 )
@@ -100,9 +99,6 @@ type TokenHandlerConfig struct {
 	RequireAudit bool
 }
 
-// MaxClientTokenTTL is the longest token lifetime m2mauth issues: the
-// bound of [TokenHandlerConfig.MaxTokenTTL] and of a [Client]'s TokenTTL.
-const MaxClientTokenTTL = 24 * time.Hour
 
 // TokenHandler is the token endpoint of an OAuth 2.0 authorization server
 // for the client credentials grant (RFC 6749 §4.4). Mount it with
@@ -131,7 +127,6 @@ type TokenHandler struct {
 const (
 	defaultTokenTTL     = time.Hour
 	defaultMaxBodyBytes = 8 << 10
-	defaultRealm        = "m2mauth"
 )
 
 // NewTokenHandler returns a token handler that finds clients in store and
@@ -258,9 +253,6 @@ type tokenRequest struct {
 	now time.Time
 }
 
-// bufPool holds the buffers used to read request bodies and build
-// responses.
-var bufPool = sync.Pool{New: func() any { b := make([]byte, 0, 1024); return &b }}
 
 // ServeHTTP answers one token request.
 func (h *TokenHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -296,36 +288,22 @@ func (h *TokenHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	h.cfg.Auditor.Audit(r.Context(), ev)
 }
 
-// issue runs the token request flow and returns the response body, built
-// in *bp, or the error to answer with. It fills ev as it learns.
+// issue runs the token request flow of DESIGN.md, one step each: admit
+// the request, parse it, authenticate the client, check the grant, pick
+// the audience and scopes, then mint. It returns the response body, built
+// in *bp, or the error to answer with, and fills ev as it learns.
 func (h *TokenHandler) issue(w http.ResponseWriter, r *http.Request, p peer, req *tokenRequest, ev *AuditEvent, bp *[]byte) ([]byte, error) {
-	if r.Method != http.MethodPost {
-		e := NewError(CodeInvalidRequest, "the token endpoint accepts only POST")
-		e.Status = http.StatusMethodNotAllowed
-		return nil, e
-	}
-	if err := transport(w, p, h.cfg.AllowInsecureHTTP); err != nil {
-		ev.Reason = ReasonInsecureTransport
+	if err := h.admit(w, r, p, ev); err != nil {
 		return nil, err
-	}
-	if h.health != nil {
-		if err := h.health.AuditHealth(); err != nil {
-			ev.Reason = ReasonAuditUnavailable
-			e := WrapError(CodeTemporarilyUnavailable, "the audit trail is unavailable; retry later", errors.Join(retryLater{5 * time.Second}, err))
-			e.Status = http.StatusServiceUnavailable
-			return nil, e
-		}
 	}
 	if err := h.parse(r, req, bp); err != nil {
 		return nil, err
 	}
 	ev.ClientID = auditString(req.cred.id)
-
 	c, err := h.auth.authenticate(r.Context(), &req.cred, req.addrKey, req.now, ev)
 	if err != nil {
 		return nil, err
 	}
-
 	switch req.grantType {
 	case GrantTypeClientCredentials:
 	case "":
@@ -333,30 +311,64 @@ func (h *TokenHandler) issue(w http.ResponseWriter, r *http.Request, p peer, req
 	default:
 		return nil, NewError(CodeUnsupportedGrantType, "only the client_credentials grant type is supported")
 	}
-
-	audience, err := h.audience(req)
+	audience, scopes, err := h.target(req, c, ev)
 	if err != nil {
 		return nil, err
+	}
+	return h.mint(r.Context(), req, c, audience, scopes, ev, bp)
+}
+
+// admit refuses requests that must not be looked at further: another
+// method than POST, no TLS, or an auditor that cannot record.
+func (h *TokenHandler) admit(w http.ResponseWriter, r *http.Request, p peer, ev *AuditEvent) error {
+	if r.Method != http.MethodPost {
+		e := NewError(CodeInvalidRequest, "the token endpoint accepts only POST")
+		e.Status = http.StatusMethodNotAllowed
+		return e
+	}
+	if err := transport(w, p, h.cfg.AllowInsecureHTTP); err != nil {
+		ev.Reason = ReasonInsecureTransport
+		return err
+	}
+	if h.health != nil {
+		if err := h.health.AuditHealth(); err != nil {
+			ev.Reason = ReasonAuditUnavailable
+			e := WrapError(CodeTemporarilyUnavailable, "the audit trail is unavailable; retry later", errors.Join(retryLater{5 * time.Second}, err))
+			e.Status = http.StatusServiceUnavailable
+			return e
+		}
+	}
+	return nil
+}
+
+// target picks the token's audience and scopes, within what c is granted.
+func (h *TokenHandler) target(req *tokenRequest, c *Client, ev *AuditEvent) (string, Scopes, error) {
+	audience, err := h.audience(req)
+	if err != nil {
+		return "", nil, err
 	}
 	ev.Audience = auditString(audience)
 	granted, ok := c.Grants[audience]
 	if !ok {
-		return nil, NewError(CodeInvalidTarget, "the client is not granted the requested audience")
+		return "", nil, NewError(CodeInvalidTarget, "the client is not granted the requested audience")
 	}
-
 	scopes := granted
 	if req.scope != "" {
 		if scopes, err = ParseScopes(req.scope); err != nil {
-			return nil, NewError(CodeInvalidScope, "scope is malformed (RFC 6749 section 3.3)")
+			return "", nil, NewError(CodeInvalidScope, "scope is malformed (RFC 6749 section 3.3)")
 		}
 		if !granted.HasAll(scopes) {
 			ev.Scopes = scopes
-			return nil, NewError(CodeInvalidScope, "requested scope is not granted to the client for this audience")
+			return "", nil, NewError(CodeInvalidScope, "requested scope is not granted to the client for this audience")
 		}
 	}
 	ev.Scopes = scopes
+	return audience, scopes, nil
+}
 
-	signer, err := h.currentSigner(r.Context())
+// mint signs a token for c and writes the response body into *bp.
+func (h *TokenHandler) mint(ctx context.Context, req *tokenRequest, c *Client, audience string, scopes Scopes, ev *AuditEvent, bp *[]byte) ([]byte, error) {
+	signer, err := h.currentSigner(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -370,19 +382,15 @@ func (h *TokenHandler) issue(w http.ResponseWriter, r *http.Request, p peer, req
 	if c.TokenTTL > 0 {
 		ttl = min(c.TokenTTL, h.cfg.MaxTokenTTL)
 	}
-	ttlSeconds := int64(ttl / time.Second)
-	if ttlSeconds < 1 {
-		ttlSeconds = 1
-	}
-	now := req.now
+	ttlSeconds := max(int64(ttl/time.Second), 1)
 	claims := tokenClaims{
 		issuer:   h.cfg.Issuer,
 		clientID: c.ID,
 		audience: audience,
 		jti:      jti,
 		scope:    scopes.String(),
-		issuedAt: now,
-		expiry:   now.Add(time.Duration(ttlSeconds) * time.Second),
+		issuedAt: req.now,
+		expiry:   req.now.Add(time.Duration(ttlSeconds) * time.Second),
 	}
 
 	// The claims JSON goes at the start of the buffer and the response
@@ -656,17 +664,6 @@ func (h *TokenHandler) fail(w http.ResponseWriter, r *http.Request, ev *AuditEve
 	h.cfg.Auditor.Audit(r.Context(), *ev)
 }
 
-// writeError writes e as the JSON body with its status. Headers set by the
-// caller are kept.
-func writeError(w http.ResponseWriter, e *Error) {
-	bp := bufPool.Get().(*[]byte)
-	buf := appendErrorJSON((*bp)[:0], e)
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(e.Status)
-	w.Write(buf)
-	*bp = buf
-	bufPool.Put(bp)
-}
 
 // enter waits, up to StoreTimeout, for one of the MaxConcurrentRequests
 // turns.

@@ -235,7 +235,7 @@ func (v *Validator) Validate(ctx context.Context, raw string) (*Claims, error) {
 		return nil, err
 	}
 	if v.cache != nil {
-		e := cacheEntry{claims: c, idx: idx, until: c.Expiry.Time().Add(v.cfg.Leeway)}
+		e := cacheEntry{claims: c, keys: idx, until: c.Expiry.Time().Add(v.cfg.Leeway)}
 		if c.NotBefore != nil {
 			e.from = c.NotBefore.Time().Add(-v.cfg.Leeway)
 		}
@@ -633,4 +633,13 @@ func (v *Validator) event(r *http.Request, typ AuditEventType, code string) Audi
 		ev.RemoteIP = a.String()
 	}
 	return ev
+}
+
+// CacheStats reports the verified-token cache's counters; all zero when
+// the cache is disabled.
+func (v *Validator) CacheStats() CacheStats {
+	if v.cache == nil {
+		return CacheStats{}
+	}
+	return v.cache.stats()
 }

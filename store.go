@@ -7,6 +7,10 @@ import (
 	"time"
 )
 
+// MaxClientTokenTTL is the longest token lifetime m2mauth issues: the
+// bound of [TokenHandlerConfig.MaxTokenTTL] and of a [Client]'s TokenTTL.
+const MaxClientTokenTTL = 24 * time.Hour
+
 // ErrClientNotFound is returned by a [ClientStore] for an unknown client id.
 var ErrClientNotFound = errors.New("m2mauth: client not found")
 
