@@ -30,9 +30,9 @@ type cacheEntry struct {
 	claims *Claims
 	// keys identifies the key set the token was verified under; the
 	// entry is valid only while the validator uses the same one.
-	keys any
-	from   time.Time // nbf - leeway: the first instant the token is valid
-	until  time.Time // exp + leeway: the first instant it is invalid again
+	keys  any
+	from  time.Time // nbf - leeway: the first instant the token is valid
+	until time.Time // exp + leeway: the first instant it is invalid again
 }
 
 func newTokenCache(size int) *tokenCache {

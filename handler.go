@@ -99,7 +99,6 @@ type TokenHandlerConfig struct {
 	RequireAudit bool
 }
 
-
 // TokenHandler is the token endpoint of an OAuth 2.0 authorization server
 // for the client credentials grant (RFC 6749 §4.4). Mount it with
 //
@@ -252,7 +251,6 @@ type tokenRequest struct {
 	// now is the time of the request, read once.
 	now time.Time
 }
-
 
 // ServeHTTP answers one token request.
 func (h *TokenHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -663,7 +661,6 @@ func (h *TokenHandler) fail(w http.ResponseWriter, r *http.Request, ev *AuditEve
 	writeError(w, e)
 	h.cfg.Auditor.Audit(r.Context(), *ev)
 }
-
 
 // enter waits, up to StoreTimeout, for one of the MaxConcurrentRequests
 // turns.
