@@ -15,7 +15,8 @@ const cacheShards = 16
 // replaced, or at random when its shard is full.
 type tokenCache struct {
 	perShard int
-	shards   [cacheShards]cacheShard
+	mask     uint // len(shards)-1; the count is a power of two
+	shards   []cacheShard
 }
 
 type cacheShard struct {
@@ -35,8 +36,11 @@ type cacheEntry struct {
 	until time.Time // exp + leeway: the first instant it is invalid again
 }
 
-func newTokenCache(size int) *tokenCache {
-	c := &tokenCache{perShard: max(1, size/cacheShards)}
+func newTokenCache(size int) *tokenCache { return newShardedCache(size, cacheShards) }
+
+// newShardedCache makes a cache of n shards, a power of two.
+func newShardedCache(size, n int) *tokenCache {
+	c := &tokenCache{perShard: max(1, size/n), mask: uint(n - 1), shards: make([]cacheShard, n)}
 	for i := range c.shards {
 		c.shards[i].entries = make(map[string]cacheEntry)
 	}
@@ -50,7 +54,7 @@ func (c *tokenCache) shard(raw string) *cacheShard {
 	if n < 2 {
 		return &c.shards[0]
 	}
-	return &c.shards[(uint(raw[n-1])*31+uint(raw[n-2]))%cacheShards]
+	return &c.shards[(uint(raw[n-1])*31+uint(raw[n-2]))&c.mask]
 }
 
 // get returns the cached claims of raw if it was verified under keys and
@@ -115,7 +119,7 @@ type CacheStats struct {
 }
 
 func (c *tokenCache) stats() CacheStats {
-	st := CacheStats{Capacity: c.perShard * cacheShards}
+	st := CacheStats{Capacity: c.perShard * len(c.shards)}
 	for i := range c.shards {
 		s := &c.shards[i]
 		st.Hits += s.hits.Load()
