@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/go-jose/go-jose/v4"
 )
@@ -30,6 +31,27 @@ type KeyProvider interface {
 	// VerificationKeys returns every key a token may be verified with,
 	// the signing key included.
 	VerificationKeys(ctx context.Context) (*jose.JSONWebKeySet, error)
+}
+
+// KeyRefresher is implemented by key providers that can fetch keys they
+// do not hold yet, such as a provider reading another server's JWKS. A
+// [Validator] that meets a token whose kid none of its keys has calls
+// RefreshKeys once for that token, and verifies with the set it returns.
+// Implementations bound how often they fetch (many unknown kids must not
+// cause many fetches) and never drop the last good set on a failure.
+type KeyRefresher interface {
+	// RefreshKeys returns a key set that is as fresh as the
+	// implementation's limits allow, in the hope that it holds kid.
+	RefreshKeys(ctx context.Context, kid string) (*jose.JSONWebKeySet, error)
+}
+
+// KeySchedule is implemented by key providers that know when their key
+// set will next change (a new key published, an old one removed). A JWKS
+// handler never lets verifiers cache the set past that instant.
+type KeySchedule interface {
+	// NextKeyChange returns the instant of the next planned change of the
+	// verification keys, and false when none is planned.
+	NextKeyChange(ctx context.Context) (time.Time, bool)
 }
 
 // StaticKeys is a [KeyProvider] with a fixed signing key and a fixed set of
