@@ -2,21 +2,20 @@ package main
 
 import (
 	"context"
-	"crypto/rand"
 	"database/sql"
-	"encoding/base64"
 	"errors"
 	"fmt"
-	"io"
-	"io/fs"
 	"log/slog"
+	"net"
 	"net/url"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
 	"github.com/go-sql-driver/mysql"
+	"github.com/jackc/pgx/v5/pgconn"
 	_ "github.com/jackc/pgx/v5/stdlib" // the "pgx" driver
 	_ "modernc.org/sqlite"             // the "sqlite" driver
 
@@ -30,8 +29,7 @@ type backend struct {
 	store   m2mauth.ClientManager
 	auditor m2mauth.Auditor // nil for memory
 	limiter m2mauth.Limiter // shared by replicas; nil for memory and SQLite
-	kind    string          // "SQLite file m2mauth.db", "PostgreSQL", …
-	sqlite  string          // the SQLite file, if any
+	kind    string          // "SQLite file m2mauth.db", "PostgreSQL at host:5432", …
 	close   func() error
 }
 
@@ -79,29 +77,168 @@ type backendOptions struct {
 // -audit-spill is not given.
 const defaultAuditSpill = "m2mauth-audit.spill"
 
-// openBackend opens and migrates the store named by -db.
-func openBackend(ctx context.Context, spec string, opts backendOptions) (*backend, error) {
-	if spec == "memory" {
-		return &backend{store: memstore.New(), kind: "memory (clients are lost on exit)", close: func() error { return nil }}, nil
-	}
-	var (
-		driver, dsn, kind, file string
-		dialect                 sqlstore.Dialect
-	)
+// defaultConnectTimeout bounds connecting to a server database at
+// start-up, and each later dial, unless -db sets its own: timeout=… for
+// MySQL, connect_timeout=… (seconds) for PostgreSQL.
+const defaultConnectTimeout = 5 * time.Second
+
+// mysqlIOTimeout is the readTimeout and writeTimeout of MySQL connections
+// unless -db sets them: a connection to a server that stopped answering
+// fails after it instead of hanging. It is longer than InnoDB's default
+// lock wait (50s), so a query waiting for a row lock gets MySQL's own
+// error rather than a cut connection.
+const mysqlIOTimeout = 60 * time.Second
+
+// dbSpec is a -db value, read.
+type dbSpec struct {
+	memory  bool
+	driver  string // database/sql driver name
+	dsn     string // its data source name; may hold a password, never print it
+	dialect sqlstore.Dialect
+	kind    string // "SQLite file m2mauth.db", "PostgreSQL at host:5432", …
+	file    string // the SQLite file, if any
+	// connectTimeout bounds the first connection to a server database.
+	connectTimeout time.Duration
+	timeoutParam   string // how -db sets it, for messages
+}
+
+// server reports whether d is a database that replicas may share.
+func (d *dbSpec) server() bool { return !d.memory && d.file == "" }
+
+// parseDB reads -db: "memory", a postgres:// (or postgresql://) URL, a
+// mysql:// URL, or a SQLite file path, optionally written sqlite://PATH.
+// Any other scheme is refused rather than taken for a file name.
+func parseDB(spec string) (*dbSpec, error) {
+	scheme, _, isURL := strings.Cut(spec, "://")
 	switch {
-	case strings.HasPrefix(spec, "postgres://"), strings.HasPrefix(spec, "postgresql://"):
-		driver, dsn, dialect, kind = "pgx", spec, sqlstore.Postgres, "PostgreSQL"
-	case strings.HasPrefix(spec, "mysql://"):
-		var err error
-		if dsn, err = mysqlDSN(spec); err != nil {
-			return nil, err
-		}
-		driver, dialect, kind = "mysql", sqlstore.MySQL, "MySQL"
-	default:
-		file = strings.TrimPrefix(spec, "sqlite://")
-		driver, dialect, kind = "sqlite", sqlstore.SQLite, "SQLite file "+file
-		dsn = "file:" + file + "?_pragma=foreign_keys(1)&_pragma=busy_timeout(5000)&_pragma=journal_mode(WAL)&_pragma=synchronous(NORMAL)"
+	case spec == "memory":
+		return &dbSpec{memory: true, kind: "memory (clients are lost on exit)"}, nil
+	case spec == "":
+		return nil, errors.New(`-db is empty: give a SQLite file path, a postgres://… or mysql://… URL, or "memory"`)
+	case isURL && (scheme == "postgres" || scheme == "postgresql"):
+		return postgresSpec(spec)
+	case isURL && scheme == "mysql":
+		return mysqlSpec(spec)
+	case isURL && scheme == "sqlite":
+		return sqliteSpec(strings.TrimPrefix(spec, "sqlite://"))
+	case isURL:
+		// Only the scheme is repeated: the rest may hold a password.
+		return nil, fmt.Errorf(`-db: unknown scheme %q: want a SQLite file path, a postgres://… or mysql://… URL, or "memory"`, scheme)
+	case strings.Contains(spec, "@tcp(") || strings.Contains(spec, "@unix(") || strings.HasPrefix(spec, "tcp(") || strings.HasPrefix(spec, "unix("):
+		return nil, errors.New("-db: this looks like a go-sql-driver/mysql DSN (user:pass@tcp(host:port)/db); write it as a URL: mysql://user:pass@host:port/db?params")
 	}
+	return sqliteSpec(spec)
+}
+
+func sqliteSpec(file string) (*dbSpec, error) {
+	if file == "" {
+		return nil, errors.New("-db: sqlite:// names no file")
+	}
+	return &dbSpec{
+		driver: "sqlite", dialect: sqlstore.SQLite, kind: "SQLite file " + file, file: file,
+		dsn: "file:" + file + "?_pragma=foreign_keys(1)&_pragma=busy_timeout(5000)&_pragma=journal_mode(WAL)&_pragma=synchronous(NORMAL)",
+	}, nil
+}
+
+// postgresSpec checks a postgres:// URL as pgx reads it (environment
+// variables such as PGHOST included) and adds connect_timeout unless it or
+// PGCONNECT_TIMEOUT is set.
+func postgresSpec(spec string) (*dbSpec, error) {
+	u, err := url.Parse(spec)
+	if err != nil {
+		return nil, errors.New("-db: not a valid postgres:// URL") // url's error repeats the password
+	}
+	dsn := spec
+	if !u.Query().Has("connect_timeout") && os.Getenv("PGCONNECT_TIMEOUT") == "" {
+		sep := "?"
+		if strings.Contains(spec, "?") {
+			sep = "&"
+		}
+		dsn += sep + "connect_timeout=" + strconv.Itoa(int(defaultConnectTimeout/time.Second))
+	}
+	cfg, err := pgconn.ParseConfig(dsn) // its errors hide the password
+	if err != nil {
+		return nil, fmt.Errorf("-db: %w", err)
+	}
+	addr := cfg.Host
+	if !strings.HasPrefix(addr, "/") { // not a Unix socket directory
+		addr = net.JoinHostPort(cfg.Host, strconv.Itoa(int(cfg.Port)))
+	}
+	d := &dbSpec{
+		driver: "pgx", dsn: dsn, dialect: sqlstore.Postgres, kind: "PostgreSQL at " + addr,
+		connectTimeout: defaultConnectTimeout, timeoutParam: "connect_timeout=SECONDS",
+	}
+	if cfg.ConnectTimeout > 0 {
+		d.connectTimeout = cfg.ConnectTimeout
+	}
+	return d, nil
+}
+
+// mysqlSpec turns mysql://user:pass@host:port/db?params into the
+// go-sql-driver/mysql form, with the timeout, readTimeout and writeTimeout
+// params set unless given.
+func mysqlSpec(spec string) (*dbSpec, error) {
+	u, err := url.Parse(spec)
+	if err != nil {
+		return nil, errors.New("-db: not a valid mysql://user:pass@host:port/db URL") // url's error repeats the password
+	}
+	cfg := mysql.NewConfig()
+	cfg.Net = "tcp"
+	host, port := u.Hostname(), u.Port()
+	if host == "" {
+		host = "127.0.0.1"
+	}
+	if port == "" {
+		port = "3306"
+	}
+	cfg.Addr = net.JoinHostPort(host, port)
+	cfg.User = u.User.Username()
+	cfg.Passwd, _ = u.User.Password()
+	cfg.DBName = strings.TrimPrefix(u.Path, "/")
+	if strings.Contains(cfg.DBName, "/") {
+		return nil, fmt.Errorf("-db: %q is not a database name: mysql://user:pass@host:port/db", cfg.DBName)
+	}
+	query := u.Query()
+	for k, v := range query {
+		if len(v) > 1 {
+			return nil, fmt.Errorf("-db: parameter %q is given %d times", k, len(v))
+		}
+		if cfg.Params == nil {
+			cfg.Params = map[string]string{}
+		}
+		cfg.Params[k] = v[0]
+	}
+	// The driver reads its own parameters (parseTime, tls, timeout, …)
+	// and checks their values when it parses a DSN.
+	cfg, err = mysql.ParseDSN(cfg.FormatDSN())
+	if err != nil {
+		return nil, fmt.Errorf("-db: %w", err)
+	}
+	if !query.Has("timeout") {
+		cfg.Timeout = defaultConnectTimeout
+	}
+	if !query.Has("readTimeout") {
+		cfg.ReadTimeout = mysqlIOTimeout
+	}
+	if !query.Has("writeTimeout") {
+		cfg.WriteTimeout = mysqlIOTimeout
+	}
+	d := &dbSpec{
+		driver: "mysql", dsn: cfg.FormatDSN(), dialect: sqlstore.MySQL, kind: "MySQL at " + cfg.Addr,
+		connectTimeout: defaultConnectTimeout, timeoutParam: "timeout=DURATION",
+	}
+	if cfg.Timeout > 0 {
+		d.connectTimeout = cfg.Timeout
+	}
+	return d, nil
+}
+
+// openBackend opens and migrates the store of d.
+func openBackend(ctx context.Context, d *dbSpec, opts backendOptions) (*backend, error) {
+	if d.memory {
+		return &backend{store: memstore.New(), kind: d.kind, close: func() error { return nil }}, nil
+	}
+	driver, dsn, dialect, kind, file := d.driver, d.dsn, d.dialect, d.kind, d.file
 	db, err := sql.Open(driver, dsn)
 	if err != nil {
 		return nil, err
@@ -119,6 +256,12 @@ func openBackend(ctx context.Context, spec string, opts backendOptions) (*backen
 		db.Close()
 		return nil, fmt.Errorf("%s: %w", kind, err)
 	}
+	if d.server() {
+		if err := ping(ctx, db, d); err != nil {
+			db.Close()
+			return nil, err
+		}
+	}
 	store, err := sqlstore.New(db, dialect, sqlstore.Config{})
 	if err != nil {
 		return fail(err)
@@ -129,7 +272,7 @@ func openBackend(ctx context.Context, spec string, opts backendOptions) (*backen
 		return fail(err)
 	}
 	b := &backend{
-		store: store, kind: kind, sqlite: file,
+		store: store, kind: kind,
 		close: func() error { return errors.Join(store.Close(), db.Close()) },
 	}
 	if opts.auditLog != nil {
@@ -171,81 +314,21 @@ func openBackend(ctx context.Context, spec string, opts backendOptions) (*backen
 	return b, nil
 }
 
-// mysqlDSN turns mysql://user:pass@host:port/db?params into the
-// go-sql-driver/mysql form.
-func mysqlDSN(spec string) (string, error) {
-	u, err := url.Parse(spec)
-	if err != nil {
-		return "", fmt.Errorf("-db: %w", err)
+// ping connects to a server database within its connect timeout, so that
+// a wrong host or port, or a server that accepts connections and never
+// answers, is reported at start-up with its address.
+func ping(ctx context.Context, db *sql.DB, d *dbSpec) error {
+	pctx, cancel := context.WithTimeout(ctx, d.connectTimeout)
+	defer cancel()
+	err := db.PingContext(pctx)
+	var netErr net.Error
+	switch {
+	case err == nil:
+		return nil
+	case ctx.Err() != nil:
+		return fmt.Errorf("%s: %w", d.kind, ctx.Err())
+	case pctx.Err() != nil, errors.As(err, &netErr) && netErr.Timeout():
+		return fmt.Errorf("%s did not answer within %v: check the host and port in -db and that the database server is up (to wait longer, add %s to -db)", d.kind, d.connectTimeout, d.timeoutParam)
 	}
-	cfg := mysql.NewConfig()
-	cfg.Net = "tcp"
-	cfg.Addr = u.Host
-	if u.Port() == "" {
-		cfg.Addr = u.Host + ":3306"
-	}
-	cfg.User = u.User.Username()
-	cfg.Passwd, _ = u.User.Password()
-	cfg.DBName = strings.TrimPrefix(u.Path, "/")
-	for k, v := range u.Query() {
-		if cfg.Params == nil {
-			cfg.Params = map[string]string{}
-		}
-		cfg.Params[k] = v[0]
-	}
-	return cfg.FormatDSN(), nil
-}
-
-// signingKey finds the HS256 key: $M2MAUTH_SIGNING_KEY, else the key
-// file, else a new key written to the key file. It reports on log what it
-// did, never the key.
-func signingKey(b *backend, keyFile string, log io.Writer) ([]byte, error) {
-	if v := os.Getenv("M2MAUTH_SIGNING_KEY"); v != "" {
-		key, err := base64.StdEncoding.DecodeString(strings.TrimSpace(v))
-		if err != nil {
-			return nil, fmt.Errorf("M2MAUTH_SIGNING_KEY is not base64: %w", err)
-		}
-		if len(key) < m2mauth.MinHMACKeyLen {
-			return nil, fmt.Errorf("M2MAUTH_SIGNING_KEY must decode to at least %d bytes", m2mauth.MinHMACKeyLen)
-		}
-		return key, nil
-	}
-	if keyFile == "" {
-		switch {
-		case b.sqlite != "":
-			keyFile = strings.TrimSuffix(b.sqlite, filepath.Ext(b.sqlite)) + ".key"
-		case strings.HasPrefix(b.kind, "memory"):
-		default:
-			keyFile = "m2mauth.key"
-		}
-	}
-	if keyFile != "" {
-		raw, err := os.ReadFile(keyFile)
-		switch {
-		case err == nil:
-			key, err := base64.StdEncoding.DecodeString(strings.TrimSpace(string(raw)))
-			if err != nil || len(key) < m2mauth.MinHMACKeyLen {
-				return nil, fmt.Errorf("%s: want base64 of at least %d bytes", keyFile, m2mauth.MinHMACKeyLen)
-			}
-			if st, err := os.Stat(keyFile); err == nil && st.Mode().Perm()&0o077 != 0 {
-				fmt.Fprintf(log, "warning: %s is readable by others (mode %v); chmod 600 it\n", keyFile, st.Mode().Perm())
-			}
-			return key, nil
-		case !errors.Is(err, fs.ErrNotExist):
-			return nil, err
-		}
-	}
-	key := make([]byte, 32)
-	if _, err := rand.Read(key); err != nil {
-		return nil, err
-	}
-	if keyFile == "" {
-		fmt.Fprintln(log, "warning: no signing key configured; using a new one for this process only")
-		return key, nil
-	}
-	if err := os.WriteFile(keyFile, []byte(base64.StdEncoding.EncodeToString(key)+"\n"), 0o600); err != nil {
-		return nil, fmt.Errorf("writing the signing key: %w", err)
-	}
-	fmt.Fprintf(log, "warning: generated a new signing key and saved it to %s (mode 0600); keep it secret, and set M2MAUTH_SIGNING_KEY in production\n", keyFile)
-	return key, nil
+	return fmt.Errorf("%s: cannot connect: %w", d.kind, err)
 }

@@ -8,115 +8,292 @@ import (
 	"fmt"
 	"io"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/m2mauth/m2mauth"
 )
 
-// clientCommand runs "client <create|rotate-secret|disable|enable|delete|list>".
-func clientCommand(g globals, args []string, stdout, stderr io.Writer) error {
+// clientSynopsis is the usage line of each client command, after
+// "example [global flags] client".
+var clientSynopsis = map[string]string{
+	"create":        `create -id ID -scopes "a b" [-audience AUD] [-ttl 1h]`,
+	"update":        `update -id ID [-scopes "a b"] [-audience AUD] [-ttl 1h]`,
+	"show":          `show -id ID`,
+	"list":          `list [-id ID]`,
+	"rotate-secret": `rotate-secret -id ID [-grace 24h]`,
+	"remove-secret": `remove-secret -id ID -secret-id S`,
+	"disable":       `disable -id ID`,
+	"enable":        `enable -id ID`,
+	"delete":        `delete -id ID`,
+}
+
+// clientCommand runs "client <command>": see clientSynopsis. mainUsage
+// prints the usage of the whole command.
+func clientCommand(g globals, args []string, stdout, stderr io.Writer, mainUsage func()) error {
 	if len(args) == 0 {
-		fmt.Fprint(stderr, usage)
+		mainUsage()
 		return errUsage
 	}
-	fs := flag.NewFlagSet("client "+args[0], flag.ContinueOnError)
+	cmd := args[0]
+	if cmd == "-h" || cmd == "-help" || cmd == "--help" {
+		mainUsage()
+		return flag.ErrHelp
+	}
+	fs := flag.NewFlagSet("client "+cmd, flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	id := fs.String("id", "", "client id")
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "usage: example [global flags] client %s\n", clientSynopsis[cmd])
+		fs.PrintDefaults()
+	}
 	var (
-		audience, scopes *string
-		ttl, grace       *time.Duration
+		id, audience, scopes, secretID string
+		ttl, grace                     time.Duration
 	)
-	switch args[0] {
+	const scopesHelp = `the scopes the client may request for the audience, space-separated in one argument, e.g. "read:builders read:subcontractors"`
+	const ttlHelp = "lifetime of this client's tokens, at most 24h; 0: the server's (1h)"
+	switch cmd {
+	case "list":
+		fs.StringVar(&id, "id", "", "show only the client with this id")
 	case "create":
-		audience = fs.String("audience", g.audience, "audience the client may get tokens for")
-		scopes = fs.String("scopes", "", `space-delimited scopes granted for the audience, e.g. "read:builders read:subcontractors"`)
-		ttl = fs.Duration("ttl", 0, "token lifetime for this client, at most 24h (default: the server's, 1h)")
+		fs.StringVar(&id, "id", "", "client id")
+		fs.StringVar(&audience, "audience", g.audience, "the audience (API) the client may get tokens for")
+		fs.StringVar(&scopes, "scopes", "", scopesHelp+" (required)")
+		fs.DurationVar(&ttl, "ttl", 0, ttlHelp)
+	case "update":
+		fs.StringVar(&id, "id", "", "client id")
+		fs.StringVar(&audience, "audience", "", "the audience whose scopes -scopes replaces; one the client has no grant for is added (default: the client's only audience, or the global -audience if it has none)")
+		fs.StringVar(&scopes, "scopes", "", scopesHelp+"; they replace the audience's scopes")
+		fs.DurationVar(&ttl, "ttl", 0, ttlHelp)
 	case "rotate-secret":
-		grace = fs.Duration("grace", 24*time.Hour, "how long the current secrets keep working")
-	case "disable", "enable", "delete", "list":
+		fs.StringVar(&id, "id", "", "client id")
+		fs.DurationVar(&grace, "grace", 24*time.Hour, "how long the current secrets keep working")
+	case "remove-secret":
+		fs.StringVar(&id, "id", "", "client id")
+		fs.StringVar(&secretID, "secret-id", "", `the secret's id, as "client show" lists it`)
+	case "show", "disable", "enable", "delete":
+		fs.StringVar(&id, "id", "", "client id")
 	default:
-		fmt.Fprintf(stderr, "unknown client command %q\n", args[0])
-		fmt.Fprint(stderr, usage)
+		fmt.Fprintf(stderr, "unknown client command %q\n", cmd)
+		mainUsage()
 		return errUsage
 	}
 	if err := fs.Parse(args[1:]); err != nil {
 		return usageError(err)
 	}
-	if fs.NArg() > 0 || (args[0] != "list" && *id == "") {
-		if *id == "" && args[0] != "list" {
-			fmt.Fprintln(stderr, "-id is required")
-		}
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	// missing explains a missing flag or a stray argument, then the usage.
+	missing := func(msg string) error {
+		fmt.Fprintln(stderr, msg)
 		fs.Usage()
 		return errUsage
 	}
 	switch {
-	case ttl != nil && *ttl < 0:
+	case fs.NArg() > 0 && set["scopes"]:
+		// -scopes read write: the flag took "read", "write" was left.
+		words := []string{scopes}
+		for _, a := range fs.Args() {
+			if strings.HasPrefix(a, "-") {
+				break
+			}
+			words = append(words, a)
+		}
+		return missing(fmt.Sprintf("unexpected argument %q: scopes are space-separated in one argument, so quote them: -scopes %s", fs.Arg(0), scopesArg(strings.Join(words, " "))))
+	case fs.NArg() > 0:
+		return missing(fmt.Sprintf("unexpected argument %q", fs.Arg(0)))
+	case cmd != "list" && id == "":
+		return missing("-id is required")
+	case cmd == "create" && !set["scopes"]:
+		return missing(`-scopes is required: the scopes the client may request, space-separated in one argument, e.g. -scopes "read:builders read:subcontractors"`)
+	case cmd == "remove-secret" && secretID == "":
+		return missing(`-secret-id is required: "client show -id ID" lists the client's secret ids`)
+	case cmd == "update" && set["audience"] && !set["scopes"]:
+		return missing("-audience names the audience whose scopes -scopes replaces: give -scopes too")
+	case cmd == "update" && !set["scopes"] && !set["ttl"]:
+		return missing("nothing to update: give -scopes or -ttl")
+	}
+	var granted m2mauth.Scopes
+	if set["scopes"] {
+		var err error
+		if granted, err = parseScopesFlag(scopes); err != nil {
+			return err
+		}
+	}
+	switch {
+	case ttl < 0:
 		return errors.New("-ttl must not be negative")
-	case ttl != nil && *ttl > m2mauth.MaxClientTokenTTL:
-		return fmt.Errorf("-ttl %v is longer than the %v a token may live; a leaked token stays valid until it expires, so keep it short (1h or less) and let the client fetch a new one", *ttl, m2mauth.MaxClientTokenTTL)
-	case grace != nil && *grace < 0:
+	case ttl > m2mauth.MaxClientTokenTTL:
+		return fmt.Errorf("-ttl %v is longer than the %v a token may live; a leaked token stays valid until it expires, so keep it short (1h or less) and let the client fetch a new one", ttl, m2mauth.MaxClientTokenTTL)
+	case grace < 0:
 		return errors.New("-grace must not be negative")
 	}
 
+	d, err := parseDB(g.db)
+	if err != nil {
+		return err
+	}
 	ctx := context.Background()
-	b, err := openBackend(ctx, g.db, backendOptions{pool: defaultPool()})
+	b, err := openBackend(ctx, d, backendOptions{pool: defaultPool()})
 	if err != nil {
 		return err
 	}
 	defer b.close()
 	store := b.store
 	enc := json.NewEncoder(stdout)
-
-	switch args[0] {
-	case "create":
-		granted, err := m2mauth.ParseScopes(*scopes)
+	// named adds the client id to the store's errors.
+	named := func(err error) error {
 		if err != nil {
-			return fmt.Errorf("-scopes: %w", err)
+			return fmt.Errorf("client %q: %w", id, err)
 		}
+		return nil
+	}
+
+	switch cmd {
+	case "create":
 		plain, s, err := m2mauth.NewSecret(time.Now(), time.Time{})
 		if err != nil {
 			return err
 		}
-		c := &m2mauth.Client{ID: *id, Secrets: []m2mauth.Secret{s}, Grants: map[string]m2mauth.Scopes{*audience: granted}, TokenTTL: *ttl}
+		c := &m2mauth.Client{ID: id, Secrets: []m2mauth.Secret{s}, Grants: map[string]m2mauth.Scopes{audience: granted}, TokenTTL: ttl}
 		if err := store.CreateClient(ctx, c); err != nil {
-			return err
+			return named(err)
 		}
-		return enc.Encode(map[string]string{"client_id": *id, "client_secret": plain})
-	case "rotate-secret":
-		c, err := store.Client(ctx, *id)
+		return enc.Encode(map[string]string{"client_id": id, "client_secret": plain})
+	case "update":
+		c, err := store.Client(ctx, id)
 		if err != nil {
-			return err
+			return named(err)
+		}
+		if set["scopes"] {
+			aud, err := updatedAudience(c, audience, g.audience)
+			if err != nil {
+				return err
+			}
+			if c.Grants == nil {
+				c.Grants = map[string]m2mauth.Scopes{}
+			}
+			c.Grants[aud] = granted
+		}
+		if set["ttl"] {
+			c.TokenTTL = ttl
+		}
+		if err := store.UpdateClient(ctx, c); err != nil {
+			return named(err)
+		}
+		return showClient(ctx, store, id, enc)
+	case "show":
+		return showClient(ctx, store, id, enc)
+	case "rotate-secret":
+		c, err := store.Client(ctx, id)
+		if err != nil {
+			return named(err)
 		}
 		now := time.Now()
-		until := now.Add(*grace)
+		until := now.Add(grace)
 		plain, s, err := m2mauth.NewSecret(now, time.Time{})
 		if err != nil {
 			return err
 		}
-		if err := store.AddSecret(ctx, *id, s); err != nil {
-			return err
+		if err := store.AddSecret(ctx, id, s); err != nil {
+			return named(err)
 		}
 		for _, old := range c.Secrets {
 			if old.ActiveAt(until) { // ends at the grace period, or sooner
-				if err := store.ExpireSecret(ctx, *id, old.ID, until); err != nil {
-					return err
+				if err := store.ExpireSecret(ctx, id, old.ID, until); err != nil {
+					return named(err)
 				}
 			}
 		}
 		return enc.Encode(map[string]string{
-			"client_id": *id, "client_secret": plain, "secret_id": s.ID,
+			"client_id": id, "client_secret": plain, "secret_id": s.ID,
 			"previous_secrets_expire_at": until.UTC().Format(time.RFC3339),
 		})
+	case "remove-secret":
+		err := store.RemoveSecret(ctx, id, secretID)
+		if errors.Is(err, m2mauth.ErrSecretNotFound) {
+			return fmt.Errorf("client %q has no secret %q; \"client show -id ID\" lists its secret ids", id, secretID)
+		}
+		if err != nil {
+			return named(err)
+		}
+		c, err := store.Client(ctx, id)
+		if err != nil {
+			return named(err)
+		}
+		now := time.Now()
+		for _, s := range c.Secrets {
+			if s.ActiveAt(now) {
+				return nil
+			}
+		}
+		fmt.Fprintf(stderr, "warning: client %q has no working secret left: it cannot get tokens until \"client rotate-secret\" gives it one\n", id)
+		return nil
 	case "disable", "enable":
-		return store.SetDisabled(ctx, *id, args[0] == "disable")
+		return named(store.SetDisabled(ctx, id, cmd == "disable"))
 	case "delete":
-		return store.DeleteClient(ctx, *id)
+		return named(store.DeleteClient(ctx, id))
+	}
+	if id != "" {
+		err := showClient(ctx, store, id, enc)
+		if errors.Is(err, m2mauth.ErrClientNotFound) {
+			return nil // a filter that matches nothing
+		}
+		return err
 	}
 	return listClients(ctx, store, enc)
 }
 
-// clientView is what "client list" shows of a client: never a secret or
-// a hash.
+// parseScopesFlag reads -scopes: scope tokens separated by spaces.
+func parseScopesFlag(s string) (m2mauth.Scopes, error) {
+	if strings.Contains(s, ",") {
+		fields := strings.FieldsFunc(s, func(r rune) bool { return r == ',' || r == ' ' })
+		return nil, fmt.Errorf("-scopes %s: scopes are space-separated: -scopes %s", scopesArg(s), scopesArg(strings.Join(fields, " ")))
+	}
+	fields := strings.Fields(s)
+	for _, f := range fields {
+		if _, err := m2mauth.NewScopes(f); err != nil {
+			return nil, fmt.Errorf(`-scopes: %q is not a scope: a scope is printable ASCII but for space, " and \ (RFC 6749 section 3.3)`, f)
+		}
+	}
+	return m2mauth.NewScopes(fields...)
+}
+
+// scopesArg writes s as the argument of -scopes for a shell: in double
+// quotes, as the usage text does, unless the shell would expand
+// something in them.
+func scopesArg(s string) string {
+	if strings.ContainsAny(s, "\"\\$`!'") {
+		return shellQuote(s)
+	}
+	return `"` + s + `"`
+}
+
+// updatedAudience is the audience whose scopes "client update" replaces:
+// the -audience flag, else the client's only audience, else the global
+// -audience for a client without grants.
+func updatedAudience(c *m2mauth.Client, flagValue, global string) (string, error) {
+	if flagValue != "" {
+		return flagValue, nil
+	}
+	switch len(c.Grants) {
+	case 0:
+		return global, nil
+	case 1:
+		for aud := range c.Grants {
+			return aud, nil
+		}
+	}
+	auds := make([]string, 0, len(c.Grants))
+	for aud := range c.Grants {
+		auds = append(auds, aud)
+	}
+	sort.Strings(auds)
+	return "", fmt.Errorf("client %q has grants for %d audiences (%s): say which one -scopes is for with -audience", c.ID, len(auds), strings.Join(auds, ", "))
+}
+
+// clientView is what "client show" and "client list" show of a client:
+// never a secret or a hash.
 type clientView struct {
 	ID       string            `json:"client_id"`
 	Disabled bool              `json:"disabled"`
@@ -133,6 +310,36 @@ type secretView struct {
 	ExpiresAt *time.Time `json:"expires_at,omitempty"`
 }
 
+func viewOf(c *m2mauth.Client) clientView {
+	v := clientView{ID: c.ID, Disabled: c.Disabled, Public: c.Public, Grants: map[string]string{}, Created: c.CreatedAt}
+	for aud, s := range c.Grants {
+		v.Grants[aud] = s.String()
+	}
+	if c.TokenTTL > 0 {
+		v.TokenTTL = c.TokenTTL.String()
+	}
+	for _, s := range c.Secrets {
+		sv := secretView{ID: s.ID, CreatedAt: s.CreatedAt}
+		if !s.ExpiresAt.IsZero() {
+			e := s.ExpiresAt
+			sv.ExpiresAt = &e
+		}
+		v.Secrets = append(v.Secrets, sv)
+	}
+	sort.Slice(v.Secrets, func(i, j int) bool { return v.Secrets[i].CreatedAt.Before(v.Secrets[j].CreatedAt) })
+	return v
+}
+
+// showClient writes the view of one client. An unknown id is an error
+// wrapping m2mauth.ErrClientNotFound.
+func showClient(ctx context.Context, store m2mauth.ClientManager, id string, enc *json.Encoder) error {
+	c, err := store.Client(ctx, id)
+	if err != nil {
+		return fmt.Errorf("client %q: %w", id, err)
+	}
+	return enc.Encode(viewOf(c))
+}
+
 func listClients(ctx context.Context, store m2mauth.ClientManager, enc *json.Encoder) error {
 	after := ""
 	for {
@@ -144,23 +351,7 @@ func listClients(ctx context.Context, store m2mauth.ClientManager, enc *json.Enc
 			return nil
 		}
 		for _, c := range page {
-			v := clientView{ID: c.ID, Disabled: c.Disabled, Public: c.Public, Grants: map[string]string{}, Created: c.CreatedAt}
-			for aud, s := range c.Grants {
-				v.Grants[aud] = s.String()
-			}
-			if c.TokenTTL > 0 {
-				v.TokenTTL = c.TokenTTL.String()
-			}
-			for _, s := range c.Secrets {
-				sv := secretView{ID: s.ID, CreatedAt: s.CreatedAt}
-				if !s.ExpiresAt.IsZero() {
-					e := s.ExpiresAt
-					sv.ExpiresAt = &e
-				}
-				v.Secrets = append(v.Secrets, sv)
-			}
-			sort.Slice(v.Secrets, func(i, j int) bool { return v.Secrets[i].CreatedAt.Before(v.Secrets[j].CreatedAt) })
-			if err := enc.Encode(v); err != nil {
+			if err := enc.Encode(viewOf(c)); err != nil {
 				return err
 			}
 		}

@@ -11,22 +11,34 @@
 // Global flags (before the command):
 //
 //	-db string                 where clients live: a SQLite file path, a
-//	                           postgres://… or mysql://… URL, or "memory"
-//	                           (default "m2mauth.db")
+//	                           postgres://… URL, a
+//	                           mysql://user:pass@host:port/db?params URL, or
+//	                           "memory" (default "m2mauth.db")
 //	-issuer string             the "iss" of tokens (default "http://127.0.0.1:8080")
 //	-audience string           the API's audience (default "https://api.example.com")
-//	-signing-key-file string   file holding the base64 HS256 key
+//	-signing-key-file string   file holding the base64 HS256 key, made with
+//	                           (umask 077 && head -c 32 /dev/urandom | base64 > FILE)
 //	                           (default: next to the SQLite file)
 //
 // Commands:
 //
-//	serve [flags]                      run the server (the default command)
-//	client create -id ID [-audience AUD] -scopes "a b" [-ttl 1h]   (-ttl at most 24h)
+//	serve [flags]                  run the server (the default command)
+//	client create -id ID -scopes "a b" [-audience AUD] [-ttl 1h]
+//	client update -id ID [-scopes "a b"] [-audience AUD] [-ttl 1h]
+//	client show -id ID             one client, as JSON
+//	client list [-id ID]           every client (or only ID), one JSON line each
 //	client rotate-secret -id ID [-grace 24h]
+//	client remove-secret -id ID -secret-id S
 //	client disable -id ID
 //	client enable -id ID
 //	client delete -id ID
-//	client list
+//
+// Scopes are space-separated in one argument: -scopes "read:builders
+// read:subcontractors". A client's -ttl is at most 24h; 0 (the default)
+// leaves its tokens the server's lifetime, 1h. "client update -scopes"
+// replaces the scopes of -audience, by default the client's only one.
+// show and list never print secrets or their hashes; remove-secret takes
+// the secret ids they show. The client commands need no signing key.
 //
 // Flags of serve (see "example serve -h"):
 //
@@ -49,8 +61,18 @@
 // names the TLS-terminating proxy in front, or -insecure-http is given.
 //
 // The signing key comes from $M2MAUTH_SIGNING_KEY (base64, at least 32
-// bytes), else from the key file, else a new one is generated and written
-// to the key file with mode 0600 so restarts keep tokens valid.
+// bytes), else from -signing-key-file, which must exist. Without either,
+// a SQLite database keeps its key next to the file (m2mauth.key for
+// m2mauth.db), generated with mode 0600 on the first start so restarts
+// keep tokens valid; "memory" uses a new key per process; and serve
+// refuses to start on PostgreSQL or MySQL, whose replicas must share one
+// key.
+//
+// -db takes no other scheme:// than those above. Connecting to PostgreSQL
+// or MySQL gives up after 5s, naming the address, unless -db sets
+// connect_timeout=SECONDS (PostgreSQL) or timeout=DURATION (MySQL); MySQL
+// connections also get readTimeout and writeTimeout of 60s unless -db sets
+// them.
 package main
 
 import (
@@ -59,6 +81,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 )
 
 func main() {
@@ -94,16 +117,48 @@ type globals struct {
 	db, issuer, audience, keyFile string
 }
 
+// Defaults of the global flags.
+const (
+	defaultDB       = "m2mauth.db"
+	defaultIssuer   = "http://127.0.0.1:8080"
+	defaultAudience = "https://api.example.com"
+)
+
+// commandLine is g as global flags to paste into a shell: -db always,
+// the others when they are not the default.
+func (g globals) commandLine() string {
+	args := []string{"-db", shellQuote(g.db)}
+	if g.issuer != defaultIssuer {
+		args = append(args, "-issuer", shellQuote(g.issuer))
+	}
+	if g.audience != defaultAudience {
+		args = append(args, "-audience", shellQuote(g.audience))
+	}
+	if g.keyFile != "" {
+		args = append(args, "-signing-key-file", shellQuote(g.keyFile))
+	}
+	return strings.Join(args, " ")
+}
+
 const usage = `usage: example [global flags] [command]
 
 commands:
   serve [flags]                      run the server (default); "serve -h" lists its flags
-  client create -id ID [-audience AUD] -scopes "a b" [-ttl 1h]   (-ttl at most 24h)
+  client create -id ID -scopes "a b" [-audience AUD] [-ttl 1h]
+  client update -id ID [-scopes "a b"] [-audience AUD] [-ttl 1h]
+  client show -id ID                 one client as JSON (never secrets or hashes)
+  client list [-id ID]               every client, or only ID, one JSON line each
   client rotate-secret -id ID [-grace 24h]
+  client remove-secret -id ID -secret-id S
   client disable -id ID
   client enable -id ID
   client delete -id ID
-  client list
+
+Scopes are space-separated in one argument: -scopes "read:builders read:subcontractors".
+A client's -ttl is at most 24h (0: the server's, 1h). "client update" replaces the
+scopes of -audience (default: the client's only audience). The client commands
+need no signing key; serve on PostgreSQL or MySQL needs $M2MAUTH_SIGNING_KEY or
+-signing-key-file.
 
 global flags:
 `
@@ -112,10 +167,10 @@ func run(args []string, stdout, stderr io.Writer) error {
 	var g globals
 	fs := flag.NewFlagSet("example", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	fs.StringVar(&g.db, "db", "m2mauth.db", `a SQLite file path, a postgres://… or mysql://… URL, or "memory"`)
-	fs.StringVar(&g.issuer, "issuer", "http://127.0.0.1:8080", `the "iss" of issued tokens`)
-	fs.StringVar(&g.audience, "audience", "https://api.example.com", "the audience of the protected API")
-	fs.StringVar(&g.keyFile, "signing-key-file", "", "file holding the base64 HS256 signing key (default: next to the SQLite file)")
+	fs.StringVar(&g.db, "db", defaultDB, `a SQLite file path, a postgres://… or mysql://user:pass@host:port/db?params URL, or "memory"`)
+	fs.StringVar(&g.issuer, "issuer", defaultIssuer, `the "iss" of issued tokens`)
+	fs.StringVar(&g.audience, "audience", defaultAudience, "the audience of the protected API")
+	fs.StringVar(&g.keyFile, "signing-key-file", "", "`file` holding the base64 HS256 signing key, made with: (umask 077 && head -c 32 /dev/urandom | base64 > FILE) (default: next to the SQLite file; PostgreSQL and MySQL need it or $M2MAUTH_SIGNING_KEY)")
 	fs.Usage = func() {
 		fmt.Fprint(stderr, usage)
 		fs.PrintDefaults()
@@ -131,7 +186,7 @@ func run(args []string, stdout, stderr io.Writer) error {
 	case "serve":
 		return serve(g, rest[1:], stdout, stderr)
 	case "client":
-		return clientCommand(g, rest[1:], stdout, stderr)
+		return clientCommand(g, rest[1:], stdout, stderr, fs.Usage)
 	default:
 		fmt.Fprintf(stderr, "unknown command %q\n", rest[0])
 		fs.Usage()

@@ -4,11 +4,13 @@ import (
 	"bufio"
 	"bytes"
 	"crypto/rand"
+	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -18,6 +20,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/go-sql-driver/mysql"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"golang.org/x/oauth2"
@@ -34,6 +37,9 @@ var build struct {
 }
 
 func TestMain(m *testing.M) {
+	// Each test configures its signing key, or none, itself: the one of
+	// the environment would hide the errors of a missing key.
+	os.Unsetenv("M2MAUTH_SIGNING_KEY")
 	dir, err := os.MkdirTemp("", "m2mauth-example-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -61,6 +67,85 @@ func buildExample(t *testing.T) string {
 	return build.path
 }
 
+// newKeyFile writes a new signing key to a file of its own, mode 0600, as
+// the command that the example's messages suggest would.
+func newKeyFile(t *testing.T) string {
+	t.Helper()
+	key := make([]byte, 32)
+	rand.Read(key)
+	file := filepath.Join(t.TempDir(), "signing.key")
+	require.NoError(t, os.WriteFile(file, []byte(base64.StdEncoding.EncodeToString(key)+"\n"), 0o600))
+	return file
+}
+
+// testDatabase is a -db value for a test: a new SQLite file, or a shared
+// server database whose tests use client ids of their own.
+type testDatabase struct {
+	name string
+	db   func(t *testing.T) string // skips t when the database is not configured
+}
+
+func testDatabases() []testDatabase {
+	return []testDatabase{
+		{"SQLite", func(t *testing.T) string { return filepath.Join(t.TempDir(), "m2mauth.db") }},
+		{"PostgreSQL", postgresDB},
+		{"MySQL", mysqlDB},
+	}
+}
+
+// postgresDB is M2MAUTH_TEST_POSTGRES_DSN, a postgres:// URL.
+func postgresDB(t *testing.T) string {
+	t.Helper()
+	dsn := os.Getenv("M2MAUTH_TEST_POSTGRES_DSN")
+	if dsn == "" {
+		t.Skip("set M2MAUTH_TEST_POSTGRES_DSN to run against PostgreSQL")
+	}
+	return dsn
+}
+
+// mysqlDB is M2MAUTH_TEST_MYSQL_DSN as a -db value: a mysql:// URL, given
+// as one or converted from the go-sql-driver/mysql form.
+func mysqlDB(t *testing.T) string {
+	t.Helper()
+	dsn := os.Getenv("M2MAUTH_TEST_MYSQL_DSN")
+	if dsn == "" {
+		t.Skip("set M2MAUTH_TEST_MYSQL_DSN to run against MySQL or MariaDB")
+	}
+	u, err := mysqlURL(dsn)
+	require.NoError(t, err, "M2MAUTH_TEST_MYSQL_DSN")
+	return u
+}
+
+// mysqlURL turns a go-sql-driver/mysql DSN, user:pass@tcp(host:port)/db?params,
+// into the mysql://user:pass@host:port/db?params URL that -db takes; a
+// mysql:// URL is returned as it is.
+func mysqlURL(dsn string) (string, error) {
+	if strings.HasPrefix(dsn, "mysql://") {
+		return dsn, nil
+	}
+	cfg, err := mysql.ParseDSN(dsn)
+	if err != nil {
+		return "", err
+	}
+	if cfg.Net != "tcp" {
+		return "", fmt.Errorf("the DSN connects over %q: -db takes mysql:// URLs, which connect over TCP", cfg.Net)
+	}
+	u := url.URL{Scheme: "mysql", Host: cfg.Addr, Path: "/" + cfg.DBName}
+	switch {
+	case cfg.Passwd != "":
+		u.User = url.UserPassword(cfg.User, cfg.Passwd)
+	case cfg.User != "":
+		u.User = url.User(cfg.User)
+	}
+	// The parameters as written (the driver has moved the ones it knows
+	// into fields of cfg), found as the driver finds them: after the
+	// last slash, which ends the address.
+	if _, query, ok := strings.Cut(dsn[strings.LastIndex(dsn, "/")+1:], "?"); ok {
+		u.RawQuery = query
+	}
+	return u.String(), nil
+}
+
 // runCLI runs one admin command and returns its stdout.
 func runCLI(t *testing.T, bin string, args ...string) string {
 	t.Helper()
@@ -76,6 +161,7 @@ type server struct {
 	cmd    *exec.Cmd
 	base   string // the URL it printed, with 127.0.0.1 for an unspecified address
 	client *http.Client
+	stdout *syncBuffer // the banner
 	stderr *syncBuffer
 	done   chan error
 }
@@ -112,7 +198,7 @@ func startServerWith(t *testing.T, bin string, client *http.Client, global []str
 	cmd.Dir = t.TempDir() // for files it makes in the working directory
 	stdout, err := cmd.StdoutPipe()
 	require.NoError(t, err)
-	s := &server{cmd: cmd, client: client, stderr: &syncBuffer{}, done: make(chan error, 1)}
+	s := &server{cmd: cmd, client: client, stdout: &syncBuffer{}, stderr: &syncBuffer{}, done: make(chan error, 1)}
 	cmd.Stderr = s.stderr
 	require.NoError(t, cmd.Start())
 	t.Cleanup(func() { cmd.Process.Kill() })
@@ -121,6 +207,7 @@ func startServerWith(t *testing.T, bin string, client *http.Client, global []str
 	go func() {
 		sc := bufio.NewScanner(stdout)
 		for sc.Scan() {
+			s.stdout.Write([]byte(sc.Text() + "\n"))
 			lines <- sc.Text()
 		}
 		close(lines)
@@ -180,23 +267,11 @@ func TestExampleEndToEnd(t *testing.T) {
 		t.Skip("builds and runs the example server")
 	}
 	bin := buildExample(t)
-	backends := []struct {
-		name string
-		db   func(t *testing.T) string
-	}{
-		{"SQLite", func(t *testing.T) string { return filepath.Join(t.TempDir(), "m2mauth.db") }},
-		{"PostgreSQL", func(t *testing.T) string {
-			dsn := os.Getenv("M2MAUTH_TEST_POSTGRES_DSN")
-			if dsn == "" {
-				t.Skip("set M2MAUTH_TEST_POSTGRES_DSN to run against PostgreSQL")
-			}
-			return dsn
-		}},
-	}
+	backends := testDatabases()
 	for _, b := range backends {
 		t.Run(b.name, func(t *testing.T) {
 			db := b.db(t)
-			global := []string{"-db", db, "-signing-key-file", filepath.Join(t.TempDir(), "key")}
+			global := []string{"-db", db, "-signing-key-file", newKeyFile(t)}
 			var suffix [4]byte
 			rand.Read(suffix[:])
 			id := "e2e-" + hex.EncodeToString(suffix[:])

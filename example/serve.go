@@ -111,6 +111,15 @@ func serve(g globals, args []string, stdout, stderr io.Writer) error {
 		return fmt.Errorf("refusing to serve plain HTTP on %s, which other machines can reach: client secrets and tokens would cross the network in the clear. "+
 			"Give -tls-cert and -tls-key, or -trusted-proxies when a TLS-terminating reverse proxy is in front, or -insecure-http to accept the risk", f.addr)
 	}
+	// -db and the signing key are settled before the database is opened.
+	d, err := parseDB(g.db)
+	if err != nil {
+		return err
+	}
+	key, err := signingKey(d, g.keyFile, stderr)
+	if err != nil {
+		return err
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 
@@ -118,15 +127,11 @@ func serve(g globals, args []string, stdout, stderr io.Writer) error {
 	if f.insecureHTTP {
 		logger.Warn("INSECURE: -insecure-http is set: token requests are accepted over plain HTTP from any address, so client secrets and tokens may cross the network in the clear; use -tls-cert and -tls-key, or a TLS-terminating proxy and -trusted-proxies")
 	}
-	b, err := openBackend(ctx, g.db, backendOptions{pool: f.pool, auditLog: logger, auditSpill: f.auditSpill})
+	b, err := openBackend(ctx, d, backendOptions{pool: f.pool, auditLog: logger, auditSpill: f.auditSpill})
 	if err != nil {
 		return err
 	}
 	defer b.close()
-	key, err := signingKey(b, g.keyFile, stderr)
-	if err != nil {
-		return err
-	}
 	jwk, err := m2mauth.NewHS256Key("", key)
 	if err != nil {
 		return err
@@ -283,11 +288,11 @@ func listing(kind string, names ...string) http.Handler {
 func greet(ctx context.Context, b *backend, g globals, base string, out io.Writer) error {
 	fmt.Fprintf(out, "m2mauth example: listening on %s (store: %s)\n", base, b.kind)
 	_, err := b.store.Client(ctx, demoClientID)
-	secret := "<the demo client's secret>"
+	secret := "<the secret shown on the first start>"
 	switch {
 	case err == nil:
 		fmt.Fprintf(out, "Using the existing database; the demo client %q was created on the first start and its secret shown then.\n", demoClientID)
-		fmt.Fprintf(out, "Make another client with: go run ./example client create -id my-client -scopes %q\n", demoScopes)
+		fmt.Fprintf(out, "Make another client with: go run ./example %s client create -id my-client -scopes %s\n", g.commandLine(), shellQuote(demoScopes))
 	case errors.Is(err, m2mauth.ErrClientNotFound):
 		scopes, err := m2mauth.ParseScopes(demoScopes)
 		if err != nil {
@@ -309,9 +314,9 @@ func greet(ctx context.Context, b *backend, g globals, base string, out io.Write
 	}
 	fmt.Fprintf(out, `
 Get a token:
-  TOKEN=$(curl -s -u '%s:%s' -d grant_type=client_credentials %s/oauth/token | sed -E 's/.*"access_token":"([^"]+)".*/\1/')
+  TOKEN=$(curl -s -u %s -d grant_type=client_credentials %s | sed -E 's/.*"access_token":"([^"]+)".*/\1/')
 Call the protected API with it:
-  curl -s -H "Authorization: Bearer $TOKEN" %s/api/builders
-`, demoClientID, secret, base, base)
+  curl -s -H "Authorization: Bearer $TOKEN" %s
+`, shellQuote(demoClientID+":"+secret), shellQuote(base+"/oauth/token"), shellQuote(base+"/api/builders"))
 	return nil
 }

@@ -95,7 +95,7 @@ func TestServeTLS(t *testing.T) {
 	bin := buildExample(t)
 	certFile, keyFile, roots := selfSignedCert(t)
 	dir := t.TempDir()
-	global := []string{"-db", filepath.Join(dir, "m2mauth.db"), "-signing-key-file", filepath.Join(dir, "key")}
+	global := []string{"-db", filepath.Join(dir, "m2mauth.db"), "-signing-key-file", newKeyFile(t)}
 	var created struct {
 		ID     string `json:"client_id"`
 		Secret string `json:"client_secret"`
@@ -150,7 +150,7 @@ func TestServePlainHTTPOffLoopback(t *testing.T) {
 	bin := buildExample(t)
 	dir := t.TempDir()
 	db := filepath.Join(dir, "m2mauth.db")
-	global := []string{"-db", db, "-signing-key-file", filepath.Join(dir, "key")}
+	global := []string{"-db", db, "-signing-key-file", newKeyFile(t)}
 
 	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
 	defer cancel()
@@ -190,13 +190,7 @@ func TestServeConcurrentTokenRequests(t *testing.T) {
 		saturate bool
 	}{
 		{"SQLite", func(t *testing.T) string { return filepath.Join(t.TempDir(), "m2mauth.db") }, true},
-		{"PostgreSQL", func(t *testing.T) string {
-			dsn := os.Getenv("M2MAUTH_TEST_POSTGRES_DSN")
-			if dsn == "" {
-				t.Skip("set M2MAUTH_TEST_POSTGRES_DSN to run against PostgreSQL")
-			}
-			return dsn
-		}, false},
+		{"PostgreSQL", postgresDB, false},
 	}
 	const (
 		clients  = 20
@@ -205,7 +199,7 @@ func TestServeConcurrentTokenRequests(t *testing.T) {
 	for _, b := range backends {
 		t.Run(b.name, func(t *testing.T) {
 			db := b.db(t)
-			global := []string{"-db", db, "-signing-key-file", filepath.Join(t.TempDir(), "key")}
+			global := []string{"-db", db, "-signing-key-file", newKeyFile(t)}
 			secrets := createClients(t, db, clients)
 			type load struct {
 				name string
@@ -296,7 +290,7 @@ func TestServeRequireAudit(t *testing.T) {
 	bin := buildExample(t)
 	dir := t.TempDir()
 	db := filepath.Join(dir, "m2mauth.db")
-	global := []string{"-db", db, "-signing-key-file", filepath.Join(dir, "key")}
+	global := []string{"-db", db, "-signing-key-file", newKeyFile(t)}
 	var id, secret string
 	for id, secret = range createClients(t, db, 1) {
 	}
@@ -365,7 +359,9 @@ func TestServeRequireAudit(t *testing.T) {
 // Clients in a shared database are deleted when the test ends.
 func createClients(t *testing.T, db string, n int) map[string]string {
 	t.Helper()
-	b, err := openBackend(t.Context(), db, backendOptions{pool: defaultPool()})
+	d, err := parseDB(db)
+	require.NoError(t, err)
+	b, err := openBackend(t.Context(), d, backendOptions{pool: defaultPool()})
 	require.NoError(t, err)
 	defer b.close()
 	var suffix [4]byte
@@ -385,7 +381,7 @@ func createClients(t *testing.T, db string, n int) map[string]string {
 	}
 	if !strings.HasPrefix(b.kind, "SQLite") {
 		t.Cleanup(func() {
-			b, err := openBackend(context.Background(), db, backendOptions{pool: defaultPool()})
+			b, err := openBackend(context.Background(), d, backendOptions{pool: defaultPool()})
 			if err != nil {
 				t.Logf("deleting the test clients: %v", err)
 				return
@@ -423,4 +419,104 @@ func TestLoopbackOnly(t *testing.T) {
 			assert.Equal(t, tc.want, loopbackOnly(tc.addr))
 		})
 	}
+}
+
+// TestBannerCommands: the commands the start-up banner prints carry the
+// global flags in use (-db always, the others when not the default), and
+// /bin/sh reads them into the arguments meant, whatever quotes the paths
+// and values hold. Pasted, they get a token and make a client.
+func TestBannerCommands(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs the example server")
+	}
+	assert.Equal(t, "-db 'm2mauth.db'", globals{db: defaultDB, issuer: defaultIssuer, audience: defaultAudience}.commandLine())
+
+	bin := buildExample(t)
+	dir := filepath.Join(t.TempDir(), "it's here")
+	require.NoError(t, os.Mkdir(dir, 0o700))
+	db := filepath.Join(dir, "clients.db")
+	keyFile := newKeyFile(t)
+	const issuer, audience = "https://auth.example.com", "https://api.example.com/o'brien"
+	global := []string{"-db", db, "-issuer", issuer, "-audience", audience, "-signing-key-file", keyFile}
+
+	// The banner, once complete: its last line names /api/builders.
+	banner := func(s *server) string {
+		t.Helper()
+		for i := 0; ; i++ {
+			if out := s.stdout.String(); strings.Contains(out, "/api/builders") {
+				return out
+			}
+			require.Less(t, i, 200, "banner: %s", s.stdout)
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	// line is the line of out that starts with prefix, trimmed.
+	line := func(out, prefix string) string {
+		t.Helper()
+		for l := range strings.Lines(out) {
+			if l = strings.TrimSpace(l); strings.HasPrefix(l, prefix) {
+				return l
+			}
+		}
+		t.Fatalf("no line %q in the banner:\n%s", prefix, out)
+		return ""
+	}
+	// curlArgs runs the two curl lines of the banner in /bin/sh, with a
+	// curl that records its arguments and answers a token, and returns
+	// the arguments of each call.
+	curlArgs := func(out string) (first, second []string) {
+		t.Helper()
+		tmp := t.TempDir()
+		script := `curl() {
+	f="$TMP/1"; [ -e "$f" ] && f="$TMP/2"
+	printf '%s\0' "$@" > "$f"
+	printf '{"access_token":"t0k.e.n","token_type":"Bearer"}'
+}
+` + line(out, "TOKEN=$(curl") + "\n" + line(out, "curl -s -H") + "\n"
+		cmd := exec.Command("/bin/sh", "-c", script)
+		cmd.Env = append(os.Environ(), "TMP="+tmp)
+		msg, err := cmd.CombinedOutput()
+		require.NoError(t, err, "%s\n%s", script, msg)
+		read := func(name string) []string {
+			raw, err := os.ReadFile(filepath.Join(tmp, name))
+			require.NoError(t, err, "curl was not called twice:\n%s", script)
+			return strings.Split(strings.TrimSuffix(string(raw), "\x00"), "\x00")
+		}
+		return read("1"), read("2")
+	}
+
+	// First start: the demo client is created and its secret shown.
+	srv := startServerWith(t, bin, http.DefaultClient, global, "-addr", "127.0.0.1:0")
+	out := banner(srv)
+	secret := strings.TrimSpace(strings.TrimPrefix(line(out, "client_secret:"), "client_secret:"))
+	first, second := curlArgs(out)
+	assert.Equal(t, []string{"-s", "-u", "demo-client:" + secret, "-d", "grant_type=client_credentials", srv.base + "/oauth/token"}, first)
+	assert.Equal(t, []string{"-s", "-H", "Authorization: Bearer t0k.e.n", srv.base + "/api/builders"}, second, "the token that sed took from the answer")
+	resp, body := tokenRequest(t, http.DefaultClient, srv.base, "demo-client", secret)
+	require.Equal(t, http.StatusOK, resp.StatusCode, "%s", body)
+	require.NoError(t, srv.cmd.Process.Signal(syscall.SIGTERM))
+	select {
+	case err := <-srv.done:
+		require.NoError(t, err, "stderr: %s", srv.stderr)
+	case <-time.After(30 * time.Second):
+		t.Fatal("server did not stop on SIGTERM")
+	}
+
+	// Later starts: a placeholder for the secret, and how to make a client.
+	srv = startServerWith(t, bin, http.DefaultClient, global, "-addr", "127.0.0.1:0")
+	out = banner(srv)
+	first, _ = curlArgs(out)
+	assert.Equal(t, "demo-client:<the secret shown on the first start>", first[2])
+	create := strings.TrimPrefix(line(out, "Make another client with:"), "Make another client with:")
+	raw, err := exec.Command("/bin/sh", "-c", `go() { printf '%s\0' "$@"; }; `+create).Output()
+	require.NoError(t, err, create)
+	args := strings.Split(strings.TrimSuffix(string(raw), "\x00"), "\x00")
+	require.Equal(t, append(append([]string{"run", "./example"}, global...),
+		"client", "create", "-id", "my-client", "-scopes", "read:builders read:subcontractors"), args)
+	runCLI(t, bin, args[2:]...)
+	var v struct {
+		Grants map[string]string `json:"grants"`
+	}
+	require.NoError(t, json.Unmarshal([]byte(runCLI(t, bin, append(global, "client", "show", "-id", "my-client")...)), &v))
+	assert.Equal(t, map[string]string{audience: "read:builders read:subcontractors"}, v.Grants)
 }
