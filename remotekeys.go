@@ -63,12 +63,12 @@ type RemoteKeysConfig struct {
 	// wrapping [ErrKeysUnavailable] and tokens are refused. Negative
 	// means a set is never served past its expiry. Default: 24h.
 	MaxStale time.Duration
-	// InsecureAllowHTTP allows http:// URLs on any host, for the JWKS,
+	// AllowInsecureHTTP allows http:// URLs on any host, for the JWKS,
 	// the issuer and redirects. It is insecure: whoever can alter the
 	// traffic can substitute keys and forge every token. By default
 	// only https is allowed, and http only on loopback hosts (127.0.0.0/8,
 	// ::1 and "localhost"). Default: false.
-	InsecureAllowHTTP bool
+	AllowInsecureHTTP bool
 	// Logger receives failed fetches and the keys left out of a fetched
 	// set, never response bodies. Default: [slog.Default].
 	Logger *slog.Logger
@@ -129,7 +129,7 @@ const (
 //     validator refuses tokens: it fails closed.
 //   - Every request is bounded by Timeout (5s) and MaxBodyBytes (64 KiB)
 //     and goes over https, except to loopback hosts or with
-//     InsecureAllowHTTP.
+//     AllowInsecureHTTP.
 //
 // A fetched set is refused whole when it is not a JSON object with a
 // "keys" array, holds no usable key, or holds any private or secret key
@@ -199,13 +199,13 @@ type RemoteKeysStatus struct {
 
 // NewRemoteKeys returns a provider of the keys published at jwksURL, which
 // must be an absolute https URL (http only on a loopback host, or with
-// [RemoteKeysConfig.InsecureAllowHTTP]) without user information or
+// [RemoteKeysConfig.AllowInsecureHTTP]) without user information or
 // fragment. It does no I/O: the first VerificationKeys call fetches.
 func NewRemoteKeys(jwksURL string, cfg RemoteKeysConfig) (*RemoteKeys, error) {
 	if err := cfg.normalize(); err != nil {
 		return nil, err
 	}
-	u, err := remoteCheckURL(jwksURL, cfg.InsecureAllowHTTP)
+	u, err := remoteCheckURL(jwksURL, cfg.AllowInsecureHTTP)
 	if err != nil {
 		return nil, fmt.Errorf("m2mauth: JWKS URL: %w", err)
 	}
@@ -220,13 +220,13 @@ func NewRemoteKeys(jwksURL string, cfg RemoteKeysConfig) (*RemoteKeys, error) {
 // within ctx, Timeout and MaxBodyBytes. Its "issuer" must equal issuer
 // exactly (§3.3), and its "jwks_uri" must follow the same https rule as
 // issuer, which must be https (or http on a loopback host, or with
-// InsecureAllowHTTP) with no query or fragment. The keys themselves are
+// AllowInsecureHTTP) with no query or fragment. The keys themselves are
 // fetched by the first VerificationKeys call.
 func DiscoverRemoteKeys(ctx context.Context, issuer string, cfg RemoteKeysConfig) (*RemoteKeys, error) {
 	if err := cfg.normalize(); err != nil {
 		return nil, err
 	}
-	u, err := remoteCheckURL(issuer, cfg.InsecureAllowHTTP)
+	u, err := remoteCheckURL(issuer, cfg.AllowInsecureHTTP)
 	if err != nil {
 		return nil, fmt.Errorf("m2mauth: issuer: %w", err)
 	}
@@ -261,7 +261,7 @@ func DiscoverRemoteKeys(ctx context.Context, issuer string, cfg RemoteKeysConfig
 	if md.JWKSURI == nil || *md.JWKSURI == "" {
 		return nil, fmt.Errorf("m2mauth: authorization server metadata from %s has no jwks_uri", wellKnown)
 	}
-	ju, err := remoteCheckURL(*md.JWKSURI, cfg.InsecureAllowHTTP)
+	ju, err := remoteCheckURL(*md.JWKSURI, cfg.AllowInsecureHTTP)
 	if err != nil {
 		return nil, fmt.Errorf("m2mauth: jwks_uri in authorization server metadata: %w", err)
 	}
@@ -730,7 +730,7 @@ func remoteAllowURL(u *url.URL, insecureHTTP bool) error {
 		if insecureHTTP || remoteIsLoopback(u.Hostname()) {
 			return nil
 		}
-		return fmt.Errorf("%q is not https (http is allowed only on loopback hosts, or with InsecureAllowHTTP)", u.Redacted())
+		return fmt.Errorf("%q is not https (http is allowed only on loopback hosts, or with AllowInsecureHTTP)", u.Redacted())
 	default:
 		return fmt.Errorf("%q: scheme %q is not https", u.Redacted(), u.Scheme)
 	}
@@ -754,7 +754,7 @@ func newRemoteHTTPClient(cfg RemoteKeysConfig) *http.Client {
 			if len(via) > remoteMaxRedirects {
 				return fmt.Errorf("stopped after %d redirects", remoteMaxRedirects)
 			}
-			if err := remoteAllowURL(req.URL, cfg.InsecureAllowHTTP); err != nil {
+			if err := remoteAllowURL(req.URL, cfg.AllowInsecureHTTP); err != nil {
 				return fmt.Errorf("redirect refused: %w", err)
 			}
 			if via[len(via)-1].URL.Scheme == "https" && req.URL.Scheme != "https" {

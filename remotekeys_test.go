@@ -217,7 +217,7 @@ func TestRemoteKeysNewChecksURLAndConfig(t *testing.T) {
 		{"http elsewhere", "http://auth.example.com/jwks", nil, false},
 		{"http on a private address", "http://10.0.0.1/jwks", nil, false},
 		{"http on localhost-lookalike", "http://localhost.example.com/jwks", nil, false},
-		{"http with InsecureAllowHTTP", "http://auth.example.com/jwks", func(c *m2mauth.RemoteKeysConfig) { c.InsecureAllowHTTP = true }, true},
+		{"http with AllowInsecureHTTP", "http://auth.example.com/jwks", func(c *m2mauth.RemoteKeysConfig) { c.AllowInsecureHTTP = true }, true},
 		{"other scheme", "ftp://auth.example.com/jwks", nil, false},
 		{"relative", "/jwks", nil, false},
 		{"empty", "", nil, false},
