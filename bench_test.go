@@ -2,6 +2,7 @@ package m2mauth_test
 
 import (
 	"context"
+	"crypto"
 	"crypto/rand"
 	"crypto/subtle"
 	"encoding/base64"
@@ -29,9 +30,36 @@ const (
 
 var benchKey = []byte("0123456789abcdef0123456789abcdef")
 
+// benchAlgorithms are the algorithms benchmarked; PS256 costs what RS256
+// does, give or take the padding.
+var benchAlgorithms = []jose.SignatureAlgorithm{jose.HS256, jose.ES256, jose.EdDSA, jose.RS256}
+
+// benchSigningKey is the signing key of alg in the benchmarks: HS256 with
+// benchKey as kid "k1", else the test key of alg.
+func benchSigningKey(b testing.TB, alg jose.SignatureAlgorithm) jose.JSONWebKey {
+	b.Helper()
+	if alg != jose.HS256 {
+		return signingJWK(alg)
+	}
+	key, err := m2mauth.NewHS256Key("k1", benchKey)
+	require.NoError(b, err)
+	return key
+}
+
+// benchVerifyingKey is the public half of benchSigningKey (HS256: the
+// secret).
+func benchVerifyingKey(b testing.TB, alg jose.SignatureAlgorithm) jose.JSONWebKey {
+	k := benchSigningKey(b, alg)
+	if s, ok := k.Key.(crypto.Signer); ok {
+		k.Key = s.Public()
+	}
+	return k
+}
+
 // benchTokenHandler returns m2mauth's token handler over a memstore with
-// one client, and that client's Basic Authorization header value.
-func benchTokenHandler(b testing.TB) (http.Handler, string) {
+// one client, signing with alg, and that client's Basic Authorization
+// header value.
+func benchTokenHandler(b testing.TB, alg jose.SignatureAlgorithm) (http.Handler, string) {
 	b.Helper()
 	store := memstore.New()
 	plain, sec, err := m2mauth.NewSecret(time.Now(), time.Time{})
@@ -41,9 +69,7 @@ func benchTokenHandler(b testing.TB) (http.Handler, string) {
 		Secrets: []m2mauth.Secret{sec},
 		Grants:  map[string]m2mauth.Scopes{benchAudience: {"read", "write"}},
 	}))
-	key, err := m2mauth.NewHS256Key("k1", benchKey)
-	require.NoError(b, err)
-	keys, err := m2mauth.NewStaticKeys(key)
+	keys, err := m2mauth.NewStaticKeys(benchSigningKey(b, alg))
 	require.NoError(b, err)
 	h, err := m2mauth.NewTokenHandler(store, keys, m2mauth.TokenHandlerConfig{
 		Issuer:          benchIssuer,
@@ -71,10 +97,14 @@ func runTokenBench(b *testing.B, h http.Handler, auth string) {
 }
 
 // BenchmarkTokenHandler measures one client credentials token request
-// through m2mauth's handler, in process.
+// through m2mauth's handler, in process, for each algorithm.
 func BenchmarkTokenHandler(b *testing.B) {
-	h, auth := benchTokenHandler(b)
-	runTokenBench(b, h, auth)
+	for _, alg := range benchAlgorithms {
+		b.Run(string(alg), func(b *testing.B) {
+			h, auth := benchTokenHandler(b, alg)
+			runTokenBench(b, h, auth)
+		})
+	}
 }
 
 // BenchmarkTokenHandlerBare is the harness cost: a handler that only
@@ -86,17 +116,20 @@ func BenchmarkTokenHandlerBare(b *testing.B) {
 
 // BenchmarkTokenHandlerFloor is a minimal hand-written token endpoint doing
 // the same work with go-jose's JWT builder: parse the form, compare a
-// plaintext secret in constant time, sign the same claims.
+// plaintext secret in constant time, sign the same claims, for each
+// algorithm.
 func BenchmarkTokenHandlerFloor(b *testing.B) {
-	signer, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.HS256, Key: benchKey},
-		(&jose.SignerOptions{}).WithType("at+jwt").WithHeader("kid", "k1"))
+	for _, alg := range benchAlgorithms {
+		b.Run(string(alg), func(b *testing.B) { benchTokenHandlerFloor(b, alg) })
+	}
+}
+
+func benchTokenHandlerFloor(b *testing.B, alg jose.SignatureAlgorithm) {
+	key := benchSigningKey(b, alg)
+	signer, err := jose.NewSigner(jose.SigningKey{Algorithm: alg, Key: key.Key},
+		(&jose.SignerOptions{}).WithType("at+jwt").WithHeader("kid", key.KeyID))
 	require.NoError(b, err)
 	const id, secret = "bench-client", "floor-secret-floor-secret-floor-secret-xx"
-	type claims struct {
-		jwt.Claims
-		ClientID string `json:"client_id"`
-		Scope    string `json:"scope"`
-	}
 	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		u, p, ok := r.BasicAuth()
 		if err := r.ParseForm(); err != nil || !ok || u != id ||
@@ -105,20 +138,8 @@ func BenchmarkTokenHandlerFloor(b *testing.B) {
 			http.Error(w, `{"error":"invalid_request"}`, http.StatusBadRequest)
 			return
 		}
-		var jti [16]byte
-		rand.Read(jti[:])
-		now := time.Now()
-		c := claims{
-			Claims: jwt.Claims{
-				Issuer: benchIssuer, Subject: id, Audience: jwt.Audience{benchAudience},
-				IssuedAt: jwt.NewNumericDate(now), NotBefore: jwt.NewNumericDate(now),
-				Expiry: jwt.NewNumericDate(now.Add(time.Hour)),
-				ID:     base64.RawURLEncoding.EncodeToString(jti[:]),
-			},
-			ClientID: id,
-			Scope:    r.PostForm.Get("scope"),
-		}
-		tok, err := jwt.Signed(signer).Claims(c).Serialize()
+		scope := r.PostForm.Get("scope")
+		tok, err := floorSign(signer, id, scope)
 		if err != nil {
 			http.Error(w, `{"error":"server_error"}`, http.StatusInternalServerError)
 			return
@@ -126,16 +147,95 @@ func BenchmarkTokenHandlerFloor(b *testing.B) {
 		w.Header().Set("Content-Type", "application/json")
 		w.Header().Set("Cache-Control", "no-store")
 		json.NewEncoder(w).Encode(map[string]any{
-			"access_token": tok, "token_type": "Bearer", "expires_in": 3600, "scope": c.Scope,
+			"access_token": tok, "token_type": "Bearer", "expires_in": 3600, "scope": scope,
 		})
 	})
 	runTokenBench(b, h, "Basic "+base64.StdEncoding.EncodeToString([]byte(id+":"+secret)))
 }
 
+// floorClaims are the claims the go-jose floors sign and read.
+type floorClaims struct {
+	jwt.Claims
+	ClientID string `json:"client_id"`
+	Scope    string `json:"scope"`
+}
+
+// floorSign makes a token with go-jose's JWT builder: the claims of an
+// access token for id, marshalled by go-jose, signed by signer.
+func floorSign(signer jose.Signer, id, scope string) (string, error) {
+	var jti [16]byte
+	rand.Read(jti[:])
+	now := time.Now()
+	c := floorClaims{
+		Claims: jwt.Claims{
+			Issuer: benchIssuer, Subject: id, Audience: jwt.Audience{benchAudience},
+			IssuedAt: jwt.NewNumericDate(now), NotBefore: jwt.NewNumericDate(now),
+			Expiry: jwt.NewNumericDate(now.Add(time.Hour)),
+			ID:     base64.RawURLEncoding.EncodeToString(jti[:]),
+		},
+		ClientID: id,
+		Scope:    scope,
+	}
+	return jwt.Signed(signer).Claims(c).Serialize()
+}
+
+// floorVerify checks a token with go-jose: ParseSigned with alg pinned,
+// Claims with key, Expected validation.
+func floorVerify(raw string, alg jose.SignatureAlgorithm, key any) (*floorClaims, error) {
+	t, err := jwt.ParseSigned(raw, []jose.SignatureAlgorithm{alg})
+	if err != nil {
+		return nil, err
+	}
+	var c floorClaims
+	if err := t.Claims(key, &c); err != nil {
+		return nil, err
+	}
+	if err := c.Claims.Validate(jwt.Expected{Issuer: benchIssuer, AnyAudience: jwt.Audience{benchAudience}, Time: time.Now()}); err != nil {
+		return nil, err
+	}
+	return &c, nil
+}
+
+// BenchmarkJoseSign is the crypto cost of the issuance floor, without
+// HTTP: go-jose's JWT builder marshalling and signing the claims.
+func BenchmarkJoseSign(b *testing.B) {
+	for _, alg := range benchAlgorithms {
+		b.Run(string(alg), func(b *testing.B) {
+			key := benchSigningKey(b, alg)
+			signer, err := jose.NewSigner(jose.SigningKey{Algorithm: alg, Key: key.Key},
+				(&jose.SignerOptions{}).WithType("at+jwt").WithHeader("kid", key.KeyID))
+			require.NoError(b, err)
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, err := floorSign(signer, "bench-client", "read"); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
+// BenchmarkJoseVerify is the crypto cost of the validation floor, without
+// HTTP: go-jose parsing, verifying and unmarshalling the claims.
+func BenchmarkJoseVerify(b *testing.B) {
+	for _, alg := range benchAlgorithms {
+		b.Run(string(alg), func(b *testing.B) {
+			tok, _ := benchToken(b, alg)
+			key := benchVerifyingKey(b, alg).Key
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, err := floorVerify(tok, alg, key); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
 // TestTokenHandlerRetainsNothing issues many tokens and checks that the
 // live heap does not grow with them: issuing stores nothing.
 func TestTokenHandlerRetainsNothing(t *testing.T) {
-	h, auth := benchTokenHandler(t)
+	h, auth := benchTokenHandler(t, jose.HS256)
 	serve := func() {
 		r := httptest.NewRequest(http.MethodPost, "https://m2mauth.test/oauth/token", strings.NewReader(benchBody))
 		r.Header.Set("Content-Type", "application/x-www-form-urlencoded")
@@ -187,10 +287,11 @@ func runRouteBench(b *testing.B, h http.Handler, token string) {
 	}
 }
 
-// benchToken issues a real token through the token handler.
-func benchToken(b *testing.B) (string, *m2mauth.StaticKeys) {
+// benchToken issues a real token signed with alg through the token
+// handler, and returns it with a provider of its verification key.
+func benchToken(b *testing.B, alg jose.SignatureAlgorithm) (string, m2mauth.KeyProvider) {
 	b.Helper()
-	h, auth := benchTokenHandler(b)
+	h, auth := benchTokenHandler(b, alg)
 	r := httptest.NewRequest(http.MethodPost, "https://m2mauth.test/oauth/token", strings.NewReader(benchBody))
 	r.Header.Set("Content-Type", "application/x-www-form-urlencoded")
 	r.Header.Set("Authorization", auth)
@@ -200,15 +301,11 @@ func benchToken(b *testing.B) (string, *m2mauth.StaticKeys) {
 		AccessToken string `json:"access_token"`
 	}
 	require.NoError(b, json.Unmarshal(w.Body.Bytes(), &resp))
-	key, err := m2mauth.NewHS256Key("k1", benchKey)
-	require.NoError(b, err)
-	keys, err := m2mauth.NewStaticKeys(key)
-	require.NoError(b, err)
-	return resp.AccessToken, keys
+	return resp.AccessToken, verifyOnly{&jose.JSONWebKeySet{Keys: []jose.JSONWebKey{benchVerifyingKey(b, alg)}}}
 }
 
-func benchValidator(b *testing.B, cacheSize int) (http.Handler, string) {
-	tok, keys := benchToken(b)
+func benchValidator(b *testing.B, alg jose.SignatureAlgorithm, cacheSize int) (http.Handler, string) {
+	tok, keys := benchToken(b, alg)
 	v, err := m2mauth.NewValidator(keys, m2mauth.ValidatorConfig{
 		Issuer: benchIssuer, Audience: benchAudience, CacheSize: cacheSize,
 	})
@@ -217,49 +314,53 @@ func benchValidator(b *testing.B, cacheSize int) (http.Handler, string) {
 }
 
 // BenchmarkRequireScopes is the hot path: a token seen before, answered
-// from the verified-token cache.
+// from the verified-token cache, whatever its algorithm.
 func BenchmarkRequireScopes(b *testing.B) {
-	h, tok := benchValidator(b, 0)
-	runRouteBench(b, h, tok)
+	for _, alg := range benchAlgorithms {
+		b.Run(string(alg), func(b *testing.B) {
+			h, tok := benchValidator(b, alg, 0)
+			runRouteBench(b, h, tok)
+		})
+	}
 }
 
-// BenchmarkRequireScopesUncached verifies the token from scratch each time.
+// BenchmarkRequireScopesUncached verifies the token from scratch each
+// time, for each algorithm.
 func BenchmarkRequireScopesUncached(b *testing.B) {
-	h, tok := benchValidator(b, -1)
-	runRouteBench(b, h, tok)
+	for _, alg := range benchAlgorithms {
+		b.Run(string(alg), func(b *testing.B) {
+			h, tok := benchValidator(b, alg, -1)
+			runRouteBench(b, h, tok)
+		})
+	}
 }
 
 // BenchmarkRequireScopesBare is the harness cost: the 204 route alone.
 func BenchmarkRequireScopesBare(b *testing.B) {
-	tok, _ := benchToken(b)
+	tok, _ := benchToken(b, jose.HS256)
 	runRouteBench(b, benchRoute, tok)
 }
 
 // BenchmarkRequireScopesFloor is a minimal hand-written check with go-jose:
-// ParseSigned, Claims, Expected validation and a scope check.
+// ParseSigned, Claims, Expected validation and a scope check, for each
+// algorithm.
 func BenchmarkRequireScopesFloor(b *testing.B) {
-	tok, _ := benchToken(b)
-	type claims struct {
-		jwt.Claims
-		Scope string `json:"scope"`
+	for _, alg := range benchAlgorithms {
+		b.Run(string(alg), func(b *testing.B) { benchRequireScopesFloor(b, alg) })
 	}
+}
+
+func benchRequireScopesFloor(b *testing.B, alg jose.SignatureAlgorithm) {
+	tok, _ := benchToken(b, alg)
+	key := benchVerifyingKey(b, alg).Key
 	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		raw, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
 		if !ok {
 			w.WriteHeader(http.StatusUnauthorized)
 			return
 		}
-		t, err := jwt.ParseSigned(raw, []jose.SignatureAlgorithm{jose.HS256})
+		c, err := floorVerify(raw, alg, key)
 		if err != nil {
-			w.WriteHeader(http.StatusUnauthorized)
-			return
-		}
-		var c claims
-		if err := t.Claims(benchKey, &c); err != nil {
-			w.WriteHeader(http.StatusUnauthorized)
-			return
-		}
-		if err := c.Claims.Validate(jwt.Expected{Issuer: benchIssuer, AnyAudience: jwt.Audience{benchAudience}, Time: time.Now()}); err != nil {
 			w.WriteHeader(http.StatusUnauthorized)
 			return
 		}

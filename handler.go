@@ -397,7 +397,9 @@ func (h *TokenHandler) mint(ctx context.Context, req *tokenRequest, c *Client, a
 	buf = appendClaimsJSON(buf, &claims)
 	n := len(buf)
 	buf = append(buf, `{"access_token":"`...)
-	buf = signer.appendToken(buf, buf[:n])
+	if buf, err = signer.appendToken(buf, buf[:n]); err != nil {
+		return nil, err
+	}
 	buf = append(buf, `","token_type":"Bearer","expires_in":`...)
 	buf = strconv.AppendInt(buf, ttlSeconds, 10)
 	if claims.scope != "" {

@@ -3,13 +3,12 @@ package m2mauth
 import (
 	"bytes"
 	"context"
-	"crypto/hmac"
-	"crypto/sha256"
 	"encoding/base64"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"strings"
 	"sync"
@@ -29,9 +28,12 @@ type ValidatorConfig struct {
 	// Audience is the audience this API answers to; a token's "aud" must
 	// contain it. Required.
 	Audience string
-	// Algorithms lists the signature algorithms accepted. A key is used
-	// only with its own algorithm, whatever the token header says.
-	// Default: HS256, the only one implemented.
+	// Algorithms lists the signature algorithms accepted, among
+	// [SupportedAlgorithms]; keys of other algorithms are ignored. Each
+	// key verifies only tokens whose header names the key's own
+	// algorithm (RFC 8725 §3.1), so allowing them all is safe: a token
+	// cannot pick an algorithm its key was not made for. Unknown names
+	// and "none" are refused. Default: every supported algorithm.
 	Algorithms []jose.SignatureAlgorithm
 	// Leeway is the clock skew tolerated on exp, nbf and iat.
 	// Default: 30s. At most 5 minutes.
@@ -44,6 +46,12 @@ type ValidatorConfig struct {
 	// Realm is the realm of the "WWW-Authenticate: Bearer" challenge.
 	// Default: "m2mauth".
 	Realm string
+	// ResourceMetadataURL, if set, is the URL of this API's protected
+	// resource metadata (RFC 9728 §3), sent as the resource_metadata
+	// parameter of every Bearer challenge (RFC 9728 §5.1) so clients can
+	// discover which authorization server to ask. It must be an absolute
+	// https URL, or http on a loopback host. Default: none.
+	ResourceMetadataURL string
 	// Auditor, if set, receives a token_rejected event for every refused
 	// token and a scope_denied event for every 403. Default: none.
 	Auditor Auditor
@@ -60,9 +68,10 @@ type ValidatorConfig struct {
 // [Validator.RequireAnyScope]. It is safe for concurrent use.
 type Validator struct {
 	keys      KeyProvider
+	refresher KeyRefresher // keys, when it is one; else nil
 	cfg       ValidatorConfig
 	algs      map[jose.SignatureAlgorithm]bool
-	challenge string // `Bearer realm="..."`
+	challenge string // `Bearer realm="..."[, resource_metadata="..."]`
 	index     atomic.Pointer[keyIndex]
 	cache     *tokenCache // nil when disabled
 }
@@ -77,6 +86,11 @@ const (
 
 // NewValidator returns a validator that verifies tokens with the
 // verification keys of keys. It checks cfg and the current key set now.
+//
+// When keys is also a [KeyRefresher], a token whose kid none of the keys
+// has makes the validator call RefreshKeys once for that token and
+// verify with the set it returns; the provider's VerificationKeys should
+// return that set from then on.
 func NewValidator(keys KeyProvider, cfg ValidatorConfig) (*Validator, error) {
 	if keys == nil {
 		return nil, errors.New("m2mauth: nil KeyProvider")
@@ -88,12 +102,13 @@ func NewValidator(keys KeyProvider, cfg ValidatorConfig) (*Validator, error) {
 		return nil, errors.New("m2mauth: ValidatorConfig.Audience is required")
 	}
 	if len(cfg.Algorithms) == 0 {
-		cfg.Algorithms = []jose.SignatureAlgorithm{jose.HS256}
+		cfg.Algorithms = SupportedAlgorithms()
 	}
 	v := &Validator{keys: keys, algs: make(map[jose.SignatureAlgorithm]bool)}
+	v.refresher, _ = keys.(KeyRefresher)
 	for _, a := range cfg.Algorithms {
-		if a != jose.HS256 {
-			return nil, fmt.Errorf("m2mauth: unsupported algorithm %q (supported: HS256)", a)
+		if !isSupported(a) {
+			return nil, fmt.Errorf("m2mauth: unsupported algorithm %q (supported: %v)", a, SupportedAlgorithms())
 		}
 		v.algs[a] = true
 	}
@@ -112,11 +127,17 @@ func NewValidator(keys KeyProvider, cfg ValidatorConfig) (*Validator, error) {
 	if strings.ContainsAny(cfg.Realm, "\"\\\r\n") {
 		return nil, errors.New("m2mauth: Realm must not contain quotes, backslashes or line breaks")
 	}
+	if err := checkResourceMetadataURL(cfg.ResourceMetadataURL); err != nil {
+		return nil, err
+	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
 	v.cfg = cfg
 	v.challenge = `Bearer realm="` + cfg.Realm + `"`
+	if cfg.ResourceMetadataURL != "" {
+		v.challenge += `, resource_metadata="` + cfg.ResourceMetadataURL + `"`
+	}
 	if cfg.CacheSize > 0 {
 		v.cache = newTokenCache(cfg.CacheSize)
 	}
@@ -130,10 +151,35 @@ func NewValidator(keys KeyProvider, cfg ValidatorConfig) (*Validator, error) {
 	return v, nil
 }
 
-// verifyKey is one verification key, with pooled HMAC state keyed by it.
+// checkResourceMetadataURL checks a ValidatorConfig.ResourceMetadataURL:
+// empty, or an absolute https URL (http on a loopback host) that can be
+// sent in a quoted-string (RFC 9110 §5.6.4) as it is.
+func checkResourceMetadataURL(s string) error {
+	if s == "" {
+		return nil
+	}
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c <= ' ' || c >= 0x7f || c == '"' || c == '\\' {
+			return errors.New("m2mauth: ResourceMetadataURL must be printable ASCII without spaces, quotes or backslashes")
+		}
+	}
+	u, err := url.Parse(s)
+	if err != nil {
+		return fmt.Errorf("m2mauth: ResourceMetadataURL: %w", err)
+	}
+	host := u.Hostname()
+	a, err := netip.ParseAddr(host)
+	loopback := strings.EqualFold(host, "localhost") || err == nil && a.Unmap().IsLoopback()
+	if host == "" || u.User != nil || u.Fragment != "" || u.Scheme != "https" && (u.Scheme != "http" || !loopback) {
+		return fmt.Errorf("m2mauth: ResourceMetadataURL %q must be an absolute https URL (http only on a loopback host) without user info or fragment", s)
+	}
+	return nil
+}
+
+// verifyKey is one verification key, prepared for its algorithm.
 type verifyKey struct {
 	alg jose.SignatureAlgorithm
-	mac *hmacPool
+	sig jwsVerifier
 }
 
 // keyIndex is the provider's key set indexed by kid. It is rebuilt when
@@ -150,6 +196,12 @@ func (v *Validator) keyIndex(ctx context.Context) (*keyIndex, error) {
 	if err != nil {
 		return nil, fmt.Errorf("m2mauth: verification keys: %w", err)
 	}
+	return v.indexOf(set)
+}
+
+// indexOf returns the index of set, building it when set is not the one
+// indexed last.
+func (v *Validator) indexOf(set *jose.JSONWebKeySet) (*keyIndex, error) {
 	if set == nil {
 		return nil, errors.New("m2mauth: KeyProvider returned a nil key set")
 	}
@@ -161,13 +213,27 @@ func (v *Validator) keyIndex(ctx context.Context) (*keyIndex, error) {
 		k := &set.Keys[i]
 		// Keys that are malformed, or of an algorithm not allowed here,
 		// are left out: they can verify nothing.
-		if checkKey(k) != nil || !v.algs[jose.SignatureAlgorithm(k.Algorithm)] {
+		if !v.algs[jose.SignatureAlgorithm(k.Algorithm)] {
 			continue
 		}
-		idx.keys[k.KeyID] = &verifyKey{alg: jose.SignatureAlgorithm(k.Algorithm), mac: newHMACPool(k.Key.([]byte))}
+		sv, err := newJWSVerifier(k)
+		if err != nil {
+			continue
+		}
+		idx.keys[k.KeyID] = &verifyKey{alg: jose.SignatureAlgorithm(k.Algorithm), sig: sv}
 	}
 	v.index.Store(idx)
 	return idx, nil
+}
+
+// refreshIndex asks the provider, a KeyRefresher, for keys it may not
+// have had, in the hope of finding kid, and returns their index.
+func (v *Validator) refreshIndex(ctx context.Context, kid string) (*keyIndex, error) {
+	set, err := v.refresher.RefreshKeys(ctx, kid)
+	if err != nil {
+		return nil, fmt.Errorf("m2mauth: refreshing verification keys: %w", err)
+	}
+	return v.indexOf(set)
 }
 
 // Reasons given in [AuditEvent.Reason] for a token_rejected event.
@@ -187,10 +253,19 @@ const (
 
 // tokenFault is the internal cause behind an invalid_token error: the
 // reason, and the client and token ids when the claims could be read, for
-// the audit trail.
-type tokenFault struct{ reason, clientID, jti string }
+// the audit trail; kid is the unknown key id of an unknown_key fault.
+type tokenFault struct{ reason, clientID, jti, kid string }
 
 func (f *tokenFault) Error() string { return "m2mauth: token rejected: " + f.reason }
+
+// unknownKID returns the kid of an unknown_key error, or "".
+func unknownKID(err error) string {
+	var f *tokenFault
+	if errors.As(err, &f) {
+		return f.kid
+	}
+	return ""
+}
 
 // reject builds the invalid_token error for a reason.
 func reject(reason, description string) *Error {
@@ -209,8 +284,8 @@ func RejectionReason(err error) string {
 
 // Validate verifies raw, a JWT access token, and returns its claims. Any
 // failure is an *[Error] with code invalid_token, except a failing
-// [KeyProvider], which is a server_error. The returned Claims may be shared
-// with other callers and must not be modified.
+// [KeyProvider] (or [KeyRefresher]), which is a server_error. The returned
+// Claims may be shared with other callers and must not be modified.
 func (v *Validator) Validate(ctx context.Context, raw string) (*Claims, error) {
 	idx, err := v.keyIndex(ctx)
 	if err != nil {
@@ -227,6 +302,17 @@ func (v *Validator) Validate(ctx context.Context, raw string) (*Claims, error) {
 		}
 	}
 	c, err := v.verify(idx, raw, now)
+	if err != nil && v.refresher != nil {
+		if kid := unknownKID(err); kid != "" {
+			// A kid none of the keys has: perhaps a key published
+			// since the set was fetched. One refresh per token,
+			// whatever it brings.
+			if idx, err = v.refreshIndex(ctx, kid); err != nil {
+				return nil, WrapError(CodeServerError, "token verification keys are unavailable", err)
+			}
+			c, err = v.verify(idx, raw, now)
+		}
+	}
 	if err != nil {
 		var f *tokenFault
 		if c != nil && errors.As(err, &f) {
@@ -247,7 +333,7 @@ func (v *Validator) Validate(ctx context.Context, raw string) (*Claims, error) {
 // verifyScratch holds the buffers of one verification, reused through
 // scratchPool so a verification allocates only what it returns.
 type verifyScratch struct {
-	in, hdr, payload []byte
+	in, hdr, payload, sig []byte
 }
 
 var scratchPool = sync.Pool{New: func() any { return new(verifyScratch) }}
@@ -281,25 +367,28 @@ func (v *Validator) verify(idx *keyIndex, raw string, now time.Time) (*Claims, e
 	if hdr.critical {
 		return nil, reject(ReasonTokenMalformed, "token uses unsupported critical header parameters")
 	}
-	key := idx.keys[string(hdr.kid)]
-	if key == nil || hdr.kid == nil {
+	if hdr.kid == nil {
 		return nil, reject(ReasonTokenUnknownKey, "token signed by an unknown key")
+	}
+	key := idx.keys[string(hdr.kid)]
+	if key == nil {
+		return nil, WrapError(CodeInvalidToken, "token signed by an unknown key",
+			&tokenFault{reason: ReasonTokenUnknownKey, kid: string(hdr.kid)})
 	}
 	if key.alg != alg {
 		// The key decides the algorithm, never the header (RFC 8725 §3.1).
 		return nil, reject(ReasonTokenAlgorithm, "token algorithm does not match its key")
 	}
 
-	// HS256: the signature is 32 bytes, 43 base64url characters.
-	var sigBuf [sha256.Size]byte
-	if len(s64) != 43 {
+	// Every algorithm has signatures of one length for a given key; a
+	// token whose signature has another is refused before decoding.
+	n := key.sig.sigLen()
+	if len(s64) != base64.RawURLEncoding.EncodedLen(n) {
 		return nil, reject(ReasonTokenSignature, "invalid token signature")
 	}
-	sig, err := decodePart(sigBuf[:0], sc.in[len(signingInput)+1:])
-	if err != nil || len(sig) != sha256.Size {
-		return nil, reject(ReasonTokenSignature, "invalid token signature")
-	}
-	if want := key.mac.sum(signingInput); !hmac.Equal(want[:], sig) {
+	sig, err := decodePart(sc.sig[:0], sc.in[len(signingInput)+1:])
+	sc.sig = sig
+	if err != nil || len(sig) != n || !key.sig.verify(signingInput, sig) {
 		return nil, reject(ReasonTokenSignature, "invalid token signature")
 	}
 

@@ -1,14 +1,10 @@
 package m2mauth
 
 import (
-	"crypto/hmac"
 	"crypto/rand"
-	"crypto/sha256"
 	"encoding/base64"
 	"encoding/json"
-	"hash"
 	"strconv"
-	"sync"
 	"time"
 	"unicode/utf8"
 
@@ -38,45 +34,18 @@ type Claims struct {
 // jtiBytes is the number of random bytes in a jti: 128 bits.
 const jtiBytes = 16
 
-// tokenSigner signs JWS compact serializations with one HS256 key. The
-// protected header is fixed per key, so it is encoded once; the HMAC state
-// keyed with the secret is pooled so each signature costs one SHA-256 pass
-// over the signing input and one over the inner digest.
+// tokenSigner signs JWS compact serializations with one key. The
+// protected header is fixed per key, so it is encoded once; the
+// algorithm's work is the jwsSigner's (jws.go).
 type tokenSigner struct {
 	jwk    *jose.JSONWebKey
 	header string // base64url(header) + "."
-	mac    *hmacPool
-}
-
-// hmacPool hands out HMAC-SHA256 states keyed with one secret, so signing
-// and verifying skip the key schedule and allocate nothing.
-type hmacPool struct{ p sync.Pool }
-
-type hmacState struct {
-	mac hash.Hash
-	out [sha256.Size]byte
-}
-
-func newHMACPool(key []byte) *hmacPool {
-	key = append([]byte(nil), key...)
-	hp := &hmacPool{}
-	hp.p.New = func() any { return &hmacState{mac: hmac.New(sha256.New, key)} }
-	return hp
-}
-
-// sum returns HMAC-SHA256(key, msg).
-func (hp *hmacPool) sum(msg []byte) [sha256.Size]byte {
-	st := hp.p.Get().(*hmacState)
-	st.mac.Reset()
-	st.mac.Write(msg)
-	st.mac.Sum(st.out[:0])
-	out := st.out
-	hp.p.Put(st)
-	return out
+	sig    jwsSigner
 }
 
 func newTokenSigner(k *jose.JSONWebKey) (*tokenSigner, error) {
-	if err := checkKey(k); err != nil {
+	sig, err := newJWSSigner(k)
+	if err != nil {
 		return nil, err
 	}
 	hdr, err := json.Marshal(struct {
@@ -90,19 +59,18 @@ func newTokenSigner(k *jose.JSONWebKey) (*tokenSigner, error) {
 	return &tokenSigner{
 		jwk:    k,
 		header: base64.RawURLEncoding.EncodeToString(hdr) + ".",
-		mac:    newHMACPool(k.Key.([]byte)),
+		sig:    sig,
 	}, nil
 }
 
 // appendToken appends header.payload.signature to dst, where payload is
 // the base64url encoding of the JSON claims.
-func (s *tokenSigner) appendToken(dst, claimsJSON []byte) []byte {
+func (s *tokenSigner) appendToken(dst, claimsJSON []byte) ([]byte, error) {
 	start := len(dst)
 	dst = append(dst, s.header...)
 	dst = base64.RawURLEncoding.AppendEncode(dst, claimsJSON)
-	sig := s.mac.sum(dst[start:])
-	dst = append(dst, '.')
-	return base64.RawURLEncoding.AppendEncode(dst, sig[:])
+	input := dst[start:]
+	return s.sig.appendSignature(append(dst, '.'), input)
 }
 
 // tokenClaims are the values an issued token carries.
