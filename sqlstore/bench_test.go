@@ -16,15 +16,17 @@ import (
 
 // BenchmarkTokenHandlerSQL measures one client credentials token request
 // through the token handler, in process, with the client read from each
-// database (one prepared query per request) and the default in-memory
-// limiter. Compare with BenchmarkTokenHandler of the m2mauth package, the
-// same request over an in-memory store.
+// database (one prepared query per request), with the default in-memory
+// limiter and with the database limiter (a reservation and its release,
+// two transactions more). Compare with BenchmarkTokenHandler of the
+// m2mauth package, the same request over an in-memory store.
 func BenchmarkTokenHandlerSQL(b *testing.B) {
 	for _, be := range backends() {
 		b.Run(be.name, func(b *testing.B) {
 			e := &env{backend: be, dsn: be.dsn(b)}
 			e.db = e.open(b)
-			s := e.newStore(b, sqlstore.Config{})
+			prefix := e.newPrefix(b)
+			s := e.newStore(b, sqlstore.Config{TablePrefix: prefix})
 			plain, sec, err := m2mauth.NewSecret(time.Now(), time.Time{})
 			require.NoError(b, err)
 			require.NoError(b, s.CreateClient(b.Context(), &m2mauth.Client{
@@ -32,21 +34,29 @@ func BenchmarkTokenHandlerSQL(b *testing.B) {
 				Secrets: []m2mauth.Secret{sec},
 				Grants:  map[string]m2mauth.Scopes{testAudience: {"read", "write"}},
 			}))
-			h := newTokenHandler(b, s, m2mauth.TokenHandlerConfig{
-				Auditor: m2mauth.AuditorFunc(func(context.Context, m2mauth.AuditEvent) {}),
-			})
 			auth := basicAuth("bench-client", plain)
-
-			b.ReportAllocs()
-			for b.Loop() {
-				r := httptest.NewRequest(http.MethodPost, "/oauth/token", strings.NewReader("grant_type=client_credentials&scope=read"))
-				r.Header.Set("Content-Type", "application/x-www-form-urlencoded")
-				r.Header.Set("Authorization", auth)
-				w := httptest.NewRecorder()
-				h.ServeHTTP(w, r)
-				if w.Code != http.StatusOK {
-					b.Fatalf("status %d: %s", w.Code, w.Body)
-				}
+			for _, name := range []string{"InMemoryLimiter", "DatabaseLimiter"} {
+				b.Run(name, func(b *testing.B) {
+					cfg := m2mauth.TokenHandlerConfig{Auditor: m2mauth.AuditorFunc(func(context.Context, m2mauth.AuditEvent) {})}
+					if name == "DatabaseLimiter" {
+						l, err := sqlstore.NewLimiter(e.db, e.dialect, sqlstore.LimiterConfig{TablePrefix: prefix})
+						require.NoError(b, err)
+						b.Cleanup(func() { l.Close() })
+						cfg.Limiter = l
+					}
+					h := newTokenHandler(b, s, cfg)
+					b.ReportAllocs()
+					for b.Loop() {
+						r := httptest.NewRequest(http.MethodPost, testIssuer+"/oauth/token", strings.NewReader("grant_type=client_credentials&scope=read"))
+						r.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+						r.Header.Set("Authorization", auth)
+						w := httptest.NewRecorder()
+						h.ServeHTTP(w, r)
+						if w.Code != http.StatusOK {
+							b.Fatalf("status %d: %s", w.Code, w.Body)
+						}
+					}
+				})
 			}
 		})
 	}

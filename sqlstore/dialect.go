@@ -56,14 +56,23 @@ func (d Dialect) String() string {
 //
 // The [Limiter]'s statements take the same arguments, in the same order,
 // on every dialect (MySQL's "?" cannot be reused, so a value needed twice
-// is passed twice); times and intervals are in microseconds:
+// is passed twice); times are in unix microseconds. Each reads or writes
+// the two rows of one attempt: the address's own, whose client_id is
+// empty and sorts first, and the client id's, (ip, clientID).
 //
-//	limitCheck    (ipSlack, clientSlack, ip, clientID), where a slack is
-//	              (burst-1)*every; returns one row: the instant from which
-//	              both buckets hold a token, or 0
-//	limitFail     (ip, now+ipEvery, ip, clientID, now+clientEvery,
-//	              now+ipSlack, ipEvery, now+ipEvery,
-//	              now+clientSlack, clientEvery, now+clientEvery)
+//	limitBegin    (): PostgreSQL only, first in each transaction
+//	limitEnsure   (ip, ip, clientID): inserts whichever of the two rows
+//	              is missing, with an empty history, and locks both; on
+//	              SQLite, being a write, it takes the database write lock.
+//	              PostgreSQL has none: its limitLock does the same.
+//	limitLock     (ip, clientID): returns the two rows as
+//	              [limitRowColumns], locked (FOR UPDATE on MySQL, an
+//	              upsert on PostgreSQL, the database lock on SQLite)
+//	limitPeek     (ip, clientID): returns the rows that exist, without
+//	              locking or a transaction
+//	limitWrite    (address value, client value) for each of refilled_at,
+//	              pending, pending_addr, lease_until, authenticated_at,
+//	              idle_at, then (ip, clientID): sets both rows
 //	limitCleanup  (now, batch); on MySQL it selects the (ip, client_id)
 //	              of the rows to delete, and limitCleanupRow (ip,
 //	              clientID, now) deletes each
@@ -91,8 +100,11 @@ type queries struct {
 
 	insertAudit string
 
-	limitCheck      string
-	limitFail       string
+	limitBegin      string // PostgreSQL only
+	limitEnsure     string // MySQL and SQLite only
+	limitLock       string
+	limitPeek       string
+	limitWrite      string
 	limitCleanup    string
 	limitCleanupRow string // MySQL only
 
@@ -105,6 +117,10 @@ type queries struct {
 	migrateLock   string
 	migrateUnlock string
 }
+
+// limitRowColumns are the columns of a rate_limits row that limitLock and
+// limitPeek return, in the order [Limiter] scans them.
+const limitRowColumns = `client_id, refilled_at, pending, pending_addr, lease_until, authenticated_at`
 
 // prepare checks what every constructor is given and returns the table
 // prefix (the default for "") and the statements of dialect.
@@ -178,29 +194,40 @@ SELECT 2, g.client_id, NULL::boolean, NULL::boolean, NULL::bigint, NULL::bigint,
 		insertAudit: t(`INSERT INTO {p}audit_events (event_time, event_type, client_id, remote_ip, user_agent, audience, scope, jti, secret_id, error_code, reason)
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)`),
 
-		// A bucket's row holds the instant it is full again
-		// (refilled_at): it holds burst - (refilled_at - now)/every
-		// tokens, and a token from refilled_at - slack on. A failure
-		// takes one token, so refilled_at moves one interval past
-		// max(refilled_at, now), unless the bucket is empty
-		// (refilled_at > now + slack), which a failure leaves as it is.
-		// The address's row comes first, as in the primary key, so
-		// that concurrent failures lock rows in one order.
-		limitCheck: t(`SELECT COALESCE(MAX(CASE WHEN client_id = '' THEN refilled_at - $1 ELSE refilled_at - $2 END), 0)
-  FROM {p}rate_limits WHERE ip = $3 AND client_id IN ($4, '')`),
-		limitFail: t(`INSERT INTO {p}rate_limits AS l (ip, client_id, refilled_at) VALUES ($1, '', $2), ($3, $4, $5)
-ON CONFLICT (ip, client_id) DO UPDATE SET refilled_at = CASE
-    WHEN l.client_id = '' THEN
-        CASE WHEN l.refilled_at > $6 THEN l.refilled_at ELSE GREATEST(l.refilled_at + $7, $8) END
-    ELSE
-        CASE WHEN l.refilled_at > $9 THEN l.refilled_at ELSE GREATEST(l.refilled_at + $10, $11) END
-END`),
+		// The limiter's commits do not wait for the WAL to reach the
+		// disk, which costs about a millisecond each on PostgreSQL's
+		// defaults. A crash of the server may lose the last fraction
+		// of a second of them (up to three times wal_writer_delay),
+		// never corrupt anything: a few failures forgotten, a few
+		// reservations undone.
+		limitBegin: `SET LOCAL synchronous_commit = off`,
+		// One statement inserts the rows that are missing and locks
+		// those that exist (the no-op DO UPDATE), one after the other in
+		// the order of the VALUES: the address's row first, as in the
+		// primary key. So no transaction holds the client's row while it
+		// waits for the address's, and none can deadlock with another.
+		// (Locking with SELECT ... FOR UPDATE first would hold the
+		// client's row while inserting an address's row that a cleanup
+		// had deleted.) It returns the rows as locked.
+		limitLock: t(`INSERT INTO {p}rate_limits (ip, client_id, refilled_at) VALUES ($1, '', 0), ($1, $2, 0)
+ON CONFLICT (ip, client_id) DO UPDATE SET ip = EXCLUDED.ip
+RETURNING ` + limitRowColumns),
+		limitPeek: t(`SELECT ` + limitRowColumns + ` FROM {p}rate_limits WHERE ip = $1 AND client_id IN ('', $2)`),
+		limitWrite: t(`UPDATE {p}rate_limits SET
+    refilled_at      = CASE WHEN client_id = '' THEN $1::bigint ELSE $2::bigint END,
+    pending          = CASE WHEN client_id = '' THEN $3::integer ELSE $4::integer END,
+    pending_addr     = CASE WHEN client_id = '' THEN $5::integer ELSE $6::integer END,
+    lease_until      = CASE WHEN client_id = '' THEN $7::bigint ELSE $8::bigint END,
+    authenticated_at = CASE WHEN client_id = '' THEN $9::bigint ELSE $10::bigint END,
+    idle_at          = CASE WHEN client_id = '' THEN $11::bigint ELSE $12::bigint END
+ WHERE ip = $13 AND client_id IN ('', $14)`),
 		// PostgreSQL has no DELETE ... LIMIT. SKIP LOCKED passes over
-		// rows that a failure is updating, so a cleanup never waits
-		// for a lock, and cannot deadlock with failures or with the
-		// cleanups of other replicas.
+		// rows that a transaction of the limiter holds, so a cleanup
+		// never waits for a lock, and cannot deadlock with reservations
+		// or with the cleanups of other replicas; the condition is
+		// checked again on the row as locked.
 		limitCleanup: t(`DELETE FROM {p}rate_limits WHERE (ip, client_id) IN (
-    SELECT ip, client_id FROM {p}rate_limits WHERE refilled_at <= $1 LIMIT $2 FOR UPDATE SKIP LOCKED)`),
+    SELECT ip, client_id FROM {p}rate_limits WHERE idle_at <= $1 LIMIT $2 FOR UPDATE SKIP LOCKED)`),
 
 		createMigrations: t(`CREATE TABLE IF NOT EXISTS {p}schema_migrations (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)`),
 		appliedVersions:  t(`SELECT version FROM {p}schema_migrations`),
@@ -253,25 +280,35 @@ SELECT 2, g.client_id, NULL, NULL, NULL, NULL, NULL, g.audience, g.scopes
 		insertAudit: t(`INSERT INTO {p}audit_events (event_time, event_type, client_id, remote_ip, user_agent, audience, scope, jti, secret_id, error_code, reason)
 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`),
 
-		// See postgresQueries for the arithmetic. In ON DUPLICATE KEY
-		// UPDATE, columns name the row already stored.
-		limitCheck: t(`SELECT COALESCE(MAX(CASE WHEN client_id = '' THEN refilled_at - ? ELSE refilled_at - ? END), 0)
-  FROM {p}rate_limits WHERE ip = ? AND client_id IN (?, '')`),
-		limitFail: t(`INSERT INTO {p}rate_limits (ip, client_id, refilled_at) VALUES (?, '', ?), (?, ?, ?)
-ON DUPLICATE KEY UPDATE refilled_at = CASE
-    WHEN client_id = '' THEN
-        CASE WHEN refilled_at > ? THEN refilled_at ELSE GREATEST(refilled_at + ?, ?) END
-    ELSE
-        CASE WHEN refilled_at > ? THEN refilled_at ELSE GREATEST(refilled_at + ?, ?) END
-END`),
-		// A DELETE through the index on refilled_at locks index entries
-		// before rows, the reverse of the upserts above, and deadlocks
-		// with them under load. So the rows are found without locking
-		// and deleted one statement each, by primary key: each locks
-		// one row, row before index entry as an upsert does, so no
-		// cycle of waits can form.
-		limitCleanup:    t(`SELECT ip, client_id FROM {p}rate_limits WHERE refilled_at <= ? LIMIT ?`),
-		limitCleanupRow: t(`DELETE FROM {p}rate_limits WHERE ip = ? AND client_id = ? AND refilled_at <= ?`),
+		// The no-op ON DUPLICATE KEY UPDATE locks a row that exists
+		// (an exclusive record lock on the primary key, no gap lock),
+		// and the insert of a missing one locks it too, in the order of
+		// the VALUES: the address's row first, as in the primary key.
+		// Locking before reading matters on InnoDB: a locking read of a
+		// missing row would take a gap lock, and two transactions
+		// holding one gap and inserting into it deadlock.
+		limitEnsure: t(`INSERT INTO {p}rate_limits (ip, client_id, refilled_at) VALUES (?, '', 0), (?, ?, 0)
+ON DUPLICATE KEY UPDATE ip = ip`),
+		limitLock: t(`SELECT ` + limitRowColumns + ` FROM {p}rate_limits
+ WHERE ip = ? AND client_id IN ('', ?) ORDER BY client_id FOR UPDATE`),
+		limitPeek: t(`SELECT ` + limitRowColumns + ` FROM {p}rate_limits WHERE ip = ? AND client_id IN ('', ?)`),
+		limitWrite: t(`UPDATE {p}rate_limits SET
+    refilled_at      = CASE WHEN client_id = '' THEN ? ELSE ? END,
+    pending          = CASE WHEN client_id = '' THEN ? ELSE ? END,
+    pending_addr     = CASE WHEN client_id = '' THEN ? ELSE ? END,
+    lease_until      = CASE WHEN client_id = '' THEN ? ELSE ? END,
+    authenticated_at = CASE WHEN client_id = '' THEN ? ELSE ? END,
+    idle_at          = CASE WHEN client_id = '' THEN ? ELSE ? END
+ WHERE ip = ? AND client_id IN ('', ?)`),
+		// A DELETE through the index on idle_at locks index entries
+		// before rows, the reverse of the transactions above, and
+		// deadlocks with them under load. So the rows are found without
+		// locking and deleted one statement each, by primary key: each
+		// locks one row, row before index entry as the transactions do,
+		// so no cycle of waits can form. The condition is checked again
+		// on the row as locked.
+		limitCleanup:    t(`SELECT ip, client_id FROM {p}rate_limits WHERE idle_at <= ? LIMIT ?`),
+		limitCleanupRow: t(`DELETE FROM {p}rate_limits WHERE ip = ? AND client_id = ? AND idle_at <= ?`),
 
 		createMigrations: t(`CREATE TABLE IF NOT EXISTS {p}schema_migrations (version BIGINT NOT NULL PRIMARY KEY, applied_at BIGINT NOT NULL) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin`),
 		appliedVersions:  t(`SELECT version FROM {p}schema_migrations`),
@@ -328,21 +365,29 @@ SELECT 2, g.client_id, NULL, NULL, NULL, NULL, NULL, g.audience, g.scopes
 		insertAudit: t(`INSERT INTO {p}audit_events (event_time, event_type, client_id, remote_ip, user_agent, audience, scope, jti, secret_id, error_code, reason)
 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`),
 
-		// See postgresQueries for the arithmetic. In ON CONFLICT DO
-		// UPDATE, bare columns name the row already stored; the
-		// two-argument MAX is SQLite's GREATEST.
-		limitCheck: t(`SELECT COALESCE(MAX(CASE WHEN client_id = '' THEN refilled_at - ? ELSE refilled_at - ? END), 0)
-  FROM {p}rate_limits WHERE ip = ? AND client_id IN (?, '')`),
-		limitFail: t(`INSERT INTO {p}rate_limits (ip, client_id, refilled_at) VALUES (?, '', ?), (?, ?, ?)
-ON CONFLICT (ip, client_id) DO UPDATE SET refilled_at = CASE
-    WHEN client_id = '' THEN
-        CASE WHEN refilled_at > ? THEN refilled_at ELSE MAX(refilled_at + ?, ?) END
-    ELSE
-        CASE WHEN refilled_at > ? THEN refilled_at ELSE MAX(refilled_at + ?, ?) END
-END`),
+		// A transaction begins with limitEnsure, a write, so it holds
+		// the database write lock from its first statement: one that
+		// began with a read would have to upgrade its lock, and in WAL
+		// mode that fails at once with SQLITE_BUSY, whatever the busy
+		// timeout, when another connection wrote in between. Under the
+		// write lock nothing else changes the rows, so limitLock needs
+		// no row locks.
+		limitEnsure: t(`INSERT INTO {p}rate_limits (ip, client_id, refilled_at) VALUES (?, '', 0), (?, ?, 0)
+ON CONFLICT (ip, client_id) DO NOTHING`),
+		limitLock: t(`SELECT ` + limitRowColumns + ` FROM {p}rate_limits
+ WHERE ip = ? AND client_id IN ('', ?) ORDER BY client_id`),
+		limitPeek: t(`SELECT ` + limitRowColumns + ` FROM {p}rate_limits WHERE ip = ? AND client_id IN ('', ?)`),
+		limitWrite: t(`UPDATE {p}rate_limits SET
+    refilled_at      = CASE WHEN client_id = '' THEN ? ELSE ? END,
+    pending          = CASE WHEN client_id = '' THEN ? ELSE ? END,
+    pending_addr     = CASE WHEN client_id = '' THEN ? ELSE ? END,
+    lease_until      = CASE WHEN client_id = '' THEN ? ELSE ? END,
+    authenticated_at = CASE WHEN client_id = '' THEN ? ELSE ? END,
+    idle_at          = CASE WHEN client_id = '' THEN ? ELSE ? END
+ WHERE ip = ? AND client_id IN ('', ?)`),
 		// DELETE ... LIMIT needs a compile-time option; rowid does not.
 		limitCleanup: t(`DELETE FROM {p}rate_limits WHERE rowid IN (
-    SELECT rowid FROM {p}rate_limits WHERE refilled_at <= ? LIMIT ?)`),
+    SELECT rowid FROM {p}rate_limits WHERE idle_at <= ? LIMIT ?)`),
 
 		createMigrations: t(`CREATE TABLE IF NOT EXISTS {p}schema_migrations (version INTEGER NOT NULL PRIMARY KEY, applied_at INTEGER NOT NULL)`),
 		appliedVersions:  t(`SELECT version FROM {p}schema_migrations`),

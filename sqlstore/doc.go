@@ -36,8 +36,12 @@
 //     client_id, remote_ip, user_agent, audience, scope, jti, secret_id,
 //     error_code, reason.
 //   - rate_limits: ip, client_id (empty for the address's own bucket),
-//     refilled_at (when the bucket is full again); primary key (ip,
-//     client_id), an index on refilled_at.
+//     refilled_at (when the bucket is full again), pending (reservations
+//     in flight), pending_addr (of those, the ones holding a token of the
+//     address's bucket), lease_until (until when they count),
+//     authenticated_at (when the client last authenticated from the
+//     address), idle_at (from when the row means no more than no row);
+//     primary key (ip, client_id), an index on idle_at.
 //   - schema_migrations: version, applied_at.
 //
 // Times are stored as BIGINT unix microseconds: the same on every engine,
@@ -79,46 +83,61 @@
 // # Shared rate limiting
 //
 // The token handler's default limiter, [m2mauth.RateLimiter], counts
-// failed authentications in memory, so behind a load balancer each
-// replica would allow its own burst. A [Limiter] keeps the same buckets in
-// the rate_limits table instead, so failures sent to any replica count on
-// all of them:
+// attempts in memory, so behind a load balancer each replica would allow
+// its own burst. A [Limiter] keeps the same buckets in the rate_limits
+// table instead, so attempts sent to any replica count on all of them:
 //
 //	limiter, err := sqlstore.NewLimiter(db, sqlstore.Postgres, sqlstore.LimiterConfig{})
 //	h, err := m2mauth.NewTokenHandler(store, keys, m2mauth.TokenHandlerConfig{Limiter: limiter, ...})
 //
 // [LimiterConfig] has the limits of [m2mauth.RateLimiterConfig], with the
 // same defaults: 5 failures in a row per client id and address, one
-// forgiven every 12 seconds, and 20 per address, one forgiven every 3
-// seconds. They are the same token buckets, not time windows that
-// approximate them: a row holds the instant its bucket is full again,
-// from which the tokens it holds at any time follow, so a check answers
-// as the in-memory limiter would. The approximations lie elsewhere. Times
-// are kept to the microsecond. Each replica reads its own clock, so the
-// replicas' clocks must agree: a skew of a second moves a lockout, or the
-// cleanup of its row, by up to a second. And, as in memory, a check and
-// the failure that may follow it are separate statements, so requests
-// that pass one check together may each fail once more than the burst.
+// forgiven every 12 seconds; 20 per address, one forgiven every 3
+// seconds; and a client that authenticated from an address within 24
+// hours is not refused there because of the address's bucket. They are
+// the same token buckets, not time windows that approximate them: a row
+// holds the instant its bucket is full again, from which the tokens it
+// holds at any time follow, so the database limiter decides as the
+// in-memory one would. Times are kept to the microsecond, and each
+// replica reads its own clock, so the replicas' clocks must agree: a skew
+// of a second moves a lockout, or the cleanup of its row, by up to a
+// second.
 //
-// [Limiter.Check] is one query that reads both buckets, and
-// [Limiter.Fail] one upsert that updates both (INSERT ... ON CONFLICT DO
-// UPDATE on PostgreSQL and SQLite, INSERT ... ON DUPLICATE KEY UPDATE on
-// MySQL), which the database applies atomically, however many replicas
-// fail at once. Successful requests write nothing. With the database
-// limiter, a successful token request is two queries (the check and the
-// client), and a failed authentication adds the upsert.
+// Every attempt is reserved before its secret is verified: [Limiter.Reserve]
+// takes a token from each bucket in the same transaction that checks
+// them, and [Limiter.Release] gives the tokens back once the client has
+// authenticated, or keeps them when it failed. However many guesses
+// arrive at once, at however many replicas, no more than the burst of
+// them is verified. Attempts in flight are counted in the rows, so a
+// client sending many requests at once with its secret waits for its
+// own attempts rather than being refused; and the count lapses, so the
+// attempts of a replica that died mid-request count as failures until
+// the buckets refill, and no longer block them. The [Limiter] type
+// explains the design.
 //
-// A row whose bucket has refilled counts no more than no row, and is
-// deleted by [Limiter.Cleanup]: at most CleanupBatch such rows (1000 by
-// default) at a time, found through the index on refilled_at. Fail runs
-// it once every CleanupInterval (one minute by default) as measured by
+// Reserve and Release are each one transaction on the two rows of an
+// attempt, locked in primary key order so that replicas never deadlock:
+// with the database limiter a token request is the reservation, the
+// client's query and the release. On PostgreSQL each transaction is an
+// upsert that locks the rows and an UPDATE; on MySQL and SQLite an
+// insert that locks them, a SELECT and an UPDATE. Every token request so
+// commits twice. PostgreSQL's commits of the limiter do not wait for the
+// disk (synchronous_commit is off for them), so a crash of the server may
+// forget the last fraction of a second of attempts; MySQL has no such
+// setting per transaction, and each commit waits for the disk as
+// innodb_flush_log_at_trx_commit says; on SQLite see below.
+//
+// A row that means no more than no row (its bucket full, nothing in
+// flight, its client no longer known at the address) is deleted by
+// [Limiter.Cleanup]: at most CleanupBatch such rows (1000 by default) at
+// a time, found through the index on idle_at. Release runs it once every
+// CleanupInterval (one minute by default) as measured by
 // [LimiterConfig.Now], with no timer or goroutine, and again on the next
-// Fail while it finds full batches, so the table holds about the buckets
-// of the last few minutes' failures. Once failures stop, their rows stay
-// until the next failure or a call to Cleanup, which a host may also run
-// from a scheduled job. Cleanups cannot deadlock with failures:
-// PostgreSQL's skips rows that are locked, and MySQL's deletes one row
-// per statement.
+// Release while it finds full batches, so the table holds about the
+// buckets of the last few minutes' failures and the clients known at
+// their addresses. A host may also run Cleanup from a scheduled job.
+// Cleanups cannot deadlock with reservations: PostgreSQL's skips rows that
+// are locked, and MySQL's deletes one row per statement.
 //
 // # SQLite
 //
@@ -127,6 +146,13 @@
 // preferably in WAL mode, for example with modernc.org/sqlite:
 //
 //	file:/var/lib/app/auth.db?_pragma=foreign_keys(1)&_pragma=busy_timeout(5000)&_pragma=journal_mode(WAL)
+//
+// With the database limiter every token request writes twice, so in WAL
+// mode also consider _pragma=synchronous(NORMAL): commits then skip the
+// fsync that costs a millisecond or more on a disk, and a power loss may
+// undo the last of them but cannot corrupt the database. The limiter runs
+// its writes one at a time and, when another process holds the lock past
+// the busy timeout, waits on until the request's deadline.
 //
 // The journal mode is kept in the file, but switching a new file to WAL
 // needs it to itself, and can fail at once with SQLITE_BUSY, busy timeout

@@ -66,9 +66,10 @@ func basicAuth(id, secret string) string {
 }
 
 // tokenRequest returns a client credentials token request for scope read
-// from the peer address addr ("192.0.2.1:4000", "[2001:db8::1]:443").
+// from the peer address addr ("192.0.2.1:4000", "[2001:db8::1]:443"), as
+// received over TLS (the handler refuses plain HTTP from other machines).
 func tokenRequest(addr, id, secret string) *http.Request {
-	r := httptest.NewRequest(http.MethodPost, "/oauth/token", strings.NewReader("grant_type=client_credentials&scope=read"))
+	r := httptest.NewRequest(http.MethodPost, testIssuer+"/oauth/token", strings.NewReader("grant_type=client_credentials&scope=read"))
 	r.Header.Set("Content-Type", "application/x-www-form-urlencoded")
 	r.Header.Set("Authorization", basicAuth(id, secret))
 	r.RemoteAddr = addr
@@ -98,12 +99,31 @@ func createClient(t *testing.T, s *sqlstore.Store, id string, now time.Time) (st
 	t.Helper()
 	plain, sec, err := m2mauth.NewSecret(now, time.Time{})
 	require.NoError(t, err)
+	storeClient(t, s, id, sec)
+	return plain, sec
+}
+
+// createArgon2idClient stores a client like createClient's, with its
+// secret hashed by argon2id, and returns the secret.
+func createArgon2idClient(t *testing.T, s *sqlstore.Store, id string, now time.Time) string {
+	t.Helper()
+	plain, err := m2mauth.GenerateSecret()
+	require.NoError(t, err)
+	hash, err := m2mauth.HashSecretArgon2id(plain)
+	require.NoError(t, err)
+	storeClient(t, s, id, m2mauth.Secret{ID: "argon2id-1", Hash: hash, CreatedAt: now})
+	return plain
+}
+
+// storeClient stores a client granted read and write on testAudience,
+// with one secret.
+func storeClient(t *testing.T, s *sqlstore.Store, id string, sec m2mauth.Secret) {
+	t.Helper()
 	require.NoError(t, s.CreateClient(t.Context(), &m2mauth.Client{
 		ID:      id,
 		Secrets: []m2mauth.Secret{sec},
 		Grants:  map[string]m2mauth.Scopes{testAudience: {"read", "write"}},
 	}))
-	return plain, sec
 }
 
 // TestLimiterSharedByReplicas runs two token handlers, each with its own
@@ -407,8 +427,9 @@ func TestTokenHandlerDatabaseOutage(t *testing.T) {
 
 // TestTokenRequestQueries counts the statements one token request sends
 // to the database: exactly one query when it succeeds with the in-memory
-// limiter, one more with the database limiter (its Check), and one
-// statement more again (its Fail) when authentication fails.
+// limiter; with the database limiter, two transactions more, the
+// reservation and its release, each reading and writing the limiter's
+// two rows, whether the client authenticates or not.
 func TestTokenRequestQueries(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, e *env) {
 		prefix := e.newPrefix(t)
@@ -426,6 +447,12 @@ func TestTokenRequestQueries(t *testing.T) {
 		require.NoError(t, err)
 		t.Cleanup(func() { l.Close() })
 
+		// Each transaction locks and reads the rows (one query), and
+		// writes them (one statement). First, on MySQL and SQLite it
+		// inserts or locks them, where PostgreSQL's query does that, and
+		// on PostgreSQL it turns off waiting for the commit to be
+		// flushed: one statement more on every engine.
+		limiter := counts{queries: 2, execs: 4, begins: 2}
 		tests := []struct {
 			name    string
 			limiter m2mauth.Limiter
@@ -434,20 +461,193 @@ func TestTokenRequestQueries(t *testing.T) {
 			want    counts
 		}{
 			{"InMemoryLimiter", nil, plain, http.StatusOK, counts{queries: 1}},
-			{"DatabaseLimiter", l, plain, http.StatusOK, counts{queries: 2}},
-			{"DatabaseLimiterFailure", l, "wrong", http.StatusUnauthorized, counts{queries: 2, execs: 1}},
+			{"DatabaseLimiter", l, plain, http.StatusOK, counts{queries: limiter.queries + 1, execs: limiter.execs, begins: limiter.begins}},
+			{"DatabaseLimiterFailure", l, "wrong", http.StatusUnauthorized, counts{queries: limiter.queries + 1, execs: limiter.execs, begins: limiter.begins}},
 		}
 		for _, tt := range tests {
 			t.Run(tt.name, func(t *testing.T) {
 				h := newTokenHandler(t, s, m2mauth.TokenHandlerConfig{Limiter: tt.limiter, Now: clock.Now})
-				// The first request prepares the statements, and the first
-				// Fail runs the first cleanup.
+				// The first requests prepare the statements and insert the
+				// limiter's rows, and the first release runs the first
+				// cleanup, which deletes the address's row once the client
+				// has authenticated.
+				for range 2 {
+					w, _ := serve(t, h, tokenRequest("192.0.2.1:1", "counted", tt.secret))
+					require.Equal(t, tt.status, w.Code)
+				}
+				counter.reset()
 				w, _ := serve(t, h, tokenRequest("192.0.2.1:1", "counted", tt.secret))
 				require.Equal(t, tt.status, w.Code)
-				counter.reset()
-				w, _ = serve(t, h, tokenRequest("192.0.2.1:1", "counted", tt.secret))
-				require.Equal(t, tt.status, w.Code)
 				assert.Equal(t, tt.want, counter.snapshot(), "statements that reached the driver")
+			})
+		}
+	})
+}
+
+// replicaHandler returns a token handler with its own *sql.DB, Store and
+// Limiter on the tables of prefix, as one replica of a service would
+// have. Requests wait for the limiter and the store up to a minute, so
+// that a loaded machine answers none of them 503.
+func replicaHandler(t *testing.T, e *env, prefix string, clock *fakeClock) http.Handler {
+	t.Helper()
+	db := e.open(t)
+	s, err := sqlstore.New(db, e.dialect, sqlstore.Config{TablePrefix: prefix})
+	require.NoError(t, err)
+	t.Cleanup(func() { s.Close() })
+	l := e.replica(t, db, prefix, clock, sqlstore.LimiterConfig{})
+	return newTokenHandler(t, s, m2mauth.TokenHandlerConfig{Limiter: l, Now: clock.Now, StoreTimeout: time.Minute})
+}
+
+// postAll sends n token requests for id and secret at once, request i to
+// servers[i%len(servers)] over loopback HTTP, and returns how many got
+// each status.
+func postAll(t *testing.T, servers []*httptest.Server, n int, id, secret string) map[int]int {
+	t.Helper()
+	var mu sync.Mutex
+	statuses := make(map[int]int)
+	start := make(chan struct{})
+	var wg sync.WaitGroup
+	for i := range n {
+		srv := servers[i%len(servers)]
+		wg.Go(func() {
+			req, err := http.NewRequestWithContext(t.Context(), http.MethodPost, srv.URL+"/oauth/token",
+				strings.NewReader("grant_type=client_credentials&scope=read"))
+			if !assert.NoError(t, err) {
+				return
+			}
+			req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+			req.Header.Set("Authorization", basicAuth(id, secret))
+			<-start
+			resp, err := srv.Client().Do(req)
+			if !assert.NoError(t, err) {
+				return
+			}
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			mu.Lock()
+			statuses[resp.StatusCode]++
+			mu.Unlock()
+		})
+	}
+	close(start)
+	wg.Wait()
+	return statuses
+}
+
+// TestSimultaneousGuesses sends 200 wrong secrets for one client from one
+// address at once, to one replica or split between two sharing the
+// database: at most the burst of five guesses is verified and answered
+// invalid_client, every other is refused with 429 before its secret is
+// looked at (RFC 6749 §2.3.1 and §10.10), whatever the cost of the hash.
+func TestSimultaneousGuesses(t *testing.T) {
+	tests := []struct {
+		name     string
+		replicas int
+		argon2id bool
+	}{
+		{"OneReplica", 1, false},
+		{"TwoReplicas", 2, false},
+		{"OneReplicaArgon2id", 1, true},
+		{"TwoReplicasArgon2id", 2, true},
+	}
+	forEachBackend(t, func(t *testing.T, e *env) {
+		for _, tt := range tests {
+			t.Run(tt.name, func(t *testing.T) {
+				prefix := e.newPrefix(t)
+				clock := newFakeClock()
+				s := e.newStore(t, sqlstore.Config{TablePrefix: prefix})
+				if tt.argon2id {
+					createArgon2idClient(t, s, "svc", clock.Now())
+				} else {
+					createClient(t, s, "svc", clock.Now())
+				}
+				var servers []*httptest.Server
+				for range tt.replicas {
+					srv := httptest.NewServer(replicaHandler(t, e, prefix, clock))
+					t.Cleanup(srv.Close)
+					servers = append(servers, srv)
+				}
+				const guesses = 200
+				got := postAll(t, servers, guesses, "svc", "wrong")
+				assert.Equal(t, map[int]int{http.StatusUnauthorized: 5, http.StatusTooManyRequests: guesses - 5}, got)
+			})
+		}
+	})
+}
+
+// TestSimultaneousClient sends 100 requests of one client with its
+// secret from one address at once, to one replica or split between two:
+// every one gets a token. Attempts in flight beyond the burst wait for
+// those before them, they are not refused.
+func TestSimultaneousClient(t *testing.T) {
+	tests := []struct {
+		name     string
+		replicas int
+	}{
+		{"OneReplica", 1},
+		{"TwoReplicas", 2},
+	}
+	forEachBackend(t, func(t *testing.T, e *env) {
+		for _, tt := range tests {
+			t.Run(tt.name, func(t *testing.T) {
+				prefix := e.newPrefix(t)
+				clock := newFakeClock()
+				plain, _ := createClient(t, e.newStore(t, sqlstore.Config{TablePrefix: prefix}), "busy", clock.Now())
+				var servers []*httptest.Server
+				for range tt.replicas {
+					srv := httptest.NewServer(replicaHandler(t, e, prefix, clock))
+					t.Cleanup(srv.Close)
+					servers = append(servers, srv)
+				}
+				const requests = 100
+				assert.Equal(t, map[int]int{http.StatusOK: requests}, postAll(t, servers, requests, "busy", plain))
+			})
+		}
+	})
+}
+
+// TestNeighbours checks the exemption of clients known at an address
+// through the token handler: guesses at one client from an address lock
+// out of it the clients that never authenticated there, not those that
+// did, and nobody from another address (RFC 6749 §10.10).
+func TestNeighbours(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, e *env) {
+		prefix := e.newPrefix(t)
+		clock := newFakeClock()
+		s := e.newStore(t, sqlstore.Config{TablePrefix: prefix})
+		plainA, _ := createClient(t, s, "client-a", clock.Now())
+		plainB, _ := createClient(t, s, "client-b", clock.Now())
+		plainC, _ := createClient(t, s, "client-c", clock.Now())
+		h := replicaHandler(t, e, prefix, clock)
+		const x, y = "203.0.113.7:40000", "198.51.100.20:40000"
+
+		w, _ := serve(t, h, tokenRequest(x, "client-b", plainB))
+		require.Equal(t, http.StatusOK, w.Code, "client B authenticates from X")
+		for i := range 30 {
+			w, body := serve(t, h, tokenRequest(x, "client-a", "wrong"))
+			want := http.StatusUnauthorized
+			if i >= 5 {
+				want = http.StatusTooManyRequests
+			}
+			require.Equal(t, want, w.Code, "guess %d at client A from X: %+v", i, body)
+		}
+
+		tests := []struct {
+			name, addr, id, secret string
+			status                 int
+			retryAfter             string
+		}{
+			{"KnownNeighbour", x, "client-b", plainB, http.StatusOK, ""},
+			{"NewcomerFromX", x, "client-c", plainC, http.StatusTooManyRequests, "3"},
+			{"TargetFromX", x, "client-a", plainA, http.StatusTooManyRequests, "12"},
+			{"TargetFromY", y, "client-a", plainA, http.StatusOK, ""},
+		}
+		for _, tt := range tests {
+			t.Run(tt.name, func(t *testing.T) {
+				w, body := serve(t, h, tokenRequest(tt.addr, tt.id, tt.secret))
+				assert.Equal(t, tt.status, w.Code, "%+v", body)
+				assert.Equal(t, tt.retryAfter, w.Header().Get("Retry-After"))
+				assert.Equal(t, tt.status == http.StatusOK, body.AccessToken != "")
 			})
 		}
 	})

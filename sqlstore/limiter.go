@@ -7,7 +7,9 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
+	"math/rand/v2"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 	"unicode/utf8"
@@ -20,11 +22,13 @@ import (
 // them as VARBINARY(64).
 const maxAddrKeyLen = 64
 
-// invalidLimitID is the key of every client id that no client can have
-// (see [m2mauth.Client.Validate]): they share one bucket per address, as
-// in the token handler, and the database never sees a NUL byte or
-// invalid UTF-8, which PostgreSQL refuses. No client id contains DEL.
-const invalidLimitID = "\x7finvalid"
+// Polling while a bucket's attempts are all lent to reservations in
+// flight: the first pause, and the longest. Each pause is drawn between
+// half and all of the current bound, which doubles after each.
+const (
+	pollMin = 2 * time.Millisecond
+	pollMax = 50 * time.Millisecond
+)
 
 // LimiterConfig holds the tunables of a [Limiter]. The limits and their
 // defaults are those of [m2mauth.RateLimiterConfig]; every zero value is
@@ -32,7 +36,8 @@ const invalidLimitID = "\x7finvalid"
 // same limits.
 type LimiterConfig struct {
 	// ClientIPBurst is the number of failures allowed in a row for one
-	// client id from one address. Default: 5.
+	// client id from one address, and of its attempts in flight at once.
+	// Default: 5.
 	ClientIPBurst int
 	// ClientIPEvery is the time it takes to forgive one failure for a
 	// client id and address, at least 1ms, kept to the microsecond.
@@ -45,6 +50,20 @@ type LimiterConfig struct {
 	// address, at least 1ms, kept to the microsecond. Default: 3s (a full
 	// bucket in a minute).
 	IPEvery time.Duration
+	// KnownWindow is how long after a client authenticated from an
+	// address its requests from there are exempt from the address's
+	// bucket (its own bucket still applies), at least 1ms. Default: 24h.
+	KnownWindow time.Duration
+	// ReservationTimeout is how long the reservations of a bucket count
+	// as in flight after the last one was granted, at least 1ms; for
+	// each bucket it is cut to the time the bucket takes to refill
+	// (burst times interval). It should exceed the longest time between
+	// a Reserve and its Release, which the token handler bounds by about
+	// twice its StoreTimeout. Past it, the reservations of a replica that
+	// died mid-request stop holding the bucket's attempts in flight;
+	// their tokens stay taken, as failures, until the bucket refills.
+	// Default: 30s.
+	ReservationTimeout time.Duration
 	// TablePrefix is the prefix of the <prefix>rate_limits table, the
 	// same as the [Config.TablePrefix] of the [Store] whose
 	// [Store.Migrate] created it. Default: [DefaultTablePrefix].
@@ -53,55 +72,132 @@ type LimiterConfig struct {
 	// clocks, so their clocks should agree to well within a second.
 	// Default: [time.Now].
 	Now func() time.Time
-	// CleanupInterval is how often, by Now, a call to [Limiter.Fail] also
-	// deletes rows of buckets that have refilled; at least 1ms. The first
-	// Fail of a Limiter cleans up. Default: 1m.
+	// CleanupInterval is how often, by Now, a call to [Limiter.Release]
+	// also deletes rows that mean no more than no row; at least 1ms. The
+	// first Release of a Limiter cleans up. Default: 1m.
 	CleanupInterval time.Duration
 	// CleanupBatch bounds the rows one cleanup deletes; when a cleanup
-	// finds that many, the next Fail cleans up again. Default: 1000.
+	// finds that many, the next Release cleans up again. Default: 1000.
 	CleanupBatch int
-	// Logger receives the errors of cleanups, which do not fail the Fail
-	// that ran them. Default: [slog.Default].
+	// Logger receives the errors of cleanups, which do not fail the
+	// Release that ran them. Default: [slog.Default].
 	Logger *slog.Logger
 }
 
 // Limiter is a [m2mauth.Limiter] that keeps its buckets in the
 // <prefix>rate_limits table (created by [Store.Migrate]), so that every
-// replica of a service sharing the database sees the same failures: a
-// client locked out by failures sent to one replica is locked out on all
-// of them. Set it as the Limiter of each replica's
-// [m2mauth.TokenHandlerConfig].
+// replica of a service sharing the database counts the same attempts: at
+// most ClientIPBurst guesses at one client's secret from one address are
+// verified, at once or in a row, however many requests arrive at however
+// many replicas (RFC 6749 §10.10). Set it as the Limiter of each
+// replica's [m2mauth.TokenHandlerConfig].
 //
-// Each bucket is a token bucket held in one row as the instant it is full
-// again, so it behaves as [m2mauth.RateLimiter]'s do (see [Limiter.Check]
-// and [Limiter.Fail]): there is one bucket per client id and address and
-// one per address, only failures take tokens, and a request is refused
-// while either of its buckets is empty. Client ids that no client can
-// have share one bucket per address. Rows of buckets that have refilled
-// are deleted by [Limiter.Cleanup], which Fail runs every CleanupInterval.
+// It makes the decisions of [m2mauth.RateLimiter], in the database: the
+// same buckets and limits, the same exemption of a client known at an
+// address from the address's bucket, the same waits, and the same tokens
+// taken from the address by a refused attempt. Given the same calls, one
+// after the other, and the same clock, both limiters answer alike. Times
+// are kept to the microsecond.
+//
+// # Reservations
+//
+// Each row holds one token bucket, as the instant it is full again
+// (refilled_at), and counts the reservations in flight that hold its
+// tokens (pending). [Limiter.Reserve] takes a token from the client's
+// bucket, and from the address's unless the client is known there, when
+// it grants an attempt; [Limiter.Release] leaves the tokens of a failed
+// attempt taken, and gives back those of an authenticated or abandoned
+// one. So an attempt in flight counts exactly as a failure does: no two
+// attempts are granted on one token, and a replica that dies mid-request
+// leaves its attempts counted as failures, which the buckets forgive as
+// they refill. A failure is forgiven counting from when it was granted,
+// where the in-memory limiter counts from when it failed. A grant also
+// needs fewer than the burst of reservations in flight, so no more than
+// the burst of attempts are verified at once, however fast tokens come
+// back. The row of a client id and address also records when the client
+// last authenticated from there (authenticated_at), and how many of its
+// reservations hold a token of the address's row (pending_addr), so that
+// Release gives back to the address only what was taken from it.
+//
+// The count of reservations in flight tells a bucket emptied by failures,
+// where Reserve refuses the attempt and says how long to wait, from one
+// whose tokens are lent to attempts that may yet give them back, where it
+// waits until they do, or until its context ends: a client sending many
+// requests at once with the right secret is slowed down, not refused.
+// Reserve waits first, in memory, for one of ClientIPBurst slots of the
+// client id and address in the process, so that requests queue in order
+// and the database sees no more of the process's attempts at once than
+// it could grant; a slot
+// holder then polls with plain reads, pausing from 2ms up to 50ms between
+// them, and runs its transaction again once a read shows room. Replicas
+// do not tell one another of their releases: a wait for another
+// replica's attempts lasts until the next poll.
+//
+// A count lapses ReservationTimeout after the bucket's last grant, or
+// after the time the bucket takes to refill if that is shorter, and then
+// no Release gives its tokens back. A replica that died mid-request
+// leaves a count that no Release lowers: the bucket waits on it, or lends
+// fewer attempts at once, until it lapses, so never longer than the
+// bucket takes to refill; its tokens meanwhile count as failures. A
+// Reserve whose transaction commits but whose caller never learns it (a
+// broken connection) leaves the same.
+//
+// # Transactions
+//
+// Reserve and Release are each one short transaction: insert the two rows
+// if missing and lock them, read them, decide in Go, write both with one
+// UPDATE, commit. The rows are locked in primary key order, the address's
+// row first, by one statement that inserts or locks them in that order
+// (PostgreSQL: INSERT ... ON CONFLICT DO UPDATE ... RETURNING; MySQL:
+// INSERT ... ON DUPLICATE KEY UPDATE, then SELECT ... FOR UPDATE). No
+// transaction holds the client's row while it waits for the address's,
+// so the transactions of any number of replicas take turns on a row and
+// never deadlock; on MySQL no locking read of a missing row takes a gap
+// lock that an insert would wait for. On SQLite the transaction begins
+// with that insert, a write, so it holds the database write lock from
+// its first statement and never upgrades from a read lock (which fails
+// at once with SQLITE_BUSY, whatever the busy timeout, when another
+// connection wrote in between). The Limiter runs its SQLite writes one at
+// a time, so its goroutines queue in order rather than poll for the lock
+// in SQLite's busy handler, which favours no one and can starve a
+// waiter past its busy timeout; when the lock stays busy past the
+// connection's busy_timeout (another process writing), it tries again
+// until the context ends, and then returns an error wrapping the
+// context's, which the token handler answers with 503 and Retry-After.
+// Cleanups never wait for a row while holding another (see
+// [Limiter.Cleanup]).
 //
 // A Limiter is safe for concurrent use, by many goroutines and by many
-// processes sharing the database: each Check is one query and each Fail
-// one statement, which the database applies atomically. Failures lock
-// their two rows in primary key order, and cleanups never wait for a row
-// while holding another, so replicas do not deadlock one another.
+// processes sharing the database.
 type Limiter struct {
-	check, fail, cleanup lazyStmt
-	cleanupRow           lazyStmt // MySQL only: see mysqlQueries
-
-	now          func() time.Time
-	logger       *slog.Logger
-	cleanupEvery int64 // microseconds
-	batch        int64
-	// Microseconds: the refill interval of each bucket, and its slack,
-	// (burst-1)*every: a bucket holds a token from refilled_at - slack.
-	clientEvery, clientSlack int64
-	ipEvery, ipSlack         int64
-	// nextCleanup is the unix microsecond from which Fail cleans up.
+	db                        *sql.DB
+	begin                     string   // PostgreSQL only: run first in each transaction
+	ensure, lock, peek, write lazyStmt // ensure: MySQL and SQLite only
+	cleanup, cleanupRow       lazyStmt // cleanupRow: MySQL only
+	now                       func() time.Time
+	logger                    *slog.Logger
+	cleanupEvery, batch       int64 // microseconds; rows
+	client, addr              bucketLimits
+	knownWindow               int64 // microseconds
+	// nextCleanup is the unix microsecond from which Release cleans up.
 	nextCleanup atomic.Int64
+	slots       pairSlots
+	// writer, on SQLite only, holds a token while one of the Limiter's
+	// write transactions runs.
+	writer chan struct{}
 }
 
 var _ m2mauth.Limiter = (*Limiter)(nil)
+
+// bucketLimits are the limits of one kind of bucket, in microseconds.
+type bucketLimits struct {
+	every, burst int64
+	// slack is (burst-1)*every: a bucket holds a token while it is full
+	// again within slack.
+	slack int64
+	// lease is how long reservations count after a grant.
+	lease int64
+}
 
 // NewLimiter returns a limiter that keeps its buckets in db, speaking
 // dialect. Like [New] it checks its arguments now and does not touch the
@@ -133,15 +229,21 @@ func NewLimiter(db *sql.DB, dialect Dialect, cfg LimiterConfig) (*Limiter, error
 	if err := errors.Join(
 		positive(&cfg.ClientIPBurst, 5, "ClientIPBurst"), every(&cfg.ClientIPEvery, 12*time.Second, "ClientIPEvery"),
 		positive(&cfg.IPBurst, 20, "IPBurst"), every(&cfg.IPEvery, 3*time.Second, "IPEvery"),
+		every(&cfg.KnownWindow, 24*time.Hour, "KnownWindow"),
+		every(&cfg.ReservationTimeout, 30*time.Second, "ReservationTimeout"),
 		every(&cfg.CleanupInterval, time.Minute, "CleanupInterval"), positive(&cfg.CleanupBatch, 1000, "CleanupBatch"),
 	); err != nil {
 		return nil, err
 	}
-	// A bucket spans burst*every; a century leaves room to add it to any
-	// unix time in microseconds.
+	// A bucket spans burst*every, and a row lives up to a window or a
+	// reservation timeout; a century leaves room to add any of them to
+	// any unix time in microseconds.
 	const maxSpan = 100 * 365 * 24 * time.Hour
 	if cfg.ClientIPEvery > maxSpan/time.Duration(cfg.ClientIPBurst) || cfg.IPEvery > maxSpan/time.Duration(cfg.IPBurst) {
 		return nil, errors.New("sqlstore: LimiterConfig burst times interval exceeds a century")
+	}
+	if cfg.KnownWindow > maxSpan || cfg.ReservationTimeout > maxSpan {
+		return nil, errors.New("sqlstore: LimiterConfig.KnownWindow and ReservationTimeout must not exceed a century")
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
@@ -149,70 +251,411 @@ func NewLimiter(db *sql.DB, dialect Dialect, cfg LimiterConfig) (*Limiter, error
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
+	limits := func(burst int, every time.Duration) bucketLimits {
+		e := every.Microseconds()
+		return bucketLimits{every: e, burst: int64(burst), slack: int64(burst-1) * e,
+			lease: min(cfg.ReservationTimeout.Microseconds(), int64(burst)*e)}
+	}
 	l := &Limiter{
-		check:        lazyStmt{db: db, query: q.limitCheck},
-		fail:         lazyStmt{db: db, query: q.limitFail},
+		db:           db,
+		begin:        q.limitBegin,
+		ensure:       lazyStmt{db: db, query: q.limitEnsure},
+		lock:         lazyStmt{db: db, query: q.limitLock},
+		peek:         lazyStmt{db: db, query: q.limitPeek},
+		write:        lazyStmt{db: db, query: q.limitWrite},
 		cleanup:      lazyStmt{db: db, query: q.limitCleanup},
 		cleanupRow:   lazyStmt{db: db, query: q.limitCleanupRow},
 		now:          cfg.Now,
 		logger:       cfg.Logger,
 		cleanupEvery: cfg.CleanupInterval.Microseconds(),
 		batch:        int64(cfg.CleanupBatch),
-		clientEvery:  cfg.ClientIPEvery.Microseconds(),
-		ipEvery:      cfg.IPEvery.Microseconds(),
+		client:       limits(cfg.ClientIPBurst, cfg.ClientIPEvery),
+		addr:         limits(cfg.IPBurst, cfg.IPEvery),
+		knownWindow:  cfg.KnownWindow.Microseconds(),
+		slots:        pairSlots{n: cfg.ClientIPBurst},
 	}
-	l.clientSlack = int64(cfg.ClientIPBurst-1) * l.clientEvery
-	l.ipSlack = int64(cfg.IPBurst-1) * l.ipEvery
+	if dialect == SQLite {
+		l.writer = make(chan struct{}, 1)
+	}
 	l.nextCleanup.Store(math.MinInt64)
 	return l, nil
 }
 
-// Check returns how long until both buckets of (clientID, ip) hold a
-// token: zero unless one of them is empty. It runs one query, which reads
-// both rows. It returns an error, and the token handler a server_error,
-// when the database fails or ip is longer than 64 bytes, is not valid
-// UTF-8 or holds a NUL byte.
-func (l *Limiter) Check(ctx context.Context, clientID, ip string) (time.Duration, error) {
+// Reserve implements [m2mauth.Limiter.Reserve]: it takes a token from the
+// buckets of (clientID, ip) and returns zero, or returns how long until
+// the attempt could be granted, having taken nothing from the client's
+// bucket. It waits while the buckets' tokens are lent to reservations in
+// flight (see [Limiter]), until ctx ends. Any client id that no client
+// can have shares the bucket of [m2mauth.LimiterInvalidClientID]. It
+// returns an error, and the token handler a server error, when the
+// database fails or ip is longer than 64 bytes, is not valid UTF-8 or
+// holds a NUL byte.
+func (l *Limiter) Reserve(ctx context.Context, clientID, ip string) (time.Duration, error) {
 	if err := checkAddrKey(ip); err != nil {
 		return 0, err
 	}
-	now := l.now().UnixMicro()
-	stmt, err := l.check.get(ctx)
+	id := limitID(clientID)
+	k := limitKey{id, ip}
+	if err := l.slots.acquire(ctx, k); err != nil {
+		return 0, fmt.Errorf("sqlstore: rate limit reserve: %w", err)
+	}
+	wait, err := l.reserve(ctx, id, ip)
+	if err != nil || wait > 0 {
+		l.slots.release(k)
+	}
 	if err != nil {
-		return 0, fmt.Errorf("sqlstore: rate limit check: %w", err)
+		return 0, fmt.Errorf("sqlstore: rate limit reserve: %w", err)
 	}
-	var from int64
-	if err := stmt.QueryRowContext(ctx, l.ipSlack, l.clientSlack, ip, limitID(clientID)).Scan(&from); err != nil {
-		return 0, fmt.Errorf("sqlstore: rate limit check: %w", err)
-	}
-	if from <= now {
-		return 0, nil
-	}
-	return time.Duration(from-now) * time.Microsecond, nil
+	return wait, nil
 }
 
-// Fail takes a token from both buckets of (clientID, ip), creating their
-// rows if needed, in one statement (an upsert). As with
-// [m2mauth.RateLimiter], a failure recorded while a bucket is empty takes
-// nothing from it. Once every CleanupInterval it then runs
-// [Limiter.Cleanup]; a cleanup's error is logged, not returned.
-func (l *Limiter) Fail(ctx context.Context, clientID, ip string) error {
+// reserve runs reservation transactions on the rows of (id, ip), polling
+// between them while the buckets are lent out, until one grants or
+// refuses.
+func (l *Limiter) reserve(ctx context.Context, id, ip string) (time.Duration, error) {
+	pause := pollMin
+	for {
+		var v verdict
+		var wait int64
+		err := l.update(ctx, id, ip, func(a, p *limitRow, now int64) {
+			v, wait = l.reserveRows(a, p, now)
+		})
+		if err != nil {
+			return 0, err
+		}
+		switch v {
+		case granted:
+			return 0, nil
+		case refused:
+			return waitDuration(wait), nil
+		}
+		// Lent out: read, without locking, until a transaction may
+		// find room.
+		for v == lentOut {
+			d := pause/2 + rand.N(pause/2+1)
+			pause = min(2*pause, pollMax)
+			t := time.NewTimer(d)
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				return 0, ctx.Err()
+			case <-t.C:
+			}
+			a, p, err := l.peekRows(ctx, id, ip)
+			if err != nil {
+				return 0, err
+			}
+			now := l.now().UnixMicro()
+			a.lapse(now)
+			p.lapse(now)
+			v, _ = l.reserveRows(&a, &p, now)
+		}
+	}
+}
+
+// Release implements [m2mauth.Limiter.Release]. For
+// [m2mauth.OutcomeFailed] the tokens of the reservation stay taken (the
+// address's too: a client known at the address still counts its failure
+// against it); for [m2mauth.OutcomeAuthenticated] and
+// [m2mauth.OutcomeAbandoned] they are given back, and the first also
+// records that the client authenticated from the address. Any other
+// outcome is recorded as a failure, and reported as an error. Once every
+// CleanupInterval it then runs [Limiter.Cleanup]; a cleanup's error is
+// logged, not returned.
+func (l *Limiter) Release(ctx context.Context, clientID, ip string, o m2mauth.Outcome) error {
 	if err := checkAddrKey(ip); err != nil {
 		return err
 	}
-	now := l.now().UnixMicro()
-	stmt, err := l.fail.get(ctx)
-	if err != nil {
-		return fmt.Errorf("sqlstore: rate limit failure: %w", err)
-	}
 	id := limitID(clientID)
-	if _, err := stmt.ExecContext(ctx, ip, now+l.ipEvery, ip, id, now+l.clientEvery,
-		now+l.ipSlack, l.ipEvery, now+l.ipEvery,
-		now+l.clientSlack, l.clientEvery, now+l.clientEvery); err != nil {
-		return fmt.Errorf("sqlstore: rate limit failure: %w", err)
+	err := l.update(ctx, id, ip, func(a, p *limitRow, now int64) {
+		l.releaseRows(a, p, now, o)
+	})
+	l.slots.release(limitKey{id, ip})
+	if err != nil {
+		return fmt.Errorf("sqlstore: rate limit release: %w", err)
 	}
-	l.maybeCleanup(ctx, now)
+	switch o {
+	case m2mauth.OutcomeFailed, m2mauth.OutcomeAuthenticated, m2mauth.OutcomeAbandoned:
+	default:
+		return fmt.Errorf("sqlstore: rate limit release: unknown outcome %d, counted as a failure", o)
+	}
+	l.maybeCleanup(ctx, l.now().UnixMicro())
 	return nil
+}
+
+// limitRow is one row of rate_limits, times in unix microseconds.
+type limitRow struct {
+	// refilledAt is when the bucket is full again.
+	refilledAt int64
+	// pending counts reservations in flight; for a row of a client id,
+	// pendingAddr counts those of them that took a token of the
+	// address's row too. Both count until leaseUntil.
+	pending, pendingAddr, leaseUntil int64
+	// authAt is when the client last authenticated (0: never).
+	authAt int64
+}
+
+// lapse forgets the reservations of r if they have outlived their lease.
+func (r *limitRow) lapse(now int64) {
+	if r.leaseUntil <= now {
+		r.pending, r.pendingAddr = 0, 0
+	}
+}
+
+// deficit is how long, from now, until a bucket is full: the bucket
+// holds burst - deficit/every tokens, and at least one while deficit <=
+// slack.
+func deficit(r *limitRow, now int64) int64 { return max(r.refilledAt-now, 0) }
+
+// take removes one token from a bucket, or empties it if it holds less.
+func (b bucketLimits) take(r *limitRow, now int64) {
+	r.refilledAt = min(max(r.refilledAt, now)+b.every, now+b.burst*b.every)
+}
+
+// verdict is the outcome of a reservation transaction.
+type verdict int
+
+const (
+	granted verdict = iota
+	refused
+	// lentOut: the attempt would be granted, but every token it needs is
+	// lent to a reservation in flight.
+	lentOut
+)
+
+// reserveRows decides a reservation on the address's row a and the client
+// row p, whose reservations have lapsed as of now, and changes them as it
+// decides. wait is how long a refused attempt waits, in microseconds.
+//
+// It follows [m2mauth.RateLimiter.Reserve], whose buckets count failures
+// only: its tokens are a row's plus its reservations in flight, so a
+// client's bucket refuses when that holds less than a token, and the
+// wait is until it holds one.
+func (l *Limiter) reserveRows(a, p *limitRow, now int64) (v verdict, wait int64) {
+	c, ad := l.client, l.addr
+	known := p.authAt != 0 && now-p.authAt < l.knownWindow
+	pw := deficit(p, now) - p.pending*c.every - c.slack
+	aw := deficit(a, now) - a.pending*ad.every - ad.slack
+	switch {
+	case pw > 0:
+		// Locked out: the refused attempt still counts against the
+		// address.
+		if !known && aw <= 0 {
+			ad.take(a, now)
+		}
+		return refused, pw
+	case !known && aw > 0:
+		return refused, aw
+	case deficit(p, now) <= c.slack && p.pending < c.burst &&
+		(known || deficit(a, now) <= ad.slack && a.pending < ad.burst):
+		c.take(p, now)
+		p.pending++
+		p.leaseUntil = now + c.lease
+		if !known {
+			p.pendingAddr++
+			ad.take(a, now)
+			a.pending++
+			a.leaseUntil = now + ad.lease
+		}
+		return granted, 0
+	}
+	return lentOut, 0
+}
+
+// releaseRows ends a reservation on the rows a and p, whose reservations
+// have lapsed as of now. Tokens are given back only to a row whose count
+// shows a reservation in flight: giving back too little is safe, too
+// much is not.
+func (l *Limiter) releaseRows(a, p *limitRow, now int64, o m2mauth.Outcome) {
+	held := p.pending > 0
+	if held {
+		p.pending--
+	}
+	heldAddr, addrBack := p.pendingAddr > 0, false
+	if heldAddr {
+		p.pendingAddr--
+		if a.pending > 0 {
+			a.pending--
+			addrBack = true
+		}
+	}
+	switch o {
+	case m2mauth.OutcomeAuthenticated, m2mauth.OutcomeAbandoned:
+		if held {
+			p.refilledAt -= l.client.every
+		}
+		if addrBack {
+			a.refilledAt -= l.addr.every
+		}
+		if o == m2mauth.OutcomeAuthenticated {
+			p.authAt = now
+		}
+	default:
+		// A failure: its tokens stay taken. One whose reservation took
+		// none from the address (the client was known there) takes
+		// one now.
+		if !heldAddr {
+			l.addr.take(a, now)
+		}
+	}
+}
+
+// idleAt returns when r means no more than no row: its bucket full,
+// nothing in flight, and its client no longer known.
+func (l *Limiter) idleAt(r *limitRow) int64 {
+	t := r.refilledAt
+	if r.authAt != 0 {
+		t = max(t, r.authAt+l.knownWindow)
+	}
+	if r.pending > 0 || r.pendingAddr > 0 {
+		t = max(t, r.leaseUntil)
+	}
+	return t
+}
+
+// update runs, in one transaction, f on the two rows of (id, ip) as of
+// now, locked and with their lapsed reservations forgotten, and writes
+// them back if f changed them.
+func (l *Limiter) update(ctx context.Context, id, ip string, f func(a, p *limitRow, now int64)) error {
+	return l.writing(ctx, func() error {
+		lock, err := l.lock.get(ctx)
+		if err != nil {
+			return err
+		}
+		write, err := l.write.get(ctx)
+		if err != nil {
+			return err
+		}
+		var ensure *sql.Stmt
+		if l.ensure.query != "" {
+			if ensure, err = l.ensure.get(ctx); err != nil {
+				return err
+			}
+		}
+		tx, err := l.db.BeginTx(ctx, nil)
+		if err != nil {
+			return err
+		}
+		defer tx.Rollback()
+
+		if l.begin != "" {
+			if _, err := tx.ExecContext(ctx, l.begin); err != nil {
+				return err
+			}
+		}
+		if ensure != nil {
+			if _, err := tx.StmtContext(ctx, ensure).ExecContext(ctx, ip, ip, id); err != nil {
+				return err
+			}
+		}
+		a, p, n, err := scanRows(tx.StmtContext(ctx, lock).QueryContext(ctx, ip, id))
+		if err != nil {
+			return err
+		}
+		if n != 2 {
+			return fmt.Errorf("locked %d rate limit rows, not 2", n)
+		}
+
+		// The clock is read with the rows locked, so the transactions
+		// on a row see it move forward (as far as replicas' clocks
+		// agree).
+		now := l.now().UnixMicro()
+		a0, p0 := a, p
+		a.lapse(now)
+		p.lapse(now)
+		f(&a, &p, now)
+		if a != a0 || p != p0 {
+			if _, err := tx.StmtContext(ctx, write).ExecContext(ctx,
+				a.refilledAt, p.refilledAt, a.pending, p.pending, a.pendingAddr, p.pendingAddr,
+				a.leaseUntil, p.leaseUntil, a.authAt, p.authAt, l.idleAt(&a), l.idleAt(&p),
+				ip, id); err != nil {
+				return err
+			}
+		}
+		return tx.Commit()
+	})
+}
+
+// peekRows reads the rows of (id, ip) without a transaction; a missing
+// row is an untouched bucket.
+func (l *Limiter) peekRows(ctx context.Context, id, ip string) (a, p limitRow, err error) {
+	stmt, err := l.peek.get(ctx)
+	if err != nil {
+		return a, p, err
+	}
+	a, p, _, err = scanRows(stmt.QueryContext(ctx, ip, id))
+	return a, p, err
+}
+
+// scanRows reads the rows of limitLock or limitPeek: the address's (an
+// empty client_id) into a, the other into p, and how many there were.
+func scanRows(rows *sql.Rows, err error) (a, p limitRow, n int, _ error) {
+	if err != nil {
+		return a, p, 0, err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var id []byte
+		var r limitRow
+		if err := rows.Scan(&id, &r.refilledAt, &r.pending, &r.pendingAddr, &r.leaseUntil, &r.authAt); err != nil {
+			return a, p, 0, err
+		}
+		if len(id) == 0 {
+			a = r
+		} else {
+			p = r
+		}
+		n++
+	}
+	return a, p, n, rows.Err()
+}
+
+// writing runs f, which writes to the database. On SQLite it runs it
+// alone among the Limiter's writes, which queue in order for their turn
+// rather than poll for the database lock in SQLite's busy handler, and
+// runs it again while it fails because the database is locked by
+// another process, until ctx ends.
+func (l *Limiter) writing(ctx context.Context, f func() error) error {
+	if l.writer == nil {
+		return f()
+	}
+	select {
+	case l.writer <- struct{}{}:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	defer func() { <-l.writer }()
+	pause := pollMin
+	for {
+		err := f()
+		if err == nil || !sqliteBusy(err) {
+			return err
+		}
+		// The busy handler has waited busy_timeout already; pause
+		// briefly in case there is none.
+		d := pause/2 + rand.N(pause/2+1)
+		pause = min(2*pause, pollMax)
+		t := time.NewTimer(d)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return fmt.Errorf("%w (%w)", err, ctx.Err())
+		case <-t.C:
+		}
+	}
+}
+
+// sqliteBusy reports whether err is SQLite's SQLITE_BUSY, whose message,
+// "database is locked", every driver passes on.
+func sqliteBusy(err error) bool {
+	return strings.Contains(err.Error(), "database is locked")
+}
+
+// waitDuration renders a wait in microseconds as [m2mauth.RateLimiter]
+// does: rounded to the millisecond, at least one.
+func waitDuration(us int64) time.Duration {
+	d := (time.Duration(us) * time.Microsecond).Round(time.Millisecond)
+	return max(d, time.Millisecond)
 }
 
 // maybeCleanup runs a cleanup if one is due at now; of calls that find
@@ -229,29 +672,33 @@ func (l *Limiter) maybeCleanup(ctx context.Context, now int64) {
 			l.logger.LogAttrs(ctx, slog.LevelError, "sqlstore: rate limit cleanup failed", slog.Any("error", err))
 		}
 	case more:
-		// Clean again on the next failure.
+		// Clean again on the next release.
 		l.nextCleanup.Store(now)
 	}
 }
 
-// Cleanup deletes the rows of up to CleanupBatch buckets that have
-// refilled completely, which count no more than no row at all, and
-// returns how many it deleted. [Limiter.Fail] runs it every
-// CleanupInterval, so rows are left only after the last failure; a host
-// may also run it from a scheduled job.
+// Cleanup deletes up to CleanupBatch rows that mean no more than no row
+// at all, and returns how many it deleted: rows whose bucket has refilled
+// completely, with no reservation in flight (or only lapsed ones), and
+// whose client has not authenticated from the address within
+// KnownWindow. Each row says from when it is so (idle_at, indexed).
+// [Limiter.Release] runs it every CleanupInterval, so the table holds
+// about the buckets of the last few minutes' failures and the clients
+// known at their addresses; a host may also run it from a scheduled job.
 //
 // On PostgreSQL and SQLite it is one DELETE; PostgreSQL's passes over rows
-// that a failure is updating (FOR UPDATE SKIP LOCKED). On MySQL it is a
-// SELECT that locks nothing, then one DELETE by primary key per row
-// found, which keeps a row that a failure updated in between: a single
-// DELETE through the index on refilled_at would lock index entries before
-// rows, the reverse of Fail, and deadlock with it under load.
+// that a transaction of the limiter holds (FOR UPDATE SKIP LOCKED). On
+// MySQL it is a SELECT that locks nothing, then one DELETE by primary key
+// per row found, which keeps a row that a transaction changed in between:
+// a single DELETE through the index on idle_at would lock index entries
+// before rows, the reverse of the limiter's transactions, and deadlock
+// with them under load.
 func (l *Limiter) Cleanup(ctx context.Context) (int64, error) {
 	n, _, err := l.cleanupAt(ctx, l.now().UnixMicro())
 	return n, err
 }
 
-// cleanupAt deletes up to a batch of rows that have refilled by now. more
+// cleanupAt deletes up to a batch of rows that are idle by now. more
 // reports that it found a full batch, so more rows may be waiting.
 func (l *Limiter) cleanupAt(ctx context.Context, now int64) (n int64, more bool, err error) {
 	defer func() {
@@ -264,11 +711,14 @@ func (l *Limiter) cleanupAt(ctx context.Context, now int64) (n int64, more bool,
 		return 0, false, err
 	}
 	if l.cleanupRow.query == "" {
-		res, err := stmt.ExecContext(ctx, now, l.batch)
-		if err != nil {
-			return 0, false, err
-		}
-		n, err := res.RowsAffected()
+		err = l.writing(ctx, func() error {
+			res, err := stmt.ExecContext(ctx, now, l.batch)
+			if err != nil {
+				return err
+			}
+			n, err = res.RowsAffected()
+			return err
+		})
 		return n, n >= l.batch, err
 	}
 
@@ -297,8 +747,8 @@ func (l *Limiter) cleanupAt(ctx context.Context, now int64) (n int64, more bool,
 		return 0, false, err
 	}
 	for _, k := range keys {
-		// A row updated since it was found has not refilled any more,
-		// and stays.
+		// A row changed since it was found may no longer be idle, and
+		// then stays.
 		res, err := del.ExecContext(ctx, k[0], k[1], now)
 		if err != nil {
 			return n, false, err
@@ -312,10 +762,75 @@ func (l *Limiter) cleanupAt(ctx context.Context, now int64) (n int64, more bool,
 	return n, int64(len(keys)) >= l.batch, nil
 }
 
-// Close releases the Limiter's prepared statements; Check and Fail return
-// errors after it. It does not close the *sql.DB.
+// Close releases the Limiter's prepared statements; Reserve and Release
+// return errors after it. It does not close the *sql.DB.
 func (l *Limiter) Close() error {
-	return errors.Join(l.check.close(), l.fail.close(), l.cleanup.close(), l.cleanupRow.close())
+	return errors.Join(l.ensure.close(), l.lock.close(), l.peek.close(), l.write.close(),
+		l.cleanup.close(), l.cleanupRow.close())
+}
+
+// limitKey names the bucket of a client id and address.
+type limitKey struct{ id, ip string }
+
+// pairSlots bounds the reservations of one client id and address that
+// the process attempts or holds at once to n, its burst: no more can be
+// granted, so the others wait in memory, in order, rather than each
+// polling the database.
+type pairSlots struct {
+	n  int
+	mu sync.Mutex
+	m  map[limitKey]*slotQueue
+}
+
+// slotQueue holds the slots of one pair; refs counts the goroutines
+// waiting for or holding one.
+type slotQueue struct {
+	ch   chan struct{}
+	refs int
+}
+
+// acquire waits for a slot of k, until ctx ends. A nil error must be
+// matched by a release.
+func (s *pairSlots) acquire(ctx context.Context, k limitKey) error {
+	s.mu.Lock()
+	if s.m == nil {
+		s.m = make(map[limitKey]*slotQueue)
+	}
+	q := s.m[k]
+	if q == nil {
+		q = &slotQueue{ch: make(chan struct{}, s.n)}
+		s.m[k] = q
+	}
+	q.refs++
+	s.mu.Unlock()
+	select {
+	case q.ch <- struct{}{}:
+		return nil
+	case <-ctx.Done():
+		s.unref(k, q)
+		return ctx.Err()
+	}
+}
+
+// release gives back a slot of k; without one held, it does nothing.
+func (s *pairSlots) release(k limitKey) {
+	s.mu.Lock()
+	q := s.m[k]
+	if q == nil || len(q.ch) == 0 {
+		s.mu.Unlock()
+		return
+	}
+	<-q.ch
+	s.mu.Unlock()
+	s.unref(k, q)
+}
+
+func (s *pairSlots) unref(k limitKey, q *slotQueue) {
+	s.mu.Lock()
+	if q.refs--; q.refs == 0 {
+		delete(s.m, k)
+	}
+	s.mu.Unlock()
 }
 
 // limitID returns the key of a client id's bucket.
@@ -323,7 +838,7 @@ func limitID(clientID string) string {
 	if m2mauth.ValidClientID(clientID) {
 		return clientID
 	}
-	return invalidLimitID
+	return m2mauth.LimiterInvalidClientID
 }
 
 // checkAddrKey refuses an address key the table cannot hold. The token

@@ -2,6 +2,7 @@ package sqlstore_test
 
 import (
 	"bytes"
+	"context"
 	"database/sql"
 	"fmt"
 	"log/slog"
@@ -9,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -19,10 +21,16 @@ import (
 	"github.com/m2mauth/m2mauth/sqlstore"
 )
 
+// Tests of the database-backed limiter of failed client authentications
+// (RFC 6749 §2.3.1 and §10.10: the authorization server must protect the
+// endpoints that authenticate clients against brute force).
+
 // fakeClock is a clock that tests move by hand, safe for concurrent use.
+// Each reading is also signalled on reads, when set, without blocking.
 type fakeClock struct {
-	mu  sync.Mutex
-	now time.Time
+	mu    sync.Mutex
+	now   time.Time
+	reads chan struct{}
 }
 
 func newFakeClock() *fakeClock {
@@ -32,6 +40,12 @@ func newFakeClock() *fakeClock {
 func (c *fakeClock) Now() time.Time {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if c.reads != nil {
+		select {
+		case c.reads <- struct{}{}:
+		default:
+		}
+	}
 	return c.now
 }
 
@@ -41,16 +55,46 @@ func (c *fakeClock) Advance(d time.Duration) {
 	c.now = c.now.Add(d)
 }
 
+// watch makes the clock signal its readings, and returns the channel.
+func (c *fakeClock) watch() <-chan struct{} {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.reads = make(chan struct{}, 1)
+	return c.reads
+}
+
+// awaitReads waits for n more readings of a watched clock: a limiter
+// waiting for reservations in flight reads it once per poll. It fails t
+// after a minute.
+func awaitReads(t *testing.T, reads <-chan struct{}, n int) {
+	t.Helper()
+	deadline := time.After(time.Minute)
+	for range n {
+		select {
+		case <-reads:
+		case <-deadline:
+			t.Fatal("the limiter stopped reading the clock")
+		}
+	}
+}
+
 // newLimiter returns a limiter on the tables of prefix, migrating them
 // first, with cfg's clock defaulting to clock.
 func (e *env) newLimiter(t testing.TB, prefix string, clock *fakeClock, cfg sqlstore.LimiterConfig) *sqlstore.Limiter {
 	t.Helper()
 	e.newStore(t, sqlstore.Config{TablePrefix: prefix})
+	return e.replica(t, e.db, prefix, clock, cfg)
+}
+
+// replica returns a limiter on db, on tables already migrated, as
+// another replica of a service would have.
+func (e *env) replica(t testing.TB, db *sql.DB, prefix string, clock *fakeClock, cfg sqlstore.LimiterConfig) *sqlstore.Limiter {
+	t.Helper()
 	cfg.TablePrefix = prefix
 	if cfg.Now == nil {
 		cfg.Now = clock.Now
 	}
-	l, err := sqlstore.NewLimiter(e.db, e.dialect, cfg)
+	l, err := sqlstore.NewLimiter(db, e.dialect, cfg)
 	require.NoError(t, err)
 	t.Cleanup(func() { l.Close() })
 	return l
@@ -62,6 +106,45 @@ func (e *env) limitRows(t *testing.T, prefix string) int {
 	var n int
 	require.NoError(t, e.db.QueryRowContext(t.Context(), "SELECT COUNT(*) FROM "+prefix+"rate_limits").Scan(&n))
 	return n
+}
+
+// attempts drives one limiter from a test.
+type attempts struct {
+	t *testing.T
+	l m2mauth.Limiter
+}
+
+// reserve returns the wait of Reserve, which must not fail.
+func (a attempts) reserve(id, ip string) time.Duration {
+	a.t.Helper()
+	d, err := a.l.Reserve(a.t.Context(), id, ip)
+	require.NoError(a.t, err, "Reserve(%q, %q)", id, ip)
+	return d
+}
+
+// release ends a reservation, which must not fail.
+func (a attempts) release(id, ip string, o m2mauth.Outcome) {
+	a.t.Helper()
+	require.NoError(a.t, a.l.Release(a.t.Context(), id, ip, o), "Release(%q, %q)", id, ip)
+}
+
+// fail records n failed attempts, each of which must be granted.
+func (a attempts) fail(id, ip string, n int) {
+	a.t.Helper()
+	for i := range n {
+		require.Zero(a.t, a.reserve(id, ip), "attempt %d of %q from %q", i, id, ip)
+		a.release(id, ip, m2mauth.OutcomeFailed)
+	}
+}
+
+// probe returns the wait of an attempt that, if granted, is abandoned.
+func (a attempts) probe(id, ip string) time.Duration {
+	a.t.Helper()
+	d := a.reserve(id, ip)
+	if d == 0 {
+		a.release(id, ip, m2mauth.OutcomeAbandoned)
+	}
+	return d
 }
 
 func TestNewLimiter(t *testing.T) {
@@ -80,6 +163,7 @@ func TestNewLimiter(t *testing.T) {
 		{"MySQL", db, sqlstore.MySQL, sqlstore.LimiterConfig{}, true},
 		{"Tuned", db, sqlstore.SQLite, sqlstore.LimiterConfig{
 			ClientIPBurst: 1, ClientIPEvery: time.Millisecond, IPBurst: 1000000, IPEvery: time.Millisecond,
+			KnownWindow: time.Millisecond, ReservationTimeout: time.Millisecond,
 			TablePrefix: "auth_", CleanupInterval: time.Second, CleanupBatch: 1,
 		}, true},
 		{"NilDB", nil, sqlstore.SQLite, sqlstore.LimiterConfig{}, false},
@@ -91,9 +175,12 @@ func TestNewLimiter(t *testing.T) {
 		{"NegativeIPBurst", db, sqlstore.SQLite, sqlstore.LimiterConfig{IPBurst: -1}, false},
 		{"ClientIPEveryUnderMillisecond", db, sqlstore.SQLite, sqlstore.LimiterConfig{ClientIPEvery: time.Microsecond}, false},
 		{"NegativeIPEvery", db, sqlstore.SQLite, sqlstore.LimiterConfig{IPEvery: -time.Second}, false},
+		{"NegativeKnownWindow", db, sqlstore.SQLite, sqlstore.LimiterConfig{KnownWindow: -time.Hour}, false},
+		{"ReservationTimeoutUnderMillisecond", db, sqlstore.SQLite, sqlstore.LimiterConfig{ReservationTimeout: time.Microsecond}, false},
 		{"NegativeCleanupInterval", db, sqlstore.SQLite, sqlstore.LimiterConfig{CleanupInterval: -time.Minute}, false},
 		{"NegativeCleanupBatch", db, sqlstore.SQLite, sqlstore.LimiterConfig{CleanupBatch: -1}, false},
 		{"CenturyLongBucket", db, sqlstore.SQLite, sqlstore.LimiterConfig{IPBurst: 1 << 30, IPEvery: time.Hour}, false},
+		{"CenturyLongWindow", db, sqlstore.SQLite, sqlstore.LimiterConfig{KnownWindow: 200 * 365 * 24 * time.Hour}, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -115,91 +202,96 @@ func TestNewLimiter(t *testing.T) {
 // forgives one failure per interval.
 func TestLimiterLockout(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, e *env) {
-		ctx := t.Context()
 		clock := newFakeClock()
-		l := e.newLimiter(t, e.newPrefix(t), clock, sqlstore.LimiterConfig{})
+		a := attempts{t, e.newLimiter(t, e.newPrefix(t), clock, sqlstore.LimiterConfig{})}
 		const ip = "192.0.2.1"
-		wait := func(client, ip string) time.Duration {
-			t.Helper()
-			d, err := l.Check(ctx, client, ip)
-			require.NoError(t, err)
-			return d
-		}
-		fail := func(n int) {
-			t.Helper()
-			for range n {
-				require.NoError(t, l.Fail(ctx, "svc", ip))
-			}
-		}
 
-		assert.Zero(t, wait("svc", ip), "no failures yet")
-		fail(4)
-		assert.Zero(t, wait("svc", ip), "four failures are within the burst")
-		fail(1)
-		assert.Equal(t, 12*time.Second, wait("svc", ip), "the fifth empties the bucket")
-		assert.Zero(t, wait("svc", "192.0.2.2"), "another address")
-		assert.Zero(t, wait("other", ip), "another client from the address")
+		assert.Zero(t, a.probe("svc", ip), "no failures yet")
+		a.fail("svc", ip, 4)
+		assert.Zero(t, a.probe("svc", ip), "four failures are within the burst")
+		a.fail("svc", ip, 1)
+		assert.Equal(t, 12*time.Second, a.probe("svc", ip), "the fifth empties the bucket")
+		assert.Zero(t, a.probe("svc", "192.0.2.2"), "another address")
+		assert.Zero(t, a.probe("other", ip), "another client from the address")
 
 		clock.Advance(5 * time.Second)
-		assert.Equal(t, 7*time.Second, wait("svc", ip))
-		clock.Advance(7*time.Second - time.Microsecond)
-		assert.Equal(t, time.Microsecond, wait("svc", ip))
-		clock.Advance(time.Microsecond)
-		assert.Zero(t, wait("svc", ip), "one failure forgiven")
-		fail(1)
-		assert.Equal(t, 12*time.Second, wait("svc", ip), "and taken again")
+		assert.Equal(t, 7*time.Second, a.probe("svc", ip))
+		clock.Advance(7*time.Second - time.Millisecond)
+		assert.Equal(t, time.Millisecond, a.probe("svc", ip))
+		clock.Advance(time.Millisecond)
+		assert.Zero(t, a.probe("svc", ip), "one failure forgiven")
+		a.fail("svc", ip, 1)
+		assert.Equal(t, 12*time.Second, a.probe("svc", ip), "and taken again")
 
 		clock.Advance(time.Minute)
-		fail(4)
-		assert.Zero(t, wait("svc", ip), "a full bucket after a minute")
-		fail(1)
-		assert.Equal(t, 12*time.Second, wait("svc", ip))
+		a.fail("svc", ip, 4)
+		assert.Zero(t, a.probe("svc", ip), "a full bucket after a minute")
+		a.fail("svc", ip, 1)
+		assert.Equal(t, 12*time.Second, a.probe("svc", ip))
 	})
 }
 
 // TestLimiterAddress checks the address's own bucket: twenty failures
-// with any client ids lock out every client id from the address.
+// with any client ids lock out every client id from the address that has
+// not authenticated there.
 func TestLimiterAddress(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, e *env) {
-		ctx := t.Context()
-		l := e.newLimiter(t, e.newPrefix(t), newFakeClock(), sqlstore.LimiterConfig{})
+		a := attempts{t, e.newLimiter(t, e.newPrefix(t), newFakeClock(), sqlstore.LimiterConfig{})}
 		const ip = "2001:db8:1:2::/64"
 		for i := range 20 {
-			d, err := l.Check(ctx, fmt.Sprint("guess-", i), ip)
-			require.NoError(t, err)
-			require.Zero(t, d, "attempt %d", i)
-			require.NoError(t, l.Fail(ctx, fmt.Sprint("guess-", i), ip))
+			a.fail(fmt.Sprint("guess-", i), ip, 1)
 		}
 		for _, client := range []string{"guess-0", "never-tried", "\x00invalid"} {
-			d, err := l.Check(ctx, client, ip)
-			require.NoError(t, err)
-			assert.Equal(t, 3*time.Second, d, "client %q", client)
+			assert.Equal(t, 3*time.Second, a.probe(client, ip), "client %q", client)
 		}
-		d, err := l.Check(ctx, "never-tried", "2001:db8:1:3::/64")
-		require.NoError(t, err)
-		assert.Zero(t, d, "another network")
+		assert.Zero(t, a.probe("never-tried", "2001:db8:1:3::/64"), "another network")
 	})
 }
 
-// TestLimiterChecksTakeNothing checks that requests that do not fail,
-// however many, leave every failure of the burst available.
-func TestLimiterChecksTakeNothing(t *testing.T) {
+// TestLimiterSuccessGivesBack checks that authenticated and abandoned
+// attempts, however many, leave every failure of the burst available.
+func TestLimiterSuccessGivesBack(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, e *env) {
-		ctx := t.Context()
-		prefix := e.newPrefix(t)
-		l := e.newLimiter(t, prefix, newFakeClock(), sqlstore.LimiterConfig{})
-		for range 50 {
-			d, err := l.Check(ctx, "busy", "192.0.2.1")
-			require.NoError(t, err)
-			require.Zero(t, d)
+		a := attempts{t, e.newLimiter(t, e.newPrefix(t), newFakeClock(), sqlstore.LimiterConfig{})}
+		const ip = "192.0.2.1"
+		for i := range 50 {
+			require.Zero(t, a.reserve("busy", ip), "attempt %d", i)
+			a.release("busy", ip, []m2mauth.Outcome{m2mauth.OutcomeAuthenticated, m2mauth.OutcomeAbandoned}[i%2])
 		}
-		assert.Zero(t, e.limitRows(t, prefix), "a check writes nothing")
-		for range 4 {
-			require.NoError(t, l.Fail(ctx, "busy", "192.0.2.1"))
+		a.fail("busy", ip, 4)
+		assert.Zero(t, a.probe("busy", ip), "the burst is intact")
+		a.fail("busy", ip, 1)
+		assert.Equal(t, 12*time.Second, a.probe("busy", ip))
+	})
+}
+
+// TestLimiterNeighbours checks the exemption of clients known at an
+// address: failures of others from the address lock out newcomers, not a
+// client that authenticated there within KnownWindow, whose own failures
+// still count against the address.
+func TestLimiterNeighbours(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, e *env) {
+		clock := newFakeClock()
+		a := attempts{t, e.newLimiter(t, e.newPrefix(t), clock, sqlstore.LimiterConfig{
+			IPEvery: time.Hour, KnownWindow: 2 * time.Hour,
+		})}
+		const nat, other = "198.51.100.1", "198.51.100.2"
+		require.Zero(t, a.reserve("known", nat))
+		a.release("known", nat, m2mauth.OutcomeAuthenticated)
+		a.fail("known", nat, 3)
+		for i := range 17 {
+			a.fail(fmt.Sprint("guess-", i), nat, 1)
 		}
-		d, err := l.Check(ctx, "busy", "192.0.2.1")
-		require.NoError(t, err)
-		assert.Zero(t, d)
+		assert.Equal(t, time.Hour, a.probe("newcomer", nat), "17 guesses and the known client's 3 failures emptied the address")
+		assert.Zero(t, a.probe("known", nat), "the known client is exempt")
+		assert.Zero(t, a.probe("newcomer", other), "another address")
+
+		clock.Advance(2 * time.Hour)
+		require.Zero(t, a.reserve("known", nat), "two tokens came back to the address")
+		a.release("known", nat, m2mauth.OutcomeFailed)
+		require.Zero(t, a.reserve("known", nat))
+		a.release("known", nat, m2mauth.OutcomeFailed)
+		assert.Equal(t, time.Hour, a.probe("known", nat), "no longer known, the client needs the address's tokens")
 	})
 }
 
@@ -209,32 +301,23 @@ func TestLimiterChecksTakeNothing(t *testing.T) {
 // store or not, each have their own.
 func TestLimiterClientIDs(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, e *env) {
-		ctx := t.Context()
-		l := e.newLimiter(t, e.newPrefix(t), newFakeClock(), sqlstore.LimiterConfig{IPBurst: 1000})
+		a := attempts{t, e.newLimiter(t, e.newPrefix(t), newFakeClock(), sqlstore.LimiterConfig{IPBurst: 1000})}
 		const ip = "198.51.100.7"
-		invalid := []string{"\x00invalid", "bad\xffid", "", strings.Repeat("x", 256), "tab\tid", "é"}
+		invalid := []string{"\x00invalid", "bad\xffid", "", strings.Repeat("x", 256), "tab\tid", "é", m2mauth.LimiterInvalidClientID}
 		for _, id := range invalid[:5] {
-			require.NoError(t, l.Fail(ctx, id, ip), "Fail(%q)", id)
+			a.fail(id, ip, 1)
 		}
 		for _, id := range invalid {
-			d, err := l.Check(ctx, id, ip)
-			require.NoError(t, err, "Check(%q)", id)
-			assert.Equal(t, 12*time.Second, d, "Check(%q) shares the bucket of invalid ids", id)
+			assert.Equal(t, 12*time.Second, a.probe(id, ip), "%q shares the bucket of invalid ids", id)
 		}
-		longest := strings.Repeat("c", 255)
-		for _, id := range []string{longest, "a", "a ", "A", "~!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}"} {
-			for range 5 {
-				require.NoError(t, l.Fail(ctx, id, ip), "Fail(%q)", id)
-			}
+		valid := []string{strings.Repeat("c", 255), "a", "a ", "A", "~!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}"}
+		for _, id := range valid {
+			a.fail(id, ip, 5)
 		}
-		for _, id := range []string{longest, "a", "a ", "A", "~!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}"} {
-			d, err := l.Check(ctx, id, ip)
-			require.NoError(t, err)
-			assert.Equal(t, 12*time.Second, d, "Check(%q)", id)
+		for _, id := range valid {
+			assert.Equal(t, 12*time.Second, a.probe(id, ip), "%q", id)
 		}
-		d, err := l.Check(ctx, "b", ip)
-		require.NoError(t, err)
-		assert.Zero(t, d, "ids compare byte by byte: one that no failure named is free")
+		assert.Zero(t, a.probe("b", ip), "ids compare byte by byte: one that no failure named is free")
 	})
 }
 
@@ -244,116 +327,337 @@ func TestLimiterClientIDs(t *testing.T) {
 func TestLimiterAddressKeys(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, e *env) {
 		ctx := t.Context()
-		l := e.newLimiter(t, e.newPrefix(t), newFakeClock(), sqlstore.LimiterConfig{})
+		a := attempts{t, e.newLimiter(t, e.newPrefix(t), newFakeClock(), sqlstore.LimiterConfig{})}
 		for _, ip := range []string{"unknown", "192.0.2.1", "2001:db8:1:2:3:4:5:6/128", "2001:db8::/64", strings.Repeat("f", 64), ""} {
-			require.NoError(t, l.Fail(ctx, "svc", ip), "Fail(%q)", ip)
-			_, err := l.Check(ctx, "svc", ip)
-			require.NoError(t, err, "Check(%q)", ip)
+			a.fail("svc", ip, 1)
 		}
 		for _, ip := range []string{strings.Repeat("f", 65), "192.0.2.1\x00", "\xff"} {
-			require.Error(t, l.Fail(ctx, "svc", ip), "Fail(%q)", ip)
-			_, err := l.Check(ctx, "svc", ip)
-			require.Error(t, err, "Check(%q)", ip)
+			_, err := a.l.Reserve(ctx, "svc", ip)
+			require.Error(t, err, "Reserve(%q)", ip)
+			require.Error(t, a.l.Release(ctx, "svc", ip, m2mauth.OutcomeFailed), "Release(%q)", ip)
 		}
 	})
 }
 
-// TestLimiterMatchesRateLimiter runs one random script of failures, checks
-// and clock steps through the database limiter and the in-memory one:
-// they must answer every check alike.
+// TestLimiterMatchesRateLimiter runs one random script of attempts, with
+// random outcomes, and clock steps through the database limiter and the
+// in-memory one: they must decide every attempt alike.
 func TestLimiterMatchesRateLimiter(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, e *env) {
 		ctx := t.Context()
 		clock := newFakeClock()
-		limits := sqlstore.LimiterConfig{ClientIPBurst: 3, ClientIPEvery: 2 * time.Second, IPBurst: 5, IPEvery: time.Second}
+		limits := sqlstore.LimiterConfig{
+			ClientIPBurst: 3, ClientIPEvery: 2 * time.Second, IPBurst: 5, IPEvery: time.Second,
+			KnownWindow: 20 * time.Second,
+		}
 		db := e.newLimiter(t, e.newPrefix(t), clock, limits)
 		mem, err := m2mauth.NewRateLimiter(m2mauth.RateLimiterConfig{
 			ClientIPBurst: limits.ClientIPBurst, ClientIPEvery: limits.ClientIPEvery,
-			IPBurst: limits.IPBurst, IPEvery: limits.IPEvery, Now: clock.Now,
+			IPBurst: limits.IPBurst, IPEvery: limits.IPEvery, KnownWindow: limits.KnownWindow, Now: clock.Now,
 		})
 		require.NoError(t, err)
 
 		rng := rand.New(rand.NewPCG(1, 2))
 		clients := []string{"a", "b", "c", "\x00invalid"}
 		ips := []string{"192.0.2.1", "2001:db8::/64"}
-		locked := 0
-		for step := range 400 {
-			client, ip := clients[rng.IntN(len(clients))], ips[rng.IntN(len(ips))]
-			switch r := rng.IntN(10); {
-			case r < 2:
-				clock.Advance(time.Duration(rng.IntN(1500)) * time.Millisecond)
-			case r < 7:
-				require.NoError(t, db.Fail(ctx, client, ip))
-				require.NoError(t, mem.Fail(ctx, client, ip))
-			}
-			want, err := mem.Check(ctx, client, ip)
-			require.NoError(t, err)
-			got, err := db.Check(ctx, client, ip)
-			require.NoError(t, err)
-			require.Equal(t, want, got, "step %d: Check(%q, %q)", step, client, ip)
-			if got > 0 {
-				locked++
-			}
+		outcomes := []m2mauth.Outcome{
+			m2mauth.OutcomeFailed, m2mauth.OutcomeFailed, m2mauth.OutcomeFailed,
+			m2mauth.OutcomeAuthenticated, m2mauth.OutcomeAbandoned,
 		}
-		assert.Greater(t, locked, 100, "the script must reach lockouts often")
+		refused, granted := 0, 0
+		for step := range 600 {
+			client, ip := clients[rng.IntN(len(clients))], ips[rng.IntN(len(ips))]
+			if rng.IntN(5) == 0 {
+				clock.Advance(time.Duration(rng.IntN(1500)) * time.Millisecond)
+				continue
+			}
+			want, err := mem.Reserve(ctx, client, ip)
+			require.NoError(t, err)
+			got, err := db.Reserve(ctx, client, ip)
+			require.NoError(t, err)
+			require.Equal(t, want, got, "step %d: Reserve(%q, %q)", step, client, ip)
+			if got > 0 {
+				refused++
+				continue
+			}
+			granted++
+			o := outcomes[rng.IntN(len(outcomes))]
+			require.NoError(t, mem.Release(ctx, client, ip, o))
+			require.NoError(t, db.Release(ctx, client, ip, o))
+		}
+		assert.Greater(t, refused, 60, "the script must reach lockouts often")
+		assert.Greater(t, granted, 100)
 	})
 }
 
-// TestLimiterCleanup checks that rows of refilled buckets are deleted, in
-// batches, by Cleanup and by Fail once per CleanupInterval, and that
-// rows of buckets still refilling are kept.
+// TestLimiterCleanup checks that rows meaning no more than no row are
+// deleted, in batches, by Cleanup and by Release once per
+// CleanupInterval, and that rows of buckets still refilling, of clients
+// known at an address and of reservations in flight are kept.
 func TestLimiterCleanup(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, e *env) {
 		ctx := t.Context()
 		prefix := e.newPrefix(t)
 		clock := newFakeClock()
-		l := e.newLimiter(t, prefix, clock, sqlstore.LimiterConfig{CleanupInterval: time.Minute, CleanupBatch: 4})
-		fail := func(ip string) {
+		a := attempts{t, e.newLimiter(t, prefix, clock, sqlstore.LimiterConfig{
+			CleanupInterval: time.Minute, CleanupBatch: 4, KnownWindow: time.Hour,
+		})}
+		l := a.l.(*sqlstore.Limiter)
+		cleanup := func(want int64, msg string) {
 			t.Helper()
-			require.NoError(t, l.Fail(ctx, "svc", ip))
+			n, err := l.Cleanup(ctx)
+			require.NoError(t, err)
+			assert.Equal(t, want, n, msg)
 		}
 
-		fail("192.0.2.1") // the first Fail cleans up (nothing yet), the next is due in a minute
-		fail("192.0.2.2")
-		fail("192.0.2.3")
+		a.fail("svc", "192.0.2.1", 1) // the first Release cleans up (nothing yet), the next is due in a minute
+		a.fail("svc", "192.0.2.2", 1)
+		a.fail("svc", "192.0.2.3", 1)
 		assert.Equal(t, 6, e.limitRows(t, prefix), "a row per client and address, and per address")
 		clock.Advance(30 * time.Second)
-		fail("192.0.2.4")
+		a.fail("svc", "192.0.2.4", 1)
 		assert.Equal(t, 8, e.limitRows(t, prefix), "no cleanup before the interval")
 
 		clock.Advance(31 * time.Second) // all eight rows have refilled
-		fail("192.0.2.5")
+		a.fail("svc", "192.0.2.5", 1)
 		assert.Equal(t, 8-4+2, e.limitRows(t, prefix), "one batch deleted")
-		fail("192.0.2.5")
-		assert.Equal(t, 2, e.limitRows(t, prefix), "a full batch makes the next Fail clean again")
-		fail("192.0.2.5")
+		a.fail("svc", "192.0.2.5", 1)
+		assert.Equal(t, 2, e.limitRows(t, prefix), "a full batch makes the next Release clean again")
+		a.fail("svc", "192.0.2.5", 1)
 		assert.Equal(t, 2, e.limitRows(t, prefix), "buckets still refilling are kept")
 
-		n, err := l.Cleanup(ctx)
-		require.NoError(t, err)
-		assert.Zero(t, n)
+		cleanup(0, "nothing has refilled")
 		clock.Advance(12*time.Second*3 - time.Microsecond) // three failures take 36s to forgive
-		n, err = l.Cleanup(ctx)
-		require.NoError(t, err)
-		assert.Equal(t, int64(1), n, "the address's row has refilled, the client's has not")
+		cleanup(1, "the address's row has refilled, the client's has not")
 		clock.Advance(time.Microsecond)
-		n, err = l.Cleanup(ctx)
-		require.NoError(t, err)
-		assert.Equal(t, int64(1), n)
+		cleanup(1, "the client's row has refilled")
 		assert.Zero(t, e.limitRows(t, prefix))
+		a.fail("svc", "192.0.2.5", 4)
+		assert.Zero(t, a.probe("svc", "192.0.2.5"), "a deleted row is a full bucket")
+		clock.Advance(time.Minute)
+		cleanup(2, "")
 
-		for range 4 {
-			fail("192.0.2.5")
+		require.Zero(t, a.reserve("known", "192.0.2.6"))
+		a.release("known", "192.0.2.6", m2mauth.OutcomeAuthenticated) // cleans up: a minute has passed
+		assert.Equal(t, 1, e.limitRows(t, prefix), "the address's row is deleted, not the known client's")
+		clock.Advance(time.Hour - time.Microsecond)
+		cleanup(0, "the client is known for an hour")
+		clock.Advance(time.Microsecond)
+		cleanup(1, "and then forgotten")
+
+		require.Zero(t, a.reserve("slow", "192.0.2.7"))
+		clock.Advance(30*time.Second - time.Microsecond)
+		cleanup(0, "a reservation in flight keeps both rows")
+		clock.Advance(time.Microsecond)
+		cleanup(2, "until it lapses")
+		a.release("slow", "192.0.2.7", m2mauth.OutcomeAuthenticated)
+		assert.Zero(t, a.probe("slow", "192.0.2.7"))
+	})
+}
+
+// TestLimiterInFlight checks reservations in flight: while a client's
+// attempts are all lent to them, another waits for them, on the same
+// replica and on another, and is granted when one is given back or
+// refused when all fail.
+func TestLimiterInFlight(t *testing.T) {
+	tests := []struct {
+		name string
+		// sameReplica: the waiter uses the limiter that holds the
+		// reservations (it waits in memory), else another (it polls).
+		sameReplica bool
+		outcome     m2mauth.Outcome
+		// released is how many of the five reservations end with outcome.
+		released int
+		want     time.Duration
+	}{
+		{"SameReplicaAuthenticated", true, m2mauth.OutcomeAuthenticated, 1, 0},
+		{"OtherReplicaAuthenticated", false, m2mauth.OutcomeAuthenticated, 1, 0},
+		{"OtherReplicaAbandoned", false, m2mauth.OutcomeAbandoned, 1, 0},
+		{"SameReplicaFailed", true, m2mauth.OutcomeFailed, 5, 12 * time.Second},
+		{"OtherReplicaFailed", false, m2mauth.OutcomeFailed, 5, 12 * time.Second},
+	}
+	forEachBackend(t, func(t *testing.T, e *env) {
+		for _, tt := range tests {
+			t.Run(tt.name, func(t *testing.T) {
+				prefix := e.newPrefix(t)
+				clock := newFakeClock()
+				holder := attempts{t, e.newLimiter(t, prefix, clock, sqlstore.LimiterConfig{})}
+				waiter := holder
+				if !tt.sameReplica {
+					waiter = attempts{t, e.replica(t, e.open(t), prefix, clock, sqlstore.LimiterConfig{})}
+				}
+				const ip = "192.0.2.1"
+				for i := range 5 {
+					require.Zero(t, holder.reserve("svc", ip), "reservation %d", i)
+				}
+				reads := clock.watch()
+				done := make(chan time.Duration, 1)
+				go func() {
+					d, err := waiter.l.Reserve(t.Context(), "svc", ip)
+					assert.NoError(t, err)
+					done <- d
+				}()
+				if !tt.sameReplica {
+					awaitReads(t, reads, 3) // a transaction, then polls
+				}
+				select {
+				case d := <-done:
+					t.Fatalf("Reserve returned %v while every attempt was in flight", d)
+				default:
+				}
+				for range tt.released {
+					holder.release("svc", ip, tt.outcome)
+				}
+				select {
+				case d := <-done:
+					assert.Equal(t, tt.want, d)
+				case <-time.After(time.Minute):
+					t.Fatal("the waiting Reserve did not return")
+				}
+			})
 		}
-		d, err := l.Check(ctx, "svc", "192.0.2.5")
-		require.NoError(t, err)
-		assert.Zero(t, d, "a deleted row is a full bucket")
+	})
+}
+
+// TestLimiterCrashedReplica has a replica reserve a client's whole burst
+// and die without releasing it. Another replica waits for the attempts in
+// flight, no longer than the reservations' timeout and never longer than
+// the bucket takes to refill; the dead replica's attempts count as
+// failures meanwhile.
+func TestLimiterCrashedReplica(t *testing.T) {
+	tests := []struct {
+		name    string
+		timeout time.Duration
+		// healed is when the waiter is granted, after the crash.
+		healed time.Duration
+		// then is how many more attempts are granted before a refusal,
+		// and wait that refusal's wait.
+		then int
+		wait time.Duration
+	}{
+		{"DefaultTimeout", 0, 30 * time.Second, 1, 6 * time.Second},
+		{"TimeoutBeyondRefill", 5 * time.Minute, time.Minute, 4, 12 * time.Second},
+	}
+	forEachBackend(t, func(t *testing.T, e *env) {
+		for _, tt := range tests {
+			t.Run(tt.name, func(t *testing.T) {
+				prefix := e.newPrefix(t)
+				clock := newFakeClock()
+				cfg := sqlstore.LimiterConfig{ReservationTimeout: tt.timeout}
+				dead := attempts{t, e.newLimiter(t, prefix, clock, cfg)}
+				alive := attempts{t, e.replica(t, e.open(t), prefix, clock, cfg)}
+				const ip = "192.0.2.1"
+				for range 5 {
+					require.Zero(t, dead.reserve("svc", ip))
+				}
+				require.NoError(t, dead.l.(*sqlstore.Limiter).Close())
+
+				reads := clock.watch()
+				done := make(chan time.Duration, 1)
+				go func() {
+					d, err := alive.l.Reserve(t.Context(), "svc", ip)
+					assert.NoError(t, err)
+					done <- d
+				}()
+				awaitReads(t, reads, 3)
+				clock.Advance(tt.healed - time.Millisecond)
+				awaitReads(t, reads, 3) // polls at the new time
+				select {
+				case d := <-done:
+					t.Fatalf("Reserve returned %v before the reservations lapsed", d)
+				default:
+				}
+				clock.Advance(time.Millisecond)
+				select {
+				case d := <-done:
+					require.Zero(t, d, "granted once the dead replica's reservations lapse")
+				case <-time.After(time.Minute):
+					t.Fatal("the waiting Reserve did not return")
+				}
+				alive.release("svc", ip, m2mauth.OutcomeFailed)
+				for range tt.then {
+					alive.fail("svc", ip, 1)
+				}
+				assert.Equal(t, tt.wait, alive.probe("svc", ip), "the dead replica's attempts counted as failures")
+			})
+		}
+	})
+}
+
+// TestLimiterSimultaneousGuesses sends 200 attempts for one client and
+// address at once, through four replicas, each failing when granted: no
+// more than the burst may be granted, and every other attempt is refused
+// (RFC 6749 §10.10).
+func TestLimiterSimultaneousGuesses(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, e *env) {
+		prefix := e.newPrefix(t)
+		clock := newFakeClock()
+		e.newStore(t, sqlstore.Config{TablePrefix: prefix})
+		const replicas, guesses = 4, 200
+		var ls []m2mauth.Limiter
+		for range replicas {
+			ls = append(ls, e.replica(t, e.open(t), prefix, clock, sqlstore.LimiterConfig{}))
+		}
+		var granted, refused atomic.Int64
+		var wg sync.WaitGroup
+		for i := range guesses {
+			l := ls[i%replicas]
+			wg.Go(func() {
+				d, err := l.Reserve(t.Context(), "svc", "192.0.2.1")
+				if !assert.NoError(t, err) {
+					return
+				}
+				if d > 0 {
+					refused.Add(1)
+					return
+				}
+				granted.Add(1)
+				assert.NoError(t, l.Release(t.Context(), "svc", "192.0.2.1", m2mauth.OutcomeFailed))
+			})
+		}
+		wg.Wait()
+		assert.Equal(t, int64(5), granted.Load(), "granted")
+		assert.Equal(t, int64(guesses-5), refused.Load(), "refused")
+	})
+}
+
+// TestLimiterLegitimateConcurrency sends 300 attempts of one client from
+// one address at once, through two replicas, each authenticating: all
+// are granted, however few at a time.
+func TestLimiterLegitimateConcurrency(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, e *env) {
+		prefix := e.newPrefix(t)
+		clock := newFakeClock()
+		e.newStore(t, sqlstore.Config{TablePrefix: prefix})
+		const replicas, requests = 2, 300
+		var ls []m2mauth.Limiter
+		for range replicas {
+			ls = append(ls, e.replica(t, e.open(t), prefix, clock, sqlstore.LimiterConfig{}))
+		}
+		var granted atomic.Int64
+		var wg sync.WaitGroup
+		for i := range requests {
+			l := ls[i%replicas]
+			wg.Go(func() {
+				d, err := l.Reserve(t.Context(), "busy", "192.0.2.1")
+				if !assert.NoError(t, err) || !assert.Zero(t, d) {
+					return
+				}
+				granted.Add(1)
+				assert.NoError(t, l.Release(t.Context(), "busy", "192.0.2.1", m2mauth.OutcomeAuthenticated))
+			})
+		}
+		wg.Wait()
+		assert.Equal(t, int64(requests), granted.Load())
+		a := attempts{t, ls[0]}
+		a.fail("busy", "192.0.2.1", 5)
+		assert.Equal(t, 12*time.Second, a.probe("busy", "192.0.2.1"), "and every token came back")
 	})
 }
 
 // TestLimiterConcurrentFailures has replicas record failures of one
 // client and of others from one address at once: none may be lost, and
-// none may fail (a deadlock between upserts would).
+// none may fail (a deadlock between transactions would).
 func TestLimiterConcurrentFailures(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, e *env) {
 		ctx := t.Context()
@@ -363,67 +667,120 @@ func TestLimiterConcurrentFailures(t *testing.T) {
 		cfg := sqlstore.LimiterConfig{
 			ClientIPBurst: workers * each, ClientIPEvery: time.Hour,
 			IPBurst: 2 * workers * each, IPEvery: time.Hour,
-			TablePrefix: prefix, Now: clock.Now,
 		}
-		e.newLimiter(t, prefix, clock, cfg) // migrates
+		e.newStore(t, sqlstore.Config{TablePrefix: prefix})
 		var wg sync.WaitGroup
 		for w := range workers {
-			l, err := sqlstore.NewLimiter(e.open(t), e.dialect, cfg)
-			require.NoError(t, err)
+			l := e.replica(t, e.open(t), prefix, clock, cfg)
 			wg.Go(func() {
-				for range each {
-					assert.NoError(t, l.Fail(ctx, "shared", "192.0.2.1"))
-					assert.NoError(t, l.Fail(ctx, fmt.Sprint("own-", w), "192.0.2.1"))
+				for _, id := range []string{"shared", fmt.Sprint("own-", w)} {
+					for range each {
+						d, err := l.Reserve(ctx, id, "192.0.2.1")
+						if !assert.NoError(t, err) || !assert.Zero(t, d) {
+							return
+						}
+						assert.NoError(t, l.Release(ctx, id, "192.0.2.1", m2mauth.OutcomeFailed))
+					}
 				}
 			})
 		}
 		wg.Wait()
-		l, err := sqlstore.NewLimiter(e.db, e.dialect, cfg)
-		require.NoError(t, err)
-		defer l.Close()
 		// Every bucket is exactly empty if and only if no failure was
 		// lost: it waits one interval.
+		a := attempts{t, e.replica(t, e.db, prefix, clock, cfg)}
 		for _, client := range []string{"shared", "own-0", "someone-else"} {
-			d, err := l.Check(ctx, client, "192.0.2.1")
-			require.NoError(t, err)
-			assert.Equal(t, time.Hour, d, "Check(%q)", client)
+			assert.Equal(t, time.Hour, a.probe(client, "192.0.2.1"), "client %q", client)
 		}
 	})
 }
 
-// TestLimiterConcurrentCleanups has replicas record failures while their
-// clock runs ahead, so that most failures also clean up rows that others
-// are updating: no statement may fail, cleanups included.
+// TestLimiterConcurrentCleanups has replicas, each with two goroutines,
+// record attempts while their clock runs ahead, so that most releases
+// also clean up rows that others are updating: no statement may fail,
+// cleanups included. On SQLite, where every write takes the database
+// lock in turn, fewer replicas do less work; they may still wait for one
+// another longer than the connections' busy timeout on a loaded machine
+// (see TestLimiterSQLiteBusy).
 func TestLimiterConcurrentCleanups(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, e *env) {
 		prefix := e.newPrefix(t)
 		clock := newFakeClock()
 		var logs syncBuffer
 		cfg := sqlstore.LimiterConfig{
-			TablePrefix: prefix, Now: clock.Now, CleanupBatch: 5,
-			Logger: slog.New(slog.NewTextHandler(&logs, nil)),
+			CleanupBatch: 5, Logger: slog.New(slog.NewTextHandler(&logs, nil)),
 		}
-		e.newLimiter(t, prefix, clock, cfg) // migrates
-		const workers, each = 16, 150
+		e.newStore(t, sqlstore.Config{TablePrefix: prefix})
+		replicas, goroutines, each := 8, 2, 60
+		if e.dialect == sqlstore.SQLite {
+			replicas, goroutines, each = 4, 2, 40
+		}
 		var wg sync.WaitGroup
-		for w := range workers {
-			l, err := sqlstore.NewLimiter(e.open(t), e.dialect, cfg)
-			require.NoError(t, err)
-			t.Cleanup(func() { l.Close() })
-			wg.Go(func() {
-				for i := range each {
-					ip := fmt.Sprintf("10.0.%d.%d", i%7, (i*w)%13)
-					assert.NoError(t, l.Fail(t.Context(), fmt.Sprint("c", (i+w)%11), ip))
-					_, err := l.Check(t.Context(), fmt.Sprint("c", i%5), ip)
-					assert.NoError(t, err)
-					if i%20 == 0 {
-						clock.Advance(time.Minute + time.Second)
+		for r := range replicas {
+			l := e.replica(t, e.open(t), prefix, clock, cfg)
+			for g := range goroutines {
+				w := r*goroutines + g
+				wg.Go(func() {
+					for i := range each {
+						ip := fmt.Sprintf("10.0.%d.%d", i%7, (i*w)%13)
+						for _, id := range []string{fmt.Sprint("c", (i+w)%11), fmt.Sprint("c", i%5)} {
+							d, err := l.Reserve(t.Context(), id, ip)
+							if !assert.NoError(t, err) {
+								return
+							}
+							if d == 0 {
+								assert.NoError(t, l.Release(t.Context(), id, ip,
+									[]m2mauth.Outcome{m2mauth.OutcomeFailed, m2mauth.OutcomeAuthenticated}[i%2]))
+							}
+						}
+						if i%10 == 0 {
+							clock.Advance(time.Minute + time.Second)
+						}
 					}
-				}
-			})
+				})
+			}
 		}
 		wg.Wait()
 		assert.Empty(t, logs.String(), "cleanups that failed")
+	})
+}
+
+// TestLimiterSQLiteBusy holds SQLite's write lock from another
+// connection for longer than the limiter's connections wait for it (their
+// busy_timeout): the limiter keeps trying until its context ends, and then
+// reports the context's error, which the token handler answers with 503
+// and Retry-After rather than 500.
+func TestLimiterSQLiteBusy(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, e *env) {
+		if e.dialect != sqlstore.SQLite {
+			t.Skip("SQLite's database lock")
+		}
+		prefix := e.newPrefix(t)
+		e.newStore(t, sqlstore.Config{TablePrefix: prefix})
+		impatient := e.open(t)
+		_, err := impatient.ExecContext(t.Context(), "PRAGMA busy_timeout = 10")
+		require.NoError(t, err)
+		impatient.SetMaxOpenConns(1) // the pragma holds for its one connection
+		l := e.replica(t, impatient, prefix, newFakeClock(), sqlstore.LimiterConfig{})
+
+		holder, err := e.db.Conn(t.Context())
+		require.NoError(t, err)
+		defer holder.Close()
+		_, err = holder.ExecContext(t.Context(), "BEGIN IMMEDIATE")
+		require.NoError(t, err)
+
+		ctx, cancel := context.WithTimeout(t.Context(), 200*time.Millisecond)
+		defer cancel()
+		_, err = l.Reserve(ctx, "svc", "192.0.2.1")
+		require.ErrorIs(t, err, context.DeadlineExceeded, "retried past the busy timeout until the deadline")
+
+		done := make(chan error, 1)
+		go func() {
+			_, err := l.Reserve(t.Context(), "svc", "192.0.2.1")
+			done <- err
+		}()
+		_, err = holder.ExecContext(t.Context(), "COMMIT")
+		require.NoError(t, err)
+		require.NoError(t, <-done, "granted once the lock is free")
 	})
 }
 
@@ -445,8 +802,9 @@ func (s *syncBuffer) String() string {
 	return s.b.String()
 }
 
-// TestLimiterDatabaseErrors checks that Check and Fail report a database
-// they cannot use, and recover once the tables exist.
+// TestLimiterDatabaseErrors checks that Reserve and Release report a
+// database they cannot use, and recover once the tables exist; a context
+// that ends while Reserve waits ends the wait.
 func TestLimiterDatabaseErrors(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, e *env) {
 		ctx := t.Context()
@@ -454,27 +812,36 @@ func TestLimiterDatabaseErrors(t *testing.T) {
 		l, err := sqlstore.NewLimiter(e.db, e.dialect, sqlstore.LimiterConfig{TablePrefix: prefix})
 		require.NoError(t, err)
 		defer l.Close()
-		_, err = l.Check(ctx, "svc", "192.0.2.1")
+		_, err = l.Reserve(ctx, "svc", "192.0.2.1")
 		require.Error(t, err, "no table yet")
-		require.Error(t, l.Fail(ctx, "svc", "192.0.2.1"))
+		require.Error(t, l.Release(ctx, "svc", "192.0.2.1", m2mauth.OutcomeFailed))
 
 		e.newStore(t, sqlstore.Config{TablePrefix: prefix})
-		require.NoError(t, l.Fail(ctx, "svc", "192.0.2.1"))
-		_, err = l.Check(ctx, "svc", "192.0.2.1")
-		require.NoError(t, err)
+		a := attempts{t, l}
+		a.fail("svc", "192.0.2.1", 1)
+		require.Zero(t, a.probe("svc", "192.0.2.1"))
+		require.Error(t, l.Release(ctx, "svc", "192.0.2.1", m2mauth.Outcome(0)), "an unknown outcome")
 
 		db := e.open(t)
 		closed, err := sqlstore.NewLimiter(db, e.dialect, sqlstore.LimiterConfig{TablePrefix: prefix})
 		require.NoError(t, err)
 		require.NoError(t, db.Close())
-		_, err = closed.Check(ctx, "svc", "192.0.2.1")
+		_, err = closed.Reserve(ctx, "svc", "192.0.2.1")
 		require.Error(t, err)
-		require.Error(t, closed.Fail(ctx, "svc", "192.0.2.1"))
+		require.Error(t, closed.Release(ctx, "svc", "192.0.2.1", m2mauth.OutcomeFailed))
 		_, err = closed.Cleanup(ctx)
 		require.Error(t, err)
 
+		for range 5 {
+			require.Zero(t, a.reserve("held", "192.0.2.1"))
+		}
+		wctx, cancel := context.WithCancel(ctx)
+		cancel()
+		_, err = l.Reserve(wctx, "held", "192.0.2.1")
+		require.ErrorIs(t, err, context.Canceled, "waiting for an attempt in flight")
+
 		require.NoError(t, l.Close())
-		_, err = l.Check(ctx, "svc", "192.0.2.1")
+		_, err = l.Reserve(ctx, "svc", "192.0.2.1")
 		require.Error(t, err, "after Close")
 		require.NoError(t, l.Close(), "second Close")
 	})

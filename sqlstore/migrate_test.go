@@ -1,8 +1,12 @@
 package sqlstore_test
 
 import (
+	"os"
+	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -34,7 +38,7 @@ func TestMigrateIsIdempotent(t *testing.T) {
 		prefix := e.newPrefix(t)
 		s := e.newStore(t, sqlstore.Config{TablePrefix: prefix})
 		want := e.versions(t, prefix)
-		require.Equal(t, []int64{1, 2}, want)
+		require.Equal(t, []int64{1, 2, 3}, want)
 		require.NoError(t, s.CreateClient(ctx, clientWithSecrets(t, "survivor", 2)))
 		before, err := s.Client(ctx, "survivor")
 		require.NoError(t, err)
@@ -72,7 +76,7 @@ func TestMigrateConcurrently(t *testing.T) {
 		for i, err := range errs {
 			assert.NoError(t, err, "replica %d", i)
 		}
-		assert.Equal(t, []int64{1, 2}, e.versions(t, prefix))
+		assert.Equal(t, []int64{1, 2, 3}, e.versions(t, prefix))
 		require.NoError(t, stores[0].CreateClient(t.Context(), clientWithSecrets(t, "after-race", 1)))
 		_, err := stores[replicas-1].Client(t.Context(), "after-race")
 		require.NoError(t, err)
@@ -107,31 +111,84 @@ func TestMigrateLeavesNewerVersions(t *testing.T) {
 		_, err := e.db.ExecContext(ctx, "INSERT INTO "+prefix+"schema_migrations (version, applied_at) VALUES (9999, 0)")
 		require.NoError(t, err)
 		require.NoError(t, s.Migrate(ctx))
-		assert.Equal(t, []int64{1, 2, 9999}, e.versions(t, prefix))
+		assert.Equal(t, []int64{1, 2, 3, 9999}, e.versions(t, prefix))
 	})
 }
 
-// TestMigrateUpgrade starts from a schema at version 1, as an earlier
-// release left it: Migrate adds what came later and keeps the clients.
+// TestMigrateUpgrade starts from the schemas earlier releases left,
+// without the limiter's table or without its reservations: Migrate adds
+// what came later, keeps the clients and the limiter's rows, and the
+// limiter works on them.
 func TestMigrateUpgrade(t *testing.T) {
+	tests := []struct {
+		name string
+		from int64
+	}{
+		{"FromVersion1", 1},
+		{"FromVersion2", 2},
+	}
 	forEachBackend(t, func(t *testing.T, e *env) {
-		ctx := t.Context()
-		prefix := e.newPrefix(t)
-		s := e.newStore(t, sqlstore.Config{TablePrefix: prefix})
-		require.NoError(t, s.CreateClient(ctx, clientWithSecrets(t, "kept", 1)))
-		_, err := e.db.ExecContext(ctx, "DROP TABLE "+prefix+"rate_limits")
-		require.NoError(t, err)
-		_, err = e.db.ExecContext(ctx, "DELETE FROM "+prefix+"schema_migrations WHERE version = 2")
-		require.NoError(t, err)
-		require.Equal(t, []int64{1}, e.versions(t, prefix))
+		for _, tt := range tests {
+			t.Run(tt.name, func(t *testing.T) {
+				ctx := t.Context()
+				prefix := e.newPrefix(t)
+				s := e.newStore(t, sqlstore.Config{TablePrefix: prefix})
+				require.NoError(t, s.CreateClient(ctx, clientWithSecrets(t, "kept", 1)))
+				_, err := e.db.ExecContext(ctx, "DROP TABLE "+prefix+"rate_limits")
+				require.NoError(t, err)
+				_, err = e.db.ExecContext(ctx, "DELETE FROM "+prefix+"schema_migrations WHERE version > 1")
+				require.NoError(t, err)
+				if tt.from == 2 {
+					// Version 2 alone, as a release before reservations
+					// applied it, with a failure it recorded.
+					applyVersion(t, e, prefix, "0002_rate_limits.sql")
+					_, err = e.db.ExecContext(ctx, "INSERT INTO "+prefix+"rate_limits (ip, client_id, refilled_at) VALUES ("+
+						e.placeholder(1)+", "+e.placeholder(2)+", "+e.placeholder(3)+")",
+						"192.0.2.1", "kept", time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC).Add(time.Minute).UnixMicro())
+					require.NoError(t, err)
+				}
+				require.Equal(t, []int64{1, 2, 3}[:tt.from], e.versions(t, prefix))
 
-		require.NoError(t, s.Migrate(ctx))
-		assert.Equal(t, []int64{1, 2}, e.versions(t, prefix))
-		_, err = s.Client(ctx, "kept")
-		require.NoError(t, err)
-		l, err := sqlstore.NewLimiter(e.db, e.dialect, sqlstore.LimiterConfig{TablePrefix: prefix})
-		require.NoError(t, err)
-		defer l.Close()
-		require.NoError(t, l.Fail(ctx, "kept", "192.0.2.1"))
+				require.NoError(t, s.Migrate(ctx))
+				assert.Equal(t, []int64{1, 2, 3}, e.versions(t, prefix))
+				_, err = s.Client(ctx, "kept")
+				require.NoError(t, err)
+				l, err := sqlstore.NewLimiter(e.db, e.dialect, sqlstore.LimiterConfig{TablePrefix: prefix, Now: newFakeClock().Now})
+				require.NoError(t, err)
+				defer l.Close()
+				d, err := l.Reserve(ctx, "kept", "192.0.2.1")
+				require.NoError(t, err)
+				if tt.from == 2 {
+					assert.Equal(t, 12*time.Second, d, "the five failures recorded before the upgrade count")
+					return
+				}
+				assert.Zero(t, d)
+				require.NoError(t, l.Release(ctx, "kept", "192.0.2.1", m2mauth.OutcomeFailed))
+			})
+		}
 	})
+}
+
+// applyVersion runs one migration file of the backend's dialect on the
+// tables of prefix and records its version, as Migrate would have.
+func applyVersion(t *testing.T, e *env, prefix, file string) {
+	t.Helper()
+	src, err := os.ReadFile(filepath.Join("migrations", e.dialect.String(), file))
+	require.NoError(t, err)
+	var stmt strings.Builder
+	for line := range strings.Lines(strings.ReplaceAll(string(src), "{p}", prefix)) {
+		if strings.HasPrefix(strings.TrimSpace(line), "--") {
+			continue
+		}
+		stmt.WriteString(line)
+		if strings.HasSuffix(strings.TrimSpace(line), ";") {
+			_, err := e.db.ExecContext(t.Context(), strings.TrimSuffix(strings.TrimSpace(stmt.String()), ";"))
+			require.NoError(t, err)
+			stmt.Reset()
+		}
+	}
+	version, _, _ := strings.Cut(file, "_")
+	_, err = e.db.ExecContext(t.Context(), "INSERT INTO "+prefix+"schema_migrations (version, applied_at) VALUES ("+
+		strings.TrimLeft(version, "0")+", 0)")
+	require.NoError(t, err)
 }
