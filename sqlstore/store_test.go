@@ -1,12 +1,15 @@
 package sqlstore_test
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"database/sql"
 	"database/sql/driver"
 	"encoding/hex"
 	"fmt"
+	"net"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -15,7 +18,7 @@ import (
 	"testing"
 	"time"
 
-	_ "github.com/go-sql-driver/mysql"
+	"github.com/go-sql-driver/mysql"
 	_ "github.com/jackc/pgx/v5/stdlib"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -60,8 +63,39 @@ func backends() []backend {
 			return dsn
 		}},
 		{"PostgreSQL", sqlstore.Postgres, "pgx", fromEnv("M2MAUTH_TEST_POSTGRES_DSN", "PostgreSQL")},
-		{"MySQL", sqlstore.MySQL, "mysql", fromEnv("M2MAUTH_TEST_MYSQL_DSN", "MySQL or MariaDB")},
+		{"MySQL", sqlstore.MySQL, "mysql", func(t testing.TB) string {
+			return mysqlDSN(t, fromEnv("M2MAUTH_TEST_MYSQL_DSN", "MySQL or MariaDB")(t))
+		}},
 	}
+}
+
+// mysqlDSN accepts the MySQL DSN in either form the project's tools take:
+// mysql://user:pass@host:port/db?params, as the example's -db flag, or
+// the go-sql-driver form user:pass@tcp(host:port)/db?params.
+func mysqlDSN(t testing.TB, dsn string) string {
+	t.Helper()
+	if !strings.HasPrefix(dsn, "mysql://") {
+		return dsn
+	}
+	u, err := url.Parse(dsn)
+	require.NoError(t, err, "M2MAUTH_TEST_MYSQL_DSN")
+	cfg := mysql.NewConfig()
+	cfg.Net, cfg.Addr = "tcp", u.Host
+	if u.Port() == "" {
+		cfg.Addr = net.JoinHostPort(cmp.Or(u.Hostname(), "127.0.0.1"), "3306")
+	}
+	cfg.User = u.User.Username()
+	cfg.Passwd, _ = u.User.Password()
+	cfg.DBName = strings.TrimPrefix(u.Path, "/")
+	for k, v := range u.Query() {
+		if cfg.Params == nil {
+			cfg.Params = map[string]string{}
+		}
+		cfg.Params[k] = v[0]
+	}
+	parsed, err := mysql.ParseDSN(cfg.FormatDSN()) // applies parseTime and the like
+	require.NoError(t, err, "M2MAUTH_TEST_MYSQL_DSN")
+	return parsed.FormatDSN()
 }
 
 // env is one backend's database for one test.
@@ -181,6 +215,9 @@ func TestNew(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			s, err := sqlstore.New(tt.db, tt.dialect, sqlstore.Config{TablePrefix: tt.prefix})
 			a, aerr := sqlstore.NewAuditor(tt.db, tt.dialect, sqlstore.AuditorConfig{TablePrefix: tt.prefix})
+			if a != nil {
+				t.Cleanup(func() { a.Close() })
+			}
 			if tt.ok {
 				require.NoError(t, err)
 				require.NotNil(t, s)
