@@ -214,3 +214,13 @@ func (p *addrPolicy) key(a netip.Addr, text string) string {
 	}
 	return pf.String()
 }
+
+// isLoopbackHost reports whether host names this machine: "localhost" or
+// a loopback address.
+func isLoopbackHost(host string) bool {
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	a, err := netip.ParseAddr(host)
+	return err == nil && a.Unmap().IsLoopback()
+}

@@ -49,6 +49,19 @@ func isSupported(alg jose.SignatureAlgorithm) bool {
 	return false
 }
 
+// inferAlgorithm names the one algorithm a public key without "alg" can
+// be for: ES256 for a P-256 key, EdDSA for an Ed25519 key. An RSA key fits
+// both RS256 and PS256, so it has none.
+func inferAlgorithm(key any) (jose.SignatureAlgorithm, bool) {
+	switch k := key.(type) {
+	case *ecdsa.PublicKey:
+		return jose.ES256, k.Curve == elliptic.P256()
+	case ed25519.PublicKey:
+		return jose.EdDSA, true
+	}
+	return "", false
+}
+
 // checkKey enforces what every key must have: a kid, use "sig" or none,
 // an algorithm this package implements, and key material of the type and
 // size that algorithm takes. The material may be private (a

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"net/netip"
 	"net/url"
 	"strings"
 	"time"
@@ -341,14 +340,4 @@ func checkPublishedURL(name, s string, noQuery bool) (*url.URL, error) {
 		return nil, fmt.Errorf("m2mauth: %s %q %s", name, s, problem)
 	}
 	return u, nil
-}
-
-// isLoopbackHost reports whether host names this machine: "localhost" or
-// a loopback address.
-func isLoopbackHost(host string) bool {
-	if strings.EqualFold(host, "localhost") {
-		return true
-	}
-	a, err := netip.ParseAddr(host)
-	return err == nil && a.Unmap().IsLoopback()
 }

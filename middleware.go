@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"net/netip"
 	"net/url"
 	"strings"
 	"sync"
@@ -168,8 +167,7 @@ func checkResourceMetadataURL(s string) error {
 		return fmt.Errorf("m2mauth: ResourceMetadataURL: %w", err)
 	}
 	host := u.Hostname()
-	a, err := netip.ParseAddr(host)
-	loopback := strings.EqualFold(host, "localhost") || err == nil && a.Unmap().IsLoopback()
+	loopback := isLoopbackHost(host)
 	if host == "" || u.User != nil || u.Fragment != "" || u.Scheme != "https" && (u.Scheme != "http" || !loopback) {
 		return fmt.Errorf("m2mauth: ResourceMetadataURL %q must be an absolute https URL (http only on a loopback host) without user info or fragment", s)
 	}

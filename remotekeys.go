@@ -3,17 +3,12 @@ package m2mauth
 import (
 	"context"
 	"crypto"
-	"crypto/ecdsa"
-	"crypto/ed25519"
-	"crypto/elliptic"
-	"crypto/rsa"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
-	"net/netip"
 	"net/url"
 	"slices"
 	"strconv"
@@ -93,7 +88,6 @@ const (
 	// lifetime, if shorter).
 	remoteRefreshMargin = time.Minute
 	remoteMaxRedirects  = 3
-	remoteMinRSABits    = 2048
 	// remoteWellKnown is the RFC 8414 §3 well-known URI suffix.
 	remoteWellKnown = "/.well-known/oauth-authorization-server"
 )
@@ -581,47 +575,20 @@ func remoteParseKeySet(body []byte) ([]jose.JSONWebKey, []string, error) {
 
 // remoteCheckKey decides whether a public key from a remote set is kept,
 // setting its algorithm when only one fits, and returns why not if not.
+// A remote set offers only public keys of asymmetric algorithms.
 func remoteCheckKey(k *jose.JSONWebKey) string {
-	if k.KeyID == "" {
-		return "no kid"
+	if k.Algorithm == "" {
+		alg, ok := inferAlgorithm(k.Key)
+		if !ok {
+			return fmt.Sprintf("%T key without alg", k.Key)
+		}
+		k.Algorithm = string(alg)
 	}
-	if k.Use != "" && k.Use != "sig" {
-		return fmt.Sprintf("use %q is not \"sig\"", k.Use)
+	if jose.SignatureAlgorithm(k.Algorithm) == jose.HS256 {
+		return "symmetric key"
 	}
-	alg := jose.SignatureAlgorithm(k.Algorithm)
-	switch key := k.Key.(type) {
-	case *rsa.PublicKey:
-		switch alg {
-		case jose.RS256, jose.PS256:
-		case "":
-			return "RSA key without alg (RS256 or PS256?)"
-		default:
-			return fmt.Sprintf("alg %q not accepted for an RSA key (RS256, PS256)", alg)
-		}
-		if n := key.N.BitLen(); n < remoteMinRSABits {
-			return fmt.Sprintf("RSA key of %d bits, under %d", n, remoteMinRSABits)
-		}
-	case *ecdsa.PublicKey:
-		if key.Curve != elliptic.P256() {
-			return fmt.Sprintf("EC curve %s not accepted (P-256)", key.Curve.Params().Name)
-		}
-		switch alg {
-		case jose.ES256:
-		case "":
-			k.Algorithm = string(jose.ES256)
-		default:
-			return fmt.Sprintf("alg %q does not fit an EC P-256 key (ES256)", alg)
-		}
-	case ed25519.PublicKey:
-		switch alg {
-		case jose.EdDSA:
-		case "":
-			k.Algorithm = string(jose.EdDSA)
-		default:
-			return fmt.Sprintf("alg %q does not fit an Ed25519 key (EdDSA)", alg)
-		}
-	default:
-		return fmt.Sprintf("key type %T not accepted", k.Key)
+	if err := checkKey(k); err != nil {
+		return err.Error()
 	}
 	return ""
 }
@@ -727,21 +694,13 @@ func remoteAllowURL(u *url.URL, insecureHTTP bool) error {
 	case "https":
 		return nil
 	case "http":
-		if insecureHTTP || remoteIsLoopback(u.Hostname()) {
+		if insecureHTTP || isLoopbackHost(u.Hostname()) {
 			return nil
 		}
 		return fmt.Errorf("%q is not https (http is allowed only on loopback hosts, or with AllowInsecureHTTP)", u.Redacted())
 	default:
 		return fmt.Errorf("%q: scheme %q is not https", u.Redacted(), u.Scheme)
 	}
-}
-
-func remoteIsLoopback(host string) bool {
-	if strings.EqualFold(host, "localhost") {
-		return true
-	}
-	a, err := netip.ParseAddr(host)
-	return err == nil && a.Unmap().IsLoopback()
 }
 
 // newRemoteHTTPClient is the default client: no cookie jar, the timeout,
