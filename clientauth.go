@@ -51,6 +51,14 @@ type clientAuth struct {
 	slow    *slowGate
 }
 
+// clientAuthMethods returns the client authentication methods (RFC 8414
+// §2, RFC 7591 §2) that clientAuth accepts, for every endpoint that
+// takes client credentials: keep it in step with parseBasic and the body
+// parameters.
+func clientAuthMethods() []string {
+	return []string{"client_secret_basic", "client_secret_post"}
+}
+
 // credentials are the client credentials of one request.
 type credentials struct {
 	id, secret string

@@ -88,12 +88,6 @@ const (
 	wellKnownProtectedResource   = "/.well-known/oauth-protected-resource"
 )
 
-// clientAuthMethods returns the client authentication methods (RFC 8414
-// §2, RFC 7591 §2) of every endpoint that takes client credentials.
-func clientAuthMethods() []string {
-	return []string{"client_secret_basic", "client_secret_post"}
-}
-
 // authorizationServerMetadata is the RFC 8414 §2 document, members in
 // the order of that section.
 type authorizationServerMetadata struct {
