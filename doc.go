@@ -28,6 +28,53 @@
 //	})
 //	mux.Handle("GET /api/builders", v.RequireScopes("read:builders")(builders))
 //
+// # Discovery and other services
+//
+// With asymmetric keys, publish the public verification keys for resource
+// servers that verify tokens on their own:
+//
+//	jwks, err := m2mauth.NewJWKSHandler(keys, m2mauth.JWKSConfig{})
+//	mux.Handle("GET /.well-known/jwks.json", jwks)
+//
+// Only public keys are served: private keys as their public halves, HS256
+// keys never (an HS256-only provider serves {"keys":[]}). Verifiers may
+// cache the set for [JWKSConfig].MaxAge (5 min), never past a key change a
+// [KeySchedule] provider announces, and revalidate with If-None-Match.
+//
+// Clients find the token endpoint and the keys through authorization
+// server metadata (RFC 8414), mounted at the path derived from the issuer:
+//
+//	md, err := m2mauth.NewAuthorizationServerMetadataHandler(tokens,
+//		m2mauth.AuthorizationServerMetadataConfig{
+//			TokenEndpoint: "https://auth.example.com/oauth/token",
+//			JWKSURI:       "https://auth.example.com/.well-known/jwks.json",
+//		})
+//	p, err := m2mauth.AuthorizationServerMetadataPath("https://auth.example.com")
+//	mux.Handle("GET "+p, md) // /.well-known/oauth-authorization-server
+//
+// An API tells clients which authorization server issues its tokens with
+// protected resource metadata (RFC 9728), built from its Validator (the
+// resource is its Audience, the authorization server its Issuer), and
+// points to it from every challenge with
+// [ValidatorConfig].ResourceMetadataURL.
+//
+// A resource server in another process verifies tokens with [RemoteKeys],
+// which fetches the authorization server's JWKS directly
+// ([NewRemoteKeys]) or through RFC 8414 discovery ([DiscoverRemoteKeys],
+// which requires the metadata's issuer to match exactly). Verifying a
+// token does no I/O once keys are held. The set stays fresh for its
+// Cache-Control max-age, clamped to [1 min, 24 h] (10 min without one),
+// and is refreshed shortly before it expires; a token naming an unknown
+// kid triggers a refetch, but at most one fetch happens per
+// RefreshCooldown (30 s) and concurrent callers share it, so forged kids
+// cannot flood the authorization server. A failed fetch never discards
+// the last good set: it is served up to MaxStale (24 h) past its expiry,
+// then tokens are refused (fail closed). Every fetch uses https (http only
+// to loopback hosts, or with AllowInsecureHTTP), a 5 s timeout, a 64 KiB
+// body limit and at most 3 redirects; a set that publishes any private or
+// symmetric key material is refused whole, and only RSA (≥ 2048 bits, with
+// an explicit RS256 or PS256 alg), P-256 and Ed25519 keys are accepted.
+//
 // Clients are registered through the store's administration interface,
 // [ClientManager], with secrets made by [NewSecret]: the store keeps only a
 // one-way hash, and the plaintext is shown to the operator once.
@@ -66,9 +113,19 @@
 //     through, so behind them name X-Forwarded-For.
 //   - Tokens are stateless JWTs: issuing one writes nothing anywhere, and
 //     there are no refresh tokens (RFC 6749 §4.4.3).
-//   - With HS256 (the default) every party that holds the key can both
-//     verify and mint tokens, so share it only with resource servers you
-//     trust as much as the authorization server itself.
+//   - Tokens are signed with the signing key's algorithm: HS256 (the
+//     default), ES256, EdDSA (Ed25519), RS256 or PS256
+//     ([SupportedAlgorithms]). With HS256 every party that holds the key
+//     can both verify and mint tokens, so share it only with resource
+//     servers you trust as much as the authorization server; with an
+//     asymmetric key ([GenerateSigningKey], [ParseKeyPEM], [ParseJWK],
+//     [NewSignerKey] for a KMS or HSM) resource servers hold only the
+//     public key. Each key verifies only tokens whose header names its own
+//     algorithm (RFC 8725 §3.1), so a verification set may mix HS256 and
+//     asymmetric keys.
+//   - ES256 signatures are malleable: (R, n−S) verifies wherever (R, S)
+//     does, so one token may travel under two strings. Identify tokens by
+//     their jti, never by their string.
 //   - Parameters are read only from the request body, never from the URL
 //     query, and a repeated parameter is refused (RFC 6749 §3.2). Bearer
 //     tokens are read only from the Authorization header.
