@@ -89,7 +89,10 @@ const (
 // When keys is also a [KeyRefresher], a token whose kid none of the keys
 // has makes the validator call RefreshKeys once for that token and
 // verify with the set it returns; the provider's VerificationKeys should
-// return that set from then on.
+// return that set from then on. Such a provider (like [RemoteKeys]) is not
+// asked for keys now, so a resource server can start while the
+// authorization server is down; it refuses tokens with a server error
+// until keys arrive.
 func NewValidator(keys KeyProvider, cfg ValidatorConfig) (*Validator, error) {
 	if keys == nil {
 		return nil, errors.New("m2mauth: nil KeyProvider")
@@ -139,6 +142,12 @@ func NewValidator(keys KeyProvider, cfg ValidatorConfig) (*Validator, error) {
 	}
 	if cfg.CacheSize > 0 {
 		v.cache = newTokenCache(cfg.CacheSize)
+	}
+	if _, remote := keys.(KeyRefresher); remote {
+		// Keys fetched from elsewhere arrive with the first token: a
+		// resource server starts even while the authorization server is
+		// down, and refuses tokens until keys arrive.
+		return v, nil
 	}
 	idx, err := v.keyIndex(context.Background())
 	if err != nil {

@@ -8,6 +8,7 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/rsa"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -28,6 +29,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/m2mauth/m2mauth"
+	"github.com/m2mauth/m2mauth/memstore"
 )
 
 // remoteClock is a settable clock.
@@ -965,4 +967,130 @@ func ExampleRemoteKeys() {
 	// 2026-11 ES256 true
 	// fresh for 1h0m0s
 	// true
+}
+
+// TestValidatorWithRemoteKeys runs the fleet end to end: an authorization
+// server signing with ES256 and publishing its JWKS, and a resource
+// server's Validator holding only RemoteKeys. The resource server starts
+// while the authorization server is down and refuses tokens until keys
+// arrive; a key rotation is picked up by one fetch; forged kids cost at
+// most one fetch per cooldown; a set offering an HS256 key is refused
+// (RFC 8725 §3.1: a symmetric key from a remote set would let anyone who
+// read it mint tokens).
+func TestValidatorWithRemoteKeys(t *testing.T) {
+	clock := newRemoteClock()
+	ctx := context.Background()
+	store := memstore.New()
+	plain, sec, err := m2mauth.NewSecret(clock.Now(), time.Time{})
+	require.NoError(t, err)
+	require.NoError(t, store.CreateClient(ctx, &m2mauth.Client{ID: "svc", Secrets: []m2mauth.Secret{sec},
+		Grants: map[string]m2mauth.Scopes{"https://api.example.com": {"read"}}}))
+	first, err := m2mauth.GenerateSigningKey(jose.ES256)
+	require.NoError(t, err)
+
+	// The authorization server: its keys can change while it runs.
+	var keys atomic.Pointer[m2mauth.StaticKeys]
+	setKeys := func(signing jose.JSONWebKey, previous ...jose.JSONWebKey) {
+		k, err := m2mauth.NewStaticKeys(signing, previous...)
+		require.NoError(t, err)
+		keys.Store(k)
+	}
+	setKeys(first)
+	var down atomic.Bool
+	var fetches atomic.Int64
+	jwksBody := func() []byte {
+		h, err := m2mauth.NewJWKSHandler(keys.Load(), m2mauth.JWKSConfig{})
+		require.NoError(t, err)
+		w := httptest.NewRecorder()
+		h.ServeHTTP(w, httptest.NewRequest(http.MethodGet, "/jwks", nil))
+		return w.Body.Bytes()
+	}
+	var override atomic.Pointer[[]byte]
+	as := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fetches.Add(1)
+		if down.Load() {
+			http.Error(w, "down", http.StatusServiceUnavailable)
+			return
+		}
+		body := jwksBody()
+		if o := override.Load(); o != nil {
+			body = *o
+		}
+		w.Header().Set("Content-Type", "application/jwk-set+json")
+		w.Write(body)
+	}))
+	defer as.Close()
+	mint := func() string {
+		h, err := m2mauth.NewTokenHandler(store, keys.Load(), m2mauth.TokenHandlerConfig{
+			Issuer: "https://auth.example.com", DefaultAudience: "https://api.example.com", Now: clock.Now,
+			Auditor: m2mauth.AuditorFunc(func(context.Context, m2mauth.AuditEvent) {}),
+		})
+		require.NoError(t, err)
+		r := httptest.NewRequest(http.MethodPost, "https://auth.example.com/oauth/token", strings.NewReader("grant_type=client_credentials"))
+		r.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+		r.SetBasicAuth("svc", plain)
+		w := httptest.NewRecorder()
+		h.ServeHTTP(w, r)
+		require.Equal(t, 200, w.Code, w.Body.String())
+		var resp struct {
+			AccessToken string `json:"access_token"`
+		}
+		require.NoError(t, json.Unmarshal(w.Body.Bytes(), &resp))
+		return resp.AccessToken
+	}
+
+	// The resource server starts while the authorization server is down.
+	down.Store(true)
+	remote := newRemote(t, as.URL+"/jwks", remoteConfig(clock))
+	v, err := m2mauth.NewValidator(remote, m2mauth.ValidatorConfig{Issuer: "https://auth.example.com", Audience: "https://api.example.com", Now: clock.Now})
+	require.NoError(t, err, "no I/O at construction")
+	route := v.RequireScopes("read")(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
+	call := func(tok string) int {
+		r := httptest.NewRequest(http.MethodGet, "/api", nil)
+		r.Header.Set("Authorization", "Bearer "+tok)
+		w := httptest.NewRecorder()
+		route.ServeHTTP(w, r)
+		return w.Code
+	}
+	tok := mint()
+	assert.Equal(t, 500, call(tok), "no keys yet: refused, fail closed")
+
+	down.Store(false)
+	clock.Add(31 * time.Second) // past the cooldown after the failed fetch
+	assert.Equal(t, 200, call(tok))
+	n := fetches.Load()
+	for range 100 {
+		require.Equal(t, 200, call(tok))
+	}
+	assert.Equal(t, n, fetches.Load(), "steady state: no fetch per request")
+
+	// Rotation: a new signing key, the old one still published.
+	clock.Add(31 * time.Second)
+	second, err := m2mauth.GenerateSigningKey(jose.EdDSA)
+	require.NoError(t, err)
+	setKeys(second, first)
+	newTok := mint()
+	assert.Equal(t, 200, call(newTok), "the new kid is fetched")
+	assert.Equal(t, n+1, fetches.Load(), "by one fetch")
+	assert.Equal(t, 200, call(tok), "the old key still verifies")
+
+	// Forged kids: at most one fetch per cooldown.
+	parts := strings.SplitN(newTok, ".", 2)
+	n = fetches.Load()
+	for i := range 1000 {
+		hdr := base64.RawURLEncoding.EncodeToString([]byte(fmt.Sprintf(`{"alg":"EdDSA","kid":"forged-%d","typ":"at+jwt"}`, i)))
+		require.Equal(t, 401, call(hdr+"."+parts[1]))
+	}
+	assert.LessOrEqual(t, fetches.Load()-n, int64(1))
+
+	// A set offering an HS256 key is refused whole; the last good set
+	// stays in use.
+	oct := []byte(`{"keys":[{"kty":"oct","kid":"h","alg":"HS256","k":"` + base64.RawURLEncoding.EncodeToString(make([]byte, 32)) + `"}]}`)
+	override.Store(&oct)
+	clock.Add(31 * time.Second)
+	hsKey, err := m2mauth.NewHS256Key("h", make([]byte, 32))
+	require.NoError(t, err)
+	setKeys(hsKey)
+	assert.Equal(t, 401, call(mint()), "an HS256 token is not verified with a key from a remote set")
+	assert.Equal(t, 200, call(newTok), "the last good set stays")
 }
