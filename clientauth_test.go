@@ -92,7 +92,7 @@ func TestSimultaneousGuesses(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			f, store := newLimited(t)
+			f, store := newLimited(t, func(c *m2mauth.TokenHandlerConfig) { c.StoreTimeout = 5 * time.Minute })
 			f.addClient(t, "target", tc.hash(t))
 			before := store.n.Load()
 			codes := f.burst(t, "target", "wrong", repeatAddr(ipA, 200))
@@ -114,7 +114,10 @@ func TestSlowHashesRationed(t *testing.T) {
 	if raceEnabled {
 		n = 12
 	}
-	f, _ := newLimited(t)
+	// Verifications wait their turn for as long as the test needs: on a
+	// loaded machine under the race detector, a round of 64 MiB hashes
+	// takes seconds.
+	f, _ := newLimited(t, func(c *m2mauth.TokenHandlerConfig) { c.StoreTimeout = 5 * time.Minute })
 	f.addClient(t, "imported", argon2Hash(t, "right", 64*1024, 1))
 	addrs := make([]string, n)
 	for i := range addrs {
