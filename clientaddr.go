@@ -21,8 +21,9 @@ const (
 )
 
 // addrPolicy finds the client's address and whether its request came over
-// TLS. It is shared by every endpoint, so all of them see one client the
-// same way.
+// TLS. It is shared by every endpoint and the validator, so all of them
+// see one client the same way. With a logger, it warns once about
+// forwarding headers it ignores.
 type addrPolicy struct {
 	trusted []netip.Prefix
 	header  string // HeaderXForwardedFor or HeaderForwarded, when trusted is set
@@ -80,7 +81,7 @@ func (p *addrPolicy) resolve(r *http.Request) peer {
 		return peer{secure: r.TLS != nil}
 	}
 	if len(p.trusted) == 0 || !inPrefixes(addr, p.trusted) {
-		if len(p.trusted) == 0 && !p.warned.Load() && (addr.IsPrivate() || addr.IsLoopback()) {
+		if p.logger != nil && len(p.trusted) == 0 && !p.warned.Load() && (addr.IsPrivate() || addr.IsLoopback()) {
 			p.warnForwarding(r, addr)
 		}
 		return peer{addr: addr, secure: r.TLS != nil, local: addr.IsLoopback()}

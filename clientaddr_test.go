@@ -144,3 +144,42 @@ func TestForwardingHeadersWarning(t *testing.T) {
 	assert.Equal(t, 1, strings.Count(logs.String(), "TrustedProxies is empty"), logs.String())
 	assert.Contains(t, logs.String(), "level=WARN")
 }
+
+// TestValidatorClientAddress: the validator's audit events name the
+// client behind a trusted proxy, found by the same rules as the token
+// endpoint's, and ignore forwarding headers from anyone else.
+func TestValidatorClientAddress(t *testing.T) {
+	proxies := []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}
+	tests := []struct {
+		name    string
+		trusted []netip.Prefix
+		header  string
+		remote  string
+		xff     string
+		want    string
+	}{
+		{"no proxy", nil, "", "198.51.100.7:1", "192.0.2.1", "198.51.100.7"},
+		{"trusted proxy", proxies, m2mauth.HeaderXForwardedFor, "10.0.0.5:1", "192.0.2.1", "192.0.2.1"},
+		{"untrusted peer", proxies, m2mauth.HeaderXForwardedFor, "198.51.100.7:1", "192.0.2.1", "198.51.100.7"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			p := newProtected(t, func(c *m2mauth.ValidatorConfig) {
+				c.TrustedProxies, c.ForwardedHeader = tc.trusted, tc.header
+			})
+			r := httptest.NewRequest(http.MethodGet, "/api", nil)
+			r.RemoteAddr = tc.remote
+			r.Header.Set("X-Forwarded-For", tc.xff)
+			r.Header.Set("Authorization", "Bearer not.a.token")
+			w := httptest.NewRecorder()
+			p.v.RequireScopes("read")(http.NotFoundHandler()).ServeHTTP(w, r)
+			require.Equal(t, 401, w.Code)
+			p.mu.Lock()
+			defer p.mu.Unlock()
+			require.NotEmpty(t, p.events)
+			assert.Equal(t, tc.want, p.events[len(p.events)-1].RemoteIP)
+		})
+	}
+	_, err := m2mauth.NewValidator(newProtected(t).keys, m2mauth.ValidatorConfig{Issuer: testIssuer, Audience: testAudience, TrustedProxies: proxies})
+	assert.ErrorContains(t, err, "ForwardedHeader")
+}

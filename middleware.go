@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"strings"
 	"sync"
@@ -60,12 +61,20 @@ type ValidatorConfig struct {
 	ErrorHandler func(w http.ResponseWriter, r *http.Request, err *Error)
 	// Now is the clock. Default: [time.Now].
 	Now func() time.Time
+	// TrustedProxies and ForwardedHeader name the reverse proxies in
+	// front of the API and the one header they write, so that audit
+	// events record the client's address rather than the proxy's; they
+	// mean what they mean in [TokenHandlerConfig]. Default: none; the
+	// connection's peer is the client.
+	TrustedProxies  []netip.Prefix
+	ForwardedHeader string
 }
 
 // Validator checks access tokens issued by a [TokenHandler] (RFC 9068 §4,
 // RFC 8725) and guards routes with [Validator.RequireScopes] and
 // [Validator.RequireAnyScope]. It is safe for concurrent use.
 type Validator struct {
+	addrs     *addrPolicy // the client's address, for audit events
 	keys      KeyProvider
 	refresher KeyRefresher // keys, when it is one; else nil
 	cfg       ValidatorConfig
@@ -136,6 +145,11 @@ func NewValidator(keys KeyProvider, cfg ValidatorConfig) (*Validator, error) {
 		cfg.Now = time.Now
 	}
 	v.cfg = cfg
+	addrs, err := newAddrPolicy(cfg.TrustedProxies, cfg.ForwardedHeader, 0, nil)
+	if err != nil {
+		return nil, err
+	}
+	v.addrs = addrs
 	v.challenge = `Bearer realm="` + cfg.Realm + `"`
 	if cfg.ResourceMetadataURL != "" {
 		v.challenge += `, resource_metadata="` + cfg.ResourceMetadataURL + `"`
@@ -725,7 +739,7 @@ func (v *Validator) event(r *http.Request, typ AuditEventType, code string) Audi
 		Time: v.cfg.Now(), Type: typ, UserAgent: auditString(r.UserAgent()),
 		Audience: v.cfg.Audience, Error: code,
 	}
-	if a := peerAddr(r); a.IsValid() {
+	if a := v.addrs.resolve(r).addr; a.IsValid() {
 		ev.RemoteIP = a.String()
 	}
 	return ev
