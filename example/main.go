@@ -16,8 +16,12 @@
 //	                           "memory" (default "m2mauth.db")
 //	-issuer string             the "iss" of tokens (default "http://127.0.0.1:8080")
 //	-audience string           the API's audience (default "https://api.example.com")
-//	-signing-key-file string   file holding the base64 HS256 key, made with
-//	                           (umask 077 && head -c 32 /dev/urandom | base64 > FILE)
+//	-signing-alg algorithm     how tokens are signed: HS256, ES256, EdDSA, RS256
+//	                           or PS256 (default HS256)
+//	-signing-key-file string   file holding the signing key: for HS256 its base64,
+//	                           made with (umask 077 && head -c 32 /dev/urandom | base64 > FILE);
+//	                           for the others a PEM private key, made with e.g.
+//	                           (umask 077 && openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out FILE)
 //	                           (default: next to the SQLite file)
 //
 // Commands:
@@ -60,13 +64,25 @@
 // Plain HTTP is served only on a loopback address unless -trusted-proxies
 // names the TLS-terminating proxy in front, or -insecure-http is given.
 //
-// The signing key comes from $M2MAUTH_SIGNING_KEY (base64, at least 32
-// bytes), else from -signing-key-file, which must exist. Without either,
-// a SQLite database keeps its key next to the file (m2mauth.key for
-// m2mauth.db), generated with mode 0600 on the first start so restarts
-// keep tokens valid; "memory" uses a new key per process; and serve
-// refuses to start on PostgreSQL or MySQL, whose replicas must share one
-// key.
+// The signing key comes from $M2MAUTH_SIGNING_KEY, else from
+// -signing-key-file, which must exist. For HS256 it is base64 of at least
+// 32 bytes; for ES256, EdDSA, RS256 and PS256 a private key as PEM
+// (PKCS #8, SEC 1 or PKCS #1) or as a JWK. A key made for another
+// algorithm than -signing-alg is refused. Without either, a SQLite
+// database keeps its key next to the file (m2mauth.key for m2mauth.db
+// with HS256, m2mauth-es256.pem with ES256, and so on), generated with
+// mode 0600 on the first start so restarts keep tokens valid; "memory"
+// uses a new key per process; and serve refuses to start on PostgreSQL or
+// MySQL, whose replicas must share one key.
+//
+// Besides the token endpoint and the demo API, serve publishes what other
+// services need to verify tokens on their own: the public key at
+// /.well-known/jwks.json (empty with HS256, whose key is secret), the
+// authorization server metadata (RFC 8414) at
+// /.well-known/oauth-authorization-server and the demo API's protected
+// resource metadata (RFC 9728) at /.well-known/oauth-protected-resource,
+// whose URL the API's 401 and 403 challenges carry. The URLs in them are
+// -issuer's scheme and host followed by the route's path.
 //
 // -db takes no other scheme:// than those above. Connecting to PostgreSQL
 // or MySQL gives up after 5s, naming the address, unless -db sets
@@ -82,6 +98,8 @@ import (
 	"io"
 	"os"
 	"strings"
+
+	"github.com/go-jose/go-jose/v4"
 )
 
 func main() {
@@ -115,6 +133,7 @@ func exitCode(err error) int {
 // globals are the flags that come before the command.
 type globals struct {
 	db, issuer, audience, keyFile string
+	alg                           jose.SignatureAlgorithm
 }
 
 // Defaults of the global flags.
@@ -133,6 +152,9 @@ func (g globals) commandLine() string {
 	}
 	if g.audience != defaultAudience {
 		args = append(args, "-audience", shellQuote(g.audience))
+	}
+	if g.alg != "" && g.alg != defaultAlg {
+		args = append(args, "-signing-alg", string(g.alg))
 	}
 	if g.keyFile != "" {
 		args = append(args, "-signing-key-file", shellQuote(g.keyFile))
@@ -158,7 +180,8 @@ Scopes are space-separated in one argument: -scopes "read:builders read:subcontr
 A client's -ttl is at most 24h (0: the server's, 1h). "client update" replaces the
 scopes of -audience (default: the client's only audience). The client commands
 need no signing key; serve on PostgreSQL or MySQL needs $M2MAUTH_SIGNING_KEY or
--signing-key-file.
+-signing-key-file. With -signing-alg ES256, EdDSA, RS256 or PS256 other services
+verify tokens with the public key at /.well-known/jwks.json.
 
 global flags:
 `
@@ -170,7 +193,9 @@ func run(args []string, stdout, stderr io.Writer) error {
 	fs.StringVar(&g.db, "db", defaultDB, `a SQLite file path, a postgres://… or mysql://user:pass@host:port/db?params URL, or "memory"`)
 	fs.StringVar(&g.issuer, "issuer", defaultIssuer, `the "iss" of issued tokens`)
 	fs.StringVar(&g.audience, "audience", defaultAudience, "the audience of the protected API")
-	fs.StringVar(&g.keyFile, "signing-key-file", "", "`file` holding the base64 HS256 signing key, made with: (umask 077 && head -c 32 /dev/urandom | base64 > FILE) (default: next to the SQLite file; PostgreSQL and MySQL need it or $M2MAUTH_SIGNING_KEY)")
+	alg := signingAlg(defaultAlg)
+	fs.Var(&alg, "signing-alg", "`algorithm` that signs tokens: HS256 (a secret key the verifiers share), or ES256, EdDSA, RS256 or PS256 (a private key; verifiers fetch the public one from /.well-known/jwks.json)")
+	fs.StringVar(&g.keyFile, "signing-key-file", "", "`file` holding the signing key: for HS256 its base64, made with: (umask 077 && head -c 32 /dev/urandom | base64 > FILE); for the others a PEM private key, made with e.g.: (umask 077 && openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out FILE) (default: next to the SQLite file; PostgreSQL and MySQL need it or $M2MAUTH_SIGNING_KEY)")
 	fs.Usage = func() {
 		fmt.Fprint(stderr, usage)
 		fs.PrintDefaults()
@@ -178,6 +203,7 @@ func run(args []string, stdout, stderr io.Writer) error {
 	if err := fs.Parse(args); err != nil {
 		return usageError(err)
 	}
+	g.alg = jose.SignatureAlgorithm(alg)
 	rest := fs.Args()
 	if len(rest) == 0 {
 		return serve(g, nil, stdout, stderr)

@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -194,7 +195,16 @@ func startServer(t *testing.T, bin string, global ...string) *server {
 // boundedly, until its health check answers to client.
 func startServerWith(t *testing.T, bin string, client *http.Client, global []string, serveArgs ...string) *server {
 	t.Helper()
-	cmd := exec.Command(bin, append(append(global, "serve"), serveArgs...)...)
+	return startCommand(t, bin, client, append(append(slices.Clip(global), "serve"), serveArgs...)...)
+}
+
+// startCommand runs bin with args, a server that prints "listening on
+// URL" on stdout and answers GET /healthz there, and waits, boundedly,
+// until the health check answers to client. The process is killed when
+// the test ends.
+func startCommand(t *testing.T, bin string, client *http.Client, args ...string) *server {
+	t.Helper()
+	cmd := exec.Command(bin, args...)
 	cmd.Dir = t.TempDir() // for files it makes in the working directory
 	stdout, err := cmd.StdoutPipe()
 	require.NoError(t, err)
@@ -309,7 +319,7 @@ func TestExampleEndToEnd(t *testing.T) {
 
 			code, challenge, _ = get(t, srv.base+"/api/builders", "")
 			assert.Equal(t, 401, code)
-			assert.Equal(t, `Bearer realm="m2mauth"`, challenge)
+			assert.Equal(t, `Bearer realm="m2mauth", resource_metadata="http://127.0.0.1:8080/.well-known/oauth-protected-resource"`, challenge)
 
 			var rotated struct {
 				ClientSecret string `json:"client_secret"`
@@ -369,6 +379,8 @@ func TestCLIErrors(t *testing.T) {
 		{"unbounded pool", []string{"-db", db, "serve", "-db-max-open", "0"}, 1, "-db-max-open must be at least 1"},
 		{"no concurrency", []string{"-db", db, "serve", "-max-concurrent", "0"}, 1, "-max-concurrent"},
 		{"plain HTTP on every interface", []string{"-db", db, "serve", "-addr", ":0"}, 1, "-insecure-http"},
+		{"unknown signing algorithm", []string{"-db", db, "-signing-alg", "HS512", "serve"}, 2, ""},
+		{"no signing algorithm", []string{"-db", db, "-signing-alg", "none", "serve"}, 2, ""},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

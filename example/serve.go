@@ -16,6 +16,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/go-jose/go-jose/v4"
+
 	"github.com/m2mauth/m2mauth"
 )
 
@@ -116,7 +118,7 @@ func serve(g globals, args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	key, err := signingKey(d, g.keyFile, stderr)
+	key, err := signingKey(d, g.alg, g.keyFile, stderr)
 	if err != nil {
 		return err
 	}
@@ -132,14 +134,11 @@ func serve(g globals, args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	defer b.close()
-	jwk, err := m2mauth.NewHS256Key("", key)
+	keys, err := m2mauth.NewStaticKeys(key)
 	if err != nil {
 		return err
 	}
-	keys, err := m2mauth.NewStaticKeys(jwk)
-	if err != nil {
-		return err
-	}
+	disc := newDiscovery(g, logger)
 
 	// Audit events go to the JSON log and, with a database, to its audit
 	// table too.
@@ -161,10 +160,18 @@ func serve(g globals, args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	validator, err := m2mauth.NewValidator(keys, m2mauth.ValidatorConfig{
-		Issuer:   g.issuer,
-		Audience: g.audience,
-		Auditor:  auditor,
+		Issuer:     g.issuer,
+		Audience:   g.audience,
+		Algorithms: []jose.SignatureAlgorithm{g.alg},
+		// Challenges name the API's metadata, and through it the
+		// authorization server to ask for a token.
+		ResourceMetadataURL: disc.resourceMetadataURL(),
+		Auditor:             auditor,
 	})
+	if err != nil {
+		return err
+	}
+	docs, err := disc.documents(keys, tokens, validator, logger)
 	if err != nil {
 		return err
 	}
@@ -178,13 +185,13 @@ func serve(g globals, args []string, stdout, stderr io.Writer) error {
 		scheme = "https"
 	}
 	base := scheme + "://" + ln.Addr().String()
-	if err := greet(ctx, b, g, base, stdout); err != nil {
+	if err := greet(ctx, b, g, disc, base, stdout); err != nil {
 		ln.Close()
 		return err
 	}
 
 	srv := &http.Server{
-		Handler:           routes(tokens, validator),
+		Handler:           routes(tokens, validator, docs...),
 		TLSConfig:         tlsConfig,
 		ReadHeaderTimeout: 5 * time.Second,
 		ReadTimeout:       10 * time.Second,
@@ -253,17 +260,23 @@ func parsePrefixes(list string) ([]netip.Prefix, error) {
 	return out, nil
 }
 
+// tokenPath is where the token endpoint is mounted.
+const tokenPath = "/oauth/token"
+
 // routes is the server's mux: the token endpoint, two protected demo
-// routes and a health check.
-func routes(tokens http.Handler, v *m2mauth.Validator) *http.ServeMux {
+// routes, a health check and the discovery documents.
+func routes(tokens http.Handler, v *m2mauth.Validator, docs ...wellKnown) *http.ServeMux {
 	mux := http.NewServeMux()
-	mux.Handle("/oauth/token", tokens) // any method: the handler answers 405 itself
+	mux.Handle(tokenPath, tokens) // any method: the handler answers 405 itself
 	mux.Handle("GET /api/builders", v.RequireScopes("read:builders")(listing("builders", "Acme Building", "Northside Construction")))
 	mux.Handle("GET /api/subcontractors", v.RequireScopes("read:subcontractors")(listing("subcontractors", "Sparks Electrical", "Flow Plumbing")))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		io.WriteString(w, "ok\n")
 	})
+	for _, d := range docs {
+		mux.Handle("GET "+d.path, d.h) // and HEAD
+	}
 	return mux
 }
 
@@ -285,8 +298,9 @@ func listing(kind string, names ...string) http.Handler {
 
 // greet prints where the server listens and, on the first start, creates
 // the demo client and shows its secret once.
-func greet(ctx context.Context, b *backend, g globals, base string, out io.Writer) error {
+func greet(ctx context.Context, b *backend, g globals, disc discovery, base string, out io.Writer) error {
 	fmt.Fprintf(out, "m2mauth example: listening on %s (store: %s)\n", base, b.kind)
+	greetDiscovery(g, disc, base, out)
 	_, err := b.store.Client(ctx, demoClientID)
 	secret := "<the secret shown on the first start>"
 	switch {
@@ -317,6 +331,33 @@ Get a token:
   TOKEN=$(curl -s -u %s -d grant_type=client_credentials %s | sed -E 's/.*"access_token":"([^"]+)".*/\1/')
 Call the protected API with it:
   curl -s -H "Authorization: Bearer $TOKEN" %s
-`, shellQuote(demoClientID+":"+secret), shellQuote(base+"/oauth/token"), shellQuote(base+"/api/builders"))
+`, shellQuote(demoClientID+":"+secret), shellQuote(base+tokenPath), shellQuote(base+"/api/builders"))
 	return nil
+}
+
+// greetDiscovery prints how other services verify the tokens, and the
+// URLs of the discovery documents as published (from -issuer).
+func greetDiscovery(g globals, disc discovery, base string, out io.Writer) {
+	if disc.publicKey {
+		fmt.Fprintf(out, "Tokens are signed with %s; other services verify them with the public key published at\n", g.alg)
+	} else {
+		fmt.Fprintf(out, "Tokens are signed with %s: services that verify them need its secret key (-signing-alg ES256 would let them use a public key)\n", g.alg)
+	}
+	jwks := base + jwksPath
+	if disc.origin != "" {
+		jwks = disc.url(jwksPath)
+	}
+	if !disc.publicKey {
+		jwks += " (empty: " + string(g.alg) + " keys are secret)"
+	}
+	fmt.Fprintf(out, "  JWKS:                          %s\n", jwks)
+	if disc.asPath != "" {
+		fmt.Fprintf(out, "  Authorization server metadata: %s\n", disc.url(disc.asPath))
+	}
+	if disc.prPath != "" {
+		fmt.Fprintf(out, "  Protected resource metadata:   %s\n", disc.url(disc.prPath))
+	}
+	if disc.origin != "" && disc.origin != base {
+		fmt.Fprintf(out, "  (URLs under -issuer %s, where other services reach this server; it listens on %s)\n", g.issuer, base)
+	}
 }

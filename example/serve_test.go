@@ -28,6 +28,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/go-jose/go-jose/v4"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -429,7 +430,8 @@ func TestBannerCommands(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds and runs the example server")
 	}
-	assert.Equal(t, "-db 'm2mauth.db'", globals{db: defaultDB, issuer: defaultIssuer, audience: defaultAudience}.commandLine())
+	assert.Equal(t, "-db 'm2mauth.db'", globals{db: defaultDB, issuer: defaultIssuer, audience: defaultAudience, alg: defaultAlg}.commandLine())
+	assert.Equal(t, "-db 'm2mauth.db' -signing-alg ES256", globals{db: defaultDB, issuer: defaultIssuer, audience: defaultAudience, alg: jose.ES256}.commandLine())
 
 	bin := buildExample(t)
 	dir := filepath.Join(t.TempDir(), "it's here")
