@@ -103,8 +103,8 @@ const (
 // Guarantees:
 //
 //   - Nothing is fetched before the first VerificationKeys or RefreshKeys
-//     call (NewValidator makes one); that call waits for the fetch,
-//     within its context and Timeout.
+//     call (the first token a validator sees makes one); that call waits
+//     for the fetch, within its context and Timeout.
 //   - Verifying does no I/O once a set is held: VerificationKeys is an
 //     atomic load and returns the same *jose.JSONWebKeySet until the keys
 //     change (a refetch of identical keys keeps the pointer).
