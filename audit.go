@@ -35,6 +35,21 @@ const (
 	EventTokenRejected AuditEventType = "token_rejected"
 )
 
+// Audit event types of client administration, emitted by stores that
+// implement [ClientManager] when they are given an [Auditor]. ClientID
+// names the client; SecretID the secret concerned; Reason says what
+// changed (for example "grants", "token_ttl"), never secret material.
+const (
+	EventClientCreated  AuditEventType = "client_created"
+	EventClientUpdated  AuditEventType = "client_updated"
+	EventClientDisabled AuditEventType = "client_disabled"
+	EventClientEnabled  AuditEventType = "client_enabled"
+	EventClientDeleted  AuditEventType = "client_deleted"
+	EventSecretAdded    AuditEventType = "secret_added"
+	EventSecretExpiring AuditEventType = "secret_expiring"
+	EventSecretRemoved  AuditEventType = "secret_removed"
+)
+
 // Reasons given in [AuditEvent.Reason] for failed client authentication.
 // The client always receives the same invalid_client answer; only the
 // audit trail tells these apart.

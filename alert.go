@@ -1,0 +1,53 @@
+package m2mauth
+
+import (
+	"context"
+	"time"
+)
+
+// AlertSeverity says how urgent an [Alert] is.
+type AlertSeverity string
+
+// Alert severities.
+const (
+	// AlertWarning: unusual, worth a look (a new address, a burst).
+	AlertWarning AlertSeverity = "warning"
+	// AlertCritical: an attack or a compromise is likely (spraying, a
+	// lock-out, a disabled client still trying).
+	AlertCritical AlertSeverity = "critical"
+)
+
+// Alert is one notice of an unusual pattern in the audit stream, or of
+// its end. It never holds a secret, a token or an Authorization header.
+type Alert struct {
+	// Time is when the condition was detected, or cleared.
+	Time time.Time
+	// Rule names the rule that fired (for example "client_failures").
+	Rule string
+	// Severity says how urgent it is.
+	Severity AlertSeverity
+	// Recovered is true for the notice that the condition has cleared.
+	Recovered bool
+	// ClientID and Address name what the rule watches; either may be
+	// empty.
+	ClientID, Address string
+	// Count is the number of events that made the rule fire, within
+	// Window (for a recovery, the count when it cleared).
+	Count int
+	// Window is the span the count covers.
+	Window time.Duration
+	// Message explains the alert for a person.
+	Message string
+}
+
+// AlertSink receives alerts. Send is called off the request path (never
+// by a token request waiting for it) and must be safe for concurrent use.
+type AlertSink interface {
+	Send(ctx context.Context, a Alert)
+}
+
+// AlertSinkFunc adapts a function to the [AlertSink] interface.
+type AlertSinkFunc func(ctx context.Context, a Alert)
+
+// Send calls f(ctx, a).
+func (f AlertSinkFunc) Send(ctx context.Context, a Alert) { f(ctx, a) }
