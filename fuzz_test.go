@@ -57,12 +57,16 @@ func FuzzTokenHandler(f *testing.F) {
 		}
 		defer stats.Close()
 	}
-	// With asGood set, the Authorization header is the valid one whatever
-	// authz holds, so that mutations of the body explore the steps after
+	// With asGood set, the Authorization header is the valid one and the
+	// Content-Type a valid one for the body, whatever authz and ct hold,
+	// so that mutations of the body explore the steps after
 	// authentication, up to issuance.
 	f.Fuzz(func(t *testing.T, body, ct, authz string, asGood bool) {
 		if asGood {
-			authz = good
+			authz, ct = good, form
+			if strings.HasPrefix(body, "{") {
+				ct = "application/json"
+			}
 		}
 		r := httptest.NewRequest(http.MethodPost, "https://m2mauth.test/oauth/token", strings.NewReader(body))
 		i := n.Add(1)
