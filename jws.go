@@ -25,6 +25,10 @@ import (
 // elsewhere: the token handler and the validator see only a jwsSigner
 // and a jwsVerifier.
 
+// MinHMACKeyLen is the shortest HS256 key accepted: 32 bytes, the output
+// size of SHA-256 (RFC 7518 §3.2).
+const MinHMACKeyLen = 32
+
 // MinRSAKeyBits is the shortest RSA modulus accepted for RS256 and PS256:
 // 2048 bits (RFC 7518 §3.3 and §3.5).
 const MinRSAKeyBits = 2048

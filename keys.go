@@ -14,10 +14,6 @@ import (
 	"github.com/go-jose/go-jose/v4"
 )
 
-// MinHMACKeyLen is the shortest HS256 key accepted: 32 bytes, the output
-// size of SHA-256 (RFC 7518 §3.2).
-const MinHMACKeyLen = 32
-
 // KeyProvider supplies the keys that sign and verify access tokens.
 //
 // Keys are go-jose [jose.JSONWebKey] values with KeyID ("kid") and
