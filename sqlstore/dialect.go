@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+
+	"github.com/m2mauth/m2mauth"
 )
 
 // Dialect names the SQL database engine behind a *sql.DB. Each dialect
@@ -54,6 +56,26 @@ func (d Dialect) String() string {
 // client takes the client id three times (once per branch of the UNION
 // ALL); list takes (after, limit).
 //
+// The statements that read the audit table take the same arguments, in
+// the same order, on every dialect; times are in unix microseconds, an
+// open end is the smallest or largest int64, and the range is since
+// inclusive, until exclusive. usage and usageAll return rows of one shape:
+//
+//	kind        0 = the totals of a client, 1 = the count of one
+//	            (event_type, reason) of a client
+//	client_id   usageAll only
+//	event_type, reason   kind 1 only; reason is empty but for
+//	            client_auth_failed
+//	n           the number of events
+//	addresses, first_seen, last_seen   kind 0 only: the distinct non-empty
+//	            remote_ip, the first and last event_time (NULL for none)
+//
+//	usage          (clientID, since, until, clientID, since, until)
+//	usageAll       (since, until, limit, since, until)
+//	auditByClient  (clientID, since, type, type, limit): [auditColumns],
+//	               newest first; an empty type selects every type
+//	auditAll       (since, type, type, limit)
+//
 // The [Limiter]'s statements take the same arguments, in the same order,
 // on every dialect (MySQL's "?" cannot be reused, so a value needed twice
 // is passed twice); times are in unix microseconds. Each reads or writes
@@ -100,6 +122,11 @@ type queries struct {
 
 	insertAudit string
 
+	usage         string
+	usageAll      string
+	auditByClient string
+	auditAll      string
+
 	limitBegin      string // PostgreSQL only
 	limitEnsure     string // MySQL and SQLite only
 	limitLock       string
@@ -117,6 +144,20 @@ type queries struct {
 	migrateLock   string
 	migrateUnlock string
 }
+
+// auditColumns are the columns of an audit_events row that auditByClient
+// and auditAll return, in the order [Store.AuditEvents] scans them.
+const auditColumns = `event_time, event_type, client_id, remote_ip, user_agent, audience, scope, jti, secret_id, error_code, reason`
+
+// usageTypes are the event types that [Store.Usage] counts, those of the
+// token endpoint, as an SQL list.
+const usageTypes = `('` + string(m2mauth.EventTokenIssued) + `', '` + string(m2mauth.EventAuthFailed) +
+	`', '` + string(m2mauth.EventRateLimited) + `', '` + string(m2mauth.EventScopeDenied) +
+	`', '` + string(m2mauth.EventAudienceDenied) + `', '` + string(m2mauth.EventRequestRejected) + `')`
+
+// usageReason is the reason by which [Store.Usage] groups events: that of
+// failed authentication, none for the other types.
+const usageReason = `CASE WHEN event_type = '` + string(m2mauth.EventAuthFailed) + `' THEN reason ELSE '' END`
 
 // limitRowColumns are the columns of a rate_limits row that limitLock and
 // limitPeek return, in the order [Limiter] scans them.
@@ -193,6 +234,40 @@ SELECT 2, g.client_id, NULL::boolean, NULL::boolean, NULL::bigint, NULL::bigint,
 
 		insertAudit: t(`INSERT INTO {p}audit_events (event_time, event_type, client_id, remote_ip, user_agent, audience, scope, jti, secret_id, error_code, reason)
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)`),
+
+		// Both branches read the client's events in the range through
+		// the index on (client_id, event_time, id).
+		usage: t(`SELECT 0 AS kind, '' AS event_type, '' AS reason, COUNT(*) AS n,
+       COUNT(DISTINCT NULLIF(remote_ip, '')) AS addresses, MIN(event_time) AS first_seen, MAX(event_time) AS last_seen
+  FROM {p}audit_events
+ WHERE client_id = $1 AND event_time >= $2 AND event_time < $3 AND event_type IN ` + usageTypes + `
+UNION ALL
+SELECT 1, event_type, ` + usageReason + `, COUNT(*), 0, NULL, NULL
+  FROM {p}audit_events
+ WHERE client_id = $4 AND event_time >= $5 AND event_time < $6 AND event_type IN ` + usageTypes + `
+ GROUP BY event_type, ` + usageReason),
+		// The busiest clients are found through the index on event_time,
+		// and the counts of each through the client index.
+		usageAll: t(`WITH busiest AS (
+SELECT client_id, COUNT(*) AS n, COUNT(DISTINCT NULLIF(remote_ip, '')) AS addresses,
+       MIN(event_time) AS first_seen, MAX(event_time) AS last_seen
+  FROM {p}audit_events
+ WHERE event_time >= $1 AND event_time < $2 AND client_id <> '' AND event_type IN ` + usageTypes + `
+ GROUP BY client_id
+ ORDER BY n DESC, client_id COLLATE "C"
+ LIMIT $3)
+SELECT 0 AS kind, client_id, '' AS event_type, '' AS reason, n, addresses, first_seen, last_seen FROM busiest
+UNION ALL
+SELECT 1, e.client_id, e.event_type, ` + usageReason + `, COUNT(*), 0, NULL, NULL
+  FROM {p}audit_events e JOIN busiest b ON b.client_id = e.client_id
+ WHERE e.event_time >= $4 AND e.event_time < $5 AND e.event_type IN ` + usageTypes + `
+ GROUP BY e.client_id, e.event_type, ` + usageReason),
+		auditByClient: t(`SELECT ` + auditColumns + ` FROM {p}audit_events
+ WHERE client_id = $1 AND event_time >= $2 AND ($3 = '' OR event_type = $4)
+ ORDER BY event_time DESC, id DESC LIMIT $5`),
+		auditAll: t(`SELECT ` + auditColumns + ` FROM {p}audit_events
+ WHERE event_time >= $1 AND ($2 = '' OR event_type = $3)
+ ORDER BY event_time DESC, id DESC LIMIT $4`),
 
 		// The limiter's commits do not wait for the WAL to reach the
 		// disk, which costs about a millisecond each on PostgreSQL's
@@ -280,6 +355,40 @@ SELECT 2, g.client_id, NULL, NULL, NULL, NULL, NULL, g.audience, g.scopes
 		insertAudit: t(`INSERT INTO {p}audit_events (event_time, event_type, client_id, remote_ip, user_agent, audience, scope, jti, secret_id, error_code, reason)
 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`),
 
+		// Both branches read the client's events in the range through
+		// the index on (client_id(191), event_time, id).
+		usage: t(`SELECT 0 AS kind, '' AS event_type, '' AS reason, COUNT(*) AS n,
+       COUNT(DISTINCT NULLIF(remote_ip, '')) AS addresses, MIN(event_time) AS first_seen, MAX(event_time) AS last_seen
+  FROM {p}audit_events
+ WHERE client_id = ? AND event_time >= ? AND event_time < ? AND event_type IN ` + usageTypes + `
+UNION ALL
+SELECT 1, event_type, ` + usageReason + `, COUNT(*), 0, NULL, NULL
+  FROM {p}audit_events
+ WHERE client_id = ? AND event_time >= ? AND event_time < ? AND event_type IN ` + usageTypes + `
+ GROUP BY event_type, ` + usageReason),
+		// The busiest clients are found through the index on event_time,
+		// and the counts of each through the client index.
+		usageAll: t(`WITH busiest AS (
+SELECT client_id, COUNT(*) AS n, COUNT(DISTINCT NULLIF(remote_ip, '')) AS addresses,
+       MIN(event_time) AS first_seen, MAX(event_time) AS last_seen
+  FROM {p}audit_events
+ WHERE event_time >= ? AND event_time < ? AND client_id <> '' AND event_type IN ` + usageTypes + `
+ GROUP BY client_id
+ ORDER BY n DESC, client_id
+ LIMIT ?)
+SELECT 0 AS kind, client_id, '' AS event_type, '' AS reason, n, addresses, first_seen, last_seen FROM busiest
+UNION ALL
+SELECT 1, e.client_id, e.event_type, ` + usageReason + `, COUNT(*), 0, NULL, NULL
+  FROM {p}audit_events e JOIN busiest b ON b.client_id = e.client_id
+ WHERE e.event_time >= ? AND e.event_time < ? AND e.event_type IN ` + usageTypes + `
+ GROUP BY e.client_id, e.event_type, ` + usageReason),
+		auditByClient: t(`SELECT ` + auditColumns + ` FROM {p}audit_events
+ WHERE client_id = ? AND event_time >= ? AND (? = '' OR event_type = ?)
+ ORDER BY event_time DESC, id DESC LIMIT ?`),
+		auditAll: t(`SELECT ` + auditColumns + ` FROM {p}audit_events
+ WHERE event_time >= ? AND (? = '' OR event_type = ?)
+ ORDER BY event_time DESC, id DESC LIMIT ?`),
+
 		// The no-op ON DUPLICATE KEY UPDATE locks a row that exists
 		// (an exclusive record lock on the primary key, no gap lock),
 		// and the insert of a missing one locks it too, in the order of
@@ -364,6 +473,41 @@ SELECT 2, g.client_id, NULL, NULL, NULL, NULL, NULL, g.audience, g.scopes
 
 		insertAudit: t(`INSERT INTO {p}audit_events (event_time, event_type, client_id, remote_ip, user_agent, audience, scope, jti, secret_id, error_code, reason)
 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`),
+
+		// Both branches read the client's events in the range through
+		// the index on (client_id, event_time) of 0001, which SQLite
+		// ends with the rowid, id.
+		usage: t(`SELECT 0 AS kind, '' AS event_type, '' AS reason, COUNT(*) AS n,
+       COUNT(DISTINCT NULLIF(remote_ip, '')) AS addresses, MIN(event_time) AS first_seen, MAX(event_time) AS last_seen
+  FROM {p}audit_events
+ WHERE client_id = ? AND event_time >= ? AND event_time < ? AND event_type IN ` + usageTypes + `
+UNION ALL
+SELECT 1, event_type, ` + usageReason + `, COUNT(*), 0, NULL, NULL
+  FROM {p}audit_events
+ WHERE client_id = ? AND event_time >= ? AND event_time < ? AND event_type IN ` + usageTypes + `
+ GROUP BY event_type, ` + usageReason),
+		// The busiest clients are found through the index on event_time,
+		// and the counts of each through the client index.
+		usageAll: t(`WITH busiest AS (
+SELECT client_id, COUNT(*) AS n, COUNT(DISTINCT NULLIF(remote_ip, '')) AS addresses,
+       MIN(event_time) AS first_seen, MAX(event_time) AS last_seen
+  FROM {p}audit_events
+ WHERE event_time >= ? AND event_time < ? AND client_id <> '' AND event_type IN ` + usageTypes + `
+ GROUP BY client_id
+ ORDER BY n DESC, client_id
+ LIMIT ?)
+SELECT 0 AS kind, client_id, '' AS event_type, '' AS reason, n, addresses, first_seen, last_seen FROM busiest
+UNION ALL
+SELECT 1, e.client_id, e.event_type, ` + usageReason + `, COUNT(*), 0, NULL, NULL
+  FROM {p}audit_events e JOIN busiest b ON b.client_id = e.client_id
+ WHERE e.event_time >= ? AND e.event_time < ? AND e.event_type IN ` + usageTypes + `
+ GROUP BY e.client_id, e.event_type, ` + usageReason),
+		auditByClient: t(`SELECT ` + auditColumns + ` FROM {p}audit_events
+ WHERE client_id = ? AND event_time >= ? AND (? = '' OR event_type = ?)
+ ORDER BY event_time DESC, id DESC LIMIT ?`),
+		auditAll: t(`SELECT ` + auditColumns + ` FROM {p}audit_events
+ WHERE event_time >= ? AND (? = '' OR event_type = ?)
+ ORDER BY event_time DESC, id DESC LIMIT ?`),
 
 		// A transaction begins with limitEnsure, a write, so it holds
 		// the database write lock from its first statement: one that

@@ -34,7 +34,9 @@
 //     "scope" parameter); primary key (client_id, audience).
 //   - audit_events: id (auto-increment), event_time, event_type,
 //     client_id, remote_ip, user_agent, audience, scope, jti, secret_id,
-//     error_code, reason.
+//     error_code, reason; an index on event_time and one on (client_id,
+//     event_time, id) (on SQLite (client_id, event_time), which SQLite
+//     ends with id; on MySQL the first 191 characters of client_id).
 //   - rate_limits: ip, client_id (empty for the address's own bucket),
 //     refilled_at (when the bucket is full again), pending (reservations
 //     in flight), pending_addr (of those, the ones holding a token of the
@@ -79,6 +81,29 @@
 // transaction, and a concurrent insert of the same id, refused by the
 // primary key, is recognised by looking again after the failure: either
 // way the error wraps [m2mauth.ErrClientExists].
+//
+// # Audit trail and usage
+//
+// An [Auditor] writes the token endpoint's events to the audit_events
+// table. The Store reads the table back, each in one query:
+// [Store.AuditEvents] returns the newest events, of one client or type if
+// asked; [Store.Usage] counts one client's tokens, failed
+// authentications by reason, refusals and addresses over a span of time;
+// [Store.UsageAll] does so for the busiest clients. A client's events are
+// read through the index on (client_id, event_time, id), so their cost
+// grows with that client's events, not with the table; UsageAll reads
+// every event of its span.
+//
+// Version 4 of the schema made that index out of the (client_id,
+// event_time) index of version 1. On PostgreSQL, building it blocks
+// writes to the audit table until it is done, and so holds the Auditor's
+// events (see its migration file for building it beforehand with CREATE
+// INDEX CONCURRENTLY); MySQL builds it online, and SQLite needs no
+// change.
+//
+// Nothing deletes audit rows: keep the table to the span you need with a
+// scheduled DELETE FROM <prefix>audit_events WHERE event_time < ?, which
+// the index on event_time serves.
 //
 // # Shared rate limiting
 //

@@ -38,7 +38,7 @@ func TestMigrateIsIdempotent(t *testing.T) {
 		prefix := e.newPrefix(t)
 		s := e.newStore(t, sqlstore.Config{TablePrefix: prefix})
 		want := e.versions(t, prefix)
-		require.Equal(t, []int64{1, 2, 3}, want)
+		require.Equal(t, []int64{1, 2, 3, 4}, want)
 		require.NoError(t, s.CreateClient(ctx, clientWithSecrets(t, "survivor", 2)))
 		before, err := s.Client(ctx, "survivor")
 		require.NoError(t, err)
@@ -76,7 +76,7 @@ func TestMigrateConcurrently(t *testing.T) {
 		for i, err := range errs {
 			assert.NoError(t, err, "replica %d", i)
 		}
-		assert.Equal(t, []int64{1, 2, 3}, e.versions(t, prefix))
+		assert.Equal(t, []int64{1, 2, 3, 4}, e.versions(t, prefix))
 		require.NoError(t, stores[0].CreateClient(t.Context(), clientWithSecrets(t, "after-race", 1)))
 		_, err := stores[replicas-1].Client(t.Context(), "after-race")
 		require.NoError(t, err)
@@ -111,7 +111,7 @@ func TestMigrateLeavesNewerVersions(t *testing.T) {
 		_, err := e.db.ExecContext(ctx, "INSERT INTO "+prefix+"schema_migrations (version, applied_at) VALUES (9999, 0)")
 		require.NoError(t, err)
 		require.NoError(t, s.Migrate(ctx))
-		assert.Equal(t, []int64{1, 2, 3, 9999}, e.versions(t, prefix))
+		assert.Equal(t, []int64{1, 2, 3, 4, 9999}, e.versions(t, prefix))
 	})
 }
 
@@ -147,10 +147,10 @@ func TestMigrateUpgrade(t *testing.T) {
 						"192.0.2.1", "kept", time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC).Add(time.Minute).UnixMicro())
 					require.NoError(t, err)
 				}
-				require.Equal(t, []int64{1, 2, 3}[:tt.from], e.versions(t, prefix))
+				require.Equal(t, []int64{1, 2, 3, 4}[:tt.from], e.versions(t, prefix))
 
 				require.NoError(t, s.Migrate(ctx))
-				assert.Equal(t, []int64{1, 2, 3}, e.versions(t, prefix))
+				assert.Equal(t, []int64{1, 2, 3, 4}, e.versions(t, prefix))
 				_, err = s.Client(ctx, "kept")
 				require.NoError(t, err)
 				l, err := sqlstore.NewLimiter(e.db, e.dialect, sqlstore.LimiterConfig{TablePrefix: prefix, Now: newFakeClock().Now})
@@ -164,6 +164,93 @@ func TestMigrateUpgrade(t *testing.T) {
 				}
 				assert.Zero(t, d)
 				require.NoError(t, l.Release(ctx, "kept", "192.0.2.1", m2mauth.OutcomeFailed))
+			})
+		}
+	})
+}
+
+// auditIndexes returns the names of the indexes of the prefix's
+// audit_events table, primary key aside, sorted.
+func (e *env) auditIndexes(t *testing.T, prefix string) []string {
+	t.Helper()
+	table := prefix + "audit_events"
+	var query string
+	switch e.dialect {
+	case sqlstore.Postgres:
+		query = "SELECT indexname FROM pg_indexes WHERE tablename = $1 AND indexname <> $1 || '_pkey' ORDER BY 1"
+	case sqlstore.MySQL:
+		query = "SELECT DISTINCT index_name FROM information_schema.statistics WHERE table_schema = DATABASE() AND table_name = ? AND index_name <> 'PRIMARY' ORDER BY 1"
+	case sqlstore.SQLite:
+		query = "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = ? ORDER BY 1"
+	}
+	rows, err := e.db.QueryContext(t.Context(), query, table)
+	require.NoError(t, err)
+	defer rows.Close()
+	var out []string
+	for rows.Next() {
+		var name string
+		require.NoError(t, rows.Scan(&name))
+		out = append(out, name)
+	}
+	require.NoError(t, rows.Err())
+	return out
+}
+
+// TestMigrateAuditIndex checks that version 4 replaces the client index of
+// the audit table from the schema version 3 left, and again after it was
+// cut short, or applied but not recorded (as MySQL, which commits each DDL
+// statement on its own, can leave it).
+func TestMigrateAuditIndex(t *testing.T) {
+	tests := []struct {
+		name     string
+		oldIndex bool // the index of 0001 is there
+		newIndex bool // the index of 0004 is there
+	}{
+		{"FromVersion3", true, false},
+		{"HalfApplied", true, true},
+		{"AppliedNotRecorded", false, true},
+	}
+	forEachBackend(t, func(t *testing.T, e *env) {
+		for _, tt := range tests {
+			t.Run(tt.name, func(t *testing.T) {
+				ctx := t.Context()
+				prefix := e.newPrefix(t)
+				s := e.newStore(t, sqlstore.Config{TablePrefix: prefix})
+				table := prefix + "audit_events"
+				oldIdx, newIdx := prefix+"audit_events_client_idx", prefix+"audit_events_client_time_idx"
+				want := []string{newIdx, prefix + "audit_events_time_idx"}
+				if e.dialect == sqlstore.SQLite {
+					// SQLite keeps the index of 0001, which ends with id.
+					want = []string{oldIdx, prefix + "audit_events_time_idx"}
+				} else {
+					var stmts []string
+					switch e.dialect {
+					case sqlstore.Postgres:
+						if tt.oldIndex {
+							stmts = append(stmts, "CREATE INDEX "+oldIdx+" ON "+table+" (client_id, event_time)")
+						}
+						if !tt.newIndex {
+							stmts = append(stmts, "DROP INDEX "+newIdx)
+						}
+					case sqlstore.MySQL:
+						if tt.oldIndex {
+							stmts = append(stmts, "ALTER TABLE "+table+" ADD INDEX "+oldIdx+" (client_id(191), event_time)")
+						}
+						if !tt.newIndex {
+							stmts = append(stmts, "ALTER TABLE "+table+" DROP INDEX "+newIdx)
+						}
+					}
+					for _, stmt := range stmts {
+						_, err := e.db.ExecContext(ctx, stmt)
+						require.NoError(t, err)
+					}
+				}
+				_, err := e.db.ExecContext(ctx, "DELETE FROM "+prefix+"schema_migrations WHERE version > 3")
+				require.NoError(t, err)
+
+				require.NoError(t, s.Migrate(ctx))
+				assert.Equal(t, []int64{1, 2, 3, 4}, e.versions(t, prefix))
+				assert.ElementsMatch(t, want, e.auditIndexes(t, prefix))
 			})
 		}
 	})

@@ -1,0 +1,6 @@
+package sqlstore
+
+// UsageQuery and AuditByClientQuery return statements of s, for tests that
+// ask the database how it runs them.
+func UsageQuery(s *Store) string         { return s.q.usage }
+func AuditByClientQuery(s *Store) string { return s.q.auditByClient }

@@ -1,0 +1,7 @@
+-- Version 4 of the other dialects replaces their index on audit_events
+-- (client_id, event_time) with one on (client_id, event_time, id), so that
+-- Store.Usage and Store.AuditEvents read one client's newest events
+-- straight off the index, in event_time then id order. SQLite needs no
+-- change: id is the table's rowid, which every index of the table ends
+-- with and sorts by, so the index of 0001 already serves both. The version
+-- is recorded all the same, so that it means one schema on every dialect.
