@@ -42,6 +42,12 @@ type Alert struct {
 
 // AlertSink receives alerts. Send is called off the request path (never
 // by a token request waiting for it) and must be safe for concurrent use.
+// It should return promptly: a [Detector] hands its alerts to the sink
+// one at a time from one goroutine, so a slow Send delays the alerts
+// behind it (and fills the detector's queue). A sink that does I/O
+// queues the alert and sends it in the background, as
+// [WebhookAlertSink] does; [SlogAlertSink] logs it, and
+// [MultiAlertSink] sends it to several sinks.
 type AlertSink interface {
 	Send(ctx context.Context, a Alert)
 }
