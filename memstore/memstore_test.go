@@ -8,6 +8,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
 	"github.com/m2mauth/m2mauth"
 	"github.com/m2mauth/m2mauth/memstore"
 	"github.com/m2mauth/m2mauth/storetest"
@@ -16,7 +19,29 @@ import (
 func TestConformance(t *testing.T) {
 	storetest.Run(t, func(*testing.T) m2mauth.ClientManager {
 		return memstore.New()
-	})
+	}, storetest.WithAuditedStore(func(_ *testing.T, a m2mauth.Auditor) m2mauth.ClientManager {
+		return memstore.New(memstore.WithAuditor(a))
+	}))
+}
+
+// TestAuditClock checks that events carry the time of the change from the
+// store's clock, the same as UpdatedAt.
+func TestAuditClock(t *testing.T) {
+	now := time.Date(2030, 1, 2, 3, 4, 5, 6, time.UTC)
+	var got []m2mauth.AuditEvent
+	s := memstore.New(memstore.WithClock(func() time.Time { return now }),
+		memstore.WithAuditor(m2mauth.AuditorFunc(func(_ context.Context, e m2mauth.AuditEvent) { got = append(got, e) })))
+	ctx := t.Context()
+	require.NoError(t, s.CreateClient(ctx, &m2mauth.Client{ID: "svc", Public: true}))
+	now = now.Add(time.Hour)
+	require.NoError(t, s.SetDisabled(ctx, "svc", true))
+	c, err := s.Client(ctx, "svc")
+	require.NoError(t, err)
+	assert.Equal(t, []m2mauth.AuditEvent{
+		{Time: now.Add(-time.Hour), Type: m2mauth.EventClientCreated, ClientID: "svc", Reason: "public"},
+		{Time: now, Type: m2mauth.EventClientDisabled, ClientID: "svc", Reason: "disabled"},
+	}, got)
+	assert.Equal(t, c.UpdatedAt, got[1].Time)
 }
 
 func ExampleNew() {

@@ -112,7 +112,7 @@ type queries struct {
 
 	insertSecret  string
 	nextSecretSeq string
-	secretExists  string
+	secretExpiry  string
 	expireSecret  string
 	deleteSecret  string
 	deleteSecrets string
@@ -224,7 +224,7 @@ SELECT 2, g.client_id, NULL::boolean, NULL::boolean, NULL::bigint, NULL::bigint,
 
 		insertSecret:  t(`INSERT INTO {p}secrets (client_id, secret_id, seq, hash, created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6)`),
 		nextSecretSeq: t(`SELECT COALESCE(MAX(seq) + 1, 0) FROM {p}secrets WHERE client_id = $1`),
-		secretExists:  t(`SELECT 1 FROM {p}secrets WHERE client_id = $1 AND secret_id = $2`),
+		secretExpiry:  t(`SELECT expires_at FROM {p}secrets WHERE client_id = $1 AND secret_id = $2`),
 		expireSecret:  t(`UPDATE {p}secrets SET expires_at = $1 WHERE client_id = $2 AND secret_id = $3`),
 		deleteSecret:  t(`DELETE FROM {p}secrets WHERE client_id = $1 AND secret_id = $2`),
 		deleteSecrets: t(`DELETE FROM {p}secrets WHERE client_id = $1`),
@@ -344,7 +344,7 @@ SELECT 2, g.client_id, NULL, NULL, NULL, NULL, NULL, g.audience, g.scopes
 
 		insertSecret:  t(`INSERT INTO {p}secrets (client_id, secret_id, seq, hash, created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?)`),
 		nextSecretSeq: t(`SELECT COALESCE(MAX(seq) + 1, 0) FROM {p}secrets WHERE client_id = ?`),
-		secretExists:  t(`SELECT 1 FROM {p}secrets WHERE client_id = ? AND secret_id = ?`),
+		secretExpiry:  t(`SELECT expires_at FROM {p}secrets WHERE client_id = ? AND secret_id = ?`),
 		expireSecret:  t(`UPDATE {p}secrets SET expires_at = ? WHERE client_id = ? AND secret_id = ?`),
 		deleteSecret:  t(`DELETE FROM {p}secrets WHERE client_id = ? AND secret_id = ?`),
 		deleteSecrets: t(`DELETE FROM {p}secrets WHERE client_id = ?`),
@@ -463,7 +463,7 @@ SELECT 2, g.client_id, NULL, NULL, NULL, NULL, NULL, g.audience, g.scopes
 
 		insertSecret:  t(`INSERT INTO {p}secrets (client_id, secret_id, seq, hash, created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?)`),
 		nextSecretSeq: t(`SELECT COALESCE(MAX(seq) + 1, 0) FROM {p}secrets WHERE client_id = ?`),
-		secretExists:  t(`SELECT 1 FROM {p}secrets WHERE client_id = ? AND secret_id = ?`),
+		secretExpiry:  t(`SELECT expires_at FROM {p}secrets WHERE client_id = ? AND secret_id = ?`),
 		expireSecret:  t(`UPDATE {p}secrets SET expires_at = ? WHERE client_id = ? AND secret_id = ?`),
 		deleteSecret:  t(`DELETE FROM {p}secrets WHERE client_id = ? AND secret_id = ?`),
 		deleteSecrets: t(`DELETE FROM {p}secrets WHERE client_id = ?`),

@@ -85,7 +85,15 @@
 // # Audit trail and usage
 //
 // An [Auditor] writes the token endpoint's events to the audit_events
-// table. The Store reads the table back, each in one query:
+// table. Given it as [Config.Auditor], the Store writes there too the
+// events of client administration: every change that commits, with the
+// client, the secret concerned and the fields changed (the [Store] type
+// lists them), never a secret or its hash:
+//
+//	auditor, err := sqlstore.NewAuditor(db, sqlstore.Postgres, sqlstore.AuditorConfig{})
+//	store, err := sqlstore.New(db, sqlstore.Postgres, sqlstore.Config{Auditor: auditor})
+//
+// The Store reads the table back, each in one query:
 // [Store.AuditEvents] returns the newest events, of one client or type if
 // asked; [Store.Usage] counts one client's tokens, failed
 // authentications by reason, refusals and addresses over a span of time;

@@ -3,9 +3,11 @@ package sqlstore_test
 import (
 	"context"
 	"database/sql"
+	"fmt"
 	"log"
 	"net/http"
 	"os"
+	"path/filepath"
 	"time"
 
 	_ "github.com/jackc/pgx/v5/stdlib" // registers the "pgx" driver
@@ -121,4 +123,82 @@ func ExampleNewLimiter() {
 	mux := http.NewServeMux()
 	mux.Handle("POST /oauth/token", h)
 	log.Fatal(http.ListenAndServe(":8080", mux))
+}
+
+// ExampleStore_Usage records the administration of a client and its
+// requests in the audit table, and reads them back. It runs on SQLite, in
+// a temporary directory.
+func ExampleStore_Usage() {
+	ctx := context.Background()
+	dir, err := os.MkdirTemp("", "m2mauth-example")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	db, err := sql.Open("sqlite", "file:"+filepath.Join(dir, "auth.db")+"?_pragma=busy_timeout(5000)")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer db.Close()
+
+	auditor, err := sqlstore.NewAuditor(db, sqlstore.SQLite, sqlstore.AuditorConfig{})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer auditor.Close()
+	// The store reports its changes to the same audit table.
+	store, err := sqlstore.New(db, sqlstore.SQLite, sqlstore.Config{Auditor: auditor})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer store.Close()
+	if err := store.Migrate(ctx); err != nil {
+		log.Fatal(err)
+	}
+	_, secret, err := m2mauth.NewSecret(time.Now(), time.Time{})
+	if err != nil {
+		log.Fatal(err)
+	}
+	err = store.CreateClient(ctx, &m2mauth.Client{
+		ID:      "billing",
+		Secrets: []m2mauth.Secret{secret},
+		Grants:  map[string]m2mauth.Scopes{"https://api.example.com": {"invoices:read"}},
+	})
+	if err != nil {
+		log.Fatal(err)
+	}
+	if err := store.SetDisabled(ctx, "billing", true); err != nil {
+		log.Fatal(err)
+	}
+
+	// A token handler with this auditor records its requests; here, a
+	// day's worth are recorded by hand.
+	day := time.Date(2024, 1, 2, 0, 0, 0, 0, time.UTC)
+	for i, ip := range []string{"192.0.2.1", "192.0.2.2", "192.0.2.1"} {
+		auditor.Audit(ctx, m2mauth.AuditEvent{Time: day.Add(time.Duration(i) * time.Minute),
+			Type: m2mauth.EventTokenIssued, ClientID: "billing", RemoteIP: ip})
+	}
+	auditor.Audit(ctx, m2mauth.AuditEvent{Time: day.Add(5 * time.Minute), Type: m2mauth.EventAuthFailed,
+		ClientID: "billing", RemoteIP: "203.0.113.7", Reason: m2mauth.ReasonBadSecret})
+
+	u, err := store.Usage(ctx, "billing", day, day.Add(24*time.Hour))
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Printf("%d tokens, failures %v, %d addresses, last seen at %s\n",
+		u.TokensIssued, u.Failures, u.DistinctAddresses, u.LastSeen.Format(time.TimeOnly))
+
+	// The administration of the last hour, newest first.
+	events, err := store.AuditEvents(ctx, sqlstore.AuditQuery{ClientID: "billing", Since: time.Now().Add(-time.Hour)})
+	if err != nil {
+		log.Fatal(err)
+	}
+	for _, e := range events {
+		fmt.Printf("%s %q\n", e.Type, e.Reason)
+	}
+	// Output:
+	// 3 tokens, failures map[bad_secret:1], 3 addresses, last seen at 00:05:00
+	// client_disabled "disabled"
+	// secret_added ""
+	// client_created "grants"
 }

@@ -41,9 +41,15 @@ type Config struct {
 	// letters, digits and underscores, not starting with a digit.
 	// Default: [DefaultTablePrefix] ("m2mauth_").
 	TablePrefix string
-	// Now is the clock that stamps CreatedAt, UpdatedAt and applied
-	// migrations. Default: [time.Now].
+	// Now is the clock that stamps CreatedAt, UpdatedAt, applied
+	// migrations and audit events. Default: [time.Now].
 	Now func() time.Time
+	// Auditor, when set, receives an event for every change made through
+	// the Store's [m2mauth.ClientManager] methods, once the change has
+	// committed; [Store] lists the events. It may be an [Auditor] on the
+	// same database: it is called after the transaction, so it never
+	// waits for the Store's locks. Default: nil, no events.
+	Auditor m2mauth.Auditor
 }
 
 // Store is a [m2mauth.ClientManager] over a *sql.DB holding the tables
@@ -55,12 +61,46 @@ type Config struct {
 // Client passed to it, and every Client it returns is the caller's.
 //
 // The zero value is not usable; call [New].
+//
+// # Audit events
+//
+// With [Config.Auditor], every change that commits sends the auditor the
+// events below, after the commit and before the method returns; a change
+// that fails or rolls back sends none. A process that dies between the
+// commit and the call loses the events of that change. Each event has the
+// Time of the change (the clock of [Config.Now], as for UpdatedAt), its
+// Type, the ClientID, the SecretID where one is concerned, and a Reason
+// naming the fields whose value the call changed, comma-separated in the
+// order of [m2mauth.Client]'s fields ("grants", "public", "disabled",
+// "token_ttl"), or empty when it changed none. The Store finds what
+// changed by comparing the client as stored, read under the row lock,
+// with the result. No event holds a secret or a hash.
+//
+//   - CreateClient: [m2mauth.EventClientCreated], Reason naming the
+//     fields set to other than their zero value, then one
+//     [m2mauth.EventSecretAdded] for each of the client's secrets.
+//   - UpdateClient: [m2mauth.EventClientUpdated]; and when Disabled
+//     changed, [m2mauth.EventClientDisabled] or [m2mauth.EventClientEnabled]
+//     too, with Reason "disabled".
+//   - AddSecret: [m2mauth.EventSecretAdded].
+//   - ExpireSecret: [m2mauth.EventSecretExpiring], Reason "expires_at"
+//     when it set a new expiry, "expires_at_removed" when it removed one,
+//     empty when the expiry was already as asked (to the microsecond).
+//   - RemoveSecret: [m2mauth.EventSecretRemoved].
+//   - SetDisabled: [m2mauth.EventClientDisabled] or
+//     [m2mauth.EventClientEnabled], Reason "disabled" when the client was
+//     not already so.
+//   - DeleteClient: [m2mauth.EventClientDeleted].
+//
+// An [Auditor] writes these events to the audit table with the token
+// endpoint's, where [Store.AuditEvents] reads them back.
 type Store struct {
 	db         *sql.DB
 	dialect    Dialect
 	prefix     string
 	q          *queries
 	now        func() time.Time
+	auditor    m2mauth.Auditor // nil for none
 	migrations []migration
 	read       lazyStmt // the hot-path query of Client
 }
@@ -90,6 +130,7 @@ func New(db *sql.DB, dialect Dialect, cfg Config) (*Store, error) {
 		prefix:     prefix,
 		q:          q,
 		now:        now,
+		auditor:    cfg.Auditor,
 		migrations: migrations,
 		read:       lazyStmt{db: db, query: q.client},
 	}, nil
@@ -170,6 +211,10 @@ func (s *Store) CreateClient(ctx context.Context, c *m2mauth.Client) error {
 	if updated.IsZero() {
 		updated = now
 	}
+	events := []m2mauth.AuditEvent{event(now, m2mauth.EventClientCreated, c.ID, "", changedFields(&m2mauth.Client{}, c))}
+	for _, sec := range c.Secrets {
+		events = append(events, event(now, m2mauth.EventSecretAdded, c.ID, sec.ID, ""))
+	}
 	err := s.write(ctx, func(q querier) error {
 		exists, err := rowExists(ctx, q, s.q.clientExists, c.ID)
 		if err != nil {
@@ -200,6 +245,7 @@ func (s *Store) CreateClient(ctx context.Context, c *m2mauth.Client) error {
 	if err != nil {
 		return fmt.Errorf("sqlstore: client %q: %w", c.ID, err)
 	}
+	s.audit(ctx, events)
 	return nil
 }
 
@@ -212,23 +258,30 @@ func (s *Store) UpdateClient(ctx context.Context, c *m2mauth.Client) error {
 	if c == nil {
 		return errors.New("sqlstore: nil client")
 	}
-	return s.modify(ctx, c.ID, true, func(q querier, cur *m2mauth.Client, now time.Time) error {
+	return s.modify(ctx, c.ID, true, func(q querier, cur *m2mauth.Client, now time.Time) ([]m2mauth.AuditEvent, error) {
 		next := c.Clone()
 		next.Secrets, next.CreatedAt = cur.Secrets, cur.CreatedAt
 		if err := next.Validate(); err != nil {
-			return err
+			return nil, err
 		}
 		if err := checkColumns(next); err != nil {
-			return err
+			return nil, err
 		}
 		if _, err := q.ExecContext(ctx, s.q.updateClient, next.Public, next.Disabled, int64(next.TokenTTL),
 			now.UnixMicro(), next.ID); err != nil {
-			return err
+			return nil, err
 		}
 		if _, err := q.ExecContext(ctx, s.q.deleteGrants, next.ID); err != nil {
-			return err
+			return nil, err
 		}
-		return s.insertGrants(ctx, q, next.ID, next.Grants)
+		if err := s.insertGrants(ctx, q, next.ID, next.Grants); err != nil {
+			return nil, err
+		}
+		events := []m2mauth.AuditEvent{event(now, m2mauth.EventClientUpdated, cur.ID, "", changedFields(cur, next))}
+		if next.Disabled != cur.Disabled {
+			events = append(events, event(now, disabledEvent(next.Disabled), cur.ID, "", "disabled"))
+		}
+		return events, nil
 	})
 }
 
@@ -236,22 +289,25 @@ func (s *Store) UpdateClient(ctx context.Context, c *m2mauth.Client) error {
 // the new secret must pass [m2mauth.Client.Validate]: a duplicate or empty
 // secret id, an unreadable hash or a public client is refused.
 func (s *Store) AddSecret(ctx context.Context, clientID string, sec m2mauth.Secret) error {
-	return s.modify(ctx, clientID, true, func(q querier, cur *m2mauth.Client, now time.Time) error {
+	return s.modify(ctx, clientID, true, func(q querier, cur *m2mauth.Client, now time.Time) ([]m2mauth.AuditEvent, error) {
 		cur.Secrets = append(cur.Secrets, sec)
 		if err := cur.Validate(); err != nil {
-			return err
+			return nil, err
 		}
 		if err := checkColumns(&m2mauth.Client{Secrets: []m2mauth.Secret{sec}}); err != nil {
-			return err
+			return nil, err
 		}
 		var seq int64
 		if err := q.QueryRowContext(ctx, s.q.nextSecretSeq, clientID).Scan(&seq); err != nil {
-			return err
+			return nil, err
 		}
 		if err := s.insertSecret(ctx, q, clientID, seq, sec); err != nil {
-			return err
+			return nil, err
 		}
-		return s.touch(ctx, q, clientID, now)
+		if err := s.touch(ctx, q, clientID, now); err != nil {
+			return nil, err
+		}
+		return []m2mauth.AuditEvent{event(now, m2mauth.EventSecretAdded, clientID, sec.ID, "")}, nil
 	})
 }
 
@@ -260,18 +316,21 @@ func (s *Store) AddSecret(ctx context.Context, clientID string, sec m2mauth.Secr
 // [m2mauth.ErrSecretNotFound] for an unknown secret id. Expiry times are
 // stored to the microsecond, rounded down.
 func (s *Store) ExpireSecret(ctx context.Context, clientID, secretID string, at time.Time) error {
-	return s.modify(ctx, clientID, false, func(q querier, _ *m2mauth.Client, now time.Time) error {
-		exists, err := rowExists(ctx, q, s.q.secretExists, clientID, secretID)
-		if err != nil {
-			return err
-		}
-		if !exists {
-			return fmt.Errorf("secret %q: %w", secretID, m2mauth.ErrSecretNotFound)
+	return s.modify(ctx, clientID, false, func(q querier, _ *m2mauth.Client, now time.Time) ([]m2mauth.AuditEvent, error) {
+		var old sql.NullInt64
+		switch err := q.QueryRowContext(ctx, s.q.secretExpiry, clientID, secretID).Scan(&old); {
+		case errors.Is(err, sql.ErrNoRows):
+			return nil, fmt.Errorf("secret %q: %w", secretID, m2mauth.ErrSecretNotFound)
+		case err != nil:
+			return nil, err
 		}
 		if _, err := q.ExecContext(ctx, s.q.expireSecret, nullMicros(at), clientID, secretID); err != nil {
-			return err
+			return nil, err
 		}
-		return s.touch(ctx, q, clientID, now)
+		if err := s.touch(ctx, q, clientID, now); err != nil {
+			return nil, err
+		}
+		return []m2mauth.AuditEvent{event(now, m2mauth.EventSecretExpiring, clientID, secretID, expiryChange(old, at))}, nil
 	})
 }
 
@@ -279,25 +338,34 @@ func (s *Store) ExpireSecret(ctx context.Context, clientID, secretID string, at 
 // returns an error wrapping [m2mauth.ErrSecretNotFound] for an unknown
 // secret id.
 func (s *Store) RemoveSecret(ctx context.Context, clientID, secretID string) error {
-	return s.modify(ctx, clientID, false, func(q querier, _ *m2mauth.Client, now time.Time) error {
+	return s.modify(ctx, clientID, false, func(q querier, _ *m2mauth.Client, now time.Time) ([]m2mauth.AuditEvent, error) {
 		res, err := q.ExecContext(ctx, s.q.deleteSecret, clientID, secretID)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		if n, err := res.RowsAffected(); err != nil {
-			return err
+			return nil, err
 		} else if n == 0 {
-			return fmt.Errorf("secret %q: %w", secretID, m2mauth.ErrSecretNotFound)
+			return nil, fmt.Errorf("secret %q: %w", secretID, m2mauth.ErrSecretNotFound)
 		}
-		return s.touch(ctx, q, clientID, now)
+		if err := s.touch(ctx, q, clientID, now); err != nil {
+			return nil, err
+		}
+		return []m2mauth.AuditEvent{event(now, m2mauth.EventSecretRemoved, clientID, secretID, "")}, nil
 	})
 }
 
 // SetDisabled disables or re-enables a client and sets its UpdatedAt.
 func (s *Store) SetDisabled(ctx context.Context, clientID string, disabled bool) error {
-	return s.modify(ctx, clientID, false, func(q querier, _ *m2mauth.Client, now time.Time) error {
-		_, err := q.ExecContext(ctx, s.q.setDisabled, disabled, now.UnixMicro(), clientID)
-		return err
+	return s.modify(ctx, clientID, true, func(q querier, cur *m2mauth.Client, now time.Time) ([]m2mauth.AuditEvent, error) {
+		if _, err := q.ExecContext(ctx, s.q.setDisabled, disabled, now.UnixMicro(), clientID); err != nil {
+			return nil, err
+		}
+		reason := ""
+		if cur.Disabled != disabled {
+			reason = "disabled"
+		}
+		return []m2mauth.AuditEvent{event(now, disabledEvent(disabled), clientID, "", reason)}, nil
 	})
 }
 
@@ -306,13 +374,13 @@ func (s *Store) SetDisabled(ctx context.Context, clientID string, disabled bool)
 // so that a SQLite connection without foreign_keys enabled cannot leave
 // them behind for a later client of the same id.
 func (s *Store) DeleteClient(ctx context.Context, clientID string) error {
-	return s.modify(ctx, clientID, false, func(q querier, _ *m2mauth.Client, _ time.Time) error {
+	return s.modify(ctx, clientID, false, func(q querier, _ *m2mauth.Client, now time.Time) ([]m2mauth.AuditEvent, error) {
 		for _, stmt := range []string{s.q.deleteSecrets, s.q.deleteGrants, s.q.deleteClient} {
 			if _, err := q.ExecContext(ctx, stmt, clientID); err != nil {
-				return err
+				return nil, err
 			}
 		}
-		return nil
+		return []m2mauth.AuditEvent{event(now, m2mauth.EventClientDeleted, clientID, "", "")}, nil
 	})
 }
 
@@ -360,12 +428,14 @@ func listBound(after string) string {
 // modify runs f in a write transaction after locking the row of client id,
 // and returns an error wrapping [m2mauth.ErrClientNotFound] if there is
 // none. With load, f receives the client as stored. now is the new
-// UpdatedAt.
+// UpdatedAt. The events f returns go to the auditor once the transaction
+// has committed.
 func (s *Store) modify(ctx context.Context, id string, load bool,
-	f func(q querier, cur *m2mauth.Client, now time.Time) error) error {
+	f func(q querier, cur *m2mauth.Client, now time.Time) ([]m2mauth.AuditEvent, error)) error {
 	if !m2mauth.ValidClientID(id) {
 		return notFound(id)
 	}
+	var events []m2mauth.AuditEvent
 	err := s.write(ctx, func(q querier) error {
 		exists, err := rowExists(ctx, q, s.q.lockClient, id)
 		if err != nil {
@@ -392,12 +462,82 @@ func (s *Store) modify(ctx context.Context, id string, load bool,
 			}
 			cur = cs[0]
 		}
-		return f(q, cur, s.now())
+		events, err = f(q, cur, s.now())
+		return err
 	})
 	if err != nil {
 		return fmt.Errorf("sqlstore: client %q: %w", id, err)
 	}
+	s.audit(ctx, events)
 	return nil
+}
+
+// audit sends events to the auditor, if there is one.
+func (s *Store) audit(ctx context.Context, events []m2mauth.AuditEvent) {
+	if s.auditor == nil {
+		return
+	}
+	for _, e := range events {
+		s.auditor.Audit(ctx, e)
+	}
+}
+
+// event returns the audit event of one change.
+func event(now time.Time, typ m2mauth.AuditEventType, clientID, secretID, reason string) m2mauth.AuditEvent {
+	return m2mauth.AuditEvent{Time: now, Type: typ, ClientID: clientID, SecretID: secretID, Reason: reason}
+}
+
+// disabledEvent returns the event type of setting Disabled to disabled.
+func disabledEvent(disabled bool) m2mauth.AuditEventType {
+	if disabled {
+		return m2mauth.EventClientDisabled
+	}
+	return m2mauth.EventClientEnabled
+}
+
+// changedFields names the fields that UpdateClient sets and that differ
+// between a and b, comma-separated in the order of the Client's fields.
+// Grants are compared as sets of scopes per audience.
+func changedFields(a, b *m2mauth.Client) string {
+	var out []string
+	if !sameGrants(a.Grants, b.Grants) {
+		out = append(out, "grants")
+	}
+	if a.Public != b.Public {
+		out = append(out, "public")
+	}
+	if a.Disabled != b.Disabled {
+		out = append(out, "disabled")
+	}
+	if a.TokenTTL != b.TokenTTL {
+		out = append(out, "token_ttl")
+	}
+	return strings.Join(out, ",")
+}
+
+func sameGrants(a, b map[string]m2mauth.Scopes) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for aud, sa := range a {
+		sb, ok := b[aud]
+		if !ok || !sa.HasAll(sb) || !sb.HasAll(sa) {
+			return false
+		}
+	}
+	return true
+}
+
+// expiryChange is the Reason of an ExpireSecret that changes an expiry
+// from old, as stored, to at.
+func expiryChange(old sql.NullInt64, at time.Time) string {
+	switch {
+	case !old.Valid && at.IsZero(), old.Valid && !at.IsZero() && old.Int64 == at.UnixMicro():
+		return ""
+	case at.IsZero():
+		return "expires_at_removed"
+	}
+	return "expires_at"
 }
 
 func (s *Store) insertSecret(ctx context.Context, q querier, clientID string, seq int64, sec m2mauth.Secret) error {

@@ -7,11 +7,13 @@ import (
 	"database/sql"
 	"database/sql/driver"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"net"
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -177,7 +179,9 @@ func TestConformance(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, e *env) {
 		storetest.Run(t, func(t *testing.T) m2mauth.ClientManager {
 			return e.newStore(t, sqlstore.Config{})
-		})
+		}, storetest.WithAuditedStore(func(t *testing.T, a m2mauth.Auditor) m2mauth.ClientManager {
+			return e.newStore(t, sqlstore.Config{Auditor: a})
+		}))
 	})
 }
 
@@ -779,4 +783,319 @@ func values(args []driver.NamedValue) []driver.Value {
 		out[i] = a.Value
 	}
 	return out
+}
+
+// TestAdminAuditTrail makes changes through a store whose auditor is an
+// Auditor on the same database, and reads the trail back: one row per
+// change, in order, with the store's clock, none for the changes that
+// failed, and no secret or hash in any column.
+func TestAdminAuditTrail(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, e *env) {
+		ctx := t.Context()
+		prefix := e.newPrefix(t)
+		a, err := sqlstore.NewAuditor(e.db, e.dialect, sqlstore.AuditorConfig{TablePrefix: prefix})
+		require.NoError(t, err)
+		t.Cleanup(func() { a.Close() })
+		var tick atomic.Int64
+		clock := func() time.Time {
+			return time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC).Add(time.Duration(tick.Add(1)) * time.Second)
+		}
+		s := e.newStore(t, sqlstore.Config{TablePrefix: prefix, Auditor: a, Now: clock})
+
+		plain1, s1, err := m2mauth.NewSecret(clock(), time.Time{})
+		require.NoError(t, err)
+		plain2, s2, err := m2mauth.NewSecret(clock(), time.Time{})
+		require.NoError(t, err)
+		plain3, err := m2mauth.GenerateSecret()
+		require.NoError(t, err)
+		hash3, err := m2mauth.HashSecretArgon2id(plain3)
+		require.NoError(t, err)
+		s3 := m2mauth.Secret{ID: "sec_argon", Hash: hash3, CreatedAt: clock()}
+
+		c := &m2mauth.Client{ID: "svc", Secrets: []m2mauth.Secret{s1, s2}, Grants: map[string]m2mauth.Scopes{"https://api.example.com": {"read"}}}
+		steps := []struct {
+			name   string
+			change func() error
+			ok     bool
+		}{
+			{"CreateClient", func() error { return s.CreateClient(ctx, c) }, true},
+			{"CreateDuplicate", func() error { return s.CreateClient(ctx, c) }, false},
+			{"AddSecret", func() error { return s.AddSecret(ctx, "svc", s3) }, true},
+			{"AddSecretAgain", func() error { return s.AddSecret(ctx, "svc", s3) }, false},
+			{"ExpireSecret", func() error { return s.ExpireSecret(ctx, "svc", s1.ID, clock().Add(time.Hour)) }, true},
+			{"ExpireUnknownSecret", func() error { return s.ExpireSecret(ctx, "svc", "sec_nope", clock()) }, false},
+			{"RemoveSecret", func() error { return s.RemoveSecret(ctx, "svc", s2.ID) }, true},
+			{"UpdateClient", func() error {
+				return s.UpdateClient(ctx, &m2mauth.Client{ID: "svc", Grants: c.Grants, TokenTTL: time.Minute, Disabled: true})
+			}, true},
+			{"UpdateUnknown", func() error { return s.UpdateClient(ctx, &m2mauth.Client{ID: "nobody"}) }, false},
+			{"SetDisabled", func() error { return s.SetDisabled(ctx, "svc", false) }, true},
+			{"DeleteClient", func() error { return s.DeleteClient(ctx, "svc") }, true},
+			{"DeleteAgain", func() error { return s.DeleteClient(ctx, "svc") }, false},
+		}
+		for _, step := range steps {
+			if err := step.change(); step.ok {
+				require.NoError(t, err, step.name)
+			} else {
+				require.Error(t, err, step.name)
+			}
+		}
+		require.NoError(t, a.Close())
+		require.Zero(t, a.Failures())
+
+		got, err := s.AuditEvents(ctx, sqlstore.AuditQuery{Limit: 100})
+		require.NoError(t, err)
+		slices.Reverse(got)
+		type row struct {
+			Type             m2mauth.AuditEventType
+			Client, SecretID string
+			Reason           string
+		}
+		want := []row{
+			{m2mauth.EventClientCreated, "svc", "", "grants"},
+			{m2mauth.EventSecretAdded, "svc", s1.ID, ""},
+			{m2mauth.EventSecretAdded, "svc", s2.ID, ""},
+			{m2mauth.EventSecretAdded, "svc", s3.ID, ""},
+			{m2mauth.EventSecretExpiring, "svc", s1.ID, "expires_at"},
+			{m2mauth.EventSecretRemoved, "svc", s2.ID, ""},
+			{m2mauth.EventClientUpdated, "svc", "", "disabled,token_ttl"},
+			{m2mauth.EventClientDisabled, "svc", "", "disabled"},
+			{m2mauth.EventClientEnabled, "svc", "", "disabled"},
+			{m2mauth.EventClientDeleted, "svc", "", ""},
+		}
+		var rows []row
+		for i, ev := range got {
+			rows = append(rows, row{ev.Type, ev.ClientID, ev.SecretID, ev.Reason})
+			assert.Equal(t, time.UTC, ev.Time.Location())
+			if i > 0 {
+				assert.False(t, ev.Time.Before(got[i-1].Time), "event %d goes back in time", i)
+			}
+		}
+		assert.Equal(t, want, rows)
+
+		// No column of any row holds a secret, a hash or a part of one.
+		for _, r := range e.auditRows(t, prefix) {
+			cols := []string{r.Type, r.ClientID, r.RemoteIP, r.UserAgent, r.Audience, r.Scope, r.JTI, r.Secret, r.Error, r.Reason}
+			for plain, hash := range map[string]string{plain1: s1.Hash, plain2: s2.Hash, plain3: s3.Hash} {
+				parts := []string{plain, hash}
+				for _, p := range strings.Split(hash, "$") {
+					if len(p) >= 8 {
+						parts = append(parts, p)
+					}
+				}
+				for _, col := range cols {
+					for _, p := range parts {
+						assert.NotContains(t, col, p, "a %s row holds secret material", r.Type)
+					}
+				}
+			}
+		}
+	})
+}
+
+// TestAdminAuditRollback makes the database refuse one statement in the
+// middle of a change: the transaction rolls back, the client stays as it
+// was, and the auditor hears of nothing.
+func TestAdminAuditRollback(t *testing.T) {
+	tests := []struct {
+		name   string
+		fail   string // the statement refused, without the table prefix
+		change func(t *testing.T, s *sqlstore.Store) error
+	}{
+		{"CreateClient", "INSERT INTO {p}grants", func(t *testing.T, s *sqlstore.Store) error {
+			return s.CreateClient(t.Context(), clientWithSecrets(t, "new", 2))
+		}},
+		{"UpdateClient", "INSERT INTO {p}grants", func(t *testing.T, s *sqlstore.Store) error {
+			return s.UpdateClient(t.Context(), &m2mauth.Client{ID: "svc", Grants: map[string]m2mauth.Scopes{"https://new.example.com": {"read"}}})
+		}},
+		{"AddSecret", "UPDATE {p}clients SET updated_at", func(t *testing.T, s *sqlstore.Store) error {
+			_, sec, err := m2mauth.NewSecret(time.Now(), time.Time{})
+			require.NoError(t, err)
+			return s.AddSecret(t.Context(), "svc", sec)
+		}},
+		{"SetDisabled", "UPDATE {p}clients SET disabled", func(t *testing.T, s *sqlstore.Store) error {
+			return s.SetDisabled(t.Context(), "svc", true)
+		}},
+		{"DeleteClient", "DELETE FROM {p}clients", func(t *testing.T, s *sqlstore.Store) error {
+			return s.DeleteClient(t.Context(), "svc")
+		}},
+	}
+	forEachBackend(t, func(t *testing.T, e *env) {
+		for _, tt := range tests {
+			t.Run(tt.name, func(t *testing.T) {
+				ctx := t.Context()
+				prefix := e.newPrefix(t)
+				setup := e.newStore(t, sqlstore.Config{TablePrefix: prefix})
+				require.NoError(t, setup.CreateClient(ctx, clientWithSecrets(t, "svc", 1)))
+				before, err := setup.Client(ctx, "svc")
+				require.NoError(t, err)
+
+				db, refuse := e.openRefusing(t)
+				rec := &recorder{}
+				s, err := sqlstore.New(db, e.dialect, sqlstore.Config{TablePrefix: prefix, Auditor: rec})
+				require.NoError(t, err)
+				t.Cleanup(func() { s.Close() })
+				refuse.Store(strings.ReplaceAll(tt.fail, "{p}", prefix))
+
+				require.ErrorIs(t, tt.change(t, s), errRefused)
+				assert.Zero(t, rec.len(), "events of a change that rolled back")
+				after, err := setup.Client(ctx, "svc")
+				require.NoError(t, err)
+				assert.Equal(t, before, after, "the change was not rolled back")
+				_, err = setup.Client(ctx, "new")
+				assert.ErrorIs(t, err, m2mauth.ErrClientNotFound)
+			})
+		}
+	})
+}
+
+// errRefused is what a refusing database answers to the statement it
+// refuses.
+var errRefused = errors.New("test: statement refused")
+
+// openRefusing returns a *sql.DB on the backend's database that refuses to
+// execute any statement that begins with the string stored in the
+// returned pointer.
+func (e *env) openRefusing(t testing.TB) (*sql.DB, *atomic.Value) {
+	t.Helper()
+	probe, err := sql.Open(e.driver, e.dsn)
+	require.NoError(t, err)
+	drv := probe.Driver()
+	require.NoError(t, probe.Close())
+	refuse := new(atomic.Value)
+	refuse.Store("")
+	db := sql.OpenDB(&refusingConnector{drv: drv, dsn: e.dsn, refuse: refuse})
+	t.Cleanup(func() { db.Close() })
+	return db, refuse
+}
+
+type refusingConnector struct {
+	drv    driver.Driver
+	dsn    string
+	refuse *atomic.Value
+}
+
+func (c *refusingConnector) Connect(ctx context.Context) (driver.Conn, error) {
+	var conn driver.Conn
+	var err error
+	if dc, ok := c.drv.(driver.DriverContext); ok {
+		var ctr driver.Connector
+		if ctr, err = dc.OpenConnector(c.dsn); err == nil {
+			conn, err = ctr.Connect(ctx)
+		}
+	} else {
+		conn, err = c.drv.Open(c.dsn)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return &refusingConn{Conn: conn, refuse: c.refuse}, nil
+}
+
+func (c *refusingConnector) Driver() driver.Driver { return c.drv }
+
+// refusingConn passes everything to the driver's connection but the
+// statements it refuses.
+type refusingConn struct {
+	driver.Conn
+	refuse *atomic.Value
+}
+
+func (c *refusingConn) refused(query string) bool {
+	p := c.refuse.Load().(string)
+	return p != "" && strings.HasPrefix(query, p)
+}
+
+func (c *refusingConn) Prepare(query string) (driver.Stmt, error) {
+	return c.PrepareContext(context.Background(), query)
+}
+
+func (c *refusingConn) PrepareContext(ctx context.Context, query string) (driver.Stmt, error) {
+	var st driver.Stmt
+	var err error
+	if p, ok := c.Conn.(driver.ConnPrepareContext); ok {
+		st, err = p.PrepareContext(ctx, query)
+	} else {
+		st, err = c.Conn.Prepare(query)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return &refusingStmt{Stmt: st, conn: c, query: query}, nil
+}
+
+func (c *refusingConn) BeginTx(ctx context.Context, opts driver.TxOptions) (driver.Tx, error) {
+	if b, ok := c.Conn.(driver.ConnBeginTx); ok {
+		return b.BeginTx(ctx, opts)
+	}
+	return c.Conn.Begin()
+}
+
+func (c *refusingConn) ExecContext(ctx context.Context, query string, args []driver.NamedValue) (driver.Result, error) {
+	x, ok := c.Conn.(driver.ExecerContext)
+	if !ok {
+		return nil, driver.ErrSkip
+	}
+	if c.refused(query) {
+		return nil, errRefused
+	}
+	return x.ExecContext(ctx, query, args)
+}
+
+func (c *refusingConn) QueryContext(ctx context.Context, query string, args []driver.NamedValue) (driver.Rows, error) {
+	if x, ok := c.Conn.(driver.QueryerContext); ok {
+		return x.QueryContext(ctx, query, args)
+	}
+	return nil, driver.ErrSkip
+}
+
+func (c *refusingConn) CheckNamedValue(nv *driver.NamedValue) error {
+	if x, ok := c.Conn.(driver.NamedValueChecker); ok {
+		return x.CheckNamedValue(nv)
+	}
+	return driver.ErrSkip
+}
+
+func (c *refusingConn) ResetSession(ctx context.Context) error {
+	if r, ok := c.Conn.(driver.SessionResetter); ok {
+		return r.ResetSession(ctx)
+	}
+	return nil
+}
+
+func (c *refusingConn) IsValid() bool {
+	if v, ok := c.Conn.(driver.Validator); ok {
+		return v.IsValid()
+	}
+	return true
+}
+
+type refusingStmt struct {
+	driver.Stmt
+	conn  *refusingConn
+	query string
+}
+
+func (s *refusingStmt) ExecContext(ctx context.Context, args []driver.NamedValue) (driver.Result, error) {
+	if s.conn.refused(s.query) {
+		return nil, errRefused
+	}
+	if x, ok := s.Stmt.(driver.StmtExecContext); ok {
+		return x.ExecContext(ctx, args)
+	}
+	return s.Stmt.Exec(values(args))
+}
+
+func (s *refusingStmt) QueryContext(ctx context.Context, args []driver.NamedValue) (driver.Rows, error) {
+	if x, ok := s.Stmt.(driver.StmtQueryContext); ok {
+		return x.QueryContext(ctx, args)
+	}
+	return s.Stmt.Query(values(args))
+}
+
+func (s *refusingStmt) CheckNamedValue(nv *driver.NamedValue) error {
+	if x, ok := s.Stmt.(driver.NamedValueChecker); ok {
+		return x.CheckNamedValue(nv)
+	}
+	return s.conn.CheckNamedValue(nv)
 }

@@ -18,6 +18,47 @@
 // the precision SQL databases keep, so a store may drop anything finer.
 // Timestamps a store sets itself must be within a minute of the clock of
 // the machine running the tests.
+//
+// # Audit events
+//
+// A store that reports its changes to an [m2mauth.Auditor], as memstore
+// and sqlstore do, is checked for that too when [Run] is given
+// [WithAuditedStore]:
+//
+//	storetest.Run(t, newStore, storetest.WithAuditedStore(
+//		func(t *testing.T, a m2mauth.Auditor) m2mauth.ClientManager {
+//			return mystore.New(openTestDB(t), mystore.WithAuditor(a))
+//		}))
+//
+// Every successful change must send its events to the auditor before the
+// method returns, and after the change is visible to the store's own
+// reads, without holding a lock that those reads wait for; a call that
+// fails sends none. Each event has Time within a minute of the test's
+// clock, its Type, ClientID, the SecretID where one is concerned, and a
+// Reason naming the fields whose value the call changed, comma-separated
+// in the order of [m2mauth.Client]'s fields ("grants", "public",
+// "disabled", "token_ttl"), or empty when it changed none; its other
+// fields are empty, so no secret or hash can be among them.
+//
+//   - CreateClient: [m2mauth.EventClientCreated], Reason naming the
+//     fields set to other than their zero value, then one
+//     [m2mauth.EventSecretAdded] for each of the client's secrets, in
+//     order.
+//   - UpdateClient: [m2mauth.EventClientUpdated] (grants compare as sets
+//     of scopes per audience); and when Disabled changed,
+//     [m2mauth.EventClientDisabled] or [m2mauth.EventClientEnabled] too,
+//     with Reason "disabled".
+//   - AddSecret: [m2mauth.EventSecretAdded].
+//   - ExpireSecret: [m2mauth.EventSecretExpiring], Reason "expires_at"
+//     when it set a new expiry, "expires_at_removed" when it removed one,
+//     empty when the expiry was already as asked.
+//   - RemoveSecret: [m2mauth.EventSecretRemoved].
+//   - SetDisabled: [m2mauth.EventClientDisabled] or
+//     [m2mauth.EventClientEnabled], Reason "disabled" when the client was
+//     not already so.
+//   - DeleteClient: [m2mauth.EventClientDeleted].
+//
+// Reads send no events.
 package storetest
 
 import (
@@ -36,15 +77,35 @@ import (
 	"github.com/m2mauth/m2mauth"
 )
 
+// Option adds to what [Run] checks.
+type Option func(*options)
+
+type options struct {
+	newAudited func(t *testing.T, a m2mauth.Auditor) m2mauth.ClientManager
+}
+
+// WithAuditedStore makes [Run] check the audit events of client
+// administration as well (see the package documentation), in a subtest
+// named "AdminAudit" that calls newStore once. newStore must return a
+// fresh, empty store that sends the events of its changes to a.
+func WithAuditedStore(newStore func(t *testing.T, a m2mauth.Auditor) m2mauth.ClientManager) Option {
+	return func(o *options) { o.newAudited = newStore }
+}
+
 // Run checks the store made by newStore against the [m2mauth.ClientManager]
-// contract, one t.Run subtest per property.
+// contract, one t.Run subtest per property, and against the options'
+// contracts.
 //
 // Run calls newStore once per subtest, with that subtest's t, and expects a
 // fresh, empty store each time; newStore may register cleanup with
 // t.Cleanup. Subtests run one after another, but some use the store from
 // several goroutines at once, as a server does.
-func Run(t *testing.T, newStore func(t *testing.T) m2mauth.ClientManager) {
+func Run(t *testing.T, newStore func(t *testing.T) m2mauth.ClientManager, opts ...Option) {
 	t.Helper()
+	var o options
+	for _, opt := range opts {
+		opt(&o)
+	}
 	tests := []struct {
 		name string
 		test func(*testing.T, m2mauth.ClientManager)
@@ -83,6 +144,9 @@ func Run(t *testing.T, newStore func(t *testing.T) m2mauth.ClientManager) {
 			require.NotNil(t, s, "newStore returned nil")
 			tt.test(t, s)
 		})
+	}
+	if o.newAudited != nil {
+		t.Run("AdminAudit", func(t *testing.T) { testAdminAudit(t, o.newAudited) })
 	}
 }
 
