@@ -1,0 +1,568 @@
+package m2mauth
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"sync"
+	"time"
+
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/metric/noop"
+)
+
+// Attribute keys of the instruments of [Metrics].
+const (
+	attrClientID   = "m2mauth.client.id"
+	attrAudience   = "m2mauth.audience"
+	attrReason     = "m2mauth.reason"
+	attrResult     = "m2mauth.validation.result"
+	attrErrorType  = "error.type"
+	attrEndpoint   = "m2mauth.endpoint"
+	attrStatus     = "http.response.status_code"
+	attrValidator  = "m2mauth.validator"
+	attrLimiter    = "m2mauth.limiter"
+	attrAlertRule  = "m2mauth.alert.rule"
+	attrAlertLevel = "m2mauth.alert.severity"
+)
+
+// attrOther is the value of an attribute whose real value is not one of
+// the bounded set the instrument documents.
+const attrOther = "other"
+
+// Validation results of m2mauth.validations besides the token_rejected
+// reasons.
+const (
+	resultOK          = "ok"
+	resultScopeDenied = "scope_denied"
+)
+
+const (
+	defaultMaxClientAttributes = 1000
+	// maxAudienceAttributes bounds the audiences that label issued tokens
+	// once their client no longer can; audiences are bounded by the
+	// grants, so this is only a safety net.
+	maxAudienceAttributes = 1000
+	// maxAlertRules bounds the alert rule names that label
+	// m2mauth.alerts; rules are named in code, so this is a safety net.
+	maxAlertRules = 100
+)
+
+// durationBoundaries are the bucket boundaries of m2mauth.request.duration,
+// in seconds: from 10µs (a validation answered from the cache) through
+// milliseconds (an issued token, a database lookup) to 10s (a slow hash
+// behind a queue, a store timing out).
+var durationBoundaries = []float64{
+	0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005,
+	0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+	0.1, 0.25, 0.5, 1, 2.5, 5, 10,
+}
+
+// MetricsConfig holds the tunables of [Metrics]; every zero value is a
+// working default.
+type MetricsConfig struct {
+	// MaxClientAttributes bounds the distinct (client id, audience) pairs
+	// that label m2mauth.tokens.issued. Tokens of pairs past the bound
+	// are counted under their audience alone, without a client id, so
+	// the series without m2mauth.client.id is "every other client".
+	// Negative: issued tokens are never labelled by client.
+	// Default: 1000.
+	MaxClientAttributes int
+	// Now is the clock that times requests in [Metrics.Handler].
+	// Default: [time.Now].
+	Now func() time.Time
+}
+
+// Metrics records what the token endpoint and the validators do as
+// OpenTelemetry metrics, through the metrics API only: the host brings
+// the SDK and its exporter (Prometheus, OTLP) and hands a [metric.Meter]
+// to [NewMetrics]. A host without a meter pays nothing: with a nil (or
+// no-op) meter every wrapper returns what it wraps.
+//
+// Counters hang off the audit stream: [Metrics.Auditor] wraps the
+// [Auditor] given to a [TokenHandler] or a [Validator] and counts each
+// event before passing it on. [Metrics.Handler] times endpoints,
+// [Metrics.Validated] counts the tokens a validator accepted (which it
+// does not audit), [Metrics.AlertSink] counts alerts, and
+// [Metrics.ObserveValidator] and [Metrics.ObserveRateLimiter] report
+// the state of a token cache and of a limiter when metrics are
+// collected.
+//
+// The instruments, with their kinds, units and attributes:
+//
+//	m2mauth.tokens.issued      counter                     {token}    m2mauth.client.id, m2mauth.audience
+//	m2mauth.auth.failures      counter                     {failure}  m2mauth.reason
+//	m2mauth.rate_limited       counter                     {request}  (none)
+//	m2mauth.token.rejections   counter                     {request}  error.type
+//	m2mauth.validations        counter                     {token}    m2mauth.validation.result
+//	m2mauth.request.duration   histogram                   s          m2mauth.endpoint, http.response.status_code
+//	m2mauth.cache.hits         observable counter          {token}    m2mauth.validator
+//	m2mauth.cache.misses       observable counter          {token}    m2mauth.validator
+//	m2mauth.cache.entries      observable up-down counter  {token}    m2mauth.validator
+//	m2mauth.rate_limiter.keys  observable up-down counter  {key}      m2mauth.limiter
+//	m2mauth.alerts             counter                     {alert}    m2mauth.alert.rule, m2mauth.alert.severity
+//
+// Cache hits and misses only grow, so they are observable counters, of
+// which a backend takes rates; the tokens cached and the limiter's
+// buckets are sizes that add up across validators and replicas, so they
+// are observable up-down counters. The duration histogram's buckets run
+// from 10µs to 10s; a host's SDK views may change them.
+//
+// Every attribute has a bounded set of values, so no request can make a
+// series: m2mauth.client.id appears only on issued tokens, whose clients
+// exist in the store, and at most MaxClientAttributes (client,
+// audience) pairs get one; m2mauth.audience is an audience granted to
+// the client; m2mauth.reason is one of the Reason constants of a failed
+// authentication (the client id of a failed authentication, which may
+// be anything the request sent, is never recorded); error.type is an
+// RFC error code; m2mauth.validation.result is "ok", "scope_denied", a
+// ReasonToken constant, "invalid_request" or "server_error";
+// m2mauth.endpoint, m2mauth.validator and m2mauth.limiter are names
+// the host chose; alert rules are named in code (past 100 rule names,
+// "other"). A value outside its set is recorded as "other"; an issued
+// token whose pair is past the bound and whose audience is past the
+// first 1000 has no attribute at all. Addresses, user agents, scopes and token
+// ids are never attributes: they are in the audit trail.
+//
+// m2mauth.rate_limited counts requests refused with 429;
+// m2mauth.token.rejections counts the token endpoint's other refusals
+// (bad requests, denied scopes and audiences, overload) by RFC code.
+// m2mauth.validations counts the tokens a validator accepted (through
+// [Metrics.Validated]) or refused; requests that carry no token at all
+// are not validations (they are in m2mauth.request.duration as 401s).
+//
+// Counting an event is an Add on an instrument made by NewMetrics, with
+// an attribute set built once: the sets of issued tokens are kept per
+// (client, audience) pair, up to the bound.
+//
+// A Metrics is safe for concurrent use.
+type Metrics struct {
+	on    bool
+	cfg   MetricsConfig
+	meter metric.Meter
+	since func(time.Time) time.Duration // the time elapsed since, by cfg.Now
+
+	issued, authFailures, rateLimited, rejections, validations, alerts metric.Int64Counter
+	duration                                                           metric.Float64Histogram
+	cacheHits, cacheMisses, cacheEntries, limiterKeys                  metric.Int64Observable
+
+	// Attribute sets built once, for the bounded values.
+	reasons  map[string][]metric.AddOption // auth failure reasons
+	results  map[string][]metric.AddOption // validation results
+	codes    map[string][]metric.AddOption // RFC error codes
+	noAttrs  []metric.AddOption
+	pairs    attrCache[issuedKey]
+	audience attrCache[string]
+	rules    attrCache[alertKey]
+	// otherRules are the sets of alerts past the bound of rule names,
+	// by severity.
+	otherRules map[string][]metric.AddOption
+
+	mu       sync.Mutex
+	observed map[string]bool // "v:name" / "l:name" already registered
+}
+
+// issuedKey is the (client, audience) pair of an issued token.
+type issuedKey struct{ client, audience string }
+
+// alertKey labels m2mauth.alerts.
+type alertKey struct{ rule, severity string }
+
+// NewMetrics returns metrics recorded with meter, which the host gets from
+// its [metric.MeterProvider] (for example
+// otel.GetMeterProvider().Meter("github.com/m2mauth/m2mauth")). A nil
+// meter records nothing and costs nothing.
+func NewMetrics(meter metric.Meter, cfg MetricsConfig) (*Metrics, error) {
+	if cfg.MaxClientAttributes == 0 {
+		cfg.MaxClientAttributes = defaultMaxClientAttributes
+	}
+	m := &Metrics{cfg: cfg, meter: meter, observed: make(map[string]bool)}
+	if cfg.Now == nil {
+		// time.Since reads only the monotonic clock: half of time.Now.
+		m.cfg.Now, m.since = time.Now, time.Since
+	} else {
+		m.since = func(t time.Time) time.Duration { return cfg.Now().Sub(t) }
+	}
+	if meter == nil {
+		return m, nil
+	}
+	if _, ok := meter.(noop.Meter); ok {
+		return m, nil
+	}
+	m.on = true
+	var errs []error
+	counter := func(name, unit, desc string) metric.Int64Counter {
+		c, err := meter.Int64Counter(name, metric.WithUnit(unit), metric.WithDescription(desc))
+		errs = append(errs, err)
+		return c
+	}
+	m.issued = counter("m2mauth.tokens.issued", "{token}", "Access tokens issued by the token endpoint.")
+	m.authFailures = counter("m2mauth.auth.failures", "{failure}", "Failed client authentications, by reason.")
+	m.rateLimited = counter("m2mauth.rate_limited", "{request}", "Requests refused because of too many failed authentications.")
+	m.rejections = counter("m2mauth.token.rejections", "{request}", "Token requests refused for reasons other than authentication and rate limiting, by RFC error code.")
+	m.validations = counter("m2mauth.validations", "{token}", "Access tokens accepted or refused by a validator, by result.")
+	m.alerts = counter("m2mauth.alerts", "{alert}", "Alerts fired, by rule and severity.")
+	var err error
+	m.duration, err = meter.Float64Histogram("m2mauth.request.duration",
+		metric.WithUnit("s"), metric.WithDescription("Time taken to answer a request, by endpoint and status."),
+		metric.WithExplicitBucketBoundaries(durationBoundaries...))
+	errs = append(errs, err)
+	m.cacheHits, err = meter.Int64ObservableCounter("m2mauth.cache.hits",
+		metric.WithUnit("{token}"), metric.WithDescription("Tokens a validator answered from its verified-token cache."))
+	errs = append(errs, err)
+	m.cacheMisses, err = meter.Int64ObservableCounter("m2mauth.cache.misses",
+		metric.WithUnit("{token}"), metric.WithDescription("Tokens a validator verified from scratch."))
+	errs = append(errs, err)
+	m.cacheEntries, err = meter.Int64ObservableUpDownCounter("m2mauth.cache.entries",
+		metric.WithUnit("{token}"), metric.WithDescription("Tokens held in a validator's verified-token cache."))
+	errs = append(errs, err)
+	m.limiterKeys, err = meter.Int64ObservableUpDownCounter("m2mauth.rate_limiter.keys",
+		metric.WithUnit("{key}"), metric.WithDescription("Buckets held by a rate limiter."))
+	errs = append(errs, err)
+	if err := errors.Join(errs...); err != nil {
+		return nil, fmt.Errorf("m2mauth: creating instruments: %w", err)
+	}
+
+	m.noAttrs = addOptions()
+	m.reasons = attrTable(attrReason, ReasonNoCredentials, ReasonUnknownClient, ReasonBadSecret,
+		ReasonExpiredSecret, ReasonClientDisabled, ReasonPublicClient, attrOther)
+	m.results = attrTable(attrResult, resultOK, resultScopeDenied, CodeInvalidRequest, CodeServerError,
+		ReasonTokenMalformed, ReasonTokenAlgorithm, ReasonTokenUnknownKey, ReasonTokenSignature,
+		ReasonTokenType, ReasonTokenIssuer, ReasonTokenAudience, ReasonTokenExpired,
+		ReasonTokenNotYetValid, ReasonTokenIssuedFuture, ReasonTokenMissingClaims, attrOther)
+	m.codes = attrTable(attrErrorType, CodeInvalidRequest, CodeInvalidClient, CodeInvalidGrant,
+		CodeUnauthorizedClient, CodeUnsupportedGrantType, CodeInvalidScope, CodeInvalidTarget,
+		CodeServerError, CodeTemporarilyUnavailable, attrOther)
+	m.pairs.max = max(cfg.MaxClientAttributes, 0)
+	m.audience.max = maxAudienceAttributes
+	m.rules.max = maxAlertRules
+	m.otherRules = make(map[string][]metric.AddOption, 3)
+	for _, sev := range []string{string(AlertWarning), string(AlertCritical), attrOther} {
+		m.otherRules[sev] = addOptions(attribute.String(attrAlertRule, attrOther), attribute.String(attrAlertLevel, sev))
+	}
+	return m, nil
+}
+
+// addOptions returns the options of one Add with attributes kv, built
+// once so that an Add allocates nothing for them.
+func addOptions(kv ...attribute.KeyValue) []metric.AddOption {
+	return []metric.AddOption{metric.WithAttributeSet(attribute.NewSet(kv...))}
+}
+
+// attrTable returns the Add options of each value of key.
+func attrTable(key string, values ...string) map[string][]metric.AddOption {
+	t := make(map[string][]metric.AddOption, len(values))
+	for _, v := range values {
+		t[v] = addOptions(attribute.String(key, v))
+	}
+	return t
+}
+
+// lookup returns the options of v in t, or of "other".
+func lookup(t map[string][]metric.AddOption, v string) []metric.AddOption {
+	if o, ok := t[v]; ok {
+		return o
+	}
+	return t[attrOther]
+}
+
+// attrCache holds the Add options of up to max keys. Past the bound, get
+// reports false and the caller falls back to a coarser set.
+type attrCache[K comparable] struct {
+	max int
+	mu  sync.RWMutex
+	m   map[K][]metric.AddOption
+}
+
+// get returns the options of k, building them with build if k is new
+// and the cache has room.
+func (c *attrCache[K]) get(k K, build func() []metric.AddOption) ([]metric.AddOption, bool) {
+	c.mu.RLock()
+	o, ok := c.m[k]
+	c.mu.RUnlock()
+	if ok {
+		return o, true
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if o, ok := c.m[k]; ok {
+		return o, true
+	}
+	if len(c.m) >= c.max {
+		return nil, false
+	}
+	if c.m == nil {
+		c.m = make(map[K][]metric.AddOption)
+	}
+	o = build()
+	c.m[k] = o
+	return o, true
+}
+
+// issuedOptions returns the attributes of a token issued to client for
+// audience: both, or past MaxClientAttributes the audience alone, or past
+// the audiences' bound none.
+func (m *Metrics) issuedOptions(client, audience string) []metric.AddOption {
+	if o, ok := m.pairs.get(issuedKey{client, audience}, func() []metric.AddOption {
+		return addOptions(attribute.String(attrClientID, client), attribute.String(attrAudience, audience))
+	}); ok {
+		return o
+	}
+	if o, ok := m.audience.get(audience, func() []metric.AddOption {
+		return addOptions(attribute.String(attrAudience, audience))
+	}); ok {
+		return o
+	}
+	return m.noAttrs
+}
+
+// Auditor returns an [Auditor] that counts each event it receives, then
+// passes it to next (when next is not nil). Give it to a [TokenHandler]
+// as [TokenHandlerConfig.Auditor] and to each [Validator] as
+// [ValidatorConfig.Auditor]. Events of client administration are passed
+// on uncounted. With metrics off it returns next (or, when next is nil,
+// an Auditor that does nothing).
+func (m *Metrics) Auditor(next Auditor) Auditor {
+	if !m.on {
+		if next == nil {
+			return AuditorFunc(func(context.Context, AuditEvent) {})
+		}
+		return next
+	}
+	return AuditorFunc(func(ctx context.Context, e AuditEvent) {
+		m.count(ctx, &e)
+		if next != nil {
+			next.Audit(ctx, e)
+		}
+	})
+}
+
+// count adds e to its counter.
+func (m *Metrics) count(ctx context.Context, e *AuditEvent) {
+	switch e.Type {
+	case EventTokenIssued:
+		m.issued.Add(ctx, 1, m.issuedOptions(e.ClientID, e.Audience)...)
+	case EventAuthFailed:
+		// Never the client id: it may be any string a request sent.
+		m.authFailures.Add(ctx, 1, lookup(m.reasons, e.Reason)...)
+	case EventRateLimited:
+		m.rateLimited.Add(ctx, 1, m.noAttrs...)
+	case EventRequestRejected, EventAudienceDenied:
+		m.rejections.Add(ctx, 1, lookup(m.codes, e.Error)...)
+	case EventScopeDenied:
+		if e.Error == CodeInsufficientScope {
+			// A validator's 403; the token endpoint's is invalid_scope.
+			m.validations.Add(ctx, 1, m.results[resultScopeDenied]...)
+		} else {
+			m.rejections.Add(ctx, 1, lookup(m.codes, e.Error)...)
+		}
+	case EventTokenRejected:
+		r := e.Reason
+		if r == "" {
+			r = e.Error // invalid_request, server_error
+		}
+		m.validations.Add(ctx, 1, lookup(m.results, r)...)
+	}
+}
+
+// Validated returns a handler that counts each request reaching it with
+// a validator's claims (see [ClaimsFromContext]) as an accepted token in
+// m2mauth.validations, then calls next. Put it right behind the
+// validator's middleware:
+//
+//	mux.Handle("GET /api/builders", v.RequireScopes("read:builders")(m.Validated(builders)))
+//
+// With metrics off it returns next.
+func (m *Metrics) Validated(next http.Handler) http.Handler {
+	if next == nil {
+		panic("m2mauth: Metrics.Validated needs a handler")
+	}
+	if !m.on {
+		return next
+	}
+	ok := m.results[resultOK]
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if _, has := ClaimsFromContext(r.Context()); has {
+			m.validations.Add(r.Context(), 1, ok...)
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// commonStatuses are the status codes whose attribute sets
+// [Metrics.Handler] builds in advance; others are built per request.
+var commonStatuses = [...]int{200, 201, 204, 400, 401, 403, 404, 405, 413, 415, 429, 500, 503}
+
+// Handler returns a handler that calls next and records the time it took
+// in m2mauth.request.duration, in seconds, with name as m2mauth.endpoint
+// and the response's status code. Name the endpoints after what they
+// are, for example "token" for the [TokenHandler] and "validation" for a
+// route behind a [Validator] (whose time then includes the route's own).
+// The writer next gets unwraps (see [http.ResponseController]) to the
+// original [http.ResponseWriter]. Handler panics if name is empty or
+// next is nil. With metrics off it returns next.
+func (m *Metrics) Handler(name string, next http.Handler) http.Handler {
+	if name == "" || next == nil {
+		panic("m2mauth: Metrics.Handler needs a name and a handler")
+	}
+	if !m.on {
+		return next
+	}
+	endpoint := attribute.String(attrEndpoint, name)
+	var common [len(commonStatuses)][]metric.RecordOption
+	for i, s := range commonStatuses {
+		common[i] = recordOptions(endpoint, s)
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := m.cfg.Now()
+		sw := statusWriter{ResponseWriter: w}
+		next.ServeHTTP(&sw, r)
+		elapsed := m.since(start).Seconds()
+		status := sw.status
+		if status == 0 {
+			status = http.StatusOK
+		}
+		var opts []metric.RecordOption
+		for i, s := range commonStatuses {
+			if s == status {
+				opts = common[i]
+				break
+			}
+		}
+		if opts == nil {
+			opts = recordOptions(endpoint, status)
+		}
+		m.duration.Record(r.Context(), elapsed, opts...)
+	})
+}
+
+// recordOptions returns the options of a duration of endpoint answered
+// with status.
+func recordOptions(endpoint attribute.KeyValue, status int) []metric.RecordOption {
+	return []metric.RecordOption{metric.WithAttributeSet(attribute.NewSet(endpoint, attribute.Int(attrStatus, status)))}
+}
+
+// statusWriter remembers the status code of a response.
+type statusWriter struct {
+	http.ResponseWriter
+	status int
+}
+
+func (w *statusWriter) WriteHeader(code int) {
+	if w.status == 0 && (code >= 200 || code == http.StatusSwitchingProtocols) {
+		w.status = code
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *statusWriter) Write(b []byte) (int, error) {
+	if w.status == 0 {
+		w.status = http.StatusOK
+	}
+	return w.ResponseWriter.Write(b)
+}
+
+// Unwrap returns the wrapped writer, for [http.ResponseController].
+func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+// AlertSink returns an [AlertSink] that counts each alert that fires (not
+// the notices of recovery) in m2mauth.alerts, by rule and severity, then
+// passes every alert to next (when next is not nil). With metrics off it
+// returns next (or, when next is nil, a sink that does nothing).
+func (m *Metrics) AlertSink(next AlertSink) AlertSink {
+	if !m.on {
+		if next == nil {
+			return AlertSinkFunc(func(context.Context, Alert) {})
+		}
+		return next
+	}
+	return AlertSinkFunc(func(ctx context.Context, a Alert) {
+		if !a.Recovered {
+			m.alerts.Add(ctx, 1, m.alertOptions(a)...)
+		}
+		if next != nil {
+			next.Send(ctx, a)
+		}
+	})
+}
+
+// alertOptions returns the attributes of a, with the rule "other" past
+// the bound of rule names.
+func (m *Metrics) alertOptions(a Alert) []metric.AddOption {
+	sev := string(a.Severity)
+	if a.Severity != AlertWarning && a.Severity != AlertCritical {
+		sev = attrOther
+	}
+	build := func() []metric.AddOption {
+		return addOptions(attribute.String(attrAlertRule, a.Rule), attribute.String(attrAlertLevel, sev))
+	}
+	if o, ok := m.rules.get(alertKey{a.Rule, sev}, build); ok {
+		return o
+	}
+	return m.otherRules[sev]
+}
+
+// ObserveValidator reports v's verified-token cache (see
+// [Validator.CacheStats]) whenever metrics are collected: hits and misses
+// as m2mauth.cache.hits and m2mauth.cache.misses, the tokens held as
+// m2mauth.cache.entries, each with name as m2mauth.validator (no
+// attribute when name is empty). Each validator needs a name of its own;
+// a name already observed is refused. With metrics off it does nothing.
+func (m *Metrics) ObserveValidator(name string, v *Validator) error {
+	if v == nil {
+		return errors.New("m2mauth: ObserveValidator: nil Validator")
+	}
+	opt := observeOptions(attrValidator, name)
+	return m.observe("v:"+name, func(_ context.Context, o metric.Observer) error {
+		st := v.CacheStats()
+		o.ObserveInt64(m.cacheHits, int64(st.Hits), opt...)
+		o.ObserveInt64(m.cacheMisses, int64(st.Misses), opt...)
+		o.ObserveInt64(m.cacheEntries, int64(st.Entries), opt...)
+		return nil
+	}, m.cacheHits, m.cacheMisses, m.cacheEntries)
+}
+
+// ObserveRateLimiter reports the number of buckets l holds (see
+// [RateLimiter.Len]) whenever metrics are collected, as
+// m2mauth.rate_limiter.keys with name as m2mauth.limiter (no attribute
+// when name is empty). Each limiter needs a name of its own; a name
+// already observed is refused. With metrics off it does nothing.
+func (m *Metrics) ObserveRateLimiter(name string, l *RateLimiter) error {
+	if l == nil {
+		return errors.New("m2mauth: ObserveRateLimiter: nil RateLimiter")
+	}
+	opt := observeOptions(attrLimiter, name)
+	return m.observe("l:"+name, func(_ context.Context, o metric.Observer) error {
+		o.ObserveInt64(m.limiterKeys, int64(l.Len()), opt...)
+		return nil
+	}, m.limiterKeys)
+}
+
+// observeOptions returns the attributes of an observation of the object
+// named name, none when name is empty.
+func observeOptions(key, name string) []metric.ObserveOption {
+	if name == "" {
+		return nil
+	}
+	return []metric.ObserveOption{metric.WithAttributeSet(attribute.NewSet(attribute.String(key, name)))}
+}
+
+// observe registers cb for instruments under the unique key.
+func (m *Metrics) observe(key string, cb metric.Callback, instruments ...metric.Observable) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.observed[key] {
+		return fmt.Errorf("m2mauth: %q is already observed", key[2:])
+	}
+	if !m.on {
+		m.observed[key] = true
+		return nil
+	}
+	if _, err := m.meter.RegisterCallback(cb, instruments...); err != nil {
+		return fmt.Errorf("m2mauth: registering a metrics callback: %w", err)
+	}
+	m.observed[key] = true
+	return nil
+}
