@@ -75,6 +75,31 @@
 // symmetric key material is refused whole, and only RSA (≥ 2048 bits, with
 // an explicit RS256 or PS256 alg), P-256 and Ed25519 keys are accepted.
 //
+// # Operating it
+//
+// Observability hangs off the audit stream: every issued token, failed
+// authentication, refusal and rejected token is an [AuditEvent], and the
+// pieces below are Auditors that watch it and pass it on, so the token
+// path gains nothing but counter updates.
+//
+//   - [NewDetector] raises an [Alert] on unusual patterns (failures for one
+//     client, spraying from one address, lock-outs, a client from a new
+//     network, an issuance spike, an expired secret or a disabled client
+//     still trying), with a Recovered notice when the condition clears;
+//     memory is bounded under hostile input. Alerts go to an [AlertSink]:
+//     [NewSlogAlertSink] (the log) or [NewWebhookAlertSink] (signed JSON
+//     POSTs, bounded queue and retries, never blocking a request).
+//   - [NewMetrics] records OpenTelemetry metrics (tokens issued, failures
+//     by reason, rate limiting, validations, latency, cache and limiter
+//     size, alerts) through the OpenTelemetry metrics API only; without an
+//     SDK configured it costs nothing.
+//   - [NewReadinessHandler] answers 503 while the store or the key
+//     provider does not answer within a short timeout; keep a separate
+//     liveness check.
+//   - Stores given an Auditor (memstore.WithAuditor, sqlstore.Config)
+//     audit every client administration change, and sqlstore reads its
+//     audit table back: per-client usage and the newest events.
+//
 // Clients are registered through the store's administration interface,
 // [ClientManager], with secrets made by [NewSecret]: the store keeps only a
 // one-way hash, and the plaintext is shown to the operator once.
