@@ -27,9 +27,10 @@ import (
 // backend is the opened client store and what else lives in its database.
 type backend struct {
 	store   m2mauth.ClientManager
-	auditor m2mauth.Auditor // nil for memory
-	limiter m2mauth.Limiter // shared by replicas; nil for memory and SQLite
-	kind    string          // "SQLite file m2mauth.db", "PostgreSQL at host:5432", …
+	sql     *sqlstore.Store   // the store again, with its audit queries; nil for memory
+	auditor *sqlstore.Auditor // the audit table's; nil for memory
+	limiter m2mauth.Limiter   // shared by replicas; nil for memory and SQLite
+	kind    string            // "SQLite file m2mauth.db", "PostgreSQL at host:5432", …
 	close   func() error
 }
 
@@ -63,13 +64,18 @@ func (p dbPool) check() error {
 // backendOptions say how to open a backend.
 type backendOptions struct {
 	pool dbPool
-	// auditLog, when set, makes openBackend open the auditor of the audit
-	// table, which logs its failures there. Only the server audits: the
-	// admin commands leave the table, and the server's spill file, alone.
+	// auditLog receives the audit table auditor's failures. The store's
+	// changes to clients are audited in the table too, so that "audit
+	// tail" shows who changed what.
 	auditLog *slog.Logger
-	// auditSpill is the auditor's spill file: "" for the default (beside
-	// the SQLite file, or m2mauth-audit.spill in the working directory),
-	// "none" for none.
+	// server says that the backend is the server's: its auditor also
+	// records token requests, in batches, and spills to a file while the
+	// table cannot be written. The admin commands write each event before
+	// the command ends and leave the server's spill file alone.
+	server bool
+	// auditSpill is the server auditor's spill file: "" for the default
+	// (beside the SQLite file, or m2mauth-audit.spill in the working
+	// directory), "none" for none.
 	auditSpill string
 }
 
@@ -262,20 +268,24 @@ func openBackend(ctx context.Context, d *dbSpec, opts backendOptions) (*backend,
 			return nil, err
 		}
 	}
-	store, err := sqlstore.New(db, dialect, sqlstore.Config{})
+	// The schema first: the auditor may write a spill file left by an
+	// earlier process to the audit table as it starts.
+	mstore, err := sqlstore.New(db, dialect, sqlstore.Config{})
 	if err != nil {
 		return fail(err)
 	}
 	mctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	if err := store.Migrate(mctx); err != nil {
+	err = mstore.Migrate(mctx)
+	if err = errors.Join(err, mstore.Close()); err != nil {
 		return fail(err)
 	}
-	b := &backend{
-		store: store, kind: kind,
-		close: func() error { return errors.Join(store.Close(), db.Close()) },
+	logger := opts.auditLog
+	if logger == nil {
+		logger = slog.Default()
 	}
-	if opts.auditLog != nil {
+	acfg := sqlstore.AuditorConfig{Logger: logger}
+	if opts.server {
 		spill := opts.auditSpill
 		switch {
 		case spill == "none":
@@ -291,17 +301,31 @@ func openBackend(ctx context.Context, d *dbSpec, opts backendOptions) (*backend,
 		// (synced, and written to the table when it answers again, by
 		// this process or the next); Close flushes them. Every event is
 		// also in the JSON log, so the last-resort fallback is silent.
-		auditor, err := sqlstore.NewAuditor(db, dialect, sqlstore.AuditorConfig{
-			QueueSize: 1024,
-			SpillFile: spill,
-			Logger:    opts.auditLog,
-			Fallback:  m2mauth.AuditorFunc(func(context.Context, m2mauth.AuditEvent) {}),
-		})
-		if err != nil {
-			return fail(err)
-		}
-		b.auditor = auditor
-		b.close = func() error { return errors.Join(auditor.Close(), store.Close(), db.Close()) }
+		acfg.QueueSize = 1024
+		acfg.SpillFile = spill
+		acfg.Fallback = m2mauth.AuditorFunc(func(context.Context, m2mauth.AuditEvent) {})
+	}
+	// An admin command writes its events before it returns (no queue, no
+	// spill file); an event the table cannot take is logged in full on
+	// stderr by the default fallback.
+	auditor, err := sqlstore.NewAuditor(db, dialect, acfg)
+	if err != nil {
+		return fail(err)
+	}
+	fail = func(err error) (*backend, error) {
+		auditor.Close()
+		db.Close()
+		return nil, fmt.Errorf("%s: %w", kind, err)
+	}
+	store, err := sqlstore.New(db, dialect, sqlstore.Config{Auditor: auditor})
+	if err != nil {
+		return fail(err)
+	}
+	b := &backend{
+		store: store, sql: store, auditor: auditor, kind: kind,
+		// The auditor is closed before the database, so that its
+		// queued rows are written.
+		close: func() error { return errors.Join(store.Close(), auditor.Close(), db.Close()) },
 	}
 	if file == "" {
 		// A server database is shared by replicas: so are the failed-

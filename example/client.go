@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/m2mauth/m2mauth"
+	"github.com/m2mauth/m2mauth/sqlstore"
 )
 
 // clientSynopsis is the usage line of each client command, after
@@ -26,6 +27,7 @@ var clientSynopsis = map[string]string{
 	"disable":       `disable -id ID`,
 	"enable":        `enable -id ID`,
 	"delete":        `delete -id ID`,
+	"usage":         `usage -id ID [-since 24h]`,
 }
 
 // clientCommand runs "client <command>": see clientSynopsis. mainUsage
@@ -48,7 +50,7 @@ func clientCommand(g globals, args []string, stdout, stderr io.Writer, mainUsage
 	}
 	var (
 		id, audience, scopes, secretID string
-		ttl, grace                     time.Duration
+		ttl, grace, since              time.Duration
 	)
 	const scopesHelp = `the scopes the client may request for the audience, space-separated in one argument, e.g. "read:builders read:subcontractors"`
 	const ttlHelp = "lifetime of this client's tokens, at most 24h; 0: the server's (1h)"
@@ -73,6 +75,9 @@ func clientCommand(g globals, args []string, stdout, stderr io.Writer, mainUsage
 		fs.StringVar(&secretID, "secret-id", "", `the secret's id, as "client show" lists it`)
 	case "show", "disable", "enable", "delete":
 		fs.StringVar(&id, "id", "", "client id")
+	case "usage":
+		fs.StringVar(&id, "id", "", "client id")
+		fs.DurationVar(&since, "since", 24*time.Hour, "count the requests of this last span")
 	default:
 		fmt.Fprintf(stderr, "unknown client command %q\n", cmd)
 		mainUsage()
@@ -127,6 +132,8 @@ func clientCommand(g globals, args []string, stdout, stderr io.Writer, mainUsage
 		return fmt.Errorf("-ttl %v is longer than the %v a token may live; a leaked token stays valid until it expires, so keep it short (1h or less) and let the client fetch a new one", ttl, m2mauth.MaxClientTokenTTL)
 	case grace < 0:
 		return errors.New("-grace must not be negative")
+	case since < 0:
+		return errors.New("-since must not be negative")
 	}
 
 	d, err := parseDB(g.db)
@@ -150,6 +157,16 @@ func clientCommand(g globals, args []string, stdout, stderr io.Writer, mainUsage
 	}
 
 	switch cmd {
+	case "usage":
+		if b.sql == nil {
+			return errors.New(`"client usage" reads the audit table of a SQL database; -db memory has none`)
+		}
+		now := time.Now()
+		u, err := b.sql.Usage(ctx, id, now.Add(-since), time.Time{})
+		if err != nil {
+			return named(err)
+		}
+		return enc.Encode(usageJSON(u, since))
 	case "create":
 		plain, s, err := m2mauth.NewSecret(time.Now(), time.Time{})
 		if err != nil {
@@ -357,4 +374,28 @@ func listClients(ctx context.Context, store m2mauth.ClientManager, enc *json.Enc
 		}
 		after = page[len(page)-1].ID
 	}
+}
+
+// clientUsage is a sqlstore.ClientUsage as "client usage" prints it.
+type clientUsage struct {
+	ClientID          string           `json:"client_id"`
+	Since             string           `json:"since"` // e.g. "24h0m0s": the span counted, up to now
+	TokensIssued      int64            `json:"tokens_issued"`
+	Failures          map[string]int64 `json:"failures,omitempty"` // by reason
+	Rejected          int64            `json:"rejected"`
+	RateLimited       int64            `json:"rate_limited"`
+	DistinctAddresses int64            `json:"distinct_addresses"`
+	FirstSeen         *time.Time       `json:"first_seen,omitempty"`
+	LastSeen          *time.Time       `json:"last_seen,omitempty"`
+}
+
+func usageJSON(u sqlstore.ClientUsage, since time.Duration) clientUsage {
+	out := clientUsage{
+		ClientID: u.ClientID, Since: since.String(), TokensIssued: u.TokensIssued, Failures: u.Failures,
+		Rejected: u.Rejected, RateLimited: u.RateLimited, DistinctAddresses: u.DistinctAddresses,
+	}
+	if !u.FirstSeen.IsZero() {
+		out.FirstSeen, out.LastSeen = &u.FirstSeen, &u.LastSeen
+	}
+	return out
 }

@@ -36,6 +36,9 @@
 //	client disable -id ID
 //	client enable -id ID
 //	client delete -id ID
+//	client usage -id ID [-since 24h]   requests of the last -since, from the audit table
+//	audit tail [-client ID] [-type T] [-n 50]
+//	                               the newest audit events, one JSON line each
 //
 // Scopes are space-separated in one argument: -scopes "read:builders
 // read:subcontractors". A client's -ttl is at most 24h; 0 (the default)
@@ -43,6 +46,9 @@
 // replaces the scopes of -audience, by default the client's only one.
 // show and list never print secrets or their hashes; remove-secret takes
 // the secret ids they show. The client commands need no signing key.
+// Every change they make is recorded in the audit table (client_created,
+// secret_added and so on), which "audit tail" reads; "client usage" and
+// "audit tail" need a SQL database.
 //
 // Flags of serve (see "example serve -h"):
 //
@@ -60,6 +66,8 @@
 //	-audit-spill FILE               where audit events wait while the table cannot be
 //	                                written (default: m2mauth-audit.spill beside
 //	                                the SQLite file, or in the working directory)
+//	-alert-webhook URL              POST alerts there too, signed with
+//	-alert-webhook-secret S         this secret (default: $M2MAUTH_ALERT_WEBHOOK_SECRET)
 //
 // Plain HTTP is served only on a loopback address unless -trusted-proxies
 // names the TLS-terminating proxy in front, or -insecure-http is given.
@@ -175,6 +183,9 @@ commands:
   client disable -id ID
   client enable -id ID
   client delete -id ID
+  client usage -id ID [-since 24h]   the client's requests as counted in the audit table, as JSON
+  audit tail [-client ID] [-type T] [-n 50]
+                                     the newest audit events, newest first, one JSON line each
 
 Scopes are space-separated in one argument: -scopes "read:builders read:subcontractors".
 A client's -ttl is at most 24h (0: the server's, 1h). "client update" replaces the
@@ -213,6 +224,8 @@ func run(args []string, stdout, stderr io.Writer) error {
 		return serve(g, rest[1:], stdout, stderr)
 	case "client":
 		return clientCommand(g, rest[1:], stdout, stderr, fs.Usage)
+	case "audit":
+		return auditCommand(g, rest[1:], stdout, stderr, fs.Usage)
 	default:
 		fmt.Fprintf(stderr, "unknown command %q\n", rest[0])
 		fs.Usage()

@@ -39,6 +39,9 @@ type serveFlags struct {
 	maxConcurrent   int
 	requireAudit    bool
 	auditSpill      string
+	// alertWebhook receives the detector's alerts, signed with
+	// alertWebhookSecret (never printed).
+	alertWebhook, alertWebhookSecret string
 }
 
 // parseServeFlags reads and checks the flags of "serve", before anything
@@ -61,6 +64,8 @@ func parseServeFlags(args []string, stderr io.Writer) (*serveFlags, error) {
 	fs.IntVar(&f.maxConcurrent, "max-concurrent", 256, "most token requests handled at once; others wait up to -store-timeout, then get 503 with Retry-After")
 	fs.BoolVar(&f.requireAudit, "require-audit", false, "answer token requests 503 while the audit table cannot record events, so that no token is issued unaudited")
 	fs.StringVar(&f.auditSpill, "audit-spill", "", "`file` where audit events wait, synced to disk, while the audit table cannot be written; one per server process (default: beside the SQLite file, as NAME-audit.spill, or "+defaultAuditSpill+" in the working directory for a server database; \"none\": no file)")
+	fs.StringVar(&f.alertWebhook, "alert-webhook", "", "`URL` (https, or http on this machine) to POST alerts to, each signed with -alert-webhook-secret; they are always in the JSON log")
+	fs.StringVar(&f.alertWebhookSecret, "alert-webhook-secret", "", "`secret` that signs the webhook's alerts (HMAC-SHA256), at least 32 bytes, e.g. from: openssl rand -hex 32; default: $"+webhookSecretEnv+", which keeps it out of the process list")
 	if err := fs.Parse(args); err != nil {
 		return nil, usageError(err)
 	}
@@ -129,7 +134,7 @@ func serve(g globals, args []string, stdout, stderr io.Writer) error {
 	if f.insecureHTTP {
 		logger.Warn("INSECURE: -insecure-http is set: token requests are accepted over plain HTTP from any address, so client secrets and tokens may cross the network in the clear; use -tls-cert and -tls-key, or a TLS-terminating proxy and -trusted-proxies")
 	}
-	b, err := openBackend(ctx, d, backendOptions{pool: f.pool, auditLog: logger, auditSpill: f.auditSpill})
+	b, err := openBackend(ctx, d, backendOptions{pool: f.pool, auditLog: logger, server: true, auditSpill: f.auditSpill})
 	if err != nil {
 		return err
 	}
@@ -142,13 +147,37 @@ func serve(g globals, args []string, stdout, stderr io.Writer) error {
 
 	// Audit events go to the JSON log and, with a database, to its audit
 	// table too.
-	auditor := teeAuditor{log: m2mauth.NewSlogAuditor(logger), table: b.auditor}
+	tee := teeAuditor{log: m2mauth.NewSlogAuditor(logger)}
+	if b.auditor != nil {
+		tee.table = b.auditor
+	}
+	// The token endpoint's events pass through the metrics' counters and
+	// the detector, which watches them for unusual patterns and raises
+	// alerts, on their way to the log and the table.
+	obs, err := newObservability(f, tee, logger)
+	if err != nil {
+		return err
+	}
+	defer obs.close()
+	m := obs.metrics
+	limiter := b.limiter
+	if limiter == nil {
+		// The in-memory limiter, made here so that its size is reported.
+		l, err := m2mauth.NewRateLimiter(m2mauth.RateLimiterConfig{})
+		if err != nil {
+			return err
+		}
+		if err := m.ObserveRateLimiter("token", l); err != nil {
+			return err
+		}
+		limiter = l
+	}
 	tokens, err := m2mauth.NewTokenHandler(b.store, keys, m2mauth.TokenHandlerConfig{
 		Issuer:                g.issuer,
 		DefaultAudience:       g.audience,
-		Auditor:               auditor,
+		Auditor:               checkedAuditor{Auditor: m.Auditor(obs.detector), health: tee},
 		Logger:                logger,
-		Limiter:               b.limiter, // nil: the in-memory default
+		Limiter:               limiter,
 		TrustedProxies:        trusted,
 		ForwardedHeader:       f.forwardedHeader,
 		AllowInsecureHTTP:     f.insecureHTTP,
@@ -166,7 +195,21 @@ func serve(g globals, args []string, stdout, stderr io.Writer) error {
 		// Challenges name the API's metadata, and through it the
 		// authorization server to ask for a token.
 		ResourceMetadataURL: disc.resourceMetadataURL(),
-		Auditor:             auditor,
+		Auditor:             m.Auditor(tee),
+	})
+	if err != nil {
+		return err
+	}
+	if err := m.ObserveValidator("api", validator); err != nil {
+		return err
+	}
+	// Ready when the store answers, the key is there and, with a
+	// database, the audit table can record events.
+	ready, err := m2mauth.NewReadinessHandler(b.store, keys, m2mauth.ReadinessConfig{
+		Logger: logger,
+		Checks: map[string]func(context.Context) error{
+			"audit": func(context.Context) error { return tee.AuditHealth() },
+		},
 	})
 	if err != nil {
 		return err
@@ -191,7 +234,7 @@ func serve(g globals, args []string, stdout, stderr io.Writer) error {
 	}
 
 	srv := &http.Server{
-		Handler:           routes(tokens, validator, docs...),
+		Handler:           routes(handlers{tokens: tokens, validator: validator, metrics: m, ready: ready, scrape: obs.scrape}, docs...),
 		TLSConfig:         tlsConfig,
 		ReadHeaderTimeout: 5 * time.Second,
 		ReadTimeout:       10 * time.Second,
@@ -263,13 +306,29 @@ func parsePrefixes(list string) ([]netip.Prefix, error) {
 // tokenPath is where the token endpoint is mounted.
 const tokenPath = "/oauth/token"
 
+// handlers are what routes mounts.
+type handlers struct {
+	tokens    http.Handler
+	validator *m2mauth.Validator
+	metrics   *m2mauth.Metrics
+	ready     http.Handler // GET /readyz
+	scrape    http.Handler // GET /metrics
+}
+
 // routes is the server's mux: the token endpoint, two protected demo
-// routes, a health check and the discovery documents.
-func routes(tokens http.Handler, v *m2mauth.Validator, docs ...wellKnown) *http.ServeMux {
+// routes, liveness and readiness checks, the metrics and the discovery
+// documents.
+func routes(s handlers, docs ...wellKnown) *http.ServeMux {
 	mux := http.NewServeMux()
-	mux.Handle(tokenPath, tokens) // any method: the handler answers 405 itself
-	mux.Handle("GET /api/builders", v.RequireScopes("read:builders")(listing("builders", "Acme Building", "Northside Construction")))
-	mux.Handle("GET /api/subcontractors", v.RequireScopes("read:subcontractors")(listing("subcontractors", "Sparks Electrical", "Flow Plumbing")))
+	m, v := s.metrics, s.validator
+	mux.Handle(tokenPath, m.Handler("token", s.tokens)) // any method: the handler answers 405 itself
+	mux.Handle("GET /api/builders", m.Handler("api", v.RequireScopes("read:builders")(m.Validated(listing("builders", "Acme Building", "Northside Construction")))))
+	mux.Handle("GET /api/subcontractors", m.Handler("api", v.RequireScopes("read:subcontractors")(m.Validated(listing("subcontractors", "Sparks Electrical", "Flow Plumbing")))))
+	mux.Handle("GET /readyz", s.ready)
+	mux.Handle("GET /metrics", s.scrape)
+	// Liveness: the process serves HTTP; it does not ask the database,
+	// so that an outage takes replicas out of rotation (readyz) rather
+	// than having them all restarted.
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		io.WriteString(w, "ok\n")

@@ -1,0 +1,102 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"os"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	otelprom "go.opentelemetry.io/otel/exporters/prometheus"
+	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
+
+	"github.com/m2mauth/m2mauth"
+)
+
+// webhookSecretEnv holds the alert webhook's secret when
+// -alert-webhook-secret is not given, so that it stays out of the
+// process list.
+const webhookSecretEnv = "M2MAUTH_ALERT_WEBHOOK_SECRET"
+
+// observability is what serve adds to watch itself: metrics for
+// Prometheus, and the detector that raises alerts.
+type observability struct {
+	metrics  *m2mauth.Metrics
+	scrape   http.Handler // GET /metrics
+	detector *m2mauth.Detector
+	close    func() error
+}
+
+// newObservability builds the metrics (an OpenTelemetry SDK meter
+// provider whose reader is the Prometheus exporter, on a registry of its
+// own) and the detector, which wraps next and sends its alerts to the
+// JSON log, to the webhook when one is given, and to the alerts counter.
+func newObservability(f *serveFlags, next m2mauth.Auditor, logger *slog.Logger) (*observability, error) {
+	reg := prometheus.NewRegistry()
+	exporter, err := otelprom.New(otelprom.WithRegisterer(reg))
+	if err != nil {
+		return nil, err
+	}
+	provider := sdkmetric.NewMeterProvider(sdkmetric.WithReader(exporter))
+	m, err := m2mauth.NewMetrics(provider.Meter("github.com/m2mauth/m2mauth"), m2mauth.MetricsConfig{})
+	if err != nil {
+		provider.Shutdown(context.Background())
+		return nil, err
+	}
+	o := &observability{
+		metrics: m,
+		scrape:  promhttp.HandlerFor(reg, promhttp.HandlerOpts{}),
+	}
+	sink := m2mauth.AlertSink(m2mauth.NewSlogAlertSink(logger))
+	var webhook *m2mauth.WebhookAlertSink
+	if f.alertWebhook != "" {
+		secret := f.alertWebhookSecret
+		if secret == "" {
+			secret = os.Getenv(webhookSecretEnv)
+		}
+		if secret == "" {
+			provider.Shutdown(context.Background())
+			return nil, fmt.Errorf("-alert-webhook needs a secret to sign the alerts: -alert-webhook-secret or $%s", webhookSecretEnv)
+		}
+		// The URL may hold a token: the sink names the webhook by its
+		// host only, and so does the log here.
+		webhook, err = m2mauth.NewWebhookAlertSink(f.alertWebhook, []byte(secret), m2mauth.WebhookConfig{Logger: logger})
+		if err != nil {
+			provider.Shutdown(context.Background())
+			return nil, fmt.Errorf("-alert-webhook: %w", err)
+		}
+		sink = m2mauth.MultiAlertSink(sink, webhook)
+	}
+	det, err := m2mauth.NewDetector(next, m.AlertSink(sink), m2mauth.DetectorConfig{})
+	if err != nil {
+		if webhook != nil {
+			webhook.Close()
+		}
+		provider.Shutdown(context.Background())
+		return nil, err
+	}
+	o.detector = det
+	o.close = func() error {
+		// The detector hands its queued alerts to the sinks, which then
+		// deliver theirs.
+		err := det.Close()
+		if webhook != nil {
+			err = errors.Join(err, webhook.Close())
+		}
+		return errors.Join(err, provider.Shutdown(context.Background()))
+	}
+	return o, nil
+}
+
+// checkedAuditor is an Auditor that reports the health of another: the
+// metrics' wrapper does not, and -require-audit needs the audit table's.
+type checkedAuditor struct {
+	m2mauth.Auditor
+	health m2mauth.AuditHealthChecker
+}
+
+// AuditHealth returns the health of the audit table.
+func (a checkedAuditor) AuditHealth() error { return a.health.AuditHealth() }
