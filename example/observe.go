@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
-	"os"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -53,17 +52,10 @@ func newObservability(f *serveFlags, next m2mauth.Auditor, logger *slog.Logger) 
 	sink := m2mauth.AlertSink(m2mauth.NewSlogAlertSink(logger))
 	var webhook *m2mauth.WebhookAlertSink
 	if f.alertWebhook != "" {
-		secret := f.alertWebhookSecret
-		if secret == "" {
-			secret = os.Getenv(webhookSecretEnv)
-		}
-		if secret == "" {
-			provider.Shutdown(context.Background())
-			return nil, fmt.Errorf("-alert-webhook needs a secret to sign the alerts: -alert-webhook-secret or $%s", webhookSecretEnv)
-		}
-		// The URL may hold a token: the sink names the webhook by its
+		// The secret comes from the flag or the environment (see
+		// parseServeFlags). The URL may hold a token: the sink names the webhook by its
 		// host only, and so does the log here.
-		webhook, err = m2mauth.NewWebhookAlertSink(f.alertWebhook, []byte(secret), m2mauth.WebhookConfig{Logger: logger})
+		webhook, err = m2mauth.NewWebhookAlertSink(f.alertWebhook, []byte(f.alertWebhookSecret), m2mauth.WebhookConfig{Logger: logger})
 		if err != nil {
 			provider.Shutdown(context.Background())
 			return nil, fmt.Errorf("-alert-webhook: %w", err)

@@ -303,3 +303,29 @@ func TestServeReadiness(t *testing.T) {
 	waitFor(http.StatusOK)
 	stopServer(t, srv)
 }
+
+// TestServeAlertWebhookFlags: the webhook needs its secret, which is
+// never repeated in errors, and an https URL off this machine.
+func TestServeAlertWebhookFlags(t *testing.T) {
+	const secret = "a-webhook-secret-of-at-least-32-bytes-0123"
+	tests := []struct {
+		name string
+		env  string
+		args []string
+		want string
+	}{
+		{"no secret", "", []string{"-alert-webhook", "https://alerts.example.com/hook"}, "needs a secret"},
+		{"secret without webhook", "", []string{"-alert-webhook-secret", secret}, "without -alert-webhook"},
+		{"short secret", "", []string{"-alert-webhook", "https://alerts.example.com/hook", "-alert-webhook-secret", "short"}, "32 bytes"},
+		{"plain http off this machine", secret, []string{"-alert-webhook", "http://alerts.example.com/hook"}, "-alert-webhook"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Setenv(webhookSecretEnv, tt.env)
+			r := cli(append([]string{"-db", "memory", "serve", "-addr", "127.0.0.1:0"}, tt.args...)...)
+			require.Error(t, r.err)
+			assert.Contains(t, r.err.Error(), tt.want)
+			assert.NotContains(t, r.err.Error()+r.stderr+r.stdout, secret)
+		})
+	}
+}

@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"os"
 	"os/signal"
 	"strings"
 	"syscall"
@@ -89,6 +90,15 @@ func parseServeFlags(args []string, stderr io.Writer) (*serveFlags, error) {
 	}
 	if f.maxConcurrent < 1 {
 		return nil, errors.New("-max-concurrent must be at least 1")
+	}
+	if f.alertWebhook != "" && f.alertWebhookSecret == "" {
+		f.alertWebhookSecret = os.Getenv(webhookSecretEnv)
+	}
+	switch {
+	case f.alertWebhook != "" && f.alertWebhookSecret == "":
+		return nil, fmt.Errorf("-alert-webhook needs a secret to sign the alerts: -alert-webhook-secret or $%s", webhookSecretEnv)
+	case f.alertWebhook == "" && f.alertWebhookSecret != "":
+		return nil, errors.New("-alert-webhook-secret is given without -alert-webhook")
 	}
 	return &f, nil
 }
