@@ -92,6 +92,15 @@
 // whose URL the API's 401 and 403 challenges carry. The URLs in them are
 // -issuer's scheme and host followed by the route's path.
 //
+// For operators it serves GET /healthz (liveness: the process answers),
+// GET /readyz (readiness: 503 while the store, the key or the audit
+// table fail) and GET /metrics (Prometheus text, through the
+// OpenTelemetry SDK and its Prometheus exporter). A detector watches the
+// token endpoint's audit events and raises alerts (many failed
+// authentications, a lockout, a new network, an issuance spike, …) on
+// the JSON log and, with -alert-webhook, to a webhook, signed with
+// HMAC-SHA256.
+//
 // -db takes no other scheme:// than those above. Connecting to PostgreSQL
 // or MySQL gives up after 5s, naming the address, unless -db sets
 // connect_timeout=SECONDS (PostgreSQL) or timeout=DURATION (MySQL); MySQL
