@@ -7,6 +7,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"time"
 
 	"github.com/m2mauth/m2mauth"
@@ -56,7 +57,7 @@ func auditCommand(g globals, args []string, stdout, stderr io.Writer, mainUsage 
 		return errors.New(`"audit tail" reads the audit table of a SQL database; -db memory has none`)
 	}
 	ctx := context.Background()
-	b, err := openBackend(ctx, d, backendOptions{pool: defaultPool()})
+	b, err := openBackend(ctx, d, backendOptions{pool: defaultPool(), auditLog: slog.New(slog.NewJSONHandler(stderr, nil))})
 	if err != nil {
 		return err
 	}

@@ -64,9 +64,10 @@ func (p dbPool) check() error {
 // backendOptions say how to open a backend.
 type backendOptions struct {
 	pool dbPool
-	// auditLog receives the audit table auditor's failures. The store's
+	// auditLog receives the audit table auditor's failures (default:
+	// slog.Default()); the admin commands pass their stderr. The store's
 	// changes to clients are audited in the table too, so that "audit
-	// tail" shows who changed what.
+	// tail" shows what changed and when.
 	auditLog *slog.Logger
 	// server says that the backend is the server's: its auditor also
 	// records token requests, in batches, and spills to a file while the

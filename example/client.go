@@ -7,6 +7,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"sort"
 	"strings"
 	"time"
@@ -141,7 +142,7 @@ func clientCommand(g globals, args []string, stdout, stderr io.Writer, mainUsage
 		return err
 	}
 	ctx := context.Background()
-	b, err := openBackend(ctx, d, backendOptions{pool: defaultPool()})
+	b, err := openBackend(ctx, d, backendOptions{pool: defaultPool(), auditLog: slog.New(slog.NewJSONHandler(stderr, nil))})
 	if err != nil {
 		return err
 	}
