@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 )
 
@@ -173,4 +174,54 @@ type ClientManager interface {
 	// in ascending id order. Pass the last id of one page as after to get
 	// the next; an empty page means the end. limit <= 0 means 100.
 	ListClients(ctx context.Context, after string, limit int) ([]*Client, error)
+}
+
+// ChangedFields names the fields that [ClientManager.UpdateClient] sets
+// and that differ between a and b, comma-separated in the order of the
+// Client's fields ("grants,public,disabled,token_ttl"); grants are
+// compared as sets of scopes per audience. It is the Reason of an
+// [EventClientUpdated], and of an [EventClientCreated] against an empty
+// Client: stores that audit administration use it so their events read
+// alike, and the storetest suite checks them.
+func ChangedFields(a, b *Client) string {
+	var out []string
+	if !sameGrants(a.Grants, b.Grants) {
+		out = append(out, "grants")
+	}
+	if a.Public != b.Public {
+		out = append(out, "public")
+	}
+	if a.Disabled != b.Disabled {
+		out = append(out, "disabled")
+	}
+	if a.TokenTTL != b.TokenTTL {
+		out = append(out, "token_ttl")
+	}
+	return strings.Join(out, ",")
+}
+
+func sameGrants(a, b map[string]Scopes) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for aud, sa := range a {
+		sb, ok := b[aud]
+		if !ok || !sa.HasAll(sb) || !sb.HasAll(sa) {
+			return false
+		}
+	}
+	return true
+}
+
+// ExpiryChange is the Reason of an [EventSecretExpiring] that moves a
+// secret's expiry from old to at: "expires_at", "expires_at_removed" when
+// at is zero, or "" when nothing changes.
+func ExpiryChange(old, at time.Time) string {
+	switch {
+	case old.Equal(at):
+		return ""
+	case at.IsZero():
+		return "expires_at_removed"
+	}
+	return "expires_at"
 }

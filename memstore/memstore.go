@@ -15,7 +15,6 @@ import (
 	"context"
 	"fmt"
 	"sort"
-	"strings"
 	"sync"
 	"time"
 
@@ -128,7 +127,7 @@ func (s *Store) CreateClient(ctx context.Context, c *m2mauth.Client) error {
 	s.clients[c.ID] = cp
 	s.mu.Unlock()
 
-	events := []m2mauth.AuditEvent{event(now, m2mauth.EventClientCreated, cp.ID, "", changedFields(&m2mauth.Client{}, cp))}
+	events := []m2mauth.AuditEvent{event(now, m2mauth.EventClientCreated, cp.ID, "", m2mauth.ChangedFields(&m2mauth.Client{}, cp))}
 	for _, sec := range cp.Secrets {
 		events = append(events, event(now, m2mauth.EventSecretAdded, cp.ID, sec.ID, ""))
 	}
@@ -148,7 +147,7 @@ func (s *Store) UpdateClient(ctx context.Context, c *m2mauth.Client) error {
 		if err := next.Validate(); err != nil {
 			return nil, err
 		}
-		events := []m2mauth.AuditEvent{event(now, m2mauth.EventClientUpdated, cur.ID, "", changedFields(cur, next))}
+		events := []m2mauth.AuditEvent{event(now, m2mauth.EventClientUpdated, cur.ID, "", m2mauth.ChangedFields(cur, next))}
 		if next.Disabled != cur.Disabled {
 			events = append(events, event(now, disabledEvent(next.Disabled), cur.ID, "", "disabled"))
 		}
@@ -175,7 +174,7 @@ func (s *Store) ExpireSecret(ctx context.Context, clientID, secretID string, at 
 		if i < 0 {
 			return nil, fmt.Errorf("memstore: %q: %w", secretID, m2mauth.ErrSecretNotFound)
 		}
-		reason := expiryChange(c.Secrets[i].ExpiresAt, at)
+		reason := m2mauth.ExpiryChange(c.Secrets[i].ExpiresAt, at)
 		c.Secrets[i].ExpiresAt = at
 		return []m2mauth.AuditEvent{event(now, m2mauth.EventSecretExpiring, clientID, secretID, reason)}, nil
 	})
@@ -290,51 +289,6 @@ func disabledEvent(disabled bool) m2mauth.AuditEventType {
 		return m2mauth.EventClientDisabled
 	}
 	return m2mauth.EventClientEnabled
-}
-
-// changedFields names the fields that UpdateClient sets and that differ
-// between a and b, comma-separated in the order of the Client's fields.
-// Grants are compared as sets of scopes per audience.
-func changedFields(a, b *m2mauth.Client) string {
-	var out []string
-	if !sameGrants(a.Grants, b.Grants) {
-		out = append(out, "grants")
-	}
-	if a.Public != b.Public {
-		out = append(out, "public")
-	}
-	if a.Disabled != b.Disabled {
-		out = append(out, "disabled")
-	}
-	if a.TokenTTL != b.TokenTTL {
-		out = append(out, "token_ttl")
-	}
-	return strings.Join(out, ",")
-}
-
-func sameGrants(a, b map[string]m2mauth.Scopes) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for aud, sa := range a {
-		sb, ok := b[aud]
-		if !ok || !sa.HasAll(sb) || !sb.HasAll(sa) {
-			return false
-		}
-	}
-	return true
-}
-
-// expiryChange is the Reason of an ExpireSecret that changes an expiry
-// from old to at.
-func expiryChange(old, at time.Time) string {
-	switch {
-	case old.Equal(at):
-		return ""
-	case at.IsZero():
-		return "expires_at_removed"
-	}
-	return "expires_at"
 }
 
 func secretIndex(c *m2mauth.Client, secretID string) int {

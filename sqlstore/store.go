@@ -211,7 +211,7 @@ func (s *Store) CreateClient(ctx context.Context, c *m2mauth.Client) error {
 	if updated.IsZero() {
 		updated = now
 	}
-	events := []m2mauth.AuditEvent{event(now, m2mauth.EventClientCreated, c.ID, "", changedFields(&m2mauth.Client{}, c))}
+	events := []m2mauth.AuditEvent{event(now, m2mauth.EventClientCreated, c.ID, "", m2mauth.ChangedFields(&m2mauth.Client{}, c))}
 	for _, sec := range c.Secrets {
 		events = append(events, event(now, m2mauth.EventSecretAdded, c.ID, sec.ID, ""))
 	}
@@ -277,7 +277,7 @@ func (s *Store) UpdateClient(ctx context.Context, c *m2mauth.Client) error {
 		if err := s.insertGrants(ctx, q, next.ID, next.Grants); err != nil {
 			return nil, err
 		}
-		events := []m2mauth.AuditEvent{event(now, m2mauth.EventClientUpdated, cur.ID, "", changedFields(cur, next))}
+		events := []m2mauth.AuditEvent{event(now, m2mauth.EventClientUpdated, cur.ID, "", m2mauth.ChangedFields(cur, next))}
 		if next.Disabled != cur.Disabled {
 			events = append(events, event(now, disabledEvent(next.Disabled), cur.ID, "", "disabled"))
 		}
@@ -330,7 +330,11 @@ func (s *Store) ExpireSecret(ctx context.Context, clientID, secretID string, at 
 		if err := s.touch(ctx, q, clientID, now); err != nil {
 			return nil, err
 		}
-		return []m2mauth.AuditEvent{event(now, m2mauth.EventSecretExpiring, clientID, secretID, expiryChange(old, at))}, nil
+		var was time.Time // as stored: to the microsecond
+		if old.Valid {
+			was = time.UnixMicro(old.Int64)
+		}
+		return []m2mauth.AuditEvent{event(now, m2mauth.EventSecretExpiring, clientID, secretID, m2mauth.ExpiryChange(was, at.Truncate(time.Microsecond)))}, nil
 	})
 }
 
@@ -493,51 +497,6 @@ func disabledEvent(disabled bool) m2mauth.AuditEventType {
 		return m2mauth.EventClientDisabled
 	}
 	return m2mauth.EventClientEnabled
-}
-
-// changedFields names the fields that UpdateClient sets and that differ
-// between a and b, comma-separated in the order of the Client's fields.
-// Grants are compared as sets of scopes per audience.
-func changedFields(a, b *m2mauth.Client) string {
-	var out []string
-	if !sameGrants(a.Grants, b.Grants) {
-		out = append(out, "grants")
-	}
-	if a.Public != b.Public {
-		out = append(out, "public")
-	}
-	if a.Disabled != b.Disabled {
-		out = append(out, "disabled")
-	}
-	if a.TokenTTL != b.TokenTTL {
-		out = append(out, "token_ttl")
-	}
-	return strings.Join(out, ",")
-}
-
-func sameGrants(a, b map[string]m2mauth.Scopes) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for aud, sa := range a {
-		sb, ok := b[aud]
-		if !ok || !sa.HasAll(sb) || !sb.HasAll(sa) {
-			return false
-		}
-	}
-	return true
-}
-
-// expiryChange is the Reason of an ExpireSecret that changes an expiry
-// from old, as stored, to at.
-func expiryChange(old sql.NullInt64, at time.Time) string {
-	switch {
-	case !old.Valid && at.IsZero(), old.Valid && !at.IsZero() && old.Int64 == at.UnixMicro():
-		return ""
-	case at.IsZero():
-		return "expires_at_removed"
-	}
-	return "expires_at"
 }
 
 func (s *Store) insertSecret(ctx context.Context, q querier, clientID string, seq int64, sec m2mauth.Secret) error {
