@@ -82,6 +82,9 @@ type Validator struct {
 	challenge string // `Bearer realm="..."[, resource_metadata="..."]`
 	index     atomic.Pointer[keyIndex]
 	cache     *tokenCache // nil when disabled
+	// anyAudience accepts tokens for any audience: the authorization
+	// server's own view, for introspection.
+	anyAudience bool
 }
 
 const (
@@ -435,11 +438,11 @@ func (v *Validator) verify(idx *keyIndex, raw string, now time.Time) (*Claims, e
 			return c, reject(ReasonTokenMalformed, "token scope claim is malformed")
 		}
 	}
-	err = c.Claims.ValidateWithLeeway(jwt.Expected{
-		Issuer:      v.cfg.Issuer,
-		AnyAudience: jwt.Audience{v.cfg.Audience},
-		Time:        now,
-	}, v.cfg.Leeway)
+	want := jwt.Expected{Issuer: v.cfg.Issuer, AnyAudience: jwt.Audience{v.cfg.Audience}, Time: now}
+	if v.anyAudience {
+		want.AnyAudience = nil
+	}
+	err = c.Claims.ValidateWithLeeway(want, v.cfg.Leeway)
 	exp := c.Expiry.Time()
 	switch {
 	case errors.Is(err, jwt.ErrInvalidIssuer):

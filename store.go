@@ -48,6 +48,15 @@ type Client struct {
 	// for this client; at most [MaxClientTokenTTL], and never more than
 	// the handler's MaxTokenTTL.
 	TokenTTL time.Duration
+	// CanIntrospect lets the client introspect any token this server
+	// issued (RFC 7662). Without it a client may introspect only tokens
+	// whose audience is its own id.
+	CanIntrospect bool
+	// TokensRevokedAt is when the client's tokens were last revoked (by
+	// disabling the client or [Revoker.RevokeClientTokens]): every token
+	// issued to it up to the end of that second is refused. Maintained by
+	// the store; [ClientManager.UpdateClient] leaves it as stored.
+	TokensRevokedAt time.Time
 	// CreatedAt and UpdatedAt are maintained by the store.
 	CreatedAt time.Time
 	UpdatedAt time.Time
@@ -153,9 +162,11 @@ type ClientManager interface {
 	// when they are zero and returns an error wrapping [ErrClientExists]
 	// if the id is taken.
 	CreateClient(ctx context.Context, c *Client) error
-	// UpdateClient replaces the grants, Public, Disabled and TokenTTL of
-	// an existing client and sets UpdatedAt. Secrets and CreatedAt are
-	// left as stored; change secrets with the secret methods.
+	// UpdateClient replaces the grants, Public, Disabled, TokenTTL and
+	// CanIntrospect of an existing client and sets UpdatedAt. Secrets,
+	// TokensRevokedAt and CreatedAt are left as stored; change secrets
+	// with the secret methods. Disabling a client this way revokes its
+	// tokens as SetDisabled does.
 	UpdateClient(ctx context.Context, c *Client) error
 	// AddSecret adds a secret to a client.
 	AddSecret(ctx context.Context, clientID string, s Secret) error
@@ -166,9 +177,12 @@ type ClientManager interface {
 	// RemoveSecret deletes one secret. It returns an error wrapping
 	// [ErrSecretNotFound] for an unknown secret id.
 	RemoveSecret(ctx context.Context, clientID, secretID string) error
-	// SetDisabled disables or re-enables a client.
+	// SetDisabled disables or re-enables a client. Disabling it also
+	// revokes every token issued to it so far (see [Revoker]), when the
+	// store keeps revocations.
 	SetDisabled(ctx context.Context, clientID string, disabled bool) error
-	// DeleteClient removes a client and its secrets.
+	// DeleteClient removes a client and its secrets, and revokes every
+	// token issued to it so far when the store keeps revocations.
 	DeleteClient(ctx context.Context, clientID string) error
 	// ListClients returns up to limit clients with ids greater than after,
 	// in ascending id order. Pass the last id of one page as after to get
@@ -178,7 +192,7 @@ type ClientManager interface {
 
 // ChangedFields names the fields that [ClientManager.UpdateClient] sets
 // and that differ between a and b, comma-separated in the order of the
-// Client's fields ("grants,public,disabled,token_ttl"); grants are
+// Client's fields ("grants,public,disabled,token_ttl,introspect"); grants are
 // compared as sets of scopes per audience. It is the Reason of an
 // [EventClientUpdated], and of an [EventClientCreated] against an empty
 // Client: stores that audit administration use it so their events read
@@ -196,6 +210,9 @@ func ChangedFields(a, b *Client) string {
 	}
 	if a.TokenTTL != b.TokenTTL {
 		out = append(out, "token_ttl")
+	}
+	if a.CanIntrospect != b.CanIntrospect {
+		out = append(out, "introspect")
 	}
 	return strings.Join(out, ",")
 }
