@@ -242,10 +242,44 @@ func (h *TokenHandler) currentSigner(ctx context.Context) (*tokenSigner, error) 
 	return s, nil
 }
 
-// tokenRequest is a parsed token request.
+// endpoint names an endpoint that authenticates clients; it decides
+// which parameters its requests carry.
+type endpoint uint8
+
+const (
+	endpointToken         endpoint = iota // RFC 6749 §4.4
+	endpointRevocation                    // RFC 7009
+	endpointIntrospection                 // RFC 7662
+)
+
+// ownValidator returns a [Validator] of the tokens h issues, for any
+// audience: the authorization server's own view of them, for the
+// revocation and introspection endpoints. leeway is the clock skew
+// tolerated on exp, nbf and iat; cacheSize as in [ValidatorConfig].
+func (h *TokenHandler) ownValidator(leeway time.Duration, cacheSize int) (*Validator, error) {
+	v, err := NewValidator(h.keys, ValidatorConfig{
+		Issuer:    h.cfg.Issuer,
+		Audience:  h.cfg.Issuer, // unused: any audience is accepted
+		Leeway:    leeway,
+		CacheSize: cacheSize,
+		Now:       h.cfg.Now,
+	})
+	if err != nil {
+		return nil, err
+	}
+	v.anyAudience = true
+	return v, nil
+}
+
+// tokenRequest is a parsed request to an endpoint that authenticates
+// clients: the token endpoint, revocation or introspection.
 type tokenRequest struct {
+	endpoint                             endpoint
 	grantType, scope, audience, resource string
-	cred                                 credentials
+	// token and tokenTypeHint are the parameters of revocation
+	// (RFC 7009 §2.1) and introspection (RFC 7662 §2.1) requests.
+	token, tokenTypeHint string
+	cred                 credentials
 	// addrKey is the client's address as the limiter keys it.
 	addrKey string
 	// now is the time of the request, read once.
@@ -254,6 +288,17 @@ type tokenRequest struct {
 
 // ServeHTTP answers one token request.
 func (h *TokenHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	h.serve(w, r, endpointToken, nil, nil)
+}
+
+// serve answers one request to endpoint ep, whose handler is h for the
+// token endpoint, rh for revocation and ih for introspection. It is what
+// every endpoint that authenticates clients shares: the response
+// headers, the client's address, the in-flight bound, admission,
+// parsing, client authentication, the endpoint's own step, and the audit
+// event of the outcome. The steps are called directly, not through a
+// func value, so the request and its event stay on the stack.
+func (h *TokenHandler) serve(w http.ResponseWriter, r *http.Request, ep endpoint, rh *RevocationHandler, ih *IntrospectionHandler) {
 	hdr := w.Header()
 	hdr.Set("Content-Type", "application/json")
 	hdr.Set("Cache-Control", "no-store")
@@ -267,7 +312,7 @@ func (h *TokenHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if p.addr.IsValid() {
 		ev.RemoteIP = p.addr.String()
 	}
-	req := tokenRequest{addrKey: h.addrs.key(p.addr, ev.RemoteIP), now: h.cfg.Now()}
+	req := tokenRequest{endpoint: ep, addrKey: h.addrs.key(p.addr, ev.RemoteIP), now: h.cfg.Now()}
 	ev.Time = req.now
 	if h.inflight != nil {
 		if err := h.enter(r.Context()); err != nil {
@@ -276,7 +321,7 @@ func (h *TokenHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		defer func() { <-h.inflight }()
 	}
-	body, err := h.issue(w, r, p, &req, &ev, bp)
+	body, err := h.authenticated(w, r, p, &req, &ev, bp, rh, ih)
 	if err != nil {
 		h.fail(w, r, &ev, err)
 		return
@@ -286,11 +331,12 @@ func (h *TokenHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	h.cfg.Auditor.Audit(r.Context(), ev)
 }
 
-// issue runs the token request flow of DESIGN.md, one step each: admit
-// the request, parse it, authenticate the client, check the grant, pick
-// the audience and scopes, then mint. It returns the response body, built
-// in *bp, or the error to answer with, and fills ev as it learns.
-func (h *TokenHandler) issue(w http.ResponseWriter, r *http.Request, p peer, req *tokenRequest, ev *AuditEvent, bp *[]byte) ([]byte, error) {
+// authenticated runs the first steps of the request flow of DESIGN.md,
+// one each: admit the request, parse it, authenticate the client; then
+// it runs the endpoint's own step. Each step returns the response body,
+// built in *bp, or the error to answer with, and fills ev as it learns;
+// on success it sets ev.Type.
+func (h *TokenHandler) authenticated(w http.ResponseWriter, r *http.Request, p peer, req *tokenRequest, ev *AuditEvent, bp *[]byte, rh *RevocationHandler, ih *IntrospectionHandler) ([]byte, error) {
 	if err := h.admit(w, r, p, ev); err != nil {
 		return nil, err
 	}
@@ -302,6 +348,19 @@ func (h *TokenHandler) issue(w http.ResponseWriter, r *http.Request, p peer, req
 	if err != nil {
 		return nil, err
 	}
+	switch req.endpoint {
+	case endpointRevocation:
+		return rh.revoke(r.Context(), req, c, ev, bp)
+	case endpointIntrospection:
+		return ih.introspect(r.Context(), req, c, ev, bp)
+	}
+	return h.issue(r.Context(), req, c, ev, bp)
+}
+
+// issue runs the token endpoint's own steps for an authenticated client:
+// check the grant, pick the audience and scopes, wait out the client's
+// revocation watermark, then mint.
+func (h *TokenHandler) issue(ctx context.Context, req *tokenRequest, c *Client, ev *AuditEvent, bp *[]byte) ([]byte, error) {
 	switch req.grantType {
 	case GrantTypeClientCredentials:
 	case "":
@@ -313,14 +372,49 @@ func (h *TokenHandler) issue(w http.ResponseWriter, r *http.Request, p peer, req
 	if err != nil {
 		return nil, err
 	}
-	return h.mint(r.Context(), req, c, audience, scopes, ev, bp)
+	if err := afterWatermark(ctx, req, c.TokensRevokedAt); err != nil {
+		return nil, err
+	}
+	return h.mint(ctx, req, c, audience, scopes, ev, bp)
+}
+
+// maxWatermarkWait bounds how long a token request waits for its
+// client's revocation watermark to pass. A watermark further ahead of
+// the clock (another replica's clock running fast) is answered 503.
+const maxWatermarkWait = 1100 * time.Millisecond
+
+// afterWatermark makes sure a token issued at req.now is not born revoked
+// by its client's watermark at: tokens issued up to the end of the
+// watermark's second are revoked (see [Revocations]), so a request made
+// in or before that second waits until the next whole second and moves
+// req.now there. The wait ends early, with an error, when ctx does.
+func afterWatermark(ctx context.Context, req *tokenRequest, at time.Time) error {
+	if at.IsZero() || req.now.Unix() > at.Unix() {
+		return nil
+	}
+	next := time.Unix(at.Unix()+1, 0)
+	wait := next.Sub(req.now)
+	if wait > maxWatermarkWait {
+		e := WrapError(CodeTemporarilyUnavailable, "the client's tokens were just revoked; retry later", retryLater{wait})
+		e.Status = http.StatusServiceUnavailable
+		return e
+	}
+	t := time.NewTimer(wait)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-ctx.Done():
+		return unavailable(ctx, "the request ended while waiting for the client's revocation to pass", context.DeadlineExceeded)
+	}
+	req.now = next.In(req.now.Location())
+	return nil
 }
 
 // admit refuses requests that must not be looked at further: another
 // method than POST, no TLS, or an auditor that cannot record.
 func (h *TokenHandler) admit(w http.ResponseWriter, r *http.Request, p peer, ev *AuditEvent) error {
 	if r.Method != http.MethodPost {
-		e := NewError(CodeInvalidRequest, "the token endpoint accepts only POST")
+		e := NewError(CodeInvalidRequest, "this endpoint accepts only POST")
 		e.Status = http.StatusMethodNotAllowed
 		return e
 	}
@@ -504,25 +598,31 @@ func readBody(r *http.Request, limit int64, bp *[]byte) ([]byte, error) {
 	return buf, nil
 }
 
-// param stores the value of a recognised parameter in req, refusing a
-// repeated one (RFC 6749 §3.2). Unrecognised parameters are ignored
-// (RFC 6749 §3.1).
+// param stores the value of a parameter the request's endpoint
+// recognises in req, refusing a repeated one (RFC 6749 §3.2, RFC 7009
+// §2.1 and RFC 7662 §2.1 use the same encoding). Unrecognised parameters
+// are ignored (RFC 6749 §3.1).
 func (req *tokenRequest) param(name, value string, seen *uint8) error {
 	var dst *string
 	var bit uint8
-	switch name {
-	case "grant_type":
-		dst, bit = &req.grantType, 1
-	case "client_id":
-		dst, bit = &req.cred.id, 2
-	case "client_secret":
-		dst, bit = &req.cred.secret, 4
-	case "scope":
+	token := req.endpoint == endpointToken
+	switch {
+	case name == "client_id":
+		dst, bit = &req.cred.id, 1
+	case name == "client_secret":
+		dst, bit = &req.cred.secret, 2
+	case token && name == "grant_type":
+		dst, bit = &req.grantType, 4
+	case token && name == "scope":
 		dst, bit = &req.scope, 8
-	case "audience":
+	case token && name == "audience":
 		dst, bit = &req.audience, 16
-	case "resource":
+	case token && name == "resource":
 		dst, bit = &req.resource, 32
+	case !token && name == "token":
+		dst, bit = &req.token, 64
+	case !token && name == "token_type_hint":
+		dst, bit = &req.tokenTypeHint, 128
 	default:
 		return nil
 	}
@@ -627,7 +727,7 @@ func (h *TokenHandler) audience(req *tokenRequest) (string, error) {
 func (h *TokenHandler) fail(w http.ResponseWriter, r *http.Request, ev *AuditEvent, err error) {
 	e := asError(err)
 	if e.Code == CodeServerError {
-		h.cfg.Logger.ErrorContext(r.Context(), "m2mauth: token request failed", "error", err)
+		h.cfg.Logger.ErrorContext(r.Context(), "m2mauth: request failed", "error", err)
 	}
 	if e.Code == CodeInvalidClient {
 		// RFC 6749 §5.2: 401 with a challenge for the scheme the client
