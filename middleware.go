@@ -68,6 +68,29 @@ type ValidatorConfig struct {
 	// connection's peer is the client.
 	TrustedProxies  []netip.Prefix
 	ForwardedHeader string
+	// Revocations, if set, is checked for every token, those answered
+	// from the verified-token cache included: a revoked token is refused
+	// with 401 invalid_token "token has been revoked", and a
+	// token_rejected event with Reason [ReasonTokenRevoked], the
+	// ClientID and the JTI. The check reads an in-memory snapshot and
+	// does no I/O, so a revoked token stops being accepted within the
+	// source's refresh interval: at once with a source that is the store
+	// itself (memstore), within [RevocationPollerConfig.Interval] with a
+	// [RevocationPoller].
+	//
+	// When the source cannot vouch for its snapshot (its error wraps
+	// [ErrRevocationsStale]), every token is refused with 503 and a
+	// server_error: the fault is on the server's side, not in the token,
+	// so the answer carries no Bearer challenge. Default: none; tokens
+	// are valid until they expire.
+	Revocations RevocationSource
+	// InsecureAcceptStaleRevocations keeps accepting tokens while
+	// Revocations fails: the snapshot the source returns with its error,
+	// or else the last one it returned without, is still applied, and a
+	// token revoked since then passes until the source recovers. It
+	// trades revocation for availability; only for deployments that
+	// would rather serve revoked tokens than no one. Default: false.
+	InsecureAcceptStaleRevocations bool
 }
 
 // Validator checks access tokens issued by a [TokenHandler] (RFC 9068 §4,
@@ -82,6 +105,9 @@ type Validator struct {
 	challenge string // `Bearer realm="..."[, resource_metadata="..."]`
 	index     atomic.Pointer[keyIndex]
 	cache     *tokenCache // nil when disabled
+	// lastRevs is the last snapshot the revocation source returned
+	// without an error, kept only with InsecureAcceptStaleRevocations.
+	lastRevs atomic.Pointer[Revocations]
 	// anyAudience accepts tokens for any audience: the authorization
 	// server's own view, for introspection.
 	anyAudience bool
@@ -146,6 +172,9 @@ func NewValidator(keys KeyProvider, cfg ValidatorConfig) (*Validator, error) {
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
+	}
+	if cfg.InsecureAcceptStaleRevocations && cfg.Revocations == nil {
+		return nil, errors.New("m2mauth: InsecureAcceptStaleRevocations is set without Revocations")
 	}
 	v.cfg = cfg
 	addrs, err := newAddrPolicy(cfg.TrustedProxies, cfg.ForwardedHeader, 0, nil)
@@ -308,9 +337,50 @@ func RejectionReason(err error) string {
 
 // Validate verifies raw, a JWT access token, and returns its claims. Any
 // failure is an *[Error] with code invalid_token, except a failing
-// [KeyProvider] (or [KeyRefresher]), which is a server_error. The returned
-// Claims may be shared with other callers and must not be modified.
+// [KeyProvider] (or [KeyRefresher]), which is a server_error (status
+// 500), and a stale [ValidatorConfig.Revocations] source, a server_error
+// with status 503. The returned Claims may be shared with other callers
+// and must not be modified.
 func (v *Validator) Validate(ctx context.Context, raw string) (*Claims, error) {
+	c, err := v.validate(ctx, raw)
+	if err != nil || v.cfg.Revocations == nil {
+		return c, err
+	}
+	if err := v.checkRevoked(c); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// checkRevoked refuses c when the revocation source says its token is
+// revoked, or cannot say. The accepting path does not allocate.
+func (v *Validator) checkRevoked(c *Claims) error {
+	revs, err := v.cfg.Revocations.CurrentRevocations()
+	if v.cfg.InsecureAcceptStaleRevocations {
+		switch {
+		case err == nil:
+			if revs != nil && v.lastRevs.Load() != revs {
+				v.lastRevs.Store(revs)
+			}
+		case revs == nil:
+			revs = v.lastRevs.Load()
+		}
+		err = nil
+	}
+	if err != nil {
+		e := WrapError(CodeServerError, "token revocations are unavailable", err)
+		e.Status = http.StatusServiceUnavailable
+		return e
+	}
+	if revs.Revoked(c.ClientID, c.ID, c.IssuedAt.Time()) {
+		return WrapError(CodeInvalidToken, "token has been revoked",
+			&tokenFault{reason: ReasonTokenRevoked, clientID: auditString(c.ClientID), jti: auditString(c.ID)})
+	}
+	return nil
+}
+
+// validate is Validate without the revocation check.
+func (v *Validator) validate(ctx context.Context, raw string) (*Claims, error) {
 	idx, err := v.keyIndex(ctx)
 	if err != nil {
 		return nil, WrapError(CodeServerError, "token verification keys are unavailable", err)

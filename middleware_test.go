@@ -659,6 +659,7 @@ func TestNewValidatorValidates(t *testing.T) {
 		{"huge leeway", keys, func(c *m2mauth.ValidatorConfig) { c.Leeway = time.Hour }},
 		{"quote in realm", keys, func(c *m2mauth.ValidatorConfig) { c.Realm = `"` }},
 		{"no usable key", badKeys{}, nil},
+		{"insecure stale revocations without revocations", keys, func(c *m2mauth.ValidatorConfig) { c.InsecureAcceptStaleRevocations = true }},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -726,4 +727,161 @@ func TestEndToEnd(t *testing.T) {
 	code, challenge, _ = get("/api/builders")
 	assert.Equal(t, 401, code)
 	assert.Contains(t, challenge, `error="invalid_token", error_description="token expired"`)
+}
+
+// fakeRevocations is a RevocationSource whose answer the test sets.
+type fakeRevocations struct {
+	mu   sync.Mutex
+	revs *m2mauth.Revocations
+	err  error
+}
+
+func (f *fakeRevocations) CurrentRevocations() (*m2mauth.Revocations, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.revs, f.err
+}
+
+func (f *fakeRevocations) set(revs *m2mauth.Revocations, err error) {
+	f.mu.Lock()
+	f.revs, f.err = revs, err
+	f.mu.Unlock()
+}
+
+// TestValidatorRevocations: every token is checked against the
+// revocation source, those answered from the verified-token cache
+// included (RFC 7009 §2: a revoked token is invalid at once for the
+// resource servers that see the revocation). A revoked token is 401
+// invalid_token (RFC 6750 §3.1), audited with the client and jti.
+func TestValidatorRevocations(t *testing.T) {
+	src := &fakeRevocations{}
+	p := newProtected(t, func(c *m2mauth.ValidatorConfig) { c.Revocations = src })
+	now := p.clock() // 12:00:00
+	h := p.v.RequireScopes("read")(echo)
+	tokA := mint(t, keyB, "k2", "at+jwt", with(validClaims(now.Add(-time.Minute)), "jti", "jti-a"))
+	tokB := mint(t, keyB, "k2", "at+jwt", with(validClaims(now.Add(-time.Minute)), "jti", "jti-b"))
+	tokOther := mint(t, keyB, "k2", "at+jwt", with(validClaims(now.Add(-time.Minute)), "jti", "jti-o", "client_id", "other", "sub", "other"))
+	// Issued in the watermark's second, and the second after.
+	tokSame := mint(t, keyB, "k2", "at+jwt", with(validClaims(now), "jti", "jti-s"))
+	tokNext := mint(t, keyB, "k2", "at+jwt", with(validClaims(now.Add(time.Second)), "jti", "jti-n"))
+	p.advance(2 * time.Second)
+
+	tokens := []string{tokA, tokB, tokOther, tokSame, tokNext}
+	for _, tok := range tokens { // nothing revoked yet; all cached now
+		require.Equal(t, http.StatusOK, call(h, "Bearer "+tok).Code)
+	}
+	watermark := now.Add(400 * time.Millisecond)
+
+	tests := []struct {
+		name    string
+		revs    *m2mauth.Revocations
+		refused []bool // for tokA, tokB, tokOther, tokSame, tokNext
+	}{
+		{name: "nothing revoked", revs: nil, refused: []bool{false, false, false, false, false}},
+		{name: "one jti on the deny-list, RFC 7009 §2", revs: &m2mauth.Revocations{Version: 1, Tokens: map[string]time.Time{"jti-a": now.Add(time.Hour)}}, refused: []bool{true, false, false, false, false}},
+		{name: "the client's watermark, whole seconds", revs: &m2mauth.Revocations{Version: 2, Clients: map[string]time.Time{"svc": watermark}}, refused: []bool{true, true, false, true, false}},
+		{name: "the store-wide watermark", revs: &m2mauth.Revocations{Version: 3, Before: watermark}, refused: []bool{true, true, true, true, false}},
+		{name: "another client's watermark", revs: &m2mauth.Revocations{Version: 4, Clients: map[string]time.Time{"other": watermark}}, refused: []bool{false, false, true, false, false}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			src.set(tc.revs, nil)
+			for i, tok := range tokens {
+				hits := p.v.CacheStats().Hits
+				w := call(h, "Bearer "+tok)
+				assert.Equal(t, hits+1, p.v.CacheStats().Hits, "token %d is answered from the cache", i)
+				if !tc.refused[i] {
+					assert.Equal(t, http.StatusOK, w.Code, "token %d: %s", i, w.Body)
+					continue
+				}
+				assertRefused(t, w, http.StatusUnauthorized,
+					`Bearer realm="m2mauth", error="invalid_token", error_description="token has been revoked"`,
+					`{"error":"invalid_token","error_description":"token has been revoked"}`)
+				e := p.lastEvent(t)
+				assert.Equal(t, m2mauth.EventTokenRejected, e.Type)
+				assert.Equal(t, m2mauth.ReasonTokenRevoked, e.Reason)
+				assert.Equal(t, m2mauth.CodeInvalidToken, e.Error)
+				assert.NotEmpty(t, e.JTI)
+				assert.NotEmpty(t, e.ClientID)
+			}
+		})
+	}
+
+	// A token verified from scratch is checked too, and Validate says why.
+	src.set(&m2mauth.Revocations{Version: 5, Tokens: map[string]time.Time{"jti-fresh": now.Add(time.Hour)}}, nil)
+	fresh := mint(t, keyB, "k2", "at+jwt", with(validClaims(now), "jti", "jti-fresh"))
+	misses := p.v.CacheStats().Misses
+	_, err := p.v.Validate(t.Context(), fresh)
+	require.ErrorIs(t, err, &m2mauth.Error{Code: m2mauth.CodeInvalidToken})
+	assert.Equal(t, m2mauth.ReasonTokenRevoked, m2mauth.RejectionReason(err))
+	assert.Equal(t, misses+1, p.v.CacheStats().Misses)
+	src.set(nil, nil)
+	_, err = p.v.Validate(t.Context(), fresh)
+	assert.NoError(t, err, "a revocation taken back (a test-only move) frees the token")
+}
+
+// TestValidatorStaleRevocations: a source that cannot vouch for its
+// snapshot makes the validator refuse every token with 503 and a
+// server_error, without a Bearer challenge (the fault is the server's,
+// RFC 6750 §3.1 does not apply); InsecureAcceptStaleRevocations applies
+// the last snapshot instead.
+func TestValidatorStaleRevocations(t *testing.T) {
+	stale := fmt.Errorf("%w: test", m2mauth.ErrRevocationsStale)
+	revoked := &m2mauth.Revocations{Version: 1, Tokens: map[string]time.Time{"jti-a": time.Now().Add(time.Hour)}}
+
+	tests := []struct {
+		name     string
+		insecure bool
+		before   *m2mauth.Revocations // returned without error before the source fails
+		withErr  *m2mauth.Revocations // returned with the error
+		status   []int                // for jti-a, jti-b
+	}{
+		{name: "refused when stale", status: []int{503, 503}},
+		{name: "refused when stale, whatever was seen before", before: revoked, status: []int{503, 503}},
+		{name: "insecure: nothing ever seen, all pass", insecure: true, status: []int{200, 200}},
+		{name: "insecure: the last snapshot seen is applied", insecure: true, before: revoked, status: []int{401, 200}},
+		{name: "insecure: the snapshot returned with the error is applied", insecure: true, withErr: revoked, status: []int{401, 200}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			src := &fakeRevocations{}
+			p := newProtected(t, func(c *m2mauth.ValidatorConfig) {
+				c.Revocations, c.InsecureAcceptStaleRevocations = src, tc.insecure
+			})
+			h := p.v.RequireScopes("read")(echo)
+			tokA := mint(t, keyB, "k2", "at+jwt", with(validClaims(p.clock()), "jti", "jti-a"))
+			tokB := mint(t, keyB, "k2", "at+jwt", with(validClaims(p.clock()), "jti", "jti-b"))
+			if tc.before != nil {
+				src.set(tc.before, nil)
+				call(h, "Bearer "+tokB)
+			}
+			src.set(tc.withErr, stale)
+			for i, tok := range []string{tokA, tokB} {
+				w := call(h, "Bearer "+tok)
+				switch tc.status[i] {
+				case http.StatusServiceUnavailable:
+					assertRefused(t, w, http.StatusServiceUnavailable, "",
+						`{"error":"server_error","error_description":"token revocations are unavailable"}`)
+					_, err := p.v.Validate(t.Context(), tok)
+					require.ErrorIs(t, err, m2mauth.ErrRevocationsStale)
+					assert.NotContains(t, err.Error(), tok)
+				default:
+					assert.Equal(t, tc.status[i], w.Code, "token %d: %s", i, w.Body)
+				}
+			}
+		})
+	}
+}
+
+// TestValidatorRefusesRevocationList: a signed revocation list is not an
+// access token, even with an access token's claims (RFC 8725 §3.11,
+// RFC 9068 §4: typ must be at+jwt).
+func TestValidatorRefusesRevocationList(t *testing.T) {
+	p := newProtected(t)
+	for _, typ := range []string{m2mauth.RevocationListType, "application/" + m2mauth.RevocationListType} {
+		tok := mint(t, keyB, "k2", typ, validClaims(p.clock()))
+		_, err := p.v.Validate(t.Context(), tok)
+		require.ErrorIs(t, err, &m2mauth.Error{Code: m2mauth.CodeInvalidToken}, typ)
+		assert.Equal(t, m2mauth.ReasonTokenType, m2mauth.RejectionReason(err), typ)
+	}
 }

@@ -1,0 +1,330 @@
+package m2mauth
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// RevocationPollerConfig holds the tunables of a [RevocationPoller].
+// Every zero value is a working default.
+type RevocationPollerConfig struct {
+	// Interval is the time from the end of one poll to the start of the
+	// next: a revocation recorded in the feed reaches the validators
+	// within Interval (plus the duration of one poll, plus whatever delay
+	// the feed itself adds). At least 10ms. Default: 5s.
+	Interval time.Duration
+	// MaxStale is how long the snapshot is trusted after the start of
+	// the last successful poll. Past it, CurrentRevocations returns an
+	// error wrapping [ErrRevocationsStale] and a [Validator] refuses
+	// every token. It must exceed Interval. Default: 6 × Interval (30s
+	// with the default Interval): five polls in a row may fail before
+	// tokens are refused.
+	MaxStale time.Duration
+	// Timeout bounds each poll, whoever starts it. Default: 5s.
+	Timeout time.Duration
+	// Logger receives the first failure of a run of failed polls, the
+	// moment the snapshot becomes stale, and the recovery: one line
+	// each, not one per poll. Default: [slog.Default].
+	Logger *slog.Logger
+	// Now is the clock behind staleness and the pruning of dead
+	// entries. Default: [time.Now].
+	Now func() time.Time
+}
+
+const (
+	defaultPollInterval = 5 * time.Second
+	minPollInterval     = 10 * time.Millisecond
+	defaultPollStale    = 6 // × Interval
+	defaultPollTimeout  = 5 * time.Second
+	// pollPruneEvery is the least time between two prunings of a
+	// snapshot whose version did not change: each copies the snapshot,
+	// and dead entries revoke nothing, so there is no hurry.
+	pollPruneEvery = time.Minute
+)
+
+// RevocationPoller is a [RevocationSource] fed by a [RevocationFeed]: a
+// store shared by replicas (sqlstore), or the revocation list another
+// server publishes ([RemoteRevocations]). It polls the feed in a
+// background goroutine and hands validators the last snapshot it got,
+// so a validation never waits for the feed. Give it to
+// [ValidatorConfig.Revocations]; stop it with Close.
+//
+// Guarantees:
+//
+//   - CurrentRevocations is an atomic load and a clock read; it does not
+//     allocate and never blocks.
+//   - A revocation reaches CurrentRevocations within Interval (5s by
+//     default) plus one poll.
+//   - The poller starts whatever the state of the feed: the first poll
+//     runs in the background at once. Until one succeeds,
+//     CurrentRevocations returns an error wrapping
+//     [ErrRevocationsStale], and validators refuse tokens; call Refresh
+//     at start-up to wait for it.
+//   - A failed poll never replaces the snapshot. The snapshot is served
+//     up to MaxStale (30s by default) after the start of the last
+//     successful poll; then CurrentRevocations fails with
+//     [ErrRevocationsStale] (it still returns the snapshot, for
+//     [ValidatorConfig.InsecureAcceptStaleRevocations]) until a poll
+//     succeeds again.
+//   - The version never goes back: a feed answering with a Version
+//     lower than the one held is refused, as a failed poll.
+//   - Entries that can no longer revoke a valid token are dropped from
+//     the snapshot ([Revocations.Pruned]) as they die, at most once a
+//     minute, even while the feed's version does not change, so memory
+//     shrinks back after a burst of revocations.
+//
+// It implements [Pinger]: Ping fails while the snapshot is stale, so
+// it can be a readiness check:
+//
+//	Checks: map[string]func(context.Context) error{"revocations": poller.Ping}
+//
+// A RevocationPoller is safe for concurrent use.
+type RevocationPoller struct {
+	feed RevocationFeed
+	cfg  RevocationPollerConfig
+
+	// snap is the current snapshot, nil until the first successful
+	// poll. It is replaced, never modified.
+	snap atomic.Pointer[pollSnapshot]
+
+	mu        sync.Mutex // serializes polls; guards the fields below
+	failing   bool       // the last poll failed
+	failedAt  time.Time  // start of the first of the failed polls in a row
+	staleSaid bool       // the staleness of this run was logged
+	lastPrune time.Time
+
+	cancel    context.CancelFunc
+	done      chan struct{}
+	closeOnce sync.Once
+}
+
+// pollSnapshot is a snapshot and the instants that govern it.
+type pollSnapshot struct {
+	revs *Revocations // never nil
+	// good is the start of the last successful poll; the snapshot is
+	// stale after staleAt, good + MaxStale, and then staleErr is
+	// returned with it.
+	good, staleAt time.Time
+	staleErr      error
+	// death is the earliest instant past which an entry of revs revokes
+	// nothing; zero when revs is empty.
+	death time.Time
+}
+
+// errNoRevocationsYet is the error of a poller before its first
+// successful poll.
+var errNoRevocationsYet = fmt.Errorf("%w: no revocations polled yet", ErrRevocationsStale)
+
+// NewRevocationPoller returns a poller of feed and starts its
+// background goroutine, whose first poll runs at once. It does not wait
+// for that poll: call Refresh for that. Close stops it.
+func NewRevocationPoller(feed RevocationFeed, cfg RevocationPollerConfig) (*RevocationPoller, error) {
+	if feed == nil {
+		return nil, errors.New("m2mauth: nil RevocationFeed")
+	}
+	switch {
+	case cfg.Interval == 0:
+		cfg.Interval = defaultPollInterval
+	case cfg.Interval < minPollInterval:
+		return nil, fmt.Errorf("m2mauth: RevocationPollerConfig.Interval %v is under %v", cfg.Interval, minPollInterval)
+	}
+	switch {
+	case cfg.MaxStale == 0:
+		cfg.MaxStale = defaultPollStale * cfg.Interval
+	case cfg.MaxStale <= cfg.Interval:
+		return nil, fmt.Errorf("m2mauth: RevocationPollerConfig.MaxStale %v must exceed Interval %v", cfg.MaxStale, cfg.Interval)
+	}
+	switch {
+	case cfg.Timeout == 0:
+		cfg.Timeout = defaultPollTimeout
+	case cfg.Timeout < 0:
+		return nil, fmt.Errorf("m2mauth: RevocationPollerConfig.Timeout %v is negative", cfg.Timeout)
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	p := &RevocationPoller{feed: feed, cfg: cfg, cancel: cancel, done: make(chan struct{})}
+	go p.run(ctx)
+	return p, nil
+}
+
+// CurrentRevocations implements [RevocationSource]: the last snapshot
+// polled, and nil; or, when no poll has succeeded within MaxStale, that
+// snapshot (nil if there was none) and an error wrapping
+// [ErrRevocationsStale].
+func (p *RevocationPoller) CurrentRevocations() (*Revocations, error) {
+	s := p.snap.Load()
+	if s == nil {
+		return nil, errNoRevocationsYet
+	}
+	if p.cfg.Now().After(s.staleAt) {
+		return s.revs, s.staleErr
+	}
+	return s.revs, nil
+}
+
+// Ping implements [Pinger]: it returns the error of CurrentRevocations,
+// nil while the snapshot is fresh.
+func (p *RevocationPoller) Ping(context.Context) error {
+	_, err := p.CurrentRevocations()
+	return err
+}
+
+// Refresh polls the feed now, after any poll in progress, within ctx and
+// Timeout, and returns that poll's error. The background polls go on
+// regardless.
+func (p *RevocationPoller) Refresh(ctx context.Context) error {
+	return p.poll(ctx)
+}
+
+// Close stops the background polls and waits for the one in progress,
+// if any, to end. The snapshot is still served until it is stale.
+// Closing twice is not an error.
+func (p *RevocationPoller) Close() error {
+	p.closeOnce.Do(func() {
+		p.cancel()
+		<-p.done
+	})
+	return nil
+}
+
+// run polls at once, then Interval after the end of each poll.
+func (p *RevocationPoller) run(ctx context.Context) {
+	defer close(p.done)
+	t := time.NewTimer(0)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		p.poll(ctx)
+		t.Reset(p.cfg.Interval)
+	}
+}
+
+// poll asks the feed for what changed since the version held, and
+// installs it, or records the failure.
+func (p *RevocationPoller) poll(ctx context.Context) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	started := p.cfg.Now()
+	old := p.snap.Load()
+	version := int64(-1) // nothing held: every version differs
+	if old != nil {
+		version = old.revs.Version
+	}
+	fctx, cancel := context.WithTimeout(ctx, p.cfg.Timeout)
+	r, err := p.feed.RevocationsSince(fctx, version)
+	cancel()
+	now := p.cfg.Now()
+	switch {
+	case err != nil:
+		err = fmt.Errorf("m2mauth: polling revocations: %w", err)
+	case r == nil && old == nil:
+		err = errors.New("m2mauth: polling revocations: the feed answered \"unchanged\" to a poller that holds nothing")
+	case r != nil && r.Version < 0:
+		err = fmt.Errorf("m2mauth: polling revocations: the feed answered with the negative version %d", r.Version)
+	case r != nil && old != nil && r.Version < old.revs.Version:
+		err = fmt.Errorf("m2mauth: polling revocations: the feed went back from version %d to %d; refused", old.revs.Version, r.Version)
+	}
+	if err != nil {
+		if ctx.Err() == nil {
+			// A poll cut short by Close, or by its caller giving up,
+			// says nothing about the feed.
+			p.failed(ctx, err, old, started, now)
+		}
+		return err
+	}
+	var s *pollSnapshot
+	if r == nil || old != nil && r.Version == old.revs.Version {
+		s = p.prune(old.revs, old.death, now, false)
+	} else {
+		s = p.prune(r, revocationsDeath(r), now, true)
+	}
+	s.good = started
+	s.staleAt = started.Add(p.cfg.MaxStale)
+	s.staleErr = fmt.Errorf("%w: no successful poll since %s (MaxStale %v)", ErrRevocationsStale, started.Format(time.RFC3339), p.cfg.MaxStale)
+	p.snap.Store(s)
+	if p.failing {
+		p.cfg.Logger.InfoContext(ctx, "m2mauth: revocation polls succeed again",
+			"failing_since", p.failedAt, "version", s.revs.Version, "entries", s.revs.Len())
+		p.failing, p.staleSaid = false, false
+	}
+	return nil
+}
+
+// failed records a failed poll: it logs the first of a run, and the
+// moment the snapshot turns stale, and prunes the snapshot held, which
+// stays.
+func (p *RevocationPoller) failed(ctx context.Context, err error, old *pollSnapshot, started, now time.Time) {
+	if !p.failing {
+		p.failing, p.failedAt = true, started
+		p.cfg.Logger.WarnContext(ctx, "m2mauth: revocation poll failed; serving the last snapshot until it is stale",
+			"error", err, "max_stale", p.cfg.MaxStale)
+	}
+	if !p.staleSaid && (old == nil || now.After(old.staleAt)) {
+		p.staleSaid = true
+		attrs := []any{"error", err}
+		if old != nil {
+			attrs = append(attrs, "last_success", old.good)
+		}
+		p.cfg.Logger.ErrorContext(ctx, "m2mauth: revocations are stale; validators refuse tokens", attrs...)
+	}
+	if old != nil {
+		if s := p.prune(old.revs, old.death, now, false); s.revs != old.revs {
+			s.good, s.staleAt, s.staleErr = old.good, old.staleAt, old.staleErr
+			p.snap.Store(s)
+		}
+	}
+}
+
+// prune returns a snapshot of r without its dead entries when some have
+// died (death is their earliest end) and it is time to prune; fresh
+// snapshots from the feed are pruned at once, held ones at most once per
+// pollPruneEvery. The timing fields are left to the caller.
+func (p *RevocationPoller) prune(r *Revocations, death, now time.Time, fresh bool) *pollSnapshot {
+	if death.IsZero() || !now.After(death) || !fresh && !p.lastPrune.IsZero() && now.Sub(p.lastPrune) < pollPruneEvery {
+		return &pollSnapshot{revs: r, death: death}
+	}
+	p.lastPrune = now
+	r = r.Pruned(now)
+	return &pollSnapshot{revs: r, death: revocationsDeath(r)}
+}
+
+// revocationsDeath returns the earliest instant past which an entry of
+// r can no longer revoke a valid token (see [WatermarkLive] and
+// [DenyLive]), or zero when r has no entries.
+func revocationsDeath(r *Revocations) time.Time {
+	var first time.Time
+	note := func(t time.Time) {
+		if first.IsZero() || t.Before(first) {
+			first = t
+		}
+	}
+	if !r.Before.IsZero() {
+		note(r.Before.Add(MaxClientTokenTTL + RevocationGrace))
+	}
+	for _, at := range r.Clients {
+		note(at.Add(MaxClientTokenTTL + RevocationGrace))
+	}
+	for _, exp := range r.Tokens {
+		note(exp.Add(RevocationGrace))
+	}
+	return first
+}
+
+var (
+	_ RevocationSource = (*RevocationPoller)(nil)
+	_ Pinger           = (*RevocationPoller)(nil)
+)
