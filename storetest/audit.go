@@ -31,10 +31,13 @@ type recorder struct {
 	seen   []lookup
 }
 
-// lookup is what the store's Client returned during one Audit call.
+// lookup is what the store's Client, and Revocations when it has them,
+// returned during one Audit call.
 type lookup struct {
 	client  *m2mauth.Client
 	err     error
+	rev     *m2mauth.Revocations
+	revErr  error
 	blocked bool
 }
 
@@ -46,8 +49,13 @@ func (r *recorder) Audit(ctx context.Context, e m2mauth.AuditEvent) {
 		// Audit returns, which must fail the test rather than hang it.
 		done := make(chan lookup, 1)
 		go func() {
-			c, err := r.store.Client(context.WithoutCancel(ctx), e.ClientID)
-			done <- lookup{client: c, err: err}
+			ctx := context.WithoutCancel(ctx)
+			c, err := r.store.Client(ctx, e.ClientID)
+			l := lookup{client: c, err: err}
+			if rv, ok := r.store.(m2mauth.Revoker); ok {
+				l.rev, l.revErr = rv.Revocations(ctx)
+			}
+			done <- l
 		}()
 		select {
 		case l = <-done:
@@ -80,6 +88,15 @@ func testAdminAudit(t *testing.T, newStore func(*testing.T, m2mauth.Auditor) m2m
 	s := newStore(t, rec)
 	require.NotNil(t, s, "newStore returned nil")
 	rec.store = s
+	rv, isRevoker := s.(m2mauth.Revoker)
+	// revoked is the event of a watermark the change sets, when the store
+	// keeps revocations.
+	revoked := func(id, reason string) []m2mauth.AuditEvent {
+		if !isRevoker {
+			return nil
+		}
+		return []m2mauth.AuditEvent{adminEvent(m2mauth.EventTokensRevoked, id, "", reason)}
+	}
 
 	now := utcNow()
 	plain0, s0 := newSecret(t, now, time.Time{})
@@ -117,21 +134,23 @@ func testAdminAudit(t *testing.T, newStore func(*testing.T, m2mauth.Auditor) m2m
 		change  func(ctx context.Context, id string) error
 		wantErr error // nil for success; errAny for any error
 		want    func(id string) []m2mauth.AuditEvent
+		revoker bool // run only on a store that implements m2mauth.Revoker
 	}{
 		{
 			name:  "CreateClient",
 			setup: none,
 			change: func(ctx context.Context, id string) error {
 				return s.CreateClient(ctx, &m2mauth.Client{
-					ID:       id,
-					Secrets:  []m2mauth.Secret{s0, s1},
-					Grants:   map[string]m2mauth.Scopes{api: {"read"}},
-					TokenTTL: time.Minute,
+					ID:            id,
+					Secrets:       []m2mauth.Secret{s0, s1},
+					Grants:        map[string]m2mauth.Scopes{api: {"read"}},
+					TokenTTL:      time.Minute,
+					CanIntrospect: true,
 				})
 			},
 			want: func(id string) []m2mauth.AuditEvent {
 				return []m2mauth.AuditEvent{
-					adminEvent(m2mauth.EventClientCreated, id, "", "grants,token_ttl"),
+					adminEvent(m2mauth.EventClientCreated, id, "", "grants,token_ttl,introspect"),
 					adminEvent(m2mauth.EventSecretAdded, id, s0.ID, ""),
 					adminEvent(m2mauth.EventSecretAdded, id, s1.ID, ""),
 				}
@@ -198,6 +217,17 @@ func testAdminAudit(t *testing.T, newStore func(*testing.T, m2mauth.Auditor) m2m
 			},
 		},
 		{
+			name: "UpdateIntrospect",
+			change: func(ctx context.Context, id string) error {
+				c := base(id)
+				c.Secrets, c.CanIntrospect = nil, true
+				return s.UpdateClient(ctx, c)
+			},
+			want: func(id string) []m2mauth.AuditEvent {
+				return []m2mauth.AuditEvent{adminEvent(m2mauth.EventClientUpdated, id, "", "introspect")}
+			},
+		},
+		{
 			name: "UpdateNothing",
 			change: func(ctx context.Context, id string) error {
 				// The same grants, listed in another order.
@@ -217,10 +247,23 @@ func testAdminAudit(t *testing.T, newStore func(*testing.T, m2mauth.Auditor) m2m
 				return s.UpdateClient(ctx, c)
 			},
 			want: func(id string) []m2mauth.AuditEvent {
-				return []m2mauth.AuditEvent{
+				return append([]m2mauth.AuditEvent{
 					adminEvent(m2mauth.EventClientUpdated, id, "", "disabled"),
 					adminEvent(m2mauth.EventClientDisabled, id, "", "disabled"),
-				}
+				}, revoked(id, "disabled")...)
+			},
+		},
+		{
+			// A client that stays disabled is not disabled again.
+			name:  "UpdateStaysDisabled",
+			setup: disabled,
+			change: func(ctx context.Context, id string) error {
+				c := base(id)
+				c.Secrets, c.Disabled, c.TokenTTL = nil, true, 2*time.Minute
+				return s.UpdateClient(ctx, c)
+			},
+			want: func(id string) []m2mauth.AuditEvent {
+				return []m2mauth.AuditEvent{adminEvent(m2mauth.EventClientUpdated, id, "", "token_ttl")}
 			},
 		},
 		{
@@ -351,7 +394,7 @@ func testAdminAudit(t *testing.T, newStore func(*testing.T, m2mauth.Auditor) m2m
 			name:   "Disable",
 			change: func(ctx context.Context, id string) error { return s.SetDisabled(ctx, id, true) },
 			want: func(id string) []m2mauth.AuditEvent {
-				return []m2mauth.AuditEvent{adminEvent(m2mauth.EventClientDisabled, id, "", "disabled")}
+				return append([]m2mauth.AuditEvent{adminEvent(m2mauth.EventClientDisabled, id, "", "disabled")}, revoked(id, "disabled")...)
 			},
 		},
 		{
@@ -359,7 +402,7 @@ func testAdminAudit(t *testing.T, newStore func(*testing.T, m2mauth.Auditor) m2m
 			setup:  disabled,
 			change: func(ctx context.Context, id string) error { return s.SetDisabled(ctx, id, true) },
 			want: func(id string) []m2mauth.AuditEvent {
-				return []m2mauth.AuditEvent{adminEvent(m2mauth.EventClientDisabled, id, "", "")}
+				return append([]m2mauth.AuditEvent{adminEvent(m2mauth.EventClientDisabled, id, "", "")}, revoked(id, "disabled")...)
 			},
 		},
 		{
@@ -387,7 +430,7 @@ func testAdminAudit(t *testing.T, newStore func(*testing.T, m2mauth.Auditor) m2m
 			name:   "DeleteClient",
 			change: func(ctx context.Context, id string) error { return s.DeleteClient(ctx, id) },
 			want: func(id string) []m2mauth.AuditEvent {
-				return []m2mauth.AuditEvent{adminEvent(m2mauth.EventClientDeleted, id, "", "")}
+				return append([]m2mauth.AuditEvent{adminEvent(m2mauth.EventClientDeleted, id, "", "")}, revoked(id, "deleted")...)
 			},
 		},
 		{
@@ -397,13 +440,60 @@ func testAdminAudit(t *testing.T, newStore func(*testing.T, m2mauth.Auditor) m2m
 			wantErr: m2mauth.ErrClientNotFound,
 		},
 		{
+			name:    "RevokeClientTokens",
+			change:  func(ctx context.Context, id string) error { return rv.RevokeClientTokens(ctx, id) },
+			want:    func(id string) []m2mauth.AuditEvent { return revoked(id, "revoke") },
+			revoker: true,
+		},
+		{
+			name:    "RevokeClientTokensNotFound",
+			setup:   none,
+			change:  func(ctx context.Context, id string) error { return rv.RevokeClientTokens(ctx, id) },
+			wantErr: m2mauth.ErrClientNotFound,
+			revoker: true,
+		},
+		{
+			name:    "RevokeAllTokens",
+			change:  func(ctx context.Context, _ string) error { return rv.RevokeAllTokens(ctx) },
+			want:    func(string) []m2mauth.AuditEvent { return revoked("", "revoke_all") },
+			revoker: true,
+		},
+		{
+			// The revocation endpoint audits it, with the caller's address.
+			name: "RevokeToken",
+			change: func(ctx context.Context, id string) error {
+				return rv.RevokeToken(ctx, id, "jti-audit", time.Now().Add(time.Hour))
+			},
+			revoker: true,
+		},
+		{
+			name: "RevokeTokenInvalid",
+			change: func(ctx context.Context, id string) error {
+				return rv.RevokeToken(ctx, id, "", time.Now().Add(time.Hour))
+			},
+			wantErr: errAny,
+			revoker: true,
+		},
+		{
 			name: "Reads",
 			change: func(ctx context.Context, id string) error {
 				if _, err := s.Client(ctx, id); err != nil {
 					return err
 				}
-				_, err := s.ListClients(ctx, "", 0)
-				return err
+				if _, err := s.ListClients(ctx, "", 0); err != nil {
+					return err
+				}
+				if isRevoker {
+					if _, err := rv.Revocations(ctx); err != nil {
+						return err
+					}
+				}
+				if feed, ok := s.(m2mauth.RevocationFeed); ok {
+					if _, err := feed.RevocationsSince(ctx, 0); err != nil {
+						return err
+					}
+				}
+				return nil
 			},
 			want: func(string) []m2mauth.AuditEvent { return nil },
 		},
@@ -411,6 +501,9 @@ func testAdminAudit(t *testing.T, newStore func(*testing.T, m2mauth.Auditor) m2m
 	secrets := map[string]string{plain0: s0.Hash, plain1: s1.Hash}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
+			if tt.revoker && !isRevoker {
+				t.Skip("the store does not implement m2mauth.Revoker")
+			}
 			id := "audit-" + tt.name
 			if tt.setup == nil {
 				mustCreate(t, s, base(id))
@@ -479,6 +572,10 @@ func assertSeenAfterChange(t *testing.T, e m2mauth.AuditEvent, l lookup) {
 			"event %s", e.Type)
 		return
 	}
+	if e.Type == m2mauth.EventTokensRevoked {
+		assertWatermarkSeen(t, e, l)
+		return
+	}
 	if e.Type == m2mauth.EventClientDeleted {
 		assert.ErrorIs(t, l.err, m2mauth.ErrClientNotFound, "the auditor received %s before the client was deleted", e.Type)
 		return
@@ -495,6 +592,30 @@ func assertSeenAfterChange(t *testing.T, e m2mauth.AuditEvent, l lookup) {
 		assert.True(t, l.client.Disabled, "the auditor received %s before the client was disabled", e.Type)
 	case m2mauth.EventClientEnabled:
 		assert.False(t, l.client.Disabled, "the auditor received %s before the client was enabled", e.Type)
+	}
+}
+
+// assertWatermarkSeen checks that the store's Revocations, read while the
+// auditor received the tokens_revoked event e, held the watermark e
+// reports, in the second of e's Time, and that so did the client's
+// TokensRevokedAt when it still exists.
+func assertWatermarkSeen(t *testing.T, e m2mauth.AuditEvent, l lookup) {
+	t.Helper()
+	if !assert.NoError(t, l.revErr, "Revocations while the auditor received %s", e.Type) ||
+		!assert.NotNil(t, l.rev, "Revocations while the auditor received %s", e.Type) {
+		return
+	}
+	if e.ClientID == "" {
+		assertSameSecond(t, e.Time, l.rev.Before, "the store-wide watermark when the auditor received %s", e.Type)
+		return
+	}
+	assertSameSecond(t, e.Time, l.rev.Clients[e.ClientID], "the watermark of %q when the auditor received %s", e.ClientID, e.Type)
+	if e.Reason == "deleted" {
+		assert.ErrorIs(t, l.err, m2mauth.ErrClientNotFound, "the auditor received %s before the client was deleted", e.Type)
+		return
+	}
+	if assert.NoError(t, l.err, "the auditor received %s before the change was visible", e.Type) {
+		assertSameSecond(t, e.Time, l.client.TokensRevokedAt, "TokensRevokedAt of %q when the auditor received %s", e.ClientID, e.Type)
 	}
 }
 

@@ -12,12 +12,69 @@
 // The suite checks lookups, validation (an invalid client is refused and
 // nothing is stored), copy semantics (a store neither keeps nor hands out a
 // reference it shares with a caller), the secret methods, pagination and
-// safety under concurrent use.
+// safety under concurrent use. CanIntrospect round-trips like the other
+// fields a caller sets; TokensRevokedAt is kept as CreateClient was given
+// it (normally zero) and UpdateClient leaves it as stored.
 //
 // Every time the suite writes is in UTC and truncated to the microsecond,
 // the precision SQL databases keep, so a store may drop anything finer.
 // Timestamps a store sets itself must be within a minute of the clock of
-// the machine running the tests.
+// the machine running the tests. TokensRevokedAt, watermarks and token
+// expiries are compared to the second, the precision of token timestamps:
+// a store may keep them as whole seconds, rounded down.
+//
+// # Revocations
+//
+// A store that also implements [m2mauth.Revoker] is checked against the
+// contract below when [Run] is given [WithClock], a constructor of stores
+// that read the time from a clock the suite controls:
+//
+//	storetest.Run(t, newStore, storetest.WithClock(
+//		func(t *testing.T, now func() time.Time) m2mauth.ClientManager {
+//			return mystore.New(openTestDB(t), mystore.WithClock(now))
+//		}))
+//
+// The contract, on top of the one written on [m2mauth.Revoker]:
+//
+//   - A new store's [m2mauth.Revoker.Revocations] are empty, at Version 0.
+//   - A client's watermark is set to now by RevokeClientTokens, by
+//     SetDisabled(true) (every call, even on a client already disabled),
+//     by an UpdateClient that turns Disabled on (not one that leaves it
+//     on), and by DeleteClient. It never moves back. The client's
+//     TokensRevokedAt becomes the same time (except after DeleteClient),
+//     and UpdateClient leaves it. Re-enabling keeps the watermark. A
+//     deleted client's watermark stays in force when its id is registered
+//     again. RevokeClientTokens of an unknown or impossible id returns an
+//     error wrapping [m2mauth.ErrClientNotFound] and changes nothing.
+//   - RevokeAllTokens sets the store-wide watermark (Before) to now and
+//     changes no client.
+//   - RevokeToken needs a valid client id ([m2mauth.ValidClientID]), but
+//     not an existing client; a jti of 1 to 255 printable ASCII
+//     characters (%x20-7E), compared byte for byte; and a non-zero
+//     expiry. Anything else is an error that changes nothing. Revoking a
+//     token again is not an error; revoking one already dead at now (see
+//     [m2mauth.DenyLive]) succeeds and need not be kept.
+//   - Version is 0 until the first change and strictly increases with
+//     every change above; reads, failed calls, the passing of time, and
+//     administration that revokes nothing (CreateClient, UpdateClient
+//     that does not turn Disabled on, the secret methods,
+//     SetDisabled(false)) leave it.
+//   - Revocations never holds an entry that is dead at now
+//     ([m2mauth.Revocations.Pruned]), however many there were: the
+//     "ManyTokens" subtest revokes [WithRevokedTokens] tokens one by one
+//     and expects them all gone once dead.
+//   - A store that implements [m2mauth.RevocationFeed] answers
+//     RevocationsSince(v) with (nil, nil) when v is the current Version,
+//     and with the current state for any other v, lower or higher.
+//   - A store that implements [m2mauth.RevocationSource] is expected to
+//     be immediate: CurrentRevocations, once pruned, equals Revocations
+//     after every change. A source that lags (polling a shared store, for
+//     example) belongs in a separate type.
+//   - Revocations from many goroutines at once are all kept, and the
+//     Version a reader sees never goes back.
+//
+// With [WithAuditedStore] as well, a Revoker's events are checked too (see
+// below).
 //
 // # Audit events
 //
@@ -37,8 +94,9 @@
 // clock, its Type, ClientID, the SecretID where one is concerned, and a
 // Reason naming the fields whose value the call changed, comma-separated
 // in the order of [m2mauth.Client]'s fields ("grants", "public",
-// "disabled", "token_ttl"), or empty when it changed none; its other
-// fields are empty, so no secret or hash can be among them.
+// "disabled", "token_ttl", "introspect"), or empty when it changed none;
+// its other fields are empty, so no secret, hash or token id can be among
+// them.
 //
 //   - CreateClient: [m2mauth.EventClientCreated], Reason naming the
 //     fields set to other than their zero value, then one
@@ -57,6 +115,21 @@
 //     [m2mauth.EventClientEnabled], Reason "disabled" when the client was
 //     not already so.
 //   - DeleteClient: [m2mauth.EventClientDeleted].
+//
+// A store that also implements [m2mauth.Revoker] sends an
+// [m2mauth.EventTokensRevoked] for each watermark it sets, after the
+// events above, with the ClientID, a Time in the same second as the
+// watermark, and a Reason:
+//
+//   - SetDisabled(true), and an UpdateClient that turns Disabled on:
+//     "disabled".
+//   - DeleteClient: "deleted".
+//   - RevokeClientTokens: "revoke".
+//   - RevokeAllTokens: an empty ClientID and "revoke_all".
+//
+// RevokeToken sends none (the revocation endpoint audits it, with the
+// caller's address). When the auditor receives the event, the watermark
+// is already in the store's Revocations.
 //
 // Reads send no events.
 package storetest
@@ -81,7 +154,9 @@ import (
 type Option func(*options)
 
 type options struct {
-	newAudited func(t *testing.T, a m2mauth.Auditor) m2mauth.ClientManager
+	newAudited    func(t *testing.T, a m2mauth.Auditor) m2mauth.ClientManager
+	newClocked    func(t *testing.T, now func() time.Time) m2mauth.ClientManager
+	revokedTokens int
 }
 
 // WithAuditedStore makes [Run] check the audit events of client
@@ -94,7 +169,9 @@ func WithAuditedStore(newStore func(t *testing.T, a m2mauth.Auditor) m2mauth.Cli
 
 // Run checks the store made by newStore against the [m2mauth.ClientManager]
 // contract, one t.Run subtest per property, and against the options'
-// contracts.
+// contracts: the audit events with [WithAuditedStore], and the
+// [m2mauth.Revoker] contract, in a subtest named "Revocations", with
+// [WithClock].
 //
 // Run calls newStore once per subtest, with that subtest's t, and expects a
 // fresh, empty store each time; newStore may register cleanup with
@@ -148,6 +225,7 @@ func Run(t *testing.T, newStore func(t *testing.T) m2mauth.ClientManager, opts .
 	if o.newAudited != nil {
 		t.Run("AdminAudit", func(t *testing.T) { testAdminAudit(t, o.newAudited) })
 	}
+	t.Run("Revocations", func(t *testing.T) { runRevocations(t, newStore, o) })
 }
 
 const api = "https://api.example.com"
@@ -177,8 +255,9 @@ func testCreateRoundTrip(t *testing.T, s m2mauth.ClientManager) {
 				api:                         {"invoices:read", "invoices:write", "admin"},
 				"https://other.example.com": {"read"},
 			},
-			Disabled: true,
-			TokenTTL: 90 * time.Second,
+			Disabled:      true,
+			TokenTTL:      90 * time.Second,
+			CanIntrospect: true,
 		}},
 		{"Public", &m2mauth.Client{
 			ID:     "public",
@@ -213,16 +292,21 @@ func testCreateSetsTimestamps(t *testing.T, s m2mauth.ClientManager) {
 func testCreateKeepsGivenTimestamps(t *testing.T, s m2mauth.ClientManager) {
 	now := utcNow()
 	_, sec := newSecret(t, now, time.Time{})
-	created, updated := now.Add(-48*time.Hour), now.Add(-24*time.Hour)
+	created, updated, revoked := now.Add(-48*time.Hour), now.Add(-24*time.Hour), now.Add(-36*time.Hour)
 	mustCreate(t, s, &m2mauth.Client{
-		ID:        "imported",
-		Secrets:   []m2mauth.Secret{sec},
-		CreatedAt: created,
-		UpdatedAt: updated,
+		ID:              "imported",
+		Secrets:         []m2mauth.Secret{sec},
+		TokensRevokedAt: revoked,
+		CreatedAt:       created,
+		UpdatedAt:       updated,
 	})
 	got := mustGet(t, s, "imported")
 	assertSameTime(t, created, got.CreatedAt, "CreatedAt")
 	assertSameTime(t, updated, got.UpdatedAt, "UpdatedAt")
+	assertSameSecond(t, revoked, got.TokensRevokedAt, "TokensRevokedAt")
+
+	mustCreate(t, s, &m2mauth.Client{ID: "fresh", Secrets: []m2mauth.Secret{sec}})
+	assert.True(t, mustGet(t, s, "fresh").TokensRevokedAt.IsZero(), "TokensRevokedAt of a new client")
 }
 
 // testAudienceWithoutScopes checks that an audience granted with no scopes
@@ -442,10 +526,11 @@ func testUpdateClient(t *testing.T, s m2mauth.ClientManager) {
 			"https://other.example.com": {"admin"},
 			"https://new.example.com":   {"read"},
 		},
-		Disabled:  true,
-		TokenTTL:  5 * time.Minute,
-		CreatedAt: now.Add(-100 * 24 * time.Hour),
-		UpdatedAt: now.Add(-100 * 24 * time.Hour),
+		Disabled:      true,
+		TokenTTL:      5 * time.Minute,
+		CanIntrospect: true,
+		CreatedAt:     now.Add(-100 * 24 * time.Hour),
+		UpdatedAt:     now.Add(-100 * 24 * time.Hour),
 	}
 	require.NoError(t, s.UpdateClient(ctx, update))
 	got := mustGet(t, s, "upd")
@@ -461,6 +546,23 @@ func testUpdateClient(t *testing.T, s m2mauth.ClientManager) {
 		assertSameClient(t, &m2mauth.Client{ID: "upd", Secrets: before.Secrets}, got)
 		assert.Empty(t, got.Grants)
 		assertSameTime(t, before.CreatedAt, got.CreatedAt, "CreatedAt")
+	})
+
+	// TokensRevokedAt is the store's: an update neither sets nor clears
+	// it (unless it disables the client, which the Revocations tests
+	// check).
+	t.Run("KeepsTokensRevokedAt", func(t *testing.T) {
+		revokedAt := now.Add(-time.Hour)
+		for _, disabled := range []bool{false, true} {
+			id := fmt.Sprintf("kept-%t", disabled)
+			mustCreate(t, s, &m2mauth.Client{ID: id, Secrets: []m2mauth.Secret{s1}, Disabled: disabled, TokensRevokedAt: revokedAt})
+			for _, at := range []time.Time{{}, now.Add(time.Hour), now.Add(-48 * time.Hour)} {
+				require.NoError(t, s.UpdateClient(ctx, &m2mauth.Client{ID: id, Disabled: disabled, CanIntrospect: true, TokensRevokedAt: at}))
+				got := mustGet(t, s, id)
+				assert.True(t, got.CanIntrospect, "CanIntrospect of %q", id)
+				assertSameSecond(t, revokedAt, got.TokensRevokedAt, "TokensRevokedAt of %q after an update with %v", id, at)
+			}
+		}
 	})
 
 	t.Run("PublicClient", func(t *testing.T) {
@@ -800,11 +902,12 @@ func testListClients(t *testing.T, s m2mauth.ClientManager) {
 	for _, i := range rand.Perm(n) {
 		_, sec := newSecret(t, now, time.Time{})
 		c := &m2mauth.Client{
-			ID:       fmt.Sprintf("list-%02d", i),
-			Secrets:  []m2mauth.Secret{sec},
-			Grants:   map[string]m2mauth.Scopes{api: {"read", fmt.Sprintf("scope-%d", i)}},
-			Disabled: i%3 == 0,
-			TokenTTL: time.Duration(i) * time.Second,
+			ID:            fmt.Sprintf("list-%02d", i),
+			Secrets:       []m2mauth.Secret{sec},
+			Grants:        map[string]m2mauth.Scopes{api: {"read", fmt.Sprintf("scope-%d", i)}},
+			Disabled:      i%3 == 0,
+			TokenTTL:      time.Duration(i) * time.Second,
+			CanIntrospect: i%2 == 0,
 		}
 		want[c.ID] = c.Clone()
 		ids = append(ids, c.ID)
@@ -1103,6 +1206,8 @@ func scribble(c *m2mauth.Client) {
 	c.Public = !c.Public
 	c.Disabled = !c.Disabled
 	c.TokenTTL += time.Hour
+	c.CanIntrospect = !c.CanIntrospect
+	c.TokensRevokedAt = time.Unix(1, 0)
 	c.CreatedAt = time.Unix(1, 0)
 	c.UpdatedAt = time.Unix(1, 0)
 }
@@ -1119,6 +1224,7 @@ func assertSameClient(t *testing.T, want, got *m2mauth.Client) {
 	assert.Equal(t, want.Public, got.Public, "Public of %q", want.ID)
 	assert.Equal(t, want.Disabled, got.Disabled, "Disabled of %q", want.ID)
 	assert.Equal(t, want.TokenTTL, got.TokenTTL, "TokenTTL of %q", want.ID)
+	assert.Equal(t, want.CanIntrospect, got.CanIntrospect, "CanIntrospect of %q", want.ID)
 	assertSameSecrets(t, want.Secrets, got.Secrets)
 	assertSameGrants(t, want.Grants, got.Grants)
 }
@@ -1131,6 +1237,7 @@ func assertUnchanged(t *testing.T, s m2mauth.ClientManager, before *m2mauth.Clie
 	assertSameClient(t, before, got)
 	assertSameTime(t, before.CreatedAt, got.CreatedAt, "CreatedAt of %q", before.ID)
 	assertSameTime(t, before.UpdatedAt, got.UpdatedAt, "UpdatedAt of %q", before.ID)
+	assertSameSecond(t, before.TokensRevokedAt, got.TokensRevokedAt, "TokensRevokedAt of %q", before.ID)
 }
 
 func assertSameSecrets(t *testing.T, want, got []m2mauth.Secret) {
@@ -1184,6 +1291,18 @@ func assertSameTime(t *testing.T, want, got time.Time, what string, args ...any)
 		return
 	}
 	assert.Equal(t, want.UTC().Truncate(time.Microsecond), got.UTC().Truncate(time.Microsecond), what)
+}
+
+// assertSameSecond compares two instants to the second, the precision of
+// watermarks and token timestamps; a zero time matches only a zero time.
+func assertSameSecond(t *testing.T, want, got time.Time, what string, args ...any) {
+	t.Helper()
+	what = fmt.Sprintf(what, args...)
+	if want.IsZero() || got.IsZero() {
+		assert.Equal(t, want.IsZero(), got.IsZero(), "%s: want %v, got %v", what, want, got)
+		return
+	}
+	assert.Equal(t, want.Unix(), got.Unix(), "%s: want %v, got %v", what, want.UTC(), got.UTC())
 }
 
 func assertNotBefore(t *testing.T, earlier, later time.Time, what string) {
