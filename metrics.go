@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.opentelemetry.io/otel/attribute"
@@ -133,9 +134,12 @@ type MetricsConfig struct {
 // [Metrics.Validated]) or refused; requests that carry no token at all
 // are not validations (they are in m2mauth.request.duration as 401s).
 //
-// Counting an event is an Add on an instrument made by NewMetrics, with
-// an attribute set built once: the sets of issued tokens are kept per
-// (client, audience) pair, up to the bound.
+// The counters are kept in memory and reported when metrics are
+// collected (as the SDK's observable counters, cumulative and monotonic
+// like any counter), so counting an event is one atomic add on a series
+// found without allocating: the series of issued tokens are kept per
+// (client, audience) pair, up to the bound. Only the duration histogram
+// is recorded through the SDK on the request path.
 //
 // A Metrics is safe for concurrent use.
 type Metrics struct {
@@ -144,21 +148,25 @@ type Metrics struct {
 	meter metric.Meter
 	since func(time.Time) time.Duration // the time elapsed since, by cfg.Now
 
-	issued, authFailures, rateLimited, rejections, validations, alerts metric.Int64Counter
+	issued, authFailures, rateLimited, rejections, validations, alerts metric.Int64ObservableCounter
 	duration                                                           metric.Float64Histogram
 	cacheHits, cacheMisses, cacheEntries, limiterKeys                  metric.Int64Observable
 
-	// Attribute sets built once, for the bounded values.
-	reasons  map[string][]metric.AddOption // auth failure reasons
-	results  map[string][]metric.AddOption // validation results
-	codes    map[string][]metric.AddOption // RFC error codes
-	noAttrs  []metric.AddOption
-	pairs    attrCache[issuedKey]
-	audience attrCache[string]
-	rules    attrCache[alertKey]
-	// otherRules are the sets of alerts past the bound of rule names,
+	// The series of the counters, for the bounded values.
+	reasons     map[string]*tally // auth failure reasons
+	results     map[string]*tally // validation results
+	codes       map[string]*tally // RFC error codes
+	limited     *tally            // m2mauth.rate_limited
+	issuedOther *tally            // issued tokens past both bounds
+	pairs       attrCache[issuedKey]
+	audience    attrCache[string]
+	rules       attrCache[alertKey]
+	// otherRules are the series of alerts past the bound of rule names,
 	// by severity.
-	otherRules map[string][]metric.AddOption
+	otherRules map[string]*tally
+
+	tmu     sync.Mutex
+	tallies []*tally // every series of every counter, for the callback
 
 	mu       sync.Mutex
 	observed map[string]bool // "v:name" / "l:name" already registered
@@ -193,8 +201,8 @@ func NewMetrics(meter metric.Meter, cfg MetricsConfig) (*Metrics, error) {
 	}
 	m.on = true
 	var errs []error
-	counter := func(name, unit, desc string) metric.Int64Counter {
-		c, err := meter.Int64Counter(name, metric.WithUnit(unit), metric.WithDescription(desc))
+	counter := func(name, unit, desc string) metric.Int64ObservableCounter {
+		c, err := meter.Int64ObservableCounter(name, metric.WithUnit(unit), metric.WithDescription(desc))
 		errs = append(errs, err)
 		return c
 	}
@@ -225,60 +233,90 @@ func NewMetrics(meter metric.Meter, cfg MetricsConfig) (*Metrics, error) {
 		return nil, fmt.Errorf("m2mauth: creating instruments: %w", err)
 	}
 
-	m.noAttrs = addOptions()
-	m.reasons = attrTable(attrReason, ReasonNoCredentials, ReasonUnknownClient, ReasonBadSecret,
+	m.limited = m.newTally(m.rateLimited)
+	m.issuedOther = m.newTally(m.issued)
+	m.reasons = m.tallyTable(m.authFailures, attrReason, ReasonNoCredentials, ReasonUnknownClient, ReasonBadSecret,
 		ReasonExpiredSecret, ReasonClientDisabled, ReasonPublicClient, attrOther)
-	m.results = attrTable(attrResult, resultOK, resultScopeDenied, CodeInvalidRequest, CodeServerError,
+	m.results = m.tallyTable(m.validations, attrResult, resultOK, resultScopeDenied, CodeInvalidRequest, CodeServerError,
 		ReasonTokenMalformed, ReasonTokenAlgorithm, ReasonTokenUnknownKey, ReasonTokenSignature,
 		ReasonTokenType, ReasonTokenIssuer, ReasonTokenAudience, ReasonTokenExpired,
-		ReasonTokenNotYetValid, ReasonTokenIssuedFuture, ReasonTokenMissingClaims, attrOther)
-	m.codes = attrTable(attrErrorType, CodeInvalidRequest, CodeInvalidClient, CodeInvalidGrant,
+		ReasonTokenNotYetValid, ReasonTokenIssuedFuture, ReasonTokenMissingClaims, ReasonTokenRevoked, attrOther)
+	m.codes = m.tallyTable(m.rejections, attrErrorType, CodeInvalidRequest, CodeInvalidClient, CodeInvalidGrant,
 		CodeUnauthorizedClient, CodeUnsupportedGrantType, CodeInvalidScope, CodeInvalidTarget,
 		CodeServerError, CodeTemporarilyUnavailable, attrOther)
 	m.pairs.max = max(cfg.MaxClientAttributes, 0)
 	m.audience.max = maxAudienceAttributes
 	m.rules.max = maxAlertRules
-	m.otherRules = make(map[string][]metric.AddOption, 3)
+	m.otherRules = make(map[string]*tally, 3)
 	for _, sev := range []string{string(AlertWarning), string(AlertCritical), attrOther} {
-		m.otherRules[sev] = addOptions(attribute.String(attrAlertRule, attrOther), attribute.String(attrAlertLevel, sev))
+		m.otherRules[sev] = m.newTally(m.alerts, attribute.String(attrAlertRule, attrOther), attribute.String(attrAlertLevel, sev))
+	}
+	if _, err := meter.RegisterCallback(m.report, m.issued, m.authFailures, m.rateLimited, m.rejections, m.validations, m.alerts); err != nil {
+		return nil, fmt.Errorf("m2mauth: registering a metrics callback: %w", err)
 	}
 	return m, nil
 }
 
-// addOptions returns the options of one Add with attributes kv, built
-// once so that an Add allocates nothing for them.
-func addOptions(kv ...attribute.KeyValue) []metric.AddOption {
-	return []metric.AddOption{metric.WithAttributeSet(attribute.NewSet(kv...))}
+// tally is one series of a counter: a count kept in memory, so that
+// counting an event is one atomic add, and reported as an observable
+// counter whenever metrics are collected. A series is reported once it
+// has counted something, as a synchronous counter's would be.
+type tally struct {
+	n    atomic.Int64
+	inst metric.Int64Observable
+	opt  []metric.ObserveOption
 }
 
-// attrTable returns the Add options of each value of key.
-func attrTable(key string, values ...string) map[string][]metric.AddOption {
-	t := make(map[string][]metric.AddOption, len(values))
+// newTally returns a new series of inst with attributes kv.
+func (m *Metrics) newTally(inst metric.Int64Observable, kv ...attribute.KeyValue) *tally {
+	t := &tally{inst: inst, opt: []metric.ObserveOption{metric.WithAttributeSet(attribute.NewSet(kv...))}}
+	m.tmu.Lock()
+	m.tallies = append(m.tallies, t)
+	m.tmu.Unlock()
+	return t
+}
+
+// tallyTable returns a series of inst for each value of key.
+func (m *Metrics) tallyTable(inst metric.Int64Observable, key string, values ...string) map[string]*tally {
+	t := make(map[string]*tally, len(values))
 	for _, v := range values {
-		t[v] = addOptions(attribute.String(key, v))
+		t[v] = m.newTally(inst, attribute.String(key, v))
 	}
 	return t
 }
 
-// lookup returns the options of v in t, or of "other".
-func lookup(t map[string][]metric.AddOption, v string) []metric.AddOption {
+// report observes every series that has counted something.
+func (m *Metrics) report(_ context.Context, o metric.Observer) error {
+	m.tmu.Lock()
+	all := m.tallies[:len(m.tallies):len(m.tallies)]
+	m.tmu.Unlock()
+	for _, t := range all {
+		if n := t.n.Load(); n > 0 {
+			o.ObserveInt64(t.inst, n, t.opt...)
+		}
+	}
+	return nil
+}
+
+// lookup returns the series of v in t, or of "other".
+func lookup(t map[string]*tally, v string) *tally {
 	if o, ok := t[v]; ok {
 		return o
 	}
 	return t[attrOther]
 }
 
-// attrCache holds the Add options of up to max keys. Past the bound, get
-// reports false and the caller falls back to a coarser set.
+// attrCache holds the series of up to max keys. Past the bound, get
+// reports false and the caller falls back to a coarser series.
 type attrCache[K comparable] struct {
 	max int
 	mu  sync.RWMutex
-	m   map[K][]metric.AddOption
+	m   map[K]*tally
 }
 
-// get returns the options of k, building them with build if k is new
-// and the cache has room.
-func (c *attrCache[K]) get(k K, build func() []metric.AddOption) ([]metric.AddOption, bool) {
+// get returns the series of k, building it with build if k is new and
+// the cache has room.
+func (c *attrCache[K]) get(k K, build func() *tally) (*tally, bool) {
 	c.mu.RLock()
 	o, ok := c.m[k]
 	c.mu.RUnlock()
@@ -294,28 +332,28 @@ func (c *attrCache[K]) get(k K, build func() []metric.AddOption) ([]metric.AddOp
 		return nil, false
 	}
 	if c.m == nil {
-		c.m = make(map[K][]metric.AddOption)
+		c.m = make(map[K]*tally)
 	}
 	o = build()
 	c.m[k] = o
 	return o, true
 }
 
-// issuedOptions returns the attributes of a token issued to client for
-// audience: both, or past MaxClientAttributes the audience alone, or past
-// the audiences' bound none.
-func (m *Metrics) issuedOptions(client, audience string) []metric.AddOption {
-	if o, ok := m.pairs.get(issuedKey{client, audience}, func() []metric.AddOption {
-		return addOptions(attribute.String(attrClientID, client), attribute.String(attrAudience, audience))
+// issuedTally returns the series of a token issued to client for
+// audience: labelled with both, or past MaxClientAttributes with the
+// audience alone, or past the audiences' bound with none.
+func (m *Metrics) issuedTally(client, audience string) *tally {
+	if t, ok := m.pairs.get(issuedKey{client, audience}, func() *tally {
+		return m.newTally(m.issued, attribute.String(attrClientID, client), attribute.String(attrAudience, audience))
 	}); ok {
-		return o
+		return t
 	}
-	if o, ok := m.audience.get(audience, func() []metric.AddOption {
-		return addOptions(attribute.String(attrAudience, audience))
+	if t, ok := m.audience.get(audience, func() *tally {
+		return m.newTally(m.issued, attribute.String(attrAudience, audience))
 	}); ok {
-		return o
+		return t
 	}
-	return m.noAttrs
+	return m.issuedOther
 }
 
 // Auditor returns an [Auditor] that counts each event it receives, then
@@ -332,7 +370,7 @@ func (m *Metrics) Auditor(next Auditor) Auditor {
 		return next
 	}
 	return AuditorFunc(func(ctx context.Context, e AuditEvent) {
-		m.count(ctx, &e)
+		m.count(&e)
 		if next != nil {
 			next.Audit(ctx, e)
 		}
@@ -340,30 +378,30 @@ func (m *Metrics) Auditor(next Auditor) Auditor {
 }
 
 // count adds e to its counter.
-func (m *Metrics) count(ctx context.Context, e *AuditEvent) {
+func (m *Metrics) count(e *AuditEvent) {
 	switch e.Type {
 	case EventTokenIssued:
-		m.issued.Add(ctx, 1, m.issuedOptions(e.ClientID, e.Audience)...)
+		m.issuedTally(e.ClientID, e.Audience).n.Add(1)
 	case EventAuthFailed:
 		// Never the client id: it may be any string a request sent.
-		m.authFailures.Add(ctx, 1, lookup(m.reasons, e.Reason)...)
+		lookup(m.reasons, e.Reason).n.Add(1)
 	case EventRateLimited:
-		m.rateLimited.Add(ctx, 1, m.noAttrs...)
+		m.limited.n.Add(1)
 	case EventRequestRejected, EventAudienceDenied:
-		m.rejections.Add(ctx, 1, lookup(m.codes, e.Error)...)
+		lookup(m.codes, e.Error).n.Add(1)
 	case EventScopeDenied:
 		if e.Error == CodeInsufficientScope {
 			// A validator's 403; the token endpoint's is invalid_scope.
-			m.validations.Add(ctx, 1, m.results[resultScopeDenied]...)
+			m.results[resultScopeDenied].n.Add(1)
 		} else {
-			m.rejections.Add(ctx, 1, lookup(m.codes, e.Error)...)
+			lookup(m.codes, e.Error).n.Add(1)
 		}
 	case EventTokenRejected:
 		r := e.Reason
 		if r == "" {
 			r = e.Error // invalid_request, server_error
 		}
-		m.validations.Add(ctx, 1, lookup(m.results, r)...)
+		lookup(m.results, r).n.Add(1)
 	}
 }
 
@@ -385,7 +423,7 @@ func (m *Metrics) Validated(next http.Handler) http.Handler {
 	ok := m.results[resultOK]
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if _, has := ClaimsFromContext(r.Context()); has {
-			m.validations.Add(r.Context(), 1, ok...)
+			ok.n.Add(1)
 		}
 		next.ServeHTTP(w, r)
 	})
@@ -417,10 +455,13 @@ func (m *Metrics) Handler(name string, next http.Handler) http.Handler {
 	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := m.cfg.Now()
-		sw := statusWriter{ResponseWriter: w}
-		next.ServeHTTP(&sw, r)
+		sw := statusWriters.Get().(*statusWriter)
+		sw.ResponseWriter, sw.status = w, 0
+		next.ServeHTTP(sw, r)
 		elapsed := m.since(start).Seconds()
 		status := sw.status
+		*sw = statusWriter{}
+		statusWriters.Put(sw)
 		if status == 0 {
 			status = http.StatusOK
 		}
@@ -443,6 +484,11 @@ func (m *Metrics) Handler(name string, next http.Handler) http.Handler {
 func recordOptions(endpoint attribute.KeyValue, status int) []metric.RecordOption {
 	return []metric.RecordOption{metric.WithAttributeSet(attribute.NewSet(endpoint, attribute.Int(attrStatus, status)))}
 }
+
+// statusWriters reuses the writers of finished requests. A handler must
+// not use its ResponseWriter once ServeHTTP has returned (net/http), so
+// none still holds one that is handed out again.
+var statusWriters = sync.Pool{New: func() any { return new(statusWriter) }}
 
 // statusWriter remembers the status code of a response.
 type statusWriter struct {
@@ -480,7 +526,7 @@ func (m *Metrics) AlertSink(next AlertSink) AlertSink {
 	}
 	return AlertSinkFunc(func(ctx context.Context, a Alert) {
 		if !a.Recovered {
-			m.alerts.Add(ctx, 1, m.alertOptions(a)...)
+			m.alertTally(a).n.Add(1)
 		}
 		if next != nil {
 			next.Send(ctx, a)
@@ -488,18 +534,18 @@ func (m *Metrics) AlertSink(next AlertSink) AlertSink {
 	})
 }
 
-// alertOptions returns the attributes of a, with the rule "other" past
-// the bound of rule names.
-func (m *Metrics) alertOptions(a Alert) []metric.AddOption {
+// alertTally returns the series of a, with the rule "other" past the
+// bound of rule names.
+func (m *Metrics) alertTally(a Alert) *tally {
 	sev := string(a.Severity)
 	if a.Severity != AlertWarning && a.Severity != AlertCritical {
 		sev = attrOther
 	}
-	build := func() []metric.AddOption {
-		return addOptions(attribute.String(attrAlertRule, a.Rule), attribute.String(attrAlertLevel, sev))
+	build := func() *tally {
+		return m.newTally(m.alerts, attribute.String(attrAlertRule, a.Rule), attribute.String(attrAlertLevel, sev))
 	}
-	if o, ok := m.rules.get(alertKey{a.Rule, sev}, build); ok {
-		return o
+	if t, ok := m.rules.get(alertKey{a.Rule, sev}, build); ok {
+		return t
 	}
 	return m.otherRules[sev]
 }

@@ -604,6 +604,13 @@ func TestMetricsOff(t *testing.T) {
 // metricsBenchHandler is benchTokenHandler's handler over HS256, counted
 // by m when it is not nil.
 func metricsBenchHandler(b *testing.B, m *m2mauth.Metrics) (http.Handler, string) {
+	return observedBenchHandler(b, m, nil)
+}
+
+// observedBenchHandler is metricsBenchHandler's handler whose events also
+// pass through a Detector when d is not nil, as a host that watches its
+// token endpoint wires them: metrics, then the detector.
+func observedBenchHandler(b *testing.B, m *m2mauth.Metrics, d *m2mauth.Detector) (http.Handler, string) {
 	b.Helper()
 	store := memstore.New()
 	plain, sec, err := m2mauth.NewSecret(time.Now(), time.Time{})
@@ -616,6 +623,9 @@ func metricsBenchHandler(b *testing.B, m *m2mauth.Metrics) (http.Handler, string
 	keys, err := m2mauth.NewStaticKeys(benchSigningKey(b, jose.HS256))
 	require.NoError(b, err)
 	var auditor m2mauth.Auditor = m2mauth.AuditorFunc(func(context.Context, m2mauth.AuditEvent) {})
+	if d != nil {
+		auditor = d // which passes events to its own next auditor
+	}
 	if m != nil {
 		auditor = m.Auditor(auditor)
 	}
@@ -654,38 +664,7 @@ func BenchmarkTokenHandlerMetrics(b *testing.B) {
 		off, auth := metricsBenchHandler(b, nil)
 		m, _ := newTestMetrics(b, m2mauth.MetricsConfig{})
 		on, onAuth := metricsBenchHandler(b, m)
-		serve := func(h http.Handler, auth string) time.Duration {
-			// What one iteration of runTokenBench does.
-			start := time.Now()
-			r := httptest.NewRequest(http.MethodPost, "https://m2mauth.test/oauth/token", strings.NewReader(benchBody))
-			r.Header.Set("Content-Type", "application/x-www-form-urlencoded")
-			r.Header.Set("Authorization", auth)
-			w := httptest.NewRecorder()
-			h.ServeHTTP(w, r)
-			d := time.Since(start)
-			if w.Code != http.StatusOK {
-				b.Fatalf("status %d: %s", w.Code, w.Body)
-			}
-			return d
-		}
-		var offTimes, onTimes []time.Duration
-		for i := 0; b.Loop(); i++ {
-			if i%2 == 0 { // neither side always goes first
-				offTimes = append(offTimes, serve(off, auth))
-				onTimes = append(onTimes, serve(on, onAuth))
-			} else {
-				onTimes = append(onTimes, serve(on, onAuth))
-				offTimes = append(offTimes, serve(off, auth))
-			}
-		}
-		median := func(d []time.Duration) float64 {
-			slices.Sort(d)
-			return float64(d[len(d)/2].Nanoseconds())
-		}
-		offMed, onMed := median(offTimes), median(onTimes)
-		b.ReportMetric(offMed, "off-ns/req")
-		b.ReportMetric(onMed, "on-ns/req")
-		b.ReportMetric(100*(onMed/offMed-1), "%slower")
+		pairedTokenBench(b, off, auth, on, onAuth)
 	})
 	// The metrics' own share of "on": a token request's counting and
 	// timing around a handler that does nothing else.
@@ -704,6 +683,60 @@ func BenchmarkTokenHandlerMetrics(b *testing.B) {
 			h.ServeHTTP(w, r)
 		}
 	})
+}
+
+// pairedTokenBench serves token requests to off and on alternately,
+// each timed on its own, so that a machine whose load changes slows both
+// alike; it reports the median time of a request on each side (robust to
+// the GC pauses and preemptions that land on either) and how much slower
+// "on" is.
+func pairedTokenBench(b *testing.B, off http.Handler, offAuth string, on http.Handler, onAuth string) {
+	serve := func(h http.Handler, auth string) time.Duration {
+		// What one iteration of runTokenBench does.
+		start := time.Now()
+		r := httptest.NewRequest(http.MethodPost, "https://m2mauth.test/oauth/token", strings.NewReader(benchBody))
+		r.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+		r.Header.Set("Authorization", auth)
+		w := httptest.NewRecorder()
+		h.ServeHTTP(w, r)
+		d := time.Since(start)
+		if w.Code != http.StatusOK {
+			b.Fatalf("status %d: %s", w.Code, w.Body)
+		}
+		return d
+	}
+	var offTimes, onTimes []time.Duration
+	for i := 0; b.Loop(); i++ {
+		if i%2 == 0 { // neither side always goes first
+			offTimes = append(offTimes, serve(off, offAuth))
+			onTimes = append(onTimes, serve(on, onAuth))
+		} else {
+			onTimes = append(onTimes, serve(on, onAuth))
+			offTimes = append(offTimes, serve(off, offAuth))
+		}
+	}
+	median := func(d []time.Duration) float64 {
+		slices.Sort(d)
+		return float64(d[len(d)/2].Nanoseconds())
+	}
+	offMed, onMed := median(offTimes), median(onTimes)
+	b.ReportMetric(offMed, "off-ns/req")
+	b.ReportMetric(onMed, "on-ns/req")
+	b.ReportMetric(100*(onMed/offMed-1), "%slower")
+}
+
+// BenchmarkTokenHandlerObserved measures an HS256 token request bare and
+// with everything that watches it on: metrics (counted and timed, an SDK
+// with a manual reader collecting them) and a Detector with every rule,
+// in the same run, alternating request by request.
+func BenchmarkTokenHandlerObserved(b *testing.B) {
+	off, auth := observedBenchHandler(b, nil, nil)
+	m, _ := newTestMetrics(b, m2mauth.MetricsConfig{})
+	d, err := m2mauth.NewDetector(nil, m.AlertSink(nil), m2mauth.DetectorConfig{})
+	require.NoError(b, err)
+	b.Cleanup(func() { d.Close() })
+	on, onAuth := observedBenchHandler(b, m, d)
+	pairedTokenBench(b, off, auth, on, onAuth)
 }
 
 // ExampleMetrics counts an issued token. A host would hand NewMetrics a

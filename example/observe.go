@@ -62,7 +62,9 @@ func newObservability(f *serveFlags, next m2mauth.Auditor, logger *slog.Logger) 
 		}
 		sink = m2mauth.MultiAlertSink(sink, webhook)
 	}
-	det, err := m2mauth.NewDetector(next, m.AlertSink(sink), m2mauth.DetectorConfig{})
+	det, err := m2mauth.NewDetector(next, m.AlertSink(sink), m2mauth.DetectorConfig{
+		NewAddress: m2mauth.NewAddressRule{LearningPeriod: f.alertLearning},
+	})
 	if err != nil {
 		if webhook != nil {
 			webhook.Close()

@@ -136,13 +136,12 @@ func sample(samples map[string]float64, name string, labels ...string) (sum floa
 // TestServeOperations runs the server with an alert webhook and checks,
 // on every configured database, what an operator sees: 30 wrong secrets
 // for one client, from 30 addresses behind a trusted proxy, raise a
-// signed client_failures alert; /metrics counts them and the token
-// issued after; "client usage" and "audit tail" read them back from the
-// audit table, with the admin commands' own changes.
-//
-// The new_address rule only learns during a client's first 7 days, which
-// a fresh server cannot have behind it; TestDetectorNewAddress in the
-// m2mauth package covers it with a fake clock.
+// signed client_failures alert; a correct token request after the
+// client's learning period, from a network it has not used, raises a
+// new_address alert; /metrics counts the failures and the tokens; "client
+// usage" and "audit tail" read them back from the audit table, with the
+// admin commands' own changes. The learning period, 7 days by default, is
+// cut to a second with -alert-learning-period.
 func TestServeOperations(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds and runs the example server")
@@ -163,10 +162,11 @@ func TestServeOperations(t *testing.T) {
 			t.Cleanup(func() { cli("-db", db, "client", "delete", "-id", id) })
 
 			const webhookSecret = "test-webhook-secret-0123456789abcdefghij"
+			const learning = time.Second
 			recv, alerts := alertReceiver(t, webhookSecret)
 			t.Setenv(webhookSecretEnv, webhookSecret)
 			srv := startServerWith(t, bin, http.DefaultClient, global, "-addr", "127.0.0.1:0",
-				"-trusted-proxies", "127.0.0.1/32", "-alert-webhook", recv.URL)
+				"-trusted-proxies", "127.0.0.1/32", "-alert-webhook", recv.URL, "-alert-learning-period", learning.String())
 			assert.NotContains(t, srv.stderr.String(), webhookSecret)
 
 			for i := range 30 {
@@ -188,17 +188,36 @@ func TestServeOperations(t *testing.T) {
 			assert.Equal(t, "warning", got.Severity)
 			assert.GreaterOrEqual(t, got.Count, 20)
 
+			// The client's first token starts its learning period; once
+			// that has passed, a token from another network is unusual.
 			require.Equal(t, http.StatusOK, forwardedTokenRequest(t, srv.base, "203.0.113.9", id, created.Secret))
+			time.Sleep(learning + 200*time.Millisecond)
+			require.Equal(t, http.StatusOK, forwardedTokenRequest(t, srv.base, "192.0.2.77", id, created.Secret))
+			deadline = time.After(5 * time.Second)
+			for got.Rule != m2mauth.RuleNewAddress {
+				select {
+				case got = <-alerts:
+				case <-deadline:
+					t.Fatalf("no new_address alert within 5s; stderr: %s", srv.stderr)
+				}
+			}
+			assert.True(t, got.signed, "the signature verifies")
+			assert.Equal(t, id, got.ClientID)
+			assert.False(t, got.Recovered)
+			assert.Contains(t, got.Address, "192.0.2.", "the new network")
 
 			samples := scrape(t, srv.base)
 			issued, ok := sample(samples, "m2mauth_tokens_issued_total", `m2mauth_client_id="`+id+`"`)
 			require.True(t, ok, "no issued tokens of %s in %v", id, samples)
-			assert.Equal(t, 1.0, issued)
+			assert.Equal(t, 2.0, issued)
 			failed, ok := sample(samples, "m2mauth_auth_failures_total", `m2mauth_reason="bad_secret"`)
 			require.True(t, ok, "no failures in %v", samples)
 			assert.Equal(t, 30.0, failed)
 			fired, ok := sample(samples, "m2mauth_alerts_total", `m2mauth_alert_rule="client_failures"`)
 			require.True(t, ok, "no alerts in %v", samples)
+			assert.Equal(t, 1.0, fired)
+			fired, ok = sample(samples, "m2mauth_alerts_total", `m2mauth_alert_rule="new_address"`)
+			require.True(t, ok, "no new_address alert in %v", samples)
 			assert.Equal(t, 1.0, fired)
 
 			stopServer(t, srv) // writes the queued audit rows
@@ -212,17 +231,19 @@ func TestServeOperations(t *testing.T) {
 			line := cli("-db", db, "client", "usage", "-id", id, "-since", "1h").ok(t)
 			require.NoError(t, json.Unmarshal([]byte(line), &u), "%s", line)
 			assert.Equal(t, id, u.ClientID)
-			assert.Equal(t, int64(1), u.TokensIssued)
+			assert.Equal(t, int64(2), u.TokensIssued)
 			assert.Equal(t, map[string]int64{m2mauth.ReasonBadSecret: 30}, u.Failures)
-			assert.Equal(t, int64(31), u.DistinctAddresses)
+			assert.Equal(t, int64(32), u.DistinctAddresses)
 
-			tail := strings.Split(strings.TrimSpace(cli("-db", db, "audit", "tail", "-client", id, "-n", "3").ok(t)), "\n")
-			require.Len(t, tail, 3)
-			var newest auditLine
-			require.NoError(t, json.Unmarshal([]byte(tail[0]), &newest))
-			assert.Equal(t, string(m2mauth.EventTokenIssued), newest.Type, "newest first")
-			assert.Equal(t, "203.0.113.9", newest.RemoteIP)
-			for _, l := range tail[1:] {
+			tail := strings.Split(strings.TrimSpace(cli("-db", db, "audit", "tail", "-client", id, "-n", "4").ok(t)), "\n")
+			require.Len(t, tail, 4)
+			for i, addr := range []string{"192.0.2.77", "203.0.113.9"} {
+				var issued auditLine
+				require.NoError(t, json.Unmarshal([]byte(tail[i]), &issued))
+				assert.Equal(t, string(m2mauth.EventTokenIssued), issued.Type, "newest first")
+				assert.Equal(t, addr, issued.RemoteIP)
+			}
+			for _, l := range tail[2:] {
 				assert.Contains(t, l, `"event":"`+string(m2mauth.EventAuthFailed)+`"`)
 			}
 			for _, l := range tail {
@@ -318,6 +339,7 @@ func TestServeAlertWebhookFlags(t *testing.T) {
 		{"secret without webhook", "", []string{"-alert-webhook-secret", secret}, "without -alert-webhook"},
 		{"short secret", "", []string{"-alert-webhook", "https://alerts.example.com/hook", "-alert-webhook-secret", "short"}, "32 bytes"},
 		{"plain http off this machine", secret, []string{"-alert-webhook", "http://alerts.example.com/hook"}, "-alert-webhook"},
+		{"no learning period", "", []string{"-alert-learning-period", "0s"}, "-alert-learning-period"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -43,6 +43,9 @@ type serveFlags struct {
 	// alertWebhook receives the detector's alerts, signed with
 	// alertWebhookSecret (never printed).
 	alertWebhook, alertWebhookSecret string
+	// alertLearning is how long the new_address rule learns a client's
+	// networks before it alerts on a new one.
+	alertLearning time.Duration
 }
 
 // parseServeFlags reads and checks the flags of "serve", before anything
@@ -67,6 +70,7 @@ func parseServeFlags(args []string, stderr io.Writer) (*serveFlags, error) {
 	fs.StringVar(&f.auditSpill, "audit-spill", "", "`file` where audit events wait, synced to disk, while the audit table cannot be written; one per server process (default: beside the SQLite file, as NAME-audit.spill, or "+defaultAuditSpill+" in the working directory for a server database; \"none\": no file)")
 	fs.StringVar(&f.alertWebhook, "alert-webhook", "", "`URL` (https, or http on this machine) to POST alerts to, each signed with -alert-webhook-secret; they are always in the JSON log")
 	fs.StringVar(&f.alertWebhookSecret, "alert-webhook-secret", "", "`secret` that signs the webhook's alerts (HMAC-SHA256), at least 32 bytes, e.g. from: openssl rand -hex 32; default: $"+webhookSecretEnv+", which keeps it out of the process list")
+	fs.DurationVar(&f.alertLearning, "alert-learning-period", 7*24*time.Hour, "how long the new_address alert learns a new client's networks, and remembers a network after its last token, before a token from an unknown network raises it")
 	if err := fs.Parse(args); err != nil {
 		return nil, usageError(err)
 	}
@@ -97,6 +101,8 @@ func parseServeFlags(args []string, stderr io.Writer) (*serveFlags, error) {
 	switch {
 	case f.alertWebhook != "" && f.alertWebhookSecret == "":
 		return nil, fmt.Errorf("-alert-webhook needs a secret to sign the alerts: -alert-webhook-secret or $%s", webhookSecretEnv)
+	case f.alertLearning < time.Millisecond:
+		return nil, errors.New("-alert-learning-period must be at least 1ms")
 	case f.alertWebhook == "" && f.alertWebhookSecret != "":
 		return nil, errors.New("-alert-webhook-secret is given without -alert-webhook")
 	}
