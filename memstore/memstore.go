@@ -1,14 +1,20 @@
-// Package memstore provides an in-memory [m2mauth.ClientManager]: the store
-// for tests, examples and single-instance servers whose clients are
-// configured at start-up.
+// Package memstore provides an in-memory [m2mauth.ClientManager] and
+// [m2mauth.Revoker]: the store for tests, examples and single-instance
+// servers whose clients are configured at start-up.
 //
 // A Store is safe for concurrent use. It never hands out or keeps a
 // reference to a Client it shares with a caller: every read returns a deep
 // copy and every write stores one, so callers cannot change its state
 // behind its back.
 //
+// A Store is also its own [m2mauth.RevocationSource]: a [m2mauth.Validator]
+// given it as its revocation source refuses a revoked token as soon as the
+// call that revoked it returns. Nothing is shared between processes; a
+// fleet of replicas needs a shared store such as sqlstore.
+//
 // Given an auditor with [WithAuditor], a Store reports every change made
-// through its [m2mauth.ClientManager] methods; [Store] lists the events.
+// through its [m2mauth.ClientManager] and [m2mauth.Revoker] methods;
+// [Store] lists the events.
 package memstore
 
 import (
@@ -16,13 +22,50 @@ import (
 	"fmt"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/m2mauth/m2mauth"
 )
 
-// Store is an in-memory client store. The zero value is not usable; call
-// [New].
+// Store is an in-memory client store that keeps revocations. The zero
+// value is not usable; call [New].
+//
+// # Concurrency
+//
+// A Store is safe for concurrent use. Reads of clients share a read lock;
+// changes take it exclusively, for a time that does not depend on the
+// number of clients or revocations, except for an occasional sweep of dead
+// revocations (amortised over the writes that made them). The first
+// CurrentRevocations after a change also takes it, to rebuild the
+// snapshot in time proportional to the number of revocations.
+//
+// # Revocations
+//
+// Every change is immediate within the process: once RevokeToken,
+// RevokeClientTokens, RevokeAllTokens, or a SetDisabled, UpdateClient or
+// DeleteClient that revokes, returns, [Store.Revocations],
+// [Store.RevocationsSince] and [Store.CurrentRevocations] reflect it.
+// Every change makes the Version one greater. CurrentRevocations answers
+// from an immutable snapshot with two atomic loads and a read of the
+// clock, without locking or allocating; the first call after a change
+// rebuilds the snapshot, so a burst of revocations costs one rebuild, not
+// one each.
+//
+// The watermark of a client is set to the Store's clock's now by
+// [Store.RevokeClientTokens], by SetDisabled(true) (every time, even on a
+// client already disabled), by an UpdateClient that turns Disabled on, and
+// by DeleteClient; it outlives the client, so tokens issued before a
+// deletion stay revoked if the id is registered again. Re-enabling a
+// client leaves it: the old tokens stay revoked, and tokens issued from
+// the next second on are valid. A client created with a TokensRevokedAt
+// gets that watermark (capped at now); UpdateClient leaves TokensRevokedAt
+// as stored.
+//
+// Memory stays bounded by the live entries: token ids whose expiry plus
+// [m2mauth.RevocationGrace] has passed, and watermarks older than
+// [m2mauth.MaxClientTokenTTL] plus that grace, are dropped when the
+// snapshot is rebuilt and, amortised, as more revocations are written.
 //
 // # Audit events
 //
@@ -33,15 +76,16 @@ import (
 // SecretID where one is concerned, and a Reason naming the fields whose
 // value the call changed, comma-separated in the order of
 // [m2mauth.Client]'s fields ("grants", "public", "disabled",
-// "token_ttl"), or empty when it changed none. No event holds a secret or
-// a hash.
+// "token_ttl", "introspect"), or empty when it changed none. No event
+// holds a secret, a hash or a token id.
 //
 //   - CreateClient: [m2mauth.EventClientCreated], Reason naming the
 //     fields set to other than their zero value, then one
 //     [m2mauth.EventSecretAdded] for each of the client's secrets.
 //   - UpdateClient: [m2mauth.EventClientUpdated]; and when Disabled
 //     changed, [m2mauth.EventClientDisabled] or [m2mauth.EventClientEnabled]
-//     too, with Reason "disabled".
+//     too, with Reason "disabled"; when it turned Disabled on, then
+//     [m2mauth.EventTokensRevoked] with Reason "disabled".
 //   - AddSecret: [m2mauth.EventSecretAdded].
 //   - ExpireSecret: [m2mauth.EventSecretExpiring], Reason "expires_at"
 //     when it set a new expiry, "expires_at_removed" when it removed one,
@@ -49,8 +93,16 @@ import (
 //   - RemoveSecret: [m2mauth.EventSecretRemoved].
 //   - SetDisabled: [m2mauth.EventClientDisabled] or
 //     [m2mauth.EventClientEnabled], Reason "disabled" when the client was
-//     not already so.
-//   - DeleteClient: [m2mauth.EventClientDeleted].
+//     not already so; when disabling, then [m2mauth.EventTokensRevoked]
+//     with Reason "disabled".
+//   - DeleteClient: [m2mauth.EventClientDeleted], then
+//     [m2mauth.EventTokensRevoked] with Reason "deleted".
+//   - RevokeClientTokens: [m2mauth.EventTokensRevoked], Reason "revoke".
+//   - RevokeAllTokens: [m2mauth.EventTokensRevoked] with an empty
+//     ClientID and Reason "revoke_all".
+//   - RevokeToken: none; the revocation endpoint audits it.
+//
+// The Time of an [m2mauth.EventTokensRevoked] is the watermark it set.
 //
 // The auditor is called without the Store's lock held, so it may read
 // the Store; events of concurrent changes may reach it out of order
@@ -60,13 +112,20 @@ type Store struct {
 	auditor m2mauth.Auditor // nil for none
 	mu      sync.RWMutex
 	clients map[string]*m2mauth.Client
+	rev     revocations // guarded by mu
+
+	// snap is the snapshot CurrentRevocations hands out; stale is set
+	// (with mu held) by every change to rev, and cleared when snap is
+	// rebuilt from it (with mu held).
+	snap  atomic.Pointer[published]
+	stale atomic.Bool
 }
 
 // Option configures a [Store].
 type Option func(*Store)
 
-// WithClock sets the clock used for CreatedAt and UpdatedAt.
-// Default: [time.Now].
+// WithClock sets the clock used for CreatedAt, UpdatedAt, audit events,
+// watermarks, and to tell which revocations are dead. Default: [time.Now].
 func WithClock(now func() time.Time) Option {
 	return func(s *Store) { s.now = now }
 }
@@ -80,10 +139,11 @@ func WithAuditor(a m2mauth.Auditor) Option {
 
 // New returns an empty store.
 func New(opts ...Option) *Store {
-	s := &Store{now: time.Now, clients: make(map[string]*m2mauth.Client)}
+	s := &Store{now: time.Now, clients: make(map[string]*m2mauth.Client), rev: newRevocations()}
 	for _, o := range opts {
 		o(s)
 	}
+	s.snap.Store(emptyPublished())
 	return s
 }
 
@@ -103,7 +163,9 @@ func (s *Store) Client(_ context.Context, id string) (*m2mauth.Client, error) {
 	return out, nil
 }
 
-// CreateClient stores a copy of c.
+// CreateClient stores a copy of c. A non-zero TokensRevokedAt is kept as
+// given, and sets the client's watermark to it (or to now, if it is later)
+// unless the watermark is already later.
 func (s *Store) CreateClient(ctx context.Context, c *m2mauth.Client) error {
 	if c == nil {
 		return fmt.Errorf("memstore: nil client")
@@ -125,6 +187,15 @@ func (s *Store) CreateClient(ctx context.Context, c *m2mauth.Client) error {
 		return fmt.Errorf("memstore: %q: %w", c.ID, m2mauth.ErrClientExists)
 	}
 	s.clients[c.ID] = cp
+	if at := cp.TokensRevokedAt; !at.IsZero() {
+		if at.After(now) {
+			at = now
+		}
+		if m2mauth.WatermarkLive(at, now) && at.After(s.rev.clients[cp.ID]) {
+			s.rev.clients[cp.ID] = at
+			s.changedLocked(now)
+		}
+	}
 	s.mu.Unlock()
 
 	events := []m2mauth.AuditEvent{event(now, m2mauth.EventClientCreated, cp.ID, "", m2mauth.ChangedFields(&m2mauth.Client{}, cp))}
@@ -135,21 +206,26 @@ func (s *Store) CreateClient(ctx context.Context, c *m2mauth.Client) error {
 	return nil
 }
 
-// UpdateClient replaces the grants, Public, Disabled and TokenTTL of an
-// existing client.
+// UpdateClient replaces the grants, Public, Disabled, TokenTTL and
+// CanIntrospect of an existing client. When it turns Disabled on, it
+// revokes the client's tokens as [Store.RevokeClientTokens] does.
 func (s *Store) UpdateClient(ctx context.Context, c *m2mauth.Client) error {
 	if c == nil {
 		return fmt.Errorf("memstore: nil client")
 	}
 	return s.modify(ctx, c.ID, func(cur *m2mauth.Client, now time.Time) ([]m2mauth.AuditEvent, error) {
 		next := c.Clone()
-		next.Secrets, next.CreatedAt = cur.Secrets, cur.CreatedAt
+		next.Secrets, next.CreatedAt, next.TokensRevokedAt = cur.Secrets, cur.CreatedAt, cur.TokensRevokedAt
 		if err := next.Validate(); err != nil {
 			return nil, err
 		}
 		events := []m2mauth.AuditEvent{event(now, m2mauth.EventClientUpdated, cur.ID, "", m2mauth.ChangedFields(cur, next))}
 		if next.Disabled != cur.Disabled {
 			events = append(events, event(now, disabledEvent(next.Disabled), cur.ID, "", "disabled"))
+		}
+		if next.Disabled && !cur.Disabled {
+			next.TokensRevokedAt = s.watermarkLocked(cur.ID, now)
+			events = append(events, event(now, m2mauth.EventTokensRevoked, cur.ID, "", "disabled"))
 		}
 		*cur = *next
 		return events, nil
@@ -192,7 +268,9 @@ func (s *Store) RemoveSecret(ctx context.Context, clientID, secretID string) err
 	})
 }
 
-// SetDisabled disables or re-enables a client.
+// SetDisabled disables or re-enables a client. Disabling it, even when it
+// is disabled already, also revokes its tokens as
+// [Store.RevokeClientTokens] does; re-enabling it leaves them revoked.
 func (s *Store) SetDisabled(ctx context.Context, clientID string, disabled bool) error {
 	return s.modify(ctx, clientID, func(c *m2mauth.Client, now time.Time) ([]m2mauth.AuditEvent, error) {
 		reason := ""
@@ -200,20 +278,31 @@ func (s *Store) SetDisabled(ctx context.Context, clientID string, disabled bool)
 			reason = "disabled"
 		}
 		c.Disabled = disabled
-		return []m2mauth.AuditEvent{event(now, disabledEvent(disabled), clientID, "", reason)}, nil
+		events := []m2mauth.AuditEvent{event(now, disabledEvent(disabled), clientID, "", reason)}
+		if disabled {
+			c.TokensRevokedAt = s.watermarkLocked(clientID, now)
+			events = append(events, event(now, m2mauth.EventTokensRevoked, clientID, "", "disabled"))
+		}
+		return events, nil
 	})
 }
 
-// DeleteClient removes a client.
+// DeleteClient removes a client and revokes every token issued to it so
+// far; the revocation outlives the client.
 func (s *Store) DeleteClient(ctx context.Context, clientID string) error {
 	s.mu.Lock()
 	if _, ok := s.clients[clientID]; !ok {
 		s.mu.Unlock()
 		return fmt.Errorf("memstore: %q: %w", clientID, m2mauth.ErrClientNotFound)
 	}
+	now := s.now()
 	delete(s.clients, clientID)
+	s.watermarkLocked(clientID, now)
 	s.mu.Unlock()
-	s.audit(ctx, []m2mauth.AuditEvent{event(s.now(), m2mauth.EventClientDeleted, clientID, "", "")})
+	s.audit(ctx, []m2mauth.AuditEvent{
+		event(now, m2mauth.EventClientDeleted, clientID, "", ""),
+		event(now, m2mauth.EventTokensRevoked, clientID, "", "deleted"),
+	})
 	return nil
 }
 
@@ -243,7 +332,8 @@ func (s *Store) ListClients(_ context.Context, after string, limit int) ([]*m2ma
 }
 
 // modify applies f to a copy of the stored client and stores the copy only
-// if f succeeds, so a failed change leaves nothing behind. now is the new
+// if f succeeds, so a failed change leaves nothing behind; f runs with s.mu
+// held, and may change the revocations once it cannot fail. now is the new
 // UpdatedAt. The events f returns go to the auditor once the copy is
 // stored and the lock released.
 func (s *Store) modify(ctx context.Context, id string,

@@ -21,7 +21,9 @@ func TestConformance(t *testing.T) {
 		return memstore.New()
 	}, storetest.WithAuditedStore(func(_ *testing.T, a m2mauth.Auditor) m2mauth.ClientManager {
 		return memstore.New(memstore.WithAuditor(a))
-	}))
+	}), storetest.WithClock(func(_ *testing.T, now func() time.Time) m2mauth.ClientManager {
+		return memstore.New(memstore.WithClock(now))
+	}), storetest.WithRevokedTokens(20_000))
 }
 
 // TestAuditClock checks that events carry the time of the change from the
@@ -40,8 +42,10 @@ func TestAuditClock(t *testing.T) {
 	assert.Equal(t, []m2mauth.AuditEvent{
 		{Time: now.Add(-time.Hour), Type: m2mauth.EventClientCreated, ClientID: "svc", Reason: "public"},
 		{Time: now, Type: m2mauth.EventClientDisabled, ClientID: "svc", Reason: "disabled"},
+		{Time: now, Type: m2mauth.EventTokensRevoked, ClientID: "svc", Reason: "disabled"},
 	}, got)
 	assert.Equal(t, c.UpdatedAt, got[1].Time)
+	assert.Equal(t, c.TokensRevokedAt, got[2].Time)
 }
 
 func ExampleNew() {
