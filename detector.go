@@ -206,7 +206,10 @@ type DetectorConfig struct {
 	// alerts whose condition has cleared without further events, to send
 	// their Recovered notices. Default: 10s.
 	CheckInterval time.Duration
-	// Now is the clock of every window and cool-down. Default: [time.Now].
+	// Now is the clock of every window and cool-down. Default: [time.Now],
+	// and then an event's own Time, when set, is taken as its time (the
+	// token handler read the clock when the request arrived), which saves
+	// a clock read per event.
 	Now func() time.Time
 }
 
@@ -278,6 +281,9 @@ type Detector struct {
 	cfg  DetectorConfig
 	// base is the instant the detector's relative clock counts from.
 	base time.Time
+	// realClock is true when the clock is time.Now, so an event's Time
+	// may stand for it.
+	realClock bool
 
 	mu         sync.Mutex
 	closed     bool
@@ -378,18 +384,20 @@ func NewDetector(next Auditor, sink AlertSink, cfg DetectorConfig) (*Detector, e
 	if len(errs) > 0 {
 		return nil, errors.Join(errs...)
 	}
-	if cfg.Now == nil {
+	realClock := cfg.Now == nil
+	if realClock {
 		cfg.Now = time.Now
 	}
 
 	d := &Detector{
-		next:  next,
-		sink:  sink,
-		cfg:   cfg,
-		base:  cfg.Now(),
-		queue: make(chan notice, cfg.QueueSize),
-		stop:  make(chan struct{}),
-		done:  make(chan struct{}),
+		realClock: realClock,
+		next:      next,
+		sink:      sink,
+		cfg:       cfg,
+		base:      cfg.Now(),
+		queue:     make(chan notice, cfg.QueueSize),
+		stop:      make(chan struct{}),
+		done:      make(chan struct{}),
 	}
 	d.clientFail = newCountRule[string](ruleClientFailures, cfg.ClientFailures, cloneString)
 	d.addrFail = newCountRule[netKey](ruleAddressFailures, ac, nil)
@@ -447,7 +455,7 @@ func (d *Detector) Audit(ctx context.Context, e AuditEvent) {
 	if e.Type == EventTokenIssued && d.newAddr.on {
 		net = makeNetKey(ip, d.cfg.NewAddress.IPv4Prefix, d.cfg.NewAddress.IPv6Prefix)
 	}
-	now := d.clock()
+	now := d.at(e.Time)
 
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -525,6 +533,16 @@ func (d *Detector) Close() error {
 // negative.
 func (d *Detector) clock() int64 {
 	return max(int64(d.cfg.Now().Sub(d.base)), 0)
+}
+
+// at returns the detector's time of an event that happened at t: t itself
+// on the real clock, or the clock's now when t is zero or the clock is
+// the host's.
+func (d *Detector) at(t time.Time) int64 {
+	if d.realClock && !t.IsZero() {
+		return max(int64(t.Sub(d.base)), 0)
+	}
+	return d.clock()
 }
 
 // emit queues n for the sink, or counts it dropped. d.mu is held.

@@ -859,3 +859,45 @@ func detectorBenchHandler(b *testing.B, a m2mauth.Auditor) (http.Handler, string
 	require.NoError(b, err)
 	return h, "Basic " + base64.StdEncoding.EncodeToString([]byte("bench-client:"+plain))
 }
+
+// TestDetectorEventTime: on the real clock an event's own Time places it
+// in the windows, so failures spread over twenty minutes stay under the
+// threshold of five, while the same failures within a second fire.
+func TestDetectorEventTime(t *testing.T) {
+	tests := []struct {
+		name string
+		step time.Duration
+		want int
+	}{
+		{"a minute apart", time.Minute, 0},
+		{"a millisecond apart", time.Millisecond, 1},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var mu sync.Mutex
+			var fired []m2mauth.Alert
+			d, err := m2mauth.NewDetector(nil, m2mauth.AlertSinkFunc(func(_ context.Context, a m2mauth.Alert) {
+				mu.Lock()
+				fired = append(fired, a)
+				mu.Unlock()
+			}), m2mauth.DetectorConfig{})
+			require.NoError(t, err)
+			start := time.Now()
+			for i := range 20 {
+				e := detFailed("timed-client", "192.0.2.1", m2mauth.ReasonBadSecret)
+				e.Time = start.Add(time.Duration(i) * tt.step)
+				d.Audit(context.Background(), e)
+			}
+			require.NoError(t, d.Close()) // hands the queued alerts over
+			mu.Lock()
+			defer mu.Unlock()
+			n := 0
+			for _, a := range fired {
+				if a.Rule == m2mauth.RuleClientFailures && !a.Recovered {
+					n++
+				}
+			}
+			assert.Equal(t, tt.want, n)
+		})
+	}
+}
