@@ -1,0 +1,585 @@
+package m2mauth_test
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/m2mauth/m2mauth"
+)
+
+// endpointFixture is the standard fixture with the revocation and
+// introspection endpoints of its token handler, and two more clients:
+// "introspector", which may introspect any token, and a resource server
+// whose client id is testAudience.
+type endpointFixture struct {
+	*fixture
+	revoke     *m2mauth.RevocationHandler
+	introspect *m2mauth.IntrospectionHandler
+
+	introSecret string // of "introspector"
+	apiSecret   string // of testAudience
+}
+
+// newEndpointFixture builds an endpointFixture whose introspection
+// endpoint reads revocations from the store, unless cfg says otherwise.
+func newEndpointFixture(t testing.TB, cfg *m2mauth.IntrospectionConfig, edit ...func(*m2mauth.TokenHandlerConfig)) *endpointFixture {
+	t.Helper()
+	e := &endpointFixture{fixture: newFixture(t, edit...)}
+	ctx := context.Background()
+	var si, sa m2mauth.Secret
+	var err error
+	e.introSecret, si, err = m2mauth.NewSecret(e.now, time.Time{})
+	require.NoError(t, err)
+	e.apiSecret, sa, err = m2mauth.NewSecret(e.now, time.Time{})
+	require.NoError(t, err)
+	require.NoError(t, e.store.CreateClient(ctx, &m2mauth.Client{ID: "introspector", Secrets: []m2mauth.Secret{si}, CanIntrospect: true}))
+	require.NoError(t, e.store.CreateClient(ctx, &m2mauth.Client{ID: testAudience, Secrets: []m2mauth.Secret{sa}}))
+
+	e.revoke, err = e.handler.RevocationHandler(e.store)
+	require.NoError(t, err)
+	if cfg == nil {
+		cfg = &m2mauth.IntrospectionConfig{Revocations: e.store}
+	}
+	e.introspect, err = e.handler.IntrospectionHandler(*cfg)
+	require.NoError(t, err)
+	return e
+}
+
+// issue gets a token for client id from the token endpoint.
+func (e *endpointFixture) issue(t testing.TB, id, secret string) string {
+	t.Helper()
+	w, resp := e.do(t, request{body: "grant_type=client_credentials", headers: auth(basic(id, secret))})
+	require.Equal(t, http.StatusOK, w.Code, "body: %s", w.Body)
+	return resp.AccessToken
+}
+
+// send posts rq to h, over TLS (r.TLS is set) unless rq.target says
+// otherwise.
+func send(t testing.TB, h http.Handler, rq request) *httptest.ResponseRecorder {
+	t.Helper()
+	if rq.method == "" {
+		rq.method = http.MethodPost
+	}
+	if rq.target == "" {
+		rq.target = "/oauth/endpoint"
+	}
+	if strings.HasPrefix(rq.target, "/") {
+		rq.target = "https://m2mauth.test" + rq.target
+	}
+	if rq.contentType == "" {
+		rq.contentType = "application/x-www-form-urlencoded"
+	}
+	r := httptest.NewRequest(rq.method, rq.target, strings.NewReader(rq.body))
+	if rq.contentType != "-" {
+		r.Header.Set("Content-Type", rq.contentType)
+	}
+	for k, vs := range rq.headers {
+		for _, v := range vs {
+			r.Header.Add(k, v)
+		}
+	}
+	w := httptest.NewRecorder()
+	h.ServeHTTP(w, r)
+	return w
+}
+
+// tokenFacts are the claims of a token that tests look at.
+type tokenFacts struct {
+	ClientID string `json:"client_id"`
+	JTI      string `json:"jti"`
+	IAT      int64  `json:"iat"`
+	EXP      int64  `json:"exp"`
+}
+
+// factsOf reads the claims of tok without verifying it.
+func factsOf(t testing.TB, tok string) tokenFacts {
+	t.Helper()
+	parts := strings.Split(tok, ".")
+	require.Len(t, parts, 3)
+	payload, err := base64.RawURLEncoding.DecodeString(parts[1])
+	require.NoError(t, err)
+	var f tokenFacts
+	require.NoError(t, json.Unmarshal(payload, &f))
+	return f
+}
+
+// revoked reports whether the store's revocations revoke tok.
+func (e *endpointFixture) revoked(t testing.TB, tok string) bool {
+	t.Helper()
+	revs, err := e.store.CurrentRevocations()
+	require.NoError(t, err)
+	f := factsOf(t, tok)
+	return revs.Revoked(f.ClientID, f.JTI, time.Unix(f.IAT, 0))
+}
+
+// errorBody is an RFC 6749 §5.2 error body.
+type errorBody struct {
+	Error       string `json:"error"`
+	Description string `json:"error_description"`
+}
+
+func errorOf(t testing.TB, w *httptest.ResponseRecorder) errorBody {
+	t.Helper()
+	var b errorBody
+	require.NoError(t, json.Unmarshal(w.Body.Bytes(), &b), "body: %q", w.Body)
+	return b
+}
+
+// assertNoTokenOrSecret checks that no audit event holds a token or a
+// secret of the fixture.
+func (e *endpointFixture) assertNoTokenOrSecret(t *testing.T, tokens ...string) {
+	t.Helper()
+	e.mu.Lock()
+	events := append([]m2mauth.AuditEvent(nil), e.events...)
+	e.mu.Unlock()
+	require.NotEmpty(t, events)
+	for _, ev := range events {
+		b, err := json.Marshal(ev)
+		require.NoError(t, err)
+		for _, s := range append([]string{e.secret, e.newSecret, e.introSecret, e.apiSecret}, tokens...) {
+			assert.NotContains(t, string(b), s, "event %s", b)
+		}
+		for _, tok := range tokens {
+			// Nor the signature alone, nor the payload.
+			if parts := strings.Split(tok, "."); len(parts) == 3 {
+				assert.NotContains(t, string(b), parts[1])
+				assert.NotContains(t, string(b), parts[2])
+			}
+		}
+	}
+}
+
+func TestRevocationHandler(t *testing.T) {
+	e := newEndpointFixture(t, nil)
+	other, err := m2mauth.NewTokenHandler(e.store, e.keys, m2mauth.TokenHandlerConfig{Issuer: "https://evil.example.com", DefaultAudience: testAudience, Logger: discardLogger()})
+	require.NoError(t, err)
+	foreignIssuer := func(t testing.TB) string {
+		w := send(t, other, request{body: "grant_type=client_credentials", headers: auth(basic("svc", e.secret))})
+		require.Equal(t, http.StatusOK, w.Code)
+		var resp tokenResponse
+		require.NoError(t, json.Unmarshal(w.Body.Bytes(), &resp))
+		return resp.AccessToken
+	}
+	svc := auth(basic("svc", e.secret))
+	form := func(tok string, extra ...string) string {
+		return "token=" + url.QueryEscape(tok) + strings.Join(extra, "")
+	}
+	tests := []struct {
+		name string
+		// token returns the token the request names; default: a fresh
+		// token of svc.
+		token     func(t testing.TB) string
+		req       func(tok string) request
+		status    int
+		code      string // error code, when status is not 200
+		challenge bool   // WWW-Authenticate: Basic expected
+		revoked   bool
+		event     m2mauth.AuditEventType
+		reason    string
+	}{
+		{
+			name:   "RFC 7009 §2.1: the client revokes its own token (client_secret_basic)",
+			req:    func(tok string) request { return request{body: form(tok), headers: svc} },
+			status: 200, revoked: true, event: m2mauth.EventTokenRevoked,
+		},
+		{
+			name: "RFC 7009 §2.1: client_secret_post",
+			req: func(tok string) request {
+				return request{body: form(tok) + "&client_id=svc&client_secret=" + url.QueryEscape(e.secret)}
+			},
+			status: 200, revoked: true, event: m2mauth.EventTokenRevoked,
+		},
+		{
+			name: "RFC 7009 §2.1: token_type_hint=access_token",
+			req: func(tok string) request {
+				return request{body: form(tok, "&token_type_hint=access_token"), headers: svc}
+			},
+			status: 200, revoked: true, event: m2mauth.EventTokenRevoked,
+		},
+		{
+			name: "RFC 7009 §2.1: token_type_hint=refresh_token is only a hint",
+			req: func(tok string) request {
+				return request{body: form(tok, "&token_type_hint=refresh_token"), headers: svc}
+			},
+			status: 200, revoked: true, event: m2mauth.EventTokenRevoked,
+		},
+		{
+			name:   "RFC 7009 §2.1: an unknown token_type_hint is only a hint",
+			req:    func(tok string) request { return request{body: form(tok, "&token_type_hint=id_token"), headers: svc} },
+			status: 200, revoked: true, event: m2mauth.EventTokenRevoked,
+		},
+		{
+			name: "a JSON body, as the token endpoint accepts",
+			req: func(tok string) request {
+				return request{contentType: "application/json", body: `{"token":"` + tok + `"}`, headers: svc}
+			},
+			status: 200, revoked: true, event: m2mauth.EventTokenRevoked,
+		},
+		{
+			name: "RFC 7009 §2.1: another client's token is answered 200 and not revoked",
+			req: func(tok string) request {
+				return request{body: form(tok), headers: auth(basic("rotated", e.newSecret))}
+			},
+			status: 200, event: m2mauth.EventRequestRejected, reason: m2mauth.ReasonForeignToken,
+		},
+		{
+			name:   "RFC 7009 §2.2: a garbage token is answered 200",
+			token:  func(testing.TB) string { return "not-a-token" },
+			req:    func(tok string) request { return request{body: form(tok), headers: svc} },
+			status: 200, event: m2mauth.EventRequestRejected, reason: m2mauth.ReasonTokenMalformed,
+		},
+		{
+			name:   "RFC 7009 §2.2: a token of another issuer is answered 200 and not revoked",
+			token:  foreignIssuer,
+			req:    func(tok string) request { return request{body: form(tok), headers: svc} },
+			status: 200, event: m2mauth.EventRequestRejected, reason: m2mauth.ReasonTokenIssuer,
+		},
+		{
+			name: "RFC 7009 §2.2: a token with a forged signature is answered 200 and not revoked",
+			token: func(t testing.TB) string {
+				tok := e.issue(t, "svc", e.secret)
+				return tok[:len(tok)-4] + "AAAA"
+			},
+			req:    func(tok string) request { return request{body: form(tok), headers: svc} },
+			status: 200, event: m2mauth.EventRequestRejected, reason: m2mauth.ReasonTokenSignature,
+		},
+		{
+			name:   "RFC 7009 §2.1: missing token",
+			req:    func(string) request { return request{body: "token_type_hint=access_token", headers: svc} },
+			status: 400, code: "invalid_request",
+		},
+		{
+			name:   "RFC 7009 §2.1: repeated token",
+			req:    func(tok string) request { return request{body: form(tok) + "&" + form(tok), headers: svc} },
+			status: 400, code: "invalid_request",
+		},
+		{
+			name: "the token in the URL query is never read",
+			req: func(tok string) request {
+				return request{target: "/oauth/revoke?" + form(tok), body: "token_type_hint=access_token", headers: svc}
+			},
+			status: 400, code: "invalid_request",
+		},
+		{
+			name:   "RFC 6749 §5.2: a wrong secret is 401 invalid_client with a Basic challenge",
+			req:    func(tok string) request { return request{body: form(tok), headers: auth(basic("svc", "wrong"))} },
+			status: 401, code: "invalid_client", challenge: true,
+		},
+		{
+			name:   "RFC 7009 §2.1: no client credentials is 401 invalid_client",
+			req:    func(tok string) request { return request{body: form(tok)} },
+			status: 401, code: "invalid_client", challenge: true,
+		},
+		{
+			name: "a disabled client cannot authenticate",
+			req: func(tok string) request {
+				return request{body: form(tok), headers: auth(basic("disabled", e.disSecret))}
+			},
+			status: 401, code: "invalid_client", challenge: true,
+		},
+		{
+			name: "RFC 7009 §2.1: GET is 405",
+			req: func(tok string) request {
+				return request{method: http.MethodGet, target: "/oauth/revoke?" + form(tok), contentType: "-", headers: svc}
+			},
+			status: 405, code: "invalid_request",
+		},
+		{
+			name: "RFC 7009 §2: plain HTTP from another machine is refused",
+			req: func(tok string) request {
+				return request{target: "http://m2mauth.test/oauth/revoke", body: form(tok), headers: svc}
+			},
+			status: 400, code: "invalid_request", reason: m2mauth.ReasonInsecureTransport,
+		},
+	}
+	var seen []string
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			var tok string
+			if tc.token != nil {
+				tok = tc.token(t)
+			} else {
+				tok = e.issue(t, "svc", e.secret)
+			}
+			seen = append(seen, tok)
+			w := send(t, e.revoke, tc.req(tok))
+			assert.Equal(t, tc.status, w.Code, "body: %s", w.Body)
+			assert.Equal(t, "no-store", w.Header().Get("Cache-Control"))
+			assert.Equal(t, "application/json", w.Header().Get("Content-Type"))
+			if tc.challenge {
+				assert.Equal(t, `Basic realm="m2mauth"`, w.Header().Get("WWW-Authenticate"))
+			} else {
+				assert.Empty(t, w.Header().Get("WWW-Authenticate"))
+			}
+			if tc.status == http.StatusMethodNotAllowed {
+				assert.Equal(t, "POST", w.Header().Get("Allow"))
+			}
+			if tc.code != "" {
+				assert.Equal(t, tc.code, errorOf(t, w).Error)
+			} else {
+				assert.JSONEq(t, `{}`, w.Body.String())
+			}
+			if strings.Count(tok, ".") == 2 {
+				assert.Equal(t, tc.revoked, e.revoked(t, tok), "revoked")
+			}
+			ev := e.lastEvent(t)
+			if tc.event != "" {
+				assert.Equal(t, tc.event, ev.Type)
+			}
+			if tc.reason != "" {
+				assert.Equal(t, tc.reason, ev.Reason)
+			}
+			if tc.event == m2mauth.EventTokenRevoked {
+				assert.Equal(t, "svc", ev.ClientID)
+				assert.Equal(t, factsOf(t, tok).JTI, ev.JTI)
+				assert.Equal(t, "192.0.2.1", ev.RemoteIP)
+			}
+		})
+	}
+	t.Run("audit events hold no token and no secret", func(t *testing.T) {
+		e.assertNoTokenOrSecret(t, seen...)
+	})
+}
+
+// TestRevocationOneToken checks that revoking a token revokes that one
+// only (RFC 7009 §2: the request names one token).
+func TestRevocationOneToken(t *testing.T) {
+	e := newEndpointFixture(t, nil)
+	first := e.issue(t, "svc", e.secret)
+	second := e.issue(t, "svc", e.secret)
+	w := send(t, e.revoke, request{body: "token=" + first, headers: auth(basic("svc", e.secret))})
+	require.Equal(t, http.StatusOK, w.Code, "body: %s", w.Body)
+	assert.True(t, e.revoked(t, first))
+	assert.False(t, e.revoked(t, second), "another token of the same client")
+	// Revoking it again is no error.
+	w = send(t, e.revoke, request{body: "token=" + first, headers: auth(basic("svc", e.secret))})
+	assert.Equal(t, http.StatusOK, w.Code)
+	revs, err := e.store.CurrentRevocations()
+	require.NoError(t, err)
+	assert.Equal(t, 1, revs.Len())
+	// The client still gets tokens.
+	assert.False(t, e.revoked(t, e.issue(t, "svc", e.secret)))
+}
+
+// TestRevocationExpired checks that an expired token needs no revoking
+// (RFC 7009 §2.2), while one that a validator allowing the longest leeway
+// would still accept is revoked.
+func TestRevocationExpired(t *testing.T) {
+	tests := []struct {
+		name    string
+		after   time.Duration // past the token's expiry
+		revoked bool
+		reason  string
+	}{
+		{"expired within the longest validator leeway", time.Minute, true, ""},
+		{"expired beyond the longest validator leeway", m2mauth.RevocationGrace + time.Second, false, m2mauth.ReasonTokenExpired},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEndpointFixture(t, nil)
+			tok := e.issue(t, "short", e.secret) // 5 minutes
+			e.advance(5*time.Minute + tc.after)
+			w := send(t, e.revoke, request{body: "token=" + tok, headers: auth(basic("short", e.secret))})
+			assert.Equal(t, http.StatusOK, w.Code, "body: %s", w.Body)
+			assert.Equal(t, tc.revoked, e.revoked(t, tok))
+			if tc.reason != "" {
+				ev := e.lastEvent(t)
+				assert.Equal(t, m2mauth.EventRequestRejected, ev.Type)
+				assert.Equal(t, tc.reason, ev.Reason)
+			}
+		})
+	}
+}
+
+// TestRevocationSharesLimiter checks that failed authentications at the
+// revocation endpoint count against the client at the token endpoint:
+// one limiter guards every endpoint that takes client credentials
+// (RFC 6749 §10.10).
+func TestRevocationSharesLimiter(t *testing.T) {
+	e := newEndpointFixture(t, nil)
+	tok := e.issue(t, "svc", e.secret)
+	for range 5 { // the default burst of a client id from one address
+		w := send(t, e.revoke, request{body: "token=" + tok, headers: auth(basic("svc", "wrong"))})
+		require.Equal(t, http.StatusUnauthorized, w.Code)
+	}
+	w := send(t, e.revoke, request{body: "token=" + tok, headers: auth(basic("svc", e.secret))})
+	assert.Equal(t, http.StatusTooManyRequests, w.Code, "body: %s", w.Body)
+	assert.NotEmpty(t, w.Header().Get("Retry-After"))
+	assert.Equal(t, m2mauth.EventRateLimited, e.lastEvent(t).Type)
+	assert.False(t, e.revoked(t, tok))
+
+	w, _ = e.do(t, request{body: "grant_type=client_credentials", headers: auth(basic("svc", e.secret))})
+	assert.Equal(t, http.StatusTooManyRequests, w.Code, "the token endpoint shares the limiter")
+	w = send(t, e.introspect, request{body: "token=" + tok, headers: auth(basic("svc", e.secret))})
+	assert.Equal(t, http.StatusTooManyRequests, w.Code, "the introspection endpoint shares the limiter")
+}
+
+// failingRevoker fails every RevokeToken with err.
+type failingRevoker struct {
+	m2mauth.Revoker
+	err error
+}
+
+func (f failingRevoker) RevokeToken(context.Context, string, string, time.Time) error { return f.err }
+
+// TestRevocationStoreFailure checks that a token the store could not
+// revoke is answered with an error, so the client tries again
+// (RFC 7009 §2.2.1), and never with 200.
+func TestRevocationStoreFailure(t *testing.T) {
+	tests := []struct {
+		name   string
+		err    error
+		status int
+		code   string
+		retry  bool
+	}{
+		{"timeout: 503 with Retry-After", context.DeadlineExceeded, 503, "temporarily_unavailable", true},
+		{"failure: 500", errors.New("connection refused"), 500, "server_error", false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEndpointFixture(t, nil, func(c *m2mauth.TokenHandlerConfig) { c.Logger = discardLogger() })
+			rh, err := e.handler.RevocationHandler(failingRevoker{e.store, tc.err})
+			require.NoError(t, err)
+			tok := e.issue(t, "svc", e.secret)
+			w := send(t, rh, request{body: "token=" + tok, headers: auth(basic("svc", e.secret))})
+			assert.Equal(t, tc.status, w.Code, "body: %s", w.Body)
+			assert.Equal(t, tc.code, errorOf(t, w).Error)
+			assert.Equal(t, tc.retry, w.Header().Get("Retry-After") != "")
+			assert.False(t, e.revoked(t, tok))
+			assert.Equal(t, m2mauth.EventRequestRejected, e.lastEvent(t).Type)
+		})
+	}
+}
+
+func TestRevocationHandlerValidates(t *testing.T) {
+	f := newFixture(t)
+	_, err := f.handler.RevocationHandler(nil)
+	assert.Error(t, err)
+}
+
+// TestRevocationOverHTTP revokes a token over a real connection from
+// this machine, where plain HTTP is allowed (RFC 6749 §3.2 asks for TLS
+// from anywhere else), and checks that the introspection endpoint then
+// calls it inactive (RFC 7662 §2.2).
+func TestRevocationOverHTTP(t *testing.T) {
+	e := newEndpointFixture(t, nil)
+	mux := http.NewServeMux()
+	mux.Handle("POST /oauth/token", e.handler)
+	mux.Handle("POST /oauth/revoke", e.revoke)
+	mux.Handle("POST /oauth/introspect", e.introspect)
+	srv := httptest.NewServer(mux)
+	defer srv.Close()
+
+	post := func(path, id, secret string, form url.Values) (int, string) {
+		t.Helper()
+		req, err := http.NewRequest(http.MethodPost, srv.URL+path, strings.NewReader(form.Encode()))
+		require.NoError(t, err)
+		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+		req.SetBasicAuth(url.QueryEscape(id), url.QueryEscape(secret))
+		resp, err := srv.Client().Do(req)
+		require.NoError(t, err)
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		require.NoError(t, err)
+		return resp.StatusCode, string(b)
+	}
+	status, body := post("/oauth/token", "svc", e.secret, url.Values{"grant_type": {"client_credentials"}})
+	require.Equal(t, http.StatusOK, status, body)
+	var tr tokenResponse
+	require.NoError(t, json.Unmarshal([]byte(body), &tr))
+
+	status, body = post("/oauth/introspect", "introspector", e.introSecret, url.Values{"token": {tr.AccessToken}})
+	require.Equal(t, http.StatusOK, status, body)
+	assert.Contains(t, body, `"active":true`)
+
+	status, body = post("/oauth/revoke", "svc", e.secret, url.Values{"token": {tr.AccessToken}, "token_type_hint": {"access_token"}})
+	require.Equal(t, http.StatusOK, status, body)
+	assert.JSONEq(t, `{}`, body)
+
+	status, body = post("/oauth/introspect", "introspector", e.introSecret, url.Values{"token": {tr.AccessToken}})
+	require.Equal(t, http.StatusOK, status, body)
+	assert.JSONEq(t, `{"active":false}`, body)
+}
+
+// TestTokenAfterWatermark checks that a token is never born revoked by
+// its client's watermark: a request in the watermark's second waits for
+// the next one and is issued then (see m2mauth.Revocations).
+func TestTokenAfterWatermark(t *testing.T) {
+	t.Run("in the watermark's second: issued at the next", func(t *testing.T) {
+		e := newEndpointFixture(t, nil)
+		e.advance(990 * time.Millisecond) // 12:00:00.990
+		require.NoError(t, e.store.RevokeClientTokens(context.Background(), "svc"))
+		tok := e.issue(t, "svc", e.secret)
+		f := factsOf(t, tok)
+		assert.Equal(t, e.clock().Truncate(time.Second).Add(time.Second).Unix(), f.IAT)
+		assert.Equal(t, f.IAT+3600, f.EXP)
+		assert.False(t, e.revoked(t, tok), "born revoked")
+		assert.Equal(t, f.JTI, e.lastEvent(t).JTI)
+	})
+	t.Run("after the watermark's second: no wait", func(t *testing.T) {
+		e := newEndpointFixture(t, nil)
+		require.NoError(t, e.store.RevokeClientTokens(context.Background(), "svc"))
+		e.advance(time.Second)
+		tok := e.issue(t, "svc", e.secret)
+		assert.Equal(t, e.clock().Unix(), factsOf(t, tok).IAT)
+		assert.False(t, e.revoked(t, tok))
+	})
+	t.Run("other clients are not delayed", func(t *testing.T) {
+		e := newEndpointFixture(t, nil)
+		require.NoError(t, e.store.RevokeClientTokens(context.Background(), "svc"))
+		tok := e.issue(t, "rotated", e.newSecret)
+		assert.Equal(t, e.clock().Unix(), factsOf(t, tok).IAT)
+	})
+
+	// A watermark ahead of the handler's clock (set by a replica whose
+	// clock runs fast) is not waited for at length.
+	ahead := func(d time.Duration) func(*testing.T) {
+		return func(t *testing.T) {
+			f := newFixture(t)
+			store := storeFunc(func(ctx context.Context, id string) (*m2mauth.Client, error) {
+				c, err := f.store.Client(ctx, id)
+				if err == nil {
+					c.TokensRevokedAt = f.clock().Add(d)
+				}
+				return c, err
+			})
+			h, err := m2mauth.NewTokenHandler(store, f.keys, m2mauth.TokenHandlerConfig{
+				Issuer: testIssuer, DefaultAudience: testAudience, Now: f.clock, Auditor: m2mauth.AuditorFunc(f.audit),
+			})
+			require.NoError(t, err)
+			w := send(t, h, request{body: "grant_type=client_credentials", headers: auth(basic("svc", f.secret))})
+			assert.Equal(t, http.StatusServiceUnavailable, w.Code, "body: %s", w.Body)
+			assert.Equal(t, "temporarily_unavailable", errorOf(t, w).Error)
+			assert.NotEmpty(t, w.Header().Get("Retry-After"))
+		}
+	}
+	t.Run("a watermark seconds ahead: 503 with Retry-After", ahead(5*time.Second))
+
+	t.Run("the wait ends with the request", func(t *testing.T) {
+		e := newEndpointFixture(t, nil)
+		require.NoError(t, e.store.RevokeClientTokens(context.Background(), "svc"))
+		// A full second to wait, but the request is gone already.
+		ctx, cancel := context.WithCancel(context.Background())
+		r := httptest.NewRequest(http.MethodPost, "https://m2mauth.test/oauth/token", strings.NewReader("grant_type=client_credentials"))
+		r.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+		r.Header.Set("Authorization", basic("svc", e.secret))
+		cancel()
+		w := httptest.NewRecorder()
+		e.handler.ServeHTTP(w, r.WithContext(ctx))
+		assert.Equal(t, http.StatusServiceUnavailable, w.Code, "body: %s", w.Body)
+		assert.Contains(t, errorOf(t, w).Description, "revocation")
+	})
+}
