@@ -46,7 +46,8 @@ type TokenHandlerConfig struct {
 	// with invalid_client. Default: "m2mauth".
 	Realm string
 	// Auditor receives an event for every issued token and every refused
-	// request. Default: a [SlogAuditor] on [slog.Default].
+	// request, and for every request to the handler's revocation and
+	// introspection endpoints. Default: a [SlogAuditor] on [slog.Default].
 	Auditor Auditor
 	// Logger receives internal errors (a failing store or key provider),
 	// whose details are never sent to clients. Default: [slog.Default].
@@ -80,13 +81,15 @@ type TokenHandlerConfig struct {
 	// invalid_request unless it comes from a loopback address, as
 	// RFC 6749 §1.6 and §3.2 require. Default: false.
 	AllowInsecureHTTP bool
-	// StoreTimeout bounds the time one request waits for the client store,
-	// the limiter and the rationing of slow hashes; past it the request
-	// is answered 503 temporarily_unavailable with Retry-After. Default: 5s.
+	// StoreTimeout bounds the time one request waits for the client store
+	// (and the [Revoker] of a revocation endpoint), the limiter and the
+	// rationing of slow hashes; past it the request is answered 503
+	// temporarily_unavailable with Retry-After. Default: 5s.
 	StoreTimeout time.Duration
-	// MaxConcurrentRequests bounds the requests handled at once; others
-	// wait up to StoreTimeout for a turn, then get 503 with Retry-After.
-	// Negative means no bound. Default: 512.
+	// MaxConcurrentRequests bounds the requests handled at once by the
+	// token endpoint and its revocation and introspection endpoints
+	// together; others wait up to StoreTimeout for a turn, then get 503
+	// with Retry-After. Negative means no bound. Default: 512.
 	MaxConcurrentRequests int
 	// SlowHashConcurrency bounds the argon2id and bcrypt verifications
 	// run at once (a quarter of them, at least one, for one client id).
@@ -110,6 +113,11 @@ type TokenHandlerConfig struct {
 // client_id and client_secret in the body (client_secret_post), never both.
 // Each successful request gets a fresh JWT access token (RFC 9068) and
 // writes nothing to any store.
+//
+// [TokenHandler.RevocationHandler] and [TokenHandler.IntrospectionHandler]
+// return the revocation (RFC 7009) and introspection (RFC 7662) endpoints
+// that go with it: they share its configuration, client authentication
+// and limiter.
 //
 // A TokenHandler is safe for concurrent use.
 type TokenHandler struct {
