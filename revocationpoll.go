@@ -24,6 +24,11 @@ type RevocationPollerConfig struct {
 	// every token. It must exceed Interval. Default: 6 × Interval (30s
 	// with the default Interval): five polls in a row may fail before
 	// tokens are refused.
+	//
+	// CurrentRevocations reads no clock, to stay cheap: a timer marks the
+	// snapshot stale when MaxStale has passed, and so does every poll
+	// attempt and every Ping that finds it past MaxStale by Now. With an
+	// injected Now, only the latter two see the injected time.
 	MaxStale time.Duration
 	// Timeout bounds each poll, whoever starts it. Default: 5s.
 	Timeout time.Duration
@@ -56,7 +61,7 @@ const (
 //
 // Guarantees:
 //
-//   - CurrentRevocations is an atomic load and a clock read; it does not
+//   - CurrentRevocations is two atomic loads; it reads no clock, does not
 //     allocate and never blocks.
 //   - A revocation reaches CurrentRevocations within Interval (5s by
 //     default) plus one poll.
@@ -92,6 +97,13 @@ type RevocationPoller struct {
 	// poll. It is replaced, never modified.
 	snap atomic.Pointer[pollSnapshot]
 
+	// smu guards the replacement of snap and the marking of a snapshot
+	// as stale; it is held briefly, never across a poll.
+	smu sync.Mutex
+	// watchdog marks the snapshot stale when MaxStale has passed without
+	// a successful poll, whatever the background goroutine is doing.
+	watchdog *time.Timer
+
 	mu        sync.Mutex // serializes polls; guards the fields below
 	failing   bool       // the last poll failed
 	failedAt  time.Time  // start of the first of the failed polls in a row
@@ -114,6 +126,9 @@ type pollSnapshot struct {
 	// death is the earliest instant past which an entry of revs revokes
 	// nothing; zero when revs is empty.
 	death time.Time
+	// stale is set once the snapshot is found past staleAt; it is never
+	// cleared: a successful poll installs a new snapshot.
+	stale atomic.Bool
 }
 
 // errNoRevocationsYet is the error of a poller before its first
@@ -153,6 +168,7 @@ func NewRevocationPoller(feed RevocationFeed, cfg RevocationPollerConfig) (*Revo
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	p := &RevocationPoller{feed: feed, cfg: cfg, cancel: cancel, done: make(chan struct{})}
+	p.watchdog = time.AfterFunc(cfg.MaxStale, p.watch)
 	go p.run(ctx)
 	return p, nil
 }
@@ -166,17 +182,60 @@ func (p *RevocationPoller) CurrentRevocations() (*Revocations, error) {
 	if s == nil {
 		return nil, errNoRevocationsYet
 	}
-	if p.cfg.Now().After(s.staleAt) {
+	if s.stale.Load() {
 		return s.revs, s.staleErr
 	}
 	return s.revs, nil
 }
 
-// Ping implements [Pinger]: it returns the error of CurrentRevocations,
-// nil while the snapshot is fresh.
+// Ping implements [Pinger]: it checks the snapshot's age by Now, and
+// returns the error of CurrentRevocations, nil while the snapshot is
+// fresh.
 func (p *RevocationPoller) Ping(context.Context) error {
+	p.markStale(p.cfg.Now())
 	_, err := p.CurrentRevocations()
 	return err
+}
+
+// markStale marks the snapshot stale if it is past MaxStale at now.
+func (p *RevocationPoller) markStale(now time.Time) {
+	p.smu.Lock()
+	defer p.smu.Unlock()
+	if s := p.snap.Load(); s != nil && now.After(s.staleAt) {
+		s.stale.Store(true)
+	}
+}
+
+// watch is the watchdog's function: it marks the snapshot stale, or, if
+// it is not due yet by Now, sets the watchdog again.
+func (p *RevocationPoller) watch() {
+	now := p.cfg.Now()
+	p.smu.Lock()
+	defer p.smu.Unlock()
+	s := p.snap.Load()
+	switch {
+	case s == nil:
+		// Nothing to mark; the first success sets the watchdog.
+	case now.After(s.staleAt):
+		s.stale.Store(true)
+	default:
+		p.watchdog.Reset(s.staleAt.Sub(now) + time.Millisecond)
+	}
+}
+
+// install replaces the snapshot with s, stale already if it is past
+// MaxStale at now; when s comes from a successful poll, fresh, it sets
+// the watchdog for its MaxStale.
+func (p *RevocationPoller) install(s *pollSnapshot, now time.Time, fresh bool) {
+	p.smu.Lock()
+	defer p.smu.Unlock()
+	if old := p.snap.Load(); !fresh && old != nil && old.stale.Load() || now.After(s.staleAt) {
+		s.stale.Store(true)
+	}
+	p.snap.Store(s)
+	if fresh {
+		p.watchdog.Reset(max(s.staleAt.Sub(now), 0) + time.Millisecond)
+	}
 }
 
 // Refresh polls the feed now, after any poll in progress, within ctx and
@@ -187,7 +246,8 @@ func (p *RevocationPoller) Refresh(ctx context.Context) error {
 }
 
 // Close stops the background polls and waits for the one in progress,
-// if any, to end. The snapshot is still served until it is stale.
+// if any, to end. The snapshot is still served until it is stale:
+// MaxStale after the last successful poll, or Refresh.
 // Closing twice is not an error.
 func (p *RevocationPoller) Close() error {
 	p.closeOnce.Do(func() {
@@ -255,7 +315,7 @@ func (p *RevocationPoller) poll(ctx context.Context) error {
 	s.good = started
 	s.staleAt = started.Add(p.cfg.MaxStale)
 	s.staleErr = fmt.Errorf("%w: no successful poll since %s (MaxStale %v)", ErrRevocationsStale, started.Format(time.RFC3339), p.cfg.MaxStale)
-	p.snap.Store(s)
+	p.install(s, now, true)
 	if p.failing {
 		p.cfg.Logger.InfoContext(ctx, "m2mauth: revocation polls succeed again",
 			"failing_since", p.failedAt, "version", s.revs.Version, "entries", s.revs.Len())
@@ -273,7 +333,7 @@ func (p *RevocationPoller) failed(ctx context.Context, err error, old *pollSnaps
 		p.cfg.Logger.WarnContext(ctx, "m2mauth: revocation poll failed; serving the last snapshot until it is stale",
 			"error", err, "max_stale", p.cfg.MaxStale)
 	}
-	if !p.staleSaid && (old == nil || now.After(old.staleAt)) {
+	if !p.staleSaid && (old == nil || old.stale.Load() || now.After(old.staleAt)) {
 		p.staleSaid = true
 		attrs := []any{"error", err}
 		if old != nil {
@@ -281,11 +341,14 @@ func (p *RevocationPoller) failed(ctx context.Context, err error, old *pollSnaps
 		}
 		p.cfg.Logger.ErrorContext(ctx, "m2mauth: revocations are stale; validators refuse tokens", attrs...)
 	}
-	if old != nil {
-		if s := p.prune(old.revs, old.death, now, false); s.revs != old.revs {
-			s.good, s.staleAt, s.staleErr = old.good, old.staleAt, old.staleErr
-			p.snap.Store(s)
-		}
+	if old == nil {
+		return
+	}
+	if s := p.prune(old.revs, old.death, now, false); s.revs != old.revs {
+		s.good, s.staleAt, s.staleErr = old.good, old.staleAt, old.staleErr
+		p.install(s, now, false)
+	} else {
+		p.markStale(now)
 	}
 }
 

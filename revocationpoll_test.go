@@ -176,10 +176,14 @@ func TestRevocationPollerStale(t *testing.T) {
 	assert.Equal(t, int64(1), r.Version)
 
 	clock.Add(time.Hour) // exactly MaxStale since the last success
+	require.Error(t, p.Refresh(t.Context()))
+	require.NoError(t, p.Ping(t.Context()))
 	_, err = p.CurrentRevocations()
 	require.NoError(t, err, "MaxStale itself is still fresh")
 
+	// A failed poll notices the injected clock has moved past MaxStale.
 	clock.Add(time.Nanosecond)
+	require.Error(t, p.Refresh(t.Context()))
 	r, err = p.CurrentRevocations()
 	require.ErrorIs(t, err, m2mauth.ErrRevocationsStale)
 	require.NotNil(t, r, "the last snapshot comes with the error")
@@ -232,8 +236,43 @@ func TestRevocationPollerNeverGoesBack(t *testing.T) {
 	assert.True(t, r.Revoked("svc", "j5", clock.Now()), "the revocation is kept")
 
 	clock.Add(2*time.Hour + time.Second)
+	require.Error(t, p.Refresh(t.Context()))
 	_, err = p.CurrentRevocations()
 	require.ErrorIs(t, err, m2mauth.ErrRevocationsStale, "going back does not count as success")
+}
+
+// TestRevocationPollerPingNoticesStaleness: Ping, a readiness check,
+// finds the snapshot stale by Now without a poll.
+func TestRevocationPollerPingNoticesStaleness(t *testing.T) {
+	clock := newPollClock()
+	p := newTestPoller(t, &fakeFeed{revs: &m2mauth.Revocations{Version: 1}}, clock, nil)
+	require.NoError(t, p.Refresh(t.Context()))
+	clock.Add(2*time.Hour + time.Second)
+	require.ErrorIs(t, p.Ping(t.Context()), m2mauth.ErrRevocationsStale)
+	_, err := p.CurrentRevocations()
+	require.ErrorIs(t, err, m2mauth.ErrRevocationsStale)
+}
+
+// TestRevocationPollerWatchdog: a feed that hangs cannot keep the
+// snapshot fresh: with the real clock, a timer marks it stale MaxStale
+// after the last successful poll, while the poll in progress still
+// waits.
+func TestRevocationPollerWatchdog(t *testing.T) {
+	feed := &fakeFeed{revs: &m2mauth.Revocations{Version: 1}}
+	p, err := m2mauth.NewRevocationPoller(feed, m2mauth.RevocationPollerConfig{
+		Interval: 10 * time.Millisecond, MaxStale: 100 * time.Millisecond, Timeout: time.Hour,
+		Logger: slog.New(slog.DiscardHandler),
+	})
+	require.NoError(t, err)
+	defer p.Close()
+	require.NoError(t, p.Refresh(t.Context()))
+	feed.mu.Lock()
+	feed.block = true
+	feed.mu.Unlock()
+	require.Eventually(t, func() bool {
+		_, err := p.CurrentRevocations()
+		return errors.Is(err, m2mauth.ErrRevocationsStale)
+	}, 10*time.Second, 5*time.Millisecond)
 }
 
 // feedFunc adapts a function to RevocationFeed.
