@@ -15,7 +15,7 @@ import (
 
 // DefaultRevokedTokens is how many tokens the "Revocations/ManyTokens"
 // subtest revokes unless [WithRevokedTokens] says otherwise.
-const DefaultRevokedTokens = 2000
+const DefaultRevokedTokens = 1000
 
 // WithClock gives [Run] a second constructor, of stores that take every
 // time they use from now: CreatedAt and UpdatedAt, watermarks, and the
