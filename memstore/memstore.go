@@ -119,6 +119,12 @@ type Store struct {
 	// rebuilt from it (with mu held).
 	snap  atomic.Pointer[published]
 	stale atomic.Bool
+	// clocked is true when the clock is the host's (WithClock): then
+	// CurrentRevocations reads it to see dead entries. On the real clock
+	// a timer marks the snapshot stale instead, so that a validation
+	// reads no clock here.
+	clocked bool
+	expiry  *time.Timer // guarded by mu
 }
 
 // Option configures a [Store].
@@ -127,7 +133,7 @@ type Option func(*Store)
 // WithClock sets the clock used for CreatedAt, UpdatedAt, audit events,
 // watermarks, and to tell which revocations are dead. Default: [time.Now].
 func WithClock(now func() time.Time) Option {
-	return func(s *Store) { s.now = now }
+	return func(s *Store) { s.now, s.clocked = now, true }
 }
 
 // WithAuditor sets the auditor that receives an event for every change

@@ -144,7 +144,7 @@ func (s *Store) RevocationsSince(_ context.Context, version int64) (*m2mauth.Rev
 // minute, once an entry has died, to drop the dead ones.
 func (s *Store) CurrentRevocations() (*m2mauth.Revocations, error) {
 	if !s.stale.Load() {
-		if p := s.snap.Load(); p.until.IsZero() || !s.now().After(p.until) {
+		if p := s.snap.Load(); p.until.IsZero() || !s.clocked || !s.now().After(p.until) {
 			return p.r, nil
 		}
 	}
@@ -172,6 +172,13 @@ func (s *Store) publish() *m2mauth.Revocations {
 	}
 	s.snap.Store(&published{r: r, until: until})
 	s.stale.Store(false)
+	if !s.clocked && !until.IsZero() {
+		// Real time: the snapshot goes stale when its first entry dies.
+		if s.expiry != nil {
+			s.expiry.Stop()
+		}
+		s.expiry = time.AfterFunc(until.Sub(now), func() { s.stale.Store(true) })
+	}
 	return r
 }
 
