@@ -440,7 +440,11 @@ func (d *Detector) Audit(ctx context.Context, e AuditEvent) {
 		if e.Reason == ReasonNoCredentials {
 			return
 		}
-	case EventRateLimited, EventTokenIssued:
+	case EventRateLimited:
+		if e.Reason == ReasonIntrospectionRate {
+			return // a busy caller, locked out of nothing
+		}
+	case EventTokenIssued:
 	default:
 		return
 	}

@@ -901,3 +901,36 @@ func TestDetectorEventTime(t *testing.T) {
 		})
 	}
 }
+
+// TestDetectorIntrospectionRate: a caller refused for introspecting too
+// often is busy, not locked out; the limiter's refusals are lockouts.
+func TestDetectorIntrospectionRate(t *testing.T) {
+	tests := []struct {
+		name, reason string
+		want         int
+	}{
+		{"introspection rate", m2mauth.ReasonIntrospectionRate, 0},
+		{"failed-auth limiter", "", 1},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var mu sync.Mutex
+			n := 0
+			d, err := m2mauth.NewDetector(nil, m2mauth.AlertSinkFunc(func(_ context.Context, a m2mauth.Alert) {
+				mu.Lock()
+				if a.Rule == m2mauth.RuleLockout && !a.Recovered {
+					n++
+				}
+				mu.Unlock()
+			}), m2mauth.DetectorConfig{})
+			require.NoError(t, err)
+			for range 3 {
+				d.Audit(context.Background(), m2mauth.AuditEvent{Type: m2mauth.EventRateLimited, ClientID: "busy", RemoteIP: "192.0.2.1", Reason: tt.reason, Error: "temporarily_unavailable"})
+			}
+			require.NoError(t, d.Close())
+			mu.Lock()
+			defer mu.Unlock()
+			assert.Equal(t, tt.want, n)
+		})
+	}
+}

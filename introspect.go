@@ -122,10 +122,16 @@ func (ih *IntrospectionHandler) ServeHTTP(w http.ResponseWriter, r *http.Request
 	ih.h.serve(w, r, endpointIntrospection, nil, ih)
 }
 
+// ReasonIntrospectionRate is the Reason of the rate_limited event of an
+// introspection refused because its caller exceeded
+// [IntrospectionConfig].Rate: a busy caller, not failed authentications.
+const ReasonIntrospectionRate = "introspection_rate"
+
 // introspect is the introspection endpoint's own step for an
 // authenticated caller c.
 func (ih *IntrospectionHandler) introspect(ctx context.Context, req *tokenRequest, c *Client, ev *AuditEvent, bp *[]byte) ([]byte, error) {
 	if wait := ih.limit.take(c.ID, req.now); wait > 0 {
+		ev.Reason = ReasonIntrospectionRate
 		e := WrapError(CodeTemporarilyUnavailable, "too many introspection requests; retry later", retryLater{wait})
 		e.Status = http.StatusTooManyRequests
 		return nil, e

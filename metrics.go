@@ -388,7 +388,9 @@ func (m *Metrics) count(e *AuditEvent) {
 	case EventRateLimited:
 		m.limited.n.Add(1)
 	case EventRequestRejected, EventAudienceDenied:
-		lookup(m.codes, e.Error).n.Add(1)
+		if e.Error != "" { // else answered 200: a revocation of a token that was not revocable
+			lookup(m.codes, e.Error).n.Add(1)
+		}
 	case EventScopeDenied:
 		if e.Error == CodeInsufficientScope {
 			// A validator's 403; the token endpoint's is invalid_scope.

@@ -413,6 +413,10 @@ func TestMetricsBoundedValues(t *testing.T) {
 		{"rate limited unknown client", m2mauth.AuditEvent{Type: m2mauth.EventRateLimited, ClientID: ghostClient, RemoteIP: "192.0.2.7"},
 			"m2mauth.rate_limited", ""},
 		{"client administration", m2mauth.AuditEvent{Type: m2mauth.EventClientCreated, ClientID: "c1"}, "", ""},
+		{"revoked token", m2mauth.AuditEvent{Type: m2mauth.EventTokenRejected, Error: "invalid_token", Reason: m2mauth.ReasonTokenRevoked},
+			"m2mauth.validations", "m2mauth.validation.result=revoked"},
+		// RFC 7009 §2.2: answered 200, so not a rejection of the endpoint.
+		{"revocation of another client's token", m2mauth.AuditEvent{Type: m2mauth.EventRequestRejected, ClientID: "c1", Reason: m2mauth.ReasonForeignToken}, "", ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
