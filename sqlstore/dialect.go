@@ -48,9 +48,10 @@ func (d Dialect) String() string {
 //
 //	kind  0 = client row, 1 = secret row, 2 = grant row
 //	cid   the client id
-//	public, disabled          client row only
+//	public, disabled, introspect   client row only
 //	n1, n2, n3                client: token_ttl_ns, created_at, updated_at
 //	                          secret: seq, created_at, expires_at (nullable)
+//	n4                        client: tokens_revoked_at (nullable)
 //	s1, s2                    secret: secret_id, hash; grant: audience, scopes
 //
 // client takes the client id three times (once per branch of the UNION
@@ -98,6 +99,32 @@ func (d Dialect) String() string {
 //	limitCleanup  (now, batch); on MySQL it selects the (ip, client_id)
 //	              of the rows to delete, and limitCleanupRow (ip,
 //	              clientID, now) deletes each
+//
+// The revocation statements take the same arguments, in the same order,
+// on every dialect; times are in unix microseconds. Rows of the
+// revocations table are (kind, id): ([kindClient], client id) for a
+// client's watermark, at the watermark; ([kindToken], jti) for a revoked
+// token, at its expiry. expires_at is when a row stops mattering.
+//
+//	clientRevoked     (at, now, clientID): sets the client's
+//	                  tokens_revoked_at to at unless it is later, and its
+//	                  updated_at to now
+//	clientWatermark   (clientID, now): the client's live watermark, if any
+//	upsertRevocation  (kind, id, at, expires_at, at, expires_at): inserts
+//	                  a row, or moves an existing one to the later at;
+//	                  affects no row when the one stored is not earlier
+//	bumpVersion       (): the version, one more
+//	revokeAll         (at): the store-wide watermark, set to at unless it
+//	                  is later, and the version, one more
+//	revocationVersion (): the version
+//	loadRevocations   (now): the state row, as kind and id empty, at the
+//	                  version and expires_at the store-wide watermark (0
+//	                  for none); then the rows whose expires_at is not
+//	                  before now
+//	pruneRevocations  (now, batch): deletes up to batch rows whose
+//	                  expires_at is before now; on MySQL it selects their
+//	                  (kind, id), and pruneRevocationRows, followed by a
+//	                  list of ids, (kind, now, ids...) deletes them
 type queries struct {
 	client string
 	list   string
@@ -134,6 +161,16 @@ type queries struct {
 	limitWrite      string
 	limitCleanup    string
 	limitCleanupRow string // MySQL only
+
+	clientRevoked       string
+	clientWatermark     string
+	upsertRevocation    string
+	bumpVersion         string
+	revokeAll           string
+	revocationVersion   string
+	loadRevocations     string
+	pruneRevocations    string
+	pruneRevocationRows string // MySQL only
 
 	createMigrations string
 	appliedVersions  string
@@ -194,30 +231,30 @@ func newQueries(d Dialect, prefix string) (*queries, error) {
 
 func postgresQueries(t func(string) string) *queries {
 	return &queries{
-		client: t(`SELECT 0 AS kind, c.id AS cid, c.public AS public, c.disabled AS disabled,
-       c.token_ttl_ns AS n1, c.created_at AS n2, c.updated_at AS n3, NULL::text AS s1, NULL::text AS s2
+		client: t(`SELECT 0 AS kind, c.id AS cid, c.public AS public, c.disabled AS disabled, c.can_introspect AS introspect,
+       c.token_ttl_ns AS n1, c.created_at AS n2, c.updated_at AS n3, c.tokens_revoked_at AS n4, NULL::text AS s1, NULL::text AS s2
   FROM {p}clients c WHERE c.id = $1
 UNION ALL
-SELECT 1, s.client_id, NULL::boolean, NULL::boolean, s.seq, s.created_at, s.expires_at, s.secret_id, s.hash
+SELECT 1, s.client_id, NULL::boolean, NULL::boolean, NULL::boolean, s.seq, s.created_at, s.expires_at, NULL::bigint, s.secret_id, s.hash
   FROM {p}secrets s WHERE s.client_id = $2
 UNION ALL
-SELECT 2, g.client_id, NULL::boolean, NULL::boolean, NULL::bigint, NULL::bigint, NULL::bigint, g.audience, g.scopes
+SELECT 2, g.client_id, NULL::boolean, NULL::boolean, NULL::boolean, NULL::bigint, NULL::bigint, NULL::bigint, NULL::bigint, g.audience, g.scopes
   FROM {p}grants g WHERE g.client_id = $3`),
 		list: t(`WITH page_ids AS (SELECT id FROM {p}clients WHERE id > $1 ORDER BY id LIMIT $2)
-SELECT 0 AS kind, c.id AS cid, c.public AS public, c.disabled AS disabled,
-       c.token_ttl_ns AS n1, c.created_at AS n2, c.updated_at AS n3, NULL::text AS s1, NULL::text AS s2
+SELECT 0 AS kind, c.id AS cid, c.public AS public, c.disabled AS disabled, c.can_introspect AS introspect,
+       c.token_ttl_ns AS n1, c.created_at AS n2, c.updated_at AS n3, c.tokens_revoked_at AS n4, NULL::text AS s1, NULL::text AS s2
   FROM {p}clients c JOIN page_ids ON page_ids.id = c.id
 UNION ALL
-SELECT 1, s.client_id, NULL::boolean, NULL::boolean, s.seq, s.created_at, s.expires_at, s.secret_id, s.hash
+SELECT 1, s.client_id, NULL::boolean, NULL::boolean, NULL::boolean, s.seq, s.created_at, s.expires_at, NULL::bigint, s.secret_id, s.hash
   FROM {p}secrets s JOIN page_ids ON page_ids.id = s.client_id
 UNION ALL
-SELECT 2, g.client_id, NULL::boolean, NULL::boolean, NULL::bigint, NULL::bigint, NULL::bigint, g.audience, g.scopes
+SELECT 2, g.client_id, NULL::boolean, NULL::boolean, NULL::boolean, NULL::bigint, NULL::bigint, NULL::bigint, NULL::bigint, g.audience, g.scopes
   FROM {p}grants g JOIN page_ids ON page_ids.id = g.client_id`),
 
 		clientExists: t(`SELECT 1 FROM {p}clients WHERE id = $1`),
 		lockClient:   t(`SELECT 1 FROM {p}clients WHERE id = $1 FOR UPDATE`),
-		insertClient: t(`INSERT INTO {p}clients (id, public, disabled, token_ttl_ns, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6)`),
-		updateClient: t(`UPDATE {p}clients SET public = $1, disabled = $2, token_ttl_ns = $3, updated_at = $4 WHERE id = $5`),
+		insertClient: t(`INSERT INTO {p}clients (id, public, disabled, can_introspect, token_ttl_ns, tokens_revoked_at, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)`),
+		updateClient: t(`UPDATE {p}clients SET public = $1, disabled = $2, can_introspect = $3, token_ttl_ns = $4, updated_at = $5 WHERE id = $6`),
 		setDisabled:  t(`UPDATE {p}clients SET disabled = $1, updated_at = $2 WHERE id = $3`),
 		touchClient:  t(`UPDATE {p}clients SET updated_at = $1 WHERE id = $2`),
 		deleteClient: t(`DELETE FROM {p}clients WHERE id = $1`),
@@ -304,6 +341,23 @@ RETURNING ` + limitRowColumns),
 		limitCleanup: t(`DELETE FROM {p}rate_limits WHERE (ip, client_id) IN (
     SELECT ip, client_id FROM {p}rate_limits WHERE idle_at <= $1 LIMIT $2 FOR UPDATE SKIP LOCKED)`),
 
+		clientRevoked:   t(`UPDATE {p}clients SET tokens_revoked_at = GREATEST(COALESCE(tokens_revoked_at, 0), $1), updated_at = $2 WHERE id = $3`),
+		clientWatermark: t(`SELECT at FROM {p}revocations WHERE kind = '` + kindClient + `' AND id = $1 AND expires_at >= $2`),
+		upsertRevocation: t(`INSERT INTO {p}revocations AS r (kind, id, at, expires_at) VALUES ($1, $2, $3, $4)
+ON CONFLICT (kind, id) DO UPDATE SET at = $5, expires_at = $6 WHERE r.at < EXCLUDED.at`),
+		bumpVersion:       t(`UPDATE {p}revocation_state SET version = version + 1 WHERE id = 1`),
+		revokeAll:         t(`UPDATE {p}revocation_state SET tokens_revoked_at = GREATEST(COALESCE(tokens_revoked_at, 0), $1), version = version + 1 WHERE id = 1`),
+		revocationVersion: t(`SELECT version FROM {p}revocation_state WHERE id = 1`),
+		loadRevocations: t(`SELECT '' AS kind, '' AS id, version AS at, COALESCE(tokens_revoked_at, 0) AS expires_at
+  FROM {p}revocation_state WHERE id = 1
+UNION ALL
+SELECT kind, id, at, expires_at FROM {p}revocations WHERE expires_at >= $1`),
+		// As limitCleanup: a pruning never waits for a row that a
+		// revocation holds, and the condition is checked again on each
+		// row as locked.
+		pruneRevocations: t(`DELETE FROM {p}revocations WHERE (kind, id) IN (
+    SELECT kind, id FROM {p}revocations WHERE expires_at < $1 LIMIT $2 FOR UPDATE SKIP LOCKED)`),
+
 		createMigrations: t(`CREATE TABLE IF NOT EXISTS {p}schema_migrations (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)`),
 		appliedVersions:  t(`SELECT version FROM {p}schema_migrations`),
 		insertVersion:    t(`INSERT INTO {p}schema_migrations (version, applied_at) VALUES ($1, $2)`),
@@ -314,30 +368,30 @@ RETURNING ` + limitRowColumns),
 
 func mysqlQueries(t func(string) string) *queries {
 	return &queries{
-		client: t(`SELECT 0 AS kind, c.id AS cid, c.public AS public, c.disabled AS disabled,
-       c.token_ttl_ns AS n1, c.created_at AS n2, c.updated_at AS n3, NULL AS s1, NULL AS s2
+		client: t(`SELECT 0 AS kind, c.id AS cid, c.public AS public, c.disabled AS disabled, c.can_introspect AS introspect,
+       c.token_ttl_ns AS n1, c.created_at AS n2, c.updated_at AS n3, c.tokens_revoked_at AS n4, NULL AS s1, NULL AS s2
   FROM {p}clients c WHERE c.id = ?
 UNION ALL
-SELECT 1, s.client_id, NULL, NULL, s.seq, s.created_at, s.expires_at, s.secret_id, s.hash
+SELECT 1, s.client_id, NULL, NULL, NULL, s.seq, s.created_at, s.expires_at, NULL, s.secret_id, s.hash
   FROM {p}secrets s WHERE s.client_id = ?
 UNION ALL
-SELECT 2, g.client_id, NULL, NULL, NULL, NULL, NULL, g.audience, g.scopes
+SELECT 2, g.client_id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, g.audience, g.scopes
   FROM {p}grants g WHERE g.client_id = ?`),
 		list: t(`WITH page_ids AS (SELECT id FROM {p}clients WHERE id > ? ORDER BY id LIMIT ?)
-SELECT 0 AS kind, c.id AS cid, c.public AS public, c.disabled AS disabled,
-       c.token_ttl_ns AS n1, c.created_at AS n2, c.updated_at AS n3, NULL AS s1, NULL AS s2
+SELECT 0 AS kind, c.id AS cid, c.public AS public, c.disabled AS disabled, c.can_introspect AS introspect,
+       c.token_ttl_ns AS n1, c.created_at AS n2, c.updated_at AS n3, c.tokens_revoked_at AS n4, NULL AS s1, NULL AS s2
   FROM {p}clients c JOIN page_ids ON page_ids.id = c.id
 UNION ALL
-SELECT 1, s.client_id, NULL, NULL, s.seq, s.created_at, s.expires_at, s.secret_id, s.hash
+SELECT 1, s.client_id, NULL, NULL, NULL, s.seq, s.created_at, s.expires_at, NULL, s.secret_id, s.hash
   FROM {p}secrets s JOIN page_ids ON page_ids.id = s.client_id
 UNION ALL
-SELECT 2, g.client_id, NULL, NULL, NULL, NULL, NULL, g.audience, g.scopes
+SELECT 2, g.client_id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, g.audience, g.scopes
   FROM {p}grants g JOIN page_ids ON page_ids.id = g.client_id`),
 
 		clientExists: t(`SELECT 1 FROM {p}clients WHERE id = ?`),
 		lockClient:   t(`SELECT 1 FROM {p}clients WHERE id = ? FOR UPDATE`),
-		insertClient: t(`INSERT INTO {p}clients (id, public, disabled, token_ttl_ns, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?)`),
-		updateClient: t(`UPDATE {p}clients SET public = ?, disabled = ?, token_ttl_ns = ?, updated_at = ? WHERE id = ?`),
+		insertClient: t(`INSERT INTO {p}clients (id, public, disabled, can_introspect, token_ttl_ns, tokens_revoked_at, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)`),
+		updateClient: t(`UPDATE {p}clients SET public = ?, disabled = ?, can_introspect = ?, token_ttl_ns = ?, updated_at = ? WHERE id = ?`),
 		setDisabled:  t(`UPDATE {p}clients SET disabled = ?, updated_at = ? WHERE id = ?`),
 		touchClient:  t(`UPDATE {p}clients SET updated_at = ? WHERE id = ?`),
 		deleteClient: t(`DELETE FROM {p}clients WHERE id = ?`),
@@ -419,6 +473,27 @@ ON DUPLICATE KEY UPDATE ip = ip`),
 		limitCleanup:    t(`SELECT ip, client_id FROM {p}rate_limits WHERE idle_at <= ? LIMIT ?`),
 		limitCleanupRow: t(`DELETE FROM {p}rate_limits WHERE ip = ? AND client_id = ? AND idle_at <= ?`),
 
+		clientRevoked:   t(`UPDATE {p}clients SET tokens_revoked_at = GREATEST(COALESCE(tokens_revoked_at, 0), ?), updated_at = ? WHERE id = ?`),
+		clientWatermark: t(`SELECT at FROM {p}revocations WHERE kind = '` + kindClient + `' AND id = ? AND expires_at >= ?`),
+		// Both columns only grow; the driver reports no row affected when
+		// neither changes.
+		upsertRevocation: t(`INSERT INTO {p}revocations (kind, id, at, expires_at) VALUES (?, ?, ?, ?)
+ON DUPLICATE KEY UPDATE at = GREATEST(at, ?), expires_at = GREATEST(expires_at, ?)`),
+		bumpVersion:       t(`UPDATE {p}revocation_state SET version = version + 1 WHERE id = 1`),
+		revokeAll:         t(`UPDATE {p}revocation_state SET tokens_revoked_at = GREATEST(COALESCE(tokens_revoked_at, 0), ?), version = version + 1 WHERE id = 1`),
+		revocationVersion: t(`SELECT version FROM {p}revocation_state WHERE id = 1`),
+		loadRevocations: t(`SELECT '' AS kind, '' AS id, version AS at, COALESCE(tokens_revoked_at, 0) AS expires_at
+  FROM {p}revocation_state WHERE id = 1
+UNION ALL
+SELECT kind, id, at, expires_at FROM {p}revocations WHERE expires_at >= ?`),
+		// As limitCleanup: the rows are found without locking, then
+		// deleted by primary key (one statement per kind), so that no
+		// pruning locks index entries before rows, the reverse of the
+		// revocations' upserts. The condition is checked again on each
+		// row as locked.
+		pruneRevocations:    t(`SELECT kind, id FROM {p}revocations WHERE expires_at < ? LIMIT ?`),
+		pruneRevocationRows: t(`DELETE FROM {p}revocations WHERE kind = ? AND expires_at < ? AND id IN `),
+
 		createMigrations: t(`CREATE TABLE IF NOT EXISTS {p}schema_migrations (version BIGINT NOT NULL PRIMARY KEY, applied_at BIGINT NOT NULL) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin`),
 		appliedVersions:  t(`SELECT version FROM {p}schema_migrations`),
 		insertVersion:    t(`INSERT INTO {p}schema_migrations (version, applied_at) VALUES (?, ?)`),
@@ -431,32 +506,32 @@ ON DUPLICATE KEY UPDATE ip = ip`),
 
 func sqliteQueries(t func(string) string) *queries {
 	return &queries{
-		client: t(`SELECT 0 AS kind, c.id AS cid, c.public AS public, c.disabled AS disabled,
-       c.token_ttl_ns AS n1, c.created_at AS n2, c.updated_at AS n3, NULL AS s1, NULL AS s2
+		client: t(`SELECT 0 AS kind, c.id AS cid, c.public AS public, c.disabled AS disabled, c.can_introspect AS introspect,
+       c.token_ttl_ns AS n1, c.created_at AS n2, c.updated_at AS n3, c.tokens_revoked_at AS n4, NULL AS s1, NULL AS s2
   FROM {p}clients c WHERE c.id = ?
 UNION ALL
-SELECT 1, s.client_id, NULL, NULL, s.seq, s.created_at, s.expires_at, s.secret_id, s.hash
+SELECT 1, s.client_id, NULL, NULL, NULL, s.seq, s.created_at, s.expires_at, NULL, s.secret_id, s.hash
   FROM {p}secrets s WHERE s.client_id = ?
 UNION ALL
-SELECT 2, g.client_id, NULL, NULL, NULL, NULL, NULL, g.audience, g.scopes
+SELECT 2, g.client_id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, g.audience, g.scopes
   FROM {p}grants g WHERE g.client_id = ?`),
 		list: t(`WITH page_ids AS (SELECT id FROM {p}clients WHERE id > ? ORDER BY id LIMIT ?)
-SELECT 0 AS kind, c.id AS cid, c.public AS public, c.disabled AS disabled,
-       c.token_ttl_ns AS n1, c.created_at AS n2, c.updated_at AS n3, NULL AS s1, NULL AS s2
+SELECT 0 AS kind, c.id AS cid, c.public AS public, c.disabled AS disabled, c.can_introspect AS introspect,
+       c.token_ttl_ns AS n1, c.created_at AS n2, c.updated_at AS n3, c.tokens_revoked_at AS n4, NULL AS s1, NULL AS s2
   FROM {p}clients c JOIN page_ids ON page_ids.id = c.id
 UNION ALL
-SELECT 1, s.client_id, NULL, NULL, s.seq, s.created_at, s.expires_at, s.secret_id, s.hash
+SELECT 1, s.client_id, NULL, NULL, NULL, s.seq, s.created_at, s.expires_at, NULL, s.secret_id, s.hash
   FROM {p}secrets s JOIN page_ids ON page_ids.id = s.client_id
 UNION ALL
-SELECT 2, g.client_id, NULL, NULL, NULL, NULL, NULL, g.audience, g.scopes
+SELECT 2, g.client_id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, g.audience, g.scopes
   FROM {p}grants g JOIN page_ids ON page_ids.id = g.client_id`),
 
 		clientExists: t(`SELECT 1 FROM {p}clients WHERE id = ?`),
 		// Writers hold the database write lock from BEGIN IMMEDIATE on,
 		// so no row lock is needed.
 		lockClient:   t(`SELECT 1 FROM {p}clients WHERE id = ?`),
-		insertClient: t(`INSERT INTO {p}clients (id, public, disabled, token_ttl_ns, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?)`),
-		updateClient: t(`UPDATE {p}clients SET public = ?, disabled = ?, token_ttl_ns = ?, updated_at = ? WHERE id = ?`),
+		insertClient: t(`INSERT INTO {p}clients (id, public, disabled, can_introspect, token_ttl_ns, tokens_revoked_at, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)`),
+		updateClient: t(`UPDATE {p}clients SET public = ?, disabled = ?, can_introspect = ?, token_ttl_ns = ?, updated_at = ? WHERE id = ?`),
 		setDisabled:  t(`UPDATE {p}clients SET disabled = ?, updated_at = ? WHERE id = ?`),
 		touchClient:  t(`UPDATE {p}clients SET updated_at = ? WHERE id = ?`),
 		deleteClient: t(`DELETE FROM {p}clients WHERE id = ?`),
@@ -532,6 +607,20 @@ ON CONFLICT (ip, client_id) DO NOTHING`),
 		// DELETE ... LIMIT needs a compile-time option; rowid does not.
 		limitCleanup: t(`DELETE FROM {p}rate_limits WHERE rowid IN (
     SELECT rowid FROM {p}rate_limits WHERE idle_at <= ? LIMIT ?)`),
+
+		clientRevoked:   t(`UPDATE {p}clients SET tokens_revoked_at = MAX(COALESCE(tokens_revoked_at, 0), ?), updated_at = ? WHERE id = ?`),
+		clientWatermark: t(`SELECT at FROM {p}revocations WHERE kind = '` + kindClient + `' AND id = ? AND expires_at >= ?`),
+		upsertRevocation: t(`INSERT INTO {p}revocations (kind, id, at, expires_at) VALUES (?, ?, ?, ?)
+ON CONFLICT (kind, id) DO UPDATE SET at = ?, expires_at = ? WHERE at < excluded.at`),
+		bumpVersion:       t(`UPDATE {p}revocation_state SET version = version + 1 WHERE id = 1`),
+		revokeAll:         t(`UPDATE {p}revocation_state SET tokens_revoked_at = MAX(COALESCE(tokens_revoked_at, 0), ?), version = version + 1 WHERE id = 1`),
+		revocationVersion: t(`SELECT version FROM {p}revocation_state WHERE id = 1`),
+		loadRevocations: t(`SELECT '' AS kind, '' AS id, version AS at, COALESCE(tokens_revoked_at, 0) AS expires_at
+  FROM {p}revocation_state WHERE id = 1
+UNION ALL
+SELECT kind, id, at, expires_at FROM {p}revocations WHERE expires_at >= ?`),
+		pruneRevocations: t(`DELETE FROM {p}revocations WHERE rowid IN (
+    SELECT rowid FROM {p}revocations WHERE expires_at < ? LIMIT ?)`),
 
 		createMigrations: t(`CREATE TABLE IF NOT EXISTS {p}schema_migrations (version INTEGER NOT NULL PRIMARY KEY, applied_at INTEGER NOT NULL)`),
 		appliedVersions:  t(`SELECT version FROM {p}schema_migrations`),

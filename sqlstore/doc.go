@@ -1,8 +1,10 @@
-// Package sqlstore implements [m2mauth.ClientStore] and
-// [m2mauth.ClientManager] over database/sql, for PostgreSQL, MySQL or
-// MariaDB, and SQLite, together with an [Auditor] that writes audit events
-// to a table and a [Limiter] through which replicas share the limits on
-// failed client authentication.
+// Package sqlstore implements [m2mauth.ClientStore],
+// [m2mauth.ClientManager] and [m2mauth.Revoker] over database/sql, for
+// PostgreSQL, MySQL or MariaDB, and SQLite, together with an [Auditor]
+// that writes audit events to a table and a [Limiter] through which
+// replicas share the limits on failed client authentication. The
+// revocations it records reach every replica's validators through an
+// [m2mauth.RevocationPoller] over the same database.
 //
 // # Wiring
 //
@@ -25,7 +27,8 @@
 // default), so several stores can share a database:
 //
 //   - clients: id (primary key), public, disabled, token_ttl_ns,
-//     created_at, updated_at.
+//     created_at, updated_at, can_introspect, tokens_revoked_at (NULL for
+//     never).
 //   - secrets: client_id (references clients, ON DELETE CASCADE),
 //     secret_id, seq (the order secrets were added in), hash (the one-way
 //     hash, never the secret), created_at, expires_at (NULL for none);
@@ -44,6 +47,14 @@
 //     authenticated_at (when the client last authenticated from the
 //     address), idle_at (from when the row means no more than no row);
 //     primary key (ip, client_id), an index on idle_at.
+//   - revocations: kind ("client" for a client's watermark, "token" for
+//     a revoked token), id (the client id or the token's jti), at (the
+//     watermark, or the token's expiry), expires_at (from when the row
+//     can no longer revoke a valid token); primary key (kind, id), an
+//     index on expires_at.
+//   - revocation_state: one row, with version (incremented by every
+//     change to the revocations) and tokens_revoked_at (the store-wide
+//     watermark, NULL for none).
 //   - schema_migrations: version, applied_at.
 //
 // Times are stored as BIGINT unix microseconds: the same on every engine,
@@ -112,6 +123,35 @@
 // Nothing deletes audit rows: keep the table to the span you need with a
 // scheduled DELETE FROM <prefix>audit_events WHERE event_time < ?, which
 // the index on event_time serves.
+//
+// # Revocations
+//
+// The Store records revocations ([Store.RevokeToken],
+// [Store.RevokeClientTokens], [Store.RevokeAllTokens]; disabling and
+// deleting a client revoke its tokens too) and is an
+// [m2mauth.RevocationFeed]. Validators must not query a database per
+// token, so each replica polls the store with an
+// [m2mauth.RevocationPoller] and checks tokens against the snapshot it
+// holds in memory:
+//
+//	poller, err := m2mauth.NewRevocationPoller(store, m2mauth.RevocationPollerConfig{})
+//	v, err := m2mauth.NewValidator(keys, m2mauth.ValidatorConfig{Revocations: poller, ...})
+//	rh, err := h.RevocationHandler(store) // RFC 7009, on the token server
+//
+// Every change writes its rows and increments the version in one
+// transaction, so a poll, whichever replica made the change, either sees
+// the old version or the new one with the change: an unchanged version
+// costs each poll one small query, a changed one a second query that
+// reads the live rows. A revocation so reaches every replica's validators
+// within the poller's Interval (5 seconds by default) plus one poll.
+//
+// Rows that can no longer revoke a valid token (a token's, past its
+// expiry plus [m2mauth.RevocationGrace]; a watermark's, past
+// [m2mauth.MaxClientTokenTTL] plus that grace) are deleted in batches of
+// 1000 by [Store.PruneRevocations], which [Store.RevocationsSince] runs
+// once a minute, so the table holds about the live revocations. A
+// client's watermark is a row of its own, which outlives the client: the
+// tokens of a deleted client stay revoked if its id is registered again.
 //
 // # Shared rate limiting
 //

@@ -188,7 +188,8 @@ func ExampleStore_Usage() {
 	fmt.Printf("%d tokens, failures %v, %d addresses, last seen at %s\n",
 		u.TokensIssued, u.Failures, u.DistinctAddresses, u.LastSeen.Format(time.TimeOnly))
 
-	// The administration of the last hour, newest first.
+	// The administration of the last hour, newest first: disabling the
+	// client revoked its tokens too.
 	events, err := store.AuditEvents(ctx, sqlstore.AuditQuery{ClientID: "billing", Since: time.Now().Add(-time.Hour)})
 	if err != nil {
 		log.Fatal(err)
@@ -198,6 +199,7 @@ func ExampleStore_Usage() {
 	}
 	// Output:
 	// 3 tokens, failures map[bad_secret:1], 3 addresses, last seen at 00:05:00
+	// tokens_revoked "disabled"
 	// client_disabled "disabled"
 	// secret_added ""
 	// client_created "grants"

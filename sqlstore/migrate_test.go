@@ -38,7 +38,7 @@ func TestMigrateIsIdempotent(t *testing.T) {
 		prefix := e.newPrefix(t)
 		s := e.newStore(t, sqlstore.Config{TablePrefix: prefix})
 		want := e.versions(t, prefix)
-		require.Equal(t, []int64{1, 2, 3, 4}, want)
+		require.Equal(t, []int64{1, 2, 3, 4, 5}, want)
 		require.NoError(t, s.CreateClient(ctx, clientWithSecrets(t, "survivor", 2)))
 		before, err := s.Client(ctx, "survivor")
 		require.NoError(t, err)
@@ -76,7 +76,7 @@ func TestMigrateConcurrently(t *testing.T) {
 		for i, err := range errs {
 			assert.NoError(t, err, "replica %d", i)
 		}
-		assert.Equal(t, []int64{1, 2, 3, 4}, e.versions(t, prefix))
+		assert.Equal(t, []int64{1, 2, 3, 4, 5}, e.versions(t, prefix))
 		require.NoError(t, stores[0].CreateClient(t.Context(), clientWithSecrets(t, "after-race", 1)))
 		_, err := stores[replicas-1].Client(t.Context(), "after-race")
 		require.NoError(t, err)
@@ -111,7 +111,7 @@ func TestMigrateLeavesNewerVersions(t *testing.T) {
 		_, err := e.db.ExecContext(ctx, "INSERT INTO "+prefix+"schema_migrations (version, applied_at) VALUES (9999, 0)")
 		require.NoError(t, err)
 		require.NoError(t, s.Migrate(ctx))
-		assert.Equal(t, []int64{1, 2, 3, 4, 9999}, e.versions(t, prefix))
+		assert.Equal(t, []int64{1, 2, 3, 4, 5, 9999}, e.versions(t, prefix))
 	})
 }
 
@@ -134,6 +134,7 @@ func TestMigrateUpgrade(t *testing.T) {
 				prefix := e.newPrefix(t)
 				s := e.newStore(t, sqlstore.Config{TablePrefix: prefix})
 				require.NoError(t, s.CreateClient(ctx, clientWithSecrets(t, "kept", 1)))
+				undoRevocations(t, e, prefix)
 				_, err := e.db.ExecContext(ctx, "DROP TABLE "+prefix+"rate_limits")
 				require.NoError(t, err)
 				_, err = e.db.ExecContext(ctx, "DELETE FROM "+prefix+"schema_migrations WHERE version > 1")
@@ -147,12 +148,17 @@ func TestMigrateUpgrade(t *testing.T) {
 						"192.0.2.1", "kept", time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC).Add(time.Minute).UnixMicro())
 					require.NoError(t, err)
 				}
-				require.Equal(t, []int64{1, 2, 3, 4}[:tt.from], e.versions(t, prefix))
+				require.Equal(t, []int64{1, 2, 3, 4, 5}[:tt.from], e.versions(t, prefix))
 
 				require.NoError(t, s.Migrate(ctx))
-				assert.Equal(t, []int64{1, 2, 3, 4}, e.versions(t, prefix))
-				_, err = s.Client(ctx, "kept")
+				assert.Equal(t, []int64{1, 2, 3, 4, 5}, e.versions(t, prefix))
+				kept, err := s.Client(ctx, "kept")
 				require.NoError(t, err)
+				assert.False(t, kept.CanIntrospect)
+				assert.True(t, kept.TokensRevokedAt.IsZero())
+				r, err := s.Revocations(ctx)
+				require.NoError(t, err)
+				assert.Zero(t, r.Len())
 				l, err := sqlstore.NewLimiter(e.db, e.dialect, sqlstore.LimiterConfig{TablePrefix: prefix, Now: newFakeClock().Now})
 				require.NoError(t, err)
 				defer l.Close()
@@ -245,11 +251,12 @@ func TestMigrateAuditIndex(t *testing.T) {
 						require.NoError(t, err)
 					}
 				}
+				undoRevocations(t, e, prefix)
 				_, err := e.db.ExecContext(ctx, "DELETE FROM "+prefix+"schema_migrations WHERE version > 3")
 				require.NoError(t, err)
 
 				require.NoError(t, s.Migrate(ctx))
-				assert.Equal(t, []int64{1, 2, 3, 4}, e.versions(t, prefix))
+				assert.Equal(t, []int64{1, 2, 3, 4, 5}, e.versions(t, prefix))
 				assert.ElementsMatch(t, want, e.auditIndexes(t, prefix))
 			})
 		}
@@ -278,4 +285,20 @@ func applyVersion(t *testing.T, e *env, prefix, file string) {
 	_, err = e.db.ExecContext(t.Context(), "INSERT INTO "+prefix+"schema_migrations (version, applied_at) VALUES ("+
 		strings.TrimLeft(version, "0")+", 0)")
 	require.NoError(t, err)
+}
+
+// undoRevocations takes the tables of prefix back to before version 5:
+// without the revocation tables and the clients' columns of revocation.
+func undoRevocations(t *testing.T, e *env, prefix string) {
+	t.Helper()
+	for _, stmt := range []string{
+		"DROP TABLE " + prefix + "revocations",
+		"DROP TABLE " + prefix + "revocation_state",
+		"ALTER TABLE " + prefix + "clients DROP COLUMN can_introspect",
+		"ALTER TABLE " + prefix + "clients DROP COLUMN tokens_revoked_at",
+		"DELETE FROM " + prefix + "schema_migrations WHERE version = 5",
+	} {
+		_, err := e.db.ExecContext(t.Context(), stmt)
+		require.NoError(t, err, stmt)
+	}
 }

@@ -6,6 +6,8 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"log/slog"
+	"math"
 	"slices"
 	"strings"
 	"sync"
@@ -35,14 +37,17 @@ const maxColumnLen = 255
 type Config struct {
 	// TablePrefix begins the name of every table the store uses
 	// (<prefix>clients, <prefix>secrets, <prefix>grants,
-	// <prefix>audit_events, <prefix>rate_limits,
-	// <prefix>schema_migrations). It is written
+	// <prefix>audit_events, <prefix>rate_limits, <prefix>revocations,
+	// <prefix>revocation_state, <prefix>schema_migrations). It is written
 	// into SQL, so it must be 1 to 32 characters of lower-case ASCII
 	// letters, digits and underscores, not starting with a digit.
 	// Default: [DefaultTablePrefix] ("m2mauth_").
 	TablePrefix string
 	// Now is the clock that stamps CreatedAt, UpdatedAt, applied
-	// migrations and audit events. Default: [time.Now].
+	// migrations, audit events and watermarks, and tells which
+	// revocations are dead. Replicas sharing the database should have
+	// clocks that agree to well within a second: a watermark is set by
+	// the clock of the replica that revokes. Default: [time.Now].
 	Now func() time.Time
 	// Auditor, when set, receives an event for every change made through
 	// the Store's [m2mauth.ClientManager] methods, once the change has
@@ -50,10 +55,15 @@ type Config struct {
 	// same database: it is called after the transaction, so it never
 	// waits for the Store's locks. Default: nil, no events.
 	Auditor m2mauth.Auditor
+	// Logger receives the errors of the pruning of revocations that
+	// [Store.RevocationsSince] runs, which do not fail it. Default:
+	// [slog.Default].
+	Logger *slog.Logger
 }
 
-// Store is a [m2mauth.ClientManager] over a *sql.DB holding the tables
-// that [Store.Migrate] creates. It is safe for concurrent use, by many
+// Store is a [m2mauth.ClientManager], [m2mauth.Revoker] and
+// [m2mauth.RevocationFeed] over a *sql.DB holding the tables that
+// [Store.Migrate] creates. It is safe for concurrent use, by many
 // goroutines and by many processes sharing the database: every change is
 // one transaction that first locks the client's row (SELECT ... FOR UPDATE
 // on PostgreSQL and MySQL; on SQLite the transaction takes the database
@@ -61,6 +71,22 @@ type Config struct {
 // Client passed to it, and every Client it returns is the caller's.
 //
 // The zero value is not usable; call [New].
+//
+// # Revocations
+//
+// A client's watermark is set to the Store's clock's now, unless a later
+// one is set already, by [Store.RevokeClientTokens], by SetDisabled(true)
+// (every call, even on a client already disabled), by an UpdateClient
+// that turns Disabled on, and by DeleteClient, each in the transaction of
+// its change, which also sets the client's TokensRevokedAt (but for
+// DeleteClient) and increments the revocations' version. Re-enabling a
+// client leaves its watermark: its old tokens stay revoked, and tokens
+// issued from the next second on are valid. A watermark outlives its
+// client: a client created under the id of a deleted one starts with the
+// deleted one's TokensRevokedAt while its watermark is live. A client
+// created with a TokensRevokedAt keeps it as given, and gets that
+// watermark too (never later than now). [Store.Client] reads
+// TokensRevokedAt and CanIntrospect in its one query.
 //
 // # Audit events
 //
@@ -72,16 +98,18 @@ type Config struct {
 // Type, the ClientID, the SecretID where one is concerned, and a Reason
 // naming the fields whose value the call changed, comma-separated in the
 // order of [m2mauth.Client]'s fields ("grants", "public", "disabled",
-// "token_ttl"), or empty when it changed none. The Store finds what
-// changed by comparing the client as stored, read under the row lock,
-// with the result. No event holds a secret or a hash.
+// "token_ttl", "introspect"), or empty when it changed none. The Store
+// finds what changed by comparing the client as stored, read under the
+// row lock, with the result. No event holds a secret, a hash or a token
+// id.
 //
 //   - CreateClient: [m2mauth.EventClientCreated], Reason naming the
 //     fields set to other than their zero value, then one
 //     [m2mauth.EventSecretAdded] for each of the client's secrets.
 //   - UpdateClient: [m2mauth.EventClientUpdated]; and when Disabled
 //     changed, [m2mauth.EventClientDisabled] or [m2mauth.EventClientEnabled]
-//     too, with Reason "disabled".
+//     too, with Reason "disabled"; when it turned Disabled on, then
+//     [m2mauth.EventTokensRevoked] with Reason "disabled".
 //   - AddSecret: [m2mauth.EventSecretAdded].
 //   - ExpireSecret: [m2mauth.EventSecretExpiring], Reason "expires_at"
 //     when it set a new expiry, "expires_at_removed" when it removed one,
@@ -89,8 +117,14 @@ type Config struct {
 //   - RemoveSecret: [m2mauth.EventSecretRemoved].
 //   - SetDisabled: [m2mauth.EventClientDisabled] or
 //     [m2mauth.EventClientEnabled], Reason "disabled" when the client was
-//     not already so.
-//   - DeleteClient: [m2mauth.EventClientDeleted].
+//     not already so; when disabling, then [m2mauth.EventTokensRevoked]
+//     with Reason "disabled".
+//   - DeleteClient: [m2mauth.EventClientDeleted], then
+//     [m2mauth.EventTokensRevoked] with Reason "deleted".
+//   - RevokeClientTokens: [m2mauth.EventTokensRevoked], Reason "revoke".
+//   - RevokeAllTokens: [m2mauth.EventTokensRevoked] with an empty
+//     ClientID and Reason "revoke_all".
+//   - RevokeToken: none; the revocation endpoint (RFC 7009) audits it.
 //
 // An [Auditor] writes these events to the audit table with the token
 // endpoint's, where [Store.AuditEvents] reads them back.
@@ -101,8 +135,13 @@ type Store struct {
 	q          *queries
 	now        func() time.Time
 	auditor    m2mauth.Auditor // nil for none
+	logger     *slog.Logger
 	migrations []migration
 	read       lazyStmt // the hot-path query of Client
+	version    lazyStmt // the revocations' version, read by every poll
+	// nextPrune is the unix microsecond from which RevocationsSince
+	// prunes.
+	nextPrune atomic.Int64
 }
 
 var _ m2mauth.ClientManager = (*Store)(nil)
@@ -124,16 +163,24 @@ func New(db *sql.DB, dialect Dialect, cfg Config) (*Store, error) {
 	if now == nil {
 		now = time.Now
 	}
-	return &Store{
+	logger := cfg.Logger
+	if logger == nil {
+		logger = slog.Default()
+	}
+	s := &Store{
 		db:         db,
 		dialect:    dialect,
 		prefix:     prefix,
 		q:          q,
 		now:        now,
 		auditor:    cfg.Auditor,
+		logger:     logger,
 		migrations: migrations,
 		read:       lazyStmt{db: db, query: q.client},
-	}, nil
+		version:    lazyStmt{db: db, query: q.revocationVersion},
+	}
+	s.nextPrune.Store(math.MinInt64)
+	return s, nil
 }
 
 // tablePrefix returns p, or the default for an empty p, after checking
@@ -154,10 +201,10 @@ func tablePrefix(p string) (string, error) {
 	return p, nil
 }
 
-// Close releases the prepared statement behind [Store.Client]; Client
-// returns an error after it, while the other methods keep working. It does
-// not close the *sql.DB.
-func (s *Store) Close() error { return s.read.close() }
+// Close releases the prepared statements behind [Store.Client] and
+// [Store.RevocationsSince], which return an error after it, while the
+// other methods keep working. It does not close the *sql.DB.
+func (s *Store) Close() error { return errors.Join(s.read.close(), s.version.close()) }
 
 // Client returns the client with the given id, or an error wrapping
 // [m2mauth.ErrClientNotFound]. It runs one query, a prepared statement
@@ -192,7 +239,8 @@ func (s *Store) Client(ctx context.Context, id string) (*m2mauth.Client, error) 
 // for a malformed client, an error for a secret id, secret hash or
 // audience the tables cannot hold (more than 255 bytes, invalid UTF-8, a
 // NUL byte), and an error wrapping [m2mauth.ErrClientExists] if the id is
-// taken.
+// taken. TokensRevokedAt is kept as given, or is the live watermark of a
+// deleted client of the same id when that is later (see [Store]).
 func (s *Store) CreateClient(ctx context.Context, c *m2mauth.Client) error {
 	if c == nil {
 		return errors.New("sqlstore: nil client")
@@ -223,9 +271,29 @@ func (s *Store) CreateClient(ctx context.Context, c *m2mauth.Client) error {
 		if exists {
 			return m2mauth.ErrClientExists
 		}
-		if _, err := q.ExecContext(ctx, s.q.insertClient, c.ID, c.Public, c.Disabled, int64(c.TokenTTL),
-			created.UnixMicro(), updated.UnixMicro()); err != nil {
+		// A watermark outlives its client, so a client registered again
+		// under the id of a deleted one starts with its watermark.
+		revoked, err := s.liveWatermark(ctx, q, c.ID, now)
+		if err != nil {
 			return err
+		}
+		if c.TokensRevokedAt.After(revoked) {
+			revoked = c.TokensRevokedAt
+		}
+		if _, err := q.ExecContext(ctx, s.q.insertClient, c.ID, c.Public, c.Disabled, c.CanIntrospect, int64(c.TokenTTL),
+			nullMicros(revoked), created.UnixMicro(), updated.UnixMicro()); err != nil {
+			return err
+		}
+		// A watermark given with the client is set too, though never
+		// later than now.
+		at := c.TokensRevokedAt
+		if at.After(now) {
+			at = now
+		}
+		if m2mauth.WatermarkLive(at, now) {
+			if err := s.revoke(ctx, q, kindClient, c.ID, at, at.Add(m2mauth.MaxClientTokenTTL+m2mauth.RevocationGrace)); err != nil {
+				return err
+			}
 		}
 		for i, sec := range c.Secrets {
 			if err := s.insertSecret(ctx, q, c.ID, int64(i), sec); err != nil {
@@ -249,11 +317,13 @@ func (s *Store) CreateClient(ctx context.Context, c *m2mauth.Client) error {
 	return nil
 }
 
-// UpdateClient replaces the grants, Public, Disabled and TokenTTL of an
-// existing client and sets UpdatedAt to now; secrets and CreatedAt stay as
-// stored. The result is checked with [m2mauth.Client.Validate] (so a
-// client that has secrets cannot become public) and nothing changes on
-// error.
+// UpdateClient replaces the grants, Public, Disabled, TokenTTL and
+// CanIntrospect of an existing client and sets UpdatedAt to now; secrets,
+// TokensRevokedAt and CreatedAt stay as stored. The result is checked
+// with [m2mauth.Client.Validate] (so a client that has secrets cannot
+// become public) and nothing changes on error. When it turns Disabled on,
+// it revokes the client's tokens in the same transaction, as
+// [Store.RevokeClientTokens] does.
 func (s *Store) UpdateClient(ctx context.Context, c *m2mauth.Client) error {
 	if c == nil {
 		return errors.New("sqlstore: nil client")
@@ -267,7 +337,7 @@ func (s *Store) UpdateClient(ctx context.Context, c *m2mauth.Client) error {
 		if err := checkColumns(next); err != nil {
 			return nil, err
 		}
-		if _, err := q.ExecContext(ctx, s.q.updateClient, next.Public, next.Disabled, int64(next.TokenTTL),
+		if _, err := q.ExecContext(ctx, s.q.updateClient, next.Public, next.Disabled, next.CanIntrospect, int64(next.TokenTTL),
 			now.UnixMicro(), next.ID); err != nil {
 			return nil, err
 		}
@@ -280,6 +350,12 @@ func (s *Store) UpdateClient(ctx context.Context, c *m2mauth.Client) error {
 		events := []m2mauth.AuditEvent{event(now, m2mauth.EventClientUpdated, cur.ID, "", m2mauth.ChangedFields(cur, next))}
 		if next.Disabled != cur.Disabled {
 			events = append(events, event(now, disabledEvent(next.Disabled), cur.ID, "", "disabled"))
+		}
+		if next.Disabled && !cur.Disabled {
+			if err := s.revokeClient(ctx, q, cur.ID, now, true); err != nil {
+				return nil, err
+			}
+			events = append(events, event(now, m2mauth.EventTokensRevoked, cur.ID, "", "disabled"))
 		}
 		return events, nil
 	})
@@ -360,6 +436,10 @@ func (s *Store) RemoveSecret(ctx context.Context, clientID, secretID string) err
 }
 
 // SetDisabled disables or re-enables a client and sets its UpdatedAt.
+// Disabling it, even when it is disabled already, also revokes its tokens
+// in the same transaction, as [Store.RevokeClientTokens] does;
+// re-enabling it leaves them revoked, and tokens issued from the next
+// second on are valid.
 func (s *Store) SetDisabled(ctx context.Context, clientID string, disabled bool) error {
 	return s.modify(ctx, clientID, true, func(q querier, cur *m2mauth.Client, now time.Time) ([]m2mauth.AuditEvent, error) {
 		if _, err := q.ExecContext(ctx, s.q.setDisabled, disabled, now.UnixMicro(), clientID); err != nil {
@@ -369,22 +449,38 @@ func (s *Store) SetDisabled(ctx context.Context, clientID string, disabled bool)
 		if cur.Disabled != disabled {
 			reason = "disabled"
 		}
-		return []m2mauth.AuditEvent{event(now, disabledEvent(disabled), clientID, "", reason)}, nil
+		events := []m2mauth.AuditEvent{event(now, disabledEvent(disabled), clientID, "", reason)}
+		if disabled {
+			if err := s.revokeClient(ctx, q, clientID, now, true); err != nil {
+				return nil, err
+			}
+			events = append(events, event(now, m2mauth.EventTokensRevoked, clientID, "", "disabled"))
+		}
+		return events, nil
 	})
 }
 
-// DeleteClient removes a client with its secrets and grants. It deletes
-// the secrets and grants itself rather than relying on ON DELETE CASCADE,
-// so that a SQLite connection without foreign_keys enabled cannot leave
-// them behind for a later client of the same id.
+// DeleteClient removes a client with its secrets and grants, and revokes
+// every token issued to it so far, in one transaction: the client's
+// watermark outlives it, so its tokens stay revoked if the id is
+// registered again. It deletes the secrets and grants itself rather than
+// relying on ON DELETE CASCADE, so that a SQLite connection without
+// foreign_keys enabled cannot leave them behind for a later client of the
+// same id.
 func (s *Store) DeleteClient(ctx context.Context, clientID string) error {
 	return s.modify(ctx, clientID, false, func(q querier, _ *m2mauth.Client, now time.Time) ([]m2mauth.AuditEvent, error) {
+		if err := s.revokeClient(ctx, q, clientID, now, false); err != nil {
+			return nil, err
+		}
 		for _, stmt := range []string{s.q.deleteSecrets, s.q.deleteGrants, s.q.deleteClient} {
 			if _, err := q.ExecContext(ctx, stmt, clientID); err != nil {
 				return nil, err
 			}
 		}
-		return []m2mauth.AuditEvent{event(now, m2mauth.EventClientDeleted, clientID, "", "")}, nil
+		return []m2mauth.AuditEvent{
+			event(now, m2mauth.EventClientDeleted, clientID, "", ""),
+			event(now, m2mauth.EventTokensRevoked, clientID, "", "deleted"),
+		}, nil
 	})
 }
 
@@ -612,15 +708,15 @@ func decodeClients(rows *sql.Rows) (out []*m2mauth.Client, err error) {
 	}
 	byID := make(map[string]*building, 1)
 	var (
-		kind             int64
-		cid              string
-		public, disabled sql.NullBool
-		n1, n2, n3       sql.NullInt64
-		s1, s2           sql.NullString
-		order            []string
+		kind                         int64
+		cid                          string
+		public, disabled, introspect sql.NullBool
+		n1, n2, n3, n4               sql.NullInt64
+		s1, s2                       sql.NullString
+		order                        []string
 	)
 	for rows.Next() {
-		if err := rows.Scan(&kind, &cid, &public, &disabled, &n1, &n2, &n3, &s1, &s2); err != nil {
+		if err := rows.Scan(&kind, &cid, &public, &disabled, &introspect, &n1, &n2, &n3, &n4, &s1, &s2); err != nil {
 			return nil, err
 		}
 		b := byID[cid]
@@ -634,9 +730,13 @@ func decodeClients(rows *sql.Rows) (out []*m2mauth.Client, err error) {
 			b.found = true
 			b.c.Public = public.Bool
 			b.c.Disabled = disabled.Bool
+			b.c.CanIntrospect = introspect.Bool
 			b.c.TokenTTL = time.Duration(n1.Int64)
 			b.c.CreatedAt = fromMicros(n2.Int64)
 			b.c.UpdatedAt = fromMicros(n3.Int64)
+			if n4.Valid {
+				b.c.TokensRevokedAt = fromMicros(n4.Int64)
+			}
 		case 1:
 			sec := m2mauth.Secret{ID: s1.String, Hash: s2.String, CreatedAt: fromMicros(n2.Int64)}
 			if n3.Valid {

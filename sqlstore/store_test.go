@@ -145,7 +145,7 @@ func (e *env) newPrefix(t testing.TB) string {
 			return
 		}
 		defer db.Close()
-		for _, table := range []string{"grants", "secrets", "clients", "audit_events", "rate_limits", "schema_migrations"} {
+		for _, table := range []string{"grants", "secrets", "clients", "audit_events", "rate_limits", "revocations", "revocation_state", "schema_migrations"} {
 			if _, err := db.Exec("DROP TABLE IF EXISTS " + prefix + table); err != nil {
 				t.Errorf("drop table %s%s: %v", prefix, table, err)
 			}
@@ -181,6 +181,8 @@ func TestConformance(t *testing.T) {
 			return e.newStore(t, sqlstore.Config{})
 		}, storetest.WithAuditedStore(func(t *testing.T, a m2mauth.Auditor) m2mauth.ClientManager {
 			return e.newStore(t, sqlstore.Config{Auditor: a})
+		}), storetest.WithClock(func(t *testing.T, now func() time.Time) m2mauth.ClientManager {
+			return e.newStore(t, sqlstore.Config{Now: now})
 		}))
 	})
 }
@@ -830,6 +832,10 @@ func TestAdminAuditTrail(t *testing.T) {
 			}, true},
 			{"UpdateUnknown", func() error { return s.UpdateClient(ctx, &m2mauth.Client{ID: "nobody"}) }, false},
 			{"SetDisabled", func() error { return s.SetDisabled(ctx, "svc", false) }, true},
+			{"RevokeClientTokens", func() error { return s.RevokeClientTokens(ctx, "svc") }, true},
+			{"RevokeClientTokensUnknown", func() error { return s.RevokeClientTokens(ctx, "nobody") }, false},
+			{"RevokeToken", func() error { return s.RevokeToken(ctx, "svc", "jti-1", clock().Add(time.Hour)) }, true},
+			{"RevokeAllTokens", func() error { return s.RevokeAllTokens(ctx) }, true},
 			{"DeleteClient", func() error { return s.DeleteClient(ctx, "svc") }, true},
 			{"DeleteAgain", func() error { return s.DeleteClient(ctx, "svc") }, false},
 		}
@@ -860,8 +866,13 @@ func TestAdminAuditTrail(t *testing.T) {
 			{m2mauth.EventSecretRemoved, "svc", s2.ID, ""},
 			{m2mauth.EventClientUpdated, "svc", "", "disabled,token_ttl"},
 			{m2mauth.EventClientDisabled, "svc", "", "disabled"},
+			{m2mauth.EventTokensRevoked, "svc", "", "disabled"},
 			{m2mauth.EventClientEnabled, "svc", "", "disabled"},
+			{m2mauth.EventTokensRevoked, "svc", "", "revoke"},
+			// RevokeToken sends none: the revocation endpoint does.
+			{m2mauth.EventTokensRevoked, "", "", "revoke_all"},
 			{m2mauth.EventClientDeleted, "svc", "", ""},
+			{m2mauth.EventTokensRevoked, "svc", "", "deleted"},
 		}
 		var rows []row
 		for i, ev := range got {
