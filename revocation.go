@@ -34,7 +34,10 @@ const RevocationGrace = maxLeeway
 // a fresh token is never born revoked by its client's watermark.
 type Revocations struct {
 	// Version identifies this state; every change to the revocations
-	// yields a greater one. Zero means "nothing was ever revoked".
+	// yields a greater one, never negative. A store that forgets its
+	// revocations when it restarts must start above the Versions it
+	// published before (memstore counts from the clock), because
+	// readers refuse a Version lower than one they have seen.
 	Version int64
 	// Before is the store-wide watermark; zero when none is set.
 	Before time.Time

@@ -150,6 +150,10 @@ func New(opts ...Option) *Store {
 		o(s)
 	}
 	s.snap.Store(emptyPublished())
+	// Even with nothing revoked, a Version above any a previous run of
+	// this process published (see nextVersion).
+	s.rev.version = nextVersion(0, s.now())
+	s.stale.Store(true)
 	return s
 }
 

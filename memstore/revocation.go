@@ -195,11 +195,20 @@ func (s *Store) watermarkLocked(id string, now time.Time) time.Time {
 	return at
 }
 
+// nextVersion returns the Version after v, at now: greater than v, and
+// at least the clock's nanoseconds, so that a store made again after a
+// restart (which forgets what was revoked) starts above every Version
+// the last one published, and readers of a published revocation list
+// take its state rather than refuse it as older.
+func nextVersion(v int64, now time.Time) int64 {
+	return max(v+1, now.UnixNano())
+}
+
 // changedLocked records that the revocations changed: a new Version, a
 // stale snapshot, and a sweep of dead entries once there are enough of
 // them to pay for it. s.mu must be held for writing.
 func (s *Store) changedLocked(now time.Time) {
-	s.rev.version++
+	s.rev.version = nextVersion(s.rev.version, now)
 	s.stale.Store(true)
 	if len(s.rev.clients)+len(s.rev.tokens) >= s.rev.sweepAt {
 		s.rev.sweep(now)

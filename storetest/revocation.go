@@ -132,16 +132,18 @@ func runRevocations(t *testing.T, newStore func(*testing.T) m2mauth.ClientManage
 	}
 }
 
-// testRevocationsEmpty: a new store has revoked nothing, at Version zero.
+// testRevocationsEmpty: a new store has revoked nothing. Its Version need
+// not be zero: a store that forgets its revocations when it restarts
+// (memstore) starts above the Versions it published before.
 func testRevocationsEmpty(t *testing.T, e *revEnv) {
 	r := e.state(t)
-	assert.Zero(t, r.Version, "Version of a new store")
+	assert.GreaterOrEqual(t, r.Version, int64(0), "Version of a new store")
 	assert.Zero(t, r.Len(), "entries of a new store")
 	assert.False(t, r.Revoked("svc", "jti", e.clock.Now().Add(-time.Hour)))
 	if e.feed != nil {
-		got, err := e.feed.RevocationsSince(t.Context(), 0)
+		got, err := e.feed.RevocationsSince(t.Context(), r.Version)
 		require.NoError(t, err)
-		assert.Nil(t, got, "RevocationsSince(0) of a new store")
+		assert.Nil(t, got, "RevocationsSince(its Version) of a new store")
 	}
 }
 
