@@ -26,8 +26,13 @@ import (
 
 // backend is the opened client store and what else lives in its database.
 type backend struct {
-	store   m2mauth.ClientManager
-	sql     *sqlstore.Store   // the store again, with its audit queries; nil for memory
+	store m2mauth.ClientManager
+	// revoker is the store again: where revocations are recorded.
+	revoker m2mauth.Revoker
+	// mem is the store again for memory: its own RevocationSource, with
+	// no delay; nil for a database, whose replicas poll it (see sql).
+	mem     *memstore.Store
+	sql     *sqlstore.Store   // the store again, with its audit and revocation queries; nil for memory
 	auditor *sqlstore.Auditor // the audit table's; nil for memory
 	limiter m2mauth.Limiter   // shared by replicas; nil for memory and SQLite
 	kind    string            // "SQLite file m2mauth.db", "PostgreSQL at host:5432", …
@@ -243,7 +248,8 @@ func mysqlSpec(spec string) (*dbSpec, error) {
 // openBackend opens and migrates the store of d.
 func openBackend(ctx context.Context, d *dbSpec, opts backendOptions) (*backend, error) {
 	if d.memory {
-		return &backend{store: memstore.New(), kind: d.kind, close: func() error { return nil }}, nil
+		mem := memstore.New()
+		return &backend{store: mem, revoker: mem, mem: mem, kind: d.kind, close: func() error { return nil }}, nil
 	}
 	driver, dsn, dialect, kind, file := d.driver, d.dsn, d.dialect, d.kind, d.file
 	db, err := sql.Open(driver, dsn)
@@ -318,12 +324,14 @@ func openBackend(ctx context.Context, d *dbSpec, opts backendOptions) (*backend,
 		db.Close()
 		return nil, fmt.Errorf("%s: %w", kind, err)
 	}
-	store, err := sqlstore.New(db, dialect, sqlstore.Config{Auditor: auditor})
+	// The logger also receives the errors of the pruning of dead
+	// revocations, which polling the store runs now and then.
+	store, err := sqlstore.New(db, dialect, sqlstore.Config{Auditor: auditor, Logger: logger})
 	if err != nil {
 		return fail(err)
 	}
 	b := &backend{
-		store: store, sql: store, auditor: auditor, kind: kind,
+		store: store, revoker: store, sql: store, auditor: auditor, kind: kind,
 		// The auditor is closed before the database, so that its
 		// queued rows are written.
 		close: func() error { return errors.Join(store.Close(), auditor.Close(), db.Close()) },

@@ -19,16 +19,30 @@ import (
 // clientSynopsis is the usage line of each client command, after
 // "example [global flags] client".
 var clientSynopsis = map[string]string{
-	"create":        `create -id ID -scopes "a b" [-audience AUD] [-ttl 1h]`,
-	"update":        `update -id ID [-scopes "a b"] [-audience AUD] [-ttl 1h]`,
+	"create":        `create -id ID -scopes "a b" [-audience AUD] [-ttl 1h] [-introspect]`,
+	"update":        `update -id ID [-scopes "a b"] [-audience AUD] [-ttl 1h] [-introspect=true|false]`,
 	"show":          `show -id ID`,
 	"list":          `list [-id ID]`,
-	"rotate-secret": `rotate-secret -id ID [-grace 24h]`,
+	"rotate-secret": `rotate-secret -id ID [-grace 24h] [-revoke-tokens]`,
 	"remove-secret": `remove-secret -id ID -secret-id S`,
+	"revoke-tokens": `revoke-tokens -id ID`,
 	"disable":       `disable -id ID`,
 	"enable":        `enable -id ID`,
 	"delete":        `delete -id ID`,
 	"usage":         `usage -id ID [-since 24h]`,
+}
+
+// clientHelp explains the commands whose synopsis does not say enough,
+// in their own help.
+var clientHelp = map[string]string{
+	"revoke-tokens": "Revokes every token issued to the client until now; tokens it gets afterwards work.\n" +
+		"Running servers refuse the revoked tokens within their -revocation-refresh (5s by default).\n",
+	"disable": "Refuses the client's token requests and revokes every token issued to it until now\n" +
+		"(running servers refuse them within their -revocation-refresh). \"enable\" lets it get new\n" +
+		"tokens; the revoked ones stay refused.\n",
+	"delete": "Deletes the client and revokes every token issued to it (running servers refuse them\n" +
+		"within their -revocation-refresh); tokens issued before the deletion stay refused if the\n" +
+		"id is registered again.\n",
 }
 
 // clientCommand runs "client <command>": see clientSynopsis. mainUsage
@@ -47,12 +61,15 @@ func clientCommand(g globals, args []string, stdout, stderr io.Writer, mainUsage
 	fs.SetOutput(stderr)
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "usage: example [global flags] client %s\n", clientSynopsis[cmd])
+		fmt.Fprint(stderr, clientHelp[cmd])
 		fs.PrintDefaults()
 	}
 	var (
 		id, audience, scopes, secretID string
 		ttl, grace, since              time.Duration
+		introspect, revokeTokens       bool
 	)
+	const introspectHelp = "the client may introspect any token (RFC 7662); without it, only tokens issued for its own client id as audience"
 	const scopesHelp = `the scopes the client may request for the audience, space-separated in one argument, e.g. "read:builders read:subcontractors"`
 	const ttlHelp = "lifetime of this client's tokens, at most 24h; 0: the server's (1h)"
 	switch cmd {
@@ -63,18 +80,21 @@ func clientCommand(g globals, args []string, stdout, stderr io.Writer, mainUsage
 		fs.StringVar(&audience, "audience", g.audience, "the audience (API) the client may get tokens for")
 		fs.StringVar(&scopes, "scopes", "", scopesHelp+" (required)")
 		fs.DurationVar(&ttl, "ttl", 0, ttlHelp)
+		fs.BoolVar(&introspect, "introspect", false, introspectHelp)
 	case "update":
 		fs.StringVar(&id, "id", "", "client id")
 		fs.StringVar(&audience, "audience", "", "the audience whose scopes -scopes replaces; one the client has no grant for is added (default: the client's only audience, or the global -audience if it has none)")
 		fs.StringVar(&scopes, "scopes", "", scopesHelp+"; they replace the audience's scopes")
 		fs.DurationVar(&ttl, "ttl", 0, ttlHelp)
+		fs.BoolVar(&introspect, "introspect", false, introspectHelp+"; -introspect=false takes it away (default: left as it is)")
 	case "rotate-secret":
 		fs.StringVar(&id, "id", "", "client id")
-		fs.DurationVar(&grace, "grace", 24*time.Hour, "how long the current secrets keep working")
+		fs.DurationVar(&grace, "grace", 24*time.Hour, "how long the current secrets keep working; for a leaked secret give 0s")
+		fs.BoolVar(&revokeTokens, "revoke-tokens", false, "also revoke every token issued to the client until now, as \"client revoke-tokens\" does")
 	case "remove-secret":
 		fs.StringVar(&id, "id", "", "client id")
 		fs.StringVar(&secretID, "secret-id", "", `the secret's id, as "client show" lists it`)
-	case "show", "disable", "enable", "delete":
+	case "show", "disable", "enable", "delete", "revoke-tokens":
 		fs.StringVar(&id, "id", "", "client id")
 	case "usage":
 		fs.StringVar(&id, "id", "", "client id")
@@ -116,8 +136,8 @@ func clientCommand(g globals, args []string, stdout, stderr io.Writer, mainUsage
 		return missing(`-secret-id is required: "client show -id ID" lists the client's secret ids`)
 	case cmd == "update" && set["audience"] && !set["scopes"]:
 		return missing("-audience names the audience whose scopes -scopes replaces: give -scopes too")
-	case cmd == "update" && !set["scopes"] && !set["ttl"]:
-		return missing("nothing to update: give -scopes or -ttl")
+	case cmd == "update" && !set["scopes"] && !set["ttl"] && !set["introspect"]:
+		return missing("nothing to update: give -scopes, -ttl or -introspect")
 	}
 	var granted m2mauth.Scopes
 	if set["scopes"] {
@@ -173,7 +193,10 @@ func clientCommand(g globals, args []string, stdout, stderr io.Writer, mainUsage
 		if err != nil {
 			return err
 		}
-		c := &m2mauth.Client{ID: id, Secrets: []m2mauth.Secret{s}, Grants: map[string]m2mauth.Scopes{audience: granted}, TokenTTL: ttl}
+		c := &m2mauth.Client{
+			ID: id, Secrets: []m2mauth.Secret{s}, Grants: map[string]m2mauth.Scopes{audience: granted},
+			TokenTTL: ttl, CanIntrospect: introspect,
+		}
 		if err := store.CreateClient(ctx, c); err != nil {
 			return named(err)
 		}
@@ -195,6 +218,9 @@ func clientCommand(g globals, args []string, stdout, stderr io.Writer, mainUsage
 		}
 		if set["ttl"] {
 			c.TokenTTL = ttl
+		}
+		if set["introspect"] {
+			c.CanIntrospect = introspect
 		}
 		if err := store.UpdateClient(ctx, c); err != nil {
 			return named(err)
@@ -223,10 +249,26 @@ func clientCommand(g globals, args []string, stdout, stderr io.Writer, mainUsage
 				}
 			}
 		}
-		return enc.Encode(map[string]string{
+		out := map[string]string{
 			"client_id": id, "client_secret": plain, "secret_id": s.ID,
 			"previous_secrets_expire_at": until.UTC().Format(time.RFC3339),
-		})
+		}
+		if revokeTokens {
+			// After the old secrets' expiry is set: with -grace 0s,
+			// no token issued from then on comes from an old secret.
+			at, err := revokeClientTokens(ctx, b, id)
+			if err != nil {
+				return named(err)
+			}
+			out["tokens_revoked_at"] = at.Format(time.RFC3339Nano)
+		}
+		return enc.Encode(out)
+	case "revoke-tokens":
+		at, err := revokeClientTokens(ctx, b, id)
+		if err != nil {
+			return named(err)
+		}
+		return enc.Encode(map[string]string{"client_id": id, "tokens_revoked_at": at.Format(time.RFC3339Nano)})
 	case "remove-secret":
 		err := store.RemoveSecret(ctx, id, secretID)
 		if errors.Is(err, m2mauth.ErrSecretNotFound) {
@@ -260,6 +302,19 @@ func clientCommand(g globals, args []string, stdout, stderr io.Writer, mainUsage
 		return err
 	}
 	return listClients(ctx, store, enc)
+}
+
+// revokeClientTokens revokes every token issued to the client id until
+// now and returns the watermark the store set, in UTC.
+func revokeClientTokens(ctx context.Context, b *backend, id string) (time.Time, error) {
+	if err := b.revoker.RevokeClientTokens(ctx, id); err != nil {
+		return time.Time{}, err
+	}
+	c, err := b.store.Client(ctx, id)
+	if err != nil {
+		return time.Time{}, err
+	}
+	return c.TokensRevokedAt.UTC(), nil
 }
 
 // parseScopesFlag reads -scopes: scope tokens separated by spaces.
@@ -313,13 +368,17 @@ func updatedAudience(c *m2mauth.Client, flagValue, global string) (string, error
 // clientView is what "client show" and "client list" show of a client:
 // never a secret or a hash.
 type clientView struct {
-	ID       string            `json:"client_id"`
-	Disabled bool              `json:"disabled"`
-	Public   bool              `json:"public,omitempty"`
-	Grants   map[string]string `json:"grants"`
-	TokenTTL string            `json:"token_ttl,omitempty"`
-	Secrets  []secretView      `json:"secrets"`
-	Created  time.Time         `json:"created_at"`
+	ID            string            `json:"client_id"`
+	Disabled      bool              `json:"disabled"`
+	Public        bool              `json:"public,omitempty"`
+	Grants        map[string]string `json:"grants"`
+	TokenTTL      string            `json:"token_ttl,omitempty"`
+	CanIntrospect bool              `json:"can_introspect"`
+	// TokensRevokedAt is the client's watermark: its tokens issued
+	// until then are revoked. Absent when none was ever set.
+	TokensRevokedAt *time.Time   `json:"tokens_revoked_at,omitempty"`
+	Secrets         []secretView `json:"secrets"`
+	Created         time.Time    `json:"created_at"`
 }
 
 type secretView struct {
@@ -329,7 +388,11 @@ type secretView struct {
 }
 
 func viewOf(c *m2mauth.Client) clientView {
-	v := clientView{ID: c.ID, Disabled: c.Disabled, Public: c.Public, Grants: map[string]string{}, Created: c.CreatedAt}
+	v := clientView{ID: c.ID, Disabled: c.Disabled, Public: c.Public, Grants: map[string]string{}, CanIntrospect: c.CanIntrospect, Created: c.CreatedAt}
+	if !c.TokensRevokedAt.IsZero() {
+		at := c.TokensRevokedAt.UTC()
+		v.TokensRevokedAt = &at
+	}
 	for aud, s := range c.Grants {
 		v.Grants[aud] = s.String()
 	}

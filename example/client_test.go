@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -34,11 +35,13 @@ func (r cliResult) ok(t *testing.T) string {
 
 // viewJSON is a clientView as read back from the command's output.
 type viewJSON struct {
-	ID       string            `json:"client_id"`
-	Disabled bool              `json:"disabled"`
-	Grants   map[string]string `json:"grants"`
-	TokenTTL string            `json:"token_ttl"`
-	Secrets  []struct {
+	ID              string            `json:"client_id"`
+	Disabled        bool              `json:"disabled"`
+	Grants          map[string]string `json:"grants"`
+	TokenTTL        string            `json:"token_ttl"`
+	CanIntrospect   bool              `json:"can_introspect"`
+	TokensRevokedAt *time.Time        `json:"tokens_revoked_at"`
+	Secrets         []struct {
 		ID string `json:"id"`
 	} `json:"secrets"`
 }
@@ -50,7 +53,7 @@ func decodeView(t *testing.T, line string) viewJSON {
 	var fields map[string]json.RawMessage
 	require.NoError(t, json.Unmarshal([]byte(line), &fields), "%q", line)
 	for k := range fields {
-		assert.Contains(t, []string{"client_id", "disabled", "public", "grants", "token_ttl", "secrets", "created_at"}, k)
+		assert.Contains(t, []string{"client_id", "disabled", "public", "grants", "token_ttl", "can_introspect", "tokens_revoked_at", "secrets", "created_at"}, k)
 	}
 	assert.NotContains(t, line, "$sha256$")
 	assert.NotContains(t, line, "hash")
@@ -104,6 +107,8 @@ func TestClientCommands(t *testing.T) {
 			assert.Equal(t, id, v.ID)
 			assert.Equal(t, map[string]string{"https://a.example": "read:builders"}, v.Grants)
 			assert.Equal(t, "15m0s", v.TokenTTL)
+			assert.False(t, v.CanIntrospect)
+			assert.Nil(t, v.TokensRevokedAt, "no tokens revoked yet")
 			require.Len(t, v.Secrets, 1)
 			first := v.Secrets[0].ID
 
@@ -149,11 +154,39 @@ func TestClientCommands(t *testing.T) {
 			require.Error(t, r.err)
 			assert.Contains(t, r.err.Error(), `client "`+id+`-nobody"`)
 
+			// -introspect: set, kept by other updates, taken away.
+			v = decodeView(t, c("update", "-id", id, "-introspect").ok(t))
+			assert.True(t, v.CanIntrospect)
+			v = decodeView(t, c("update", "-id", id, "-ttl", "1h").ok(t))
+			assert.True(t, v.CanIntrospect, "left alone")
+			v = decodeView(t, c("update", "-id", id, "-introspect=false").ok(t))
+			assert.False(t, v.CanIntrospect)
+
+			// revoke-tokens sets the watermark that show prints.
+			var revoked struct {
+				ID string    `json:"client_id"`
+				At time.Time `json:"tokens_revoked_at"`
+			}
+			before := time.Now().Add(-time.Second)
+			require.NoError(t, json.Unmarshal([]byte(c("revoke-tokens", "-id", id).ok(t)), &revoked))
+			assert.Equal(t, id, revoked.ID)
+			assert.WithinRange(t, revoked.At, before, time.Now().Add(time.Second))
+			v = decodeView(t, c("show", "-id", id).ok(t))
+			require.NotNil(t, v.TokensRevokedAt)
+			assert.True(t, revoked.At.Equal(*v.TokensRevokedAt), "%v, %v", revoked.At, *v.TokensRevokedAt)
+			assert.True(t, v.Disabled, "revoking tokens leaves the client as it was")
+			r = c("revoke-tokens", "-id", id+"-nobody")
+			require.Error(t, r.err)
+			assert.Equal(t, 1, exitCode(r.err))
+			assert.Contains(t, r.err.Error(), `client "`+id+`-nobody"`)
+
 			// remove-secret takes the ids that show lists.
 			var rotated struct {
 				SecretID string `json:"secret_id"`
 			}
-			require.NoError(t, json.Unmarshal([]byte(c("rotate-secret", "-id", id, "-grace", "0s").ok(t)), &rotated))
+			out = c("rotate-secret", "-id", id, "-grace", "0s").ok(t)
+			assert.NotContains(t, out, "tokens_revoked_at", "only with -revoke-tokens")
+			require.NoError(t, json.Unmarshal([]byte(out), &rotated))
 			v = decodeView(t, c("show", "-id", id).ok(t))
 			require.Len(t, v.Secrets, 2)
 			r = c("remove-secret", "-id", id, "-secret-id", first)
@@ -174,6 +207,20 @@ func TestClientCommands(t *testing.T) {
 			r.ok(t)
 			assert.Contains(t, r.stderr, `warning: client "`+id+`" has no working secret left`)
 			assert.Empty(t, decodeView(t, c("show", "-id", id).ok(t)).Secrets)
+
+			// rotate-secret -revoke-tokens moves the watermark on.
+			var again struct {
+				Secret string    `json:"client_secret"`
+				At     time.Time `json:"tokens_revoked_at"`
+			}
+			out = c("rotate-secret", "-id", id, "-grace", "0s", "-revoke-tokens").ok(t)
+			require.NoError(t, json.Unmarshal([]byte(out), &again))
+			assert.NotEmpty(t, again.Secret)
+			assert.False(t, again.At.Before(revoked.At), "%v, then %v", revoked.At, again.At)
+			v = decodeView(t, c("show", "-id", id).ok(t))
+			require.NotNil(t, v.TokensRevokedAt)
+			assert.True(t, again.At.Equal(*v.TokensRevokedAt))
+			assert.Len(t, v.Secrets, 1)
 		})
 	}
 }

@@ -63,6 +63,15 @@ var errUnroutable = errors.New(`its path has empty, "." or ".." segments`)
 // url is the URL of the route at p.
 func (d discovery) url(p string) string { return d.origin + p }
 
+// urlOr is the URL of the route at p under -issuer, or under base, where
+// the server listens, when -issuer cannot be published.
+func (d discovery) urlOr(base, p string) string {
+	if d.origin == "" {
+		return base + p
+	}
+	return d.url(p)
+}
+
 // resourceMetadataURL is the URL of the protected resource metadata, ""
 // when it is not served.
 func (d discovery) resourceMetadataURL() string {
@@ -90,7 +99,11 @@ func (d discovery) documents(keys m2mauth.KeyProvider, tokens *m2mauth.TokenHand
 	if d.asPath == "" {
 		return docs, nil
 	}
-	cfg := m2mauth.AuthorizationServerMetadataConfig{TokenEndpoint: d.url(tokenPath)}
+	cfg := m2mauth.AuthorizationServerMetadataConfig{
+		TokenEndpoint:         d.url(tokenPath),
+		RevocationEndpoint:    d.url(revokePath),
+		IntrospectionEndpoint: d.url(introspectPath),
+	}
 	if d.publicKey {
 		cfg.JWKSURI = d.url(jwksPath)
 	}

@@ -165,6 +165,10 @@ func TestServeDiscovery(t *testing.T) {
 				md := fetchJSON(t, srv.base+tc.asPath)
 				assert.Equal(t, issuer, md["issuer"], "exactly the issuer (RFC 8414 §3.3)")
 				assert.Equal(t, tc.origin+"/oauth/token", md["token_endpoint"])
+				assert.Equal(t, tc.origin+"/oauth/revoke", md["revocation_endpoint"], "RFC 8414 §2")
+				assert.Equal(t, tc.origin+"/oauth/introspect", md["introspection_endpoint"], "RFC 8414 §2")
+				assert.Contains(t, md["revocation_endpoint_auth_methods_supported"], "client_secret_basic")
+				assert.Contains(t, md["introspection_endpoint_auth_methods_supported"], "client_secret_basic")
 				if tc.alg == jose.HS256 {
 					assert.NotContains(t, md, "jwks_uri", "no key to publish")
 				} else {
@@ -201,6 +205,8 @@ func TestServeDiscovery(t *testing.T) {
 				assert.Contains(t, out, "JWKS:                          "+tc.origin+"/.well-known/jwks.json")
 				assert.Contains(t, out, "Authorization server metadata: "+tc.origin+tc.asPath+"\n")
 				assert.Contains(t, out, "Protected resource metadata:   "+prURL+"\n")
+				assert.Contains(t, out, "Revocation list:               "+tc.origin+"/oauth/revocations\n")
+				assert.Contains(t, out, "Clients revoke their tokens at "+tc.origin+"/oauth/revoke (RFC 7009) and introspect tokens at "+tc.origin+"/oauth/introspect (RFC 7662).\n")
 				assert.Contains(t, out, "(URLs under -issuer "+issuer+", where other services reach this server; it listens on "+srv.base+")")
 			})
 
@@ -260,7 +266,9 @@ func TestServeKeepsSigningKey(t *testing.T) {
 // knows only the example's issuer URL (it discovers the JWKS from the
 // issuer's metadata and holds no key), accepts the example's ES256
 // tokens over HTTP and refuses tokens signed by any other key, whether
-// the token names a key id of its own or the example's.
+// the token names a key id of its own or the example's. It polls the
+// example's signed revocation list, so it refuses a token revoked at the
+// example (RFC 7009) within its -revocation-refresh.
 func TestRemoteResourceServer(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds and runs the example server")
@@ -273,10 +281,12 @@ func TestRemoteResourceServer(t *testing.T) {
 	}
 	addr := freeLoopbackAddr(t)
 	issuer := "http://" + addr
-	srv := startServerWith(t, bin, http.DefaultClient, []string{"-db", db, "-issuer", issuer, "-signing-alg", "ES256"}, "-addr", addr)
+	srv := startServerWith(t, bin, http.DefaultClient, []string{"-db", db, "-issuer", issuer, "-signing-alg", "ES256"},
+		"-addr", addr, "-revocation-refresh", revocationRefresh)
 	require.Equal(t, issuer, srv.base)
 	assert.NotContains(t, waitOutput(t, srv, "Protected resource metadata:"), "URLs under -issuer", "-issuer is where it listens")
-	rs := startCommand(t, rsBin, http.DefaultClient, "-issuer", issuer, "-audience", defaultAudience, "-addr", "127.0.0.1:0")
+	rs := startCommand(t, rsBin, http.DefaultClient, "-issuer", issuer, "-audience", defaultAudience, "-addr", "127.0.0.1:0",
+		"-revocation-refresh", revocationRefresh)
 
 	tok := accessToken(t, srv.base, id, secret)
 	code, _, body := get(t, rs.base+"/api/builders", tok)
@@ -298,6 +308,21 @@ func TestRemoteResourceServer(t *testing.T) {
 	}
 	code, _, body = get(t, rs.base+"/api/builders", tok)
 	assert.Equal(t, http.StatusOK, code, "the real token still works: %s", body)
+
+	// The list is a JWT signed with the published key.
+	resp, list := fetch(t, srv.base+"/oauth/revocations", nil)
+	require.Equal(t, http.StatusOK, resp.StatusCode, "%s", list)
+	assert.Equal(t, "application/jwt", resp.Header.Get("Content-Type"))
+	assert.Equal(t, tokenHeader(t, tok)["kid"], tokenHeader(t, string(list))["kid"])
+
+	kept := accessToken(t, srv.base, id, secret)
+	code, raw := postToken(t, srv.base+revokePath, id, secret, tok)
+	require.Equal(t, http.StatusOK, code, "%s", raw)
+	body = waitStatus(t, rs.base+"/api/builders", tok, http.StatusUnauthorized)
+	assert.Contains(t, body, "token has been revoked")
+	code, _, body = get(t, rs.base+"/api/builders", kept)
+	assert.Equal(t, http.StatusOK, code, "another token of the client: %s", body)
+	assert.NotContains(t, rs.stderr.String(), tok)
 }
 
 // TestNodeJoseVerifies: a Node.js service verifies the example's ES256

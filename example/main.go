@@ -27,15 +27,16 @@
 // Commands:
 //
 //	serve [flags]                  run the server (the default command)
-//	client create -id ID -scopes "a b" [-audience AUD] [-ttl 1h]
-//	client update -id ID [-scopes "a b"] [-audience AUD] [-ttl 1h]
+//	client create -id ID -scopes "a b" [-audience AUD] [-ttl 1h] [-introspect]
+//	client update -id ID [-scopes "a b"] [-audience AUD] [-ttl 1h] [-introspect=true|false]
 //	client show -id ID             one client, as JSON
 //	client list [-id ID]           every client (or only ID), one JSON line each
-//	client rotate-secret -id ID [-grace 24h]
+//	client rotate-secret -id ID [-grace 24h] [-revoke-tokens]
 //	client remove-secret -id ID -secret-id S
-//	client disable -id ID
-//	client enable -id ID
-//	client delete -id ID
+//	client revoke-tokens -id ID    revoke every token issued to ID until now
+//	client disable -id ID          refuse its token requests and revoke its tokens
+//	client enable -id ID           let it get new tokens (the revoked ones stay revoked)
+//	client delete -id ID           delete it and revoke its tokens
 //	client usage -id ID [-since 24h]   requests of the last -since, from the audit table
 //	audit tail [-client ID] [-type T] [-n 50]
 //	                               the newest audit events, one JSON line each
@@ -48,7 +49,9 @@
 // the secret ids they show. The client commands need no signing key.
 // Every change they make is recorded in the audit table (client_created,
 // secret_added and so on), which "audit tail" reads; "client usage" and
-// "audit tail" need a SQL database.
+// "audit tail" need a SQL database. -introspect lets a client introspect
+// any token; without it a client may introspect only tokens issued for
+// its own client id as audience.
 //
 // Flags of serve (see "example serve -h"):
 //
@@ -68,6 +71,9 @@
 //	                                the SQLite file, or in the working directory)
 //	-alert-webhook URL              POST alerts there too, signed with
 //	-alert-webhook-secret S         this secret (default: $M2MAUTH_ALERT_WEBHOOK_SECRET)
+//	-revocation-refresh 5s          how often a database's revocations are read
+//	-revocation-max-stale D         how long they are trusted while reads fail
+//	                                (default: 6 × -revocation-refresh, at least 30s)
 //
 // Plain HTTP is served only on a loopback address unless -trusted-proxies
 // names the TLS-terminating proxy in front, or -insecure-http is given.
@@ -92,9 +98,22 @@
 // whose URL the API's 401 and 403 challenges carry. The URLs in them are
 // -issuer's scheme and host followed by the route's path.
 //
+// Tokens are taken back with the admin commands (revoke-tokens, disable,
+// delete, rotate-secret -revoke-tokens) and by clients at POST
+// /oauth/revoke (RFC 7009); clients check tokens at POST
+// /oauth/introspect (RFC 7662). The demo API and the introspection
+// endpoint read the revocations from memory: with -db memory the store's
+// own, which take effect at once; with a database a snapshot read every
+// -revocation-refresh, so that a revocation made on any server sharing
+// the database, or by an admin command, takes effect on all of them
+// within it. A server that cannot read them for -revocation-max-stale
+// refuses every token (503) until it can. GET /oauth/revocations
+// publishes them as a signed list for resource servers in other
+// processes, such as example/internal/resourceserver.
+//
 // For operators it serves GET /healthz (liveness: the process answers),
-// GET /readyz (readiness: 503 while the store, the key or the audit
-// table fail) and GET /metrics (Prometheus text, through the
+// GET /readyz (readiness: 503 while the store, the key, the audit
+// table or the revocations fail) and GET /metrics (Prometheus text, through the
 // OpenTelemetry SDK and its Prometheus exporter). A detector watches the
 // token endpoint's audit events and raises alerts (many failed
 // authentications, a lockout, a new network, an issuance spike, …) on
@@ -183,22 +202,24 @@ const usage = `usage: example [global flags] [command]
 
 commands:
   serve [flags]                      run the server (default); "serve -h" lists its flags
-  client create -id ID -scopes "a b" [-audience AUD] [-ttl 1h]
-  client update -id ID [-scopes "a b"] [-audience AUD] [-ttl 1h]
+  client create -id ID -scopes "a b" [-audience AUD] [-ttl 1h] [-introspect]
+  client update -id ID [-scopes "a b"] [-audience AUD] [-ttl 1h] [-introspect=true|false]
   client show -id ID                 one client as JSON (never secrets or hashes)
   client list [-id ID]               every client, or only ID, one JSON line each
-  client rotate-secret -id ID [-grace 24h]
+  client rotate-secret -id ID [-grace 24h] [-revoke-tokens]
   client remove-secret -id ID -secret-id S
-  client disable -id ID
-  client enable -id ID
-  client delete -id ID
+  client revoke-tokens -id ID        revoke every token issued to ID until now
+  client disable -id ID              refuse its token requests and revoke its tokens
+  client enable -id ID               let it get new tokens; revoked ones stay revoked
+  client delete -id ID               delete it and revoke its tokens
   client usage -id ID [-since 24h]   the client's requests as counted in the audit table, as JSON
   audit tail [-client ID] [-type T] [-n 50]
                                      the newest audit events, newest first, one JSON line each
 
 Scopes are space-separated in one argument: -scopes "read:builders read:subcontractors".
 A client's -ttl is at most 24h (0: the server's, 1h). "client update" replaces the
-scopes of -audience (default: the client's only audience). The client commands
+scopes of -audience (default: the client's only audience). -introspect lets a client
+introspect any token. Running servers refuse revoked tokens within -revocation-refresh. The client commands
 need no signing key; serve on PostgreSQL or MySQL needs $M2MAUTH_SIGNING_KEY or
 -signing-key-file. With -signing-alg ES256, EdDSA, RS256 or PS256 other services
 verify tokens with the public key at /.well-known/jwks.json.

@@ -379,6 +379,10 @@ func TestCLIErrors(t *testing.T) {
 		{"unbounded pool", []string{"-db", db, "serve", "-db-max-open", "0"}, 1, "-db-max-open must be at least 1"},
 		{"no concurrency", []string{"-db", db, "serve", "-max-concurrent", "0"}, 1, "-max-concurrent"},
 		{"plain HTTP on every interface", []string{"-db", db, "serve", "-addr", ":0"}, 1, "-insecure-http"},
+		{"revocation refresh too short", []string{"-db", db, "serve", "-revocation-refresh", "1ms"}, 1, "-revocation-refresh must be at least 10ms"},
+		{"revocations stale before a refresh", []string{"-db", db, "serve", "-revocation-refresh", "1s", "-revocation-max-stale", "1s"}, 1, "-revocation-max-stale 1s must be longer than -revocation-refresh 1s"},
+		{"negative max stale", []string{"-db", db, "serve", "-revocation-max-stale", "-1s"}, 1, "-revocation-max-stale must not be negative"},
+		{"revoke-tokens without id", []string{"-db", db, "client", "revoke-tokens"}, 2, ""},
 		{"unknown signing algorithm", []string{"-db", db, "-signing-alg", "HS512", "serve"}, 2, ""},
 		{"no signing algorithm", []string{"-db", db, "-signing-alg", "none", "serve"}, 2, ""},
 	}

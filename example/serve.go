@@ -46,6 +46,12 @@ type serveFlags struct {
 	// alertLearning is how long the new_address rule learns a client's
 	// networks before it alerts on a new one.
 	alertLearning time.Duration
+	// revocationRefresh is how often a database's revocations are read:
+	// a revocation takes effect on every replica within it.
+	revocationRefresh time.Duration
+	// revocationMaxStale is how long the last revocations read are
+	// trusted while reading them fails; then tokens are refused.
+	revocationMaxStale time.Duration
 }
 
 // parseServeFlags reads and checks the flags of "serve", before anything
@@ -71,6 +77,8 @@ func parseServeFlags(args []string, stderr io.Writer) (*serveFlags, error) {
 	fs.StringVar(&f.alertWebhook, "alert-webhook", "", "`URL` (https, or http on this machine) to POST alerts to, each signed with -alert-webhook-secret; they are always in the JSON log")
 	fs.StringVar(&f.alertWebhookSecret, "alert-webhook-secret", "", "`secret` that signs the webhook's alerts (HMAC-SHA256), at least 32 bytes, e.g. from: openssl rand -hex 32; default: $"+webhookSecretEnv+", which keeps it out of the process list")
 	fs.DurationVar(&f.alertLearning, "alert-learning-period", 7*24*time.Hour, "how long the new_address alert learns a new client's networks, and remembers a network after its last token, before a token from an unknown network raises it")
+	fs.DurationVar(&f.revocationRefresh, "revocation-refresh", defaultRevocationRefresh, "how often the revocations are read from the database (at least 10ms): a revoked token, and the tokens of a disabled or deleted client, are refused within it on every server sharing the database. With -db memory revocations take effect at once")
+	fs.DurationVar(&f.revocationMaxStale, "revocation-max-stale", 0, "how long the revocations last read are trusted while reading them fails; past it every token is refused with 503 until a read succeeds (default: 6 × -revocation-refresh, and at least 30s)")
 	if err := fs.Parse(args); err != nil {
 		return nil, usageError(err)
 	}
@@ -105,6 +113,14 @@ func parseServeFlags(args []string, stderr io.Writer) (*serveFlags, error) {
 		return nil, errors.New("-alert-learning-period must be at least 1ms")
 	case f.alertWebhook == "" && f.alertWebhookSecret != "":
 		return nil, errors.New("-alert-webhook-secret is given without -alert-webhook")
+	case f.revocationRefresh < 10*time.Millisecond:
+		return nil, errors.New("-revocation-refresh must be at least 10ms")
+	case f.revocationMaxStale < 0:
+		return nil, errors.New("-revocation-max-stale must not be negative")
+	case f.revocationMaxStale == 0:
+		f.revocationMaxStale = revocationMaxStale(f.revocationRefresh)
+	case f.revocationMaxStale <= f.revocationRefresh:
+		return nil, fmt.Errorf("-revocation-max-stale %v must be longer than -revocation-refresh %v, or one slow read would refuse every token", f.revocationMaxStale, f.revocationRefresh)
 	}
 	return &f, nil
 }
@@ -204,6 +220,18 @@ func serve(g globals, args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	// Revoked tokens are refused by the API, reported inactive by the
+	// introspection endpoint and published to other resource servers,
+	// all from one in-memory snapshot.
+	revocations, err := newRevocationSource(ctx, b, f, logger)
+	if err != nil {
+		return err
+	}
+	defer revocations.close()
+	revocationEndpoints, err := newRevocationHandlers(tokens, b, revocations, keys, g.issuer, logger)
+	if err != nil {
+		return err
+	}
 	validator, err := m2mauth.NewValidator(keys, m2mauth.ValidatorConfig{
 		Issuer:     g.issuer,
 		Audience:   g.audience,
@@ -212,6 +240,7 @@ func serve(g globals, args []string, stdout, stderr io.Writer) error {
 		// authorization server to ask for a token.
 		ResourceMetadataURL: disc.resourceMetadataURL(),
 		Auditor:             m.Auditor(tee),
+		Revocations:         revocations,
 	})
 	if err != nil {
 		return err
@@ -220,13 +249,13 @@ func serve(g globals, args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	// Ready when the store answers, the key is there and, with a
-	// database, the audit table can record events.
-	ready, err := m2mauth.NewReadinessHandler(b.store, keys, m2mauth.ReadinessConfig{
-		Logger: logger,
-		Checks: map[string]func(context.Context) error{
-			"audit": func(context.Context) error { return tee.AuditHealth() },
-		},
-	})
+	// database, the audit table can record events and the revocations
+	// are fresh.
+	checks := map[string]func(context.Context) error{
+		"audit": func(context.Context) error { return tee.AuditHealth() },
+	}
+	revocations.addCheck(checks)
+	ready, err := m2mauth.NewReadinessHandler(b.store, keys, m2mauth.ReadinessConfig{Logger: logger, Checks: checks})
 	if err != nil {
 		return err
 	}
@@ -244,13 +273,16 @@ func serve(g globals, args []string, stdout, stderr io.Writer) error {
 		scheme = "https"
 	}
 	base := scheme + "://" + ln.Addr().String()
-	if err := greet(ctx, b, g, disc, base, stdout); err != nil {
+	if err := greet(ctx, b, g, disc, revocations, base, stdout); err != nil {
 		ln.Close()
 		return err
 	}
 
 	srv := &http.Server{
-		Handler:           routes(handlers{tokens: tokens, validator: validator, metrics: m, ready: ready, scrape: obs.scrape}, docs...),
+		Handler: routes(handlers{
+			tokens: tokens, revocation: revocationEndpoints, validator: validator,
+			metrics: m, ready: ready, scrape: obs.scrape,
+		}, docs...),
 		TLSConfig:         tlsConfig,
 		ReadHeaderTimeout: 5 * time.Second,
 		ReadTimeout:       10 * time.Second,
@@ -261,7 +293,8 @@ func serve(g globals, args []string, stdout, stderr io.Writer) error {
 		ErrorLog:       slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
 	}
 	logger.Info("listening", "addr", base, "store", b.kind,
-		"db_max_open", f.pool.maxOpen, "max_concurrent", f.maxConcurrent, "store_timeout", f.storeTimeout.String())
+		"db_max_open", f.pool.maxOpen, "max_concurrent", f.maxConcurrent, "store_timeout", f.storeTimeout.String(),
+		"revocations", revocations.delay())
 	errc := make(chan error, 1)
 	go func() {
 		if tlsConfig != nil {
@@ -324,20 +357,25 @@ const tokenPath = "/oauth/token"
 
 // handlers are what routes mounts.
 type handlers struct {
-	tokens    http.Handler
-	validator *m2mauth.Validator
-	metrics   *m2mauth.Metrics
-	ready     http.Handler // GET /readyz
-	scrape    http.Handler // GET /metrics
+	tokens     http.Handler
+	revocation revocationHandlers
+	validator  *m2mauth.Validator
+	metrics    *m2mauth.Metrics
+	ready      http.Handler // GET /readyz
+	scrape     http.Handler // GET /metrics
 }
 
-// routes is the server's mux: the token endpoint, two protected demo
-// routes, liveness and readiness checks, the metrics and the discovery
-// documents.
+// routes is the server's mux: the token, revocation and introspection
+// endpoints, the revocation list, two protected demo routes, liveness and
+// readiness checks, the metrics and the discovery documents.
 func routes(s handlers, docs ...wellKnown) *http.ServeMux {
 	mux := http.NewServeMux()
 	m, v := s.metrics, s.validator
-	mux.Handle(tokenPath, m.Handler("token", s.tokens)) // any method: the handler answers 405 itself
+	// Any method: these handlers answer 405 themselves, in JSON.
+	mux.Handle(tokenPath, m.Handler("token", s.tokens))
+	mux.Handle(revokePath, m.Handler("revocation", s.revocation.revoke))
+	mux.Handle(introspectPath, m.Handler("introspection", s.revocation.introspect))
+	mux.Handle("GET "+revocationsPath, m.Handler("revocation_list", s.revocation.list)) // and HEAD
 	mux.Handle("GET /api/builders", m.Handler("api", v.RequireScopes("read:builders")(m.Validated(listing("builders", "Acme Building", "Northside Construction")))))
 	mux.Handle("GET /api/subcontractors", m.Handler("api", v.RequireScopes("read:subcontractors")(m.Validated(listing("subcontractors", "Sparks Electrical", "Flow Plumbing")))))
 	mux.Handle("GET /readyz", s.ready)
@@ -373,9 +411,10 @@ func listing(kind string, names ...string) http.Handler {
 
 // greet prints where the server listens and, on the first start, creates
 // the demo client and shows its secret once.
-func greet(ctx context.Context, b *backend, g globals, disc discovery, base string, out io.Writer) error {
+func greet(ctx context.Context, b *backend, g globals, disc discovery, revocations *revocationSource, base string, out io.Writer) error {
 	fmt.Fprintf(out, "m2mauth example: listening on %s (store: %s)\n", base, b.kind)
 	greetDiscovery(g, disc, base, out)
+	greetRevocation(disc, revocations, base, out)
 	_, err := b.store.Client(ctx, demoClientID)
 	secret := "<the secret shown on the first start>"
 	switch {
@@ -418,10 +457,7 @@ func greetDiscovery(g globals, disc discovery, base string, out io.Writer) {
 	} else {
 		fmt.Fprintf(out, "Tokens are signed with %s: services that verify them need its secret key (-signing-alg ES256 would let them use a public key)\n", g.alg)
 	}
-	jwks := base + jwksPath
-	if disc.origin != "" {
-		jwks = disc.url(jwksPath)
-	}
+	jwks := disc.urlOr(base, jwksPath)
 	if !disc.publicKey {
 		jwks += " (empty: " + string(g.alg) + " keys are secret)"
 	}
@@ -432,7 +468,20 @@ func greetDiscovery(g globals, disc discovery, base string, out io.Writer) {
 	if disc.prPath != "" {
 		fmt.Fprintf(out, "  Protected resource metadata:   %s\n", disc.url(disc.prPath))
 	}
+	fmt.Fprintf(out, "  Revocation list:               %s\n", disc.urlOr(base, revocationsPath))
 	if disc.origin != "" && disc.origin != base {
 		fmt.Fprintf(out, "  (URLs under -issuer %s, where other services reach this server; it listens on %s)\n", g.issuer, base)
 	}
+}
+
+// greetRevocation prints where clients revoke and introspect tokens, and
+// how soon a revocation takes effect.
+func greetRevocation(disc discovery, revocations *revocationSource, base string, out io.Writer) {
+	fmt.Fprintf(out, "Clients revoke their tokens at %s (RFC 7009) and introspect tokens at %s (RFC 7662).\n",
+		disc.urlOr(base, revokePath), disc.urlOr(base, introspectPath))
+	if revocations.poller == nil {
+		fmt.Fprintln(out, "A revoked token, and the tokens of a disabled or deleted client, are refused at once.")
+		return
+	}
+	fmt.Fprintf(out, "A revoked token, and the tokens of a disabled or deleted client, are refused within %v (-revocation-refresh) by every server sharing the database.\n", revocations.refresh)
 }

@@ -7,6 +7,17 @@
 //	go run ./example -signing-alg ES256
 //	go run ./example/internal/resourceserver -issuer http://127.0.0.1:8080
 //
+// It refuses revoked tokens: it polls the signed revocation list the
+// issuer publishes (-revocations, by default the issuer's
+// /oauth/revocations) every -revocation-refresh (5s), with a conditional
+// GET that costs a 304 while nothing changes, and checks every token
+// against the list it holds in memory. A revocation reaches it within
+// -revocation-refresh after it reaches the issuer's list (which, on a
+// database, reads the revocations every -revocation-refresh of its own).
+// When the list cannot be fetched for -revocation-max-stale (30s), it
+// refuses every token with 503 until a fetch succeeds: it cannot tell a
+// revoked token from a good one.
+//
 // It serves GET /api/builders (scope read:builders) and GET /healthz, and
 // prints "listening on URL" once it accepts connections.
 package main
@@ -22,6 +33,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -32,16 +44,29 @@ func main() {
 	issuer := flag.String("issuer", "http://127.0.0.1:8080", "the authorization server: the exact \"iss\" of its tokens")
 	audience := flag.String("audience", "https://api.example.com", "this API's audience")
 	addr := flag.String("addr", "127.0.0.1:8081", "listen address")
+	var cfg revocationFlags
+	flag.StringVar(&cfg.listURL, "revocations", "", "`URL` of the issuer's signed revocation list (default: the issuer's URL followed by /oauth/revocations)")
+	flag.DurationVar(&cfg.refresh, "revocation-refresh", 5*time.Second, "how often the revocation list is fetched: a revocation published there is refused here within it")
+	flag.DurationVar(&cfg.maxStale, "revocation-max-stale", 30*time.Second, "how long the last list fetched is trusted while fetches fail; past it every token is refused with 503")
 	flag.Parse()
+	if cfg.listURL == "" {
+		cfg.listURL = strings.TrimSuffix(*issuer, "/") + "/oauth/revocations"
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	if err := run(ctx, *issuer, *audience, *addr, os.Stdout); err != nil {
+	if err := run(ctx, *issuer, *audience, *addr, cfg, os.Stdout); err != nil {
 		fmt.Fprintln(os.Stderr, "resourceserver:", err)
 		os.Exit(1)
 	}
 }
 
-func run(ctx context.Context, issuer, audience, addr string, stdout io.Writer) error {
+// revocationFlags say where and how often the revocation list is read.
+type revocationFlags struct {
+	listURL           string
+	refresh, maxStale time.Duration
+}
+
+func run(ctx context.Context, issuer, audience, addr string, rf revocationFlags, stdout io.Writer) error {
 	// The keys come from the issuer's metadata; a key the issuer starts
 	// signing with is fetched when the first token naming it arrives.
 	dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
@@ -50,7 +75,24 @@ func run(ctx context.Context, issuer, audience, addr string, stdout io.Writer) e
 	if err != nil {
 		return err
 	}
-	v, err := m2mauth.NewValidator(keys, m2mauth.ValidatorConfig{Issuer: issuer, Audience: audience})
+	// The revocation list is signed with the same keys, under the same
+	// issuer. The poller fetches it in the background; validations read
+	// the last list fetched, from memory.
+	feed, err := m2mauth.NewRemoteRevocations(rf.listURL, keys, m2mauth.RemoteRevocationsConfig{Issuer: issuer})
+	if err != nil {
+		return fmt.Errorf("-revocations: %w", err)
+	}
+	revocations, err := m2mauth.NewRevocationPoller(feed, m2mauth.RevocationPollerConfig{Interval: rf.refresh, MaxStale: rf.maxStale})
+	if err != nil {
+		return err
+	}
+	defer revocations.Close()
+	// Until the first fetch succeeds every token would be refused: wait
+	// for it, so that the server accepts tokens once it says it listens.
+	if err := revocations.Refresh(ctx); err != nil {
+		return fmt.Errorf("fetching the revocation list %s: %w", rf.listURL, err)
+	}
+	v, err := m2mauth.NewValidator(keys, m2mauth.ValidatorConfig{Issuer: issuer, Audience: audience, Revocations: revocations})
 	if err != nil {
 		return err
 	}
