@@ -1,6 +1,6 @@
-// Package memstore provides an in-memory [m2mauth.ClientManager] and
-// [m2mauth.Revoker]: the store for tests, examples and single-instance
-// servers whose clients are configured at start-up.
+// Package memstore provides an in-memory [m2mauth.ClientManager],
+// [m2mauth.Revoker] and [m2mauth.KeyStore]: the store for tests, examples
+// and single-instance servers whose clients are configured at start-up.
 //
 // A Store is safe for concurrent use. It never hands out or keeps a
 // reference to a Client it shares with a caller: every read returns a deep
@@ -125,6 +125,8 @@ type Store struct {
 	// reads no clock here.
 	clocked bool
 	expiry  *time.Timer // guarded by mu
+
+	keys keyring // managed signing keys, under their own lock (keys.go)
 }
 
 // Option configures a [Store].
