@@ -9,44 +9,55 @@ import (
 
 	"github.com/m2mauth/m2mauth"
 	"github.com/m2mauth/m2mauth/memstore"
+	"github.com/m2mauth/m2mauth/storetest"
 )
 
-func TestSigningKeys(t *testing.T) {
+func TestKeyStore(t *testing.T) {
+	storetest.RunKeyStore(t, func(*testing.T) m2mauth.KeyStore { return memstore.New() })
+}
+
+// TestDeleteSigningKeyClaims checks that the claims of a key go with it,
+// so that memory stays bounded by the keys held.
+func TestDeleteSigningKeyClaims(t *testing.T) {
 	ctx := t.Context()
 	s := memstore.New()
 	now := time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC)
-	k := m2mauth.StoredKey{KID: "k2", Algorithm: "ES256", Generation: 2, Sealed: []byte("sealed"), PublishedAt: now, ActiveAt: now.Add(10 * time.Minute)}
-	ok, err := s.AddSigningKey(ctx, k)
+	k := m2mauth.StoredKey{KID: "k1", Algorithm: "ES256", Generation: 1, Sealed: []byte("sealed"), PublishedAt: now, ActiveAt: now}
+	added, err := s.AddSigningKey(ctx, k)
 	require.NoError(t, err)
-	assert.True(t, ok)
-	k1 := k
-	k1.KID, k1.Generation = "k1", 1
-	ok, err = s.AddSigningKey(ctx, k1)
+	require.True(t, added)
+	first, err := s.ClaimKeyEvent(ctx, "k1", m2mauth.EventKeyActivated)
 	require.NoError(t, err)
-	assert.True(t, ok)
-	ok, err = s.AddSigningKey(ctx, k)
-	require.NoError(t, err)
-	assert.False(t, ok)
-	got, err := s.SigningKeys(ctx)
-	require.NoError(t, err)
-	require.Len(t, got, 2)
-	assert.Equal(t, []string{"k1", "k2"}, []string{got[0].KID, got[1].KID})
-	got[1].Sealed[0] = 'X'
-	require.NoError(t, s.RevokeSigningKey(ctx, "k2", now))
-	require.ErrorIs(t, s.RevokeSigningKey(ctx, "nope", now), m2mauth.ErrKeyNotFound)
-	got, err = s.SigningKeys(ctx)
-	require.NoError(t, err)
-	assert.Equal(t, "sealed", string(got[1].Sealed))
-	assert.Equal(t, now, got[1].RevokedAt)
-	first, err := s.ClaimKeyEvent(ctx, "k2", m2mauth.EventKeyActivated)
-	require.NoError(t, err)
-	again, err := s.ClaimKeyEvent(ctx, "k2", m2mauth.EventKeyActivated)
-	require.NoError(t, err)
-	assert.True(t, first)
-	assert.False(t, again)
-	require.Error(t, s.ResealSigningKeys(ctx, map[string][]byte{"k1": []byte("new"), "nope": []byte("new")}))
-	require.NoError(t, s.ResealSigningKeys(ctx, map[string][]byte{"k1": []byte("new")}))
+	require.True(t, first)
+
 	deleted, err := s.DeleteSigningKey(ctx, "k1")
 	require.NoError(t, err)
-	assert.True(t, deleted)
+	require.True(t, deleted)
+	assert.Equal(t, 0, memstore.KeyClaims(s))
+
+	added, err = s.AddSigningKey(ctx, k)
+	require.NoError(t, err)
+	require.True(t, added)
+	first, err = s.ClaimKeyEvent(ctx, "k1", m2mauth.EventKeyActivated)
+	require.NoError(t, err)
+	assert.True(t, first, "a claim of a deleted key outlived it")
+}
+
+func TestClaimKeyEventInvalid(t *testing.T) {
+	s := memstore.New()
+	for name, c := range map[string]struct {
+		kid string
+		typ m2mauth.AuditEventType
+	}{
+		"EmptyKID":  {"", m2mauth.EventKeyActivated},
+		"BadKID":    {"a\nb", m2mauth.EventKeyActivated},
+		"EmptyType": {"k1", ""},
+	} {
+		t.Run(name, func(t *testing.T) {
+			first, err := s.ClaimKeyEvent(t.Context(), c.kid, c.typ)
+			require.Error(t, err)
+			assert.False(t, first)
+			assert.Equal(t, 0, memstore.KeyClaims(s))
+		})
+	}
 }

@@ -132,6 +132,11 @@
 // is already in the store's Revocations.
 //
 // Reads send no events.
+//
+// # Managed signing keys
+//
+// [RunKeyStore] checks a [m2mauth.KeyStore], such as memstore's and
+// sqlstore's, against the contract written there and on that interface.
 package storetest
 
 import (
