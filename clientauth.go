@@ -25,6 +25,12 @@ const (
 	// ReasonOverloaded: too many requests were in flight, or a shared
 	// store did not answer in time.
 	ReasonOverloaded = "overloaded"
+	// ReasonCanceled: the caller went away (closed its connection)
+	// before it was answered. Whatever step it interrupted, nothing
+	// failed on the server's side: the refusal is answered 503
+	// temporarily_unavailable, and is neither logged as an error nor
+	// audited as a server_error.
+	ReasonCanceled = "canceled"
 )
 
 // hstsValue is the Strict-Transport-Security header sent over TLS: a

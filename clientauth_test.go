@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"runtime"
@@ -285,6 +286,57 @@ func TestStoreTimeout(t *testing.T) {
 	w, _ := f.do(t, request{body: "grant_type=client_credentials", headers: auth(basic("svc", f.secret))})
 	assert.Equal(t, 200, w.Code)
 }
+
+// TestCanceledRequest: a caller that goes away while its request waits
+// for the store is not a store failure: no ERROR in the log, no
+// server_error in the audit trail, but an event of its own reason; and
+// the attempt costs the client no failed authentication.
+func TestCanceledRequest(t *testing.T) {
+	f := newFixture(t)
+	bs := &blockingStore{ClientStore: f.store, entered: make(chan struct{}, 10), release: make(chan struct{})}
+	var logged strings.Builder
+	var mu sync.Mutex
+	logger := slog.New(slog.NewTextHandler(writerFunc(func(p []byte) (int, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		return logged.Write(p)
+	}), nil))
+	h, err := m2mauth.NewTokenHandler(bs, f.keys, m2mauth.TokenHandlerConfig{
+		Issuer: testIssuer, DefaultAudience: testAudience, Auditor: m2mauth.AuditorFunc(f.audit),
+		Now: f.clock, StoreTimeout: time.Minute, Logger: logger,
+	})
+	require.NoError(t, err)
+	for i := range 8 { // more than the limiter's burst
+		ctx, cancel := context.WithCancel(context.Background())
+		r := httptest.NewRequestWithContext(ctx, http.MethodPost, "https://m2mauth.test/oauth/token", strings.NewReader("grant_type=client_credentials"))
+		r.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+		r.Header.Set("Authorization", basic("svc", f.secret))
+		done := make(chan int)
+		go func() {
+			w := httptest.NewRecorder()
+			h.ServeHTTP(w, r)
+			done <- w.Code
+		}()
+		<-bs.entered
+		cancel() // the caller hangs up
+		assert.Equal(t, http.StatusServiceUnavailable, <-done, "request %d", i)
+		e := f.lastEvent(t)
+		assert.Equal(t, m2mauth.EventRequestRejected, e.Type)
+		assert.Equal(t, m2mauth.ReasonCanceled, e.Reason)
+		assert.Equal(t, m2mauth.CodeTemporarilyUnavailable, e.Error)
+	}
+	mu.Lock()
+	assert.NotContains(t, logged.String(), "ERROR")
+	mu.Unlock()
+	close(bs.release)
+	w, _ := f.do(t, request{body: "grant_type=client_credentials", headers: auth(basic("svc", f.secret))})
+	assert.Equal(t, http.StatusOK, w.Code, "no failed authentication was counted")
+}
+
+// writerFunc adapts a function to io.Writer.
+type writerFunc func([]byte) (int, error)
+
+func (f writerFunc) Write(p []byte) (int, error) { return f(p) }
 
 // TestMaxConcurrentRequests: past MaxConcurrentRequests, a request waits
 // up to StoreTimeout for a turn, then gets 503 with Retry-After.

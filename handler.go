@@ -734,6 +734,12 @@ func (h *TokenHandler) audience(req *tokenRequest) (string, error) {
 // logs internal causes.
 func (h *TokenHandler) fail(w http.ResponseWriter, r *http.Request, ev *AuditEvent, err error) {
 	e := asError(err)
+	if errors.Is(r.Context().Err(), context.Canceled) {
+		// The caller went away: a store or limiter call it interrupted
+		// reports the cancellation as its own failure, which it is not.
+		e = &Error{Code: CodeTemporarilyUnavailable, Description: "the request was canceled", Status: http.StatusServiceUnavailable}
+		ev.Reason = ReasonCanceled
+	}
 	if e.Code == CodeServerError {
 		h.cfg.Logger.ErrorContext(r.Context(), "m2mauth: request failed", "error", err)
 	}

@@ -104,6 +104,7 @@ type MetricsConfig struct {
 //	m2mauth.cache.entries      observable up-down counter  {token}    m2mauth.validator
 //	m2mauth.rate_limiter.keys  observable up-down counter  {key}      m2mauth.limiter
 //	m2mauth.alerts             counter                     {alert}    m2mauth.alert.rule, m2mauth.alert.severity
+//	m2mauth.requests.canceled  counter                     {request}  (none)
 //
 // Cache hits and misses only grow, so they are observable counters, of
 // which a backend takes rates; the tokens cached and the limiter's
@@ -129,7 +130,10 @@ type MetricsConfig struct {
 //
 // m2mauth.rate_limited counts requests refused with 429;
 // m2mauth.token.rejections counts the token endpoint's other refusals
-// (bad requests, denied scopes and audiences, overload) by RFC code.
+// (bad requests, denied scopes and audiences, overload) by RFC code;
+// m2mauth.requests.canceled counts the requests whose caller went away
+// before they were answered ([ReasonCanceled]), which are no failure of
+// the server's.
 // m2mauth.validations counts the tokens a validator accepted (through
 // [Metrics.Validated]) or refused; requests that carry no token at all
 // are not validations (they are in m2mauth.request.duration as 401s).
@@ -148,15 +152,16 @@ type Metrics struct {
 	meter metric.Meter
 	since func(time.Time) time.Duration // the time elapsed since, by cfg.Now
 
-	issued, authFailures, rateLimited, rejections, validations, alerts metric.Int64ObservableCounter
-	duration                                                           metric.Float64Histogram
-	cacheHits, cacheMisses, cacheEntries, limiterKeys                  metric.Int64Observable
+	issued, authFailures, rateLimited, rejections, validations, alerts, canceledReqs metric.Int64ObservableCounter
+	duration                                                                         metric.Float64Histogram
+	cacheHits, cacheMisses, cacheEntries, limiterKeys                                metric.Int64Observable
 
 	// The series of the counters, for the bounded values.
 	reasons     map[string]*tally // auth failure reasons
 	results     map[string]*tally // validation results
 	codes       map[string]*tally // RFC error codes
 	limited     *tally            // m2mauth.rate_limited
+	canceled    *tally            // m2mauth.requests.canceled
 	issuedOther *tally            // issued tokens past both bounds
 	pairs       attrCache[issuedKey]
 	audience    attrCache[string]
@@ -212,6 +217,7 @@ func NewMetrics(meter metric.Meter, cfg MetricsConfig) (*Metrics, error) {
 	m.rejections = counter("m2mauth.token.rejections", "{request}", "Token requests refused for reasons other than authentication and rate limiting, by RFC error code.")
 	m.validations = counter("m2mauth.validations", "{token}", "Access tokens accepted or refused by a validator, by result.")
 	m.alerts = counter("m2mauth.alerts", "{alert}", "Alerts fired, by rule and severity.")
+	m.canceledReqs = counter("m2mauth.requests.canceled", "{request}", "Requests whose caller went away before they were answered.")
 	var err error
 	m.duration, err = meter.Float64Histogram("m2mauth.request.duration",
 		metric.WithUnit("s"), metric.WithDescription("Time taken to answer a request, by endpoint and status."),
@@ -234,6 +240,7 @@ func NewMetrics(meter metric.Meter, cfg MetricsConfig) (*Metrics, error) {
 	}
 
 	m.limited = m.newTally(m.rateLimited)
+	m.canceled = m.newTally(m.canceledReqs)
 	m.issuedOther = m.newTally(m.issued)
 	m.reasons = m.tallyTable(m.authFailures, attrReason, ReasonNoCredentials, ReasonUnknownClient, ReasonBadSecret,
 		ReasonExpiredSecret, ReasonClientDisabled, ReasonPublicClient, attrOther)
@@ -251,7 +258,7 @@ func NewMetrics(meter metric.Meter, cfg MetricsConfig) (*Metrics, error) {
 	for _, sev := range []string{string(AlertWarning), string(AlertCritical), attrOther} {
 		m.otherRules[sev] = m.newTally(m.alerts, attribute.String(attrAlertRule, attrOther), attribute.String(attrAlertLevel, sev))
 	}
-	if _, err := meter.RegisterCallback(m.report, m.issued, m.authFailures, m.rateLimited, m.rejections, m.validations, m.alerts); err != nil {
+	if _, err := meter.RegisterCallback(m.report, m.issued, m.authFailures, m.rateLimited, m.rejections, m.validations, m.alerts, m.canceledReqs); err != nil {
 		return nil, fmt.Errorf("m2mauth: registering a metrics callback: %w", err)
 	}
 	return m, nil
@@ -388,7 +395,9 @@ func (m *Metrics) count(e *AuditEvent) {
 	case EventRateLimited:
 		m.limited.n.Add(1)
 	case EventRequestRejected, EventAudienceDenied:
-		if e.Error != "" { // else answered 200: a revocation of a token that was not revocable
+		if e.Reason == ReasonCanceled {
+			m.canceled.n.Add(1)
+		} else if e.Error != "" { // else answered 200: a revocation of a token that was not revocable
 			lookup(m.codes, e.Error).n.Add(1)
 		}
 	case EventScopeDenied:

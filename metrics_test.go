@@ -115,6 +115,7 @@ var instrumentSpecs = map[string]struct {
 	"m2mauth.cache.entries":     {"{token}", []string{"m2mauth.validator"}},
 	"m2mauth.rate_limiter.keys": {"{key}", []string{"m2mauth.limiter"}},
 	"m2mauth.alerts":            {"{alert}", []string{"m2mauth.alert.rule", "m2mauth.alert.severity"}},
+	"m2mauth.requests.canceled": {"{request}", nil},
 }
 
 const (
@@ -415,6 +416,8 @@ func TestMetricsBoundedValues(t *testing.T) {
 		{"client administration", m2mauth.AuditEvent{Type: m2mauth.EventClientCreated, ClientID: "c1"}, "", ""},
 		{"revoked token", m2mauth.AuditEvent{Type: m2mauth.EventTokenRejected, Error: "invalid_token", Reason: m2mauth.ReasonTokenRevoked},
 			"m2mauth.validations", "m2mauth.validation.result=revoked"},
+		{"caller went away", m2mauth.AuditEvent{Type: m2mauth.EventRequestRejected, Error: m2mauth.CodeTemporarilyUnavailable, Reason: m2mauth.ReasonCanceled},
+			"m2mauth.requests.canceled", ""},
 		// RFC 7009 §2.2: answered 200, so not a rejection of the endpoint.
 		{"revocation of another client's token", m2mauth.AuditEvent{Type: m2mauth.EventRequestRejected, ClientID: "c1", Reason: m2mauth.ReasonForeignToken}, "", ""},
 	}
