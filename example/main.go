@@ -219,10 +219,11 @@ commands:
 Scopes are space-separated in one argument: -scopes "read:builders read:subcontractors".
 A client's -ttl is at most 24h (0: the server's, 1h). "client update" replaces the
 scopes of -audience (default: the client's only audience). -introspect lets a client
-introspect any token. Running servers refuse revoked tokens within -revocation-refresh. The client commands
-need no signing key; serve on PostgreSQL or MySQL needs $M2MAUTH_SIGNING_KEY or
--signing-key-file. With -signing-alg ES256, EdDSA, RS256 or PS256 other services
-verify tokens with the public key at /.well-known/jwks.json.
+introspect any token. Running servers refuse revoked tokens within their
+-revocation-refresh (5s). The client commands need no signing key; serve on
+PostgreSQL or MySQL needs $M2MAUTH_SIGNING_KEY or -signing-key-file. With
+-signing-alg ES256, EdDSA, RS256 or PS256 other services verify tokens with the
+public key at /.well-known/jwks.json.
 
 global flags:
 `

@@ -287,8 +287,7 @@ func TestServeStaleRevocations(t *testing.T) {
 		"-addr", "127.0.0.1:0", "-revocation-refresh", "100ms", "-revocation-max-stale", "1s")
 	api := srv.base + "/api/builders"
 	tok := accessToken(t, srv.base, id, secret)
-	code, _, body := get(t, api, tok)
-	require.Equal(t, http.StatusOK, code, body)
+	waitStatus(t, api, tok, http.StatusOK)
 
 	sqlDB, err := sql.Open("sqlite", "file:"+db+"?_pragma=busy_timeout(5000)")
 	require.NoError(t, err)
@@ -299,10 +298,10 @@ func TestServeStaleRevocations(t *testing.T) {
 		require.NoError(t, err)
 	}
 	exec("ALTER TABLE m2mauth_revocation_state RENAME TO m2mauth_revocation_state_away")
-	body = waitStatus(t, api, tok, http.StatusServiceUnavailable)
+	body := waitStatus(t, api, tok, http.StatusServiceUnavailable)
 	assert.Contains(t, body, `"error":"server_error"`)
 	waitStatus(t, srv.base+"/readyz", "", http.StatusServiceUnavailable)
-	code, _, body = get(t, srv.base+"/readyz", "")
+	code, _, body := get(t, srv.base+"/readyz", "")
 	assert.Equal(t, http.StatusServiceUnavailable, code)
 	assert.Contains(t, body, `"revocations":"error"`)
 

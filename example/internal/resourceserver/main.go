@@ -8,8 +8,8 @@
 //	go run ./example/internal/resourceserver -issuer http://127.0.0.1:8080
 //
 // It refuses revoked tokens: it polls the signed revocation list the
-// issuer publishes (-revocations, by default the issuer's
-// /oauth/revocations) every -revocation-refresh (5s), with a conditional
+// issuer publishes (-revocations, by default /oauth/revocations at the
+// issuer's scheme and host, where the example serves it) every -revocation-refresh (5s), with a conditional
 // GET that costs a 304 while nothing changes, and checks every token
 // against the list it holds in memory. A revocation reaches it within
 // -revocation-refresh after it reaches the issuer's list (which, on a
@@ -31,9 +31,9 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"os/signal"
-	"strings"
 	"syscall"
 	"time"
 
@@ -45,12 +45,14 @@ func main() {
 	audience := flag.String("audience", "https://api.example.com", "this API's audience")
 	addr := flag.String("addr", "127.0.0.1:8081", "listen address")
 	var cfg revocationFlags
-	flag.StringVar(&cfg.listURL, "revocations", "", "`URL` of the issuer's signed revocation list (default: the issuer's URL followed by /oauth/revocations)")
+	flag.StringVar(&cfg.listURL, "revocations", "", "`URL` of the issuer's signed revocation list (default: /oauth/revocations at the issuer's scheme and host)")
 	flag.DurationVar(&cfg.refresh, "revocation-refresh", 5*time.Second, "how often the revocation list is fetched: a revocation published there is refused here within it")
 	flag.DurationVar(&cfg.maxStale, "revocation-max-stale", 30*time.Second, "how long the last list fetched is trusted while fetches fail; past it every token is refused with 503")
 	flag.Parse()
 	if cfg.listURL == "" {
-		cfg.listURL = strings.TrimSuffix(*issuer, "/") + "/oauth/revocations"
+		if u, err := url.Parse(*issuer); err == nil {
+			cfg.listURL = (&url.URL{Scheme: u.Scheme, Host: u.Host, Path: "/oauth/revocations"}).String()
+		}
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
