@@ -342,7 +342,15 @@ func RejectionReason(err error) string {
 // with status 503. The returned Claims may be shared with other callers
 // and must not be modified.
 func (v *Validator) Validate(ctx context.Context, raw string) (*Claims, error) {
-	c, err := v.validate(ctx, raw)
+	return v.check(ctx, raw, false)
+}
+
+// check is Validate. With bearer set, raw is the credentials of an
+// Authorization: Bearer header, whose token68 syntax (RFC 6750 §2.1) is
+// checked, but only when the token is not in the cache: a cached token
+// was verified, so it is a JWS compact serialization, which is token68.
+func (v *Validator) check(ctx context.Context, raw string, bearer bool) (*Claims, error) {
+	c, err := v.validate(ctx, raw, bearer)
 	if err != nil || v.cfg.Revocations == nil {
 		return c, err
 	}
@@ -379,14 +387,17 @@ func (v *Validator) checkRevoked(c *Claims) error {
 	return nil
 }
 
-// validate is Validate without the revocation check.
-func (v *Validator) validate(ctx context.Context, raw string) (*Claims, error) {
+// validate is check without the revocation check.
+func (v *Validator) validate(ctx context.Context, raw string, bearer bool) (*Claims, error) {
 	idx, err := v.keyIndex(ctx)
 	if err != nil {
 		return nil, WrapError(CodeServerError, "token verification keys are unavailable", err)
 	}
 	if len(raw) > maxTokenLen {
 		// Refused before the cache hashes it.
+		if bearer && !isToken68(raw) {
+			return nil, errMalformedBearer()
+		}
 		return nil, reject(ReasonTokenMalformed, "token too long")
 	}
 	now := v.cfg.Now()
@@ -394,6 +405,9 @@ func (v *Validator) validate(ctx context.Context, raw string) (*Claims, error) {
 		if c, ok := v.cache.get(raw, idx, now); ok {
 			return c, nil
 		}
+	}
+	if bearer && !isToken68(raw) {
+		return nil, errMalformedBearer()
 	}
 	c, err := v.verify(idx, raw, now)
 	if err != nil && v.refresher != nil {
@@ -628,7 +642,7 @@ func (v *Validator) require(want Scopes, ok func(have, want Scopes) bool) func(h
 				v.refuse(w, r, e)
 				return
 			}
-			c, err := v.Validate(r.Context(), raw)
+			c, err := v.check(r.Context(), raw, true)
 			if err != nil {
 				v.refuse(w, r, asError(err))
 				return
@@ -742,11 +756,15 @@ func bearerToken(values []string) (string, *Error) {
 	if !strings.EqualFold(scheme, "Bearer") {
 		return "", WrapError(CodeInvalidToken, "missing bearer token", errNoToken)
 	}
-	tok = strings.TrimLeft(tok, " ")
-	if !isToken68(tok) {
-		return "", NewError(CodeInvalidRequest, "malformed bearer token")
-	}
-	return tok, nil
+	// Its token68 syntax is checked by Validator.check, once the cache
+	// has not answered.
+	return strings.TrimLeft(tok, " "), nil
+}
+
+// errMalformedBearer is the error of bearer credentials that are not
+// token68 (RFC 6750 §2.1).
+func errMalformedBearer() *Error {
+	return NewError(CodeInvalidRequest, "malformed bearer token")
 }
 
 // token68Chars marks the bytes allowed before the padding of a token68
