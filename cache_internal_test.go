@@ -1,6 +1,8 @@
 package m2mauth
 
 import (
+	"crypto/rand"
+	"encoding/base64"
 	"fmt"
 	"testing"
 	"time"
@@ -62,3 +64,26 @@ func BenchmarkBufPool(b *testing.B) {
 }
 
 var benchSink []byte
+
+// TestTokenCacheFills: the shards share real tokens evenly, whatever the
+// signature length, so that 1.2 times the capacity in distinct tokens fills
+// the cache (a shard left half empty while others evict would not).
+func TestTokenCacheFills(t *testing.T) {
+	now := time.Unix(1_800_000_000, 0)
+	keys := new(int)
+	for _, sigLen := range []int{32, 64, 256} { // HS256; ES256 and EdDSA; RS256 and PS256
+		t.Run(fmt.Sprintf("signature of %d bytes", sigLen), func(t *testing.T) {
+			c := newTokenCache(10000)
+			sig := make([]byte, sigLen)
+			for i := range 12000 {
+				rand.Read(sig)
+				tok := fmt.Sprintf("eyJhbGciOiJIUzI1NiJ9.payload-%d.%s", i, base64.RawURLEncoding.EncodeToString(sig))
+				c.put(tok, cacheEntry{claims: &Claims{}, keys: keys, from: now.Add(-time.Hour), until: now.Add(time.Hour)}, now)
+			}
+			st := c.stats()
+			if st.Entries < st.Capacity*98/100 {
+				t.Errorf("%d entries of %d after 12000 distinct tokens", st.Entries, st.Capacity)
+			}
+		})
+	}
+}
