@@ -228,7 +228,7 @@ func serve(g globals, args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	defer revocations.close()
-	revocationEndpoints, err := newRevocationHandlers(tokens, b, revocations, keys, g.issuer, logger)
+	revocationEndpoints, err := newRevocationHandlers(tokens, b, revocations.RevocationSource, keys, g.issuer, logger)
 	if err != nil {
 		return err
 	}
@@ -240,7 +240,7 @@ func serve(g globals, args []string, stdout, stderr io.Writer) error {
 		// authorization server to ask for a token.
 		ResourceMetadataURL: disc.resourceMetadataURL(),
 		Auditor:             m.Auditor(tee),
-		Revocations:         revocations,
+		Revocations:         revocations.RevocationSource,
 	})
 	if err != nil {
 		return err
