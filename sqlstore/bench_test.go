@@ -61,3 +61,33 @@ func BenchmarkTokenHandlerSQL(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkClient measures Store.Client, the one prepared query of every
+// token request, for a client with two secrets and two audiences, on
+// each database.
+func BenchmarkClient(b *testing.B) {
+	for _, be := range backends() {
+		b.Run(be.name, func(b *testing.B) {
+			e := &env{backend: be, dsn: be.dsn(b)}
+			e.db = e.open(b)
+			s := e.newStore(b, sqlstore.Config{})
+			var secrets []m2mauth.Secret
+			for range 2 {
+				_, sec, err := m2mauth.NewSecret(time.Now(), time.Time{})
+				require.NoError(b, err)
+				secrets = append(secrets, sec)
+			}
+			require.NoError(b, s.CreateClient(b.Context(), &m2mauth.Client{
+				ID:      "bench-client",
+				Secrets: secrets,
+				Grants:  map[string]m2mauth.Scopes{testAudience: {"read", "write"}, "https://other.example.com": {"read"}},
+			}))
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, err := s.Client(b.Context(), "bench-client"); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}

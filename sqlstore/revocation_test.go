@@ -1,8 +1,17 @@
 package sqlstore_test
 
 import (
+	"context"
+	"database/sql"
+	"encoding/json"
 	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -197,15 +206,19 @@ func (e *env) insertTokenRows(t *testing.T, prefix string, from, to int, exp tim
 // TestRevocationsBounded fills the deny-list with revoked tokens whose
 // expiry then passes: no read returns them, the polls' pruning deletes
 // them a batch of 1000 at a time, and PruneRevocations empties the
-// table. 100,000 tokens on SQLite; 5,000 on PostgreSQL and MySQL, to keep
-// CI fast (pruning costs the same few statements per batch whatever the
-// count). A hundred are revoked through RevokeToken, the rest written as
-// the rows it writes: RevokeToken is one transaction each, which the
+// table. 100,000 tokens on SQLite (10,000 under the race detector, which
+// slows the pure-Go SQLite twentyfold); 5,000 on PostgreSQL and MySQL, to
+// keep CI fast (pruning costs the same few statements per batch whatever
+// the count). A hundred are revoked through RevokeToken, the rest written
+// as the rows it writes: RevokeToken is one transaction each, which the
 // storetest suite's ManyTokens goes through.
 func TestRevocationsBounded(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, e *env) {
-		n := 5000
-		if e.dialect == sqlstore.SQLite {
+		n := 5000 // PostgreSQL, MySQL
+		switch {
+		case e.dialect == sqlstore.SQLite && raceEnabled:
+			n = 10_000
+		case e.dialect == sqlstore.SQLite:
 			n = 100_000
 		}
 		const viaAPI, batch = 100, 1000
@@ -249,5 +262,244 @@ func TestRevocationsBounded(t *testing.T) {
 		deleted, err = s.PruneRevocations(ctx)
 		require.NoError(t, err)
 		assert.Zero(t, deleted)
+	})
+}
+
+// testKeys returns the keys newTokenHandler signs with.
+func testKeys(t testing.TB) m2mauth.KeyProvider {
+	t.Helper()
+	key, err := m2mauth.NewHS256Key("k1", []byte("0123456789abcdef0123456789abcdef"))
+	require.NoError(t, err)
+	keys, err := m2mauth.NewStaticKeys(key)
+	require.NoError(t, err)
+	return keys
+}
+
+// newPoller returns a RevocationPoller of feed on clock that polls in
+// the background once, at once, and then only when Refresh is called,
+// and waits for that first poll.
+func newPoller(t testing.TB, feed m2mauth.RevocationFeed, clock *fakeClock) *m2mauth.RevocationPoller {
+	t.Helper()
+	p, err := m2mauth.NewRevocationPoller(feed, m2mauth.RevocationPollerConfig{
+		Interval: time.Hour, Now: clock.Now, Logger: slog.New(slog.DiscardHandler)})
+	require.NoError(t, err)
+	t.Cleanup(func() { p.Close() })
+	require.NoError(t, p.Refresh(t.Context()))
+	return p
+}
+
+// replica is one replica of a service: its own *sql.DB and Store on
+// shared tables, a token endpoint, a revocation endpoint (RFC 7009) and
+// an API behind a Validator whose revocations a RevocationPoller reads
+// from the Store, served over loopback HTTP.
+type replica struct {
+	store  *sqlstore.Store
+	poller *m2mauth.RevocationPoller
+	srv    *httptest.Server
+}
+
+func newReplica(t *testing.T, e *env, prefix string, clock *fakeClock) *replica {
+	t.Helper()
+	s, err := sqlstore.New(e.open(t), e.dialect, sqlstore.Config{TablePrefix: prefix, Now: clock.Now})
+	require.NoError(t, err)
+	t.Cleanup(func() { s.Close() })
+	h := newTokenHandler(t, s, m2mauth.TokenHandlerConfig{Now: clock.Now})
+	rh, err := h.RevocationHandler(s)
+	require.NoError(t, err)
+	p := newPoller(t, s, clock)
+	v, err := m2mauth.NewValidator(testKeys(t), m2mauth.ValidatorConfig{
+		Issuer: testIssuer, Audience: testAudience, Now: clock.Now, Revocations: p})
+	require.NoError(t, err)
+	mux := http.NewServeMux()
+	mux.Handle("POST /oauth/token", h)
+	mux.Handle("POST /oauth/revoke", rh)
+	mux.Handle("GET /api", v.RequireScopes("read")(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		w.WriteHeader(http.StatusNoContent)
+	})))
+	srv := httptest.NewServer(mux)
+	t.Cleanup(srv.Close)
+	return &replica{store: s, poller: p, srv: srv}
+}
+
+// post sends a form to path with client_secret_basic credentials and
+// returns the status and the body.
+func (r *replica) post(t *testing.T, path, id, secret, form string) (int, []byte) {
+	t.Helper()
+	req, err := http.NewRequestWithContext(t.Context(), http.MethodPost, r.srv.URL+path, strings.NewReader(form))
+	require.NoError(t, err)
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	req.Header.Set("Authorization", basicAuth(id, secret))
+	resp, err := r.srv.Client().Do(req)
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	require.NoError(t, err)
+	return resp.StatusCode, body
+}
+
+// issue returns a token for id from the replica's token endpoint.
+func (r *replica) issue(t *testing.T, id, secret string) string {
+	t.Helper()
+	status, body := r.post(t, "/oauth/token", id, secret, "grant_type=client_credentials&scope=read")
+	require.Equal(t, http.StatusOK, status, "token response %s", body)
+	var tok tokenResponse
+	require.NoError(t, json.Unmarshal(body, &tok))
+	return tok.AccessToken
+}
+
+// revoke revokes tok at the replica's revocation endpoint (RFC 7009 §2.1).
+func (r *replica) revoke(t *testing.T, id, secret, tok string) {
+	t.Helper()
+	status, body := r.post(t, "/oauth/revoke", id, secret, "token="+url.QueryEscape(tok))
+	require.Equal(t, http.StatusOK, status, "revocation response %s", body)
+}
+
+// call returns the status of a request to the replica's API with tok.
+func (r *replica) call(t *testing.T, tok string) int {
+	t.Helper()
+	req, err := http.NewRequestWithContext(t.Context(), http.MethodGet, r.srv.URL+"/api", nil)
+	require.NoError(t, err)
+	req.Header.Set("Authorization", "Bearer "+tok)
+	resp, err := r.srv.Client().Do(req)
+	require.NoError(t, err)
+	resp.Body.Close()
+	return resp.StatusCode
+}
+
+// refresh makes the replica's poller read the store now.
+func (r *replica) refresh(t *testing.T) {
+	t.Helper()
+	require.NoError(t, r.poller.Refresh(t.Context()))
+}
+
+// TestRevocationReplicas runs two replicas on one database, each with
+// its own *sql.DB, Store, token handler, revocation endpoint and
+// validator fed by its own RevocationPoller. A token revoked at replica
+// A's RFC 7009 endpoint is refused by replica B once B's poller has
+// polled, while another token of the same client still works; disabling
+// the client through A refuses all its tokens on B; re-enabling it lets
+// tokens issued afterwards work on both, and the old ones stay refused
+// (RFC 6750 §3.1: invalid_token, 401). The clock is injected and the
+// pollers are refreshed by hand, so nothing waits.
+func TestRevocationReplicas(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, e *env) {
+		ctx := t.Context()
+		prefix := e.newPrefix(t)
+		clock := newFakeClock()
+		setup := e.newStore(t, sqlstore.Config{TablePrefix: prefix, Now: clock.Now})
+		secret, _ := createClient(t, setup, "svc", clock.Now())
+		a, b := newReplica(t, e, prefix, clock), newReplica(t, e, prefix, clock)
+		both := []*replica{a, b}
+
+		revoked := a.issue(t, "svc", secret)
+		kept := b.issue(t, "svc", secret)
+		for _, r := range both {
+			require.Equal(t, http.StatusNoContent, r.call(t, revoked))
+			require.Equal(t, http.StatusNoContent, r.call(t, kept))
+		}
+
+		a.revoke(t, "svc", secret, revoked)
+		assert.Equal(t, http.StatusNoContent, b.call(t, revoked), "B before its poller has polled")
+		b.refresh(t)
+		assert.Equal(t, http.StatusUnauthorized, b.call(t, revoked), "the revoked token on B")
+		assert.Equal(t, http.StatusNoContent, b.call(t, kept), "another token of the client on B")
+
+		clock.Advance(time.Second)
+		require.NoError(t, a.store.SetDisabled(ctx, "svc", true))
+		b.refresh(t)
+		assert.Equal(t, http.StatusUnauthorized, b.call(t, kept), "a token of the disabled client on B")
+		status, _ := b.post(t, "/oauth/token", "svc", secret, "grant_type=client_credentials&scope=read")
+		assert.Equal(t, http.StatusUnauthorized, status, "a token request of the disabled client on B")
+
+		clock.Advance(time.Second)
+		require.NoError(t, a.store.SetDisabled(ctx, "svc", false))
+		clock.Advance(time.Second)
+		fresh := []string{a.issue(t, "svc", secret), b.issue(t, "svc", secret)}
+		for i, r := range both {
+			r.refresh(t)
+			for _, tok := range fresh {
+				assert.Equal(t, http.StatusNoContent, r.call(t, tok), "a token issued after re-enabling, on replica %d", i)
+			}
+			for _, tok := range []string{revoked, kept} {
+				assert.Equal(t, http.StatusUnauthorized, r.call(t, tok), "a token issued before disabling, on replica %d", i)
+			}
+		}
+	})
+}
+
+// countingFeed counts the polls of a RevocationFeed that have returned.
+type countingFeed struct {
+	m2mauth.RevocationFeed
+	polls atomic.Int64
+}
+
+func (f *countingFeed) RevocationsSince(ctx context.Context, version int64) (*m2mauth.Revocations, error) {
+	defer f.polls.Add(1)
+	return f.RevocationFeed.RevocationsSince(ctx, version)
+}
+
+// TestValidationQueries counts what reaches the database of a Store
+// that a RevocationPoller reads for a Validator: nothing per validated
+// request, whether the token is accepted or refused as revoked, and one
+// small query per poll while nothing changes (two when something did).
+func TestValidationQueries(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, e *env) {
+		ctx := t.Context()
+		prefix := e.newPrefix(t)
+		clock := newFakeClock()
+		setup := e.newStore(t, sqlstore.Config{TablePrefix: prefix, Now: clock.Now})
+		secret, _ := createClient(t, setup, "svc", clock.Now())
+		h := newTokenHandler(t, setup, m2mauth.TokenHandlerConfig{Now: clock.Now})
+		issue := func() string {
+			_, tok := serve(t, h, tokenRequest("192.0.2.1:1", "svc", secret))
+			require.NotEmpty(t, tok.AccessToken)
+			return tok.AccessToken
+		}
+		good, bad := issue(), issue()
+		plain, err := m2mauth.NewValidator(testKeys(t), m2mauth.ValidatorConfig{Issuer: testIssuer, Audience: testAudience, Now: clock.Now})
+		require.NoError(t, err)
+		claims, err := plain.Validate(ctx, bad)
+		require.NoError(t, err)
+		require.NoError(t, setup.RevokeToken(ctx, "svc", claims.ID, claims.Expiry.Time()))
+
+		counter := &tally{}
+		cdb := sql.OpenDB(&countingConnector{drv: e.db.Driver(), dsn: e.dsn, n: counter})
+		t.Cleanup(func() { cdb.Close() })
+		cdb.SetMaxOpenConns(1) // statements are prepared once, on the one connection
+		s, err := sqlstore.New(cdb, e.dialect, sqlstore.Config{TablePrefix: prefix, Now: clock.Now})
+		require.NoError(t, err)
+		t.Cleanup(func() { s.Close() })
+		feed := &countingFeed{RevocationFeed: s}
+		p := newPoller(t, feed, clock)
+		// The background's first poll and Refresh's, in either order.
+		waitFor(t, "the poller's first polls", func() bool { return feed.polls.Load() >= 2 })
+		v, err := m2mauth.NewValidator(testKeys(t), m2mauth.ValidatorConfig{
+			Issuer: testIssuer, Audience: testAudience, Now: clock.Now, Revocations: p})
+		require.NoError(t, err)
+		srv := httptest.NewServer(v.RequireScopes("read")(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+			w.WriteHeader(http.StatusNoContent)
+		})))
+		t.Cleanup(srv.Close)
+		api := &replica{srv: srv}
+
+		counter.reset()
+		for range 50 {
+			require.Equal(t, http.StatusNoContent, api.call(t, good))
+			require.Equal(t, http.StatusUnauthorized, api.call(t, bad))
+		}
+		assert.Equal(t, counts{}, counter.snapshot(), "statements of 100 validations")
+
+		require.NoError(t, p.Refresh(ctx))
+		assert.Equal(t, counts{queries: 1}, counter.snapshot(), "statements of a poll with nothing new")
+
+		require.NoError(t, setup.RevokeClientTokens(ctx, "svc"))
+		counter.reset()
+		require.NoError(t, p.Refresh(ctx))
+		got := counter.snapshot()
+		assert.Equal(t, int64(2), got.queries, "queries of a poll with a change")
+		assert.Zero(t, got.execs+got.begins, "writes of a poll with a change")
+		counter.reset()
+		assert.Equal(t, http.StatusUnauthorized, api.call(t, good), "a token of the client, once its tokens are revoked")
+		assert.Equal(t, counts{}, counter.snapshot(), "statements of a validation")
 	})
 }
