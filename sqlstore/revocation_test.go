@@ -96,6 +96,22 @@ func TestRevocationsSharedByReplicas(t *testing.T) {
 		}
 		assert.Equal(t, 4, len(mustRevocations(t, a).Clients)+len(mustRevocations(t, a).Tokens))
 
+		// What changes nothing makes no new version: a token revoked
+		// again, and a watermark from a replica whose clock is behind,
+		// which does not move the stored one back.
+		late, err := sqlstore.New(e.open(t), e.dialect, sqlstore.Config{TablePrefix: prefix,
+			Now: func() time.Time { return clock.Now().Add(-time.Minute) }})
+		require.NoError(t, err)
+		t.Cleanup(func() { late.Close() })
+		require.NoError(t, a.RevokeToken(ctx, "svc", "jti-1", exp))
+		require.NoError(t, late.RevokeClientTokens(ctx, "svc"))
+		got, err := b.RevocationsSince(ctx, version)
+		require.NoError(t, err)
+		assert.Nil(t, got, "a new version without a change")
+		svc, err := b.Client(ctx, "svc")
+		require.NoError(t, err)
+		assert.Equal(t, newFakeClock().Now().Add(time.Second), svc.TokensRevokedAt, "TokensRevokedAt after a late revocation")
+
 		// The rows as stored: the deleted client's watermark is there,
 		// its client row is not.
 		var at int64
