@@ -585,3 +585,54 @@ func TestTokenAfterWatermark(t *testing.T) {
 		assert.Equal(t, "the request was canceled", errorOf(t, w).Description)
 	})
 }
+
+// TestRevocationReachesProtectedRoute follows tokens of a memstore
+// server from the token endpoint to a protected route whose Validator
+// reads the store's revocations: revoking one token (RFC 7009 §2.1)
+// refuses it at once, cached or not, and leaves the client's other token
+// alone; another client cannot revoke it (§2.2: 200, nothing revoked);
+// disabling the client refuses all its tokens, and re-enabling it lets
+// new tokens through while the old ones stay refused.
+func TestRevocationReachesProtectedRoute(t *testing.T) {
+	e := newEndpointFixture(t, nil)
+	v, err := m2mauth.NewValidator(e.keys, m2mauth.ValidatorConfig{
+		Issuer: testIssuer, Audience: testAudience, Revocations: e.store, Now: e.clock,
+	})
+	require.NoError(t, err)
+	route := v.RequireScopes("read")(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(http.StatusNoContent)
+	}))
+	call := func(tok string) int {
+		t.Helper()
+		r := httptest.NewRequest(http.MethodGet, "https://api.example.com/builders", nil)
+		r.Header.Set("Authorization", "Bearer "+tok)
+		w := httptest.NewRecorder()
+		route.ServeHTTP(w, r)
+		return w.Code
+	}
+	revoke := func(id, secret, tok string) {
+		t.Helper()
+		w := send(t, e.revoke, request{body: "token=" + tok, headers: auth(basic(id, secret))})
+		require.Equal(t, http.StatusOK, w.Code, "body: %s", w.Body)
+	}
+
+	first, second := e.issue(t, "svc", e.secret), e.issue(t, "svc", e.secret)
+	require.Equal(t, http.StatusNoContent, call(first), "cached from now on")
+	require.Equal(t, http.StatusNoContent, call(second))
+
+	revoke("svc", e.secret, first)
+	assert.Equal(t, http.StatusUnauthorized, call(first), "revoked, though cached")
+	assert.Equal(t, http.StatusNoContent, call(second), "the client's other token")
+
+	revoke("rotated", e.newSecret, second)
+	assert.Equal(t, http.StatusNoContent, call(second), "another client's revocation revokes nothing")
+
+	require.NoError(t, e.store.SetDisabled(t.Context(), "svc", true))
+	assert.Equal(t, http.StatusUnauthorized, call(second), "every token of a disabled client")
+	require.NoError(t, e.store.SetDisabled(t.Context(), "svc", false))
+	e.advance(time.Second)
+	third := e.issue(t, "svc", e.secret)
+	assert.Equal(t, http.StatusNoContent, call(third), "a token issued after re-enabling")
+	assert.Equal(t, http.StatusUnauthorized, call(second), "the old ones stay refused")
+	assert.Equal(t, http.StatusUnauthorized, call(first))
+}
