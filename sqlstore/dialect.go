@@ -125,6 +125,23 @@ func (d Dialect) String() string {
 //	                  expires_at is before now; on MySQL it selects their
 //	                  (kind, id), and pruneRevocationRows, followed by a
 //	                  list of ids, (kind, now, ids...) deletes them
+//
+// The statements of managed signing keys take the same arguments, in the
+// same order, on every dialect; times are in unix microseconds, NULL for
+// a zero revoked_at. Those that insert-or-ignore affect one row when they
+// insert and none when a unique key holds the values already (on MySQL,
+// ON DUPLICATE KEY UPDATE of a column to itself, which the driver counts
+// as no row affected, as for upsertRevocation).
+//
+//	signingKeys       (): [signingKeyColumns] of every key, by generation
+//	addSigningKey     ([signingKeyColumns]): inserts unless the kid or the
+//	                  generation is held
+//	revokeSigningKey  (at, kid): sets revoked_at unless it is set
+//	signingKeyExists  (kid): a row if the key is held
+//	resealSigningKey  (sealed, kid)
+//	deleteSigningKey  (kid)
+//	deleteKeyEvents   (kid): the key's claims
+//	claimKeyEvent     (kid, event_type): inserts unless claimed
 type queries struct {
 	client string
 	list   string
@@ -172,6 +189,15 @@ type queries struct {
 	pruneRevocations    string
 	pruneRevocationRows string // MySQL only
 
+	signingKeys      string
+	addSigningKey    string
+	revokeSigningKey string
+	signingKeyExists string
+	resealSigningKey string
+	deleteSigningKey string
+	deleteKeyEvents  string
+	claimKeyEvent    string
+
 	createMigrations string
 	appliedVersions  string
 	insertVersion    string
@@ -199,6 +225,10 @@ const usageReason = `CASE WHEN event_type = '` + string(m2mauth.EventAuthFailed)
 // limitRowColumns are the columns of a rate_limits row that limitLock and
 // limitPeek return, in the order [Limiter] scans them.
 const limitRowColumns = `client_id, refilled_at, pending, pending_addr, lease_until, authenticated_at`
+
+// signingKeyColumns are the columns of a signing_keys row, in the order
+// signingKeys returns them and addSigningKey takes them.
+const signingKeyColumns = `kid, algorithm, generation, sealed, published_at, active_at, revoked_at`
 
 // prepare checks what every constructor is given and returns the table
 // prefix (the default for "") and the statements of dialect.
@@ -358,6 +388,17 @@ SELECT kind, id, at, expires_at FROM {p}revocations WHERE expires_at >= $1`),
 		pruneRevocations: t(`DELETE FROM {p}revocations WHERE (kind, id) IN (
     SELECT kind, id FROM {p}revocations WHERE expires_at < $1 LIMIT $2 FOR UPDATE SKIP LOCKED)`),
 
+		signingKeys: t(`SELECT ` + signingKeyColumns + ` FROM {p}signing_keys ORDER BY generation`),
+		addSigningKey: t(`INSERT INTO {p}signing_keys (` + signingKeyColumns + `) VALUES ($1, $2, $3, $4, $5, $6, $7)
+ON CONFLICT DO NOTHING`),
+		revokeSigningKey: t(`UPDATE {p}signing_keys SET revoked_at = $1 WHERE kid = $2 AND revoked_at IS NULL`),
+		signingKeyExists: t(`SELECT 1 FROM {p}signing_keys WHERE kid = $1`),
+		resealSigningKey: t(`UPDATE {p}signing_keys SET sealed = $1 WHERE kid = $2`),
+		deleteSigningKey: t(`DELETE FROM {p}signing_keys WHERE kid = $1`),
+		deleteKeyEvents:  t(`DELETE FROM {p}key_events WHERE kid = $1`),
+		claimKeyEvent: t(`INSERT INTO {p}key_events (kid, event_type) VALUES ($1, $2)
+ON CONFLICT DO NOTHING`),
+
 		createMigrations: t(`CREATE TABLE IF NOT EXISTS {p}schema_migrations (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)`),
 		appliedVersions:  t(`SELECT version FROM {p}schema_migrations`),
 		insertVersion:    t(`INSERT INTO {p}schema_migrations (version, applied_at) VALUES ($1, $2)`),
@@ -494,6 +535,17 @@ SELECT kind, id, at, expires_at FROM {p}revocations WHERE expires_at >= ?`),
 		pruneRevocations:    t(`SELECT kind, id FROM {p}revocations WHERE expires_at < ? LIMIT ?`),
 		pruneRevocationRows: t(`DELETE FROM {p}revocations WHERE kind = ? AND expires_at < ? AND id IN `),
 
+		signingKeys: t(`SELECT ` + signingKeyColumns + ` FROM {p}signing_keys ORDER BY generation`),
+		addSigningKey: t(`INSERT INTO {p}signing_keys (` + signingKeyColumns + `) VALUES (?, ?, ?, ?, ?, ?, ?)
+ON DUPLICATE KEY UPDATE kid = kid`),
+		revokeSigningKey: t(`UPDATE {p}signing_keys SET revoked_at = ? WHERE kid = ? AND revoked_at IS NULL`),
+		signingKeyExists: t(`SELECT 1 FROM {p}signing_keys WHERE kid = ?`),
+		resealSigningKey: t(`UPDATE {p}signing_keys SET sealed = ? WHERE kid = ?`),
+		deleteSigningKey: t(`DELETE FROM {p}signing_keys WHERE kid = ?`),
+		deleteKeyEvents:  t(`DELETE FROM {p}key_events WHERE kid = ?`),
+		claimKeyEvent: t(`INSERT INTO {p}key_events (kid, event_type) VALUES (?, ?)
+ON DUPLICATE KEY UPDATE kid = kid`),
+
 		createMigrations: t(`CREATE TABLE IF NOT EXISTS {p}schema_migrations (version BIGINT NOT NULL PRIMARY KEY, applied_at BIGINT NOT NULL) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin`),
 		appliedVersions:  t(`SELECT version FROM {p}schema_migrations`),
 		insertVersion:    t(`INSERT INTO {p}schema_migrations (version, applied_at) VALUES (?, ?)`),
@@ -621,6 +673,17 @@ UNION ALL
 SELECT kind, id, at, expires_at FROM {p}revocations WHERE expires_at >= ?`),
 		pruneRevocations: t(`DELETE FROM {p}revocations WHERE rowid IN (
     SELECT rowid FROM {p}revocations WHERE expires_at < ? LIMIT ?)`),
+
+		signingKeys: t(`SELECT ` + signingKeyColumns + ` FROM {p}signing_keys ORDER BY generation`),
+		addSigningKey: t(`INSERT INTO {p}signing_keys (` + signingKeyColumns + `) VALUES (?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT DO NOTHING`),
+		revokeSigningKey: t(`UPDATE {p}signing_keys SET revoked_at = ? WHERE kid = ? AND revoked_at IS NULL`),
+		signingKeyExists: t(`SELECT 1 FROM {p}signing_keys WHERE kid = ?`),
+		resealSigningKey: t(`UPDATE {p}signing_keys SET sealed = ? WHERE kid = ?`),
+		deleteSigningKey: t(`DELETE FROM {p}signing_keys WHERE kid = ?`),
+		deleteKeyEvents:  t(`DELETE FROM {p}key_events WHERE kid = ?`),
+		claimKeyEvent: t(`INSERT INTO {p}key_events (kid, event_type) VALUES (?, ?)
+ON CONFLICT DO NOTHING`),
 
 		createMigrations: t(`CREATE TABLE IF NOT EXISTS {p}schema_migrations (version INTEGER NOT NULL PRIMARY KEY, applied_at INTEGER NOT NULL)`),
 		appliedVersions:  t(`SELECT version FROM {p}schema_migrations`),

@@ -1,10 +1,12 @@
 // Package sqlstore implements [m2mauth.ClientStore],
-// [m2mauth.ClientManager] and [m2mauth.Revoker] over database/sql, for
-// PostgreSQL, MySQL or MariaDB, and SQLite, together with an [Auditor]
-// that writes audit events to a table and a [Limiter] through which
-// replicas share the limits on failed client authentication. The
-// revocations it records reach every replica's validators through an
-// [m2mauth.RevocationPoller] over the same database.
+// [m2mauth.ClientManager], [m2mauth.Revoker] and [m2mauth.KeyStore] over
+// database/sql, for PostgreSQL, MySQL or MariaDB, and SQLite, together
+// with an [Auditor] that writes audit events to a table and a [Limiter]
+// through which replicas share the limits on failed client
+// authentication. The revocations it records reach every replica's
+// validators through an [m2mauth.RevocationPoller] over the same
+// database, and the managed signing keys it keeps reach every replica's
+// [m2mauth.ManagedKeys].
 //
 // # Wiring
 //
@@ -55,6 +57,13 @@
 //   - revocation_state: one row, with version (incremented by every
 //     change to the revocations) and tokens_revoked_at (the store-wide
 //     watermark, NULL for none).
+//   - signing_keys: kid (primary key), generation (unique), algorithm,
+//     sealed (the key material as a [m2mauth.KeySealer] encrypted it,
+//     never in the clear: BYTEA, LONGBLOB or BLOB), published_at,
+//     active_at, revoked_at (NULL until revoked).
+//   - key_events: kid, event_type; primary key (kid, event_type), one
+//     row per audit event of a key's life, claimed by the replica that
+//     saw it first, and deleted with the key.
 //   - schema_migrations: version, applied_at.
 //
 // Times are stored as BIGINT unix microseconds: the same on every engine,

@@ -99,8 +99,8 @@ func splitStatements(src string) ([]string, error) {
 
 // Migrate brings the schema up to date: it creates the tables of the
 // store, of the [Auditor] and of the [Limiter] (clients, secrets, grants,
-// audit_events, rate_limits, revocations, revocation_state, all named
-// with the table prefix) and records
+// audit_events, rate_limits, revocations, revocation_state, signing_keys,
+// key_events, all named with the table prefix) and records
 // each applied version in the <prefix>schema_migrations table. [New] does
 // not call it; call it once at start-up, or run it from a deployment step
 // and leave it out of the servers.

@@ -145,7 +145,7 @@ func (e *env) newPrefix(t testing.TB) string {
 			return
 		}
 		defer db.Close()
-		for _, table := range []string{"grants", "secrets", "clients", "audit_events", "rate_limits", "revocations", "revocation_state", "schema_migrations"} {
+		for _, table := range []string{"grants", "secrets", "clients", "audit_events", "rate_limits", "revocations", "revocation_state", "signing_keys", "key_events", "schema_migrations"} {
 			if _, err := db.Exec("DROP TABLE IF EXISTS " + prefix + table); err != nil {
 				t.Errorf("drop table %s%s: %v", prefix, table, err)
 			}
