@@ -2,8 +2,6 @@ package sqlstore_test
 
 import (
 	"bytes"
-	"crypto/aes"
-	"crypto/cipher"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -180,39 +178,21 @@ func TestKeyEventTypeBounds(t *testing.T) {
 	})
 }
 
-// testSealer is an AES-256-GCM sealer for tests that need one.
-type testSealer struct{ aead cipher.AEAD }
-
-func newTestSealer(t *testing.T) *testSealer {
+// newSealer returns an AES sealer under a random KEK.
+func newSealer(t *testing.T) *m2mauth.AESKeySealer {
 	t.Helper()
-	kek := make([]byte, 32)
+	kek := make([]byte, m2mauth.KEKSize)
 	_, _ = rand.Read(kek)
-	block, err := aes.NewCipher(kek)
+	s, err := m2mauth.NewAESKeySealer(kek)
 	require.NoError(t, err)
-	aead, err := cipher.NewGCM(block)
-	require.NoError(t, err)
-	return &testSealer{aead}
-}
-
-func (s *testSealer) Seal(plaintext, ad []byte) ([]byte, error) {
-	nonce := make([]byte, s.aead.NonceSize())
-	_, _ = rand.Read(nonce)
-	return s.aead.Seal(nonce, nonce, plaintext, ad), nil
-}
-
-func (s *testSealer) Open(ciphertext, ad []byte) ([]byte, error) {
-	n := s.aead.NonceSize()
-	if len(ciphertext) < n {
-		return nil, fmt.Errorf("short ciphertext")
-	}
-	return s.aead.Open(nil, ciphertext[:n], ciphertext[n:], ad)
+	return s
 }
 
 // TestSigningKeysStoredSealed reads the key table directly and checks that
 // no column holds the key material, raw or in any base64, of an ES256
 // private key (its JWK, as a provider seals it) or an HS256 secret.
 func TestSigningKeysStoredSealed(t *testing.T) {
-	var sealer m2mauth.KeySealer = newTestSealer(t)
+	sealer := newSealer(t)
 	ec, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	require.NoError(t, err)
 	ecJWK, err := jose.JSONWebKey{Key: ec, KeyID: "ec", Algorithm: "ES256", Use: "sig"}.MarshalJSON()
