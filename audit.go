@@ -3,6 +3,7 @@ package m2mauth
 import (
 	"context"
 	"log/slog"
+	"net/netip"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -83,6 +84,10 @@ type AuditEvent struct {
 	Error string
 	// Reason is a short machine-readable explanation.
 	Reason string
+
+	// addr is RemoteIP as the handler that wrote the event parsed it,
+	// so that a Detector need not parse it again; zero otherwise.
+	addr netip.Addr
 }
 
 // Auditor receives audit events. Audit is called synchronously on the

@@ -452,7 +452,10 @@ func (d *Detector) Audit(ctx context.Context, e AuditEvent) {
 	if client != "" && !ValidClientID(client) {
 		client = LimiterInvalidClientID
 	}
-	ip := parseAuditAddr(e.RemoteIP)
+	ip := e.addr
+	if !ip.IsValid() {
+		ip = parseAuditAddr(e.RemoteIP)
+	}
 	af := &d.cfg.AddressFailures
 	addr := makeNetKey(ip, af.IPv4Prefix, af.IPv6Prefix)
 	var net netKey

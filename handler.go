@@ -319,6 +319,7 @@ func (h *TokenHandler) serve(w http.ResponseWriter, r *http.Request, ep endpoint
 	ev := AuditEvent{UserAgent: auditString(r.UserAgent())}
 	if p.addr.IsValid() {
 		ev.RemoteIP = p.addr.String()
+		ev.addr = p.addr.Unmap().WithZone("")
 	}
 	req := tokenRequest{endpoint: ep, addrKey: h.addrs.key(p.addr, ev.RemoteIP), now: h.cfg.Now()}
 	ev.Time = req.now
