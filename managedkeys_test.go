@@ -943,3 +943,29 @@ func TestNewManagedKeysValidates(t *testing.T) {
 	require.NoError(t, err)
 	assert.Empty(t, rows, "nothing written by a refused configuration")
 }
+
+// TestManagedKeysKeyThatDoesNotOpen: a replica that meets a new key it
+// cannot open (published by a replica with another KEK) leaves it out,
+// keeps signing with the keys it holds, and says so.
+func TestManagedKeysKeyThatDoesNotOpen(t *testing.T) {
+	f := newMKFixture(t)
+	a := f.replica(t)
+	kid1 := signingKID(t, a)
+	other := newSealer(t, newKEK(t), f.kek)
+	b, err := m2mauth.NewManagedKeys(t.Context(), f.store, other, f.config())
+	require.NoError(t, err)
+	defer b.Close()
+	info, err := b.Rotate(t.Context())
+	require.NoError(t, err)
+
+	err = a.Refresh(t.Context())
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), info.KID)
+	assert.Contains(t, err.Error(), other.KEKID())
+	require.ErrorContains(t, a.Ping(t.Context()), other.KEKID())
+	assert.Equal(t, []string{kid1}, verificationKIDs(t, a))
+	f.advance(time.Hour)
+	assert.Equal(t, kid1, signingKID(t, a), "the newest key it can open")
+	assert.Equal(t, info.KID, signingKID(t, b))
+	assert.Equal(t, 1, strings.Count(f.log(), "refreshing managed signing keys failed"))
+}
