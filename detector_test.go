@@ -20,7 +20,7 @@ import (
 	"github.com/m2mauth/m2mauth/memstore"
 )
 
-// detectorClock is a settable clock for detectors.
+// detectorClock is a settable clock, for detectors and revocation pollers.
 type detectorClock struct {
 	mu sync.Mutex
 	t  time.Time

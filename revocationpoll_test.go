@@ -16,27 +16,13 @@ import (
 	"github.com/m2mauth/m2mauth"
 )
 
-// pollClock is a settable clock.
-type pollClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
+// newPollClock is the settable clock of the poller's tests.
 func newPollClock() *pollClock {
 	return &pollClock{t: time.Date(2026, 11, 23, 12, 0, 0, 0, time.UTC)}
 }
 
-func (c *pollClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *pollClock) Add(d time.Duration) {
-	c.mu.Lock()
-	c.t = c.t.Add(d)
-	c.mu.Unlock()
-}
+// pollClock is the detectors' settable clock.
+type pollClock = detectorClock
 
 // fakeFeed is a RevocationFeed over a snapshot the test sets. Like a
 // store, it answers (nil, nil) when the version asked is the current
