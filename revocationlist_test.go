@@ -542,6 +542,13 @@ func (as *listAS) revoker(t *testing.T) m2mauth.Revoker {
 	return r
 }
 
+// listRequests returns how many times the list was asked for.
+func (as *listAS) listRequests() int {
+	as.mu.Lock()
+	defer as.mu.Unlock()
+	return len(as.list)
+}
+
 func (as *listAS) lastListStatus() int {
 	as.mu.Lock()
 	defer as.mu.Unlock()
@@ -602,6 +609,10 @@ func TestRevocationListEndToEnd(t *testing.T) {
 	}
 
 	require.NoError(t, poller.Refresh(t.Context()))
+	// The poller's own first poll runs in the background at once; wait
+	// for it, or on a loaded machine it may come after the revocation
+	// below and take the change before the Refresh that expects it.
+	require.Eventually(t, func() bool { return as.listRequests() >= 2 }, 10*time.Second, time.Millisecond)
 	tok1, jti1, exp1 := as.token(t)
 	tok2, _, _ := as.token(t)
 	code, _ := get(tok1)
