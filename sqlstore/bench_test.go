@@ -2,12 +2,14 @@ package sqlstore_test
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/m2mauth/m2mauth"
@@ -90,4 +92,78 @@ func BenchmarkClient(b *testing.B) {
 			}
 		})
 	}
+}
+
+// BenchmarkClientAnalyzed measures Store.Client on SQLite over 1,000
+// clients, looked up in turn, before and after ANALYZE: with statistics
+// (sqlite_stat4) a statement whose parameter is compared with an indexed
+// column is prepared again whenever the parameter changes, unless the
+// query keeps the parameter out of the planner's sight.
+func BenchmarkClientAnalyzed(b *testing.B) {
+	be := backends()[0]
+	require.Equal(b, "SQLite", be.name)
+	e := &env{backend: be, dsn: be.dsn(b)}
+	e.db = e.open(b)
+	s := e.newStore(b, sqlstore.Config{})
+	ids := make([]string, 1000)
+	for i := range ids {
+		_, sec, err := m2mauth.NewSecret(time.Now(), time.Time{})
+		require.NoError(b, err)
+		ids[i] = fmt.Sprintf("client-%04d", i)
+		require.NoError(b, s.CreateClient(b.Context(), &m2mauth.Client{
+			ID:      ids[i],
+			Secrets: []m2mauth.Secret{sec},
+			Grants:  map[string]m2mauth.Scopes{testAudience: {"read"}},
+		}))
+	}
+	for _, analyzed := range []bool{false, true} {
+		b.Run(fmt.Sprintf("analyzed=%t", analyzed), func(b *testing.B) {
+			if analyzed {
+				_, err := e.db.ExecContext(b.Context(), "ANALYZE")
+				require.NoError(b, err)
+			}
+			b.ReportAllocs()
+			i := 0
+			for b.Loop() {
+				if _, err := s.Client(b.Context(), ids[i%len(ids)]); err != nil {
+					b.Fatal(err)
+				}
+				i++
+			}
+		})
+	}
+}
+
+// TestClientQueryAnalyzed: after ANALYZE, SQLite still finds a client,
+// its secrets and its grants by their indexes, and the client statement
+// keeps its parameters out of the planner's sight (each is a scalar
+// subquery), so statistics cannot make it be prepared again whenever the
+// client id changes.
+func TestClientQueryAnalyzed(t *testing.T) {
+	be := backends()[0]
+	require.Equal(t, "SQLite", be.name)
+	e := &env{backend: be, dsn: be.dsn(t)}
+	e.db = e.open(t)
+	prefix := e.newPrefix(t)
+	s := e.newStore(t, sqlstore.Config{TablePrefix: prefix})
+	for i := range 200 {
+		_, sec, err := m2mauth.NewSecret(time.Now(), time.Time{})
+		require.NoError(t, err)
+		require.NoError(t, s.CreateClient(t.Context(), &m2mauth.Client{
+			ID: fmt.Sprintf("client-%04d", i), Secrets: []m2mauth.Secret{sec},
+			Grants: map[string]m2mauth.Scopes{testAudience: {"read"}},
+		}))
+	}
+	_, err := e.db.ExecContext(t.Context(), "ANALYZE")
+	require.NoError(t, err)
+	q := sqlstore.ClientQuery(s)
+	assert.NotContains(t, q, "= ?", "a parameter compared with a column directly")
+	plan := e.explain(t, q, "client-0007", "client-0007", "client-0007")
+	for _, table := range []string{"clients", "secrets", "grants"} {
+		assert.NotContains(t, plan, "SCAN "+prefix+table, "plan:\n%s", plan)
+	}
+	assert.Equal(t, 3, strings.Count(plan, "SEARCH "), "plan:\n%s", plan)
+	c, err := s.Client(t.Context(), "client-0007")
+	require.NoError(t, err)
+	assert.Equal(t, "client-0007", c.ID)
 }

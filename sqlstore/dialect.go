@@ -560,13 +560,13 @@ func sqliteQueries(t func(string) string) *queries {
 	return &queries{
 		client: t(`SELECT 0 AS kind, c.id AS cid, c.public AS public, c.disabled AS disabled, c.can_introspect AS introspect,
        c.token_ttl_ns AS n1, c.created_at AS n2, c.updated_at AS n3, c.tokens_revoked_at AS n4, NULL AS s1, NULL AS s2
-  FROM {p}clients c WHERE c.id = ?
+  FROM {p}clients c WHERE c.id = (SELECT ?)
 UNION ALL
 SELECT 1, s.client_id, NULL, NULL, NULL, s.seq, s.created_at, s.expires_at, NULL, s.secret_id, s.hash
-  FROM {p}secrets s WHERE s.client_id = ?
+  FROM {p}secrets s WHERE s.client_id = (SELECT ?)
 UNION ALL
 SELECT 2, g.client_id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, g.audience, g.scopes
-  FROM {p}grants g WHERE g.client_id = ?`),
+  FROM {p}grants g WHERE g.client_id = (SELECT ?)`),
 		list: t(`WITH page_ids AS (SELECT id FROM {p}clients WHERE id > ? ORDER BY id LIMIT ?)
 SELECT 0 AS kind, c.id AS cid, c.public AS public, c.disabled AS disabled, c.can_introspect AS introspect,
        c.token_ttl_ns AS n1, c.created_at AS n2, c.updated_at AS n3, c.tokens_revoked_at AS n4, NULL AS s1, NULL AS s2
