@@ -162,6 +162,29 @@
 // client's watermark is a row of its own, which outlives the client: the
 // tokens of a deleted client stay revoked if its id is registered again.
 //
+// # Managed signing keys
+//
+// The Store is an [m2mauth.KeyStore]: an [m2mauth.ManagedKeys] on each
+// replica keeps the fleet's signing keys in the signing_keys table,
+// sealed under a key-encryption key that every replica holds and the
+// database never sees:
+//
+//	sealer, err := m2mauth.NewAESKeySealer(kek) // 32 bytes, e.g. from m2mauth.ParseKEK
+//	keys, err := m2mauth.NewManagedKeys(ctx, store, sealer, m2mauth.ManagedKeysConfig{})
+//	h, err := m2mauth.NewTokenHandler(store, keys, m2mauth.TokenHandlerConfig{...})
+//
+// Replicas read the table in the background (one query), never per
+// token. Every write is one statement, or one transaction: publishing a
+// key is an insert that ignores a conflict on its kid or generation (ON
+// CONFLICT DO NOTHING on PostgreSQL and SQLite, ON DUPLICATE KEY UPDATE
+// of the kid to itself on MySQL), so of replicas rotating at once
+// exactly one adds the key; each audit event of a key's life is claimed
+// the same way in key_events, so that one replica reports it;
+// [Store.ResealSigningKeys] replaces the sealed keys of a KEK rotation
+// all in one transaction; and [Store.DeleteSigningKey] deletes a key and
+// its claims together. On MySQL the Store relies on the driver counting
+// changed rows, its default: the DSN must not set clientFoundRows.
+//
 // # Shared rate limiting
 //
 // The token handler's default limiter, [m2mauth.RateLimiter], counts
