@@ -1,0 +1,85 @@
+package m2mauth_test
+
+import (
+	"context"
+	"encoding/base64"
+	"io"
+	"log/slog"
+	"testing"
+	"time"
+
+	"github.com/go-jose/go-jose/v4"
+	"github.com/stretchr/testify/require"
+
+	"github.com/m2mauth/m2mauth"
+	"github.com/m2mauth/m2mauth/memstore"
+)
+
+// benchAuditors are the auditors of the audit benchmarks: none, and the
+// default SlogAuditor on each of slog's handlers writing to io.Discard.
+var benchAuditors = []struct {
+	name    string
+	auditor m2mauth.Auditor
+}{
+	{"none", m2mauth.AuditorFunc(func(context.Context, m2mauth.AuditEvent) {})},
+	{"slog-json", m2mauth.NewSlogAuditor(slog.New(slog.NewJSONHandler(io.Discard, nil)))},
+	{"slog-text", m2mauth.NewSlogAuditor(slog.New(slog.NewTextHandler(io.Discard, nil)))},
+}
+
+// BenchmarkAuditTokenRequest measures a token request (HS256, a client
+// with a fast hash) with each auditor: what the default audit adds to a
+// token request is slog-json or slog-text minus none.
+func BenchmarkAuditTokenRequest(b *testing.B) {
+	for _, a := range benchAuditors {
+		b.Run(a.name, func(b *testing.B) {
+			store := memstore.New()
+			plain, sec, err := m2mauth.NewSecret(time.Now(), time.Time{})
+			require.NoError(b, err)
+			require.NoError(b, store.CreateClient(context.Background(), &m2mauth.Client{
+				ID:      "bench-client",
+				Secrets: []m2mauth.Secret{sec},
+				Grants:  map[string]m2mauth.Scopes{benchAudience: {"read", "write"}},
+			}))
+			keys, err := m2mauth.NewStaticKeys(benchSigningKey(b, jose.HS256))
+			require.NoError(b, err)
+			h, err := m2mauth.NewTokenHandler(store, keys, m2mauth.TokenHandlerConfig{
+				Issuer:          benchIssuer,
+				DefaultAudience: benchAudience,
+				Auditor:         a.auditor,
+			})
+			require.NoError(b, err)
+			runTokenBench(b, h, "Basic "+base64.StdEncoding.EncodeToString([]byte("bench-client:"+plain)))
+		})
+	}
+}
+
+// BenchmarkSlogAuditor measures SlogAuditor.Audit alone, on slog's JSON
+// handler writing to io.Discard, for an issued token and a refused
+// request.
+func BenchmarkSlogAuditor(b *testing.B) {
+	a := m2mauth.NewSlogAuditor(slog.New(slog.NewJSONHandler(io.Discard, nil)))
+	events := []struct {
+		name string
+		e    m2mauth.AuditEvent
+	}{
+		{"issued", m2mauth.AuditEvent{
+			Time: time.Now(), Type: m2mauth.EventTokenIssued, ClientID: "bench-client",
+			RemoteIP: "192.0.2.1", UserAgent: "Go-http-client/1.1", Audience: benchAudience,
+			Scopes: m2mauth.Scopes{"read"}, JTI: "0123456789abcdef0123456789abcdef", SecretID: "sec_0123456789ab",
+		}},
+		{"refused", m2mauth.AuditEvent{
+			Time: time.Now(), Type: m2mauth.EventAuthFailed, ClientID: "bench-client",
+			RemoteIP: "192.0.2.1", UserAgent: "Go-http-client/1.1",
+			Error: "invalid_client", Reason: m2mauth.ReasonBadSecret,
+		}},
+	}
+	ctx := context.Background()
+	for _, ev := range events {
+		b.Run(ev.name, func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				a.Audit(ctx, ev.e)
+			}
+		})
+	}
+}
