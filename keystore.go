@@ -3,7 +3,10 @@ package m2mauth
 import (
 	"context"
 	"errors"
+	"fmt"
 	"time"
+
+	"github.com/go-jose/go-jose/v4"
 )
 
 // Managed signing keys live in a [KeyStore] shared by every replica, each
@@ -44,6 +47,33 @@ type StoredKey struct {
 	// RevokedAt, when set, is when the key was revoked: from then on it
 	// neither signs nor verifies, and it is out of the key set.
 	RevokedAt time.Time
+}
+
+// ValidKeyID reports whether kid is a well-formed managed key id: 1 to
+// 255 printable ASCII characters, the rule of [ValidClientID].
+func ValidKeyID(kid string) bool { return ValidClientID(kid) }
+
+// Validate reports whether k is well-formed: a valid KID, an algorithm
+// among [SupportedAlgorithms], a Generation of at least 1, sealed
+// material, and publication and activation times, the activation not
+// before the publication. Stores call it before writing. Its errors name
+// the kid, never key material.
+func (k *StoredKey) Validate() error {
+	switch {
+	case !ValidKeyID(k.KID):
+		return errors.New("m2mauth: signing key id must be 1 to 255 printable ASCII characters")
+	case !isSupported(jose.SignatureAlgorithm(k.Algorithm)):
+		return fmt.Errorf("m2mauth: signing key %q: unsupported algorithm %q", k.KID, k.Algorithm)
+	case k.Generation < 1:
+		return fmt.Errorf("m2mauth: signing key %q: generation %d is below 1", k.KID, k.Generation)
+	case len(k.Sealed) == 0:
+		return fmt.Errorf("m2mauth: signing key %q: empty sealed key", k.KID)
+	case k.PublishedAt.IsZero() || k.ActiveAt.IsZero():
+		return fmt.Errorf("m2mauth: signing key %q: zero publication or activation time", k.KID)
+	case k.ActiveAt.Before(k.PublishedAt):
+		return fmt.Errorf("m2mauth: signing key %q: activation before publication", k.KID)
+	}
+	return nil
 }
 
 // KeyStore keeps the managed signing keys of a fleet of replicas:

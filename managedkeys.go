@@ -642,7 +642,7 @@ func keyAD(kid, alg string, gen int64) []byte {
 
 // openStoredKey opens the material of r with sealer and checks it.
 func openStoredKey(sealer KeySealer, r StoredKey) (*managedKey, error) {
-	if err := checkStoredRow(r); err != nil {
+	if err := r.Validate(); err != nil {
 		return nil, err
 	}
 	plain, err := sealer.Open(r.Sealed, keyAD(r.KID, r.Algorithm, r.Generation))
@@ -661,27 +661,6 @@ func openStoredKey(sealer KeySealer, r StoredKey) (*managedKey, error) {
 		mk.verify.Key = publicKey(k.Key)
 	}
 	return mk, nil
-}
-
-// checkStoredRow checks the fields of a stored key that are not sealed.
-func checkStoredRow(r StoredKey) error {
-	if r.KID == "" || len(r.KID) > 255 {
-		return fmt.Errorf("m2mauth: managed signing key of generation %d has a kid of %d bytes", r.Generation, len(r.KID))
-	}
-	for i := 0; i < len(r.KID); i++ {
-		if r.KID[i] < 0x20 || r.KID[i] > 0x7e {
-			return fmt.Errorf("m2mauth: managed signing key of generation %d has a kid that is not printable ASCII", r.Generation)
-		}
-	}
-	switch {
-	case !isSupported(jose.SignatureAlgorithm(r.Algorithm)):
-		return fmt.Errorf("m2mauth: managed signing key %q: unsupported algorithm %q", r.KID, r.Algorithm)
-	case r.Generation < 1:
-		return fmt.Errorf("m2mauth: managed signing key %q: generation %d is below 1", r.KID, r.Generation)
-	case r.ActiveAt.IsZero():
-		return fmt.Errorf("m2mauth: managed signing key %q: no activation time", r.KID)
-	}
-	return nil
 }
 
 // publish creates, seals and stores a key of the generation after the

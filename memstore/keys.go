@@ -9,8 +9,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/go-jose/go-jose/v4"
-
 	"github.com/m2mauth/m2mauth"
 )
 
@@ -51,7 +49,7 @@ func (s *Store) SigningKeys(context.Context) ([]m2mauth.StoredKey, error) {
 // a Generation below 1, an empty Sealed, a zero PublishedAt or ActiveAt,
 // or an ActiveAt before PublishedAt.
 func (s *Store) AddSigningKey(_ context.Context, k m2mauth.StoredKey) (bool, error) {
-	if err := checkStoredKey(k); err != nil {
+	if err := k.Validate(); err != nil {
 		return false, err
 	}
 	k = cloneKey(k)
@@ -135,7 +133,7 @@ func (s *Store) ResealSigningKeys(_ context.Context, sealed map[string][]byte) e
 // deleted with it. It returns an error for a malformed kid or an empty
 // typ.
 func (s *Store) ClaimKeyEvent(_ context.Context, kid string, typ m2mauth.AuditEventType) (bool, error) {
-	if !validKID(kid) {
+	if !m2mauth.ValidKeyID(kid) {
 		return false, errors.New("memstore: signing key id must be 1 to 255 printable ASCII characters")
 	}
 	if typ == "" {
@@ -157,40 +155,6 @@ func (s *Store) ClaimKeyEvent(_ context.Context, kid string, typ m2mauth.AuditEv
 // index returns the position of the key kid, or -1. The caller holds mu.
 func (r *keyring) index(kid string) int {
 	return slices.IndexFunc(r.keys, func(k m2mauth.StoredKey) bool { return k.KID == kid })
-}
-
-// checkStoredKey returns an error naming what is wrong with k, if
-// anything; never its key material.
-func checkStoredKey(k m2mauth.StoredKey) error {
-	switch {
-	case !validKID(k.KID):
-		return errors.New("memstore: signing key id must be 1 to 255 printable ASCII characters")
-	case !slices.Contains(m2mauth.SupportedAlgorithms(), jose.SignatureAlgorithm(k.Algorithm)):
-		return fmt.Errorf("memstore: signing key %q: unsupported algorithm %q", k.KID, k.Algorithm)
-	case k.Generation < 1:
-		return fmt.Errorf("memstore: signing key %q: generation %d is below 1", k.KID, k.Generation)
-	case len(k.Sealed) == 0:
-		return fmt.Errorf("memstore: signing key %q: empty sealed key", k.KID)
-	case k.PublishedAt.IsZero() || k.ActiveAt.IsZero():
-		return fmt.Errorf("memstore: signing key %q: zero publication or activation time", k.KID)
-	case k.ActiveAt.Before(k.PublishedAt):
-		return fmt.Errorf("memstore: signing key %q: activation before publication", k.KID)
-	}
-	return nil
-}
-
-// validKID reports whether kid is 1 to 255 printable ASCII characters
-// (%x20-7E).
-func validKID(kid string) bool {
-	if kid == "" || len(kid) > 255 {
-		return false
-	}
-	for i := 0; i < len(kid); i++ {
-		if kid[i] < 0x20 || kid[i] > 0x7e {
-			return false
-		}
-	}
-	return true
 }
 
 // cloneKey returns k with its own Sealed and its times without a

@@ -8,20 +8,15 @@ import (
 	"slices"
 	"time"
 
-	"github.com/go-jose/go-jose/v4"
-
 	"github.com/m2mauth/m2mauth"
 )
 
 var _ m2mauth.KeyStore = (*Store)(nil)
 
-// maxKIDLen bounds the kids of managed signing keys, which MySQL stores
-// as VARBINARY(255); maxKeyEventLen bounds the event types claimed for
-// them, VARBINARY(64).
-const (
-	maxKIDLen      = 255
-	maxKeyEventLen = 64
-)
+// maxKeyEventLen bounds the event types claimed for managed signing
+// keys, which MySQL stores as VARBINARY(64) (their kids, at most 255
+// bytes by m2mauth.ValidKeyID, as VARBINARY(255)).
+const maxKeyEventLen = 64
 
 // SigningKeys returns every managed signing key in the signing_keys
 // table, revoked ones too, in ascending Generation order, in one query.
@@ -71,7 +66,7 @@ func (s *Store) SigningKeys(ctx context.Context) ([]m2mauth.StoredKey, error) {
 // zero PublishedAt or ActiveAt, or an ActiveAt before PublishedAt. Times
 // are stored to the microsecond, rounded down.
 func (s *Store) AddSigningKey(ctx context.Context, k m2mauth.StoredKey) (bool, error) {
-	if err := checkStoredKey(k); err != nil {
+	if err := k.Validate(); err != nil {
 		return false, err
 	}
 	res, err := s.db.ExecContext(ctx, s.q.addSigningKey, k.KID, k.Algorithm, k.Generation, k.Sealed,
@@ -94,7 +89,7 @@ func (s *Store) RevokeSigningKey(ctx context.Context, kid string, at time.Time) 
 	if at.IsZero() {
 		return fmt.Errorf("sqlstore: revoke signing key %q: zero time", kid)
 	}
-	if !validKID(kid) {
+	if !m2mauth.ValidKeyID(kid) {
 		return keyNotFound(kid)
 	}
 	res, err := s.db.ExecContext(ctx, s.q.revokeSigningKey, at.UnixMicro(), kid)
@@ -122,7 +117,7 @@ func (s *Store) RevokeSigningKey(ctx context.Context, kid string, at time.Time) 
 // DeleteSigningKey deletes the key kid and the events claimed for it, in
 // one transaction, and reports whether the key was there to delete.
 func (s *Store) DeleteSigningKey(ctx context.Context, kid string) (bool, error) {
-	if !validKID(kid) {
+	if !m2mauth.ValidKeyID(kid) {
 		return false, nil
 	}
 	var deleted bool
@@ -151,7 +146,7 @@ func (s *Store) DeleteSigningKey(ctx context.Context, kid string) (bool, error) 
 func (s *Store) ResealSigningKeys(ctx context.Context, sealed map[string][]byte) error {
 	kids := make([]string, 0, len(sealed))
 	for kid, b := range sealed {
-		if !validKID(kid) {
+		if !m2mauth.ValidKeyID(kid) {
 			return keyNotFound(kid)
 		}
 		if len(b) == 0 {
@@ -202,7 +197,7 @@ func (s *Store) ResealSigningKeys(ctx context.Context, sealed map[string][]byte)
 // for a kid other than 1 to 255 printable ASCII characters and for a typ
 // other than 1 to 64 of them.
 func (s *Store) ClaimKeyEvent(ctx context.Context, kid string, typ m2mauth.AuditEventType) (bool, error) {
-	if !validKID(kid) {
+	if !m2mauth.ValidKeyID(kid) {
 		return false, errors.New("sqlstore: claim key event: key id must be 1 to 255 printable ASCII characters")
 	}
 	if !printableASCII(string(typ), maxKeyEventLen) {
@@ -219,30 +214,6 @@ func (s *Store) ClaimKeyEvent(ctx context.Context, kid string, typ m2mauth.Audit
 	return n == 1, nil
 }
 
-// checkStoredKey returns an error naming what is wrong with k, if
-// anything; never its key material.
-func checkStoredKey(k m2mauth.StoredKey) error {
-	switch {
-	case !validKID(k.KID):
-		return errors.New("sqlstore: signing key id must be 1 to 255 printable ASCII characters")
-	case !slices.Contains(m2mauth.SupportedAlgorithms(), jose.SignatureAlgorithm(k.Algorithm)):
-		return fmt.Errorf("sqlstore: signing key %q: unsupported algorithm %q", k.KID, k.Algorithm)
-	case k.Generation < 1:
-		return fmt.Errorf("sqlstore: signing key %q: generation %d is below 1", k.KID, k.Generation)
-	case len(k.Sealed) == 0:
-		return fmt.Errorf("sqlstore: signing key %q: empty sealed key", k.KID)
-	case k.PublishedAt.IsZero() || k.ActiveAt.IsZero():
-		return fmt.Errorf("sqlstore: signing key %q: zero publication or activation time", k.KID)
-	case k.ActiveAt.Before(k.PublishedAt):
-		return fmt.Errorf("sqlstore: signing key %q: activation before publication", k.KID)
-	}
-	return nil
-}
-
-// validKID reports whether kid is 1 to 255 printable ASCII characters
-// (%x20-7E).
-func validKID(kid string) bool { return printableASCII(kid, maxKIDLen) }
-
 func printableASCII(s string, maxLen int) bool {
 	if s == "" || len(s) > maxLen {
 		return false
@@ -258,7 +229,7 @@ func printableASCII(s string, maxLen int) bool {
 // keyNotFound returns an error wrapping [m2mauth.ErrKeyNotFound] that
 // names kid, if it is a well-formed one.
 func keyNotFound(kid string) error {
-	if !validKID(kid) {
+	if !m2mauth.ValidKeyID(kid) {
 		return fmt.Errorf("sqlstore: signing key: %w", m2mauth.ErrKeyNotFound)
 	}
 	return fmt.Errorf("sqlstore: signing key %q: %w", kid, m2mauth.ErrKeyNotFound)
