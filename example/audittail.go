@@ -32,7 +32,7 @@ func auditCommand(g globals, args []string, stdout, stderr io.Writer, mainUsage 
 		n           int
 	)
 	fs.StringVar(&client, "client", "", "only the events of this client id")
-	fs.StringVar(&typ, "type", "", `only events of this type: token_issued, client_auth_failed, rate_limited, scope_denied, audience_denied, request_rejected, token_rejected, client_created, client_updated, client_disabled, client_enabled, client_deleted, secret_added, secret_expiring, secret_removed`)
+	fs.StringVar(&typ, "type", "", `only events of this type: token_issued, client_auth_failed, rate_limited, scope_denied, audience_denied, request_rejected, token_rejected, client_created, client_updated, client_disabled, client_enabled, client_deleted, secret_added, secret_expiring, secret_removed, key_published, key_activated, key_retired, key_deleted, key_revoked`)
 	fs.IntVar(&n, "n", 50, "how many events, at most 1000")
 	fs.Usage = func() {
 		fmt.Fprintln(stderr, "usage: example [global flags] audit tail [-client ID] [-type T] [-n 50]")

@@ -7,6 +7,7 @@ import (
 	"net/url"
 	"path"
 	"strings"
+	"time"
 
 	"github.com/m2mauth/m2mauth"
 )
@@ -27,12 +28,15 @@ type discovery struct {
 	// publicKey: the JWK Set holds the signing key's public half (it is
 	// empty with HS256, whose key is secret).
 	publicKey bool
+	// jwksMaxAge is how long verifiers may cache the JWK Set
+	// (-jwks-max-age); 0: the default, 5m.
+	jwksMaxAge time.Duration
 }
 
 // newDiscovery works out the discovery URLs for the global flags,
 // warning on log about a document that cannot be served and why.
 func newDiscovery(g globals, log *slog.Logger) discovery {
-	d := discovery{publicKey: !secretKey(g.alg)}
+	d := discovery{publicKey: !secretKey(g.alg), jwksMaxAge: g.keys.jwksMaxAge}
 	asPath, err := m2mauth.AuthorizationServerMetadataPath(g.issuer)
 	if err == nil && path.Clean(asPath) != asPath {
 		err = errUnroutable
@@ -91,7 +95,7 @@ type wellKnown struct {
 // JWK Set of keys always, the metadata of tokens and v when -issuer and
 // -audience allow.
 func (d discovery) documents(keys m2mauth.KeyProvider, tokens *m2mauth.TokenHandler, v *m2mauth.Validator, log *slog.Logger) ([]wellKnown, error) {
-	jwks, err := m2mauth.NewJWKSHandler(keys, m2mauth.JWKSConfig{Logger: log})
+	jwks, err := m2mauth.NewJWKSHandler(keys, m2mauth.JWKSConfig{MaxAge: d.jwksMaxAge, Logger: log})
 	if err != nil {
 		return nil, err
 	}

@@ -23,6 +23,11 @@
 //	                           for the others a PEM private key, made with e.g.
 //	                           (umask 077 && openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out FILE)
 //	                           (default: next to the SQLite file)
+//	-jwks-max-age 5m           how long verifiers may cache the JWKS
+//	-key-propagation-delay D   managed keys: from publication to first signature
+//	                           (default: 2 × -jwks-max-age)
+//	-key-rotation-interval D   managed keys: from one key's first signature to
+//	                           the next's (default 2160h, 90 days)
 //
 // Commands:
 //
@@ -40,6 +45,10 @@
 //	client usage -id ID [-since 24h]   requests of the last -since, from the audit table
 //	audit tail [-client ID] [-type T] [-n 50]
 //	                               the newest audit events, one JSON line each
+//	key list                       the managed signing keys, one JSON line each
+//	key rotate                     publish a new signing key now
+//	key revoke -kid KID            revoke a signing key at once
+//	key rotate-kek                 reseal the signing keys under $M2MAUTH_NEW_KEK
 //
 // Scopes are space-separated in one argument: -scopes "read:builders
 // read:subcontractors". A client's -ttl is at most 24h; 0 (the default)
@@ -74,6 +83,7 @@
 //	-revocation-refresh 5s          how often a database's revocations are read
 //	-revocation-max-stale D         how long they are trusted while reads fail
 //	                                (default: 6 × -revocation-refresh, at least 30s)
+//	-key-refresh 30s                how often managed signing keys are read
 //
 // Plain HTTP is served only on a loopback address unless -trusted-proxies
 // names the TLS-terminating proxy in front, or -insecure-http is given.
@@ -88,6 +98,19 @@
 // mode 0600 on the first start so restarts keep tokens valid; "memory"
 // uses a new key per process; and serve refuses to start on PostgreSQL or
 // MySQL, whose replicas must share one key.
+//
+// With a database (not memory) and $M2MAUTH_KEK set, serve signs with
+// managed keys instead: m2mauth.ManagedKeys, kept in the database sealed
+// under that key-encryption key (base64 of 32 bytes, made with: openssl
+// rand -base64 32; $M2MAUTH_OLD_KEK adds the one before it during a KEK
+// rotation), the same on every server sharing the database, rotated every
+// -key-rotation-interval, each new key in the JWKS -key-propagation-delay
+// before it signs. -signing-alg, ES256 unless given, is the algorithm of
+// new keys; $M2MAUTH_KEK beside $M2MAUTH_SIGNING_KEY or -signing-key-file
+// is refused, and a KEK that does not open the stored keys stops serve,
+// naming it. serve's -key-refresh (30s) is how often the keys are read
+// again. The key commands administer them; they need $M2MAUTH_KEK and the
+// schedule flags serve has.
 //
 // Besides the token endpoint and the demo API, serve publishes what other
 // services need to verify tokens on their own: the public key at
@@ -170,6 +193,11 @@ func exitCode(err error) int {
 type globals struct {
 	db, issuer, audience, keyFile string
 	alg                           jose.SignatureAlgorithm
+	// algSet says that -signing-alg was given: managed keys default to
+	// ES256 otherwise.
+	algSet bool
+	// keys is when managed signing keys are published and sign.
+	keys keySchedule
 }
 
 // Defaults of the global flags.
@@ -195,6 +223,7 @@ func (g globals) commandLine() string {
 	if g.keyFile != "" {
 		args = append(args, "-signing-key-file", shellQuote(g.keyFile))
 	}
+	args = append(args, g.keys.flagArgs()...)
 	return strings.Join(args, " ")
 }
 
@@ -215,15 +244,28 @@ commands:
   client usage -id ID [-since 24h]   the client's requests as counted in the audit table, as JSON
   audit tail [-client ID] [-type T] [-n 50]
                                      the newest audit events, newest first, one JSON line each
+  key list                           the managed signing keys, one JSON line each (never key material)
+  key rotate                         publish a new signing key now; it signs after -key-propagation-delay
+  key revoke -kid KID                revoke a signing key at once (a key that leaked)
+  key rotate-kek                     reseal every signing key under $M2MAUTH_NEW_KEK
 
 Scopes are space-separated in one argument: -scopes "read:builders read:subcontractors".
 A client's -ttl is at most 24h (0: the server's, 1h). "client update" replaces the
 scopes of -audience (default: the client's only audience). -introspect lets a client
 introspect any token. Running servers refuse revoked tokens within their
 -revocation-refresh (5s). The client commands need no signing key; serve on
-PostgreSQL or MySQL needs $M2MAUTH_SIGNING_KEY or -signing-key-file. With
--signing-alg ES256, EdDSA, RS256 or PS256 other services verify tokens with the
-public key at /.well-known/jwks.json.
+PostgreSQL or MySQL needs $M2MAUTH_SIGNING_KEY or -signing-key-file, or managed
+keys. With -signing-alg ES256, EdDSA, RS256 or PS256 other services verify tokens
+with the public key at /.well-known/jwks.json.
+
+Managed signing keys: with a database and $M2MAUTH_KEK (a key-encryption key,
+made with: openssl rand -base64 32) serve keeps its signing keys in the database,
+sealed under it, the same on every server, and rotates them every
+-key-rotation-interval, each new key published -key-propagation-delay before it
+signs (ES256 unless -signing-alg says otherwise). The key commands need
+$M2MAUTH_KEK too, and the global flags serve has. To rotate the KEK: restart the
+servers with M2MAUTH_KEK=NEW and M2MAUTH_OLD_KEK=OLD, run "key rotate-kek" with
+M2MAUTH_KEK=OLD and M2MAUTH_NEW_KEK=NEW, then restart them with M2MAUTH_KEK=NEW.
 
 global flags:
 `
@@ -236,8 +278,9 @@ func run(args []string, stdout, stderr io.Writer) error {
 	fs.StringVar(&g.issuer, "issuer", defaultIssuer, `the "iss" of issued tokens`)
 	fs.StringVar(&g.audience, "audience", defaultAudience, "the audience of the protected API")
 	alg := signingAlg(defaultAlg)
-	fs.Var(&alg, "signing-alg", "`algorithm` that signs tokens: HS256 (a secret key the verifiers share), or ES256, EdDSA, RS256 or PS256 (a private key; verifiers fetch the public one from /.well-known/jwks.json)")
-	fs.StringVar(&g.keyFile, "signing-key-file", "", "`file` holding the signing key: for HS256 its base64, made with: (umask 077 && head -c 32 /dev/urandom | base64 > FILE); for the others a PEM private key, made with e.g.: (umask 077 && openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out FILE) (default: next to the SQLite file; PostgreSQL and MySQL need it or $M2MAUTH_SIGNING_KEY)")
+	fs.Var(&alg, "signing-alg", "`algorithm` that signs tokens: HS256 (a secret key the verifiers share), or ES256, EdDSA, RS256 or PS256 (a private key; verifiers fetch the public one from /.well-known/jwks.json). With managed keys ($"+kekEnv+") the algorithm of new keys, ES256 unless given")
+	fs.StringVar(&g.keyFile, "signing-key-file", "", "`file` holding the signing key: for HS256 its base64, made with: (umask 077 && head -c 32 /dev/urandom | base64 > FILE); for the others a PEM private key, made with e.g.: (umask 077 && openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out FILE) (default: next to the SQLite file; PostgreSQL and MySQL need it, $M2MAUTH_SIGNING_KEY, or managed keys with $"+kekEnv+")")
+	g.keys.addFlags(fs)
 	fs.Usage = func() {
 		fmt.Fprint(stderr, usage)
 		fs.PrintDefaults()
@@ -246,6 +289,7 @@ func run(args []string, stdout, stderr io.Writer) error {
 		return usageError(err)
 	}
 	g.alg = jose.SignatureAlgorithm(alg)
+	fs.Visit(func(f *flag.Flag) { g.algSet = g.algSet || f.Name == "signing-alg" })
 	rest := fs.Args()
 	if len(rest) == 0 {
 		return serve(g, nil, stdout, stderr)
@@ -257,6 +301,8 @@ func run(args []string, stdout, stderr io.Writer) error {
 		return clientCommand(g, rest[1:], stdout, stderr, fs.Usage)
 	case "audit":
 		return auditCommand(g, rest[1:], stdout, stderr, fs.Usage)
+	case "key":
+		return keyCommand(g, rest[1:], stdout, stderr, fs.Usage)
 	default:
 		fmt.Fprintf(stderr, "unknown command %q\n", rest[0])
 		fs.Usage()

@@ -39,8 +39,11 @@ var build struct {
 
 func TestMain(m *testing.M) {
 	// Each test configures its signing key, or none, itself: the one of
-	// the environment would hide the errors of a missing key.
-	os.Unsetenv("M2MAUTH_SIGNING_KEY")
+	// the environment would hide the errors of a missing key. Likewise
+	// the KEKs of managed keys, which would make serve manage its keys.
+	for _, name := range []string{"M2MAUTH_SIGNING_KEY", kekEnv, oldKEKEnv, newKEKEnv} {
+		os.Unsetenv(name)
+	}
 	dir, err := os.MkdirTemp("", "m2mauth-example-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)

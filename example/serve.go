@@ -52,6 +52,9 @@ type serveFlags struct {
 	// revocationMaxStale is how long the last revocations read are
 	// trusted while reading them fails; then tokens are refused.
 	revocationMaxStale time.Duration
+	// keyRefresh is how often managed signing keys are read from the
+	// database; 0: the default of keySchedule.
+	keyRefresh time.Duration
 }
 
 // parseServeFlags reads and checks the flags of "serve", before anything
@@ -79,6 +82,7 @@ func parseServeFlags(args []string, stderr io.Writer) (*serveFlags, error) {
 	fs.DurationVar(&f.alertLearning, "alert-learning-period", 7*24*time.Hour, "how long the new_address alert learns a new client's networks, and remembers a network after its last token, before a token from an unknown network raises it")
 	fs.DurationVar(&f.revocationRefresh, "revocation-refresh", defaultRevocationRefresh, "how often the revocations are read from the database (at least 10ms): a revoked token, and the tokens of a disabled or deleted client, are refused within it on every server sharing the database. With -db memory revocations take effect at once")
 	fs.DurationVar(&f.revocationMaxStale, "revocation-max-stale", 0, "how long the revocations last read are trusted while reading them fails; past it every token is refused with 503 until a read succeeds (default: 6 × -revocation-refresh, and at least 30s)")
+	fs.DurationVar(&f.keyRefresh, "key-refresh", 0, "with managed signing keys ($"+kekEnv+"): how often they are read from the database (at least 10ms), so that a key published, revoked or resealed elsewhere is seen within it (default: 30s, or a quarter of -key-propagation-delay when that is shorter)")
 	if err := fs.Parse(args); err != nil {
 		return nil, usageError(err)
 	}
@@ -150,14 +154,26 @@ func serve(g globals, args []string, stdout, stderr io.Writer) error {
 		return fmt.Errorf("refusing to serve plain HTTP on %s, which other machines can reach: client secrets and tokens would cross the network in the clear. "+
 			"Give -tls-cert and -tls-key, or -trusted-proxies when a TLS-terminating reverse proxy is in front, or -insecure-http to accept the risk", f.addr)
 	}
-	// -db and the signing key are settled before the database is opened.
+	// -db and the signing keys are settled before the database is opened.
 	d, err := parseDB(g.db)
 	if err != nil {
 		return err
 	}
-	key, err := signingKey(d, g.alg, g.keyFile, stderr)
+	// sched is the key schedule with its defaults; g.keys stays as
+	// given, for the command lines the banner prints.
+	g.keys.refresh = f.keyRefresh
+	sched, err := g.keys.resolve()
 	if err != nil {
 		return err
+	}
+	sk, err := chooseKeys(d, g, stderr)
+	if err != nil {
+		return err
+	}
+	if sk.managed() {
+		// What the banner, the JWKS and the metadata say about the
+		// algorithm is that of new keys.
+		g.alg = sk.alg
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
@@ -171,10 +187,6 @@ func serve(g globals, args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	defer b.close()
-	keys, err := m2mauth.NewStaticKeys(key)
-	if err != nil {
-		return err
-	}
 	disc := newDiscovery(g, logger)
 
 	// Audit events go to the JSON log and, with a database, to its audit
@@ -182,6 +194,28 @@ func serve(g globals, args []string, stdout, stderr io.Writer) error {
 	tee := teeAuditor{log: m2mauth.NewSlogAuditor(logger)}
 	if b.auditor != nil {
 		tee.table = b.auditor
+	}
+	// One provider signs the tokens and the revocation list and serves
+	// the JWKS and the metadata: the one key, or the managed keys, which
+	// every server sharing the database reads every -key-refresh.
+	var keys m2mauth.KeyProvider
+	var managed *m2mauth.ManagedKeys
+	if sk.managed() {
+		managed, err = openManagedKeys(ctx, b, sk.sealer, sk.alg, sched, tee, logger)
+		if err != nil {
+			return err
+		}
+		defer managed.Close()
+		keys = managed
+		logger.Info("signing keys: "+sk.describe(sched), "kek", sk.sealer.KEKID(), "previous_kek", sk.oldKEK,
+			"algorithm", string(sk.alg), "rotation_interval", sched.rotationInterval.String(),
+			"propagation_delay", sched.propagationDelay.String(), "key_refresh", sched.refresh.String(),
+			"jwks_max_age", sched.jwksMaxAge.String())
+		if secretKey(sk.alg) {
+			logger.Warn("managed " + string(sk.alg) + " keys are secret and never published: only the servers sharing the database can verify the tokens; -signing-alg ES256 lets other services verify them with the published public keys")
+		}
+	} else if keys, err = m2mauth.NewStaticKeys(*sk.static); err != nil {
+		return err
 	}
 	// The token endpoint's events pass through the metrics' counters and
 	// the detector, which watches them for unusual patterns and raises
@@ -232,10 +266,16 @@ func serve(g globals, args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	// Managed keys keep their own algorithm when -signing-alg changes,
+	// so every algorithm is accepted: each key verifies only its own.
+	algs := []jose.SignatureAlgorithm{g.alg}
+	if managed != nil {
+		algs = nil
+	}
 	validator, err := m2mauth.NewValidator(keys, m2mauth.ValidatorConfig{
 		Issuer:     g.issuer,
 		Audience:   g.audience,
-		Algorithms: []jose.SignatureAlgorithm{g.alg},
+		Algorithms: algs,
 		// Challenges name the API's metadata, and through it the
 		// authorization server to ask for a token.
 		ResourceMetadataURL: disc.resourceMetadataURL(),
@@ -249,12 +289,16 @@ func serve(g globals, args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	// Ready when the store answers, the key is there and, with a
-	// database, the audit table can record events and the revocations
-	// are fresh.
+	// database, the audit table can record events, the revocations are
+	// fresh and the managed keys were read (and opened) at their last
+	// refresh.
 	checks := map[string]func(context.Context) error{
 		"audit": func(context.Context) error { return tee.AuditHealth() },
 	}
 	revocations.addCheck(checks)
+	if managed != nil {
+		checks["signing_keys"] = managed.Ping
+	}
 	ready, err := m2mauth.NewReadinessHandler(b.store, keys, m2mauth.ReadinessConfig{Logger: logger, Checks: checks})
 	if err != nil {
 		return err
@@ -273,7 +317,7 @@ func serve(g globals, args []string, stdout, stderr io.Writer) error {
 		scheme = "https"
 	}
 	base := scheme + "://" + ln.Addr().String()
-	if err := greet(ctx, b, g, disc, revocations, base, stdout); err != nil {
+	if err := greet(ctx, b, g, sk, sched, disc, revocations, base, stdout); err != nil {
 		ln.Close()
 		return err
 	}
@@ -294,7 +338,7 @@ func serve(g globals, args []string, stdout, stderr io.Writer) error {
 	}
 	logger.Info("listening", "addr", base, "store", b.kind,
 		"db_max_open", f.pool.maxOpen, "max_concurrent", f.maxConcurrent, "store_timeout", f.storeTimeout.String(),
-		"revocations", revocations.delay())
+		"revocations", revocations.delay(), "signing_keys", sk.kind())
 	errc := make(chan error, 1)
 	go func() {
 		if tlsConfig != nil {
@@ -411,9 +455,13 @@ func listing(kind string, names ...string) http.Handler {
 
 // greet prints where the server listens and, on the first start, creates
 // the demo client and shows its secret once.
-func greet(ctx context.Context, b *backend, g globals, disc discovery, revocations *revocationSource, base string, out io.Writer) error {
+func greet(ctx context.Context, b *backend, g globals, sk *serverKeys, sched keySchedule, disc discovery, revocations *revocationSource, base string, out io.Writer) error {
 	fmt.Fprintf(out, "m2mauth example: listening on %s (store: %s)\n", base, b.kind)
 	greetDiscovery(g, disc, base, out)
+	if sk.managed() {
+		fmt.Fprintf(out, "Signing keys: %s.\n  A new key is in the JWKS for the propagation delay before it signs. List the keys with:\n    go run ./example %s key list\n  and rotate or revoke one with \"key rotate\" or \"key revoke -kid KID\" in place of \"key list\".\n",
+			sk.describe(sched), g.commandLine())
+	}
 	greetRevocation(disc, revocations, base, out)
 	_, err := b.store.Client(ctx, demoClientID)
 	secret := "<the secret shown on the first start>"
