@@ -32,8 +32,8 @@ var keyHelp = map[string]string{
 		"had time to fetch it. Give the same -jwks-max-age and -key-propagation-delay as serve.\n",
 	"revoke": "Revokes a signing key at once, for a key that leaked: running servers stop signing with\n" +
 		"it, leave it out of the JWKS and refuse the tokens it signed within their -key-refresh.\n" +
-		"If it was the active key, the key before it signs again; if it was the only one, a new\n" +
-		"key signs at once.\n",
+		"If it was the active key, another signs at once: the key before it while it is held,\n" +
+		"else a published key ahead of its activation, else a new key. Then \"key rotate\".\n",
 	"rotate-kek": "Reseals every signing key under the KEK in $" + newKEKEnv + ", from the one in $" + kekEnv + "\n" +
 		"(or $" + oldKEKEnv + "), all or nothing. First restart the servers with " + kekEnv + "=NEW and\n" +
 		oldKEKEnv + "=OLD; after this command, restart them with " + kekEnv + "=NEW alone, and destroy OLD.\n",
