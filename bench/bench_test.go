@@ -5,10 +5,13 @@ import (
 	"encoding/json"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/go-jose/go-jose/v4"
+	josejwt "github.com/go-jose/go-jose/v4/jwt"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -42,12 +45,25 @@ func TestEndpoints(t *testing.T) {
 }
 
 // TestRoutes checks that every protected route lets m2mauth's token
-// through and refuses a tampered one and one lacking the scope.
+// through and refuses a tampered one, one lacking the scope, and tokens
+// that are well signed but fail one of the checks every route makes.
 func TestRoutes(t *testing.T) {
 	tok, err := IssueToken()
 	require.NoError(t, err)
 	tampered := tok[:len(tok)-2] + flip(tok[len(tok)-2:])
 	noScope := tokenWithScope(t, "write")
+	now := time.Now()
+	refused := []struct {
+		name  string
+		token string
+	}{
+		{"tampered", tampered},
+		{"wrong key", forge(t, []byte("another key, another key, 32 B.."), func(map[string]any) {})},
+		{"wrong issuer", forge(t, Key(), func(c map[string]any) { c["iss"] = "https://evil.example.com" })},
+		{"wrong audience", forge(t, Key(), func(c map[string]any) { c["aud"] = "https://other.example.com" })},
+		{"expired", forge(t, Key(), func(c map[string]any) { c["exp"] = now.Add(-time.Hour).Unix() })},
+		{"not yet valid", forge(t, Key(), func(c map[string]any) { c["nbf"] = now.Add(time.Hour).Unix() })},
+	}
 	for _, m := range Routes() {
 		t.Run(m.Name, func(t *testing.T) {
 			rt, err := m.New()
@@ -59,10 +75,31 @@ func TestRoutes(t *testing.T) {
 			if m.Name == RouteBare {
 				return
 			}
-			assert.Equal(t, http.StatusUnauthorized, rt.Serve(tampered).Code)
+			for _, bad := range refused {
+				assert.Equal(t, http.StatusUnauthorized, rt.Serve(bad.token).Code, bad.name)
+			}
 			assert.Equal(t, http.StatusForbidden, rt.Serve(noScope).Code)
 		})
 	}
+}
+
+// forge signs, with key, the claims of an m2mauth token for scope read,
+// valid now, after mutate has changed them; the header is m2mauth's.
+func forge(t *testing.T, key []byte, mutate func(claims map[string]any)) string {
+	t.Helper()
+	now := time.Now()
+	c := map[string]any{
+		"iss": Issuer, "sub": ClientID, "client_id": ClientID, "aud": Audience,
+		"iat": now.Unix(), "nbf": now.Unix(), "exp": now.Add(time.Hour).Unix(),
+		"jti": "forged-" + strconv.FormatInt(now.UnixNano(), 36), "scope": Scope,
+	}
+	mutate(c)
+	signer, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.HS256, Key: key},
+		(&jose.SignerOptions{}).WithType("at+jwt").WithHeader("kid", KeyID))
+	require.NoError(t, err)
+	tok, err := josejwt.Signed(signer).Claims(c).Serialize()
+	require.NoError(t, err)
+	return tok
 }
 
 // flip changes a base64url string so that it decodes differently.
@@ -140,6 +177,31 @@ func TestLoad(t *testing.T) {
 	assert.Zero(t, res.Errors)
 	assert.Positive(t, res.PerSecond)
 	assert.LessOrEqual(t, res.P50, res.P99)
+}
+
+// TestLoadRoutes drives every protected route briefly over loopback with
+// the shared token: every request must be answered 204.
+func TestLoadRoutes(t *testing.T) {
+	tok, err := IssueToken()
+	require.NoError(t, err)
+	for _, m := range Routes() {
+		t.Run(m.Name, func(t *testing.T) {
+			rt, err := m.New()
+			require.NoError(t, err)
+			res, err := LoadRoute(context.Background(), rt, tok, LoadConfig{Requests: 100, Warmup: 10, Concurrency: 4, MaxDuration: 10 * time.Second})
+			require.NoError(t, err)
+			assert.Equal(t, m.Name, res.Name)
+			assert.Equal(t, 100, res.Requests)
+			assert.Zero(t, res.Errors)
+		})
+	}
+	t.Run("refused", func(t *testing.T) {
+		rt, err := NewJWXRoute()
+		require.NoError(t, err)
+		res, err := LoadRoute(context.Background(), rt, tok[:len(tok)-2]+flip(tok[len(tok)-2:]), LoadConfig{Requests: 10, Concurrency: 2})
+		require.NoError(t, err)
+		assert.Equal(t, 10, res.Errors, "a 401 is not the 204 expected")
+	})
 }
 
 // runIssue serves the token request to e b.N times.

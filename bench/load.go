@@ -28,6 +28,9 @@ type LoadConfig struct {
 	Concurrency int
 	// MaxDuration stops the measured phase early. Default: 30s.
 	MaxDuration time.Duration
+	// Timeout bounds each request; one that takes longer counts as an
+	// error. Default: 10s.
+	Timeout time.Duration
 }
 
 // LoadResult is what one loopback load run measured.
@@ -51,10 +54,36 @@ type LoadResult struct {
 }
 
 // Load serves e with net/http on 127.0.0.1 (a fresh port) and drives it
-// with cfg.Concurrency keep-alive clients in this process: cfg.Warmup
-// requests, then cfg.Requests measured ones or as many as cfg.MaxDuration
-// allows. No traffic leaves the loopback interface.
+// with cfg.Concurrency keep-alive clients in this process, each sending
+// the token request: cfg.Warmup requests, then cfg.Requests measured ones
+// or as many as cfg.MaxDuration allows. An answer other than 200 counts
+// as an error. No traffic leaves the loopback interface.
 func Load(ctx context.Context, e Endpoint, cfg LoadConfig) (LoadResult, error) {
+	return load(ctx, e.Name, e.Handler, target{
+		method: http.MethodPost, path: TokenPath, body: TokenBody,
+		contentType: "application/x-www-form-urlencoded",
+		auth:        e.Authorization, status: http.StatusOK,
+	}, cfg)
+}
+
+// LoadRoute is Load for a protected route: each client sends GET
+// /api/builders with token as its bearer token, and an answer other than
+// 204 counts as an error. RetainedPerToken is then the live-heap growth
+// per request.
+func LoadRoute(ctx context.Context, rt Route, token string, cfg LoadConfig) (LoadResult, error) {
+	return load(ctx, rt.Name, rt.Handler, target{
+		method: http.MethodGet, path: RoutePath,
+		auth: "Bearer " + token, status: http.StatusNoContent,
+	}, cfg)
+}
+
+// target is the request a load run sends and the answer it expects.
+type target struct {
+	method, path, body, contentType, auth string
+	status                                int
+}
+
+func load(ctx context.Context, name string, h http.Handler, tg target, cfg LoadConfig) (LoadResult, error) {
 	if cfg.Requests <= 0 {
 		return LoadResult{}, errors.New("bench: LoadConfig.Requests must be positive")
 	}
@@ -64,12 +93,15 @@ func Load(ctx context.Context, e Endpoint, cfg LoadConfig) (LoadResult, error) {
 	if cfg.MaxDuration <= 0 {
 		cfg.MaxDuration = 30 * time.Second
 	}
+	if cfg.Timeout <= 0 {
+		cfg.Timeout = 10 * time.Second
+	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return LoadResult{}, err
 	}
 	srv := &http.Server{
-		Handler:           e.Handler,
+		Handler:           h,
 		ReadHeaderTimeout: 10 * time.Second,
 		ErrorLog:          log.New(io.Discard, "", 0),
 	}
@@ -85,16 +117,16 @@ func Load(ctx context.Context, e Endpoint, cfg LoadConfig) (LoadResult, error) {
 	}
 	defer transport.CloseIdleConnections()
 	l := &loader{
-		client: &http.Client{Transport: transport, Timeout: 10 * time.Second},
-		url:    "http://" + ln.Addr().String() + TokenPath,
-		auth:   e.Authorization,
+		client: &http.Client{Transport: transport, Timeout: cfg.Timeout},
+		url:    "http://" + ln.Addr().String() + tg.path,
+		target: tg,
 		conc:   cfg.Concurrency,
 	}
 
 	if cfg.Warmup > 0 {
 		lat := make([]time.Duration, 0, cfg.Warmup)
 		if _, errs, _ := l.run(ctx, lat, cfg.Warmup, time.Now().Add(cfg.MaxDuration)); errs > 0 {
-			return LoadResult{}, fmt.Errorf("bench: %s: %d of %d warm-up requests failed", e.Name, errs, cfg.Warmup)
+			return LoadResult{}, fmt.Errorf("bench: %s: %d of %d warm-up requests failed", name, errs, cfg.Warmup)
 		}
 	}
 	// The latencies are recorded in memory allocated before the heap is
@@ -103,19 +135,19 @@ func Load(ctx context.Context, e Endpoint, cfg LoadConfig) (LoadResult, error) {
 	before := liveHeap()
 	lat, errs, elapsed := l.run(ctx, lat, cfg.Requests, time.Now().Add(cfg.MaxDuration))
 	after := liveHeap()
-	runtime.KeepAlive(e.Handler)
+	runtime.KeepAlive(h)
 	if err := ctx.Err(); err != nil {
 		return LoadResult{}, err
 	}
 
 	res := LoadResult{
-		Name:     e.Name,
+		Name:     name,
 		Requests: len(lat),
 		Errors:   errs,
 		Seconds:  elapsed.Seconds(),
 	}
 	if len(lat) == 0 {
-		return res, fmt.Errorf("bench: %s: no request completed", e.Name)
+		return res, fmt.Errorf("bench: %s: no request completed", name)
 	}
 	res.PerSecond = float64(len(lat)) / elapsed.Seconds()
 	slices.Sort(lat)
@@ -133,11 +165,11 @@ func percentile(sorted []time.Duration, p float64) float64 {
 	return float64(sorted[i]) / float64(time.Microsecond)
 }
 
-// loader sends token requests to one server.
+// loader sends one kind of request to one server at url.
 type loader struct {
 	client *http.Client
 	url    string
-	auth   string
+	target target
 	conc   int
 }
 
@@ -179,15 +211,21 @@ func (l *loader) run(ctx context.Context, lat []time.Duration, n int, deadline t
 	return lat, int(failed.Load()), elapsed
 }
 
-// do sends one token request and reads the whole answer, so the
-// connection is reused.
+// do sends the request and reads the whole answer, so the connection is
+// reused.
 func (l *loader) do(ctx context.Context) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, l.url, strings.NewReader(TokenBody))
+	var body io.Reader
+	if l.target.body != "" {
+		body = strings.NewReader(l.target.body)
+	}
+	req, err := http.NewRequestWithContext(ctx, l.target.method, l.url, body)
 	if err != nil {
 		return err
 	}
-	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
-	req.Header.Set("Authorization", l.auth)
+	if l.target.contentType != "" {
+		req.Header.Set("Content-Type", l.target.contentType)
+	}
+	req.Header.Set("Authorization", l.target.auth)
 	resp, err := l.client.Do(req)
 	if err != nil {
 		return err
@@ -197,7 +235,7 @@ func (l *loader) do(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if resp.StatusCode != http.StatusOK {
+	if resp.StatusCode != l.target.status {
 		return fmt.Errorf("status %d", resp.StatusCode)
 	}
 	return nil

@@ -13,6 +13,9 @@ import (
 	"github.com/go-jose/go-jose/v4"
 	josejwt "github.com/go-jose/go-jose/v4/jwt"
 	"github.com/golang-jwt/jwt/v5"
+	"github.com/lestrrat-go/jwx/v3/jwa"
+	"github.com/lestrrat-go/jwx/v3/jwk"
+	jwxjwt "github.com/lestrrat-go/jwx/v3/jwt"
 
 	"github.com/m2mauth/m2mauth"
 )
@@ -49,6 +52,7 @@ const (
 	RouteAuth0           = "auth0"
 	RouteGolangJWT       = "golang-jwt"
 	RouteGolangJWTTyped  = "golang-jwt-typed"
+	RouteJWX             = "jwx"
 )
 
 // Routes lists every protected route, the references first.
@@ -61,6 +65,7 @@ func Routes() []RouteMaker {
 		{Name: RouteAuth0, New: NewAuth0Route},
 		{Name: RouteGolangJWT, New: func() (Route, error) { return NewGolangJWTRoute(false) }},
 		{Name: RouteGolangJWTTyped, New: func() (Route, error) { return NewGolangJWTRoute(true) }},
+		{Name: RouteJWX, New: NewJWXRoute},
 	}
 }
 
@@ -226,6 +231,45 @@ func NewGolangJWTRoute(typed bool) (Route, error) {
 		next.ServeHTTP(w, r)
 	})
 	return Route{Name: name, Handler: h}, nil
+}
+
+// NewJWXRoute guards the route with lestrrat-go/jwx v3 as a middleware,
+// the way its documentation shows: the key imported once as a JWK, then
+// for each request jwt.Parse with jwt.WithKey (HS256),
+// jwt.WithValidate(true), jwt.WithIssuer and jwt.WithAudience (exp, nbf
+// and iat are checked by default), and the scope read with Token.Get.
+// With jwt.WithKey, jwx does not compare the token's kid with the key's.
+func NewJWXRoute() (Route, error) {
+	key, err := jwk.Import(Key())
+	if err != nil {
+		return Route{}, err
+	}
+	opts := []jwxjwt.ParseOption{
+		jwxjwt.WithKey(jwa.HS256(), key),
+		jwxjwt.WithValidate(true),
+		jwxjwt.WithIssuer(Issuer),
+		jwxjwt.WithAudience(Audience),
+	}
+	next := bareRoute()
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		raw, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+		if !ok {
+			w.WriteHeader(http.StatusUnauthorized)
+			return
+		}
+		t, err := jwxjwt.Parse([]byte(raw), opts...)
+		if err != nil {
+			w.WriteHeader(http.StatusUnauthorized)
+			return
+		}
+		var s string
+		if err := t.Get("scope", &s); err != nil || !hasScope(s, Scope) {
+			w.WriteHeader(http.StatusForbidden)
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+	return Route{Name: RouteJWX, Handler: h}, nil
 }
 
 // NewRoute builds the named route.

@@ -1,12 +1,13 @@
-// Command load measures the token endpoints over loopback HTTP and the
-// heap each keeps per issued token, and writes the results as JSON for
-// cmd/report.
+// Command load measures the token endpoints and the protected routes over
+// loopback HTTP and the heap each endpoint keeps per issued token, and
+// writes the results as JSON for cmd/report.
 //
-// For each round it serves every endpoint in turn with net/http on
-// 127.0.0.1 and drives it with a fixed number of requests from concurrent
-// keep-alive clients in the same process, under a time cap; each round
-// starts one endpoint further down the list, and the medians of the
-// rounds are reported. Endpoints checking secrets with bcrypt get one
+// For each round it serves every endpoint and every route in turn with
+// net/http on 127.0.0.1 and drives it with a fixed number of requests
+// from concurrent keep-alive clients in the same process, under a time
+// cap: token requests to the endpoints, GET /api/builders with one token
+// issued by m2mauth to the routes. Each round starts one further down
+// the list, and the medians of the rounds are reported. Endpoints checking secrets with bcrypt get one
 // short run after the rounds. It then issues -retain tokens in process
 // through each endpoint and reports the live-heap growth per token. No
 // traffic leaves the loopback interface.
@@ -46,23 +47,27 @@ type Retained struct {
 
 // Report is the JSON written by this command.
 type Report struct {
-	Concurrency int        `json:"concurrency"`
-	Requests    int        `json:"requests"`
-	MaxSeconds  float64    `json:"max_seconds"`
-	Rounds      int        `json:"rounds"`
-	Loopback    []Loopback `json:"loopback"`
-	Retained    []Retained `json:"retained"`
+	Concurrency int     `json:"concurrency"`
+	Requests    int     `json:"requests"`
+	MaxSeconds  float64 `json:"max_seconds"`
+	Rounds      int     `json:"rounds"`
+	// Loopback holds the token endpoints, Validation the protected
+	// routes.
+	Loopback   []Loopback `json:"loopback"`
+	Validation []Loopback `json:"validation"`
+	Retained   []Retained `json:"retained"`
 }
 
 func main() {
 	var (
 		endpoints   = flag.String("endpoints", "noop,floor,m2mauth,m2mauth-slog,fosite-plain,go-oauth2,fosite-bcrypt", "comma-separated endpoints to drive over loopback")
-		requests    = flag.Int("requests", 50000, "measured requests per endpoint and round")
+		routes      = flag.String("routes", "bare,floor,m2mauth-cached,m2mauth-uncached,auth0,golang-jwt,golang-jwt-typed,jwx", "comma-separated protected routes to drive over loopback (empty: none)")
+		requests    = flag.Int("requests", 50000, "measured requests per endpoint or route and round")
 		warmup      = flag.Int("warmup", 2000, "unmeasured requests before each run")
 		bcryptReqs  = flag.Int("bcrypt-requests", 64, "measured requests for bcrypt endpoints (one run after the rounds, warm-up of one per client)")
 		concurrency = flag.Int("concurrency", 32, "concurrent clients")
 		maxDur      = flag.Duration("max", 15*time.Second, "time cap of each measured run")
-		rounds      = flag.Int("rounds", 7, "rounds over all endpoints; medians are reported")
+		rounds      = flag.Int("rounds", 7, "rounds over all endpoints and routes; medians are reported")
 		retain      = flag.Int("retain", 10000, "tokens issued in process per endpoint for the retained-heap measurement (0 skips it)")
 		out         = flag.String("out", "", "write the JSON report to this file (default: stdout only)")
 		cpuprofile  = flag.String("cpuprofile", "", "after the rounds, profile one more m2mauth loopback run into this file")
@@ -70,13 +75,13 @@ func main() {
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
-	if err := run(ctx, *endpoints, *requests, *warmup, *bcryptReqs, *concurrency, *maxDur, *rounds, *retain, *out, *cpuprofile); err != nil {
+	if err := run(ctx, *endpoints, *routes, *requests, *warmup, *bcryptReqs, *concurrency, *maxDur, *rounds, *retain, *out, *cpuprofile); err != nil {
 		fmt.Fprintln(os.Stderr, "load:", err)
 		os.Exit(1)
 	}
 }
 
-func run(ctx context.Context, endpoints string, requests, warmup, bcryptReqs, conc int, maxDur time.Duration, rounds, retain int, out, cpuprofile string) error {
+func run(ctx context.Context, endpoints, routes string, requests, warmup, bcryptReqs, conc int, maxDur time.Duration, rounds, retain int, out, cpuprofile string) error {
 	makers := map[string]bench.EndpointMaker{}
 	for _, m := range bench.Endpoints() {
 		makers[m.Name] = m
@@ -88,11 +93,31 @@ func run(ctx context.Context, endpoints string, requests, warmup, bcryptReqs, co
 		}
 		names = append(names, n)
 	}
+	routeMakers := map[string]bench.RouteMaker{}
+	for _, m := range bench.Routes() {
+		routeMakers[m.Name] = m
+	}
+	var routeNames []string
+	if routes != "" {
+		for n := range strings.SplitSeq(routes, ",") {
+			if _, ok := routeMakers[n]; !ok {
+				return fmt.Errorf("unknown route %q", n)
+			}
+			routeNames = append(routeNames, n)
+		}
+	}
+	token, err := bench.IssueToken()
+	if err != nil {
+		return err
+	}
 	rep := Report{Concurrency: conc, Requests: requests, MaxSeconds: maxDur.Seconds(), Rounds: rounds}
+	// runs holds the results by job name: the endpoint's, or
+	// "validate/" and the route's.
 	runs := map[string][]bench.LoadResult{}
+	const validate = "validate/"
 
 	fmt.Printf("loopback: %d clients, %d requests per run (bcrypt: %d), cap %v, %d rounds\n", conc, requests, bcryptReqs, maxDur, rounds)
-	fmt.Printf("%-14s %5s %10s %10s %10s %12s %7s\n", "endpoint", "round", "req/s", "p50 µs", "p99 µs", "retained B", "errors")
+	fmt.Printf("%-26s %5s %10s %10s %10s %12s %7s\n", "endpoint or route", "round", "req/s", "p50 µs", "p99 µs", "retained B", "errors")
 	var cheap, slow []string
 	for _, n := range names {
 		if makers[n].BCrypt {
@@ -101,17 +126,28 @@ func run(ctx context.Context, endpoints string, requests, warmup, bcryptReqs, co
 			cheap = append(cheap, n)
 		}
 	}
+	for _, n := range routeNames {
+		cheap = append(cheap, validate+n)
+	}
 	measure := func(n string, round int, cfg bench.LoadConfig) error {
-		res, err := loadOnce(ctx, makers[n], cfg)
+		var (
+			res bench.LoadResult
+			err error
+		)
+		if route, ok := strings.CutPrefix(n, validate); ok {
+			res, err = loadRoute(ctx, routeMakers[route], token, cfg)
+		} else {
+			res, err = loadOnce(ctx, makers[n], cfg)
+		}
 		if err != nil {
 			return err
 		}
-		fmt.Printf("%-14s %5d %10.0f %10.0f %10.0f %12.1f %7d\n", n, round, res.PerSecond, res.P50, res.P99, res.RetainedPerToken, res.Errors)
+		fmt.Printf("%-26s %5d %10.0f %10.0f %10.0f %12.1f %7d\n", n, round, res.PerSecond, res.P50, res.P99, res.RetainedPerToken, res.Errors)
 		runs[n] = append(runs[n], res)
 		return nil
 	}
-	// Each round starts one endpoint further down the list, so that no
-	// endpoint always follows the same one.
+	// Each round starts one endpoint or route further down the list, so
+	// that none always follows the same one.
 	for round := 1; round <= rounds; round++ {
 		for i := range cheap {
 			n := cheap[(i+round-1)%len(cheap)]
@@ -121,14 +157,20 @@ func run(ctx context.Context, endpoints string, requests, warmup, bcryptReqs, co
 		}
 	}
 	// bcrypt endpoints take a quarter of a second of CPU a request: one
-	// short run each, a warm-up request per client.
+	// short run each, a warm-up request per client. With every client
+	// waiting on bcrypt at once, a request takes seconds, more on a busy
+	// machine, so each may take up to a minute.
 	for _, n := range slow {
-		if err := measure(n, 1, bench.LoadConfig{Requests: bcryptReqs, Warmup: conc, Concurrency: conc, MaxDuration: maxDur}); err != nil {
+		if err := measure(n, 1, bench.LoadConfig{Requests: bcryptReqs, Warmup: conc, Concurrency: conc, MaxDuration: maxDur, Timeout: time.Minute}); err != nil {
 			return err
 		}
 	}
 	for _, n := range names {
 		rep.Loopback = append(rep.Loopback, Loopback{Name: n, Median: median(n, runs[n]), Runs: runs[n]})
+	}
+	for _, n := range routeNames {
+		rs := runs[validate+n]
+		rep.Validation = append(rep.Validation, Loopback{Name: n, Median: median(n, rs), Runs: rs})
 	}
 
 	if cpuprofile != "" {
@@ -152,7 +194,7 @@ func run(ctx context.Context, endpoints string, requests, warmup, bcryptReqs, co
 			if err != nil {
 				return err
 			}
-			fmt.Printf("%-14s %10.1f bytes retained per token\n", m.Name, per)
+			fmt.Printf("%-26s %10.1f bytes retained per token\n", m.Name, per)
 			rep.Retained = append(rep.Retained, Retained{Name: m.Name, Tokens: retain, BytesPerToken: per})
 		}
 	}
@@ -180,6 +222,22 @@ func loadOnce(ctx context.Context, m bench.EndpointMaker, cfg bench.LoadConfig) 
 	}
 	if res.Errors > 0 {
 		return res, fmt.Errorf("%s: %d of %d requests failed", m.Name, res.Errors, res.Requests)
+	}
+	return res, nil
+}
+
+// loadRoute drives a fresh route once with token.
+func loadRoute(ctx context.Context, m bench.RouteMaker, token string, cfg bench.LoadConfig) (bench.LoadResult, error) {
+	rt, err := m.New()
+	if err != nil {
+		return bench.LoadResult{}, err
+	}
+	res, err := bench.LoadRoute(ctx, rt, token, cfg)
+	if err != nil {
+		return res, err
+	}
+	if res.Errors > 0 {
+		return res, fmt.Errorf("validate/%s: %d of %d requests failed", m.Name, res.Errors, res.Requests)
 	}
 	return res, nil
 }

@@ -168,16 +168,22 @@ type loadReport struct {
 	Requests    int     `json:"requests"`
 	MaxSeconds  float64 `json:"max_seconds"`
 	Rounds      int     `json:"rounds"`
-	Loopback    []struct {
-		Name   string             `json:"name"`
-		Median bench.LoadResult   `json:"median"`
-		Runs   []bench.LoadResult `json:"runs"`
-	} `json:"loopback"`
-	Retained []struct {
+	// Loopback holds the token endpoints, Validation the protected
+	// routes.
+	Loopback   []loopback `json:"loopback"`
+	Validation []loopback `json:"validation"`
+	Retained   []struct {
 		Name          string  `json:"name"`
 		Tokens        int     `json:"tokens"`
 		BytesPerToken float64 `json:"bytes_per_token"`
 	} `json:"retained"`
+}
+
+// loopback is the median and the runs of one endpoint or route.
+type loopback struct {
+	Name   string             `json:"name"`
+	Median bench.LoadResult   `json:"median"`
+	Runs   []bench.LoadResult `json:"runs"`
 }
 
 // report renders the results section, collecting missing inputs.
@@ -337,8 +343,12 @@ func (r *report) render(loadBefore, loadAfter string, count int, benchstat strin
 	if loadBefore != "" || loadAfter != "" {
 		fmt.Fprintf(&s, "; load average %s before the run, %s after", orUnknown(loadBefore), orUnknown(loadAfter))
 	}
-	fmt.Fprintf(&s, ". %s. In-process numbers are medians of %d runs (`-count %d`); loopback numbers are medians of %d rounds of %s requests from %d clients.\n\n",
+	fmt.Fprintf(&s, ". %s. In-process numbers are medians of %d runs (`-count %d`); loopback numbers are medians of %d rounds of %s requests from %d clients.",
 		versions(), count, count, r.load.Rounds, num(float64(r.load.Requests)), r.load.Concurrency)
+	if busy(loadBefore) {
+		s.WriteString(" Other work was running on the machine: the load average before the run is not the run's own, as it had started nothing yet. Absolute figures are lower, and their spread wider, than on an idle machine; the ratios, each taken within this run, carry over better.")
+	}
+	s.WriteString("\n\n")
 
 	s.WriteString("#### Goals\n\n| Goal | Target | Measured | |\n|---|---|---|---|\n")
 	var gt strings.Builder
@@ -394,6 +404,28 @@ func (r *report) render(loadBefore, loadAfter string, count int, benchstat strin
 			num(m.P50), num(m.P99), f2(m.P99/floor.P99), f1(m.RetainedPerToken), num(float64(m.Requests)), len(l.Runs))
 	}
 
+	if len(r.load.Validation) > 0 {
+		var bareLoop, floorLoop bench.LoadResult
+		for _, l := range r.load.Validation {
+			switch l.Name {
+			case bench.RouteBare:
+				bareLoop = l.Median
+			case bench.RouteFloor:
+				floorLoop = l.Median
+			}
+		}
+		if bareLoop.PerSecond == 0 || floorLoop.P99 == 0 {
+			r.missing = append(r.missing, "loopback validation of the bare route and the floor")
+		}
+		fmt.Fprintf(&s, "\n#### Token validation over loopback (`cmd/load`, %d clients, keep-alive)\n\n", r.load.Concurrency)
+		s.WriteString("| Implementation | req/s | ÷ bare's | p50 µs | p99 µs | p99 ÷ floor's | retained B/request | requests × rounds |\n|---|--:|--:|--:|--:|--:|--:|--:|\n")
+		for _, l := range r.load.Validation {
+			m := l.Median
+			fmt.Fprintf(&s, "| %s | %s | %s× | %s | %s | %s× | %s | %s × %d |\n", label(l.Name), num(m.PerSecond), f2(m.PerSecond/bareLoop.PerSecond),
+				num(m.P50), num(m.P99), f2(m.P99/floorLoop.P99), f1(m.RetainedPerToken), num(float64(m.Requests)), len(l.Runs))
+		}
+	}
+
 	// Profiles of misses.
 	seen := map[string]bool{}
 	for _, g := range goals {
@@ -428,6 +460,7 @@ func versions() string {
 		"github.com/go-oauth2/oauth2/v4",
 		"github.com/auth0/go-jwt-middleware/v2",
 		"github.com/golang-jwt/jwt/v5",
+		"github.com/lestrrat-go/jwx/v3",
 		"github.com/go-jose/go-jose/v4",
 	}
 	var parts []string
@@ -485,8 +518,21 @@ func label(name string) string {
 		return "golang-jwt v5, jwt.Parse"
 	case bench.RouteGolangJWTTyped:
 		return "golang-jwt v5, typed claims"
+	case bench.RouteJWX:
+		return "lestrrat-go/jwx v3, jwt.Parse"
 	}
 	return name
+}
+
+// busy reports whether a load average line ("1.20 0.80 0.50") shows
+// other work: a one-minute average of 1 or more.
+func busy(loadavg string) bool {
+	f := strings.Fields(loadavg)
+	if len(f) == 0 {
+		return false
+	}
+	v, err := strconv.ParseFloat(f[0], 64)
+	return err == nil && v >= 1
 }
 
 func orUnknown(s string) string {
