@@ -461,10 +461,15 @@ type chunk struct {
 	dead int // bytes of records no longer referenced, prefixes included
 }
 
-// chunkSize is the capacity of a chunk. A record longer than an eighth of
-// it gets a chunk of its own, so that no chunk is left with more than an
-// eighth unused.
-const chunkSize = 64 << 10
+// chunkSize is the capacity of a chunk, once the table has grown: the
+// first chunk holds firstChunkSize bytes, and each next one twice the one
+// before. A record longer than an eighth of chunkSize gets a chunk of its
+// own, so that no full-sized chunk is left with more than an eighth
+// unused.
+const (
+	chunkSize      = 64 << 10
+	firstChunkSize = 1 << 10
+)
 
 func newClientTable() clientTable {
 	seed := maphash.MakeSeed()
@@ -472,7 +477,7 @@ func newClientTable() clientTable {
 		hash:   func(id string) uint64 { return maphash.String(seed, id) },
 		index:  make(map[uint64]recordRef),
 		spill:  make(map[string]recordRef),
-		chunks: []chunk{{b: make([]byte, 0, chunkSize)}},
+		chunks: []chunk{{b: make([]byte, 0, firstChunkSize)}},
 	}
 }
 
@@ -571,9 +576,9 @@ func (t *clientTable) append(enc []byte) recordRef {
 	switch {
 	case size > chunkSize/8:
 		c = t.newChunk(size)
-	case len(t.chunks[c].b)+size > chunkSize:
+	case len(t.chunks[c].b)+size > cap(t.chunks[c].b):
 		full := c
-		t.cur = t.newChunk(chunkSize)
+		t.cur = t.newChunk(min(chunkSize, max(2*cap(t.chunks[c].b), size)))
 		t.compactIfDead(full)
 		// Moving full's live records may have left too little room.
 		return t.append(enc)
