@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Measures m2mauth against its peer libraries in one run and rewrites the
-# results section of README.md. 6 to 8 minutes on 2 cores.
+# results section of README.md. 8 to 10 minutes on 2 idle cores, longer
+# beside other work.
 #
 # Knobs (environment):
 #   COUNT=10             -count of the in-process benchmarks
