@@ -432,7 +432,7 @@ func secretIndex(c *m2mauth.Client, secretID string) int {
 // records holds no pointers. A store of a million clients is then a few
 // thousand pointer-free chunks and one pointer-free map to the collector,
 // not millions of structs, maps, slices and strings to mark on every
-// cycle; it also takes about a third of the memory.
+// cycle; it also takes about a quarter of the memory.
 //
 // Records are never changed in place: a changed client is appended anew
 // and its old record becomes dead. A chunk other than the one appended to
