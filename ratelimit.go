@@ -2,7 +2,10 @@ package m2mauth
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/binary"
 	"errors"
+	"hash/maphash"
 	"math"
 	"sync"
 	"time"
@@ -101,10 +104,12 @@ type RateLimiterConfig struct {
 	// bucket (its own bucket still applies). Default: 24h.
 	KnownWindow time.Duration
 	// MaxKeys bounds the number of buckets held (one per client id and
-	// address pair, one per address). When it is reached, buckets that
-	// have refilled are dropped first, then arbitrary ones without
-	// attempts in flight; dropping a pair forgets that its client
-	// authenticated from there. Default: 100000, a few megabytes.
+	// address pair, one per address). When it is reached, a new bucket
+	// takes the place of one that has refilled, else of one not reserved
+	// lately, else of any without attempts in flight, among the next few
+	// in turn; dropping a pair forgets that its client authenticated from
+	// there. A bucket takes about 150 bytes, held as it is made. Default:
+	// 100000, about 15 MB. Values above 2^30 count as 2^30.
 	MaxKeys int
 	// Now is the clock. Default: [time.Now].
 	Now func() time.Time
@@ -118,27 +123,69 @@ type RateLimiterConfig struct {
 // soon refused for every client it has not authenticated. Memory is
 // bounded by MaxKeys. A RateLimiter is safe for concurrent use.
 type RateLimiter struct {
-	cfg     RateLimiterConfig
-	mu      sync.Mutex
-	buckets map[limitKey]*bucket
+	cfg  RateLimiterConfig
+	seed maphash.Seed
+	mu   sync.Mutex
+	// The buckets live in slots, in chunks that never move, and index
+	// finds them; neither holds a pointer, so the garbage collector has
+	// nothing to scan however many buckets are held.
+	//
+	// index is an open-addressing table, probed linearly and at most 3/4
+	// full: an entry is a key's hash (high half) and its bucket's slot
+	// plus one (low half); 0 is empty. Its size is a power of two.
+	index  []uint64
+	chunks []*[chunkSlots]bucket
+	used   int32 // slots handed out; every one holds a bucket
+	hand   int32 // where the next eviction looks first
 	// changed is closed, and replaced, when a reservation is released
 	// while waiters > 0.
 	changed chan struct{}
 	waiters int
 }
 
-// limitKey names a bucket; client is empty for an address's own bucket.
-type limitKey struct{ client, ip string }
+const (
+	chunkSlots = 256 // buckets per chunk: 32 KiB
+	// keyCap is the longest key a bucket holds as it is; see limitKey.
+	keyCap = 85
+	// evictScan is how many buckets without attempts in flight an
+	// eviction looks at, at most.
+	evictScan = 16
+	// maxKeysCap bounds MaxKeys so that slot numbers fit an int32.
+	maxKeysCap = 1 << 30
+)
 
-// bucket is a token bucket of attempts, with the reservations it lends.
+// limitKey names a bucket: a client id and an address, the client id
+// empty for the address's own bucket. A bucket holds its key as the client
+// id's length, the client id and the address, or, when that is longer
+// than keyCap, as 0xff and their SHA-256: a long key's client is that
+// SHA-256, its ip empty.
+type limitKey struct {
+	client, ip string
+	hash       uint32
+	long, addr bool
+}
+
+// bucket is a token bucket of attempts, with the reservations it lends,
+// and its key: 128 bytes without a pointer.
 type bucket struct {
 	tokens float64 // at time at, reservations not subtracted
 	at     int64   // unix nanoseconds
+	// authAt is when the pair's client last authenticated (0: never).
+	authAt int64
 	// pending counts reservations in flight; for a pair, pendingAddr
 	// counts those of them that also hold one of the address's.
 	pending, pendingAddr int32
-	// authAt is when the pair's client last authenticated (0: never).
-	authAt int64
+	hash                 uint32 // limitKey.hash
+	// addrSlot is, for a pair, the slot plus one where its address's
+	// bucket was last seen (0: not yet); it saves a search of the index
+	// while the slot still holds that bucket.
+	addrSlot int32
+	klen     uint8
+	addr     bool // an address's own bucket
+	// ref records a reservation since the last eviction looked at the
+	// bucket: it is passed over once.
+	ref bool
+	key [keyCap]byte
 }
 
 // NewRateLimiter returns a [RateLimiter] configured by cfg.
@@ -166,10 +213,215 @@ func NewRateLimiter(cfg RateLimiterConfig) (*RateLimiter, error) {
 		every(&cfg.KnownWindow, 24*time.Hour)); err != nil {
 		return nil, err
 	}
+	cfg.MaxKeys = min(cfg.MaxKeys, maxKeysCap)
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	return &RateLimiter{cfg: cfg, buckets: make(map[limitKey]*bucket), changed: make(chan struct{})}, nil
+	return &RateLimiter{cfg: cfg, seed: maphash.MakeSeed(), index: make([]uint64, 64), changed: make(chan struct{})}, nil
+}
+
+// keys makes the keys of the buckets of client at ip: the pair's and the
+// address's own.
+func (l *RateLimiter) keys(pk, ak *limitKey, client, ip string) {
+	h := maphash.String(l.seed, ip)
+	ak.ip, ak.hash, ak.addr = ip, uint32(h>>32), true
+	if client != "" {
+		h ^= maphash.String(l.seed, client) * 0x9e3779b97f4a7c15
+	}
+	pk.client, pk.ip, pk.hash, pk.addr = client, ip, uint32(h>>32), client == ""
+	if 1+len(client)+len(ip) > keyCap {
+		pk.shorten()
+		if 1+len(ip) > keyCap {
+			ak.shorten()
+		}
+	}
+}
+
+// shorten replaces a long key by its SHA-256.
+func (k *limitKey) shorten() {
+	buf := binary.AppendUvarint(make([]byte, 0, binary.MaxVarintLen64+len(k.client)+len(k.ip)), uint64(len(k.client)))
+	sum := sha256.Sum256(append(append(buf, k.client...), k.ip...))
+	k.client, k.ip, k.long = string(sum[:]), "", true
+}
+
+// is reports whether b is the bucket k.
+func (b *bucket) is(k *limitKey) bool {
+	c := len(k.client)
+	lead := byte(c)
+	if k.long {
+		lead = 0xff
+	}
+	return int(b.klen) == 1+c+len(k.ip) && b.key[0] == lead &&
+		string(b.key[1:1+c]) == k.client && string(b.key[1+c:b.klen]) == k.ip
+}
+
+// slot returns the bucket in slot i.
+func (l *RateLimiter) slot(i int32) *bucket {
+	return &l.chunks[i/chunkSlots][i%chunkSlots]
+}
+
+// find returns the bucket k and its slot, or nil.
+func (l *RateLimiter) find(k *limitKey) (*bucket, int32) {
+	mask := uint32(len(l.index) - 1)
+	for i := k.hash & mask; ; i = (i + 1) & mask {
+		e := l.index[i]
+		if e == 0 {
+			return nil, -1
+		}
+		if uint32(e>>32) == k.hash {
+			s := int32(uint32(e)) - 1
+			if b := l.slot(s); b.is(k) {
+				return b, s
+			}
+		}
+	}
+}
+
+// lookup returns the buckets of a pair and of its address, or nil.
+func (l *RateLimiter) lookup(pk, ak *limitKey) (p, a *bucket) {
+	p, _ = l.find(pk)
+	if p != nil && p.addrSlot > 0 {
+		if a = l.slot(p.addrSlot - 1); a.hash == ak.hash && a.is(ak) {
+			return p, a
+		}
+	}
+	a, s := l.find(ak)
+	if p != nil {
+		p.addrSlot = s + 1
+	}
+	return p, a
+}
+
+// bucket returns the bucket k, making a full one if there is none. Making
+// one may reuse the slot of any bucket without attempts in flight, so a
+// bucket found before is found again after.
+func (l *RateLimiter) bucket(k *limitKey, now int64, burst int) (*bucket, int32) {
+	if b, i := l.find(k); b != nil {
+		return b, i
+	}
+	i := l.victim(now)
+	if i >= 0 {
+		l.unindex(i)
+	} else {
+		if l.used%chunkSlots == 0 {
+			l.chunks = append(l.chunks, new([chunkSlots]bucket))
+		}
+		i = l.used
+		l.used++
+		if int(l.used) > len(l.index)/4*3 {
+			l.grow()
+		}
+	}
+	b := l.slot(i)
+	*b = bucket{tokens: float64(burst), at: now, hash: k.hash, addr: k.addr}
+	b.key[0] = byte(len(k.client))
+	if k.long {
+		b.key[0] = 0xff
+	}
+	b.klen = uint8(1 + copy(b.key[1:], k.client) + copy(b.key[1+len(k.client):], k.ip))
+	indexPut(l.index, k.hash, i)
+	return b, i
+}
+
+// indexPut adds slot i, of a key hashing to h, to the index idx.
+func indexPut(idx []uint64, h uint32, i int32) {
+	mask := uint32(len(idx) - 1)
+	j := h & mask
+	for idx[j] != 0 {
+		j = (j + 1) & mask
+	}
+	idx[j] = uint64(h)<<32 | uint64(i+1)
+}
+
+// grow doubles the index.
+func (l *RateLimiter) grow() {
+	idx := make([]uint64, 2*len(l.index))
+	for _, e := range l.index {
+		if e != 0 {
+			indexPut(idx, uint32(e>>32), int32(uint32(e))-1)
+		}
+	}
+	l.index = idx
+}
+
+// unindex removes slot i from the index, moving back the entries after it
+// that would otherwise no longer be found.
+func (l *RateLimiter) unindex(i int32) {
+	mask := uint32(len(l.index) - 1)
+	hole := l.slot(i).hash & mask
+	for uint32(l.index[hole]) != uint32(i+1) {
+		hole = (hole + 1) & mask
+	}
+	for j := hole; ; {
+		j = (j + 1) & mask
+		e := l.index[j]
+		if e == 0 {
+			break
+		}
+		// The entry at j stays unless its home is cyclically at or
+		// before the hole.
+		if home := uint32(e>>32) & mask; (j-home)&mask >= (j-hole)&mask {
+			l.index[hole] = e
+			hole = j
+		}
+	}
+	l.index[hole] = 0
+}
+
+// victim returns the slot to reuse for a new bucket, or -1 while fewer
+// than MaxKeys are held (or, beyond that, when every bucket has attempts
+// in flight). It looks at the buckets in turn from where it last stopped,
+// like a clock's hand, skipping those with attempts in flight: the first
+// idle one wins; else, among evictScan, the first not reserved since the
+// hand last passed it, else the first. The hand clears the marks it
+// passes. Its cost is bounded by evictScan plus the attempts in flight.
+func (l *RateLimiter) victim(now int64) int32 {
+	if int(l.used) < l.cfg.MaxKeys {
+		return -1
+	}
+	first, unmarked := int32(-1), int32(-1)
+	seen := 0
+	i := l.hand
+	for range l.used {
+		b := l.slot(i)
+		if b.pending == 0 {
+			if l.idle(b, now) {
+				unmarked = i
+				break
+			}
+			if first < 0 {
+				first = i
+			}
+			if !b.ref && unmarked < 0 {
+				unmarked = i
+			}
+			if seen++; seen == evictScan {
+				break
+			}
+		}
+		if i++; i == l.used {
+			i = 0
+		}
+	}
+	v := unmarked
+	if v < 0 {
+		v = first
+	}
+	if v < 0 {
+		return -1
+	}
+	// Clear the marks of those passed over before the victim.
+	for i := l.hand; i != v; {
+		l.slot(i).ref = false
+		if i++; i == l.used {
+			i = 0
+		}
+	}
+	l.hand = v + 1
+	if l.hand == l.used {
+		l.hand = 0
+	}
+	return v
 }
 
 // level returns the tokens of b at now (a missing bucket is full).
@@ -196,11 +448,18 @@ func (l *RateLimiter) known(p *bucket, now int64) bool {
 
 // Reserve implements [Limiter.Reserve].
 func (l *RateLimiter) Reserve(ctx context.Context, clientID, ip string) (time.Duration, error) {
-	pk, ak := limitKey{clientID, ip}, limitKey{"", ip}
+	var pk, ak limitKey
+	l.keys(&pk, &ak, clientID, ip)
 	for {
 		l.mu.Lock()
 		now := l.cfg.Now().UnixNano()
-		p, a := l.buckets[pk], l.buckets[ak]
+		p, a := l.lookup(&pk, &ak)
+		if p != nil {
+			p.ref = true
+		}
+		if a != nil {
+			a.ref = true
+		}
 		known := l.known(p, now)
 		pt := level(p, now, l.cfg.ClientIPEvery, l.cfg.ClientIPBurst)
 		at := level(a, now, l.cfg.IPEvery, l.cfg.IPBurst)
@@ -209,7 +468,7 @@ func (l *RateLimiter) Reserve(ctx context.Context, clientID, ip string) (time.Du
 			// Locked out: the refused attempt still counts against the
 			// address.
 			if !known && at >= 1 {
-				l.take(ak, now, l.cfg.IPEvery, l.cfg.IPBurst)
+				l.take(&ak, now, l.cfg.IPEvery, l.cfg.IPBurst)
 			}
 			l.mu.Unlock()
 			return until(pt, l.cfg.ClientIPEvery), nil
@@ -217,11 +476,19 @@ func (l *RateLimiter) Reserve(ctx context.Context, clientID, ip string) (time.Du
 			l.mu.Unlock()
 			return until(at, l.cfg.IPEvery), nil
 		case pt-float64(pendingOf(p)) >= 1 && (known || at-float64(pendingOf(a)) >= 1):
-			p = l.bucket(pk, now, l.cfg.ClientIPEvery, l.cfg.ClientIPBurst)
+			if p == nil {
+				p, _ = l.bucket(&pk, now, l.cfg.ClientIPBurst)
+				a = nil // its slot may have been reused
+			}
 			p.pending++
 			if !known {
 				p.pendingAddr++
-				l.bucket(ak, now, l.cfg.IPEvery, l.cfg.IPBurst).pending++
+				if a == nil {
+					var s int32
+					a, s = l.bucket(&ak, now, l.cfg.IPBurst)
+					p.addrSlot = s + 1
+				}
+				a.pending++
 			}
 			l.mu.Unlock()
 			return 0, nil
@@ -248,11 +515,12 @@ func pendingOf(b *bucket) int32 {
 
 // Release implements [Limiter.Release].
 func (l *RateLimiter) Release(_ context.Context, clientID, ip string, o Outcome) error {
-	pk, ak := limitKey{clientID, ip}, limitKey{"", ip}
+	var pk, ak limitKey
+	l.keys(&pk, &ak, clientID, ip)
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	now := l.cfg.Now().UnixNano()
-	p, a := l.buckets[pk], l.buckets[ak]
+	p, a := l.lookup(&pk, &ak)
 	if p == nil || p.pending == 0 {
 		return errors.New("m2mauth: RateLimiter.Release without a reservation")
 	}
@@ -265,8 +533,10 @@ func (l *RateLimiter) Release(_ context.Context, clientID, ip string, o Outcome)
 	}
 	switch o {
 	case OutcomeFailed:
-		l.take(pk, now, l.cfg.ClientIPEvery, l.cfg.ClientIPBurst)
-		l.take(ak, now, l.cfg.IPEvery, l.cfg.IPBurst)
+		// The pair's bucket exists; the address's may not, and making it
+		// may reuse the pair's slot, so the pair comes first.
+		takeFrom(p, now, l.cfg.ClientIPEvery, l.cfg.ClientIPBurst)
+		l.take(&ak, now, l.cfg.IPEvery, l.cfg.IPBurst)
 	case OutcomeAuthenticated:
 		p.authAt = now
 	}
@@ -278,64 +548,32 @@ func (l *RateLimiter) Release(_ context.Context, clientID, ip string, o Outcome)
 	return nil
 }
 
-// bucket returns the bucket k, making a full one if there is none.
-func (l *RateLimiter) bucket(k limitKey, now int64, every time.Duration, burst int) *bucket {
-	b := l.buckets[k]
-	if b == nil {
-		if len(l.buckets) >= l.cfg.MaxKeys {
-			l.evict(now)
-		}
-		b = &bucket{tokens: float64(burst), at: now}
-		l.buckets[k] = b
-	}
-	return b
+// take removes one token from bucket k, if it holds one.
+func (l *RateLimiter) take(k *limitKey, now int64, every time.Duration, burst int) {
+	b, _ := l.bucket(k, now, burst)
+	takeFrom(b, now, every, burst)
 }
 
-// take removes one token from bucket k, if it holds one.
-func (l *RateLimiter) take(k limitKey, now int64, every time.Duration, burst int) {
-	b := l.bucket(k, now, every, burst)
+func takeFrom(b *bucket, now int64, every time.Duration, burst int) {
 	t := level(b, now, every, burst)
 	b.tokens, b.at = max(t-1, 0), now
 }
 
 // idle reports whether b is no different from no bucket at all: full,
 // with nothing in flight and nothing to remember.
-func (l *RateLimiter) idle(k limitKey, b *bucket, now int64) bool {
+func (l *RateLimiter) idle(b *bucket, now int64) bool {
 	every, burst := l.cfg.ClientIPEvery, l.cfg.ClientIPBurst
-	if k.client == "" {
+	if b.addr {
 		every, burst = l.cfg.IPEvery, l.cfg.IPBurst
 	}
 	return b.pending == 0 && !l.known(b, now) && level(b, now, every, burst) >= float64(burst)
-}
-
-// evict makes room for one bucket: it drops idle buckets among a few
-// visited in the map's random order, or else the first one visited that
-// has no attempt in flight.
-func (l *RateLimiter) evict(now int64) {
-	const scan = 32
-	var victim *limitKey
-	n, dropped := 0, false
-	for k, b := range l.buckets {
-		if l.idle(k, b, now) {
-			delete(l.buckets, k)
-			dropped = true
-		} else if victim == nil && b.pending == 0 {
-			victim = &k
-		}
-		if n++; n == scan {
-			break
-		}
-	}
-	if !dropped && victim != nil {
-		delete(l.buckets, *victim)
-	}
 }
 
 // Len returns the number of buckets held.
 func (l *RateLimiter) Len() int {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	return len(l.buckets)
+	return int(l.used)
 }
 
 // retryAfterSeconds renders a wait as a Retry-After value: whole seconds,

@@ -369,3 +369,61 @@ func BenchmarkRateLimiterReserve(b *testing.B) {
 		}
 	}
 }
+
+// TestRateLimiterLongKeys: client ids and addresses too long to be held as
+// they are count like short ones, each in its own bucket.
+func TestRateLimiterLongKeys(t *testing.T) {
+	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	l, err := m2mauth.NewRateLimiter(m2mauth.RateLimiterConfig{Now: func() time.Time { return now }})
+	require.NoError(t, err)
+	ctx := t.Context()
+	long := strings.Repeat("c", 250)
+	ids := []string{long + "a", long + "b", "short"}
+	ips := []string{"192.0.2.1", strings.Repeat("2001:db8:", 20) + "/64"}
+	for _, ip := range ips {
+		for i := range 5 {
+			wait, err := l.Reserve(ctx, ids[0], ip)
+			require.NoError(t, err)
+			require.Zero(t, wait, "attempt %d", i+1)
+			require.NoError(t, l.Release(ctx, ids[0], ip, m2mauth.OutcomeFailed))
+		}
+		wait, err := l.Reserve(ctx, ids[0], ip)
+		require.NoError(t, err)
+		assert.Equal(t, 12*time.Second, wait, "locked out at %.20s", ip)
+		for _, id := range ids[1:] {
+			wait, err := l.Reserve(ctx, id, ip)
+			require.NoError(t, err)
+			assert.Zero(t, wait, "%.20s… is another client", id)
+			require.NoError(t, l.Release(ctx, id, ip, m2mauth.OutcomeAuthenticated))
+		}
+	}
+	assert.Equal(t, 8, l.Len(), "three pairs and an address, at each address")
+}
+
+// TestRateLimiterFullKeepsReservations: however many new keys arrive at a
+// full limiter, a reservation in flight keeps its buckets, so its release
+// finds them, and the limiter holds at most MaxKeys buckets besides
+// those.
+func TestRateLimiterFullKeepsReservations(t *testing.T) {
+	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	const maxKeys = 64
+	l, err := m2mauth.NewRateLimiter(m2mauth.RateLimiterConfig{MaxKeys: maxKeys, Now: func() time.Time { return now }})
+	require.NoError(t, err)
+	ctx := t.Context()
+	for i := range 40 {
+		wait, err := l.Reserve(ctx, "held", fmt.Sprintf("192.0.2.%d", i))
+		require.NoError(t, err)
+		require.Zero(t, wait)
+	}
+	for i := range 10_000 {
+		id, ip := fmt.Sprintf("client-%d", i), fmt.Sprintf("10.0.%d.%d", i>>8&255, i&255)
+		wait, err := l.Reserve(ctx, id, ip)
+		require.NoError(t, err)
+		require.Zero(t, wait)
+		require.NoError(t, l.Release(ctx, id, ip, m2mauth.OutcomeFailed))
+		require.LessOrEqual(t, l.Len(), maxKeys+80)
+	}
+	for i := range 40 {
+		require.NoError(t, l.Release(ctx, "held", fmt.Sprintf("192.0.2.%d", i), m2mauth.OutcomeAbandoned))
+	}
+}

@@ -1,0 +1,152 @@
+package m2mauth_test
+
+import (
+	"context"
+	"runtime"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/m2mauth/m2mauth"
+)
+
+// limiterSizes are the numbers of buckets held in the scale benchmarks:
+// half of them a client and address pair, half the pair's address.
+var limiterSizes = []struct {
+	name string
+	n    int
+}{{"keys=1k", 1_000}, {"keys=100k", 100_000}, {"keys=1M", 1_000_000}}
+
+// heldLimiter returns a limiter of maxKeys holding n buckets, n/2 pairs
+// that each failed once from an address of their own, and the pairs'
+// client ids and addresses.
+func heldLimiter(b *testing.B, n, maxKeys int) (*m2mauth.RateLimiter, []string, []string) {
+	b.Helper()
+	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	l, err := m2mauth.NewRateLimiter(m2mauth.RateLimiterConfig{MaxKeys: maxKeys, Now: func() time.Time { return now }})
+	require.NoError(b, err)
+	ctx := context.Background()
+	ids, ips := make([]string, n/2), make([]string, n/2)
+	for i := range ids {
+		ids[i], ips[i] = benchPair(i)
+		if wait, err := l.Reserve(ctx, ids[i], ips[i]); err != nil || wait != 0 {
+			b.Fatal("refused while building", err)
+		}
+		require.NoError(b, l.Release(ctx, ids[i], ips[i], m2mauth.OutcomeFailed))
+	}
+	require.Equal(b, n, l.Len())
+	return l, ids, ips
+}
+
+// benchPair names the i-th client and address of the scale benchmarks.
+func benchPair(i int) (string, string) {
+	return "client-" + strconv.Itoa(i),
+		"10." + strconv.Itoa(i>>16&255) + "." + strconv.Itoa(i>>8&255) + "." + strconv.Itoa(i&255) + "/" + strconv.Itoa(i>>24)
+}
+
+// BenchmarkRateLimiterScale measures the limiter as the buckets it holds
+// grow from a thousand to a million. lookup is a reservation released by
+// a successful authentication, of a pair held, taken in a scattered order
+// across all the pairs; lookup-hot is the same over 512 pairs among all
+// those held (the clients that keep coming back); insert-full is a failed
+// attempt from a new pair at a new address into a full limiter, which
+// drops two buckets to make room, and insert-room the same into a limiter
+// with room to spare; gc is a garbage collection with the limiter alive,
+// the cost it adds to each of a server's collections.
+func BenchmarkRateLimiterScale(b *testing.B) {
+	ctx := context.Background()
+	for _, size := range limiterSizes {
+		b.Run("lookup/"+size.name, func(b *testing.B) {
+			l, ids, ips := heldLimiter(b, size.n, size.n)
+			// A stride coprime with the number of pairs visits them all,
+			// too far apart for a prefetcher to follow.
+			pairs, j := len(ids), 0
+			stride := 7919 % pairs
+			for gcd(stride, pairs) != 1 {
+				stride++
+			}
+			b.ReportAllocs()
+			for b.Loop() {
+				if wait, _ := l.Reserve(ctx, ids[j], ips[j]); wait != 0 {
+					b.Fatal("locked out")
+				}
+				if err := l.Release(ctx, ids[j], ips[j], m2mauth.OutcomeAuthenticated); err != nil {
+					b.Fatal(err)
+				}
+				if j += stride; j >= pairs {
+					j -= pairs
+				}
+			}
+		})
+		b.Run("lookup-hot/"+size.name, func(b *testing.B) {
+			l, ids, ips := heldLimiter(b, size.n, size.n)
+			hot, j := min(512, len(ids)), 0
+			step := len(ids) / hot
+			b.ReportAllocs()
+			for b.Loop() {
+				k := j * step
+				if wait, _ := l.Reserve(ctx, ids[k], ips[k]); wait != 0 {
+					b.Fatal("locked out")
+				}
+				if err := l.Release(ctx, ids[k], ips[k], m2mauth.OutcomeAuthenticated); err != nil {
+					b.Fatal(err)
+				}
+				if j++; j == hot {
+					j = 0
+				}
+			}
+		})
+		for _, full := range []bool{true, false} {
+			name := "insert-full/"
+			maxKeys := size.n
+			if !full {
+				name, maxKeys = "insert-room/", 1<<30
+			}
+			b.Run(name+size.name, func(b *testing.B) {
+				l, _, _ := heldLimiter(b, size.n, maxKeys)
+				i := size.n
+				b.ReportAllocs()
+				for b.Loop() {
+					id, ip := benchPair(i)
+					if wait, _ := l.Reserve(ctx, id, ip); wait != 0 {
+						b.Fatal("locked out")
+					}
+					if err := l.Release(ctx, id, ip, m2mauth.OutcomeFailed); err != nil {
+						b.Fatal(err)
+					}
+					i++
+				}
+				if full && l.Len() > size.n {
+					b.Fatalf("%d buckets held, MaxKeys %d", l.Len(), size.n)
+				}
+			})
+		}
+		b.Run("gc/"+size.name, func(b *testing.B) {
+			l, _, _ := heldLimiter(b, size.n, size.n)
+			for b.Loop() {
+				runtime.GC()
+			}
+			runtime.KeepAlive(l)
+		})
+	}
+}
+
+func gcd(a, b int) int {
+	for b != 0 {
+		a, b = b, a%b
+	}
+	return a
+}
+
+// TestBenchPairsDistinct: the scale benchmarks' pairs and addresses are
+// all distinct, so the limiter holds as many buckets as they say.
+func TestBenchPairsDistinct(t *testing.T) {
+	seen := make(map[string]bool)
+	for i := range 1 << 17 {
+		id, ip := benchPair(i)
+		require.False(t, seen[id] || seen[ip], "pair %d", i)
+		seen[id], seen[ip] = true, true
+	}
+}
