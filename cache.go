@@ -1,6 +1,7 @@
 package m2mauth
 
 import (
+	"hash/maphash"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -12,19 +13,47 @@ const cacheShards = 16
 // tokenCache remembers verified tokens by their exact string, up to a fixed
 // number of entries. Only fully verified tokens enter it; an entry is
 // dropped once its token expires, once the key set it was verified under is
-// replaced, or at random when its shard is full.
+// replaced, or to make room for a token that has shown it is worth more.
+//
+// A full shard costs a token that misses no more than the check of one
+// entry, the one under its clock's hand: a token replaces it at once if it
+// is expired or of an old key set; otherwise only a token that missed
+// recently already (the doorkeeper remembers those) may replace it, and
+// only if it has not been used since the hand last passed it. So a
+// working set larger than the cache does not churn it on every miss, and
+// a working set that fits stays in it.
 type tokenCache struct {
-	perShard int
-	mask     uint // len(shards)-1; the count is a power of two
-	shards   []cacheShard
+	// perShard is a shard's share of the capacity, perShard*len(shards).
+	// A shard may hold up to maxShard while the whole cache has room:
+	// tokens do not spread over the shards exactly evenly.
+	perShard, maxShard int
+	entries            atomic.Int64 // tokens held, at most the capacity
+	mask               uint         // len(shards)-1; the count is a power of two
+	seed               maphash.Seed
+	shards             []cacheShard
 }
 
 type cacheShard struct {
-	mu      sync.RWMutex
-	entries map[string]cacheEntry
-	hits    atomic.Uint64
-	misses  atomic.Uint64
-	_       [40]byte // keep shards on separate cache lines
+	mu sync.RWMutex
+	// index finds a token's slot; a slot whose raw is empty is free.
+	index map[string]int32
+	slots []cacheSlot
+	free  []int32
+	hand  int32 // the slot a full shard would give up next
+	// seen is the doorkeeper: a Bloom filter of the tokens turned away
+	// by the full shard, cleared after perShard of them.
+	seen   []uint64
+	turned int
+	hits   atomic.Uint64
+	misses atomic.Uint64
+	_      [56]byte // keep shards on separate cache lines
+}
+
+type cacheSlot struct {
+	raw string
+	cacheEntry
+	// used is set by a hit, cleared when the hand passes.
+	used atomic.Bool
 }
 
 type cacheEntry struct {
@@ -40,9 +69,16 @@ func newTokenCache(size int) *tokenCache { return newShardedCache(size, cacheSha
 
 // newShardedCache makes a cache of n shards, a power of two.
 func newShardedCache(size, n int) *tokenCache {
-	c := &tokenCache{perShard: max(1, size/n), mask: uint(n - 1), shards: make([]cacheShard, n)}
+	per := max(1, size/n)
+	c := &tokenCache{perShard: per, maxShard: per + per/4, mask: uint(n - 1), seed: maphash.MakeSeed(), shards: make([]cacheShard, n)}
+	// Eight bits of doorkeeper per entry, a power of two of them.
+	words := 1
+	for words*64 < 8*c.perShard {
+		words *= 2
+	}
 	for i := range c.shards {
-		c.shards[i].entries = make(map[string]cacheEntry)
+		c.shards[i].index = make(map[string]int32)
+		c.shards[i].seen = make([]uint64, words)
 	}
 	return c
 }
@@ -57,53 +93,139 @@ func (c *tokenCache) shard(raw string) *cacheShard {
 	return &c.shards[(uint(raw[n-1])*31+uint(raw[n-2]))&c.mask]
 }
 
+// valid reports whether e may answer for a token verified under keys at
+// now.
+func (e *cacheEntry) valid(keys any, now time.Time) bool {
+	return e.keys == keys && !now.Before(e.from) && now.Before(e.until)
+}
+
 // get returns the cached claims of raw if it was verified under keys and
 // is still within its validity at now.
 func (c *tokenCache) get(raw string, keys any, now time.Time) (*Claims, bool) {
 	s := c.shard(raw)
 	s.mu.RLock()
-	e, ok := s.entries[raw]
+	i, ok := s.index[raw]
+	if ok {
+		if e := &s.slots[i]; e.valid(keys, now) {
+			if !e.used.Load() {
+				e.used.Store(true)
+			}
+			claims := e.claims
+			s.mu.RUnlock()
+			s.hits.Add(1)
+			return claims, true
+		}
+	}
 	s.mu.RUnlock()
-	if !ok {
-		s.misses.Add(1)
-		return nil, false
-	}
-	if e.keys != keys || now.Before(e.from) || !now.Before(e.until) {
+	if ok {
+		// Expired, or verified under keys no longer in use.
 		s.mu.Lock()
-		delete(s.entries, raw)
+		if i, ok := s.index[raw]; ok && !s.slots[i].valid(keys, now) {
+			s.drop(i)
+			s.free = append(s.free, i)
+			c.entries.Add(-1)
+		}
 		s.mu.Unlock()
-		s.misses.Add(1)
-		return nil, false
 	}
-	s.hits.Add(1)
-	return e.claims, true
+	s.misses.Add(1)
+	return nil, false
 }
 
-// put stores verified claims, evicting expired entries, or a random one,
-// when the shard is full.
+// put stores verified claims, if the cache has room or the shard gives
+// some up (see [tokenCache]).
 func (c *tokenCache) put(raw string, e cacheEntry, now time.Time) {
 	s := c.shard(raw)
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if _, ok := s.entries[raw]; !ok && len(s.entries) >= c.perShard {
-		evicted, scanned := false, 0
-		for k, old := range s.entries { // map order is random
-			if !now.Before(old.until) || old.keys != e.keys {
-				delete(s.entries, k)
-				evicted = true
-			}
-			if scanned++; scanned >= 8 {
-				break
-			}
+	room := len(s.index) < c.maxShard && c.entries.Load() < int64(c.perShard*len(c.shards))
+	if !room {
+		if len(s.index) == 0 {
+			return
 		}
-		if !evicted {
-			for k := range s.entries {
-				delete(s.entries, k)
-				break
+		if v := &s.slots[s.under()]; v.valid(e.keys, now) {
+			if !c.admit(s, raw) {
+				return
+			}
+			if v.used.Load() {
+				v.used.Store(false)
+				s.advance()
+				return
 			}
 		}
 	}
-	s.entries[raw] = e
+	if i, ok := s.index[raw]; ok {
+		s.slots[i].cacheEntry = e
+		return
+	}
+	var i int32
+	switch {
+	case room && c.reserve():
+		if n := len(s.free); n > 0 {
+			i, s.free = s.free[n-1], s.free[:n-1]
+		} else {
+			i = int32(len(s.slots))
+			s.slots = append(s.slots, cacheSlot{})
+		}
+	case len(s.index) > 0:
+		i = s.under()
+		s.advance()
+		s.drop(i)
+	default:
+		return
+	}
+	s.slots[i].raw, s.slots[i].cacheEntry = raw, e
+	s.index[raw] = i
+}
+
+// reserve counts one more token held, if the cache has room for it.
+func (c *tokenCache) reserve() bool {
+	if c.entries.Add(1) <= int64(c.perShard*len(c.shards)) {
+		return true
+	}
+	c.entries.Add(-1)
+	return false
+}
+
+// admit reports whether raw was turned away by the full shard recently,
+// and remembers it if not.
+func (c *tokenCache) admit(s *cacheShard, raw string) bool {
+	h := maphash.String(c.seed, raw)
+	m := uint64(len(s.seen)*64 - 1)
+	b1, b2 := h&m, h>>32&m
+	w1, w2 := &s.seen[b1/64], &s.seen[b2/64]
+	bit1, bit2 := uint64(1)<<(b1%64), uint64(1)<<(b2%64)
+	if *w1&bit1 != 0 && *w2&bit2 != 0 {
+		return true
+	}
+	*w1 |= bit1
+	*w2 |= bit2
+	if s.turned++; s.turned >= c.perShard {
+		clear(s.seen)
+		s.turned = 0
+	}
+	return false
+}
+
+// drop empties slot i.
+func (s *cacheShard) drop(i int32) {
+	delete(s.index, s.slots[i].raw)
+	s.slots[i].raw, s.slots[i].cacheEntry = "", cacheEntry{}
+	s.slots[i].used.Store(false)
+}
+
+// under returns the slot under the hand, moving the hand past free slots
+// to the next token held; the shard must hold one.
+func (s *cacheShard) under() int32 {
+	for s.slots[s.hand].raw == "" {
+		s.advance()
+	}
+	return s.hand
+}
+
+func (s *cacheShard) advance() {
+	if s.hand++; int(s.hand) == len(s.slots) {
+		s.hand = 0
+	}
 }
 
 // CacheStats counts the work of a [Validator]'s verified-token cache.
@@ -125,7 +247,7 @@ func (c *tokenCache) stats() CacheStats {
 		st.Hits += s.hits.Load()
 		st.Misses += s.misses.Load()
 		s.mu.RLock()
-		st.Entries += len(s.entries)
+		st.Entries += len(s.index)
 		s.mu.RUnlock()
 	}
 	return st

@@ -4,8 +4,13 @@ import (
 	"crypto/rand"
 	"encoding/base64"
 	"fmt"
+	mrand "math/rand/v2"
+	"sync"
 	"testing"
 	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 )
 
 // BenchmarkTokenCacheShards measures cache hits from all cores at once,
@@ -86,4 +91,151 @@ func TestTokenCacheFills(t *testing.T) {
 			}
 		})
 	}
+}
+
+// cacheTokens returns n distinct token-like strings whose last bytes, like
+// a signature's, are random.
+func cacheTokens(n int, tag string) []string {
+	sig := make([]byte, 32)
+	tokens := make([]string, n)
+	for i := range tokens {
+		rand.Read(sig)
+		tokens[i] = fmt.Sprintf("eyJhbGciOiJIUzI1NiJ9.%s-%d.%s", tag, i, base64.RawURLEncoding.EncodeToString(sig))
+	}
+	return tokens
+}
+
+// checkCache: the count of tokens held is the sum of the shards', within
+// the capacity, and every token indexed is in its slot.
+func checkCache(t *testing.T, c *tokenCache) {
+	t.Helper()
+	held := 0
+	for i := range c.shards {
+		s := &c.shards[i]
+		s.mu.RLock()
+		held += len(s.index)
+		require.LessOrEqual(t, len(s.index), c.maxShard)
+		for raw, j := range s.index {
+			require.Equal(t, raw, s.slots[j].raw)
+		}
+		free := 0
+		for j := range s.slots {
+			if s.slots[j].raw == "" {
+				free++
+			}
+		}
+		require.Equal(t, len(s.free), free, "free slots listed")
+		s.mu.RUnlock()
+	}
+	require.Equal(t, int64(held), c.entries.Load())
+	require.LessOrEqual(t, held, c.perShard*len(c.shards))
+}
+
+// hitRate validates every token of the set once, verifying and putting
+// those that miss, and returns the share answered from the cache.
+func hitRate(c *tokenCache, tokens []string, keys any, now time.Time) float64 {
+	hits := 0
+	for _, tok := range tokens {
+		if _, ok := c.get(tok, keys, now); ok {
+			hits++
+			continue
+		}
+		c.put(tok, cacheEntry{claims: &Claims{}, keys: keys, from: now.Add(-time.Hour), until: now.Add(time.Hour)}, now)
+	}
+	return float64(hits) / float64(len(tokens))
+}
+
+// TestTokenCachePolicy: a working set that fits is held whole, even when
+// it just fills the cache; one larger than the cache does not wash out
+// what the cache holds; a new working set replaces an old one within a
+// few passes; expired tokens and tokens of an old key set give way at once.
+func TestTokenCachePolicy(t *testing.T) {
+	now := time.Unix(1_800_000_000, 0)
+	keys := new(int)
+
+	t.Run("a working set that fits", func(t *testing.T) {
+		for _, n := range []int{5000, 10000} {
+			c := newTokenCache(10000)
+			tokens := cacheTokens(n, "hot")
+			hitRate(c, tokens, keys, now)
+			assert.Equal(t, 1.0, hitRate(c, tokens, keys, now), "%d tokens", n)
+			checkCache(t, c)
+		}
+	})
+
+	t.Run("a scan does not wash it out", func(t *testing.T) {
+		c := newTokenCache(10000)
+		hot := cacheTokens(5000, "hot")
+		hitRate(c, hot, keys, now)
+		hitRate(c, hot, keys, now)
+		scan := cacheTokens(50000, "scan")
+		hitRate(c, scan, keys, now) // fills the room left, then is turned away
+		assert.Equal(t, 1.0, hitRate(c, hot, keys, now))
+		checkCache(t, c)
+	})
+
+	t.Run("a new working set takes over", func(t *testing.T) {
+		c := newTokenCache(10000)
+		old := cacheTokens(10000, "old")
+		hitRate(c, old, keys, now)
+		hitRate(c, old, keys, now)
+		recent := cacheTokens(8000, "new")
+		rates := make([]float64, 6)
+		for i := range rates {
+			rates[i] = hitRate(c, recent, keys, now)
+		}
+		assert.Greater(t, rates[len(rates)-1], 0.99, "hit rates pass after pass: %v", rates)
+		checkCache(t, c)
+	})
+
+	t.Run("expired tokens give way", func(t *testing.T) {
+		c := newTokenCache(10000)
+		hitRate(c, cacheTokens(10000, "old"), keys, now)
+		later := now.Add(2 * time.Hour)
+		recent := cacheTokens(10000, "new")
+		hitRate(c, recent, keys, later) // each put replaces an expired token
+		// Expired tokens in shards the new set misses less hold on to
+		// their room until they are looked up: a set as large as the
+		// cache cannot all fit at once.
+		assert.Greater(t, hitRate(c, recent, keys, later), 0.95)
+		checkCache(t, c)
+	})
+
+	t.Run("tokens of an old key set give way", func(t *testing.T) {
+		c := newTokenCache(10000)
+		hitRate(c, cacheTokens(10000, "old"), keys, now)
+		newKeys := new(int)
+		recent := cacheTokens(10000, "new")
+		hitRate(c, recent, newKeys, now)
+		assert.Greater(t, hitRate(c, recent, newKeys, now), 0.95)
+		checkCache(t, c)
+	})
+}
+
+// TestTokenCacheChurn: gets that drop expired tokens and puts that take
+// their slots, from several goroutines at once, keep the count of tokens
+// held exact and within the capacity; run with -race.
+func TestTokenCacheChurn(t *testing.T) {
+	c := newTokenCache(256)
+	keys := new(int)
+	base := time.Unix(1_800_000_000, 0)
+	tokens := cacheTokens(2000, "churn")
+	var wg sync.WaitGroup
+	for w := range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			rng := mrand.New(mrand.NewPCG(uint64(w), 1))
+			for i := range 20000 {
+				tok := tokens[rng.IntN(len(tokens))]
+				now := base.Add(time.Duration(i/100) * time.Second)
+				if _, ok := c.get(tok, keys, now); !ok {
+					ttl := time.Duration(1+rng.IntN(30)) * time.Second
+					c.put(tok, cacheEntry{claims: &Claims{}, keys: keys, from: now, until: now.Add(ttl)}, now)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	checkCache(t, c)
 }
