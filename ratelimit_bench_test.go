@@ -2,6 +2,7 @@ package m2mauth_test
 
 import (
 	"context"
+	"fmt"
 	"runtime"
 	"strconv"
 	"strings"
@@ -50,8 +51,9 @@ func benchPair(i int) (string, string) {
 // BenchmarkRateLimiterScale measures the limiter as the buckets it holds
 // grow from a thousand to a million. lookup is a reservation released by
 // a successful authentication, of a pair held, taken in a scattered order
-// across all the pairs; lookup-hot is the same over 512 pairs among all
-// those held (the clients that keep coming back); insert-full is a failed
+// across all the pairs; lookup-hot64 and lookup-hot512 are the same over
+// 64 and 512 pairs spread among all those held (the clients that keep
+// coming back while the limiter is full of others); insert-full is a failed
 // attempt from a new pair at a new address into a full limiter, which
 // drops two buckets to make room, and insert-room the same into a limiter
 // with room to spare; gc is a garbage collection with the limiter alive,
@@ -77,15 +79,17 @@ func BenchmarkRateLimiterScale(b *testing.B) {
 			}
 			lookups(b, l, ids, ips, order)
 		})
-		b.Run("lookup-hot/"+size.name, func(b *testing.B) {
-			l, ids, ips := heldLimiter(b, size.n, size.n)
-			hot := min(512, len(ids))
-			order := make([]int, hot)
-			for i := range order {
-				order[i] = i * (len(ids) / hot)
-			}
-			lookups(b, l, ids, ips, order)
-		})
+		for _, hot := range []int{64, 512} {
+			b.Run(fmt.Sprintf("lookup-hot%d/%s", hot, size.name), func(b *testing.B) {
+				l, ids, ips := heldLimiter(b, size.n, size.n)
+				hot := min(hot, len(ids))
+				order := make([]int, hot)
+				for i := range order {
+					order[i] = i * (len(ids) / hot)
+				}
+				lookups(b, l, ids, ips, order)
+			})
+		}
 		for _, full := range []bool{true, false} {
 			name := "insert-full/"
 			maxKeys := size.n
