@@ -149,7 +149,7 @@ const (
 	keyCap = 85
 	// evictScan is how many buckets without attempts in flight an
 	// eviction looks at, at most.
-	evictScan = 16
+	evictScan = 8
 	// maxKeysCap bounds MaxKeys so that slot numbers fit an int32.
 	maxKeysCap = 1 << 30
 )
@@ -566,7 +566,9 @@ func (l *RateLimiter) idle(b *bucket, now int64) bool {
 	if b.addr {
 		every, burst = l.cfg.IPEvery, l.cfg.IPBurst
 	}
-	return b.pending == 0 && !l.known(b, now) && level(b, now, every, burst) >= float64(burst)
+	// level(b) >= burst, without a division: this runs for every bucket
+	// an eviction looks at.
+	return b.pending == 0 && !l.known(b, now) && float64(now-b.at) >= (float64(burst)-b.tokens)*float64(every)
 }
 
 // Len returns the number of buckets held.
