@@ -133,7 +133,13 @@ type RateLimiter struct {
 	// index is an open-addressing table, probed linearly and at most 3/4
 	// full: an entry is a key's hash (high half) and its bucket's slot
 	// plus one (low half); 0 is empty. Its size is a power of two.
-	index  []uint64
+	index []uint64
+	// front holds index entries of keys found lately, at their hash
+	// modulo its size: a key that keeps coming back is found without
+	// reading the index, and so the memory pages the limiter touches
+	// for its regular clients stay few however many buckets it holds.
+	// An entry whose slot now holds another key is passed over.
+	front  *[frontSize]uint64
 	chunks []*[chunkSlots]bucket
 	used   int32 // slots handed out; every one holds a bucket
 	hand   int32 // where the next eviction looks first
@@ -144,7 +150,8 @@ type RateLimiter struct {
 }
 
 const (
-	chunkSlots = 256 // buckets per chunk: 32 KiB
+	frontSize  = 4096 // 32 KiB
+	chunkSlots = 256  // buckets per chunk: 32 KiB
 	// keyCap is the longest key a bucket holds as it is; see limitKey.
 	keyCap = 85
 	// evictScan is how many buckets without attempts in flight an
@@ -217,7 +224,7 @@ func NewRateLimiter(cfg RateLimiterConfig) (*RateLimiter, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	return &RateLimiter{cfg: cfg, seed: maphash.MakeSeed(), index: make([]uint64, 64), changed: make(chan struct{})}, nil
+	return &RateLimiter{cfg: cfg, seed: maphash.MakeSeed(), index: make([]uint64, 64), front: new([frontSize]uint64), changed: make(chan struct{})}, nil
 }
 
 // keys makes the keys of the buckets of client at ip: the pair's and the
@@ -262,6 +269,13 @@ func (l *RateLimiter) slot(i int32) *bucket {
 
 // find returns the bucket k and its slot, or nil.
 func (l *RateLimiter) find(k *limitKey) (*bucket, int32) {
+	f := &l.front[k.hash%frontSize]
+	if e := *f; e != 0 && uint32(e>>32) == k.hash {
+		s := int32(uint32(e)) - 1
+		if b := l.slot(s); b.is(k) {
+			return b, s
+		}
+	}
 	mask := uint32(len(l.index) - 1)
 	for i := k.hash & mask; ; i = (i + 1) & mask {
 		e := l.index[i]
@@ -271,6 +285,7 @@ func (l *RateLimiter) find(k *limitKey) (*bucket, int32) {
 		if uint32(e>>32) == k.hash {
 			s := int32(uint32(e)) - 1
 			if b := l.slot(s); b.is(k) {
+				*f = e
 				return b, s
 			}
 		}
