@@ -147,14 +147,14 @@ func (c *flakyConnector) Connect(ctx context.Context) (driver.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &flakyConn{Conn: conn, o: c.o}, nil
+	return &flakyConn{passConn: passConn{conn}, o: c.o}, nil
 }
 
 func (c *flakyConnector) Driver() driver.Driver { return c.drv }
 
 // flakyConn passes everything to the driver's connection, unless down.
 type flakyConn struct {
-	driver.Conn
+	passConn
 	o *outage
 }
 
@@ -213,27 +213,6 @@ func (c *flakyConn) QueryContext(ctx context.Context, q string, args []driver.Na
 		return x.QueryContext(ctx, q, args)
 	}
 	return nil, driver.ErrSkip
-}
-
-func (c *flakyConn) CheckNamedValue(nv *driver.NamedValue) error {
-	if x, ok := c.Conn.(driver.NamedValueChecker); ok {
-		return x.CheckNamedValue(nv)
-	}
-	return driver.ErrSkip
-}
-
-func (c *flakyConn) ResetSession(ctx context.Context) error {
-	if x, ok := c.Conn.(driver.SessionResetter); ok {
-		return x.ResetSession(ctx)
-	}
-	return nil
-}
-
-func (c *flakyConn) IsValid() bool {
-	if x, ok := c.Conn.(driver.Validator); ok {
-		return x.IsValid()
-	}
-	return true
 }
 
 // flakyStmt passes everything to the driver's statement, unless down.

@@ -672,13 +672,13 @@ func (c *countingConnector) Connect(ctx context.Context) (driver.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &countingConn{Conn: conn, n: c.n}, nil
+	return &countingConn{passConn: passConn{conn}, n: c.n}, nil
 }
 
 func (c *countingConnector) Driver() driver.Driver { return c.drv }
 
 type countingConn struct {
-	driver.Conn
+	passConn
 	n *tally
 }
 
@@ -735,27 +735,6 @@ func (c *countingConn) ExecContext(ctx context.Context, query string, args []dri
 		c.n.execs.Add(1)
 	}
 	return res, err
-}
-
-func (c *countingConn) CheckNamedValue(nv *driver.NamedValue) error {
-	if ch, ok := c.Conn.(driver.NamedValueChecker); ok {
-		return ch.CheckNamedValue(nv)
-	}
-	return driver.ErrSkip
-}
-
-func (c *countingConn) ResetSession(ctx context.Context) error {
-	if r, ok := c.Conn.(driver.SessionResetter); ok {
-		return r.ResetSession(ctx)
-	}
-	return nil
-}
-
-func (c *countingConn) IsValid() bool {
-	if v, ok := c.Conn.(driver.Validator); ok {
-		return v.IsValid()
-	}
-	return true
 }
 
 type countingStmt struct {
@@ -1000,7 +979,7 @@ func (c *refusingConnector) Connect(ctx context.Context) (driver.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &refusingConn{Conn: conn, refuse: c.refuse}, nil
+	return &refusingConn{passConn: passConn{conn}, refuse: c.refuse}, nil
 }
 
 func (c *refusingConnector) Driver() driver.Driver { return c.drv }
@@ -1008,7 +987,7 @@ func (c *refusingConnector) Driver() driver.Driver { return c.drv }
 // refusingConn passes everything to the driver's connection but the
 // statements it refuses.
 type refusingConn struct {
-	driver.Conn
+	passConn
 	refuse *atomic.Value
 }
 
@@ -1060,27 +1039,6 @@ func (c *refusingConn) QueryContext(ctx context.Context, query string, args []dr
 	return nil, driver.ErrSkip
 }
 
-func (c *refusingConn) CheckNamedValue(nv *driver.NamedValue) error {
-	if x, ok := c.Conn.(driver.NamedValueChecker); ok {
-		return x.CheckNamedValue(nv)
-	}
-	return driver.ErrSkip
-}
-
-func (c *refusingConn) ResetSession(ctx context.Context) error {
-	if r, ok := c.Conn.(driver.SessionResetter); ok {
-		return r.ResetSession(ctx)
-	}
-	return nil
-}
-
-func (c *refusingConn) IsValid() bool {
-	if v, ok := c.Conn.(driver.Validator); ok {
-		return v.IsValid()
-	}
-	return true
-}
-
 type refusingStmt struct {
 	driver.Stmt
 	conn  *refusingConn
@@ -1109,4 +1067,30 @@ func (s *refusingStmt) CheckNamedValue(nv *driver.NamedValue) error {
 		return x.CheckNamedValue(nv)
 	}
 	return s.conn.CheckNamedValue(nv)
+}
+
+// passConn is the part of a test's driver.Conn wrapper that hands the
+// optional connection interfaces it does not change to the wrapped
+// connection.
+type passConn struct{ driver.Conn }
+
+func (c passConn) CheckNamedValue(nv *driver.NamedValue) error {
+	if x, ok := c.Conn.(driver.NamedValueChecker); ok {
+		return x.CheckNamedValue(nv)
+	}
+	return driver.ErrSkip
+}
+
+func (c passConn) ResetSession(ctx context.Context) error {
+	if x, ok := c.Conn.(driver.SessionResetter); ok {
+		return x.ResetSession(ctx)
+	}
+	return nil
+}
+
+func (c passConn) IsValid() bool {
+	if x, ok := c.Conn.(driver.Validator); ok {
+		return x.IsValid()
+	}
+	return true
 }
