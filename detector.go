@@ -456,10 +456,13 @@ func (d *Detector) Audit(ctx context.Context, e AuditEvent) {
 	if !ip.IsValid() {
 		ip = parseAuditAddr(e.RemoteIP)
 	}
-	af := &d.cfg.AddressFailures
-	addr := makeNetKey(ip, af.IPv4Prefix, af.IPv6Prefix)
-	var net netKey
-	if e.Type == EventTokenIssued && d.newAddr.on {
+	// An issued token concerns its client's networks; a failure, the
+	// address's.
+	var addr, net netKey
+	if e.Type != EventTokenIssued {
+		af := &d.cfg.AddressFailures
+		addr = makeNetKey(ip, af.IPv4Prefix, af.IPv6Prefix)
+	} else if d.newAddr.on {
 		net = makeNetKey(ip, d.cfg.NewAddress.IPv4Prefix, d.cfg.NewAddress.IPv6Prefix)
 	}
 	now := d.at(e.Time)

@@ -129,6 +129,7 @@ type TokenHandler struct {
 	inflight  chan struct{}
 	health    AuditHealthChecker // nil unless RequireAudit
 	signer    atomic.Pointer[tokenSigner]
+	realClock bool // cfg.Now is time.Now
 }
 
 const (
@@ -195,7 +196,8 @@ func NewTokenHandler(store ClientStore, keys KeyProvider, cfg TokenHandlerConfig
 	if cfg.Auditor == nil {
 		cfg.Auditor = NewSlogAuditor(cfg.Logger)
 	}
-	if cfg.Now == nil {
+	realClock := cfg.Now == nil
+	if realClock {
 		cfg.Now = time.Now
 	}
 	if cfg.Limiter == nil {
@@ -209,7 +211,7 @@ func NewTokenHandler(store ClientStore, keys KeyProvider, cfg TokenHandlerConfig
 	if err != nil {
 		return nil, err
 	}
-	h := &TokenHandler{keys: keys, cfg: cfg, addrs: addrs, challenge: `Basic realm="` + cfg.Realm + `"`}
+	h := &TokenHandler{keys: keys, cfg: cfg, addrs: addrs, challenge: `Basic realm="` + cfg.Realm + `"`, realClock: realClock}
 	if cfg.RequireAudit {
 		hc, ok := cfg.Auditor.(AuditHealthChecker)
 		if !ok {
@@ -296,8 +298,33 @@ type tokenRequest struct {
 
 // ServeHTTP answers one token request.
 func (h *TokenHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	h.serve(w, r, endpointToken, nil, nil)
+	h.serve(w, r, endpointToken, nil, nil, nil)
 }
+
+// requestTimer is told when a request an endpoint answered started, by
+// the endpoint's clock, and with what status it was answered, once it
+// has been answered and audited. [Metrics.Handler] hands one to the
+// endpoints that read the clock anyway, rather than timing them from
+// outside with a clock read and a wrapped writer of its own.
+type requestTimer interface {
+	requestDone(ctx context.Context, start time.Time, status int)
+}
+
+// selfTimed is implemented by the endpoints that can time their requests
+// for a [requestTimer].
+type selfTimed interface {
+	// serveTimed answers one request like ServeHTTP and tells t.
+	serveTimed(w http.ResponseWriter, r *http.Request, t requestTimer)
+	// wallClock reports whether the endpoint reads the wall clock
+	// (time.Now), whose monotonic reading time.Since can subtract.
+	wallClock() bool
+}
+
+func (h *TokenHandler) serveTimed(w http.ResponseWriter, r *http.Request, t requestTimer) {
+	h.serve(w, r, endpointToken, nil, nil, t)
+}
+
+func (h *TokenHandler) wallClock() bool { return h.realClock }
 
 // serve answers one request to endpoint ep, whose handler is h for the
 // token endpoint, rh for revocation and ih for introspection. It is what
@@ -305,8 +332,9 @@ func (h *TokenHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // headers, the client's address, the in-flight bound, admission,
 // parsing, client authentication, the endpoint's own step, and the audit
 // event of the outcome. The steps are called directly, not through a
-// func value, so the request and its event stay on the stack.
-func (h *TokenHandler) serve(w http.ResponseWriter, r *http.Request, ep endpoint, rh *RevocationHandler, ih *IntrospectionHandler) {
+// func value, so the request and its event stay on the stack. A non-nil
+// t is told when the request is done.
+func (h *TokenHandler) serve(w http.ResponseWriter, r *http.Request, ep endpoint, rh *RevocationHandler, ih *IntrospectionHandler, t requestTimer) {
 	hdr := w.Header()
 	hdr.Set("Content-Type", "application/json")
 	hdr.Set("Cache-Control", "no-store")
@@ -325,19 +353,25 @@ func (h *TokenHandler) serve(w http.ResponseWriter, r *http.Request, ep endpoint
 	ev.Time = req.now
 	if h.inflight != nil {
 		if err := h.enter(r.Context()); err != nil {
-			h.fail(w, r, &ev, err)
+			status := h.fail(w, r, &ev, err)
+			if t != nil {
+				t.requestDone(r.Context(), req.now, status)
+			}
 			return
 		}
 		defer func() { <-h.inflight }()
 	}
-	body, err := h.authenticated(w, r, p, &req, &ev, bp, rh, ih)
-	if err != nil {
-		h.fail(w, r, &ev, err)
-		return
+	status := http.StatusOK
+	if body, err := h.authenticated(w, r, p, &req, &ev, bp, rh, ih); err != nil {
+		status = h.fail(w, r, &ev, err)
+	} else {
+		w.WriteHeader(status)
+		w.Write(body)
+		h.cfg.Auditor.Audit(r.Context(), ev)
 	}
-	w.WriteHeader(http.StatusOK)
-	w.Write(body)
-	h.cfg.Auditor.Audit(r.Context(), ev)
+	if t != nil {
+		t.requestDone(r.Context(), req.now, status)
+	}
 }
 
 // authenticated runs the first steps of the request flow of DESIGN.md,
@@ -732,8 +766,8 @@ func (h *TokenHandler) audience(req *tokenRequest) (string, error) {
 }
 
 // fail answers with the protocol error for err, audits the refusal and
-// logs internal causes.
-func (h *TokenHandler) fail(w http.ResponseWriter, r *http.Request, ev *AuditEvent, err error) {
+// logs internal causes. It returns the response's status code.
+func (h *TokenHandler) fail(w http.ResponseWriter, r *http.Request, ev *AuditEvent, err error) int {
 	e := asError(err)
 	if errors.Is(r.Context().Err(), context.Canceled) {
 		// The caller went away: a store or limiter call it interrupted
@@ -777,6 +811,7 @@ func (h *TokenHandler) fail(w http.ResponseWriter, r *http.Request, ev *AuditEve
 	}
 	writeError(w, e)
 	h.cfg.Auditor.Audit(r.Context(), *ev)
+	return e.Status
 }
 
 // enter waits, up to StoreTimeout, for one of the MaxConcurrentRequests

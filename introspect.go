@@ -119,8 +119,14 @@ func (h *TokenHandler) IntrospectionHandler(cfg IntrospectionConfig) (*Introspec
 
 // ServeHTTP answers one introspection request.
 func (ih *IntrospectionHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	ih.h.serve(w, r, endpointIntrospection, nil, ih)
+	ih.h.serve(w, r, endpointIntrospection, nil, ih, nil)
 }
+
+func (ih *IntrospectionHandler) serveTimed(w http.ResponseWriter, r *http.Request, t requestTimer) {
+	ih.h.serve(w, r, endpointIntrospection, nil, ih, t)
+}
+
+func (ih *IntrospectionHandler) wallClock() bool { return ih.h.realClock }
 
 // ReasonIntrospectionRate is the Reason of the rate_limited event of an
 // introspection refused because its caller exceeded

@@ -5,7 +5,9 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
+	"io"
 	"log"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -490,6 +492,78 @@ func TestMetricsHandler(t *testing.T) {
 	assert.Panics(t, func() { m.Handler("x", nil) })
 }
 
+// TestMetricsSelfTimedEndpoints checks the durations of the endpoints
+// that time themselves (token, revocation, introspection on the wall
+// clock) by the status each answered with, and that a token handler on a
+// clock of its own is timed from outside instead, by the metrics' clock.
+func TestMetricsSelfTimedEndpoints(t *testing.T) {
+	ctx := context.Background()
+	m, reader := newTestMetrics(t, m2mauth.MetricsConfig{})
+	store := memstore.New()
+	plain, sec, err := m2mauth.NewSecret(time.Now(), time.Time{})
+	require.NoError(t, err)
+	require.NoError(t, store.CreateClient(ctx, &m2mauth.Client{
+		ID: "alpha", Secrets: []m2mauth.Secret{sec}, Grants: map[string]m2mauth.Scopes{metricsAudA: {"read"}},
+	}))
+	key, err := m2mauth.NewHS256Key("k1", benchKey)
+	require.NoError(t, err)
+	keys, err := m2mauth.NewStaticKeys(key)
+	require.NoError(t, err)
+	newHandler := func(now func() time.Time) *m2mauth.TokenHandler {
+		th, err := m2mauth.NewTokenHandler(store, keys, m2mauth.TokenHandlerConfig{
+			Issuer: testIssuer, DefaultAudience: metricsAudA, Auditor: m.Auditor(nil), Logger: discardLogger(), Now: now,
+		})
+		require.NoError(t, err)
+		return th
+	}
+	th := newHandler(nil)
+	revoke, err := th.RevocationHandler(store)
+	require.NoError(t, err)
+	introspect, err := th.IntrospectionHandler(m2mauth.IntrospectionConfig{Revocations: store})
+	require.NoError(t, err)
+	mux := http.NewServeMux()
+	mux.Handle("POST /token", m.Handler("token", th))
+	mux.Handle("POST /own-clock", m.Handler("own-clock", newHandler(time.Now)))
+	mux.Handle("POST /revoke", m.Handler("revocation", revoke))
+	mux.Handle("POST /introspect", m.Handler("introspection", introspect))
+
+	tests := []struct {
+		path, secret, form string
+		status             int
+	}{
+		{"/token", plain, "grant_type=client_credentials", http.StatusOK},
+		{"/token", plain, "grant_type=client_credentials", http.StatusOK},
+		{"/token", "wrong", "grant_type=client_credentials", http.StatusUnauthorized},
+		{"/token", plain, "grant_type=password", http.StatusBadRequest},
+		{"/own-clock", plain, "grant_type=client_credentials", http.StatusOK},
+		{"/revoke", plain, "token=not-a-token", http.StatusOK},     // RFC 7009 §2.2
+		{"/introspect", plain, "token=not-a-token", http.StatusOK}, // active: false
+		{"/introspect", "wrong", "token=not-a-token", http.StatusUnauthorized},
+	}
+	for _, tt := range tests {
+		r := httptest.NewRequest(http.MethodPost, "https://m2mauth.test"+tt.path, strings.NewReader(tt.form))
+		r.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+		r.Header.Set("Authorization", basic("alpha", tt.secret))
+		w := httptest.NewRecorder()
+		mux.ServeHTTP(w, r)
+		require.Equal(t, tt.status, w.Code, "%s %s: %s", tt.path, tt.form, w.Body)
+	}
+	got := collect(t, reader)
+	assert.Equal(t, map[string]int64{
+		"http.response.status_code=200,m2mauth.endpoint=token":         2,
+		"http.response.status_code=401,m2mauth.endpoint=token":         1,
+		"http.response.status_code=400,m2mauth.endpoint=token":         1,
+		"http.response.status_code=200,m2mauth.endpoint=own-clock":     1,
+		"http.response.status_code=200,m2mauth.endpoint=revocation":    1,
+		"http.response.status_code=200,m2mauth.endpoint=introspection": 1,
+		"http.response.status_code=401,m2mauth.endpoint=introspection": 1,
+	}, got.values("m2mauth.request.duration"))
+	for attrs, p := range got["m2mauth.request.duration"] {
+		assert.Positive(t, p.sum, attrs)
+		assert.Less(t, p.sum, 10.0, attrs)
+	}
+}
+
 // TestMetricsValidated checks that only requests carrying a validator's
 // claims count as accepted tokens.
 func TestMetricsValidated(t *testing.T) {
@@ -611,13 +685,13 @@ func TestMetricsOff(t *testing.T) {
 // metricsBenchHandler is benchTokenHandler's handler over HS256, counted
 // by m when it is not nil.
 func metricsBenchHandler(b *testing.B, m *m2mauth.Metrics) (http.Handler, string) {
-	return observedBenchHandler(b, m, nil)
+	return observedBenchHandler(b, m, nil, nil)
 }
 
 // observedBenchHandler is metricsBenchHandler's handler whose events also
 // pass through a Detector when d is not nil, as a host that watches its
 // token endpoint wires them: metrics, then the detector.
-func observedBenchHandler(b *testing.B, m *m2mauth.Metrics, d *m2mauth.Detector) (http.Handler, string) {
+func observedBenchHandler(b *testing.B, m *m2mauth.Metrics, d *m2mauth.Detector, auditor m2mauth.Auditor) (http.Handler, string) {
 	b.Helper()
 	store := memstore.New()
 	plain, sec, err := m2mauth.NewSecret(time.Now(), time.Time{})
@@ -629,7 +703,9 @@ func observedBenchHandler(b *testing.B, m *m2mauth.Metrics, d *m2mauth.Detector)
 	}))
 	keys, err := m2mauth.NewStaticKeys(benchSigningKey(b, jose.HS256))
 	require.NoError(b, err)
-	var auditor m2mauth.Auditor = m2mauth.AuditorFunc(func(context.Context, m2mauth.AuditEvent) {})
+	if auditor == nil {
+		auditor = m2mauth.AuditorFunc(func(context.Context, m2mauth.AuditEvent) {})
+	}
 	if d != nil {
 		auditor = d // which passes events to its own next auditor
 	}
@@ -735,15 +811,30 @@ func pairedTokenBench(b *testing.B, off http.Handler, offAuth string, on http.Ha
 // BenchmarkTokenHandlerObserved measures an HS256 token request bare and
 // with everything that watches it on: metrics (counted and timed, an SDK
 // with a manual reader collecting them) and a Detector with every rule,
-// in the same run, alternating request by request.
+// in the same run, alternating request by request. "bare" records the
+// audit events nowhere, the cheapest request there is; "default" records
+// them with the default auditor, the JSON slog one (to io.Discard), as a
+// host that configures no auditor does.
 func BenchmarkTokenHandlerObserved(b *testing.B) {
-	off, auth := observedBenchHandler(b, nil, nil)
-	m, _ := newTestMetrics(b, m2mauth.MetricsConfig{})
-	d, err := m2mauth.NewDetector(nil, m.AlertSink(nil), m2mauth.DetectorConfig{})
-	require.NoError(b, err)
-	b.Cleanup(func() { d.Close() })
-	on, onAuth := observedBenchHandler(b, m, d)
-	pairedTokenBench(b, off, auth, on, onAuth)
+	for _, bc := range []struct {
+		name    string
+		auditor func() m2mauth.Auditor
+	}{
+		{"bare", func() m2mauth.Auditor { return nil }},
+		{"default", func() m2mauth.Auditor {
+			return m2mauth.NewSlogAuditor(slog.New(slog.NewJSONHandler(io.Discard, nil)))
+		}},
+	} {
+		b.Run(bc.name, func(b *testing.B) {
+			off, auth := observedBenchHandler(b, nil, nil, bc.auditor())
+			m, _ := newTestMetrics(b, m2mauth.MetricsConfig{})
+			d, err := m2mauth.NewDetector(bc.auditor(), m.AlertSink(nil), m2mauth.DetectorConfig{})
+			require.NoError(b, err)
+			b.Cleanup(func() { d.Close() })
+			on, onAuth := observedBenchHandler(b, m, d, nil)
+			pairedTokenBench(b, off, auth, on, onAuth)
+		})
+	}
 }
 
 // ExampleMetrics counts an issued token. A host would hand NewMetrics a

@@ -71,8 +71,14 @@ func (h *TokenHandler) RevocationHandler(rev Revoker) (*RevocationHandler, error
 
 // ServeHTTP answers one revocation request.
 func (rh *RevocationHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	rh.h.serve(w, r, endpointRevocation, rh, nil)
+	rh.h.serve(w, r, endpointRevocation, rh, nil, nil)
 }
+
+func (rh *RevocationHandler) serveTimed(w http.ResponseWriter, r *http.Request, t requestTimer) {
+	rh.h.serve(w, r, endpointRevocation, rh, nil, t)
+}
+
+func (rh *RevocationHandler) wallClock() bool { return rh.h.realClock }
 
 // revoke is the revocation endpoint's own step for an authenticated
 // client c: verify the token, check that it is c's, and revoke it.
