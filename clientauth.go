@@ -106,8 +106,11 @@ func (a *clientAuth) authenticate(ctx context.Context, cr *credentials, ip strin
 	if !ValidClientID(limitID) {
 		limitID = LimiterInvalidClientID
 	}
-	ctx, cancel := context.WithTimeout(ctx, a.timeout)
+	// A store or limiter that answers from memory never looks at the
+	// deadline, so it is armed only when one does.
+	lctx, cancel := withLazyTimeout(ctx, a.timeout)
 	defer cancel()
+	ctx = lctx
 	wait, err := a.limiter.Reserve(ctx, limitID, ip)
 	if err != nil {
 		return nil, unavailable(ctx, "the rate limiter is unavailable", err)

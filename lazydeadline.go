@@ -1,0 +1,120 @@
+package m2mauth
+
+import (
+	"context"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// lazyDeadline is a context with a deadline, like the one
+// [context.WithDeadline] returns, that arms its timer only when something
+// waits for it: the first call of Done, or a context derived from it.
+// A store that answers from memory and never looks at its context costs
+// no timer and no allocation beyond the lazyDeadline itself; one that
+// does (a database driver) gets a real deadline context at its first
+// look, and from then on every method answers from that one.
+//
+// Err answers without arming: the parent's error, or DeadlineExceeded
+// once the deadline has passed. Once it has said so, Done (armed then,
+// with a deadline already past) is closed at once.
+type lazyDeadline struct {
+	parent   context.Context
+	deadline time.Time
+
+	mu       sync.Mutex // serializes arming and release
+	released bool       // under mu
+	// isArmed is set, once, after armed and cancel are.
+	isArmed atomic.Bool
+	armed   context.Context
+	cancel  context.CancelFunc
+}
+
+var _ interface {
+	context.Context
+	AfterFunc(func()) func() bool
+} = (*lazyDeadline)(nil)
+
+// withLazyTimeout returns a context that is done timeout after now, or
+// when parent is done, and the function that releases it, which must be
+// called when the work is done, as for [context.WithTimeout].
+func withLazyTimeout(parent context.Context, timeout time.Duration) (*lazyDeadline, func()) {
+	c := &lazyDeadline{parent: parent, deadline: time.Now().Add(timeout)}
+	if d, ok := parent.Deadline(); ok && d.Before(c.deadline) {
+		c.deadline = d
+	}
+	return c, c.release
+}
+
+// arm makes the real deadline context, once, and returns it.
+func (c *lazyDeadline) arm() context.Context {
+	if c.isArmed.Load() {
+		return c.armed
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.isArmed.Load() {
+		c.armed, c.cancel = context.WithDeadline(c.parent, c.deadline)
+		if c.released {
+			c.cancel()
+		}
+		c.isArmed.Store(true)
+	}
+	return c.armed
+}
+
+// release stops the timer, if it was armed; the context is then done.
+func (c *lazyDeadline) release() {
+	c.mu.Lock()
+	c.released = true
+	armed := c.isArmed.Load()
+	c.mu.Unlock()
+	if armed {
+		c.cancel()
+	}
+}
+
+// Deadline returns the deadline.
+func (c *lazyDeadline) Deadline() (time.Time, bool) { return c.deadline, true }
+
+// Done arms the deadline and returns the channel closed when it passes,
+// when the parent is done, or when the context is released.
+func (c *lazyDeadline) Done() <-chan struct{} { return c.arm().Done() }
+
+// Err returns why the context is done, or nil.
+func (c *lazyDeadline) Err() error {
+	if c.isArmed.Load() {
+		return c.armed.Err()
+	}
+	if err := c.parent.Err(); err != nil {
+		return err
+	}
+	if !time.Now().Before(c.deadline) {
+		return context.DeadlineExceeded
+	}
+	c.mu.Lock()
+	released := c.released
+	c.mu.Unlock()
+	if released {
+		return context.Canceled
+	}
+	return nil
+}
+
+// Value returns the parent's value for key (or, once armed, the real
+// deadline context's, which is how the context package finds the
+// cancellation of a context derived from this one).
+func (c *lazyDeadline) Value(key any) any {
+	if c.isArmed.Load() {
+		return c.armed.Value(key)
+	}
+	return c.parent.Value(key)
+}
+
+// AfterFunc arms the deadline and runs f in its own goroutine once the
+// context is done, as [context.AfterFunc]. The context package uses it
+// for contexts derived from this one, so deriving one starts no
+// goroutine.
+func (c *lazyDeadline) AfterFunc(f func()) func() bool {
+	return context.AfterFunc(c.arm(), f)
+}

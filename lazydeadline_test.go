@@ -1,0 +1,142 @@
+package m2mauth
+
+import (
+	"context"
+	"runtime"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+)
+
+type ctxKey struct{}
+
+// TestLazyDeadline holds the lazily armed deadline to what
+// context.WithTimeout promises, however it is looked at first.
+func TestLazyDeadline(t *testing.T) {
+	closed := func(ch <-chan struct{}) bool {
+		select {
+		case <-ch:
+			return true
+		default:
+			return false
+		}
+	}
+	waitDone := func(t *testing.T, ch <-chan struct{}) {
+		t.Helper()
+		select {
+		case <-ch:
+		case <-time.After(10 * time.Second):
+			t.Fatal("not done")
+		}
+	}
+	tests := []struct {
+		name string
+		run  func(t *testing.T)
+	}{
+		{"unarmed: no error before the deadline, DeadlineExceeded after, then Done is closed", func(t *testing.T) {
+			c, release := withLazyTimeout(context.Background(), 20*time.Millisecond)
+			defer release()
+			require.NoError(t, c.Err())
+			require.False(t, c.isArmed.Load(), "Err does not arm")
+			time.Sleep(30 * time.Millisecond)
+			require.ErrorIs(t, c.Err(), context.DeadlineExceeded)
+			require.True(t, closed(c.Done()))
+			require.ErrorIs(t, c.Err(), context.DeadlineExceeded)
+		}},
+		{"armed by Done: closed when the deadline passes", func(t *testing.T) {
+			c, release := withLazyTimeout(context.Background(), 20*time.Millisecond)
+			defer release()
+			done := c.Done()
+			require.False(t, closed(done))
+			waitDone(t, done)
+			require.ErrorIs(t, c.Err(), context.DeadlineExceeded)
+		}},
+		{"parent canceled: Err says so, armed or not", func(t *testing.T) {
+			parent, cancel := context.WithCancel(context.Background())
+			c, release := withLazyTimeout(parent, time.Hour)
+			defer release()
+			cancel()
+			require.ErrorIs(t, c.Err(), context.Canceled)
+			waitDone(t, c.Done())
+			require.ErrorIs(t, c.Err(), context.Canceled)
+		}},
+		{"parent canceled after arming", func(t *testing.T) {
+			parent, cancel := context.WithCancel(context.Background())
+			c, release := withLazyTimeout(parent, time.Hour)
+			defer release()
+			done := c.Done()
+			cancel()
+			waitDone(t, done)
+			require.ErrorIs(t, c.Err(), context.Canceled)
+		}},
+		{"released: done and canceled, armed or not", func(t *testing.T) {
+			c, release := withLazyTimeout(context.Background(), time.Hour)
+			release()
+			require.ErrorIs(t, c.Err(), context.Canceled)
+			require.True(t, closed(c.Done()))
+
+			c, release = withLazyTimeout(context.Background(), time.Hour)
+			done := c.Done()
+			release()
+			require.True(t, closed(done))
+			require.ErrorIs(t, c.Err(), context.Canceled)
+		}},
+		{"deadline: the earlier of its own and the parent's", func(t *testing.T) {
+			parent, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			pd, _ := parent.Deadline()
+			c, release := withLazyTimeout(parent, time.Hour)
+			defer release()
+			d, ok := c.Deadline()
+			require.True(t, ok)
+			require.Equal(t, pd, d)
+			c2, release2 := withLazyTimeout(parent, time.Second)
+			defer release2()
+			d2, _ := c2.Deadline()
+			require.True(t, d2.Before(pd))
+		}},
+		{"values pass through, armed or not", func(t *testing.T) {
+			parent := context.WithValue(context.Background(), ctxKey{}, "v")
+			c, release := withLazyTimeout(parent, time.Hour)
+			defer release()
+			require.Equal(t, "v", c.Value(ctxKey{}))
+			c.Done()
+			require.Equal(t, "v", c.Value(ctxKey{}))
+		}},
+		{"a derived context ends with it, without a goroutine of its own", func(t *testing.T) {
+			c, release := withLazyTimeout(context.Background(), 30*time.Millisecond)
+			defer release()
+			before := runtime.NumGoroutine()
+			derived, cancel := context.WithCancel(c)
+			defer cancel()
+			require.LessOrEqual(t, runtime.NumGoroutine(), before)
+			require.True(t, c.isArmed.Load(), "deriving arms it")
+			waitDone(t, derived.Done())
+			require.ErrorIs(t, derived.Err(), context.DeadlineExceeded)
+		}},
+		{"released while others look at it", func(t *testing.T) {
+			c, release := withLazyTimeout(context.Background(), time.Hour)
+			var wg sync.WaitGroup
+			for i := range 8 {
+				wg.Go(func() {
+					if i%2 == 0 {
+						<-c.Done()
+					} else {
+						for c.Err() == nil {
+							runtime.Gosched()
+						}
+					}
+				})
+			}
+			time.Sleep(5 * time.Millisecond)
+			release()
+			wg.Wait()
+			require.ErrorIs(t, c.Err(), context.Canceled)
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, tt.run)
+	}
+}
