@@ -406,10 +406,13 @@ func (v *Validator) validate(ctx context.Context, raw string, bearer bool) (*Cla
 			return c, nil
 		}
 	}
-	if bearer && !isToken68(raw) {
+	c, err := v.verify(idx, raw, now)
+	// A token that verifies is made of base64url parts and dots, hence
+	// token68; only one that does not needs the syntax scan, which
+	// decides between a malformed request and an invalid token.
+	if err != nil && bearer && !isToken68(raw) {
 		return nil, errMalformedBearer()
 	}
-	c, err := v.verify(idx, raw, now)
 	if err != nil && v.refresher != nil {
 		if kid := unknownKID(err); kid != "" {
 			// A kid none of the keys has: perhaps a key published

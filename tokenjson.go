@@ -294,16 +294,41 @@ func hex4(b []byte) uint16 {
 	return uint16(n)
 }
 
+// jsonSource makes strings of the member values of one JSON text that
+// share a single copy of the text, so that decoding several string
+// members costs one allocation rather than one each.
+type jsonSource struct {
+	data []byte
+	text string // string(data), made when first needed
+}
+
+// str returns v as a string. When v is a slice of s.data (as the values
+// jsonObject passes, and slices of them, are), the string shares s.text.
+func (s *jsonSource) str(v []byte) string {
+	if s == nil {
+		return string(v)
+	}
+	// A slice of data starting at offset i has i less capacity.
+	i := cap(s.data) - cap(v)
+	if i < 0 || i+len(v) > len(s.data) || len(v) == 0 || &s.data[i] != &v[0] {
+		return string(v)
+	}
+	if s.text == "" {
+		s.text = string(s.data)
+	}
+	return s.text[i : i+len(v)]
+}
+
 // jsonString decodes a member value that must be a string; null reports
-// absent.
-func jsonString(v []byte) (s string, present bool, err error) {
+// absent. Unescaped strings come from src (which may be nil).
+func jsonString(src *jsonSource, v []byte) (s string, present bool, err error) {
 	switch {
 	case string(v) == "null":
 		return "", false, nil
 	case len(v) < 2 || v[0] != '"':
 		return "", false, errJSON
 	case !hasEscape(v):
-		return string(v[1 : len(v)-1]), true, nil
+		return src.str(v[1 : len(v)-1]), true, nil
 	}
 	b, err := unquote(nil, v)
 	return string(b), true, err
@@ -342,12 +367,12 @@ func jsonNumericDate(v []byte) (d jwt.NumericDate, present bool, err error) {
 }
 
 // jsonAudience decodes "aud": one string or an array of strings.
-func jsonAudience(v []byte) (jwt.Audience, error) {
+func jsonAudience(src *jsonSource, v []byte) (jwt.Audience, error) {
 	if string(v) == "null" {
 		return nil, nil
 	}
 	if len(v) > 0 && v[0] == '"' {
-		s, _, err := jsonString(v)
+		s, _, err := jsonString(src, v)
 		return jwt.Audience{s}, err
 	}
 	if len(v) < 2 || v[0] != '[' {
@@ -363,7 +388,7 @@ func jsonAudience(v []byte) (jwt.Audience, error) {
 		if err != nil {
 			return nil, err
 		}
-		s, ok, err := jsonString(v[i:end])
+		s, ok, err := jsonString(src, v[i:end])
 		if err != nil || !ok {
 			return nil, errJSON
 		}
@@ -435,6 +460,7 @@ type tokenClaimsSet struct {
 // must have their RFC 7519 types; each known claim may appear once.
 func parseClaims(data []byte) (*tokenClaimsSet, error) {
 	c := new(tokenClaimsSet)
+	src := &jsonSource{data: data}
 	var seen uint16
 	err := jsonObject(data, func(name, value []byte) error {
 		var bit uint16
@@ -442,13 +468,13 @@ func parseClaims(data []byte) (*tokenClaimsSet, error) {
 		switch string(name) {
 		case "iss":
 			bit = 1
-			c.Issuer, _, err = jsonString(value)
+			c.Issuer, _, err = jsonString(src, value)
 		case "sub":
 			bit = 2
-			c.Subject, _, err = jsonString(value)
+			c.Subject, _, err = jsonString(src, value)
 		case "aud":
 			bit = 4
-			c.Audience, err = jsonAudience(value)
+			c.Audience, err = jsonAudience(src, value)
 		case "exp":
 			bit = 8
 			c.Expiry, err = c.date(&c.exp, value)
@@ -460,13 +486,13 @@ func parseClaims(data []byte) (*tokenClaimsSet, error) {
 			c.IssuedAt, err = c.date(&c.iat, value)
 		case "jti":
 			bit = 64
-			c.ID, _, err = jsonString(value)
+			c.ID, _, err = jsonString(src, value)
 		case "client_id":
 			bit = 128
-			c.ClientID, c.hasClientID, err = jsonString(value)
+			c.ClientID, c.hasClientID, err = jsonString(src, value)
 		case "scope":
 			bit = 256
-			c.scope, c.hasScope, err = jsonString(value)
+			c.scope, c.hasScope, err = jsonString(src, value)
 		default:
 			return nil
 		}

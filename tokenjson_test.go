@@ -165,9 +165,10 @@ func FuzzJSONObject(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, data []byte) {
 		got := map[string]string{}
+		src := &jsonSource{data: data}
 		err := jsonObject(data, func(name, value []byte) error {
 			if len(value) > 0 && value[0] == '"' {
-				s, _, err := jsonString(value)
+				s, _, err := jsonString(src, value)
 				if err != nil {
 					return err
 				}
@@ -203,4 +204,36 @@ func countName(data []byte, name string) int {
 		return nil
 	})
 	return n
+}
+
+// TestJSONSourceStrings: strings of unescaped members share one copy of
+// the text, escaped ones are decoded, and bytes that are not a slice of
+// the text are copied.
+func TestJSONSourceStrings(t *testing.T) {
+	data := []byte(`{"a":"plain","b":"esc\u00e9","c":["x","y"]}`)
+	src := &jsonSource{data: data}
+	got := map[string]any{}
+	require.NoError(t, jsonObject(data, func(name, value []byte) error {
+		var err error
+		if string(name) == "c" {
+			got[string(name)], err = jsonAudience(src, value)
+		} else {
+			got[string(name)], _, err = jsonString(src, value)
+		}
+		return err
+	}))
+	require.Equal(t, map[string]any{"a": "plain", "b": "esc\u00e9", "c": jwt.Audience{"x", "y"}}, got)
+	data[6] = 'P' // the strings were copied out of data, once
+	require.Equal(t, "plain", got["a"])
+	require.Equal(t, "plain", src.text[6:11])
+
+	other := []byte(`"plain"`)
+	s, ok, err := jsonString(src, other)
+	require.NoError(t, err)
+	require.True(t, ok)
+	require.Equal(t, "plain", s)
+	s, _, err = jsonString(nil, other)
+	require.NoError(t, err)
+	require.Equal(t, "plain", s)
+	require.Equal(t, "", src.str(data[3:3]))
 }
