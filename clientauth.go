@@ -308,11 +308,21 @@ func parseBasic(values []string, cr *credentials) error {
 	if !strings.EqualFold(scheme, "Basic") {
 		return NewError(CodeInvalidClient, "unsupported client authentication method; use HTTP Basic")
 	}
-	raw, err := base64.StdEncoding.DecodeString(strings.TrimSpace(cred))
+	// Usual credentials decode on the stack, and become one string.
+	enc := strings.TrimSpace(cred)
+	var src [256]byte
+	var dst [192]byte
+	in, out := src[:0], dst[:]
+	if len(enc) <= len(src) {
+		in = append(in, enc...)
+	} else {
+		in, out = []byte(enc), make([]byte, base64.StdEncoding.DecodedLen(len(enc)))
+	}
+	n, err := base64.StdEncoding.Decode(out, in)
 	if err != nil {
 		return NewError(CodeInvalidClient, "malformed HTTP Basic credentials")
 	}
-	id, secret, ok := strings.Cut(string(raw), ":")
+	id, secret, ok := strings.Cut(string(out[:n]), ":")
 	if !ok {
 		return NewError(CodeInvalidClient, "malformed HTTP Basic credentials")
 	}
