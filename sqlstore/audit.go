@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -56,11 +57,12 @@ type AuditorConfig struct {
 	Logger *slog.Logger
 	// QueueSize, when positive, makes writes asynchronous: Audit queues
 	// the event and one background goroutine writes queued events in
-	// transactions of up to QueueSize rows, which lets a busy token
-	// endpoint (and SQLite in particular, with its single writer) keep
-	// up. When the queue is full, Audit writes the event itself, so a
-	// burst slows requests down rather than losing events or growing
-	// memory; rows may then be out of event order (event_time keeps it).
+	// transactions of up to QueueSize rows, inserted up to 64 to a
+	// statement, which lets a busy token endpoint (and SQLite in
+	// particular, with its single writer) keep up. When the queue is
+	// full, Audit writes the event itself, so a burst slows requests
+	// down rather than losing events or growing memory; rows may then be
+	// out of event order (event_time keeps it).
 	// Events queued when the process dies without [Auditor.Close] are
 	// lost. Default: 0, every event is written (or held for retry)
 	// before Audit returns.
@@ -125,7 +127,9 @@ type AuditorConfig struct {
 // An Auditor is safe for concurrent use. It runs a background goroutine
 // until [Auditor.Close], which the owner must call.
 type Auditor struct {
-	insert    lazyStmt
+	// inserts[k] inserts 1<<k rows; inserts[0] is the dialect's one-row
+	// insert, which Audit runs.
+	inserts   [auditChunkBits + 1]lazyStmt
 	db        *sql.DB
 	now       func() time.Time
 	timeout   time.Duration
@@ -227,8 +231,11 @@ func NewAuditor(db *sql.DB, dialect Dialect, cfg AuditorConfig) (*Auditor, error
 	if err != nil {
 		return nil, err
 	}
+	rows, err := newRowsInsert(q.insertAudit)
+	if err != nil {
+		return nil, err
+	}
 	a := &Auditor{
-		insert:    lazyStmt{db: db, query: q.insertAudit},
 		db:        db,
 		now:       cfg.Now,
 		timeout:   cfg.Timeout,
@@ -242,6 +249,9 @@ func NewAuditor(db *sql.DB, dialect Dialect, cfg AuditorConfig) (*Auditor, error
 		wake:      make(chan struct{}, 1),
 		stop:      make(chan struct{}),
 		done:      make(chan struct{}),
+	}
+	for k := range a.inserts {
+		a.inserts[k] = lazyStmt{db: db, query: rows.query(1 << k)}
 	}
 	if cfg.QueueSize > 0 {
 		a.queue = make(chan m2mauth.AuditEvent, cfg.QueueSize)
@@ -332,7 +342,8 @@ func (a *Auditor) Pending() int {
 // for at most [AuditorConfig.CloseTimeout], stops the background
 // goroutine, appends what could not be written to the spill file (or
 // passes it to the fallback auditor), and releases the prepared insert
-// statement. It does not close the *sql.DB. Calling it again does nothing.
+// statements. It does not close the *sql.DB. Calling it again does
+// nothing.
 func (a *Auditor) Close() error {
 	a.closeOnce.Do(func() {
 		a.closeBy = time.Now().Add(a.closeWait)
@@ -342,7 +353,11 @@ func (a *Auditor) Close() error {
 		a.inflight.Wait()
 		close(a.stop)
 		<-a.done
-		a.closeErr = errors.Join(a.spill.close(), a.insert.close())
+		errs := []error{a.spill.close()}
+		for k := range a.inserts {
+			errs = append(errs, a.inserts[k].close())
+		}
+		a.closeErr = errors.Join(errs...)
 	})
 	return a.closeErr
 }
@@ -408,31 +423,116 @@ func (a *Auditor) lose(ctx context.Context, cause error, events ...m2mauth.Audit
 	}
 }
 
-// auditArgs are the insert's arguments for e.
-func auditArgs(e m2mauth.AuditEvent) []any {
-	return []any{e.Time.UnixMicro(), auditText(string(e.Type)), auditText(e.ClientID),
+// auditFields is the number of values of an audit row, those that
+// appendAuditArgs appends.
+const auditFields = 11
+
+// auditChunk is the most rows one statement inserts, 1<<auditChunkBits.
+// 64 rows of 11 values take 704 parameters, below the limit of every
+// engine (999 on SQLite before 3.32, 65535 on PostgreSQL and MySQL).
+// Larger statements save little more: most of the round trips and of the
+// per-statement work are gone at 64. On SQLite, a statement of several
+// rows inside a transaction keeps a statement journal, a temporary file
+// past 64 KiB, to undo itself should it fail half way, unless the insert
+// says OR ROLLBACK; that journal can cost more than the statements saved.
+const (
+	auditChunkBits = 6
+	auditChunk     = 1 << auditChunkBits
+)
+
+// appendAuditArgs appends the insert's arguments for e to args.
+func appendAuditArgs(args []any, e m2mauth.AuditEvent) []any {
+	return append(args, e.Time.UnixMicro(), auditText(string(e.Type)), auditText(e.ClientID),
 		auditText(e.RemoteIP), auditText(e.UserAgent), auditText(e.Audience), auditText(e.Scopes.String()),
-		auditText(e.JTI), auditText(e.SecretID), auditText(e.Error), auditText(e.Reason)}
+		auditText(e.JTI), auditText(e.SecretID), auditText(e.Error), auditText(e.Reason))
+}
+
+// rowsInsert makes inserts of several audit rows from the dialect's
+// one-row insert: its text up to VALUES, then a tuple of placeholders
+// per row, numbered across the rows when the dialect numbers them
+// ($1, $2, …; PostgreSQL), or each "?".
+type rowsInsert struct {
+	head     string // the one-row insert up to and including "VALUES "
+	numbered bool
+}
+
+// newRowsInsert returns the rowsInsert of the one-row insert single. It
+// fails unless single is exactly what query(1) would make of it, so that
+// a change to the dialect's insert that this does not follow is found
+// by every test that makes an Auditor, rather than written wrong.
+func newRowsInsert(single string) (rowsInsert, error) {
+	const values = "VALUES "
+	i := strings.LastIndex(single, values)
+	if i < 0 {
+		return rowsInsert{}, errors.New("sqlstore: the audit insert has no VALUES")
+	}
+	r := rowsInsert{head: single[:i+len(values)], numbered: strings.HasPrefix(single[i+len(values):], "($")}
+	if r.query(1) != single {
+		return rowsInsert{}, fmt.Errorf("sqlstore: the audit insert does not end with one row of %d values", auditFields)
+	}
+	return r, nil
+}
+
+// query returns the insert of n rows.
+func (r rowsInsert) query(n int) string {
+	var b strings.Builder
+	b.Grow(len(r.head) + n*auditFields*6)
+	b.WriteString(r.head)
+	for i := range n {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		b.WriteByte('(')
+		for j := range auditFields {
+			if j > 0 {
+				b.WriteString(", ")
+			}
+			if r.numbered {
+				b.WriteByte('$')
+				b.WriteString(strconv.Itoa(i*auditFields + j + 1))
+			} else {
+				b.WriteByte('?')
+			}
+		}
+		b.WriteByte(')')
+	}
+	return b.String()
 }
 
 func (a *Auditor) write(ctx context.Context, e m2mauth.AuditEvent) error {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), a.timeout)
 	defer cancel()
-	stmt, err := a.insert.get(ctx)
+	stmt, err := a.inserts[0].get(ctx)
 	if err != nil {
 		return err
 	}
-	_, err = stmt.ExecContext(ctx, auditArgs(e)...)
+	_, err = stmt.ExecContext(ctx, appendAuditArgs(make([]any, 0, auditFields), e)...)
 	return err
 }
 
 // writeBatch writes batch in one transaction, within a.timeout and ctx.
+// The rows are inserted in batch order, auditChunk to a statement; fewer
+// rows left at the end are inserted by the statements of the powers of
+// two they add up to (45 rows: 32, 8, 4, then 1), so that every statement
+// is one of a few prepared once, and a batch of n rows takes at most
+// n/auditChunk + auditChunkBits statements.
 func (a *Auditor) writeBatch(ctx context.Context, batch []m2mauth.AuditEvent) (err error) {
 	ctx, cancel := context.WithTimeout(ctx, a.timeout)
 	defer cancel()
-	stmt, err := a.insert.get(ctx)
-	if err != nil {
-		return err
+	// Statements are prepared before the transaction takes its
+	// connection: a pool of one connection has no other to prepare on.
+	var stmts [auditChunkBits + 1]*sql.Stmt
+	for k := range stmts {
+		need := len(batch)>>k&1 == 1 // the remainder has 1<<k rows
+		if k == auditChunkBits {
+			need = len(batch) >= auditChunk
+		}
+		if !need {
+			continue
+		}
+		if stmts[k], err = a.inserts[k].get(ctx); err != nil {
+			return err
+		}
 	}
 	tx, err := a.db.BeginTx(ctx, nil)
 	if err != nil {
@@ -443,11 +543,22 @@ func (a *Auditor) writeBatch(ctx context.Context, batch []m2mauth.AuditEvent) (e
 			tx.Rollback()
 		}
 	}()
-	ts := tx.StmtContext(ctx, stmt)
-	defer ts.Close()
-	for _, e := range batch {
-		if _, err = ts.ExecContext(ctx, auditArgs(e)...); err != nil {
-			return err
+	args := make([]any, 0, min(len(batch), auditChunk)*auditFields)
+	for k := auditChunkBits; k >= 0; k-- {
+		n := 1 << k
+		if len(batch) < n {
+			continue
+		}
+		ts := tx.StmtContext(ctx, stmts[k]) // closed with tx
+		for len(batch) >= n {
+			args = args[:0]
+			for _, e := range batch[:n] {
+				args = appendAuditArgs(args, e)
+			}
+			if _, err = ts.ExecContext(ctx, args...); err != nil {
+				return err
+			}
+			batch = batch[n:]
 		}
 	}
 	return tx.Commit()

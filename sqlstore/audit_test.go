@@ -533,9 +533,10 @@ func TestAuditorSpillCompactedAtClose(t *testing.T) {
 		require.Equal(t, n, lineCount(t, spill))
 
 		// The next process writes one transaction of the file (256
-		// rows), then the database fails in the middle of the second.
+		// rows, in statements of auditChunk), then the database fails
+		// in the middle of the second (44 rows: 32, 8, 4).
 		db2, o2 := e.openFlaky(t)
-		o2.downAfter.Store(280)
+		o2.downAfter.Store(256/auditChunk + 1)
 		second, err := sqlstore.NewAuditor(db2, e.dialect, sqlstore.AuditorConfig{
 			TablePrefix: prefix, Logger: slog.New(slog.DiscardHandler), SpillFile: spill,
 			MaxRetryDelay: time.Hour, CloseTimeout: time.Millisecond,
