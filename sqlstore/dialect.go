@@ -598,7 +598,11 @@ SELECT 2, g.client_id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, g.audience, g.s
 		insertGrant:  t(`INSERT INTO {p}grants (client_id, audience, scopes) VALUES (?, ?, ?)`),
 		deleteGrants: t(`DELETE FROM {p}grants WHERE client_id = ?`),
 
-		insertAudit: t(`INSERT INTO {p}audit_events (event_time, event_type, client_id, remote_ip, user_agent, audience, scope, jti, secret_id, error_code, reason)
+		// OR ROLLBACK: a failed insert rolls back its whole transaction
+		// (which the Auditor does anyway), so SQLite keeps no statement
+		// journal for it; a multi-row insert's journal would outgrow
+		// memory and be written to a temporary file.
+		insertAudit: t(`INSERT OR ROLLBACK INTO {p}audit_events (event_time, event_type, client_id, remote_ip, user_agent, audience, scope, jti, secret_id, error_code, reason)
 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`),
 
 		// Both branches read the client's events in the range through
