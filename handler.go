@@ -355,27 +355,25 @@ func (h *TokenHandler) serve(w http.ResponseWriter, r *http.Request, ep endpoint
 	}
 	req := tokenRequest{endpoint: ep, addrKey: h.addrs.key(p.addr, ev.RemoteIP), now: h.cfg.Now()}
 	ev.Time = req.now
+	status := http.StatusOK
+	if t != nil {
+		defer func() { t.requestDone(r.Context(), req.now, status) }()
+	}
 	if h.inflight != nil {
 		if err := h.enter(r.Context()); err != nil {
-			status := h.fail(w, r, &ev, err)
-			if t != nil {
-				t.requestDone(r.Context(), req.now, status)
-			}
+			status = h.fail(w, r, &ev, err)
 			return
 		}
 		defer func() { <-h.inflight }()
 	}
-	status := http.StatusOK
-	if body, err := h.authenticated(w, r, p, &req, &ev, bp, rh, ih); err != nil {
+	body, err := h.authenticated(w, r, p, &req, &ev, bp, rh, ih)
+	if err != nil {
 		status = h.fail(w, r, &ev, err)
-	} else {
-		w.WriteHeader(status)
-		w.Write(body)
-		h.cfg.Auditor.Audit(r.Context(), ev)
+		return
 	}
-	if t != nil {
-		t.requestDone(r.Context(), req.now, status)
-	}
+	w.WriteHeader(status)
+	w.Write(body)
+	h.cfg.Auditor.Audit(r.Context(), ev)
 }
 
 // authenticated runs the first steps of the request flow of DESIGN.md,

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net/http"
 	"sync"
 	"sync/atomic"
@@ -345,9 +346,9 @@ func (c *attrCache[K]) get(k K, build func() *tally) (*tally, bool) {
 	if len(old) >= c.max {
 		return nil, false
 	}
-	m := make(map[K]*tally, len(old)+1)
-	for k, o := range old {
-		m[k] = o
+	m := maps.Clone(old)
+	if m == nil {
+		m = make(map[K]*tally)
 	}
 	o := build()
 	m[k] = o
