@@ -23,7 +23,7 @@ type lazyDeadline struct {
 	deadline time.Time
 
 	mu       sync.Mutex // serializes arming and release
-	released bool       // under mu
+	released atomic.Bool
 	// isArmed is set, once, after armed and cancel are.
 	isArmed atomic.Bool
 	armed   context.Context
@@ -55,7 +55,7 @@ func (c *lazyDeadline) arm() context.Context {
 	defer c.mu.Unlock()
 	if !c.isArmed.Load() {
 		c.armed, c.cancel = context.WithDeadline(c.parent, c.deadline)
-		if c.released {
+		if c.released.Load() {
 			c.cancel()
 		}
 		c.isArmed.Store(true)
@@ -66,7 +66,7 @@ func (c *lazyDeadline) arm() context.Context {
 // release stops the timer, if it was armed; the context is then done.
 func (c *lazyDeadline) release() {
 	c.mu.Lock()
-	c.released = true
+	c.released.Store(true)
 	armed := c.isArmed.Load()
 	c.mu.Unlock()
 	if armed {
@@ -92,10 +92,7 @@ func (c *lazyDeadline) Err() error {
 	if !time.Now().Before(c.deadline) {
 		return context.DeadlineExceeded
 	}
-	c.mu.Lock()
-	released := c.released
-	c.mu.Unlock()
-	if released {
+	if c.released.Load() {
 		return context.Canceled
 	}
 	return nil
