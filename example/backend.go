@@ -309,6 +309,10 @@ func openBackend(ctx context.Context, d *dbSpec, opts backendOptions) (*backend,
 		// this process or the next); Close flushes them. Every event is
 		// also in the JSON log, so the last-resort fallback is silent.
 		acfg.QueueSize = 1024
+		// Waiting 2ms for more events to join a transaction makes the
+		// batches of a busy server larger, and each row cheaper to
+		// write (a fifth more tokens a second on SQLite).
+		acfg.BatchDelay = 2 * time.Millisecond
 		acfg.SpillFile = spill
 		acfg.Fallback = m2mauth.AuditorFunc(func(context.Context, m2mauth.AuditEvent) {})
 	}

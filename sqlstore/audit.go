@@ -67,6 +67,15 @@ type AuditorConfig struct {
 	// lost. Default: 0, every event is written (or held for retry)
 	// before Audit returns.
 	QueueSize int
+	// BatchDelay, with a QueueSize, is how long the writer waits after
+	// taking an event from the queue for more to join its transaction,
+	// unless QueueSize events are already there. Fewer, larger
+	// transactions cost the database less per row (SQLite writes each
+	// page a transaction changes, such as the last page of the table and
+	// of each index, once per transaction), at the price of events
+	// staying that much longer in memory. [Auditor.Close] does not wait
+	// it out. Default: 0, no wait.
+	BatchDelay time.Duration
 	// RetryBuffer bounds the events held in memory while writes fail.
 	// Past it, events go to the SpillFile, or to the Fallback when there
 	// is none. Events held in memory when the process dies without
@@ -137,6 +146,7 @@ type Auditor struct {
 	logger    *slog.Logger
 	maxDelay  time.Duration
 	closeWait time.Duration
+	gather    time.Duration // AuditorConfig.BatchDelay
 
 	failures atomic.Uint64
 	lost     atomic.Uint64
@@ -206,6 +216,12 @@ func NewAuditor(db *sql.DB, dialect Dialect, cfg AuditorConfig) (*Auditor, error
 	if cfg.QueueSize < 0 {
 		return nil, errors.New("sqlstore: AuditorConfig.QueueSize must not be negative")
 	}
+	switch {
+	case cfg.BatchDelay < 0:
+		return nil, errors.New("sqlstore: AuditorConfig.BatchDelay must not be negative")
+	case cfg.BatchDelay > 0 && cfg.QueueSize == 0:
+		return nil, errors.New("sqlstore: AuditorConfig.BatchDelay needs a QueueSize")
+	}
 	if cfg.RetryBuffer < 0 {
 		return nil, errors.New("sqlstore: AuditorConfig.RetryBuffer must not be negative")
 	}
@@ -243,6 +259,7 @@ func NewAuditor(db *sql.DB, dialect Dialect, cfg AuditorConfig) (*Auditor, error
 		logger:    cfg.Logger,
 		maxDelay:  cfg.MaxRetryDelay,
 		closeWait: cfg.CloseTimeout,
+		gather:    cfg.BatchDelay,
 		queueMax:  cfg.QueueSize,
 		heldMax:   cfg.RetryBuffer,
 		spill:     spill,
@@ -588,6 +605,9 @@ func (a *Auditor) run() {
 			return
 		case e := <-a.queue: // never ready without a queue
 			batch = a.fill(append(batch[:0], e))
+			if a.gather > 0 && len(batch) < a.queueMax {
+				batch = a.wait(batch)
+			}
 			a.writeQueued(ctx, batch)
 		case <-a.wake:
 			// An event was just held after a failure: retrying at once
@@ -615,6 +635,24 @@ func retryDelay(attempt int, max time.Duration) time.Duration {
 		d = min(max, minRetryDelay<<attempt)
 	}
 	return d - rand.N(d/2+1)
+}
+
+// wait adds to batch the events queued within a.gather, until the batch
+// is full or the Auditor is closing.
+func (a *Auditor) wait(batch []m2mauth.AuditEvent) []m2mauth.AuditEvent {
+	t := time.NewTimer(a.gather)
+	defer t.Stop()
+	for len(batch) < a.queueMax {
+		select {
+		case e := <-a.queue:
+			batch = a.fill(append(batch, e))
+		case <-t.C:
+			return batch
+		case <-a.stop:
+			return a.fill(batch) // what was queued before Close
+		}
+	}
+	return batch
 }
 
 // fill adds to batch what is waiting in the queue, up to a.queueMax events.

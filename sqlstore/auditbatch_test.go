@@ -1,6 +1,7 @@
 package sqlstore_test
 
 import (
+	"database/sql"
 	"fmt"
 	"log/slog"
 	"testing"
@@ -210,5 +211,72 @@ func BenchmarkAuditorBatch(b *testing.B) {
 				require.Equal(b, iterations*n, rows, "every event written once")
 			})
 		}
+	}
+}
+
+// TestAuditorBatchDelay: with a BatchDelay the writer waits for events
+// that follow the first one, and writes them in one transaction; without
+// one it writes the first at once. Close does not wait the delay out,
+// and loses nothing.
+func TestAuditorBatchDelay(t *testing.T) {
+	const n = 10
+	forEachBackend(t, func(t *testing.T, e *env) {
+		tests := []struct {
+			name       string
+			delay      time.Duration
+			wantBegins int64
+		}{
+			{"no delay", 0, 2},             // the first event alone, then the rest
+			{"delay", 10 * time.Second, 1}, // all of them, once Close stops the wait
+		}
+		for _, tt := range tests {
+			t.Run(tt.name, func(t *testing.T) {
+				prefix := e.newPrefix(t)
+				e.newStore(t, sqlstore.Config{TablePrefix: prefix})
+				counter := &tally{}
+				cdb := sql.OpenDB(&countingConnector{drv: e.db.Driver(), dsn: e.dsn, n: counter})
+				t.Cleanup(func() { cdb.Close() })
+				a, err := sqlstore.NewAuditor(cdb, e.dialect, sqlstore.AuditorConfig{
+					TablePrefix: prefix, QueueSize: 64, BatchDelay: tt.delay,
+				})
+				require.NoError(t, err)
+				a.Audit(t.Context(), batchEvent(0))
+				if tt.delay == 0 {
+					waitFor(t, "the first event written", func() bool { return e.countAuditRows(t, prefix) == 1 })
+				} else {
+					time.Sleep(20 * time.Millisecond) // the writer is waiting for more
+					require.Zero(t, e.countAuditRows(t, prefix), "nothing written during the delay")
+				}
+				for i := 1; i < n; i++ {
+					a.Audit(t.Context(), batchEvent(i))
+				}
+				start := time.Now()
+				require.NoError(t, a.Close())
+				if tt.delay > 0 {
+					assert.Less(t, time.Since(start), tt.delay/2, "Close does not wait the delay out")
+				}
+				assert.Equal(t, batchRows(n), e.auditRows(t, prefix))
+				if tt.delay == 0 {
+					assert.GreaterOrEqual(t, counter.snapshot().begins, tt.wantBegins, "transactions")
+				} else {
+					assert.Equal(t, tt.wantBegins, counter.snapshot().begins, "transactions")
+				}
+			})
+		}
+	})
+}
+
+// TestAuditorBatchDelayConfig: a negative BatchDelay, or one without a
+// queue, is refused.
+func TestAuditorBatchDelayConfig(t *testing.T) {
+	be := backends()[0]
+	e := &env{backend: be, dsn: be.dsn(t)}
+	e.db = e.open(t)
+	for _, cfg := range []sqlstore.AuditorConfig{
+		{QueueSize: 8, BatchDelay: -time.Millisecond},
+		{BatchDelay: time.Millisecond},
+	} {
+		_, err := sqlstore.NewAuditor(e.db, e.dialect, cfg)
+		require.Error(t, err, "%+v", cfg)
 	}
 }
