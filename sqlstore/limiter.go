@@ -151,9 +151,12 @@ type LimiterConfig struct {
 // (PostgreSQL: INSERT ... ON CONFLICT DO UPDATE ... RETURNING; MySQL:
 // INSERT ... ON DUPLICATE KEY UPDATE, then SELECT ... FOR UPDATE). No
 // transaction holds the client's row while it waits for the address's,
-// so the transactions of any number of replicas take turns on a row and
-// never deadlock; on MySQL no locking read of a missing row takes a gap
-// lock that an insert would wait for. On SQLite the transaction begins
+// so the transactions of any number of replicas take turns on a row; on
+// MySQL no locking read of a missing row takes a gap lock that an insert
+// would wait for. Should the database still roll one back as a
+// deadlock's victim or for a serialization failure (InnoDB has, under
+// load, with cleanups deleting beside them), it is run again, after a
+// short random pause, up to 8 times. On SQLite the transaction begins
 // with that insert, a write, so it holds the database write lock from
 // its first statement and never upgrades from a read lock (which fails
 // at once with SQLITE_BUSY, whatever the busy timeout, when another
@@ -617,7 +620,7 @@ func scanRows(rows *sql.Rows, err error) (a, p limitRow, n int, _ error) {
 // another process, until ctx ends.
 func (l *Limiter) writing(ctx context.Context, f func() error) error {
 	if l.writer == nil {
-		return f()
+		return retryConflicts(ctx, f)
 	}
 	select {
 	case l.writer <- struct{}{}:
@@ -649,6 +652,54 @@ func (l *Limiter) writing(ctx context.Context, f func() error) error {
 // "database is locked", every driver passes on.
 func sqliteBusy(err error) bool {
 	return strings.Contains(err.Error(), "database is locked")
+}
+
+// maxConflictRetries bounds how often a transaction the database chose
+// as a deadlock's victim is run again.
+const maxConflictRetries = 8
+
+// retryConflicts runs the transaction f, and runs it again, after a short
+// random pause, while the database refuses it as a deadlock's victim or
+// for a serialization failure: the database rolled it back whole, so
+// running it again is what it asks for. The limiter's transactions lock
+// their two rows in one order, but InnoDB can still pick a victim among
+// them and a concurrent cleanup (its locks on the secondary index are
+// not ours to order).
+func retryConflicts(ctx context.Context, f func() error) error {
+	pause := pollMin
+	for try := 0; ; try++ {
+		err := f()
+		if err == nil || !txConflict(err) || try == maxConflictRetries {
+			return err
+		}
+		d := pause/2 + rand.N(pause/2+1)
+		pause = min(2*pause, pollMax)
+		t := time.NewTimer(d)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return fmt.Errorf("%w (%w)", err, ctx.Err())
+		case <-t.C:
+		}
+	}
+}
+
+// txConflict reports whether err says the database rolled a transaction
+// back to break a deadlock or for a serialization failure: SQLSTATE
+// 40P01 or 40001 (PostgreSQL, through the driver's SQLState method;
+// MySQL and MariaDB, error 1213 or 40001 in the message, which is all
+// their driver exposes without importing it).
+func txConflict(err error) bool {
+	var st interface{ SQLState() string }
+	if errors.As(err, &st) {
+		switch st.SQLState() {
+		case "40P01", "40001":
+			return true
+		}
+		return false
+	}
+	msg := err.Error()
+	return strings.Contains(msg, "Error 1213") || strings.Contains(msg, "(40001)")
 }
 
 // waitDuration renders a wait in microseconds as [m2mauth.RateLimiter]
