@@ -316,7 +316,7 @@ func (l *Limiter) Reserve(ctx context.Context, clientID, ip string) (time.Durati
 // between them while the buckets are lent out, until one grants or
 // refuses.
 func (l *Limiter) reserve(ctx context.Context, id, ip string) (time.Duration, error) {
-	pause := pollMin
+	var b backoff
 	for {
 		var v verdict
 		var wait int64
@@ -335,14 +335,8 @@ func (l *Limiter) reserve(ctx context.Context, id, ip string) (time.Duration, er
 		// Lent out: read, without locking, until a transaction may
 		// find room.
 		for v == lentOut {
-			d := pause/2 + rand.N(pause/2+1)
-			pause = min(2*pause, pollMax)
-			t := time.NewTimer(d)
-			select {
-			case <-ctx.Done():
-				t.Stop()
-				return 0, ctx.Err()
-			case <-t.C:
+			if err := b.wait(ctx); err != nil {
+				return 0, err
 			}
 			a, p, err := l.peekRows(ctx, id, ip)
 			if err != nil {
@@ -628,24 +622,9 @@ func (l *Limiter) writing(ctx context.Context, f func() error) error {
 		return ctx.Err()
 	}
 	defer func() { <-l.writer }()
-	pause := pollMin
-	for {
-		err := f()
-		if err == nil || !sqliteBusy(err) {
-			return err
-		}
-		// The busy handler has waited busy_timeout already; pause
-		// briefly in case there is none.
-		d := pause/2 + rand.N(pause/2+1)
-		pause = min(2*pause, pollMax)
-		t := time.NewTimer(d)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return fmt.Errorf("%w (%w)", err, ctx.Err())
-		case <-t.C:
-		}
-	}
+	// The busy handler has waited busy_timeout already; pause briefly
+	// in case there is none.
+	return runAgain(ctx, f, sqliteBusy, -1)
 }
 
 // sqliteBusy reports whether err is SQLite's SQLITE_BUSY, whose message,
@@ -666,21 +645,41 @@ const maxConflictRetries = 8
 // them and a concurrent cleanup (its locks on the secondary index are
 // not ours to order).
 func retryConflicts(ctx context.Context, f func() error) error {
-	pause := pollMin
+	return runAgain(ctx, f, txConflict, maxConflictRetries)
+}
+
+// runAgain runs f, and runs it again after a backoff while its error is
+// one again reports, at most max times more (no bound when max is
+// negative) and until ctx ends, when the error wraps ctx's.
+func runAgain(ctx context.Context, f func() error, again func(error) bool, max int) error {
+	var b backoff
 	for try := 0; ; try++ {
 		err := f()
-		if err == nil || !txConflict(err) || try == maxConflictRetries {
+		if err == nil || !again(err) || try == max {
 			return err
 		}
-		d := pause/2 + rand.N(pause/2+1)
-		pause = min(2*pause, pollMax)
-		t := time.NewTimer(d)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return fmt.Errorf("%w (%w)", err, ctx.Err())
-		case <-t.C:
+		if cerr := b.wait(ctx); cerr != nil {
+			return fmt.Errorf("%w (%w)", err, cerr)
 		}
+	}
+}
+
+// backoff waits between polls or attempts: a random part of a pause that
+// starts at pollMin and doubles up to pollMax.
+type backoff struct{ pause time.Duration }
+
+// wait waits out the next pause, or returns ctx's error when it ends
+// first.
+func (b *backoff) wait(ctx context.Context) error {
+	b.pause = min(max(2*b.pause, pollMin), pollMax)
+	d := b.pause/2 + rand.N(b.pause/2+1)
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
 	}
 }
 
