@@ -96,6 +96,21 @@ func (d Dialect) String() string {
 //	limitWrite    (address value, client value) for each of refilled_at,
 //	              pending, pending_addr, lease_until, authenticated_at,
 //	              idle_at, then (ip, clientID): sets both rows
+//	limitFastGrant (now, every, now+burst*every, knownWindow, now+lease,
+//	              now, now, now+lease, now, every, now+burst*every, ip,
+//	              clientID, now-knownWindow, now+slack, now, burst), of
+//	              the client's bucket: grants an attempt of a client
+//	              known at the address whose bucket has room for it, in
+//	              one statement that changes the client's row only, as
+//	              [Limiter] would in a transaction; it affects no row in
+//	              any other case
+//	limitFastGive (now, every, authenticated, now+knownWindow,
+//	              knownWindow, now, authenticated, now, now, every, now,
+//	              ip, clientID, now), authenticated being 1 or 0: ends a
+//	              reservation that succeeded or was abandoned, in one
+//	              statement that changes the client's row only; it
+//	              affects no row when the reservations in flight hold
+//	              tokens of the address's row
 //	limitCleanup  (now, batch); on MySQL it selects the (ip, client_id)
 //	              of the rows to delete, and limitCleanupRow (ip,
 //	              clientID, now) deletes each
@@ -176,6 +191,8 @@ type queries struct {
 	limitLock       string
 	limitPeek       string
 	limitWrite      string
+	limitFastGrant  string
+	limitFastGive   string
 	limitCleanup    string
 	limitCleanupRow string // MySQL only
 
@@ -363,6 +380,30 @@ RETURNING ` + limitRowColumns),
     authenticated_at = CASE WHEN client_id = '' THEN $9::bigint ELSE $10::bigint END,
     idle_at          = CASE WHEN client_id = '' THEN $11::bigint ELSE $12::bigint END
  WHERE ip = $13 AND client_id IN ('', $14)`),
+		// The fast paths, each one statement that runs on its own: the
+		// CTE turns off the synchronous commit of the statement's own
+		// transaction, as limitBegin does in the others.
+		limitFastGrant: t(`WITH async AS (SELECT set_config('synchronous_commit', 'off', true))
+UPDATE {p}rate_limits SET
+    idle_at      = GREATEST(LEAST(GREATEST(refilled_at, $1::bigint) + $2::bigint, $3::bigint), authenticated_at + $4::bigint, $5::bigint),
+    pending      = CASE WHEN lease_until <= $6::bigint THEN 0 ELSE pending END + 1,
+    pending_addr = CASE WHEN lease_until <= $7::bigint THEN 0 ELSE pending_addr END,
+    lease_until  = $8::bigint,
+    refilled_at  = LEAST(GREATEST(refilled_at, $9::bigint) + $10::bigint, $11::bigint)
+  FROM async
+ WHERE ip = $12 AND client_id = $13 AND authenticated_at <> 0 AND authenticated_at > $14::bigint
+   AND refilled_at <= $15::bigint AND CASE WHEN lease_until <= $16::bigint THEN 0 ELSE pending END < $17::bigint`),
+		limitFastGive: t(`WITH async AS (SELECT set_config('synchronous_commit', 'off', true))
+UPDATE {p}rate_limits SET
+    idle_at          = GREATEST(refilled_at - CASE WHEN lease_until > $1::bigint AND pending > 0 THEN $2::bigint ELSE 0 END,
+                           CASE WHEN $3::bigint = 1 THEN $4::bigint WHEN authenticated_at <> 0 THEN authenticated_at + $5::bigint ELSE 0 END,
+                           CASE WHEN lease_until > $6::bigint AND pending > 1 THEN lease_until ELSE 0 END),
+    authenticated_at = CASE WHEN $7::bigint = 1 THEN $8::bigint ELSE authenticated_at END,
+    refilled_at      = refilled_at - CASE WHEN lease_until > $9::bigint AND pending > 0 THEN $10::bigint ELSE 0 END,
+    pending          = CASE WHEN lease_until > $11::bigint AND pending > 0 THEN pending - 1 ELSE 0 END,
+    pending_addr     = 0
+  FROM async
+ WHERE ip = $12 AND client_id = $13 AND (lease_until <= $14::bigint OR pending_addr = 0)`),
 		// PostgreSQL has no DELETE ... LIMIT. SKIP LOCKED passes over
 		// rows that a transaction of the limiter holds, so a cleanup
 		// never waits for a lock, and cannot deadlock with reservations
@@ -504,6 +545,27 @@ ON DUPLICATE KEY UPDATE ip = ip`),
     authenticated_at = CASE WHEN client_id = '' THEN ? ELSE ? END,
     idle_at          = CASE WHEN client_id = '' THEN ? ELSE ? END
  WHERE ip = ? AND client_id IN ('', ?)`),
+		// Each expression reads only columns that the assignments
+		// before it leave alone: MySQL assigns from left to right, an
+		// assignment seeing those before it, where the other dialects
+		// read the row as it was.
+		limitFastGrant: t(`UPDATE {p}rate_limits SET
+    idle_at      = GREATEST(LEAST(GREATEST(refilled_at, ?) + ?, ?), authenticated_at + ?, ?),
+    pending      = CASE WHEN lease_until <= ? THEN 0 ELSE pending END + 1,
+    pending_addr = CASE WHEN lease_until <= ? THEN 0 ELSE pending_addr END,
+    lease_until  = ?,
+    refilled_at  = LEAST(GREATEST(refilled_at, ?) + ?, ?)
+ WHERE ip = ? AND client_id = ? AND authenticated_at <> 0 AND authenticated_at > ?
+   AND refilled_at <= ? AND CASE WHEN lease_until <= ? THEN 0 ELSE pending END < ?`),
+		limitFastGive: t(`UPDATE {p}rate_limits SET
+    idle_at          = GREATEST(refilled_at - CASE WHEN lease_until > ? AND pending > 0 THEN ? ELSE 0 END,
+                           CASE WHEN ? = 1 THEN ? WHEN authenticated_at <> 0 THEN authenticated_at + ? ELSE 0 END,
+                           CASE WHEN lease_until > ? AND pending > 1 THEN lease_until ELSE 0 END),
+    authenticated_at = CASE WHEN ? = 1 THEN ? ELSE authenticated_at END,
+    refilled_at      = refilled_at - CASE WHEN lease_until > ? AND pending > 0 THEN ? ELSE 0 END,
+    pending          = CASE WHEN lease_until > ? AND pending > 0 THEN pending - 1 ELSE 0 END,
+    pending_addr     = 0
+ WHERE ip = ? AND client_id = ? AND (lease_until <= ? OR pending_addr = 0)`),
 		// A DELETE through the index on idle_at locks index entries
 		// before rows, the reverse of the transactions above, and
 		// deadlocks with them under load. So the rows are found without
@@ -660,6 +722,24 @@ ON CONFLICT (ip, client_id) DO NOTHING`),
     authenticated_at = CASE WHEN client_id = '' THEN ? ELSE ? END,
     idle_at          = CASE WHEN client_id = '' THEN ? ELSE ? END
  WHERE ip = ? AND client_id IN ('', ?)`),
+		// SQLite's MAX and MIN of several values are GREATEST and LEAST.
+		limitFastGrant: t(`UPDATE {p}rate_limits SET
+    idle_at      = MAX(MIN(MAX(refilled_at, ?) + ?, ?), authenticated_at + ?, ?),
+    pending      = CASE WHEN lease_until <= ? THEN 0 ELSE pending END + 1,
+    pending_addr = CASE WHEN lease_until <= ? THEN 0 ELSE pending_addr END,
+    lease_until  = ?,
+    refilled_at  = MIN(MAX(refilled_at, ?) + ?, ?)
+ WHERE ip = ? AND client_id = ? AND authenticated_at <> 0 AND authenticated_at > ?
+   AND refilled_at <= ? AND CASE WHEN lease_until <= ? THEN 0 ELSE pending END < ?`),
+		limitFastGive: t(`UPDATE {p}rate_limits SET
+    idle_at          = MAX(refilled_at - CASE WHEN lease_until > ? AND pending > 0 THEN ? ELSE 0 END,
+                           CASE WHEN ? = 1 THEN ? WHEN authenticated_at <> 0 THEN authenticated_at + ? ELSE 0 END,
+                           CASE WHEN lease_until > ? AND pending > 1 THEN lease_until ELSE 0 END),
+    authenticated_at = CASE WHEN ? = 1 THEN ? ELSE authenticated_at END,
+    refilled_at      = refilled_at - CASE WHEN lease_until > ? AND pending > 0 THEN ? ELSE 0 END,
+    pending          = CASE WHEN lease_until > ? AND pending > 0 THEN pending - 1 ELSE 0 END,
+    pending_addr     = 0
+ WHERE ip = ? AND client_id = ? AND (lease_until <= ? OR pending_addr = 0)`),
 		// DELETE ... LIMIT needs a compile-time option; rowid does not.
 		limitCleanup: t(`DELETE FROM {p}rate_limits WHERE rowid IN (
     SELECT rowid FROM {p}rate_limits WHERE idle_at <= ? LIMIT ?)`),

@@ -436,9 +436,11 @@ func TestTokenHandlerDatabaseOutage(t *testing.T) {
 
 // TestTokenRequestQueries counts the statements one token request sends
 // to the database: exactly one query when it succeeds with the in-memory
-// limiter; with the database limiter, two transactions more, the
-// reservation and its release, each reading and writing the limiter's
-// two rows, whether the client authenticates or not.
+// limiter; with the database limiter, two statements more and no
+// transaction for a client known at the address that authenticates (the
+// limiter's fast paths), a transaction for the release of a failure, and
+// both transactions, after the fast paths found nothing to do, for a
+// client's first request from an address.
 func TestTokenRequestQueries(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, e *env) {
 		prefix := e.newPrefix(t)
@@ -456,22 +458,35 @@ func TestTokenRequestQueries(t *testing.T) {
 		require.NoError(t, err)
 		t.Cleanup(func() { l.Close() })
 
-		// Each transaction locks and reads the rows (one query), and
-		// writes them (one statement). First, on MySQL and SQLite it
-		// inserts or locks them, where PostgreSQL's query does that, and
-		// on PostgreSQL it turns off waiting for the commit to be
-		// flushed: one statement more on every engine.
-		limiter := counts{queries: 2, execs: 4, begins: 2}
+		// A fast path is one statement. Each transaction locks and reads
+		// the rows (one query), and writes them (one statement). First,
+		// on MySQL and SQLite it inserts or locks them, where
+		// PostgreSQL's query does that, and on PostgreSQL it turns off
+		// waiting for the commit to be flushed: one statement more on
+		// every engine.
+		tx := counts{queries: 1, execs: 2, begins: 1}
+		add := func(cs ...counts) (sum counts) {
+			for _, c := range cs {
+				sum.queries += c.queries
+				sum.execs += c.execs
+				sum.begins += c.begins
+			}
+			return sum
+		}
+		lookup, fast := counts{queries: 1}, counts{execs: 1}
 		tests := []struct {
 			name    string
 			limiter m2mauth.Limiter
 			secret  string
+			addr    string
+			warm    int // requests before the one counted
 			status  int
 			want    counts
 		}{
-			{"InMemoryLimiter", nil, plain, http.StatusOK, counts{queries: 1}},
-			{"DatabaseLimiter", l, plain, http.StatusOK, counts{queries: limiter.queries + 1, execs: limiter.execs, begins: limiter.begins}},
-			{"DatabaseLimiterFailure", l, "wrong", http.StatusUnauthorized, counts{queries: limiter.queries + 1, execs: limiter.execs, begins: limiter.begins}},
+			{"InMemoryLimiter", nil, plain, "192.0.2.1:1", 2, http.StatusOK, lookup},
+			{"DatabaseLimiter", l, plain, "192.0.2.1:1", 2, http.StatusOK, add(lookup, fast, fast)},
+			{"DatabaseLimiterFailure", l, "wrong", "192.0.2.1:1", 0, http.StatusUnauthorized, add(lookup, fast, tx)},
+			{"DatabaseLimiterNewAddress", l, plain, "192.0.2.2:1", 0, http.StatusOK, add(lookup, fast, tx, fast, tx)},
 		}
 		for _, tt := range tests {
 			t.Run(tt.name, func(t *testing.T) {
@@ -480,12 +495,12 @@ func TestTokenRequestQueries(t *testing.T) {
 				// limiter's rows, and the first release runs the first
 				// cleanup, which deletes the address's row once the client
 				// has authenticated.
-				for range 2 {
-					w, _ := serve(t, h, tokenRequest("192.0.2.1:1", "counted", tt.secret))
+				for range tt.warm {
+					w, _ := serve(t, h, tokenRequest(tt.addr, "counted", tt.secret))
 					require.Equal(t, tt.status, w.Code)
 				}
 				counter.reset()
-				w, _ := serve(t, h, tokenRequest("192.0.2.1:1", "counted", tt.secret))
+				w, _ := serve(t, h, tokenRequest(tt.addr, "counted", tt.secret))
 				require.Equal(t, tt.status, w.Code)
 				assert.Equal(t, tt.want, counter.snapshot(), "statements that reached the driver")
 			})

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -387,6 +388,148 @@ func TestLimiterMatchesRateLimiter(t *testing.T) {
 		}
 		assert.Greater(t, refused, 60, "the script must reach lockouts often")
 		assert.Greater(t, granted, 100)
+	})
+}
+
+// TestLimiterFastPathsMatchTransactions runs one random script through a
+// limiter with its fast paths and one that decides every attempt in
+// transactions, with the same clock: reservations held across steps,
+// released in any order with any outcome, or never (a crashed replica,
+// whose lease lapses). Both must decide every attempt alike and leave
+// the clients' rows alike.
+func TestLimiterFastPathsMatchTransactions(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, e *env) {
+		clock := newFakeClock()
+		cfg := sqlstore.LimiterConfig{
+			ClientIPBurst: 3, ClientIPEvery: 2 * time.Second, IPBurst: 4, IPEvery: time.Second,
+			KnownWindow: 20 * time.Second, ReservationTimeout: 5 * time.Second,
+		}
+		fastPrefix, slowPrefix := e.newPrefix(t), e.newPrefix(t)
+		fast := e.newLimiter(t, fastPrefix, clock, cfg)
+		slow := e.newLimiter(t, slowPrefix, clock, cfg)
+		sqlstore.WithoutFastPaths(slow)
+
+		type held struct{ id, ip string }
+		var holds []held
+		rng := rand.New(rand.NewPCG(3, 4))
+		clients := []string{"a", "b"}
+		ips := []string{"192.0.2.1", "192.0.2.2"}
+		outcomes := []m2mauth.Outcome{
+			m2mauth.OutcomeFailed, m2mauth.OutcomeFailed,
+			m2mauth.OutcomeAuthenticated, m2mauth.OutcomeAuthenticated, m2mauth.OutcomeAbandoned,
+		}
+		reserve := func(l *sqlstore.Limiter, id, ip string) (time.Duration, bool) {
+			// An attempt whose tokens are all lent out waits for a
+			// release that no one else will make: both time out alike.
+			ctx, cancel := context.WithTimeout(t.Context(), 10*time.Millisecond)
+			defer cancel()
+			d, err := l.Reserve(ctx, id, ip)
+			if err != nil {
+				require.ErrorIs(t, err, context.DeadlineExceeded)
+				return 0, false
+			}
+			return d, true
+		}
+		kinds := map[string]int{}
+		for step := range 400 {
+			switch r := rng.IntN(10); {
+			case r == 0:
+				clock.Advance(time.Duration(rng.IntN(3000)) * time.Millisecond)
+			case r <= 4 && len(holds) > 0:
+				i := rng.IntN(len(holds))
+				h := holds[i]
+				holds = slices.Delete(holds, i, i+1)
+				if rng.IntN(6) == 0 {
+					kinds["crashed"]++ // never released
+					continue
+				}
+				o := outcomes[rng.IntN(len(outcomes))]
+				require.NoError(t, fast.Release(t.Context(), h.id, h.ip, o))
+				require.NoError(t, slow.Release(t.Context(), h.id, h.ip, o))
+			default:
+				id, ip := clients[rng.IntN(len(clients))], ips[rng.IntN(len(ips))]
+				want, wantOK := reserve(slow, id, ip)
+				got, gotOK := reserve(fast, id, ip)
+				require.Equal(t, wantOK, gotOK, "step %d: Reserve(%q, %q) waited for a release", step, id, ip)
+				require.Equal(t, want, got, "step %d: Reserve(%q, %q)", step, id, ip)
+				switch {
+				case !gotOK:
+					kinds["lent out"]++
+				case got > 0:
+					kinds["refused"]++
+				case rng.IntN(3) == 0:
+					kinds["held"]++
+					holds = append(holds, held{id, ip})
+				default:
+					kinds["granted"]++
+					o := outcomes[rng.IntN(len(outcomes))]
+					require.NoError(t, fast.Release(t.Context(), id, ip, o))
+					require.NoError(t, slow.Release(t.Context(), id, ip, o))
+				}
+			}
+		}
+		for _, k := range []string{"crashed", "lent out", "refused", "held", "granted"} {
+			assert.Positive(t, kinds[k], "the script must reach %q", k)
+		}
+
+		// The clients' rows, with lapsed reservations forgotten.
+		rows := func(prefix string) []string {
+			now := clock.Now().UnixMicro()
+			rs, err := e.db.QueryContext(t.Context(), "SELECT ip, client_id, refilled_at, pending, pending_addr, lease_until, authenticated_at FROM "+
+				prefix+"rate_limits WHERE client_id <> '' ORDER BY ip, client_id")
+			require.NoError(t, err)
+			defer rs.Close()
+			var out []string
+			for rs.Next() {
+				var ip, id string
+				var refilled, pending, pendingAddr, lease, auth int64
+				require.NoError(t, rs.Scan(&ip, &id, &refilled, &pending, &pendingAddr, &lease, &auth))
+				if lease <= now {
+					pending, pendingAddr, lease = 0, 0, 0
+				}
+				out = append(out, fmt.Sprint(ip, id, refilled, pending, pendingAddr, lease, auth))
+			}
+			require.NoError(t, rs.Err())
+			return out
+		}
+		assert.Equal(t, rows(slowPrefix), rows(fastPrefix))
+	})
+}
+
+// TestLimiterFastPathCommitsAsync checks that PostgreSQL's fast path, a
+// statement on its own, turns off the synchronous commit of its
+// transaction, as the limiter's transactions do.
+func TestLimiterFastPathCommitsAsync(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, e *env) {
+		if e.dialect != sqlstore.Postgres {
+			t.Skip("synchronous_commit is PostgreSQL's")
+		}
+		clock := newFakeClock()
+		l := e.newLimiter(t, e.newPrefix(t), clock, sqlstore.LimiterConfig{})
+		a := attempts{t, l}
+		require.Zero(t, a.reserve("svc", "192.0.2.1"))
+		a.release("svc", "192.0.2.1", m2mauth.OutcomeAuthenticated) // known there now
+
+		tx, err := e.db.BeginTx(t.Context(), nil)
+		require.NoError(t, err)
+		defer tx.Rollback()
+		setting := func() (v string) {
+			require.NoError(t, tx.QueryRowContext(t.Context(), "SHOW synchronous_commit").Scan(&v))
+			return v
+		}
+		require.Equal(t, "on", setting())
+		// The defaults: a 5 attempt burst, one every 12s, a 24h window,
+		// a lease of 30s.
+		now := clock.Now().UnixMicro()
+		every, burst, window, lease := int64(12e6), int64(5), int64(24*3600e6), int64(30e6)
+		res, err := tx.ExecContext(t.Context(), sqlstore.LimiterFastGrant(l),
+			now, every, now+burst*every, window, now+lease, now, now, now+lease, now, every, now+burst*every,
+			"192.0.2.1", "svc", now-window, now+(burst-1)*every, now, burst)
+		require.NoError(t, err)
+		n, err := res.RowsAffected()
+		require.NoError(t, err)
+		require.EqualValues(t, 1, n, "the attempt of a known client is granted")
+		require.Equal(t, "off", setting())
 	})
 }
 
