@@ -225,12 +225,16 @@
 // with the database limiter a token request is the reservation, the
 // client's query and the release. On PostgreSQL each transaction is an
 // upsert that locks the rows and an UPDATE; on MySQL and SQLite an
-// insert that locks them, a SELECT and an UPDATE. Every token request so
-// commits twice. PostgreSQL's commits of the limiter do not wait for the
-// disk (synchronous_commit is off for them), so a crash of the server may
-// forget the last fraction of a second of attempts; MySQL has no such
-// setting per transaction, and each commit waits for the disk as
-// innodb_flush_log_at_trx_commit says; on SQLite see below.
+// insert that locks them, a SELECT and an UPDATE. A client that
+// authenticated from the address within KnownWindow, the common case,
+// takes a fast path instead: the address's bucket does not apply to it,
+// so Reserve and Release are each one UPDATE of the client's row, which
+// locks, decides and writes it in one statement (see [Limiter]). Every
+// token request so commits twice. PostgreSQL's commits of the limiter do
+// not wait for the disk (synchronous_commit is off for them), so a crash
+// of the server may forget the last fraction of a second of attempts;
+// MySQL has no such setting per transaction, and each commit waits for
+// the disk as innodb_flush_log_at_trx_commit says; on SQLite see below.
 //
 // A row that means no more than no row (its bucket full, nothing in
 // flight, its client no longer known at the address) is deleted by
