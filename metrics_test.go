@@ -685,13 +685,14 @@ func TestMetricsOff(t *testing.T) {
 // metricsBenchHandler is benchTokenHandler's handler over HS256, counted
 // by m when it is not nil.
 func metricsBenchHandler(b *testing.B, m *m2mauth.Metrics) (http.Handler, string) {
-	return observedBenchHandler(b, m, nil, nil)
+	return observedBenchHandler(b, m, nil, nil, m != nil)
 }
 
-// observedBenchHandler is metricsBenchHandler's handler whose events also
-// pass through a Detector when d is not nil, as a host that watches its
-// token endpoint wires them: metrics, then the detector.
-func observedBenchHandler(b *testing.B, m *m2mauth.Metrics, d *m2mauth.Detector, auditor m2mauth.Auditor) (http.Handler, string) {
+// observedBenchHandler is benchTokenHandler's handler over HS256 whose
+// events pass through m's counters when m is not nil and then through a
+// Detector when d is not nil, as a host that watches its token endpoint
+// wires them, and whose requests m times when timed.
+func observedBenchHandler(b *testing.B, m *m2mauth.Metrics, d *m2mauth.Detector, auditor m2mauth.Auditor, timed bool) (http.Handler, string) {
 	b.Helper()
 	store := memstore.New()
 	plain, sec, err := m2mauth.NewSecret(time.Now(), time.Time{})
@@ -717,7 +718,7 @@ func observedBenchHandler(b *testing.B, m *m2mauth.Metrics, d *m2mauth.Detector,
 	})
 	require.NoError(b, err)
 	var out http.Handler = h
-	if m != nil {
+	if timed {
 		out = m.Handler("token", h)
 	}
 	return out, "Basic " + base64.StdEncoding.EncodeToString([]byte("bench-client:"+plain))
@@ -768,34 +769,71 @@ func BenchmarkTokenHandlerMetrics(b *testing.B) {
 	})
 }
 
-// pairedTokenBench serves token requests to off and on alternately,
-// each timed on its own, so that a machine whose load changes slows both
-// alike; it reports the median time of a request on each side (robust to
-// the GC pauses and preemptions that land on either) and how much slower
-// "on" is.
+// pairedTokenBench serves token requests to off and on alternately, in
+// process, as runTokenBench does; see pairedBench.
 func pairedTokenBench(b *testing.B, off http.Handler, offAuth string, on http.Handler, onAuth string) {
-	serve := func(h http.Handler, auth string) time.Duration {
-		// What one iteration of runTokenBench does.
-		start := time.Now()
-		r := httptest.NewRequest(http.MethodPost, "https://m2mauth.test/oauth/token", strings.NewReader(benchBody))
-		r.Header.Set("Content-Type", "application/x-www-form-urlencoded")
-		r.Header.Set("Authorization", auth)
-		w := httptest.NewRecorder()
-		h.ServeHTTP(w, r)
-		d := time.Since(start)
-		if w.Code != http.StatusOK {
-			b.Fatalf("status %d: %s", w.Code, w.Body)
+	serve := func(h http.Handler, auth string) func() time.Duration {
+		return func() time.Duration {
+			// What one iteration of runTokenBench does.
+			start := time.Now()
+			r := httptest.NewRequest(http.MethodPost, "https://m2mauth.test/oauth/token", strings.NewReader(benchBody))
+			r.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+			r.Header.Set("Authorization", auth)
+			w := httptest.NewRecorder()
+			h.ServeHTTP(w, r)
+			d := time.Since(start)
+			if w.Code != http.StatusOK {
+				b.Fatalf("status %d: %s", w.Code, w.Body)
+			}
+			return d
 		}
-		return d
 	}
+	pairedBench(b, serve(off, offAuth), serve(on, onAuth))
+}
+
+// pairedLoopbackBench serves token requests to off and on alternately,
+// each from its own server on the loopback interface to its own
+// keep-alive client, as a service asking for a token sees them; see
+// pairedBench.
+func pairedLoopbackBench(b *testing.B, off http.Handler, offAuth string, on http.Handler, onAuth string) {
+	serve := func(h http.Handler, auth string) func() time.Duration {
+		srv := httptest.NewServer(h)
+		b.Cleanup(srv.Close)
+		client := srv.Client()
+		return func() time.Duration {
+			start := time.Now()
+			r, err := http.NewRequest(http.MethodPost, srv.URL+"/oauth/token", strings.NewReader(benchBody))
+			require.NoError(b, err)
+			r.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+			r.Header.Set("Authorization", auth)
+			resp, err := client.Do(r)
+			require.NoError(b, err)
+			_, err = io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			d := time.Since(start)
+			require.NoError(b, err)
+			if resp.StatusCode != http.StatusOK {
+				b.Fatalf("status %d", resp.StatusCode)
+			}
+			return d
+		}
+	}
+	pairedBench(b, serve(off, offAuth), serve(on, onAuth))
+}
+
+// pairedBench runs off and on alternately, each timed on its own, so
+// that a machine whose load changes slows both alike; it reports the
+// median time of a request on each side (robust to the GC pauses and
+// preemptions that land on either) and how much slower "on" is.
+func pairedBench(b *testing.B, off, on func() time.Duration) {
 	var offTimes, onTimes []time.Duration
 	for i := 0; b.Loop(); i++ {
 		if i%2 == 0 { // neither side always goes first
-			offTimes = append(offTimes, serve(off, offAuth))
-			onTimes = append(onTimes, serve(on, onAuth))
+			offTimes = append(offTimes, off())
+			onTimes = append(onTimes, on())
 		} else {
-			onTimes = append(onTimes, serve(on, onAuth))
-			offTimes = append(offTimes, serve(off, offAuth))
+			onTimes = append(onTimes, on())
+			offTimes = append(offTimes, off())
 		}
 	}
 	median := func(d []time.Duration) float64 {
@@ -809,29 +847,63 @@ func pairedTokenBench(b *testing.B, off http.Handler, offAuth string, on http.Ha
 }
 
 // BenchmarkTokenHandlerObserved measures an HS256 token request bare and
-// with everything that watches it on: metrics (counted and timed, an SDK
-// with a manual reader collecting them) and a Detector with every rule,
-// in the same run, alternating request by request. "bare" records the
-// audit events nowhere, the cheapest request there is; "default" records
-// them with the default auditor, the JSON slog one (to io.Discard), as a
-// host that configures no auditor does.
+// with what watches it on, in the same run, alternating request by
+// request: metrics (counters on the audit events, and the request timed
+// into the duration histogram, an SDK with a manual reader collecting
+// them) and a Detector with every rule.
+//
+// "bare" has everything on and records the audit events nowhere, the
+// cheapest request there is; "default" records them with the default
+// auditor, the JSON slog one (to io.Discard), as a host that configures
+// no auditor does. "untimed" is "bare" without the duration histogram;
+// "counters", "detector" and "durations" each have one of the three on,
+// over the bare request, to tell their shares apart.
+// "loopback" is "bare" served over HTTP on the loopback interface to a
+// keep-alive client, as a service asking for a token sees it.
 func BenchmarkTokenHandlerObserved(b *testing.B) {
+	bare := func() m2mauth.Auditor { return nil }
 	for _, bc := range []struct {
-		name    string
-		auditor func() m2mauth.Auditor
+		name                      string
+		auditor                   func() m2mauth.Auditor
+		counters, detector, timed bool
+		loopback                  bool
 	}{
-		{"bare", func() m2mauth.Auditor { return nil }},
+		{"bare", bare, true, true, true, false},
 		{"default", func() m2mauth.Auditor {
 			return m2mauth.NewSlogAuditor(slog.New(slog.NewJSONHandler(io.Discard, nil)))
-		}},
+		}, true, true, true, false},
+		{"untimed", bare, true, true, false, false},
+		{"counters", bare, true, false, false, false},
+		{"detector", bare, false, true, false, false},
+		{"durations", bare, false, false, true, false},
+		{"loopback", bare, true, true, true, true},
 	} {
 		b.Run(bc.name, func(b *testing.B) {
-			off, auth := observedBenchHandler(b, nil, nil, bc.auditor())
+			off, auth := observedBenchHandler(b, nil, nil, bc.auditor(), false)
 			m, _ := newTestMetrics(b, m2mauth.MetricsConfig{})
-			d, err := m2mauth.NewDetector(bc.auditor(), m.AlertSink(nil), m2mauth.DetectorConfig{})
-			require.NoError(b, err)
-			b.Cleanup(func() { d.Close() })
-			on, onAuth := observedBenchHandler(b, m, d, nil)
+			var d *m2mauth.Detector
+			if bc.detector {
+				var err error
+				d, err = m2mauth.NewDetector(bc.auditor(), m.AlertSink(nil), m2mauth.DetectorConfig{})
+				require.NoError(b, err)
+				b.Cleanup(func() { d.Close() })
+			}
+			counted := m
+			if !bc.counters {
+				counted = nil
+			}
+			var auditor m2mauth.Auditor
+			if d == nil {
+				auditor = bc.auditor()
+			}
+			on, onAuth := observedBenchHandler(b, counted, d, auditor, false)
+			if bc.timed {
+				on = m.Handler("token", on)
+			}
+			if bc.loopback {
+				pairedLoopbackBench(b, off, auth, on, onAuth)
+				return
+			}
 			pairedTokenBench(b, off, auth, on, onAuth)
 		})
 	}
