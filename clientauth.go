@@ -111,7 +111,17 @@ func (a *clientAuth) authenticate(ctx context.Context, cr *credentials, ip strin
 	lctx, cancel := withLazyTimeout(ctx, a.timeout)
 	defer cancel()
 	ctx = lctx
-	wait, err := a.limiter.Reserve(ctx, limitID, ip)
+	var (
+		wait time.Duration
+		pre  prefetched
+		err  error
+	)
+	if cl, ok := a.limiter.(ClientLimiter); ok && ValidClientID(cr.id) {
+		wait, pre.c, pre.err, err = cl.ReserveClient(ctx, a.store, cr.id, ip)
+		pre.done = true
+	} else {
+		wait, err = a.limiter.Reserve(ctx, limitID, ip)
+	}
 	if err != nil {
 		return nil, unavailable(ctx, "the rate limiter is unavailable", err)
 	}
@@ -120,7 +130,7 @@ func (a *clientAuth) authenticate(ctx context.Context, cr *credentials, ip strin
 		e.Status = http.StatusTooManyRequests
 		return nil, e
 	}
-	c, outcome, err := a.verify(ctx, cr, now, ev)
+	c, outcome, err := a.verify(ctx, cr, now, ev, pre)
 	rctx := ctx
 	if ctx.Err() != nil {
 		// The reservation must end even when the request ran out of
@@ -137,9 +147,17 @@ func (a *clientAuth) authenticate(ctx context.Context, cr *credentials, ip strin
 	return c, err
 }
 
-// verify looks the client up and checks its secret, and says how the
-// attempt ended for the limiter.
-func (a *clientAuth) verify(ctx context.Context, cr *credentials, now time.Time, ev *AuditEvent) (*Client, Outcome, error) {
+// prefetched is the result of a client lookup that a [ClientLimiter]
+// made with its reservation, when done.
+type prefetched struct {
+	c    *Client
+	err  error
+	done bool
+}
+
+// verify looks the client up, unless pre holds the lookup already, and
+// checks its secret, and says how the attempt ended for the limiter.
+func (a *clientAuth) verify(ctx context.Context, cr *credentials, now time.Time, ev *AuditEvent, pre prefetched) (*Client, Outcome, error) {
 	fail := func(reason string) (*Client, Outcome, error) {
 		ev.Reason = reason
 		return nil, OutcomeFailed, NewError(CodeInvalidClient, "client authentication failed")
@@ -150,7 +168,10 @@ func (a *clientAuth) verify(ctx context.Context, cr *credentials, now time.Time,
 		}
 		return fail(ReasonUnknownClient)
 	}
-	c, err := a.store.Client(ctx, cr.id)
+	c, err := pre.c, pre.err
+	if !pre.done {
+		c, err = a.store.Client(ctx, cr.id)
+	}
 	switch {
 	case errors.Is(err, ErrClientNotFound):
 		if err := a.dummyVerify(ctx, cr.id, cr.secret); err != nil {

@@ -206,6 +206,86 @@ func (l *faultyLimiter) Release(ctx context.Context, id, ip string, o m2mauth.Ou
 	return l.releaseErr
 }
 
+// prefetchingLimiter is a ClientLimiter over a RateLimiter that reads
+// clients from its own store, not the token handler's, or fails to.
+type prefetchingLimiter struct {
+	m2mauth.Limiter
+	clients          m2mauth.ClientStore
+	lookupErr        error
+	prefetches, bare atomic.Int64
+	mu               sync.Mutex
+	released         []m2mauth.Outcome
+}
+
+func (l *prefetchingLimiter) Reserve(ctx context.Context, id, ip string) (time.Duration, error) {
+	l.bare.Add(1)
+	return l.Limiter.Reserve(ctx, id, ip)
+}
+
+func (l *prefetchingLimiter) ReserveClient(ctx context.Context, _ m2mauth.ClientStore, id, ip string) (time.Duration, *m2mauth.Client, error, error) {
+	l.prefetches.Add(1)
+	wait, err := l.Limiter.Reserve(ctx, id, ip)
+	if err != nil || wait > 0 {
+		return wait, nil, nil, err
+	}
+	if l.lookupErr != nil {
+		return 0, nil, l.lookupErr, nil
+	}
+	c, lerr := l.clients.Client(ctx, id)
+	return 0, c, lerr, nil
+}
+
+func (l *prefetchingLimiter) Release(ctx context.Context, id, ip string, o m2mauth.Outcome) error {
+	l.mu.Lock()
+	l.released = append(l.released, o)
+	l.mu.Unlock()
+	return l.Limiter.Release(ctx, id, ip, o)
+}
+
+// TestClientLimiterLookup: with a ClientLimiter, the token handler takes
+// the client the reservation read (RFC 6749 §2.3.1: the attempt is
+// reserved before anything is verified) and does not look it up again;
+// an id no client can have is reserved the plain way, and a lookup's
+// failure is answered as the store's own would be.
+func TestClientLimiterLookup(t *testing.T) {
+	tests := []struct {
+		name             string
+		id, secret       string
+		lookupErr        error
+		status           int
+		code             string
+		prefetches, bare int64
+		outcome          m2mauth.Outcome
+	}{
+		{"authenticated", "svc", "", nil, 200, "", 1, 0, m2mauth.OutcomeAuthenticated},
+		{"wrong secret", "svc", "wrong", nil, 401, "invalid_client", 1, 0, m2mauth.OutcomeFailed},
+		{"unknown client", "nobody", "wrong", nil, 401, "invalid_client", 1, 0, m2mauth.OutcomeFailed},
+		{"not found", "svc", "", fmt.Errorf("lookup: %w", m2mauth.ErrClientNotFound), 401, "invalid_client", 1, 0, m2mauth.OutcomeFailed},
+		{"store down", "svc", "", errors.New("db down"), 500, "server_error", 1, 0, m2mauth.OutcomeAbandoned},
+		{"malformed id", "svc\x7f", "wrong", nil, 401, "invalid_client", 0, 1, m2mauth.OutcomeFailed},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			inner, err := m2mauth.NewRateLimiter(m2mauth.RateLimiterConfig{})
+			require.NoError(t, err)
+			l := &prefetchingLimiter{Limiter: inner, lookupErr: tc.lookupErr}
+			f, handlerStore := newLimited(t, func(c *m2mauth.TokenHandlerConfig) { c.Limiter = l; c.Logger = discardLogger() })
+			l.clients = f.store
+			secret := tc.secret
+			if secret == "" {
+				secret = f.secret
+			}
+			w, resp := f.do(t, request{body: "grant_type=client_credentials", headers: auth(basic(tc.id, secret))})
+			assert.Equal(t, tc.status, w.Code, w.Body.String())
+			assert.Equal(t, tc.code, resp.Error)
+			assert.Equal(t, tc.prefetches, l.prefetches.Load(), "ReserveClient calls")
+			assert.Equal(t, tc.bare, l.bare.Load(), "Reserve calls")
+			assert.Zero(t, handlerStore.n.Load(), "lookups by the handler")
+			assert.Equal(t, []m2mauth.Outcome{tc.outcome}, l.released)
+		})
+	}
+}
+
 // TestLimiterFailsClosed: when the limiter cannot reserve or cannot record
 // an outcome, the request gets a server error, never a verdict on its
 // secret.

@@ -83,6 +83,22 @@ type Limiter interface {
 	Release(ctx context.Context, clientID, ip string, o Outcome) error
 }
 
+// A ClientLimiter is a [Limiter] that can read the client of an attempt
+// in the same round trip to its database as it reserves the attempt,
+// when the token handler's [ClientStore] keeps its clients there (as
+// the sqlstore package's Limiter does for its Store on PostgreSQL). The
+// token handler calls ReserveClient where it would call Reserve and
+// then look the client up, for every well-formed client id.
+type ClientLimiter interface {
+	Limiter
+	// ReserveClient does what Reserve(ctx, clientID, ip) does. When it
+	// grants the attempt (a zero wait and a nil err), it also returns
+	// what store.Client(ctx, clientID) returns: the client, or
+	// lookupErr. An implementation that cannot read store's clients
+	// itself calls store.Client.
+	ReserveClient(ctx context.Context, store ClientStore, clientID, ip string) (wait time.Duration, c *Client, lookupErr, err error)
+}
+
 // RateLimiterConfig holds the tunables of a [RateLimiter]; every zero
 // value is a working default.
 type RateLimiterConfig struct {

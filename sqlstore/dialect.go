@@ -186,15 +186,18 @@ type queries struct {
 	auditByClient string
 	auditAll      string
 
-	limitBegin      string // PostgreSQL only
-	limitEnsure     string // MySQL and SQLite only
-	limitLock       string
-	limitPeek       string
-	limitWrite      string
-	limitFastGrant  string
-	limitFastGive   string
-	limitCleanup    string
-	limitCleanupRow string // MySQL only
+	limitBegin     string // PostgreSQL only
+	limitEnsure    string // MySQL and SQLite only
+	limitLock      string
+	limitPeek      string
+	limitWrite     string
+	limitFastGrant string
+	limitFastGive  string
+	// limitGrantClient: PostgreSQL only, limitFastGrant's arguments then
+	// client's.
+	limitGrantClient string
+	limitCleanup     string
+	limitCleanupRow  string // MySQL only
 
 	clientRevoked       string
 	clientWatermark     string
@@ -239,6 +242,11 @@ const usageTypes = `('` + string(m2mauth.EventTokenIssued) + `', '` + string(m2m
 // failed authentication, none for the other types.
 const usageReason = `CASE WHEN event_type = '` + string(m2mauth.EventAuthFailed) + `' THEN reason ELSE '' END`
 
+// limitAsync begins PostgreSQL's fast paths of the limiter: it turns off
+// the synchronous commit of the statement's own transaction, as
+// limitBegin does in a transaction, when the UPDATE reads it.
+const limitAsync = `WITH async AS (SELECT set_config('synchronous_commit', 'off', true))`
+
 // limitRowColumns are the columns of a rate_limits row that limitLock and
 // limitPeek return, in the order [Limiter] scans them.
 const limitRowColumns = `client_id, refilled_at, pending, pending_addr, lease_until, authenticated_at`
@@ -277,7 +285,7 @@ func newQueries(d Dialect, prefix string) (*queries, error) {
 }
 
 func postgresQueries(t func(string) string) *queries {
-	return &queries{
+	q := &queries{
 		client: t(`SELECT 0 AS kind, c.id AS cid, c.public AS public, c.disabled AS disabled, c.can_introspect AS introspect,
        c.token_ttl_ns AS n1, c.created_at AS n2, c.updated_at AS n3, c.tokens_revoked_at AS n4, NULL::text AS s1, NULL::text AS s2
   FROM {p}clients c WHERE c.id = $1
@@ -383,7 +391,7 @@ RETURNING ` + limitRowColumns),
 		// The fast paths, each one statement that runs on its own: the
 		// CTE turns off the synchronous commit of the statement's own
 		// transaction, as limitBegin does in the others.
-		limitFastGrant: t(`WITH async AS (SELECT set_config('synchronous_commit', 'off', true))
+		limitFastGrant: t(limitAsync + `
 UPDATE {p}rate_limits SET
     idle_at      = GREATEST(LEAST(GREATEST(refilled_at, $1::bigint) + $2::bigint, $3::bigint), authenticated_at + $4::bigint, $5::bigint),
     pending      = CASE WHEN lease_until <= $6::bigint THEN 0 ELSE pending END + 1,
@@ -393,7 +401,7 @@ UPDATE {p}rate_limits SET
   FROM async
  WHERE ip = $12 AND client_id = $13 AND authenticated_at <> 0 AND authenticated_at > $14::bigint
    AND refilled_at <= $15::bigint AND CASE WHEN lease_until <= $16::bigint THEN 0 ELSE pending END < $17::bigint`),
-		limitFastGive: t(`WITH async AS (SELECT set_config('synchronous_commit', 'off', true))
+		limitFastGive: t(limitAsync + `
 UPDATE {p}rate_limits SET
     idle_at          = GREATEST(refilled_at - CASE WHEN lease_until > $1::bigint AND pending > 0 THEN $2::bigint ELSE 0 END,
                            CASE WHEN $3::bigint = 1 THEN $4::bigint WHEN authenticated_at <> 0 THEN authenticated_at + $5::bigint ELSE 0 END,
@@ -446,6 +454,22 @@ ON CONFLICT DO NOTHING`),
 		migrateLock:      `SELECT pg_advisory_lock($1)`,
 		migrateUnlock:    `SELECT pg_advisory_unlock($1)`,
 	}
+	// limitFastGrant, and the client's rows as client returns them, in
+	// one statement: a row of kind 3 first, whose n1 counts the rows the
+	// UPDATE changed. A data-modifying CTE runs once, whether read or not.
+	grant := strings.TrimPrefix(q.limitFastGrant, limitAsync+"\n")
+	client := q.client
+	for n := 1; n <= 3; n++ { // $1 becomes $18 before $2 becomes $19
+		client = strings.ReplaceAll(client, fmt.Sprintf("$%d", n), fmt.Sprintf("$%d", 17+n))
+	}
+	q.limitGrantClient = limitAsync + `,
+granted AS (` + grant + `
+RETURNING 1)
+SELECT 3 AS kind, ''::text AS cid, NULL::boolean AS public, NULL::boolean AS disabled, NULL::boolean AS introspect,
+       (SELECT count(*) FROM granted) AS n1, NULL::bigint AS n2, NULL::bigint AS n3, NULL::bigint AS n4, NULL::text AS s1, NULL::text AS s2
+UNION ALL
+` + client
+	return q
 }
 
 func mysqlQueries(t func(string) string) *queries {

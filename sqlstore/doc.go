@@ -229,8 +229,10 @@
 // authenticated from the address within KnownWindow, the common case,
 // takes a fast path instead: the address's bucket does not apply to it,
 // so Reserve and Release are each one UPDATE of the client's row, which
-// locks, decides and writes it in one statement (see [Limiter]). Every
-// token request so commits twice. PostgreSQL's commits of the limiter do
+// locks, decides and writes it in one statement (see [Limiter]); on
+// PostgreSQL the reservation's statement also reads the client, for a
+// token handler whose Store shares the Limiter's database. Every token
+// request so commits twice. PostgreSQL's commits of the limiter do
 // not wait for the disk (synchronous_commit is off for them), so a crash
 // of the server may forget the last fraction of a second of attempts;
 // MySQL has no such setting per transaction, and each commit waits for

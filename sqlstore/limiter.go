@@ -191,6 +191,15 @@ type LimiterConfig struct {
 // transaction reads it with the row locked; a statement that waited
 // decides as of when it was sent, a lock wait earlier.
 //
+// The Limiter is a [m2mauth.ClientLimiter]. On PostgreSQL, given the
+// [Store] of the token handler, on the same *sql.DB and table prefix,
+// the statement that grants an attempt also reads its client, as
+// [Store.Client] does, so that the reservation and the lookup are one
+// round trip (the client is then read before a reservation that takes
+// the transaction is decided, and used only once it is granted). MySQL
+// has no statement that both updates and returns rows, so there, as
+// with any other store, the lookup follows the reservation.
+//
 // A Limiter is safe for concurrent use, by many goroutines and by many
 // processes sharing the database.
 type Limiter struct {
@@ -198,12 +207,16 @@ type Limiter struct {
 	begin                     string   // PostgreSQL only: run first in each transaction
 	ensure, lock, peek, write lazyStmt // ensure: MySQL and SQLite only
 	fastGrant, fastGive       lazyStmt
-	cleanup, cleanupRow       lazyStmt // cleanupRow: MySQL only
-	now                       func() time.Time
-	logger                    *slog.Logger
-	cleanupEvery, batch       int64 // microseconds; rows
-	client, addr              bucketLimits
-	knownWindow               int64 // microseconds
+	grantClient               lazyStmt // PostgreSQL only
+	// dialect and prefix tell the Store whose clients grantClient reads.
+	dialect             Dialect
+	prefix              string
+	cleanup, cleanupRow lazyStmt // cleanupRow: MySQL only
+	now                 func() time.Time
+	logger              *slog.Logger
+	cleanupEvery, batch int64 // microseconds; rows
+	client, addr        bucketLimits
+	knownWindow         int64 // microseconds
 	// nextCleanup is the unix microsecond from which Release cleans up.
 	nextCleanup atomic.Int64
 	slots       pairSlots
@@ -212,7 +225,7 @@ type Limiter struct {
 	writer chan struct{}
 }
 
-var _ m2mauth.Limiter = (*Limiter)(nil)
+var _ m2mauth.ClientLimiter = (*Limiter)(nil)
 
 // bucketLimits are the limits of one kind of bucket, in microseconds.
 type bucketLimits struct {
@@ -229,7 +242,7 @@ type bucketLimits struct {
 // database; the table must have been created by [Store.Migrate]. db stays
 // the caller's to configure and to close.
 func NewLimiter(db *sql.DB, dialect Dialect, cfg LimiterConfig) (*Limiter, error) {
-	_, q, err := prepare(db, dialect, cfg.TablePrefix)
+	prefix, q, err := prepare(db, dialect, cfg.TablePrefix)
 	if err != nil {
 		return nil, err
 	}
@@ -290,6 +303,9 @@ func NewLimiter(db *sql.DB, dialect Dialect, cfg LimiterConfig) (*Limiter, error
 		write:        lazyStmt{db: db, query: q.limitWrite},
 		fastGrant:    lazyStmt{db: db, query: q.limitFastGrant},
 		fastGive:     lazyStmt{db: db, query: q.limitFastGive},
+		grantClient:  lazyStmt{db: db, query: q.limitGrantClient},
+		dialect:      dialect,
+		prefix:       prefix,
 		cleanup:      lazyStmt{db: db, query: q.limitCleanup},
 		cleanupRow:   lazyStmt{db: db, query: q.limitCleanupRow},
 		now:          cfg.Now,
@@ -318,21 +334,66 @@ func NewLimiter(db *sql.DB, dialect Dialect, cfg LimiterConfig) (*Limiter, error
 // database fails or ip is longer than 64 bytes, is not valid UTF-8 or
 // holds a NUL byte.
 func (l *Limiter) Reserve(ctx context.Context, clientID, ip string) (time.Duration, error) {
+	wait, _, err := l.reserveAttempt(ctx, clientID, ip, nil)
+	return wait, err
+}
+
+// ReserveClient implements [m2mauth.ClientLimiter]: it is Reserve, and
+// then store.Client when Reserve grants the attempt. When store is a
+// [Store] on the same *sql.DB, PostgreSQL and table prefix as l, the
+// client of an attempt that takes the fast path (see [Limiter]) is read
+// by the statement that grants it: one round trip for both.
+func (l *Limiter) ReserveClient(ctx context.Context, store m2mauth.ClientStore, clientID, ip string) (time.Duration, *m2mauth.Client, error, error) {
+	s, _ := store.(*Store)
+	if s != nil && (l.grantClient.query == "" || s.db != l.db || s.dialect != l.dialect || s.prefix != l.prefix) {
+		s = nil
+	}
+	wait, read, err := l.reserveAttempt(ctx, clientID, ip, s)
+	if err != nil || wait > 0 {
+		return wait, nil, nil, err
+	}
+	if read != nil {
+		return 0, read.c, read.err, nil
+	}
+	c, lerr := store.Client(ctx, clientID)
+	return 0, c, lerr, nil
+}
+
+// clientRead is a lookup of [Store.Client] made by grantClient.
+type clientRead struct {
+	c   *m2mauth.Client
+	err error
+}
+
+// reserveAttempt is Reserve. With a store s, it reads the client with
+// the fast path's statement, and returns what it read (or nil when it
+// read nothing).
+func (l *Limiter) reserveAttempt(ctx context.Context, clientID, ip string, s *Store) (time.Duration, *clientRead, error) {
 	if err := checkAddrKey(ip); err != nil {
-		return 0, err
+		return 0, nil, err
 	}
 	id := limitID(clientID)
 	k := limitKey{id, ip}
 	if err := l.slots.acquire(ctx, k); err != nil {
-		return 0, fmt.Errorf("sqlstore: rate limit reserve: %w", err)
+		return 0, nil, fmt.Errorf("sqlstore: rate limit reserve: %w", err)
 	}
-	var wait time.Duration
-	done, err := l.fast(ctx, &l.fastGrant, func(now int64) []any {
+	var (
+		wait time.Duration
+		read *clientRead
+		done bool
+		err  error
+	)
+	grant := func(now int64) []any {
 		c := l.client
 		return []any{now, c.every, now + c.burst*c.every, l.knownWindow, now + c.lease,
 			now, now, now + c.lease, now, c.every, now + c.burst*c.every,
 			ip, id, now - l.knownWindow, now + c.slack, now, c.burst}
-	})
+	}
+	if s != nil {
+		read, done, err = l.grantReading(ctx, s, id, grant)
+	} else {
+		done, err = l.fast(ctx, &l.fastGrant, grant)
+	}
 	if err == nil && !done {
 		wait, err = l.reserve(ctx, id, ip)
 	}
@@ -340,9 +401,38 @@ func (l *Limiter) Reserve(ctx context.Context, clientID, ip string) (time.Durati
 		l.slots.release(k)
 	}
 	if err != nil {
-		return 0, fmt.Errorf("sqlstore: rate limit reserve: %w", err)
+		return 0, nil, fmt.Errorf("sqlstore: rate limit reserve: %w", err)
 	}
-	return wait, nil
+	return wait, read, nil
+}
+
+// grantReading runs grantClient, the fast path that grants an attempt of
+// id and reads the client id of s in one statement, with args as fast
+// does. It reports what it read and whether it granted the attempt.
+func (l *Limiter) grantReading(ctx context.Context, s *Store, id string, args func(now int64) []any) (*clientRead, bool, error) {
+	stmt, err := l.grantClient.get(ctx)
+	if err != nil {
+		return nil, false, err
+	}
+	var (
+		cs      []*m2mauth.Client
+		granted int64
+	)
+	err = l.writing(ctx, func() error {
+		rows, err := stmt.QueryContext(ctx, append(args(l.now().UnixMicro()), id, id, id)...)
+		if err != nil {
+			return err
+		}
+		cs, err = decodeClients(rows, &granted)
+		return err
+	})
+	if err != nil {
+		return nil, false, err
+	}
+	if len(cs) == 0 {
+		return &clientRead{err: notFound(id)}, granted == 1, nil
+	}
+	return &clientRead{c: cs[0]}, granted == 1, nil
 }
 
 // reserve runs reservation transactions on the rows of (id, ip), polling
@@ -889,7 +979,7 @@ func (l *Limiter) cleanupAt(ctx context.Context, now int64) (n int64, more bool,
 // return errors after it. It does not close the *sql.DB.
 func (l *Limiter) Close() error {
 	return errors.Join(l.ensure.close(), l.lock.close(), l.peek.close(), l.write.close(),
-		l.fastGrant.close(), l.fastGive.close(), l.cleanup.close(), l.cleanupRow.close())
+		l.fastGrant.close(), l.fastGive.close(), l.grantClient.close(), l.cleanup.close(), l.cleanupRow.close())
 }
 
 // limitKey names the bucket of a client id and address.

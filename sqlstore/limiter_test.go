@@ -496,6 +496,61 @@ func TestLimiterFastPathsMatchTransactions(t *testing.T) {
 	})
 }
 
+// TestLimiterReserveClient checks that ReserveClient decides as Reserve
+// and returns what Store.Client returns, whether it reads the client
+// itself (its own store, on PostgreSQL) or asks the store (any other).
+func TestLimiterReserveClient(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, e *env) {
+		ctx := t.Context()
+		clock := newFakeClock()
+		prefix := e.newPrefix(t)
+		own := e.newStore(t, sqlstore.Config{TablePrefix: prefix})
+		other := e.newStore(t, sqlstore.Config{})
+		createClient(t, own, "svc", clock.Now())
+		createClient(t, other, "svc", clock.Now()) // a client of the same id elsewhere
+		l := e.replica(t, e.db, prefix, clock, sqlstore.LimiterConfig{ClientIPBurst: 2})
+
+		tests := []struct {
+			name    string
+			store   *sqlstore.Store
+			id, ip  string
+			outcome m2mauth.Outcome
+			refused bool
+		}{
+			{"new address", own, "svc", "192.0.2.1", m2mauth.OutcomeAuthenticated, false},
+			{"known address", own, "svc", "192.0.2.1", m2mauth.OutcomeAuthenticated, false},
+			{"unknown client", own, "nobody", "192.0.2.1", m2mauth.OutcomeFailed, false},
+			{"another store", other, "svc", "192.0.2.1", m2mauth.OutcomeAuthenticated, false},
+			{"failure", own, "svc", "192.0.2.2", m2mauth.OutcomeFailed, false},
+			{"failure again", own, "svc", "192.0.2.2", m2mauth.OutcomeFailed, false},
+			{"locked out", own, "svc", "192.0.2.2", 0, true},
+		}
+		for _, tt := range tests {
+			t.Run(tt.name, func(t *testing.T) {
+				wait, c, lerr, err := l.ReserveClient(ctx, tt.store, tt.id, tt.ip)
+				require.NoError(t, err)
+				if tt.refused {
+					require.Positive(t, wait)
+					require.Nil(t, c)
+					require.NoError(t, lerr)
+					return
+				}
+				require.Zero(t, wait)
+				want, wantErr := tt.store.Client(ctx, tt.id)
+				if wantErr != nil {
+					require.ErrorIs(t, lerr, m2mauth.ErrClientNotFound)
+					require.ErrorIs(t, wantErr, m2mauth.ErrClientNotFound)
+					require.Nil(t, c)
+				} else {
+					require.NoError(t, lerr)
+					require.Equal(t, want, c)
+				}
+				require.NoError(t, l.Release(ctx, tt.id, tt.ip, tt.outcome))
+			})
+		}
+	})
+}
+
 // TestLimiterFastPathCommitsAsync checks that PostgreSQL's fast path, a
 // statement on its own, turns off the synchronous commit of its
 // transaction, as the limiter's transactions do.

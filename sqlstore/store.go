@@ -225,7 +225,7 @@ func (s *Store) Client(ctx context.Context, id string) (*m2mauth.Client, error) 
 	if err != nil {
 		return nil, fmt.Errorf("sqlstore: client %q: %w", id, err)
 	}
-	cs, err := decodeClients(rows)
+	cs, err := decodeClients(rows, nil)
 	if err != nil {
 		return nil, fmt.Errorf("sqlstore: client %q: %w", id, err)
 	}
@@ -497,7 +497,7 @@ func (s *Store) ListClients(ctx context.Context, after string, limit int) ([]*m2
 	if err != nil {
 		return nil, fmt.Errorf("sqlstore: list clients: %w", err)
 	}
-	cs, err := decodeClients(rows)
+	cs, err := decodeClients(rows, nil)
 	if err != nil {
 		return nil, fmt.Errorf("sqlstore: list clients: %w", err)
 	}
@@ -554,7 +554,7 @@ func (s *Store) modify(ctx context.Context, id string, load bool,
 			if err != nil {
 				return err
 			}
-			cs, err := decodeClients(rows)
+			cs, err := decodeClients(rows, nil)
 			if err != nil {
 				return err
 			}
@@ -691,8 +691,9 @@ func rowExists(ctx context.Context, q querier, query string, args ...any) (bool,
 
 // decodeClients reads the rows of the client or list query (see
 // [queries]) into clients, in ascending id order, and closes rows. Rows of
-// a client whose own row is missing are ignored.
-func decodeClients(rows *sql.Rows) (out []*m2mauth.Client, err error) {
+// a client whose own row is missing are ignored. With granted, it reads
+// limitGrantClient's rows, and sets granted from the limiter's row.
+func decodeClients(rows *sql.Rows, granted *int64) (out []*m2mauth.Client, err error) {
 	defer func() {
 		if cerr := rows.Close(); err == nil && cerr != nil {
 			out, err = nil, cerr
@@ -719,6 +720,11 @@ func decodeClients(rows *sql.Rows) (out []*m2mauth.Client, err error) {
 	for rows.Next() {
 		if err := rows.Scan(&kind, &cid, &public, &disabled, &introspect, &n1, &n2, &n3, &n4, &s1, &s2); err != nil {
 			return nil, err
+		}
+		if kind == 3 && granted != nil {
+			// The limiter's row of limitGrantClient.
+			*granted = n1.Int64
+			continue
 		}
 		b := byID[cid]
 		if b == nil {
