@@ -14,7 +14,3 @@ func LimiterFastGrant(l *Limiter) string { return l.fastGrant.query }
 
 // WithoutFastPaths makes l decide every attempt in transactions.
 func WithoutFastPaths(l *Limiter) { l.fastGrant.query, l.fastGive.query = "", "" }
-
-// LimiterGrantClient returns the statement of the Limiter's fast path
-// that grants an attempt and reads its client, on PostgreSQL.
-func LimiterGrantClient(l *Limiter) string { return l.grantClient.query }
