@@ -1,5 +1,10 @@
 package sqlstore
 
+import (
+	"context"
+	"time"
+)
+
 // UsageQuery and AuditByClientQuery return statements of s, for tests that
 // ask the database how it runs them.
 func UsageQuery(s *Store) string         { return s.q.usage }
@@ -14,3 +19,24 @@ func LimiterFastGrant(l *Limiter) string { return l.fastGrant.query }
 
 // WithoutFastPaths makes l decide every attempt in transactions.
 func WithoutFastPaths(l *Limiter) { l.fastGrant.query, l.fastGive.query = "", "" }
+
+// TryReserve makes one attempt at a reservation, as Reserve does before
+// it waits for attempts in flight (and without the process's slots): it
+// reports whether the attempt was granted, how long a refused one waits,
+// or neither when the buckets' tokens are lent out.
+func TryReserve(ctx context.Context, l *Limiter, clientID, ip string) (ok bool, wait time.Duration, err error) {
+	id := limitID(clientID)
+	done, err := l.fast(ctx, &l.fastGrant, l.grantArgs(id, ip))
+	if err != nil || done {
+		return done, 0, err
+	}
+	var v verdict
+	var w int64
+	err = l.update(ctx, id, ip, func(a, p *limitRow, now int64) {
+		v, w = l.reserveRows(a, p, now)
+	})
+	if v == refused {
+		wait = waitDuration(w)
+	}
+	return v == granted, wait, err
+}

@@ -383,12 +383,7 @@ func (l *Limiter) reserveAttempt(ctx context.Context, clientID, ip string, s *St
 		done bool
 		err  error
 	)
-	grant := func(now int64) []any {
-		c := l.client
-		return []any{now, c.every, now + c.burst*c.every, l.knownWindow, now + c.lease,
-			now, now, now + c.lease, now, c.every, now + c.burst*c.every,
-			ip, id, now - l.knownWindow, now + c.slack, now, c.burst}
-	}
+	grant := l.grantArgs(id, ip)
 	if s != nil {
 		read, done, err = l.grantReading(ctx, s, id, grant)
 	} else {
@@ -404,6 +399,17 @@ func (l *Limiter) reserveAttempt(ctx context.Context, clientID, ip string, s *St
 		return 0, nil, fmt.Errorf("sqlstore: rate limit reserve: %w", err)
 	}
 	return wait, read, nil
+}
+
+// grantArgs returns the arguments of limitFastGrant for the attempt of
+// id from ip, as of now.
+func (l *Limiter) grantArgs(id, ip string) func(now int64) []any {
+	return func(now int64) []any {
+		c := l.client
+		return []any{now, c.every, now + c.burst*c.every, l.knownWindow, now + c.lease,
+			now, now, now + c.lease, now, c.every, now + c.burst*c.every,
+			ip, id, now - l.knownWindow, now + c.slack, now, c.burst}
+	}
 }
 
 // grantReading runs grantClient, the fast path that grants an attempt of
