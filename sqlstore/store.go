@@ -9,6 +9,8 @@ import (
 	"log/slog"
 	"math"
 	"slices"
+	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -177,7 +179,7 @@ func New(db *sql.DB, dialect Dialect, cfg Config) (*Store, error) {
 		auditor:    cfg.Auditor,
 		logger:     logger,
 		migrations: migrations,
-		read:       lazyStmt{db: db, query: q.client},
+		read:       lazyStmt{db: db, query: cmp.Or(q.clientRow, q.client)},
 		version:    lazyStmt{db: db, query: q.revocationVersion},
 	}
 	s.nextPrune.Store(math.MinInt64)
@@ -220,6 +222,13 @@ func (s *Store) Client(ctx context.Context, id string) (*m2mauth.Client, error) 
 	stmt, err := s.read.get(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("sqlstore: client %q: %w", id, err)
+	}
+	if s.q.clientRow != "" {
+		c, err := decodeClientRow(stmt.QueryRowContext(ctx, id), id)
+		if err != nil {
+			return nil, fmt.Errorf("sqlstore: client %q: %w", id, err)
+		}
+		return c, nil
 	}
 	rows, err := stmt.QueryContext(ctx, id, id, id)
 	if err != nil {
@@ -783,6 +792,85 @@ func decodeClients(rows *sql.Rows, granted *int64) (out []*m2mauth.Client, err e
 		out = append(out, &b.c)
 	}
 	return out, nil
+}
+
+// decodeClientRow reads the row of clientRow, the client id: its columns,
+// then its secrets as (seq, created_at, expires_at or "", secret_id,
+// hash) and its grants as (audience, scopes), every field of each
+// followed by a NUL but the last. No row is [m2mauth.ErrClientNotFound].
+func decodeClientRow(row *sql.Row, id string) (*m2mauth.Client, error) {
+	c := &m2mauth.Client{ID: id}
+	var (
+		ttl, created, updated int64
+		revoked               sql.NullInt64
+		secrets, grants       sql.NullString
+	)
+	err := row.Scan(&c.Public, &c.Disabled, &c.CanIntrospect, &ttl, &created, &updated, &revoked, &secrets, &grants)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, m2mauth.ErrClientNotFound
+	}
+	if err != nil {
+		return nil, err
+	}
+	c.TokenTTL = time.Duration(ttl)
+	c.CreatedAt, c.UpdatedAt = fromMicros(created), fromMicros(updated)
+	if revoked.Valid {
+		c.TokensRevokedAt = fromMicros(revoked.Int64)
+	}
+	if secrets.Valid {
+		f := strings.Split(secrets.String, "\x00")
+		if len(f)%5 != 0 {
+			return nil, errors.New("stored secrets: malformed")
+		}
+		seqs := make([]int64, len(f)/5)
+		c.Secrets = make([]m2mauth.Secret, len(f)/5)
+		for i := range c.Secrets {
+			r := f[5*i : 5*i+5]
+			seq, err1 := strconv.ParseInt(r[0], 10, 64)
+			at, err2 := strconv.ParseInt(r[1], 10, 64)
+			if err := errors.Join(err1, err2); err != nil {
+				return nil, fmt.Errorf("stored secrets: %w", err)
+			}
+			seqs[i] = seq
+			c.Secrets[i] = m2mauth.Secret{ID: r[3], Hash: r[4], CreatedAt: fromMicros(at)}
+			if r[2] != "" {
+				exp, err := strconv.ParseInt(r[2], 10, 64)
+				if err != nil {
+					return nil, fmt.Errorf("stored secrets: %w", err)
+				}
+				c.Secrets[i].ExpiresAt = fromMicros(exp)
+			}
+		}
+		sort.Sort(bySeq{seqs, c.Secrets})
+	}
+	if grants.Valid {
+		f := strings.Split(grants.String, "\x00")
+		if len(f)%2 != 0 {
+			return nil, errors.New("stored grants: malformed")
+		}
+		c.Grants = make(map[string]m2mauth.Scopes, len(f)/2)
+		for i := 0; i < len(f); i += 2 {
+			scopes, err := m2mauth.ParseScopes(f[i+1])
+			if err != nil {
+				return nil, fmt.Errorf("audience %q: stored scopes: %w", f[i], err)
+			}
+			c.Grants[f[i]] = scopes
+		}
+	}
+	return c, nil
+}
+
+// bySeq sorts secrets by their seq, in step.
+type bySeq struct {
+	seq     []int64
+	secrets []m2mauth.Secret
+}
+
+func (b bySeq) Len() int           { return len(b.seq) }
+func (b bySeq) Less(i, j int) bool { return b.seq[i] < b.seq[j] }
+func (b bySeq) Swap(i, j int) {
+	b.seq[i], b.seq[j] = b.seq[j], b.seq[i]
+	b.secrets[i], b.secrets[j] = b.secrets[j], b.secrets[i]
 }
 
 // fromMicros is the inverse of [time.Time.UnixMicro], in UTC. The zero

@@ -1094,3 +1094,53 @@ func (c passConn) IsValid() bool {
 	}
 	return true
 }
+
+// TestClientMatchesList reads a client with several secrets, one of them
+// expiring and one added after another was removed (so that seq and
+// insertion order differ from id order), and grants on two audiences,
+// through Client and through ListClients: on SQLite they are two
+// decoders (Client's reads one packed row), which must agree.
+func TestClientMatchesList(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, e *env) {
+		ctx := t.Context()
+		s := e.newStore(t, sqlstore.Config{})
+		now := time.Now().UTC().Truncate(time.Microsecond)
+		secret := func(id string, expires time.Time) m2mauth.Secret {
+			_, sec, err := m2mauth.NewSecret(now, expires)
+			require.NoError(t, err)
+			sec.ID = id
+			return sec
+		}
+		require.NoError(t, s.CreateClient(ctx, &m2mauth.Client{
+			ID:      "svc",
+			Secrets: []m2mauth.Secret{secret("z-first", time.Time{}), secret("a second, with spaces", now.Add(time.Hour))},
+			Grants: map[string]m2mauth.Scopes{
+				"https://api.example.com":   {"read", "write"},
+				"https://other.example.com": {"read"},
+			},
+			CanIntrospect: true,
+		}))
+		require.NoError(t, s.AddSecret(ctx, "svc", secret("m-third-é", time.Time{})))
+		require.NoError(t, s.RemoveSecret(ctx, "svc", "z-first"))
+		require.NoError(t, s.AddSecret(ctx, "svc", secret("b-fourth", now.Add(2*time.Hour))))
+
+		got, err := s.Client(ctx, "svc")
+		require.NoError(t, err)
+		list, err := s.ListClients(ctx, "", 10)
+		require.NoError(t, err)
+		require.Len(t, list, 1)
+		require.Equal(t, list[0], got)
+		ids := make([]string, len(got.Secrets))
+		for i, sec := range got.Secrets {
+			ids[i] = sec.ID
+		}
+		require.Equal(t, []string{"a second, with spaces", "m-third-é", "b-fourth"}, ids, "in the order they were added")
+		require.Equal(t, now.Add(time.Hour), got.Secrets[0].ExpiresAt)
+		require.True(t, got.Secrets[1].ExpiresAt.IsZero())
+		require.Len(t, got.Grants, 2)
+		require.True(t, got.CanIntrospect)
+
+		_, err = s.Client(ctx, "nobody")
+		require.ErrorIs(t, err, m2mauth.ErrClientNotFound)
+	})
+}
