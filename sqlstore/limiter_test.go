@@ -781,37 +781,47 @@ func TestLimiterCrashedReplica(t *testing.T) {
 // TestLimiterSimultaneousGuesses sends 200 attempts for one client and
 // address at once, through four replicas, each failing when granted: no
 // more than the burst may be granted, and every other attempt is refused
-// (RFC 6749 §10.10).
+// (RFC 6749 §10.10). So too for a client known at the address, whose
+// attempts take the fast path.
 func TestLimiterSimultaneousGuesses(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, e *env) {
-		prefix := e.newPrefix(t)
-		clock := newFakeClock()
-		e.newStore(t, sqlstore.Config{TablePrefix: prefix})
-		const replicas, guesses = 4, 200
-		var ls []m2mauth.Limiter
-		for range replicas {
-			ls = append(ls, e.replica(t, e.open(t), prefix, clock, sqlstore.LimiterConfig{}))
-		}
-		var granted, refused atomic.Int64
-		var wg sync.WaitGroup
-		for i := range guesses {
-			l := ls[i%replicas]
-			wg.Go(func() {
-				d, err := l.Reserve(t.Context(), "svc", "192.0.2.1")
-				if !assert.NoError(t, err) {
-					return
+		for _, known := range []bool{false, true} {
+			t.Run(fmt.Sprintf("known=%t", known), func(t *testing.T) {
+				prefix := e.newPrefix(t)
+				clock := newFakeClock()
+				e.newStore(t, sqlstore.Config{TablePrefix: prefix})
+				const replicas, guesses = 4, 200
+				var ls []m2mauth.Limiter
+				for range replicas {
+					ls = append(ls, e.replica(t, e.open(t), prefix, clock, sqlstore.LimiterConfig{}))
 				}
-				if d > 0 {
-					refused.Add(1)
-					return
+				if known {
+					a := attempts{t, ls[0]}
+					require.Zero(t, a.reserve("svc", "192.0.2.1"))
+					a.release("svc", "192.0.2.1", m2mauth.OutcomeAuthenticated)
 				}
-				granted.Add(1)
-				assert.NoError(t, l.Release(t.Context(), "svc", "192.0.2.1", m2mauth.OutcomeFailed))
+				var granted, refused atomic.Int64
+				var wg sync.WaitGroup
+				for i := range guesses {
+					l := ls[i%replicas]
+					wg.Go(func() {
+						d, err := l.Reserve(t.Context(), "svc", "192.0.2.1")
+						if !assert.NoError(t, err) {
+							return
+						}
+						if d > 0 {
+							refused.Add(1)
+							return
+						}
+						granted.Add(1)
+						assert.NoError(t, l.Release(t.Context(), "svc", "192.0.2.1", m2mauth.OutcomeFailed))
+					})
+				}
+				wg.Wait()
+				assert.Equal(t, int64(5), granted.Load(), "granted")
+				assert.Equal(t, int64(guesses-5), refused.Load(), "refused")
 			})
 		}
-		wg.Wait()
-		assert.Equal(t, int64(5), granted.Load(), "granted")
-		assert.Equal(t, int64(guesses-5), refused.Load(), "refused")
 	})
 }
 
