@@ -820,23 +820,24 @@ func decodeClientRow(row *sql.Row, id string) (*m2mauth.Client, error) {
 	if secrets.Valid {
 		f := strings.Split(secrets.String, "\x00")
 		if len(f)%5 != 0 {
-			return nil, errors.New("stored secrets: malformed")
+			return nil, errMalformedSecrets
 		}
 		seqs := make([]int64, len(f)/5)
 		c.Secrets = make([]m2mauth.Secret, len(f)/5)
 		for i := range c.Secrets {
 			r := f[5*i : 5*i+5]
+			// The errors name no field: misread, one could be a hash.
 			seq, err1 := strconv.ParseInt(r[0], 10, 64)
 			at, err2 := strconv.ParseInt(r[1], 10, 64)
-			if err := errors.Join(err1, err2); err != nil {
-				return nil, fmt.Errorf("stored secrets: %w", err)
+			if err1 != nil || err2 != nil {
+				return nil, errMalformedSecrets
 			}
 			seqs[i] = seq
 			c.Secrets[i] = m2mauth.Secret{ID: r[3], Hash: r[4], CreatedAt: fromMicros(at)}
 			if r[2] != "" {
 				exp, err := strconv.ParseInt(r[2], 10, 64)
 				if err != nil {
-					return nil, fmt.Errorf("stored secrets: %w", err)
+					return nil, errMalformedSecrets
 				}
 				c.Secrets[i].ExpiresAt = fromMicros(exp)
 			}
@@ -859,6 +860,10 @@ func decodeClientRow(row *sql.Row, id string) (*m2mauth.Client, error) {
 	}
 	return c, nil
 }
+
+// errMalformedSecrets is the error of secrets that clientRow could not
+// have packed.
+var errMalformedSecrets = errors.New("stored secrets: malformed")
 
 // bySeq sorts secrets by their seq, in step.
 type bySeq struct {

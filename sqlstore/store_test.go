@@ -1144,3 +1144,23 @@ func TestClientMatchesList(t *testing.T) {
 		require.ErrorIs(t, err, m2mauth.ErrClientNotFound)
 	})
 }
+
+// TestClientRowMalformed stores, behind the store's back, a secret id
+// holding a NUL, which the store never writes and SQLite's packed client
+// row cannot carry: Client fails, and its error names no stored value.
+func TestClientRowMalformed(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, e *env) {
+		if e.dialect != sqlstore.SQLite {
+			t.Skip("the packed client row is SQLite's")
+		}
+		prefix := e.newPrefix(t)
+		s := e.newStore(t, sqlstore.Config{TablePrefix: prefix})
+		_, sec := createClient(t, s, "svc", time.Now())
+		_, err := e.db.ExecContext(t.Context(), "UPDATE "+prefix+"secrets SET secret_id = 'a' || char(0) || 'b' WHERE client_id = 'svc'")
+		require.NoError(t, err)
+		_, err = s.Client(t.Context(), "svc")
+		require.Error(t, err)
+		require.NotContains(t, err.Error(), sec.Hash)
+		require.NotErrorIs(t, err, m2mauth.ErrClientNotFound)
+	})
+}
