@@ -341,8 +341,9 @@ func (l *Limiter) Reserve(ctx context.Context, clientID, ip string) (time.Durati
 // ReserveClient implements [m2mauth.ClientLimiter]: it is Reserve, and
 // then store.Client when Reserve grants the attempt. When store is a
 // [Store] on the same *sql.DB, PostgreSQL and table prefix as l, the
-// client of an attempt that takes the fast path (see [Limiter]) is read
-// by the statement that grants it: one round trip for both.
+// client is read by the statement of the fast path (see [Limiter]) instead,
+// so that the attempt of a known client and its lookup are one round
+// trip.
 func (l *Limiter) ReserveClient(ctx context.Context, store m2mauth.ClientStore, clientID, ip string) (time.Duration, *m2mauth.Client, error, error) {
 	s, _ := store.(*Store)
 	if s != nil && (l.grantClient.query == "" || s.db != l.db || s.dialect != l.dialect || s.prefix != l.prefix) {
