@@ -101,6 +101,17 @@ func (e *env) replica(t testing.TB, db *sql.DB, prefix string, clock *fakeClock,
 	return l
 }
 
+// limiterReplicas returns n limiters with the default limits on the tables of
+// prefix, each on its own *sql.DB, as n replicas of a service would have.
+func (e *env) limiterReplicas(t testing.TB, n int, prefix string, clock *fakeClock) []m2mauth.Limiter {
+	t.Helper()
+	ls := make([]m2mauth.Limiter, n)
+	for i := range ls {
+		ls[i] = e.replica(t, e.open(t), prefix, clock, sqlstore.LimiterConfig{})
+	}
+	return ls
+}
+
 // limitRows returns the number of rows in the prefix's rate_limits table.
 func (e *env) limitRows(t *testing.T, prefix string) int {
 	t.Helper()
@@ -791,10 +802,7 @@ func TestLimiterSimultaneousGuesses(t *testing.T) {
 				clock := newFakeClock()
 				e.newStore(t, sqlstore.Config{TablePrefix: prefix})
 				const replicas, guesses = 4, 200
-				var ls []m2mauth.Limiter
-				for range replicas {
-					ls = append(ls, e.replica(t, e.open(t), prefix, clock, sqlstore.LimiterConfig{}))
-				}
+				ls := e.limiterReplicas(t, replicas, prefix, clock)
 				if known {
 					a := attempts{t, ls[0]}
 					require.Zero(t, a.reserve("svc", "192.0.2.1"))
@@ -834,10 +842,7 @@ func TestLimiterLegitimateConcurrency(t *testing.T) {
 		clock := newFakeClock()
 		e.newStore(t, sqlstore.Config{TablePrefix: prefix})
 		const replicas, requests = 2, 300
-		var ls []m2mauth.Limiter
-		for range replicas {
-			ls = append(ls, e.replica(t, e.open(t), prefix, clock, sqlstore.LimiterConfig{}))
-		}
+		ls := e.limiterReplicas(t, replicas, prefix, clock)
 		var granted atomic.Int64
 		var wg sync.WaitGroup
 		for i := range requests {
