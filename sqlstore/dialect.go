@@ -193,9 +193,12 @@ type queries struct {
 	limitWrite     string
 	limitFastGrant string
 	limitFastGive  string
-	// limitGrantClient: PostgreSQL only, limitFastGrant's arguments then
-	// client's.
+	// limitGrantClient: PostgreSQL and MySQL, limitFastGrant and client
+	// in one round trip; its arguments are those of limitFastGrant, then
+	// client's (the client id three times), those at the indexes
+	// grantClientArgs when it is not nil.
 	limitGrantClient string
+	grantClientArgs  []int
 	// clientRow: SQLite only: what client returns, in one row (see
 	// [decodeClientRow]).
 	clientRow       string
@@ -593,6 +596,12 @@ ON DUPLICATE KEY UPDATE ip = ip`),
     pending          = CASE WHEN lease_until > ? AND pending > 0 THEN pending - 1 ELSE 0 END,
     pending_addr     = 0
  WHERE ip = ? AND client_id = ? AND (lease_until <= ? OR pending_addr = 0)`),
+		// The procedure of migration 7: limitFastGrant and client as
+		// one call, of the distinct values among their arguments: now,
+		// every, now+burst*every, knownWindow, now+lease, now-knownWindow,
+		// now+slack, burst, ip, clientID.
+		limitGrantClient: t(`CALL {p}limit_grant_client(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`),
+		grantClientArgs:  []int{0, 1, 2, 3, 4, 13, 14, 16, 11, 12},
 		// A DELETE through the index on idle_at locks index entries
 		// before rows, the reverse of the transactions above, and
 		// deadlocks with them under load. So the rows are found without

@@ -438,8 +438,8 @@ func TestTokenHandlerDatabaseOutage(t *testing.T) {
 // to the database: exactly one query when it succeeds with the in-memory
 // limiter; with the database limiter, for a client known at the address
 // that authenticates (the limiter's fast paths), two statements more and
-// no transaction, or on PostgreSQL one more, the lookup being part of
-// the reservation's; a transaction for the release of a failure; and
+// no transaction, or on PostgreSQL and MySQL one more, the lookup being
+// part of the reservation's; a transaction for the release of a failure; and
 // both transactions, after the fast paths found nothing to do, for a
 // client's first request from an address.
 func TestTokenRequestQueries(t *testing.T) {
@@ -476,9 +476,10 @@ func TestTokenRequestQueries(t *testing.T) {
 		}
 		lookup, fast := counts{queries: 1}, counts{execs: 1}
 		// The reservation's fast path and the lookup: on PostgreSQL one
-		// statement, that reads the client as it grants the attempt.
+		// statement, that reads the client as it grants the attempt; on
+		// MySQL one call of the procedure that does both.
 		grant := add(lookup, fast)
-		if e.dialect == sqlstore.Postgres {
+		if e.dialect != sqlstore.SQLite {
 			grant = counts{queries: 1}
 		}
 		tests := []struct {
@@ -512,6 +513,66 @@ func TestTokenRequestQueries(t *testing.T) {
 				assert.Equal(t, tt.want, counter.snapshot(), "statements that reached the driver")
 			})
 		}
+	})
+}
+
+// TestGrantClientWithoutProcedure checks that on MySQL a Limiter that
+// cannot call limit_grant_client (not migrated yet, or a user without
+// EXECUTE on it) sends the fast path and the lookup apart, says so once,
+// and calls the procedure again a minute later, once it is there.
+func TestGrantClientWithoutProcedure(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, e *env) {
+		if e.dialect != sqlstore.MySQL {
+			t.Skip("limit_grant_client is MySQL's")
+		}
+		ctx := t.Context()
+		prefix := e.newPrefix(t)
+		clock := newFakeClock()
+		s := e.newStore(t, sqlstore.Config{TablePrefix: prefix})
+		secret, _ := createClient(t, s, "counted", clock.Now())
+		_, err := e.db.ExecContext(ctx, "DROP PROCEDURE "+prefix+"limit_grant_client")
+		require.NoError(t, err)
+
+		counter := &tally{}
+		cdb := sql.OpenDB(&countingConnector{drv: e.db.Driver(), dsn: e.dsn, n: counter})
+		t.Cleanup(func() { cdb.Close() })
+		cdb.SetMaxOpenConns(1)
+		cs, err := sqlstore.New(cdb, e.dialect, sqlstore.Config{TablePrefix: prefix})
+		require.NoError(t, err)
+		t.Cleanup(func() { cs.Close() })
+		logs := &syncBuffer{}
+		l, err := sqlstore.NewLimiter(cdb, e.dialect, sqlstore.LimiterConfig{TablePrefix: prefix, Now: clock.Now,
+			Logger: slog.New(slog.NewTextHandler(logs, nil))})
+		require.NoError(t, err)
+		t.Cleanup(func() { l.Close() })
+		h := newTokenHandler(t, cs, m2mauth.TokenHandlerConfig{Limiter: l, Now: clock.Now})
+		request := func(want counts) {
+			t.Helper()
+			counter.reset()
+			w, _ := serve(t, h, tokenRequest("192.0.2.1:1", "counted", secret))
+			require.Equal(t, http.StatusOK, w.Code, w.Body.String())
+			assert.Equal(t, want, counter.snapshot(), "statements that reached the driver")
+		}
+		for range 2 { // the client becomes known at the address
+			w, _ := serve(t, h, tokenRequest("192.0.2.1:1", "counted", secret))
+			require.Equal(t, http.StatusOK, w.Code, w.Body.String())
+		}
+		// The fast path, the lookup, the release's fast path.
+		request(counts{queries: 1, execs: 2})
+		request(counts{queries: 1, execs: 2})
+		require.Equal(t, 1, strings.Count(logs.String(), "cannot call the procedure limit_grant_client"), logs.String())
+		require.NotContains(t, logs.String(), secret)
+
+		// Migrated again: the procedure is called once the minute is over.
+		_, err = e.db.ExecContext(ctx, "DELETE FROM "+prefix+"schema_migrations WHERE version = 7")
+		require.NoError(t, err)
+		require.NoError(t, s.Migrate(ctx))
+		request(counts{queries: 1, execs: 2})
+		clock.Advance(time.Minute + time.Second)
+		w, _ := serve(t, h, tokenRequest("192.0.2.1:1", "counted", secret)) // and the limiter's cleanup
+		require.Equal(t, http.StatusOK, w.Code, w.Body.String())
+		request(counts{queries: 1, execs: 1})
+		request(counts{queries: 1, execs: 1})
 	})
 }
 

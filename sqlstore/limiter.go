@@ -191,14 +191,19 @@ type LimiterConfig struct {
 // transaction reads it with the row locked; a statement that waited
 // decides as of when it was sent, a lock wait earlier.
 //
-// The Limiter is a [m2mauth.ClientLimiter]. On PostgreSQL, given the
-// [Store] of the token handler, on the same *sql.DB and table prefix,
-// the statement that grants an attempt also reads its client, as
+// The Limiter is a [m2mauth.ClientLimiter]. On PostgreSQL and MySQL,
+// given the [Store] of the token handler, on the same *sql.DB and table
+// prefix, the statement that grants an attempt also reads its client, as
 // [Store.Client] does, so that the reservation and the lookup are one
 // round trip (the client is then read before a reservation that takes
 // the transaction is decided, and used only once it is granted). MySQL
-// has no statement that both updates and returns rows, so there, as
-// with any other store, the lookup follows the reservation.
+// has no statement that both updates and returns rows, so there the two
+// are the procedure limit_grant_client, which [Migrate] creates (version
+// 7): the database user of the servers needs the EXECUTE privilege on
+// it, which ALL PRIVILEGES on the database includes. Without it, or
+// before the migration, the Limiter sends the two statements, and tries
+// the procedure again a minute later. On SQLite, as with any other
+// store, the lookup follows the reservation.
 //
 // A Limiter is safe for concurrent use, by many goroutines and by many
 // processes sharing the database.
@@ -207,7 +212,11 @@ type Limiter struct {
 	begin                     string   // PostgreSQL only: run first in each transaction
 	ensure, lock, peek, write lazyStmt // ensure: MySQL and SQLite only
 	fastGrant, fastGive       lazyStmt
-	grantClient               lazyStmt // PostgreSQL only
+	grantClient               lazyStmt // PostgreSQL and MySQL
+	grantClientArgs           []int
+	// noGrantClient, on MySQL, is the unix microsecond until which
+	// grantClient is not tried: the procedure was missing or not allowed.
+	noGrantClient atomic.Int64
 	// dialect and prefix tell the Store whose clients grantClient reads.
 	dialect             Dialect
 	prefix              string
@@ -295,27 +304,28 @@ func NewLimiter(db *sql.DB, dialect Dialect, cfg LimiterConfig) (*Limiter, error
 			lease: min(cfg.ReservationTimeout.Microseconds(), int64(burst)*e)}
 	}
 	l := &Limiter{
-		db:           db,
-		begin:        q.limitBegin,
-		ensure:       lazyStmt{db: db, query: q.limitEnsure},
-		lock:         lazyStmt{db: db, query: q.limitLock},
-		peek:         lazyStmt{db: db, query: q.limitPeek},
-		write:        lazyStmt{db: db, query: q.limitWrite},
-		fastGrant:    lazyStmt{db: db, query: q.limitFastGrant},
-		fastGive:     lazyStmt{db: db, query: q.limitFastGive},
-		grantClient:  lazyStmt{db: db, query: q.limitGrantClient},
-		dialect:      dialect,
-		prefix:       prefix,
-		cleanup:      lazyStmt{db: db, query: q.limitCleanup},
-		cleanupRow:   lazyStmt{db: db, query: q.limitCleanupRow},
-		now:          cfg.Now,
-		logger:       cfg.Logger,
-		cleanupEvery: cfg.CleanupInterval.Microseconds(),
-		batch:        int64(cfg.CleanupBatch),
-		client:       limits(cfg.ClientIPBurst, cfg.ClientIPEvery),
-		addr:         limits(cfg.IPBurst, cfg.IPEvery),
-		knownWindow:  cfg.KnownWindow.Microseconds(),
-		slots:        pairSlots{n: cfg.ClientIPBurst},
+		db:              db,
+		begin:           q.limitBegin,
+		ensure:          lazyStmt{db: db, query: q.limitEnsure},
+		lock:            lazyStmt{db: db, query: q.limitLock},
+		peek:            lazyStmt{db: db, query: q.limitPeek},
+		write:           lazyStmt{db: db, query: q.limitWrite},
+		fastGrant:       lazyStmt{db: db, query: q.limitFastGrant},
+		fastGive:        lazyStmt{db: db, query: q.limitFastGive},
+		grantClient:     lazyStmt{db: db, query: q.limitGrantClient},
+		grantClientArgs: q.grantClientArgs,
+		dialect:         dialect,
+		prefix:          prefix,
+		cleanup:         lazyStmt{db: db, query: q.limitCleanup},
+		cleanupRow:      lazyStmt{db: db, query: q.limitCleanupRow},
+		now:             cfg.Now,
+		logger:          cfg.Logger,
+		cleanupEvery:    cfg.CleanupInterval.Microseconds(),
+		batch:           int64(cfg.CleanupBatch),
+		client:          limits(cfg.ClientIPBurst, cfg.ClientIPEvery),
+		addr:            limits(cfg.IPBurst, cfg.IPEvery),
+		knownWindow:     cfg.KnownWindow.Microseconds(),
+		slots:           pairSlots{n: cfg.ClientIPBurst},
 	}
 	if dialect == SQLite {
 		l.writer = make(chan struct{}, 1)
@@ -340,10 +350,10 @@ func (l *Limiter) Reserve(ctx context.Context, clientID, ip string) (time.Durati
 
 // ReserveClient implements [m2mauth.ClientLimiter]: it is Reserve, and
 // then store.Client when Reserve grants the attempt. When store is a
-// [Store] on the same *sql.DB, PostgreSQL and table prefix as l, the
-// client is read by the statement of the fast path (see [Limiter]) instead,
-// so that the attempt of a known client and its lookup are one round
-// trip.
+// [Store] on the same *sql.DB, dialect (PostgreSQL or MySQL) and table
+// prefix as l, the client is read by the statement of the fast path (see
+// [Limiter]) instead, so that the attempt of a known client and its
+// lookup are one round trip.
 func (l *Limiter) ReserveClient(ctx context.Context, store m2mauth.ClientStore, clientID, ip string) (time.Duration, *m2mauth.Client, error, error) {
 	s, _ := store.(*Store)
 	if s != nil && (l.grantClient.query == "" || s.db != l.db || s.dialect != l.dialect || s.prefix != l.prefix) {
@@ -417,22 +427,39 @@ func (l *Limiter) grantArgs(id, ip string) func(now int64) []any {
 // id and reads the client id of s in one statement, with args as fast
 // does. It reports what it read and whether it granted the attempt.
 func (l *Limiter) grantReading(ctx context.Context, s *Store, id string, args func(now int64) []any) (*clientRead, bool, error) {
-	stmt, err := l.grantClient.get(ctx)
-	if err != nil {
-		return nil, false, err
+	now := l.now().UnixMicro()
+	if now < l.noGrantClient.Load() {
+		return l.grantThenRead(ctx, args)
+	}
+	all := append(args(now), id, id, id)
+	picked := all
+	if l.grantClientArgs != nil {
+		picked = make([]any, len(l.grantClientArgs))
+		for i, j := range l.grantClientArgs {
+			picked[i] = all[j]
+		}
 	}
 	var (
 		cs      []*m2mauth.Client
 		granted int64
 	)
-	err = l.writing(ctx, func() error {
-		rows, err := stmt.QueryContext(ctx, append(args(l.now().UnixMicro()), id, id, id)...)
-		if err != nil {
+	stmt, err := l.grantClient.get(ctx)
+	if err == nil {
+		err = l.writing(ctx, func() error {
+			rows, err := stmt.QueryContext(ctx, picked...)
+			if err != nil {
+				return err
+			}
+			cs, err = decodeClients(rows, &granted)
 			return err
+		})
+	}
+	if noProcedure(err) {
+		if l.noGrantClient.Swap(now+time.Minute.Microseconds()) == 0 {
+			l.logger.Warn("sqlstore: the limiter cannot call the procedure limit_grant_client, so a token request takes one round trip more: run Migrate, and grant the database user EXECUTE on it", "error", err)
 		}
-		cs, err = decodeClients(rows, &granted)
-		return err
-	})
+		return l.grantThenRead(ctx, args)
+	}
 	if err != nil {
 		return nil, false, err
 	}
@@ -440,6 +467,24 @@ func (l *Limiter) grantReading(ctx context.Context, s *Store, id string, args fu
 		return &clientRead{err: notFound(id)}, granted == 1, nil
 	}
 	return &clientRead{c: cs[0]}, granted == 1, nil
+}
+
+// grantThenRead is grantReading without grantClient: the fast path, and
+// the lookup left to the caller.
+func (l *Limiter) grantThenRead(ctx context.Context, args func(now int64) []any) (*clientRead, bool, error) {
+	done, err := l.fast(ctx, &l.fastGrant, args)
+	return nil, done, err
+}
+
+// noProcedure reports whether err is MySQL's refusal of a CALL of a
+// procedure that does not exist (error 1305) or that the user may not
+// execute (1370).
+func noProcedure(err error) bool {
+	if err == nil {
+		return false
+	}
+	msg := err.Error()
+	return strings.Contains(msg, "Error 1305") || strings.Contains(msg, "Error 1370")
 }
 
 // reserve runs reservation transactions on the rows of (id, ip), polling

@@ -19,7 +19,8 @@ import (
 
 // migrationFiles holds the schema of every dialect, one directory per
 // dialect and one file per version ("0001_init.sql"), with "{p}" standing
-// for the table prefix. Statements end with a ";" at the end of a line.
+// for the table prefix. Statements end with a ";" at the end of a line
+// (see splitStatements).
 //
 //go:embed migrations/*/*.sql
 var migrationFiles embed.FS
@@ -66,10 +67,13 @@ func loadMigrations(d Dialect, prefix string) ([]migration, error) {
 }
 
 // splitStatements splits a migration file into statements: each ends with
-// a ";" at the end of a line; lines starting with "--" are comments.
+// a ";" at the end of a line, except that a CREATE PROCEDURE, whose body
+// holds statements of its own, ends at a line "END;". Lines starting with
+// "--" are comments.
 func splitStatements(src string) ([]string, error) {
 	var out []string
 	var cur strings.Builder
+	routine := false
 	sc := bufio.NewScanner(strings.NewReader(src))
 	for sc.Scan() {
 		line := strings.TrimRight(sc.Text(), " \t\r")
@@ -79,8 +83,10 @@ func splitStatements(src string) ([]string, error) {
 		}
 		if cur.Len() > 0 {
 			cur.WriteByte('\n')
+		} else {
+			routine = strings.HasPrefix(strings.ToUpper(trimmed), "CREATE PROCEDURE ")
 		}
-		if stmt, ok := strings.CutSuffix(line, ";"); ok {
+		if stmt, ok := strings.CutSuffix(line, ";"); ok && (!routine || trimmed == "END;") {
 			cur.WriteString(stmt)
 			out = append(out, cur.String())
 			cur.Reset()
@@ -100,8 +106,9 @@ func splitStatements(src string) ([]string, error) {
 // Migrate brings the schema up to date: it creates the tables of the
 // store, of the [Auditor] and of the [Limiter] (clients, secrets, grants,
 // audit_events, rate_limits, revocations, revocation_state, signing_keys,
-// key_events, all named with the table prefix) and records
-// each applied version in the <prefix>schema_migrations table. [New] does
+// key_events, all named with the table prefix), on MySQL the [Limiter]'s
+// procedure <prefix>limit_grant_client, and records each applied version
+// in the <prefix>schema_migrations table. [New] does
 // not call it; call it once at start-up, or run it from a deployment step
 // and leave it out of the servers.
 //

@@ -150,6 +150,11 @@ func (e *env) newPrefix(t testing.TB) string {
 				t.Errorf("drop table %s%s: %v", prefix, table, err)
 			}
 		}
+		if e.dialect == sqlstore.MySQL {
+			if _, err := db.Exec("DROP PROCEDURE IF EXISTS " + prefix + "limit_grant_client"); err != nil {
+				t.Errorf("drop procedure: %v", err)
+			}
+		}
 	})
 	return prefix
 }
