@@ -1,7 +1,9 @@
 package sqlstore
 
 import (
+	"crypto/sha256"
 	"database/sql"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"strings"
@@ -199,6 +201,9 @@ type queries struct {
 	// grantClientArgs when it is not nil.
 	limitGrantClient string
 	grantClientArgs  []int
+	// grantClientRoutine: MySQL only, the CREATE PROCEDURE that
+	// limitGrantClient calls (see [grantClientProcedure]).
+	grantClientRoutine string
 	// clientRow: SQLite only: what client returns, in one row (see
 	// [decodeClientRow]).
 	clientRow       string
@@ -479,7 +484,7 @@ UNION ALL
 }
 
 func mysqlQueries(t func(string) string) *queries {
-	return &queries{
+	q := &queries{
 		client: t(`SELECT 0 AS kind, c.id AS cid, c.public AS public, c.disabled AS disabled, c.can_introspect AS introspect,
        c.token_ttl_ns AS n1, c.created_at AS n2, c.updated_at AS n3, c.tokens_revoked_at AS n4, NULL AS s1, NULL AS s2
   FROM {p}clients c WHERE c.id = ?
@@ -596,12 +601,6 @@ ON DUPLICATE KEY UPDATE ip = ip`),
     pending          = CASE WHEN lease_until > ? AND pending > 0 THEN pending - 1 ELSE 0 END,
     pending_addr     = 0
  WHERE ip = ? AND client_id = ? AND (lease_until <= ? OR pending_addr = 0)`),
-		// The procedure of migration 7: limitFastGrant and client as
-		// one call, of the distinct values among their arguments: now,
-		// every, now+burst*every, knownWindow, now+lease, now-knownWindow,
-		// now+slack, burst, ip, clientID.
-		limitGrantClient: t(`CALL {p}limit_grant_client(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`),
-		grantClientArgs:  []int{0, 1, 2, 3, 4, 13, 14, 16, 11, 12},
 		// A DELETE through the index on idle_at locks index entries
 		// before rows, the reverse of the transactions above, and
 		// deadlocks with them under load. So the rows are found without
@@ -652,6 +651,9 @@ ON DUPLICATE KEY UPDATE kid = kid`),
 		migrateLock:   `SELECT GET_LOCK(?, 2)`,
 		migrateUnlock: `SELECT RELEASE_LOCK(?)`,
 	}
+	q.grantClientRoutine, q.limitGrantClient = grantClientProcedure(q, t("{p}limit_grant_client_"))
+	q.grantClientArgs = grantClientArgs
+	return q
 }
 
 func sqliteQueries(t func(string) string) *queries {
@@ -822,4 +824,77 @@ ON CONFLICT DO NOTHING`),
 		appliedVersions:  t(`SELECT version FROM {p}schema_migrations`),
 		insertVersion:    t(`INSERT INTO {p}schema_migrations (version, applied_at) VALUES (?, ?)`),
 	}
+}
+
+// grantParams name the arguments of limitFastGrant as
+// [Limiter.grantArgs] gives them; one name, one value.
+var grantParams = [...]string{"p_now", "p_every", "p_full", "p_known", "p_lease",
+	"p_now", "p_now", "p_lease", "p_now", "p_every", "p_full",
+	"p_ip", "p_client", "p_since", "p_slack", "p_now", "p_burst"}
+
+// grantClientArgs are the indexes, among limitFastGrant's arguments, of
+// the parameters of the procedure of grantClientProcedure, in order:
+// the first of each name in grantParams.
+var grantClientArgs = func() []int {
+	var out []int
+	seen := make(map[string]bool)
+	for i, n := range grantParams {
+		if !seen[n] {
+			seen[n] = true
+			out = append(out, i)
+		}
+	}
+	return out
+}()
+
+// grantClientProcedure returns, for MySQL and MariaDB, which have no
+// statement that both updates a row and returns rows, a procedure that
+// runs q's limitFastGrant and then q's client, after a row of kind 3
+// whose n1 counts the rows the UPDATE changed, as PostgreSQL's
+// limitGrantClient does in one statement; and the CALL of it, whose
+// arguments are those at grantClientArgs. Each statement of the
+// procedure is the Limiter's own, with its parameters named. Its name is
+// name and the first 8 hex digits of the SHA-256 of its text, so that a
+// release whose statements differ creates a procedure of its own, and the
+// servers of the one before it, during a rolling upgrade, keep calling
+// theirs.
+func grantClientProcedure(q *queries, name string) (create, call string) {
+	named := func(stmt string, names []string) string {
+		parts := strings.Split(stmt, "?")
+		if len(parts) != len(names)+1 {
+			panic("sqlstore: grantClientProcedure: parameters do not match")
+		}
+		var b strings.Builder
+		for i, n := range names {
+			b.WriteString(parts[i] + n)
+		}
+		return b.String() + parts[len(names)]
+	}
+	var params []string
+	for _, i := range grantClientArgs {
+		typ := "BIGINT"
+		switch grantParams[i] {
+		case "p_ip":
+			typ = "VARBINARY(64)"
+		case "p_client":
+			typ = "VARBINARY(255)"
+		}
+		params = append(params, "IN "+grantParams[i]+" "+typ)
+	}
+	body := `(` + strings.Join(params, ", ") + `)
+    MODIFIES SQL DATA
+    SQL SECURITY INVOKER
+BEGIN
+DECLARE granted BIGINT DEFAULT 0;
+` + named(q.limitFastGrant, grantParams[:]) + `;
+SET granted = ROW_COUNT();
+SELECT 3 AS kind, '' AS cid, NULL AS public, NULL AS disabled, NULL AS introspect,
+       granted AS n1, NULL AS n2, NULL AS n3, NULL AS n4, NULL AS s1, NULL AS s2
+UNION ALL
+` + named(q.client, []string{"p_client", "p_client", "p_client"}) + `;
+END`
+	sum := sha256.Sum256([]byte(body))
+	name += hex.EncodeToString(sum[:4])
+	call = `CALL ` + name + `(?` + strings.Repeat(", ?", len(params)-1) + `)`
+	return `CREATE PROCEDURE ` + name + body, call
 }

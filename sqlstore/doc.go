@@ -231,7 +231,7 @@
 // so Reserve and Release are each one UPDATE of the client's row, which
 // locks, decides and writes it in one statement (see [Limiter]); on
 // PostgreSQL the reservation's statement also reads the client, and on
-// MySQL the procedure limit_grant_client runs both, for a token handler
+// MySQL a procedure that [Store.Migrate] creates runs both, for a token handler
 // whose Store shares the Limiter's database. Every token
 // request so commits twice. PostgreSQL's commits of the limiter do
 // not wait for the disk (synchronous_commit is off for them), so a crash

@@ -3,8 +3,10 @@ package sqlstore_test
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
 	"database/sql"
 	"encoding/base64"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -18,6 +20,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/go-sql-driver/mysql"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -517,35 +520,26 @@ func TestTokenRequestQueries(t *testing.T) {
 }
 
 // TestGrantClientWithoutProcedure checks that on MySQL a Limiter that
-// cannot call limit_grant_client (not migrated yet, or a user without
-// EXECUTE on it) sends the fast path and the lookup apart, says so once,
-// and calls the procedure again a minute later, once it is there.
+// cannot call its procedure (not created yet, or a user without EXECUTE
+// on it) sends the fast path and the lookup apart, says so once, and
+// calls the procedure again a minute later, once it is there.
 func TestGrantClientWithoutProcedure(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, e *env) {
 		if e.dialect != sqlstore.MySQL {
-			t.Skip("limit_grant_client is MySQL's")
+			t.Skip("the procedure is MySQL's")
 		}
 		ctx := t.Context()
 		prefix := e.newPrefix(t)
 		clock := newFakeClock()
 		s := e.newStore(t, sqlstore.Config{TablePrefix: prefix})
 		secret, _ := createClient(t, s, "counted", clock.Now())
-		_, err := e.db.ExecContext(ctx, "DROP PROCEDURE "+prefix+"limit_grant_client")
+		names := procedures(t, e.db, prefix)
+		require.Len(t, names, 1)
+		_, err := e.db.ExecContext(ctx, "DROP PROCEDURE "+names[0])
 		require.NoError(t, err)
 
 		counter := &tally{}
-		cdb := sql.OpenDB(&countingConnector{drv: e.db.Driver(), dsn: e.dsn, n: counter})
-		t.Cleanup(func() { cdb.Close() })
-		cdb.SetMaxOpenConns(1)
-		cs, err := sqlstore.New(cdb, e.dialect, sqlstore.Config{TablePrefix: prefix})
-		require.NoError(t, err)
-		t.Cleanup(func() { cs.Close() })
-		logs := &syncBuffer{}
-		l, err := sqlstore.NewLimiter(cdb, e.dialect, sqlstore.LimiterConfig{TablePrefix: prefix, Now: clock.Now,
-			Logger: slog.New(slog.NewTextHandler(logs, nil))})
-		require.NoError(t, err)
-		t.Cleanup(func() { l.Close() })
-		h := newTokenHandler(t, cs, m2mauth.TokenHandlerConfig{Limiter: l, Now: clock.Now})
+		h, logs := countedHandler(t, e, e.dsn, prefix, clock, counter)
 		request := func(want counts) {
 			t.Helper()
 			counter.reset()
@@ -560,13 +554,12 @@ func TestGrantClientWithoutProcedure(t *testing.T) {
 		// The fast path, the lookup, the release's fast path.
 		request(counts{queries: 1, execs: 2})
 		request(counts{queries: 1, execs: 2})
-		require.Equal(t, 1, strings.Count(logs.String(), "cannot call the procedure limit_grant_client"), logs.String())
+		require.Equal(t, 1, strings.Count(logs.String(), "cannot call its procedure"), logs.String())
 		require.NotContains(t, logs.String(), secret)
 
 		// Migrated again: the procedure is called once the minute is over.
-		_, err = e.db.ExecContext(ctx, "DELETE FROM "+prefix+"schema_migrations WHERE version = 7")
-		require.NoError(t, err)
 		require.NoError(t, s.Migrate(ctx))
+		require.Equal(t, names, procedures(t, e.db, prefix))
 		request(counts{queries: 1, execs: 2})
 		clock.Advance(time.Minute + time.Second)
 		w, _ := serve(t, h, tokenRequest("192.0.2.1:1", "counted", secret)) // and the limiter's cleanup
@@ -574,6 +567,83 @@ func TestGrantClientWithoutProcedure(t *testing.T) {
 		request(counts{queries: 1, execs: 1})
 		request(counts{queries: 1, execs: 1})
 	})
+}
+
+// TestProcedurePrivileges checks, on MySQL, a database user that may
+// change tables but neither create nor execute routines: its Migrate
+// succeeds without the procedure, and a server using it, with the
+// procedure created by another user or not, issues tokens with the
+// fast path and the lookup apart.
+func TestProcedurePrivileges(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, e *env) {
+		if e.dialect != sqlstore.MySQL {
+			t.Skip("the procedure is MySQL's")
+		}
+		ctx := t.Context()
+		cfg, err := mysql.ParseDSN(e.dsn)
+		require.NoError(t, err)
+		b := make([]byte, 6)
+		_, _ = rand.Read(b)
+		user := "m2m" + hex.EncodeToString(b)
+		_, err = e.db.ExecContext(ctx, "CREATE USER '"+user+"'@'%' IDENTIFIED BY 'pw'")
+		require.NoError(t, err)
+		t.Cleanup(func() { _, _ = e.db.Exec("DROP USER '" + user + "'@'%'") })
+		_, err = e.db.ExecContext(ctx, "GRANT SELECT, INSERT, UPDATE, DELETE, CREATE, ALTER, INDEX, DROP, REFERENCES ON `"+cfg.DBName+"`.* TO '"+user+"'@'%'")
+		require.NoError(t, err)
+		cfg.User, cfg.Passwd = user, "pw"
+		dsn := cfg.FormatDSN()
+
+		for _, byRoot := range []bool{false, true} {
+			t.Run(fmt.Sprintf("created=%v", byRoot), func(t *testing.T) {
+				prefix := e.newPrefix(t)
+				clock := newFakeClock()
+				if byRoot {
+					e.newStore(t, sqlstore.Config{TablePrefix: prefix})
+					require.Len(t, procedures(t, e.db, prefix), 1)
+				}
+				udb, err := sql.Open("mysql", dsn)
+				require.NoError(t, err)
+				t.Cleanup(func() { udb.Close() })
+				us, err := sqlstore.New(udb, e.dialect, sqlstore.Config{TablePrefix: prefix})
+				require.NoError(t, err)
+				t.Cleanup(func() { us.Close() })
+				require.NoError(t, us.Migrate(ctx))
+				require.Len(t, procedures(t, e.db, prefix), map[bool]int{false: 0, true: 1}[byRoot])
+				secret, _ := createClient(t, us, "counted", clock.Now())
+
+				counter := &tally{}
+				h, logs := countedHandler(t, e, dsn, prefix, clock, counter)
+				for range 3 {
+					w, _ := serve(t, h, tokenRequest("192.0.2.1:1", "counted", secret))
+					require.Equal(t, http.StatusOK, w.Code, w.Body.String())
+				}
+				counter.reset()
+				w, _ := serve(t, h, tokenRequest("192.0.2.1:1", "counted", secret))
+				require.Equal(t, http.StatusOK, w.Code, w.Body.String())
+				assert.Equal(t, counts{queries: 1, execs: 2}, counter.snapshot())
+				require.Equal(t, 1, strings.Count(logs.String(), "cannot call its procedure"), logs.String())
+			})
+		}
+	})
+}
+
+// countedHandler returns a token handler whose Store and Limiter use
+// prefix through their own *sql.DB on dsn, which counts in counter what
+// reaches the driver, and the Limiter's log.
+func countedHandler(t *testing.T, e *env, dsn, prefix string, clock *fakeClock, counter *tally) (http.Handler, *syncBuffer) {
+	t.Helper()
+	cdb := sql.OpenDB(&countingConnector{drv: e.db.Driver(), dsn: dsn, n: counter})
+	t.Cleanup(func() { cdb.Close() })
+	cdb.SetMaxOpenConns(1) // statements are prepared once, on the one connection
+	s, err := sqlstore.New(cdb, e.dialect, sqlstore.Config{TablePrefix: prefix})
+	require.NoError(t, err)
+	t.Cleanup(func() { s.Close() })
+	logs := &syncBuffer{}
+	l, err := sqlstore.NewLimiter(cdb, e.dialect, sqlstore.LimiterConfig{TablePrefix: prefix, Now: clock.Now,
+		Logger: slog.New(slog.NewTextHandler(logs, nil))})
+	require.NoError(t, err)
+	t.Cleanup(func() { l.Close() })
+	return newTokenHandler(t, s, m2mauth.TokenHandlerConfig{Limiter: l, Now: clock.Now}), logs
 }
 
 // replicaHandler returns a token handler with its own *sql.DB, Store and

@@ -198,12 +198,12 @@ type LimiterConfig struct {
 // round trip (the client is then read before a reservation that takes
 // the transaction is decided, and used only once it is granted). MySQL
 // has no statement that both updates and returns rows, so there the two
-// are the procedure limit_grant_client, which [Migrate] creates (version
-// 7): the database user of the servers needs the EXECUTE privilege on
-// it, which ALL PRIVILEGES on the database includes. Without it, or
-// before the migration, the Limiter sends the two statements, and tries
-// the procedure again a minute later. On SQLite, as with any other
-// store, the lookup follows the reservation.
+// are a procedure, which [Store.Migrate] creates; the database user of
+// the servers needs the EXECUTE privilege on it (ALL PRIVILEGES on the
+// database includes it). Without the procedure or the privilege the
+// Limiter sends the two statements, logs a warning, and tries the
+// procedure again a minute later. On SQLite, as with any other store,
+// the lookup follows the reservation.
 //
 // A Limiter is safe for concurrent use, by many goroutines and by many
 // processes sharing the database.
@@ -456,7 +456,7 @@ func (l *Limiter) grantReading(ctx context.Context, s *Store, id string, args fu
 	}
 	if noProcedure(err) {
 		if l.noGrantClient.Swap(now+time.Minute.Microseconds()) == 0 {
-			l.logger.Warn("sqlstore: the limiter cannot call the procedure limit_grant_client, so a token request takes one round trip more: run Migrate, and grant the database user EXECUTE on it", "error", err)
+			l.logger.Warn("sqlstore: the limiter cannot call its procedure, so a token request takes one round trip more: run Migrate with a user that may create routines, and grant the servers' user EXECUTE on the procedure", "error", err)
 		}
 		return l.grantThenRead(ctx, args)
 	}

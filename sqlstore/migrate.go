@@ -19,8 +19,7 @@ import (
 
 // migrationFiles holds the schema of every dialect, one directory per
 // dialect and one file per version ("0001_init.sql"), with "{p}" standing
-// for the table prefix. Statements end with a ";" at the end of a line
-// (see splitStatements).
+// for the table prefix. Statements end with a ";" at the end of a line.
 //
 //go:embed migrations/*/*.sql
 var migrationFiles embed.FS
@@ -67,13 +66,10 @@ func loadMigrations(d Dialect, prefix string) ([]migration, error) {
 }
 
 // splitStatements splits a migration file into statements: each ends with
-// a ";" at the end of a line, except that a CREATE PROCEDURE, whose body
-// holds statements of its own, ends at a line "END;". Lines starting with
-// "--" are comments.
+// a ";" at the end of a line; lines starting with "--" are comments.
 func splitStatements(src string) ([]string, error) {
 	var out []string
 	var cur strings.Builder
-	routine := false
 	sc := bufio.NewScanner(strings.NewReader(src))
 	for sc.Scan() {
 		line := strings.TrimRight(sc.Text(), " \t\r")
@@ -83,10 +79,8 @@ func splitStatements(src string) ([]string, error) {
 		}
 		if cur.Len() > 0 {
 			cur.WriteByte('\n')
-		} else {
-			routine = strings.HasPrefix(strings.ToUpper(trimmed), "CREATE PROCEDURE ")
 		}
-		if stmt, ok := strings.CutSuffix(line, ";"); ok && (!routine || trimmed == "END;") {
+		if stmt, ok := strings.CutSuffix(line, ";"); ok {
 			cur.WriteString(stmt)
 			out = append(out, cur.String())
 			cur.Reset()
@@ -106,9 +100,12 @@ func splitStatements(src string) ([]string, error) {
 // Migrate brings the schema up to date: it creates the tables of the
 // store, of the [Auditor] and of the [Limiter] (clients, secrets, grants,
 // audit_events, rate_limits, revocations, revocation_state, signing_keys,
-// key_events, all named with the table prefix), on MySQL the [Limiter]'s
-// procedure <prefix>limit_grant_client, and records each applied version
-// in the <prefix>schema_migrations table. [New] does
+// key_events, all named with the table prefix) and records
+// each applied version in the <prefix>schema_migrations table. On MySQL it
+// then creates the [Limiter]'s procedure, <prefix>limit_grant_client_
+// and 8 hex digits, unless it exists; without the privilege to create
+// routines it leaves it out, and the Limiter sends the two statements
+// the procedure would run (see [Limiter]). [New] does
 // not call it; call it once at start-up, or run it from a deployment step
 // and leave it out of the servers.
 //
@@ -178,9 +175,30 @@ func (s *Store) Migrate(ctx context.Context) (err error) {
 				return err
 			}
 		}
+		if s.dialect == MySQL {
+			return s.createRoutine(ctx, conn)
+		}
 		return nil
 	}
 	return fmt.Errorf("unknown dialect %v", s.dialect)
+}
+
+// createRoutine creates the Limiter's procedure (see
+// [grantClientProcedure]) unless it exists, or the user may not create
+// it (MySQL errors 1044, 1142, 1227, 1370: access denied): the Limiter
+// then sends two statements instead of the call, and says so.
+func (s *Store) createRoutine(ctx context.Context, conn *sql.Conn) error {
+	_, err := conn.ExecContext(ctx, s.q.grantClientRoutine)
+	if err == nil {
+		return nil
+	}
+	msg := err.Error()
+	for _, code := range []string{"Error 1304", "Error 1044", "Error 1142", "Error 1227", "Error 1370"} {
+		if strings.Contains(msg, code) { // 1304: it exists
+			return nil
+		}
+	}
+	return fmt.Errorf("create procedure: %w", err)
 }
 
 // lockMigrations takes the migration lock of the table prefix on conn and

@@ -25,8 +25,8 @@ import (
 const DefaultTablePrefix = "m2mauth_"
 
 // maxPrefixLen keeps the longest name made from a prefix (an index name on
-// PostgreSQL, the migration lock name on MySQL) within every engine's
-// limit.
+// PostgreSQL, the migration lock and the Limiter's procedure on MySQL)
+// within every engine's limit.
 const maxPrefixLen = 32
 
 // maxColumnLen bounds secret ids and audiences, which are keys: MySQL

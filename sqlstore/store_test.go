@@ -151,12 +151,39 @@ func (e *env) newPrefix(t testing.TB) string {
 			}
 		}
 		if e.dialect == sqlstore.MySQL {
-			if _, err := db.Exec("DROP PROCEDURE IF EXISTS " + prefix + "limit_grant_client"); err != nil {
-				t.Errorf("drop procedure: %v", err)
+			for _, name := range procedures(t, db, prefix) {
+				if _, err := db.Exec("DROP PROCEDURE IF EXISTS " + name); err != nil {
+					t.Errorf("drop procedure %s: %v", name, err)
+				}
 			}
 		}
 	})
 	return prefix
+}
+
+// procedures returns the names of the MySQL procedures of prefix.
+func procedures(t testing.TB, db *sql.DB, prefix string) []string {
+	t.Helper()
+	rows, err := db.Query("SELECT routine_name FROM information_schema.routines WHERE routine_schema = DATABASE() AND routine_name LIKE ?",
+		strings.ReplaceAll(prefix, "_", `\_`)+"%")
+	if err != nil {
+		t.Errorf("list procedures: %v", err)
+		return nil
+	}
+	defer rows.Close()
+	var names []string
+	for rows.Next() {
+		var n string
+		if err := rows.Scan(&n); err != nil {
+			t.Errorf("list procedures: %v", err)
+			return nil
+		}
+		names = append(names, n)
+	}
+	if err := rows.Err(); err != nil {
+		t.Errorf("list procedures: %v", err)
+	}
+	return names
 }
 
 // newStore returns a migrated store on fresh tables of e.db.

@@ -1,3 +1,0 @@
--- Version 7 adds MySQL's procedure limit_grant_client (the Limiter's
--- grant and client lookup in one round trip); this dialect does the same
--- in one statement, and its schema does not change.
