@@ -168,6 +168,7 @@ type server struct {
 	stdout *syncBuffer // the banner
 	stderr *syncBuffer
 	done   chan error
+	lines  chan string // stdout, line by line, until the server is up
 }
 
 // syncBuffer is a bytes.Buffer that a process writes while a test reads.
@@ -207,29 +208,43 @@ func startServerWith(t *testing.T, bin string, client *http.Client, global []str
 // the test ends.
 func startCommand(t *testing.T, bin string, client *http.Client, args ...string) *server {
 	t.Helper()
+	s := spawnCommand(t, bin, client, args...)
+	s.await(t)
+	return s
+}
+
+// spawnCommand starts what startCommand starts, without waiting for it.
+func spawnCommand(t *testing.T, bin string, client *http.Client, args ...string) *server {
+	t.Helper()
 	cmd := exec.Command(bin, args...)
 	cmd.Dir = t.TempDir() // for files it makes in the working directory
 	stdout, err := cmd.StdoutPipe()
 	require.NoError(t, err)
-	s := &server{cmd: cmd, client: client, stdout: &syncBuffer{}, stderr: &syncBuffer{}, done: make(chan error, 1)}
+	s := &server{cmd: cmd, client: client, stdout: &syncBuffer{}, stderr: &syncBuffer{}, done: make(chan error, 1), lines: make(chan string, 64)}
 	cmd.Stderr = s.stderr
 	require.NoError(t, cmd.Start())
 	t.Cleanup(func() { cmd.Process.Kill() })
 
-	lines := make(chan string, 64)
 	go func() {
 		sc := bufio.NewScanner(stdout)
 		for sc.Scan() {
 			s.stdout.Write([]byte(sc.Text() + "\n"))
-			lines <- sc.Text()
+			s.lines <- sc.Text()
 		}
-		close(lines)
+		close(s.lines)
 		s.done <- cmd.Wait()
 	}()
+	return s
+}
+
+// await waits, boundedly, until the server spawned prints where it
+// listens and its health check answers.
+func (s *server) await(t *testing.T) {
+	t.Helper()
 	deadline := time.After(30 * time.Second)
 	for s.base == "" {
 		select {
-		case line, ok := <-lines:
+		case line, ok := <-s.lines:
 			require.True(t, ok, "server exited: %s", s.stderr)
 			if _, rest, found := strings.Cut(line, "listening on "); found {
 				s.base, _, _ = strings.Cut(rest, " ")
@@ -239,17 +254,17 @@ func startCommand(t *testing.T, bin string, client *http.Client, args ...string)
 		}
 	}
 	go func() {
-		for range lines { // keep draining stdout
+		for range s.lines { // keep draining stdout
 		}
 	}()
 	s.base = strings.Replace(s.base, "://0.0.0.0:", "://127.0.0.1:", 1)
 	s.base = strings.Replace(s.base, "://[::]:", "://127.0.0.1:", 1)
 	for i := 0; ; i++ {
-		resp, err := client.Get(s.base + "/healthz")
+		resp, err := s.client.Get(s.base + "/healthz")
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == 200 {
-				return s
+				return
 			}
 		}
 		require.Less(t, i, 100, "healthz never answered: %v", err)

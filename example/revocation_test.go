@@ -8,7 +8,9 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -266,6 +268,46 @@ func TestServeReplicasRevocation(t *testing.T) {
 			for _, s := range []*server{a, b} {
 				code, _, body := get(t, s.base+"/api/builders", kept)
 				assert.Equal(t, http.StatusOK, code, body)
+			}
+		})
+	}
+}
+
+// TestServeReplicasStartTogether starts three servers at once on a
+// database without the demo client: every one comes up, one of them
+// creates the demo client and shows its secret, the others use it, and
+// the secret gets a token from each.
+func TestServeReplicasStartTogether(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs the example server")
+	}
+	bin := buildExample(t)
+	for _, tdb := range testDatabases() {
+		t.Run(tdb.name, func(t *testing.T) {
+			db := tdb.db(t)
+			global := []string{"-db", db, "-signing-key-file", newKeyFile(t)}
+			// On a shared database the demo client of an earlier test may
+			// exist; it may also not.
+			_ = exec.Command(bin, append(slices.Clip(global), "client", "delete", "-id", "demo-client")...).Run()
+			var servers []*server
+			for range 3 {
+				servers = append(servers, spawnCommand(t, bin, http.DefaultClient, append(slices.Clip(global), "serve", "-addr", "127.0.0.1:0",
+					"-audit-spill", filepath.Join(t.TempDir(), "audit.spill"))...))
+			}
+			var secrets []string
+			for _, s := range servers {
+				s.await(t)
+				out := waitOutput(t, s, "Call the protected API")
+				if _, rest, ok := strings.Cut(out, "client_secret: "); ok {
+					secret, _, _ := strings.Cut(rest, "\n")
+					secrets = append(secrets, strings.TrimSpace(secret))
+				} else {
+					require.Contains(t, out, "Using the existing database")
+				}
+			}
+			require.Len(t, secrets, 1, "one server creates the demo client")
+			for _, s := range servers {
+				accessToken(t, s.base, "demo-client", secrets[0])
 			}
 		})
 	}

@@ -463,30 +463,18 @@ func greet(ctx context.Context, b *backend, g globals, sk *serverKeys, sched key
 			sk.describe(sched), g.commandLine())
 	}
 	greetRevocation(disc, revocations, base, out)
-	_, err := b.store.Client(ctx, demoClientID)
-	secret := "<the secret shown on the first start>"
+	secret, err := demoClient(ctx, b, g)
 	switch {
-	case err == nil:
+	case errors.Is(err, m2mauth.ErrClientExists):
+		// Created on an earlier start, or just now by another server
+		// sharing the database.
+		secret = "<the secret shown on the first start>"
 		fmt.Fprintf(out, "Using the existing database; the demo client %q was created on the first start and its secret shown then.\n", demoClientID)
 		fmt.Fprintf(out, "Make another client with: go run ./example %s client create -id my-client -scopes %s\n", g.commandLine(), shellQuote(demoScopes))
-	case errors.Is(err, m2mauth.ErrClientNotFound):
-		scopes, err := m2mauth.ParseScopes(demoScopes)
-		if err != nil {
-			return err
-		}
-		plain, s, err := m2mauth.NewSecret(time.Now(), time.Time{})
-		if err != nil {
-			return err
-		}
-		if err := b.store.CreateClient(ctx, &m2mauth.Client{
-			ID: demoClientID, Secrets: []m2mauth.Secret{s}, Grants: map[string]m2mauth.Scopes{g.audience: scopes},
-		}); err != nil {
-			return err
-		}
-		secret = plain
-		fmt.Fprintf(out, "Created the demo client; its secret is shown only now:\n  client_id:     %s\n  client_secret: %s\n", demoClientID, plain)
-	default:
+	case err != nil:
 		return err
+	default:
+		fmt.Fprintf(out, "Created the demo client; its secret is shown only now:\n  client_id:     %s\n  client_secret: %s\n", demoClientID, secret)
 	}
 	fmt.Fprintf(out, `
 Get a token:
@@ -495,6 +483,35 @@ Call the protected API with it:
   curl -s -H "Authorization: Bearer $TOKEN" %s
 `, shellQuote(demoClientID+":"+secret), shellQuote(base+tokenPath), shellQuote(base+"/api/builders"))
 	return nil
+}
+
+// demoClient creates the demo client unless it exists, and returns its
+// secret; an error wrapping [m2mauth.ErrClientExists] if it exists,
+// whether it did before or another process sharing the database created
+// it meanwhile.
+func demoClient(ctx context.Context, b *backend, g globals) (string, error) {
+	_, err := b.store.Client(ctx, demoClientID)
+	switch {
+	case err == nil:
+		return "", m2mauth.ErrClientExists
+	case !errors.Is(err, m2mauth.ErrClientNotFound):
+		return "", err
+	}
+	scopes, err := m2mauth.ParseScopes(demoScopes)
+	if err != nil {
+		return "", err
+	}
+	plain, s, err := m2mauth.NewSecret(time.Now(), time.Time{})
+	if err != nil {
+		return "", err
+	}
+	err = b.store.CreateClient(ctx, &m2mauth.Client{
+		ID: demoClientID, Secrets: []m2mauth.Secret{s}, Grants: map[string]m2mauth.Scopes{g.audience: scopes},
+	})
+	if err != nil {
+		return "", err
+	}
+	return plain, nil
 }
 
 // greetDiscovery prints how other services verify the tokens, and the
