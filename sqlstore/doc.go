@@ -231,9 +231,9 @@
 // so Reserve and Release are each one UPDATE of the client's row, which
 // locks, decides and writes it in one statement (see [Limiter]); on
 // PostgreSQL the reservation's statement also reads the client, and on
-// MySQL a procedure that [Store.Migrate] creates runs both, for a token handler
-// whose Store shares the Limiter's database. Every token
-// request so commits twice. PostgreSQL's commits of the limiter do
+// MySQL a procedure that [Store.Migrate] creates runs both, for a token
+// handler whose Store shares the Limiter's database. Every token request
+// so commits twice. PostgreSQL's commits of the limiter do
 // not wait for the disk (synchronous_commit is off for them), so a crash
 // of the server may forget the last fraction of a second of attempts;
 // MySQL has no such setting per transaction, and each commit waits for
