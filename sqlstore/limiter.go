@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"math"
 	"math/rand/v2"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -431,13 +432,13 @@ func (l *Limiter) grantReading(ctx context.Context, s *Store, id string, args fu
 	if now < l.noGrantClient.Load() {
 		return l.grantThenRead(ctx, args)
 	}
-	all := append(args(now), id, id, id)
-	picked := all
+	picked := append(args(now), id, id, id)
 	if l.grantClientArgs != nil {
-		picked = make([]any, len(l.grantClientArgs))
+		// In place: the indexes ascend, so each is at least its position.
 		for i, j := range l.grantClientArgs {
-			picked[i] = all[j]
+			picked[i] = picked[j]
 		}
+		picked = picked[:len(l.grantClientArgs)]
 	}
 	var (
 		cs      []*m2mauth.Client
@@ -480,11 +481,23 @@ func (l *Limiter) grantThenRead(ctx context.Context, args func(now int64) []any)
 // procedure that does not exist (error 1305) or that the user may not
 // execute (1370).
 func noProcedure(err error) bool {
+	return mysqlError(err, 1305, 1370)
+}
+
+// mysqlError reports whether err is, or wraps, a MySQL or MariaDB error
+// with one of the numbers codes, by the "Error N" its driver's errors
+// start with, which is all it exposes without importing it.
+func mysqlError(err error, codes ...int) bool {
 	if err == nil {
 		return false
 	}
 	msg := err.Error()
-	return strings.Contains(msg, "Error 1305") || strings.Contains(msg, "Error 1370")
+	for _, c := range codes {
+		if strings.Contains(msg, "Error "+strconv.Itoa(c)+" ") || strings.Contains(msg, "Error "+strconv.Itoa(c)+":") {
+			return true
+		}
+	}
+	return false
 }
 
 // reserve runs reservation transactions on the rows of (id, ip), polling
@@ -913,7 +926,7 @@ func txConflict(err error) bool {
 		return false
 	}
 	msg := err.Error()
-	return strings.Contains(msg, "Error 1213") || strings.Contains(msg, "(40001)")
+	return mysqlError(err, 1213) || strings.Contains(msg, "(40001)")
 }
 
 // waitDuration renders a wait in microseconds as [m2mauth.RateLimiter]

@@ -189,14 +189,8 @@ func (s *Store) Migrate(ctx context.Context) (err error) {
 // then sends two statements instead of the call, and says so.
 func (s *Store) createRoutine(ctx context.Context, conn *sql.Conn) error {
 	_, err := conn.ExecContext(ctx, s.q.grantClientRoutine)
-	if err == nil {
+	if err == nil || mysqlError(err, 1304, 1044, 1142, 1227, 1370) { // 1304: it exists
 		return nil
-	}
-	msg := err.Error()
-	for _, code := range []string{"Error 1304", "Error 1044", "Error 1142", "Error 1227", "Error 1370"} {
-		if strings.Contains(msg, code) { // 1304: it exists
-			return nil
-		}
 	}
 	return fmt.Errorf("create procedure: %w", err)
 }

@@ -24,6 +24,7 @@ func TestGrantClientParams(t *testing.T) {
 		}
 	}
 	require.Equal(t, len(grantClientArgs), strings.Count(q.limitGrantClient, "?"))
+	require.IsIncreasing(t, grantClientArgs, "grantReading picks them in place")
 	for _, name := range grantParams {
 		require.Contains(t, q.grantClientRoutine, "IN "+name+" ")
 	}
