@@ -205,8 +205,12 @@ type queries struct {
 	// limitGrantClient calls (see [grantClientProcedure]).
 	grantClientRoutine string
 	// clientRow: SQLite only: what client returns, in one row (see
-	// [decodeClientRow]).
+	// [decodeClientRow]); stampedRow the same, after the clients' stamp
+	// (NULL if its row is gone) read in the same statement; clientStamp
+	// the stamp alone (see [Store.Client]).
 	clientRow       string
+	stampedRow      string
+	clientStamp     string
 	limitCleanup    string
 	limitCleanupRow string // MySQL only
 
@@ -657,20 +661,24 @@ ON DUPLICATE KEY UPDATE kid = kid`),
 }
 
 func sqliteQueries(t func(string) string) *queries {
-	return &queries{
-		// SQLite runs each row and column of a result through more
-		// work than the query itself, so Client reads one row: the
-		// secrets and the grants each packed into one text, their
-		// fields and rows separated by NUL, which none of them can
-		// hold. The order of group_concat does not matter: secrets
-		// are sorted by seq as they are read.
-		clientRow: t(`SELECT c.public, c.disabled, c.can_introspect, c.token_ttl_ns, c.created_at, c.updated_at, c.tokens_revoked_at,
+	// SQLite runs each row and column of a result through more work
+	// than the query itself, so Client reads one row: the secrets and
+	// the grants each packed into one text, their fields and rows
+	// separated by NUL, which none of them can hold. The order of
+	// group_concat does not matter: secrets are sorted by seq as they
+	// are read.
+	const clientColumns = `c.public, c.disabled, c.can_introspect, c.token_ttl_ns, c.created_at, c.updated_at, c.tokens_revoked_at,
        (SELECT group_concat(s.seq || char(0) || s.created_at || char(0) || COALESCE(s.expires_at, '') || char(0) ||
                             s.secret_id || char(0) || s.hash, char(0))
           FROM {p}secrets s WHERE s.client_id = c.id),
        (SELECT group_concat(g.audience || char(0) || g.scopes, char(0))
           FROM {p}grants g WHERE g.client_id = c.id)
-  FROM {p}clients c WHERE c.id = (SELECT ?)`),
+  FROM {p}clients c WHERE c.id = (SELECT ?)`
+	const stamp = `SELECT stamp FROM {p}client_stamp WHERE id = 1`
+	return &queries{
+		clientRow:   t(`SELECT ` + clientColumns),
+		stampedRow:  t(`SELECT (` + stamp + `), ` + clientColumns),
+		clientStamp: t(stamp),
 		client: t(`SELECT 0 AS kind, c.id AS cid, c.public AS public, c.disabled AS disabled, c.can_introspect AS introspect,
        c.token_ttl_ns AS n1, c.created_at AS n2, c.updated_at AS n3, c.tokens_revoked_at AS n4, NULL AS s1, NULL AS s2
   FROM {p}clients c WHERE c.id = (SELECT ?)

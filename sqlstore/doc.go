@@ -90,7 +90,11 @@
 // [Store.Client], on the path of every token request, is one prepared
 // statement, a UNION ALL of the client's row, its secrets and its grants:
 // one round trip and one consistent snapshot. The statement is prepared on
-// first use, so [New] needs no database; [Store.Close] releases it.
+// first use, so [New] needs no database; [Store.Close] releases it. On
+// SQLite, where reading the client costs more than the rest of a token
+// request, the Store keeps the clients it read and, while no client has
+// changed, reads only a stamp that every change replaces (see
+// [Store.Client]).
 // [Store.ListClients] is one query per page.
 //
 // Every change is one transaction that changes nothing if it fails. Each

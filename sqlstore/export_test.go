@@ -40,3 +40,6 @@ func TryReserve(ctx context.Context, l *Limiter, clientID, ip string) (ok bool, 
 	}
 	return v == granted, wait, err
 }
+
+// CachedClients returns the number of clients s keeps (SQLite only).
+func CachedClients(s *Store) int { return s.clients.len() }

@@ -142,6 +142,14 @@ type Store struct {
 	migrations []migration
 	read       lazyStmt // the hot-path query of Client
 	version    lazyStmt // the revocations' version, read by every poll
+	// On SQLite, Client keeps the clients it reads (see Store.Client),
+	// which the two statements read with the clients' stamp; noStamp
+	// is the unix nanosecond until which it does not, the schema having
+	// no stamp.
+	stamped lazyStmt
+	stamp   lazyStmt
+	clients clientCache
+	noStamp atomic.Int64
 	// nextPrune is the unix microsecond from which RevocationsSince
 	// prunes.
 	nextPrune atomic.Int64
@@ -181,6 +189,8 @@ func New(db *sql.DB, dialect Dialect, cfg Config) (*Store, error) {
 		migrations: migrations,
 		read:       lazyStmt{db: db, query: cmp.Or(q.clientRow, q.client)},
 		version:    lazyStmt{db: db, query: q.revocationVersion},
+		stamped:    lazyStmt{db: db, query: q.stampedRow},
+		stamp:      lazyStmt{db: db, query: q.clientStamp},
 	}
 	s.nextPrune.Store(math.MinInt64)
 	return s, nil
@@ -207,24 +217,46 @@ func tablePrefix(p string) (string, error) {
 // Close releases the prepared statements behind [Store.Client] and
 // [Store.RevocationsSince], which return an error after it, while the
 // other methods keep working. It does not close the *sql.DB.
-func (s *Store) Close() error { return errors.Join(s.read.close(), s.version.close()) }
+func (s *Store) Close() error {
+	return errors.Join(s.read.close(), s.version.close(), s.stamped.close(), s.stamp.close())
+}
 
 // Client returns the client with the given id, or an error wrapping
 // [m2mauth.ErrClientNotFound]. It runs one query, a prepared statement
 // that returns the client row, its secrets and its grants in one round
 // trip; any failure of the database is returned as an error that does not
 // wrap ErrClientNotFound.
+//
+// On SQLite the Store keeps the clients it reads (up to 4,096), each with
+// the clients' stamp it was read under: a random number that every change
+// to a client, its secrets or its grants replaces in its own transaction,
+// by triggers, whoever makes the change (this Store, another process, an
+// operator's SQL). While the stamp is unchanged, Client reads only the
+// stamp and returns a copy of the client it keeps, so a change takes
+// effect on the next call as before; after a change, it reads the client
+// again, with the stamp, in one statement. A schema that [Store.Migrate]
+// has not brought up to date has no stamp: Client then reads every client
+// from the database.
 func (s *Store) Client(ctx context.Context, id string) (*m2mauth.Client, error) {
 	if !m2mauth.ValidClientID(id) {
 		// No such client can be stored; spare the database.
 		return nil, notFound(id)
+	}
+	if s.q.stampedRow != "" && s.noStamp.Load() < s.now().UnixNano() {
+		c, err := s.cachedClient(ctx, id)
+		if !errors.Is(err, errNoStamp) {
+			if err != nil {
+				return nil, fmt.Errorf("sqlstore: client %q: %w", id, err)
+			}
+			return c, nil
+		}
 	}
 	stmt, err := s.read.get(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("sqlstore: client %q: %w", id, err)
 	}
 	if s.q.clientRow != "" {
-		c, err := decodeClientRow(stmt.QueryRowContext(ctx, id), id)
+		c, err := decodeClientRow(stmt.QueryRowContext(ctx, id), id, nil)
 		if err != nil {
 			return nil, fmt.Errorf("sqlstore: client %q: %w", id, err)
 		}
@@ -794,18 +826,23 @@ func decodeClients(rows *sql.Rows, granted *int64) (out []*m2mauth.Client, err e
 	return out, nil
 }
 
-// decodeClientRow reads the row of clientRow, the client id: its columns,
-// then its secrets as (seq, created_at, expires_at or "", secret_id,
+// decodeClientRow reads the row of clientRow for the client id or, given
+// a stamp to store it in, the row of stampedRow: its columns, then its
+// secrets as (seq, created_at, expires_at or "", secret_id,
 // hash) and its grants as (audience, scopes), every field of each
 // followed by a NUL but the last. No row is [m2mauth.ErrClientNotFound].
-func decodeClientRow(row *sql.Row, id string) (*m2mauth.Client, error) {
+func decodeClientRow(row *sql.Row, id string, stamp *sql.NullInt64) (*m2mauth.Client, error) {
 	c := &m2mauth.Client{ID: id}
 	var (
 		ttl, created, updated int64
 		revoked               sql.NullInt64
 		secrets, grants       sql.NullString
 	)
-	err := row.Scan(&c.Public, &c.Disabled, &c.CanIntrospect, &ttl, &created, &updated, &revoked, &secrets, &grants)
+	dest := []any{stamp, &c.Public, &c.Disabled, &c.CanIntrospect, &ttl, &created, &updated, &revoked, &secrets, &grants}
+	if stamp == nil {
+		dest = dest[1:]
+	}
+	err := row.Scan(dest...)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, m2mauth.ErrClientNotFound
 	}

@@ -145,7 +145,7 @@ func (e *env) newPrefix(t testing.TB) string {
 			return
 		}
 		defer db.Close()
-		for _, table := range []string{"grants", "secrets", "clients", "audit_events", "rate_limits", "revocations", "revocation_state", "signing_keys", "key_events", "schema_migrations"} {
+		for _, table := range []string{"grants", "secrets", "clients", "audit_events", "rate_limits", "revocations", "revocation_state", "signing_keys", "key_events", "client_stamp", "schema_migrations"} {
 			if _, err := db.Exec("DROP TABLE IF EXISTS " + prefix + table); err != nil {
 				t.Errorf("drop table %s%s: %v", prefix, table, err)
 			}
@@ -295,10 +295,18 @@ func TestClientOneQuery(t *testing.T) {
 		require.NoError(t, err)
 		t.Cleanup(func() { s.Close() })
 
-		// The first call prepares the statement on the connection.
+		// The first call prepares the statement on the connection; on
+		// SQLite, the second prepares the stamp's (see
+		// TestClientCacheSeesEveryChange).
 		_, err = s.Client(t.Context(), "counted")
 		require.NoError(t, err)
 		require.Equal(t, counts{queries: 1, prepares: 1}, counter.snapshot(), "first call")
+		if e.dialect == sqlstore.SQLite {
+			counter.reset()
+			_, err = s.Client(t.Context(), "counted")
+			require.NoError(t, err)
+			require.Equal(t, counts{queries: 1, prepares: 1}, counter.snapshot(), "second call")
+		}
 
 		for _, id := range []string{"counted", "missing"} {
 			counter.reset()
