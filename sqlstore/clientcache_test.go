@@ -249,14 +249,7 @@ func TestClientWithoutStamp(t *testing.T) {
 			require.NoError(t, err)
 		}
 	}
-	for _, disabled := range []bool{true, false, true} {
-		_, err := e.db.ExecContext(ctx, "UPDATE "+prefix+"clients SET disabled = ? WHERE id = 'old-schema'", disabled)
-		require.NoError(t, err)
-		c, err := s.Client(ctx, "old-schema")
-		require.NoError(t, err)
-		require.Equal(t, disabled, c.Disabled)
-	}
-	require.Zero(t, sqlstore.CachedClients(s))
+	requireReadEachTime(t, e, s, prefix, "old-schema")
 
 	require.NoError(t, s.Migrate(ctx))
 	_, err := s.Client(ctx, "old-schema")
@@ -287,10 +280,17 @@ func TestClientCacheStampGone(t *testing.T) {
 	require.Equal(t, 1, sqlstore.CachedClients(s))
 	_, err = e.db.ExecContext(ctx, "DELETE FROM "+prefix+"client_stamp")
 	require.NoError(t, err)
+	requireReadEachTime(t, e, s, prefix, "stampless")
+}
+
+// requireReadEachTime requires that s, which keeps no client, sees each of
+// a few changes made by SQL to client id at its next lookup.
+func requireReadEachTime(t *testing.T, e *env, s *sqlstore.Store, prefix, id string) {
+	t.Helper()
 	for _, disabled := range []bool{true, false, true} {
-		_, err := e.db.ExecContext(ctx, "UPDATE "+prefix+"clients SET disabled = ? WHERE id = 'stampless'", disabled)
+		_, err := e.db.ExecContext(t.Context(), "UPDATE "+prefix+"clients SET disabled = ? WHERE id = ?", disabled, id)
 		require.NoError(t, err)
-		c, err := s.Client(ctx, "stampless")
+		c, err := s.Client(t.Context(), id)
 		require.NoError(t, err)
 		require.Equal(t, disabled, c.Disabled)
 		require.Zero(t, sqlstore.CachedClients(s))
