@@ -67,13 +67,14 @@ func (s *Store) cachedClient(ctx context.Context, id string) (*m2mauth.Client, e
 	return c, nil
 }
 
-// stampError returns errNoStamp for an error that says the stamp's table
-// is missing, and err otherwise.
+// stampError returns errNoStamp, and logs a warning, for an error that
+// says the stamp's table is missing, and err otherwise.
 func (s *Store) stampError(err error) error {
 	if !strings.Contains(err.Error(), "no such table") {
 		return err
 	}
 	s.noStamp.Store(s.now().Add(noStampRetry).UnixNano())
+	s.logger.Warn("sqlstore: the schema has no clients' stamp, so every token request reads its client from the database: run Migrate", "error", err)
 	return errNoStamp
 }
 

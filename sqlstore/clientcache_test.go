@@ -3,6 +3,7 @@ package sqlstore_test
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -232,9 +233,12 @@ func TestClientWithoutStamp(t *testing.T) {
 	var now atomic.Pointer[time.Time]
 	start := time.Now()
 	now.Store(&start)
-	s := e.newStore(t, sqlstore.Config{TablePrefix: prefix, Now: func() time.Time { return *now.Load() }})
+	logs := &syncBuffer{}
+	s := e.newStore(t, sqlstore.Config{TablePrefix: prefix, Now: func() time.Time { return *now.Load() },
+		Logger: slog.New(slog.NewTextHandler(logs, nil))})
 	ctx := t.Context()
-	require.NoError(t, s.CreateClient(ctx, clientWithSecrets(t, "old-schema", 1)))
+	client := clientWithSecrets(t, "old-schema", 1)
+	require.NoError(t, s.CreateClient(ctx, client))
 	// The schema of the release before: no stamp, no triggers.
 	for _, q := range []string{
 		"DROP TABLE " + prefix + "client_stamp",
@@ -250,6 +254,11 @@ func TestClientWithoutStamp(t *testing.T) {
 		}
 	}
 	requireReadEachTime(t, e, s, prefix, "old-schema")
+	// One warning a minute, which names neither the client nor a secret.
+	require.Equal(t, 1, strings.Count(logs.String(), "level=WARN"), logs.String())
+	require.Contains(t, logs.String(), "run Migrate")
+	require.NotContains(t, logs.String(), "old-schema")
+	require.NotContains(t, logs.String(), client.Secrets[0].Hash)
 
 	require.NoError(t, s.Migrate(ctx))
 	_, err := s.Client(ctx, "old-schema")
