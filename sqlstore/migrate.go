@@ -100,8 +100,10 @@ func splitStatements(src string) ([]string, error) {
 // Migrate brings the schema up to date: it creates the tables of the
 // store, of the [Auditor] and of the [Limiter] (clients, secrets, grants,
 // audit_events, rate_limits, revocations, revocation_state, signing_keys,
-// key_events, all named with the table prefix) and records
-// each applied version in the <prefix>schema_migrations table. On MySQL it
+// key_events, and on SQLite client_stamp with triggers on clients, secrets
+// and grants (see [Store.Client]), all named with the table prefix) and
+// records each applied version in the <prefix>schema_migrations table. On
+// MySQL it
 // then creates the [Limiter]'s procedure, <prefix>limit_grant_client_
 // and 8 hex digits, unless it exists; without the privilege to create
 // routines it leaves it out, and the Limiter sends the two statements

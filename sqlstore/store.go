@@ -41,7 +41,8 @@ type Config struct {
 	// (<prefix>clients, <prefix>secrets, <prefix>grants,
 	// <prefix>audit_events, <prefix>rate_limits, <prefix>revocations,
 	// <prefix>revocation_state, <prefix>signing_keys,
-	// <prefix>key_events, <prefix>schema_migrations). It is written
+	// <prefix>key_events, <prefix>schema_migrations, and on SQLite
+	// <prefix>client_stamp and its triggers). It is written
 	// into SQL, so it must be 1 to 32 characters of lower-case ASCII
 	// letters, digits and underscores, not starting with a digit.
 	// Default: [DefaultTablePrefix] ("m2mauth_").
