@@ -135,10 +135,10 @@ func BenchmarkClientAnalyzed(b *testing.B) {
 }
 
 // TestClientQueryAnalyzed: after ANALYZE, SQLite still finds a client,
-// its secrets and its grants by their indexes, and the client statement
-// keeps its parameters out of the planner's sight (each is a scalar
-// subquery), so statistics cannot make it be prepared again whenever the
-// client id changes.
+// its secrets, its grants and the clients' stamp by their indexes, in
+// each statement Store.Client runs, and the client statements keep their
+// parameter out of the planner's sight (a scalar subquery), so statistics
+// cannot make them be prepared again whenever the client id changes.
 func TestClientQueryAnalyzed(t *testing.T) {
 	be := backends()[0]
 	require.Equal(t, "SQLite", be.name)
@@ -156,13 +156,24 @@ func TestClientQueryAnalyzed(t *testing.T) {
 	}
 	_, err := e.db.ExecContext(t.Context(), "ANALYZE")
 	require.NoError(t, err)
-	q := sqlstore.ClientQuery(s)
-	assert.NotContains(t, q, "= ?", "a parameter compared with a column directly")
-	plan := e.explain(t, q, "client-0007", "client-0007", "client-0007")
-	for _, table := range []string{"clients", "secrets", "grants"} {
-		assert.NotContains(t, plan, "SCAN "+prefix+table, "plan:\n%s", plan)
+	row, stamped, stamp := sqlstore.SQLiteClientQueries(s)
+	for _, tt := range []struct {
+		name     string
+		query    string
+		args     []any
+		searches int
+	}{
+		{"row", row, []any{"client-0007"}, 3},
+		{"stamped row", stamped, []any{"client-0007"}, 4},
+		{"stamp", stamp, nil, 1},
+	} {
+		assert.NotContains(t, tt.query, "= ?", "%s: a parameter compared with a column directly", tt.name)
+		plan := e.explain(t, tt.query, tt.args...)
+		for _, table := range []string{"clients", "secrets", "grants", "client_stamp"} {
+			assert.NotContains(t, plan, "SCAN "+prefix+table, "%s plan:\n%s", tt.name, plan)
+		}
+		assert.Equal(t, tt.searches, strings.Count(plan, "SEARCH "), "%s plan:\n%s", tt.name, plan)
 	}
-	assert.Equal(t, 3, strings.Count(plan, "SEARCH "), "plan:\n%s", plan)
 	c, err := s.Client(t.Context(), "client-0007")
 	require.NoError(t, err)
 	assert.Equal(t, "client-0007", c.ID)

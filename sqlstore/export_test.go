@@ -10,8 +10,12 @@ import (
 func UsageQuery(s *Store) string         { return s.q.usage }
 func AuditByClientQuery(s *Store) string { return s.q.auditByClient }
 
-// ClientQuery returns the statement of Store.Client.
-func ClientQuery(s *Store) string { return s.q.client }
+// SQLiteClientQueries returns the statements Store.Client runs on
+// SQLite: the client's row alone, with the clients' stamp, and the stamp
+// alone.
+func SQLiteClientQueries(s *Store) (row, stamped, stamp string) {
+	return s.q.clientRow, s.q.stampedRow, s.q.clientStamp
+}
 
 // LimiterFastGrant returns the statement of the Limiter's fast path that
 // grants an attempt.
