@@ -179,6 +179,38 @@ func TestLoad(t *testing.T) {
 	assert.LessOrEqual(t, res.P50, res.P99)
 }
 
+// TestLoadURL drives a token endpoint served apart from the load
+// generator, as cmd/drive does: every request is answered 200, a wrong
+// secret counts as errors, and only plain HTTP to a loopback address is
+// accepted.
+func TestLoadURL(t *testing.T) {
+	e, err := NewM2MAuthEndpoint(false)
+	require.NoError(t, err)
+	srv := httptest.NewServer(e.Handler)
+	defer srv.Close()
+	cfg := LoadConfig{Requests: 200, Warmup: 20, Concurrency: 4, MaxDuration: 10 * time.Second}
+	res, err := LoadURL(context.Background(), srv.URL+TokenPath, e.Authorization, Scope, cfg)
+	require.NoError(t, err)
+	assert.Equal(t, 200, res.Requests)
+	assert.Zero(t, res.Errors)
+	assert.Zero(t, res.RetainedPerToken)
+
+	cfg.Warmup = 0
+	res, err = LoadURL(context.Background(), srv.URL+TokenPath, basicAuth(ClientID, "wrong"), Scope, cfg)
+	require.NoError(t, err)
+	assert.Equal(t, 200, res.Errors, "every request with a wrong secret fails")
+
+	for _, u := range []string{
+		"https://127.0.0.1:8443/oauth/token",
+		"http://192.0.2.1:8080/oauth/token",
+		"http://localhost:8080/oauth/token",
+		"http://[::1",
+	} {
+		_, err := LoadURL(context.Background(), u, e.Authorization, Scope, cfg)
+		assert.Error(t, err, u)
+	}
+}
+
 // TestLoadRoutes drives every protected route briefly over loopback with
 // the shared token: every request must be answered 204.
 func TestLoadRoutes(t *testing.T) {

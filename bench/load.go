@@ -8,6 +8,8 @@ import (
 	"log"
 	"net"
 	"net/http"
+	"net/netip"
+	"net/url"
 	"runtime"
 	"slices"
 	"strings"
@@ -77,6 +79,30 @@ func LoadRoute(ctx context.Context, rt Route, token string, cfg LoadConfig) (Loa
 	}, cfg)
 }
 
+// LoadURL is Load for a token endpoint already running at rawURL, which
+// must be plain HTTP on a loopback address (127.0.0.0/8 or ::1):
+// authorization is its client's "Basic …" header value, and scope, if
+// not empty, the scope to request. RetainedPerToken is not measured (0):
+// the server's heap is another process's.
+func LoadURL(ctx context.Context, rawURL, authorization, scope string, cfg LoadConfig) (LoadResult, error) {
+	u, err := url.Parse(rawURL)
+	if err != nil {
+		return LoadResult{}, fmt.Errorf("bench: %w", err)
+	}
+	if ip, err := netip.ParseAddr(u.Hostname()); u.Scheme != "http" || err != nil || !ip.IsLoopback() {
+		return LoadResult{}, fmt.Errorf("bench: %q: want http:// and a loopback address, such as http://127.0.0.1:8080/oauth/token", rawURL)
+	}
+	body := "grant_type=client_credentials"
+	if scope != "" {
+		body += "&scope=" + url.QueryEscape(scope)
+	}
+	return drive(ctx, rawURL, rawURL, target{
+		method: http.MethodPost, body: body,
+		contentType: "application/x-www-form-urlencoded",
+		auth:        authorization, status: http.StatusOK,
+	}, cfg, false)
+}
+
 // target is the request a load run sends and the answer it expects.
 type target struct {
 	method, path, body, contentType, auth string
@@ -84,6 +110,26 @@ type target struct {
 }
 
 func load(ctx context.Context, name string, h http.Handler, tg target, cfg LoadConfig) (LoadResult, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return LoadResult{}, err
+	}
+	srv := &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: 10 * time.Second,
+		ErrorLog:          log.New(io.Discard, "", 0),
+	}
+	go srv.Serve(ln)
+	defer srv.Close()
+	res, err := drive(ctx, name, "http://"+ln.Addr().String()+tg.path, tg, cfg, true)
+	runtime.KeepAlive(h)
+	return res, err
+}
+
+// drive sends tg to endpoint as cfg says and measures the answers; with
+// inProcess, the server is in this process and the growth of the live
+// heap is measured too.
+func drive(ctx context.Context, name, endpoint string, tg target, cfg LoadConfig, inProcess bool) (LoadResult, error) {
 	if cfg.Requests <= 0 {
 		return LoadResult{}, errors.New("bench: LoadConfig.Requests must be positive")
 	}
@@ -96,18 +142,6 @@ func load(ctx context.Context, name string, h http.Handler, tg target, cfg LoadC
 	if cfg.Timeout <= 0 {
 		cfg.Timeout = 10 * time.Second
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return LoadResult{}, err
-	}
-	srv := &http.Server{
-		Handler:           h,
-		ReadHeaderTimeout: 10 * time.Second,
-		ErrorLog:          log.New(io.Discard, "", 0),
-	}
-	go srv.Serve(ln)
-	defer srv.Close()
-
 	transport := &http.Transport{
 		Proxy:               nil, // loopback only, whatever the environment says
 		MaxIdleConns:        64,
@@ -118,7 +152,7 @@ func load(ctx context.Context, name string, h http.Handler, tg target, cfg LoadC
 	defer transport.CloseIdleConnections()
 	l := &loader{
 		client: &http.Client{Transport: transport, Timeout: cfg.Timeout},
-		url:    "http://" + ln.Addr().String() + tg.path,
+		url:    endpoint,
 		target: tg,
 		conc:   cfg.Concurrency,
 	}
@@ -132,10 +166,14 @@ func load(ctx context.Context, name string, h http.Handler, tg target, cfg LoadC
 	// The latencies are recorded in memory allocated before the heap is
 	// first measured, so they do not count as retained.
 	lat := make([]time.Duration, 0, cfg.Requests)
-	before := liveHeap()
+	var before, after uint64
+	if inProcess {
+		before = liveHeap()
+	}
 	lat, errs, elapsed := l.run(ctx, lat, cfg.Requests, time.Now().Add(cfg.MaxDuration))
-	after := liveHeap()
-	runtime.KeepAlive(h)
+	if inProcess {
+		after = liveHeap()
+	}
 	if err := ctx.Err(); err != nil {
 		return LoadResult{}, err
 	}
