@@ -6,8 +6,9 @@
 --                 one, another process, an operator's SQL. Store.Client
 --                 keeps the clients it read with the stamp they were read
 --                 under, and answers from memory while the stamp is the
---                 same. A random stamp, not a counter: a copy of the file
---                 restored from a backup does not repeat the stamp it had.
+--                 same. A random stamp, not a counter: a file restored
+--                 from a backup cannot show a running server a stamp it
+--                 saw with other clients, as a counter could.
 -- A later migration that rebuilds clients, secrets or grants (SQLite's way
 -- to change a column) drops the table's triggers with it and must create
 -- them again: TestClientStampTriggers checks that they are there.
