@@ -269,9 +269,7 @@ func TestAuditorBatchDelay(t *testing.T) {
 // TestAuditorBatchDelayConfig: a negative BatchDelay, or one without a
 // queue, is refused.
 func TestAuditorBatchDelayConfig(t *testing.T) {
-	be := backends()[0]
-	e := &env{backend: be, dsn: be.dsn(t)}
-	e.db = e.open(t)
+	e := sqliteEnv(t)
 	for _, cfg := range []sqlstore.AuditorConfig{
 		{QueueSize: 8, BatchDelay: -time.Millisecond},
 		{BatchDelay: time.Millisecond},

@@ -103,10 +103,7 @@ func BenchmarkClient(b *testing.B) {
 // reads only the clients' stamp; TestClientQueryAnalyzed checks the plans
 // of all three statements.
 func BenchmarkClientAnalyzed(b *testing.B) {
-	be := backends()[0]
-	require.Equal(b, "SQLite", be.name)
-	e := &env{backend: be, dsn: be.dsn(b)}
-	e.db = e.open(b)
+	e := sqliteEnv(b)
 	s := e.newStore(b, sqlstore.Config{})
 	ids := make([]string, 1000)
 	for i := range ids {
@@ -143,10 +140,7 @@ func BenchmarkClientAnalyzed(b *testing.B) {
 // parameter out of the planner's sight (a scalar subquery), so statistics
 // cannot make them be prepared again whenever the client id changes.
 func TestClientQueryAnalyzed(t *testing.T) {
-	be := backends()[0]
-	require.Equal(t, "SQLite", be.name)
-	e := &env{backend: be, dsn: be.dsn(t)}
-	e.db = e.open(t)
+	e := sqliteEnv(t)
 	prefix := e.newPrefix(t)
 	s := e.newStore(t, sqlstore.Config{TablePrefix: prefix})
 	for i := range 200 {

@@ -67,6 +67,14 @@ func (s *Store) cachedClient(ctx context.Context, id string) (*m2mauth.Client, e
 	return c, nil
 }
 
+// stampExpected reports whether the clients' stamp is to be looked for:
+// always, unless it was found missing less than noStampRetry ago. The
+// usual case reads no clock.
+func (s *Store) stampExpected() bool {
+	until := s.noStamp.Load()
+	return until == 0 || until < s.now().UnixNano()
+}
+
 // stampError returns errNoStamp, and logs a warning, for an error that
 // says the stamp's table is missing, and err otherwise.
 func (s *Store) stampError(err error) error {

@@ -18,7 +18,7 @@ import (
 
 // sqliteEnv returns the SQLite backend's database for one test: the
 // clients' stamp and the cache of Store.Client are SQLite's alone.
-func sqliteEnv(t *testing.T) *env {
+func sqliteEnv(t testing.TB) *env {
 	t.Helper()
 	be := backends()[0]
 	require.Equal(t, "SQLite", be.name)

@@ -243,7 +243,7 @@ func (s *Store) Client(ctx context.Context, id string) (*m2mauth.Client, error) 
 		// No such client can be stored; spare the database.
 		return nil, notFound(id)
 	}
-	if s.q.stampedRow != "" && s.noStamp.Load() < s.now().UnixNano() {
+	if s.q.stampedRow != "" && s.stampExpected() {
 		c, err := s.cachedClient(ctx, id)
 		if !errors.Is(err, errNoStamp) {
 			if err != nil {
