@@ -308,19 +308,19 @@ func (l *RateLimiter) find(k *limitKey) (*bucket, int32) {
 	}
 }
 
-// lookup returns the buckets of a pair and of its address, or nil.
-func (l *RateLimiter) lookup(pk, ak *limitKey) (p, a *bucket) {
-	p, _ = l.find(pk)
+// addrOf returns the bucket of the address ak, or nil; p, the bucket of a
+// pair at that address or nil, remembers where it was found.
+func (l *RateLimiter) addrOf(p *bucket, ak *limitKey) *bucket {
 	if p != nil && p.addrSlot > 0 {
-		if a = l.slot(p.addrSlot - 1); a.hash == ak.hash && a.is(ak) {
-			return p, a
+		if a := l.slot(p.addrSlot - 1); a.hash == ak.hash && a.is(ak) {
+			return a
 		}
 	}
 	a, s := l.find(ak)
 	if p != nil {
 		p.addrSlot = s + 1
 	}
-	return p, a
+	return a
 }
 
 // bucket returns the bucket k, making a full one if there is none. Making
@@ -484,14 +484,21 @@ func (l *RateLimiter) Reserve(ctx context.Context, clientID, ip string) (time.Du
 	for {
 		l.mu.Lock()
 		now := l.cfg.Now().UnixNano()
-		p, a := l.lookup(&pk, &ak)
+		p, _ := l.find(&pk)
 		if p != nil {
 			p.ref = true
 		}
-		if a != nil {
-			a.ref = true
-		}
+		// A known client's attempt neither asks nor charges its
+		// address, whose bucket is not read: one memory access fewer
+		// for the regular clients of a limiter too large for the CPU's
+		// caches.
 		known := l.known(p, now)
+		var a *bucket
+		if !known {
+			if a = l.addrOf(p, &ak); a != nil {
+				a.ref = true
+			}
+		}
 		pt := level(p, now, l.cfg.ClientIPEvery, l.cfg.ClientIPBurst)
 		at := level(a, now, l.cfg.IPEvery, l.cfg.IPBurst)
 		switch {
@@ -551,14 +558,14 @@ func (l *RateLimiter) Release(_ context.Context, clientID, ip string, o Outcome)
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	now := l.cfg.Now().UnixNano()
-	p, a := l.lookup(&pk, &ak)
+	p, _ := l.find(&pk)
 	if p == nil || p.pending == 0 {
 		return errors.New("m2mauth: RateLimiter.Release without a reservation")
 	}
 	p.pending--
 	if p.pendingAddr > 0 {
 		p.pendingAddr--
-		if a != nil && a.pending > 0 {
+		if a := l.addrOf(p, &ak); a != nil && a.pending > 0 {
 			a.pending--
 		}
 	}
