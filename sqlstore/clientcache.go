@@ -33,12 +33,7 @@ var errNoStamp = errors.New("sqlstore: the schema has no clients' stamp")
 // schema has no stamp.
 func (s *Store) cachedClient(ctx context.Context, id string) (*m2mauth.Client, error) {
 	if stamp, c := s.clients.get(id); c != nil {
-		st, err := s.stamp.get(ctx)
-		if err != nil {
-			return nil, s.stampError(err)
-		}
-		var now int64
-		err = st.QueryRowContext(ctx).Scan(&now)
+		now, err := s.readStamp(ctx)
 		switch {
 		case err == nil && now == stamp:
 			return c.Clone(), nil
@@ -65,6 +60,21 @@ func (s *Store) cachedClient(ctx context.Context, id string) (*m2mauth.Client, e
 	}
 	s.clients.put(id, stamp.Int64, c.Clone())
 	return c, nil
+}
+
+// readStamp returns the clients' stamp, read on the stampReader's
+// connection or, when it has none, on db's pool.
+func (s *Store) readStamp(ctx context.Context) (int64, error) {
+	if stamp, ok, err := s.stampConn.read(ctx); ok {
+		return stamp, err
+	}
+	st, err := s.stamp.get(ctx)
+	if err != nil {
+		return 0, err
+	}
+	var stamp int64
+	err = st.QueryRowContext(ctx).Scan(&stamp)
+	return stamp, err
 }
 
 // stampExpected reports whether the clients' stamp is to be looked for:

@@ -2,6 +2,7 @@ package sqlstore_test
 
 import (
 	"context"
+	"database/sql"
 	"fmt"
 	"log/slog"
 	"strings"
@@ -386,5 +387,85 @@ func TestClientStampTriggers(t *testing.T) {
 		}
 		require.NoError(t, rows.Err())
 		require.ElementsMatch(t, []string{"INSERT", "UPDATE", "DELETE"}, ops, table)
+	}
+}
+
+// TestClientStampConnection: on SQLite the Store reads the clients' stamp
+// on a connection it takes from db's pool for a short lease, never when
+// db allows fewer than four connections; a lookup's context bounds its
+// wait for that connection, and a lookup after db is closed fails once
+// the lease has ended.
+func TestClientStampConnection(t *testing.T) {
+	tests := []struct {
+		name string
+		run  func(t *testing.T, db *sql.DB, s *sqlstore.Store, lookup func(context.Context) error)
+	}{
+		{"GivenBackAfterTheLease", func(t *testing.T, db *sql.DB, s *sqlstore.Store, lookup func(context.Context) error) {
+			require.NoError(t, lookup(t.Context()))
+			require.Equal(t, 1, db.Stats().InUse, "kept while the lease lasts")
+			taken := time.Now()
+			require.Eventually(t, func() bool { return db.Stats().InUse == 0 }, 10*time.Second, 5*time.Millisecond)
+			require.GreaterOrEqual(t, time.Since(taken), sqlstore.StampLease/2)
+			require.NoError(t, lookup(t.Context()))
+			require.Equal(t, 1, db.Stats().InUse)
+			require.NoError(t, s.Close())
+			require.Zero(t, db.Stats().InUse, "given back by Close")
+		}},
+		{"NotTakenFromASmallPool", func(t *testing.T, db *sql.DB, s *sqlstore.Store, lookup func(context.Context) error) {
+			db.SetMaxOpenConns(3)
+			ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+			defer cancel()
+			for _, disabled := range []bool{true, false} {
+				require.NoError(t, lookup(ctx))
+				require.Zero(t, db.Stats().InUse)
+				require.NoError(t, s.SetDisabled(ctx, "stamped", disabled))
+				c, err := s.Client(ctx, "stamped")
+				require.NoError(t, err)
+				require.Equal(t, disabled, c.Disabled)
+			}
+		}},
+		{"WaitBoundedByContext", func(t *testing.T, db *sql.DB, s *sqlstore.Store, lookup func(context.Context) error) {
+			release := sqlstore.HoldStampTurn(s)
+			ctx, cancel := context.WithTimeout(t.Context(), 50*time.Millisecond)
+			defer cancel()
+			require.ErrorIs(t, lookup(ctx), context.DeadlineExceeded)
+			release()
+			require.NoError(t, lookup(t.Context()))
+		}},
+		{"ContextCancelled", func(t *testing.T, db *sql.DB, s *sqlstore.Store, lookup func(context.Context) error) {
+			require.NoError(t, lookup(t.Context()))
+			ctx, cancel := context.WithCancel(t.Context())
+			cancel()
+			require.ErrorIs(t, lookup(ctx), context.Canceled)
+		}},
+		{"DatabaseClosed", func(t *testing.T, db *sql.DB, s *sqlstore.Store, lookup func(context.Context) error) {
+			require.NoError(t, lookup(t.Context()))
+			require.NoError(t, db.Close())
+			time.Sleep(sqlstore.StampLease)
+			err := lookup(t.Context())
+			require.Error(t, err)
+			require.NotErrorIs(t, err, m2mauth.ErrClientNotFound)
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			e := sqliteEnv(t)
+			s, err := sqlstore.New(e.db, sqlstore.SQLite, sqlstore.Config{TablePrefix: e.newPrefix(t)})
+			require.NoError(t, err)
+			t.Cleanup(func() { s.Close() })
+			require.NoError(t, s.Migrate(t.Context()))
+			require.NoError(t, s.CreateClient(t.Context(), clientWithSecrets(t, "stamped", 1)))
+			lookup := func(ctx context.Context) error {
+				c, err := s.Client(ctx, "stamped")
+				if err == nil {
+					require.Equal(t, "stamped", c.ID)
+				}
+				return err
+			}
+			// Read and kept: the next lookups read the stamp.
+			require.NoError(t, lookup(t.Context()))
+			require.Equal(t, 1, sqlstore.CachedClients(s))
+			tt.run(t, e.db, s, lookup)
+		})
 	}
 }

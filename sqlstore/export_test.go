@@ -47,3 +47,14 @@ func TryReserve(ctx context.Context, l *Limiter, clientID, ip string) (ok bool, 
 
 // CachedClients returns the number of clients s keeps (SQLite only).
 func CachedClients(s *Store) int { return s.clients.len() }
+
+// StampLease is how long a Store on SQLite keeps the connection it reads
+// the clients' stamp on.
+const StampLease = stampLease
+
+// HoldStampTurn takes the turn of s's reads of the clients' stamp, as a
+// read under way holds it, until release is called.
+func HoldStampTurn(s *Store) (release func()) {
+	s.stampConn.turn <- struct{}{}
+	return func() { <-s.stampConn.turn }
+}

@@ -147,10 +147,11 @@ type Store struct {
 	// which the two statements read with the clients' stamp; noStamp
 	// is the unix nanosecond until which it does not, the schema having
 	// no stamp.
-	stamped lazyStmt
-	stamp   lazyStmt
-	clients clientCache
-	noStamp atomic.Int64
+	stamped   lazyStmt
+	stamp     lazyStmt
+	stampConn *stampReader
+	clients   clientCache
+	noStamp   atomic.Int64
 	// nextPrune is the unix microsecond from which RevocationsSince
 	// prunes.
 	nextPrune atomic.Int64
@@ -192,6 +193,7 @@ func New(db *sql.DB, dialect Dialect, cfg Config) (*Store, error) {
 		version:    lazyStmt{db: db, query: q.revocationVersion},
 		stamped:    lazyStmt{db: db, query: q.stampedRow},
 		stamp:      lazyStmt{db: db, query: q.clientStamp},
+		stampConn:  newStampReader(db, q.clientStamp),
 	}
 	s.nextPrune.Store(math.MinInt64)
 	return s, nil
@@ -217,9 +219,11 @@ func tablePrefix(p string) (string, error) {
 
 // Close releases the prepared statements behind [Store.Client] and
 // [Store.RevocationsSince], which return an error after it, while the
-// other methods keep working. It does not close the *sql.DB.
+// other methods keep working, and gives back to db's pool the connection
+// that Client reads the clients' stamp on (SQLite). It does not close the
+// *sql.DB.
 func (s *Store) Close() error {
-	return errors.Join(s.read.close(), s.version.close(), s.stamped.close(), s.stamp.close())
+	return errors.Join(s.read.close(), s.version.close(), s.stamped.close(), s.stamp.close(), s.stampConn.close())
 }
 
 // Client returns the client with the given id, or an error wrapping
@@ -238,6 +242,14 @@ func (s *Store) Close() error {
 // again, with the stamp, in one statement. A schema that [Store.Migrate]
 // has not brought up to date has no stamp: Client then reads every client
 // from the database.
+//
+// On SQLite, when db allows at least four open connections (or any
+// number), the Store reads the stamp on a connection it takes from db's
+// pool for 100ms at a time, one read at a time, where the query needs no
+// goroutine to watch ctx; ctx bounds the wait for it, and a call that
+// waited may take the stamp of a read that began after the call did.
+// After db.Close, lookups fail once that lease has ended; [Store.Close]
+// gives the connection back at once.
 func (s *Store) Client(ctx context.Context, id string) (*m2mauth.Client, error) {
 	if !m2mauth.ValidClientID(id) {
 		// No such client can be stored; spare the database.
