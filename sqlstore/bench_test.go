@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -92,6 +93,28 @@ func BenchmarkClient(b *testing.B) {
 			}
 		})
 	}
+}
+
+// BenchmarkClientConcurrent measures Store.Client on SQLite with 32
+// lookups of one kept client at once, as under a server's load: each
+// reads the clients' stamp, and those that wait for the connection it is
+// read on share a read that began after they arrived.
+func BenchmarkClientConcurrent(b *testing.B) {
+	e := sqliteEnv(b)
+	s := e.newStore(b, sqlstore.Config{})
+	require.NoError(b, s.CreateClient(b.Context(), clientWithSecrets(b, "bench-client", 2)))
+	_, err := s.Client(b.Context(), "bench-client")
+	require.NoError(b, err)
+	b.ReportAllocs()
+	b.SetParallelism(32 / runtime.GOMAXPROCS(0))
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			if _, err := s.Client(b.Context(), "bench-client"); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
 }
 
 // BenchmarkClientAnalyzed measures Store.Client on SQLite over 1,000
