@@ -343,11 +343,17 @@ func TestClientCacheConsistent(t *testing.T) {
 			}
 		})
 	}
+	// The changes are spread over a few of the leases of the connection
+	// the stamp is read on, so that lookups also meet its return to the
+	// pool and the taking of another.
 	for n := int64(1); n <= 50; n++ {
 		_, err := writer.ExecContext(ctx, "UPDATE "+prefix+"clients SET disabled = ?, token_ttl_ns = ? WHERE id = 'flipped'",
 			n%2 == 1, n*int64(time.Second))
 		require.NoError(t, err)
 		committed.Store(n)
+		if n%10 == 0 {
+			time.Sleep(sqlstore.StampLease / 2)
+		}
 	}
 	close(stop)
 	wg.Wait()
