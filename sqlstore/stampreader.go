@@ -131,7 +131,10 @@ func (r *stampReader) pin(ctx context.Context) bool {
 	}
 	if err != nil {
 		r.unpin()
-		r.noPinUntil = time.Now().Add(stampPinRetry)
+		if ctx.Err() == nil {
+			// Not the caller's leaving: give the pool a rest.
+			r.noPinUntil = time.Now().Add(stampPinRetry)
+		}
 		return false
 	}
 	r.pinnedAt = time.Now()
