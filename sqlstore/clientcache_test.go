@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"fmt"
 	"log/slog"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -403,10 +404,11 @@ func TestClientStampTriggers(t *testing.T) {
 // the lease has ended.
 func TestClientStampConnection(t *testing.T) {
 	tests := []struct {
-		name string
-		run  func(t *testing.T, db *sql.DB, s *sqlstore.Store, lookup func(context.Context) error)
+		name     string
+		rollback bool // a rollback journal instead of WAL
+		run      func(t *testing.T, db *sql.DB, s *sqlstore.Store, lookup func(context.Context) error)
 	}{
-		{"GivenBackAfterTheLease", func(t *testing.T, db *sql.DB, s *sqlstore.Store, lookup func(context.Context) error) {
+		{"GivenBackAfterTheLease", false, func(t *testing.T, db *sql.DB, s *sqlstore.Store, lookup func(context.Context) error) {
 			require.NoError(t, lookup(t.Context()))
 			require.Equal(t, 1, db.Stats().InUse, "kept while the lease lasts")
 			taken := time.Now()
@@ -417,7 +419,7 @@ func TestClientStampConnection(t *testing.T) {
 			require.NoError(t, s.Close())
 			require.Zero(t, db.Stats().InUse, "given back by Close")
 		}},
-		{"NotTakenFromASmallPool", func(t *testing.T, db *sql.DB, s *sqlstore.Store, lookup func(context.Context) error) {
+		{"NotTakenFromASmallPool", false, func(t *testing.T, db *sql.DB, s *sqlstore.Store, lookup func(context.Context) error) {
 			db.SetMaxOpenConns(3)
 			ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
 			defer cancel()
@@ -430,7 +432,17 @@ func TestClientStampConnection(t *testing.T) {
 				require.Equal(t, disabled, c.Disabled)
 			}
 		}},
-		{"WaitBoundedByContext", func(t *testing.T, db *sql.DB, s *sqlstore.Store, lookup func(context.Context) error) {
+		{"NotTakenWithoutWAL", true, func(t *testing.T, db *sql.DB, s *sqlstore.Store, lookup func(context.Context) error) {
+			for _, disabled := range []bool{true, false} {
+				require.NoError(t, lookup(t.Context()))
+				require.Zero(t, db.Stats().InUse)
+				require.NoError(t, s.SetDisabled(t.Context(), "stamped", disabled))
+				c, err := s.Client(t.Context(), "stamped")
+				require.NoError(t, err)
+				require.Equal(t, disabled, c.Disabled)
+			}
+		}},
+		{"WaitBoundedByContext", false, func(t *testing.T, db *sql.DB, s *sqlstore.Store, lookup func(context.Context) error) {
 			release := sqlstore.HoldStampTurn(s)
 			ctx, cancel := context.WithTimeout(t.Context(), 50*time.Millisecond)
 			defer cancel()
@@ -438,13 +450,13 @@ func TestClientStampConnection(t *testing.T) {
 			release()
 			require.NoError(t, lookup(t.Context()))
 		}},
-		{"ContextCancelled", func(t *testing.T, db *sql.DB, s *sqlstore.Store, lookup func(context.Context) error) {
+		{"ContextCancelled", false, func(t *testing.T, db *sql.DB, s *sqlstore.Store, lookup func(context.Context) error) {
 			require.NoError(t, lookup(t.Context()))
 			ctx, cancel := context.WithCancel(t.Context())
 			cancel()
 			require.ErrorIs(t, lookup(ctx), context.Canceled)
 		}},
-		{"DatabaseClosed", func(t *testing.T, db *sql.DB, s *sqlstore.Store, lookup func(context.Context) error) {
+		{"DatabaseClosed", false, func(t *testing.T, db *sql.DB, s *sqlstore.Store, lookup func(context.Context) error) {
 			require.NoError(t, lookup(t.Context()))
 			require.NoError(t, db.Close())
 			time.Sleep(sqlstore.StampLease)
@@ -456,6 +468,10 @@ func TestClientStampConnection(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			e := sqliteEnv(t)
+			if tt.rollback {
+				e.dsn = "file:" + filepath.Join(t.TempDir(), "rollback.db") + "?_pragma=foreign_keys(1)&_pragma=busy_timeout(5000)"
+				e.db = e.open(t)
+			}
 			s, err := sqlstore.New(e.db, sqlstore.SQLite, sqlstore.Config{TablePrefix: e.newPrefix(t)})
 			require.NoError(t, err)
 			t.Cleanup(func() { s.Close() })

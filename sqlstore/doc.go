@@ -94,8 +94,8 @@
 // SQLite, where reading the client costs more than the rest of a token
 // request, the Store keeps the clients it read and, while no client has
 // changed, reads only a stamp that every change replaces, on a
-// connection it borrows from db's pool for 100ms at a time when the pool
-// allows at least four (see [Store.Client]).
+// connection it borrows from db's pool for 100ms at a time in WAL mode
+// when the pool allows at least four (see [Store.Client]).
 // [Store.ListClients] is one query per page.
 //
 // Every change is one transaction that changes nothing if it fails. Each

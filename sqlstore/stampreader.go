@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"errors"
+	"strings"
 	"sync/atomic"
 	"time"
 )
@@ -20,6 +21,10 @@ const (
 	stampLease    = 100 * time.Millisecond
 	stampPinRetry = time.Second
 )
+
+// errNotWAL is why a stampReader takes no connection of a database
+// whose journal is not a write-ahead log.
+var errNotWAL = errors.New("sqlstore: not in WAL mode")
 
 // stampReader reads the clients' stamp on SQLite on a connection taken
 // from db's pool for stampLease at most, one read at a time, with the
@@ -39,9 +44,9 @@ const (
 // The lease bounds how long the connection is out of the pool: after
 // db.Close, reads on it stop within stampLease, and db's limits on a
 // connection's lifetime still apply. The reader takes no connection while
-// db allows fewer than stampConnMinPool (SQLite's users often allow one):
-// there, and whenever it holds none, read reports that the caller is to
-// read the stamp on db's pool.
+// db allows fewer than stampConnMinPool (SQLite's users often allow one),
+// nor of a database not in WAL mode: there, and whenever it holds none,
+// read reports that the caller is to read the stamp on db's pool.
 type stampReader struct {
 	db    *sql.DB
 	query string
@@ -53,7 +58,7 @@ type stampReader struct {
 	pinnedAt time.Time
 	timer    *time.Timer // gives the connection back when the lease ends
 	lease    uint64      // numbers the connections taken
-	// off is set when db allows too few connections, and once closed.
+	// off is set once closed.
 	off bool
 	// noPinUntil is when the reader may next try to take a connection.
 	noPinUntil time.Time
@@ -127,7 +132,15 @@ func (r *stampReader) pin(ctx context.Context) bool {
 	conn, err := r.db.Conn(ctx)
 	if err == nil {
 		r.conn = conn
-		r.stmt, err = conn.PrepareContext(ctx, r.query)
+		// In a rollback journal, unlike in WAL, a read waits for a
+		// writer's commit: there the query must be cancellable.
+		var mode string
+		if err = conn.QueryRowContext(ctx, "PRAGMA journal_mode").Scan(&mode); err == nil && !strings.EqualFold(mode, "wal") {
+			err = errNotWAL
+		}
+	}
+	if err == nil {
+		r.stmt, err = r.conn.PrepareContext(ctx, r.query)
 	}
 	if err != nil {
 		r.unpin()

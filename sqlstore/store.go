@@ -243,9 +243,9 @@ func (s *Store) Close() error {
 // has not brought up to date has no stamp: Client then reads every client
 // from the database.
 //
-// On SQLite, when db allows at least four open connections (or any
-// number), the Store reads the stamp on a connection it takes from db's
-// pool for 100ms at a time, one read at a time, where the query needs no
+// On SQLite in WAL mode, when db allows at least four open connections
+// (or any number), the Store reads the stamp on a connection it takes from
+// db's pool for 100ms at a time, one read at a time, where the query needs no
 // goroutine to watch ctx; ctx bounds the wait for it, and a call that
 // waited may take the stamp of a read that began after the call did.
 // After db.Close, lookups fail once that lease has ended; [Store.Close]
