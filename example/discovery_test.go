@@ -446,7 +446,7 @@ func stopServer(t *testing.T, srv *server) {
 
 // waitOutput waits, boundedly, until srv has printed want on stdout, and
 // returns what it printed.
-func waitOutput(t *testing.T, srv *server, want string) string {
+func waitOutput(t testing.TB, srv *server, want string) string {
 	t.Helper()
 	for i := 0; ; i++ {
 		if out := srv.stdout.String(); strings.Contains(out, want) {
@@ -455,6 +455,17 @@ func waitOutput(t *testing.T, srv *server, want string) string {
 		require.Less(t, i, 200, "no %q in: %s", want, srv.stdout)
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// demoSecret returns the demo client's secret, which a server that
+// created the demo client prints in its banner, and false if srv did not
+// create it.
+func demoSecret(t testing.TB, srv *server) (string, bool) {
+	t.Helper()
+	out := waitOutput(t, srv, "Call the protected API")
+	_, rest, ok := strings.Cut(out, "client_secret: ")
+	secret, _, _ := strings.Cut(rest, "\n")
+	return strings.TrimSpace(secret), ok
 }
 
 // accessToken gets a token from the server at base.

@@ -56,7 +56,7 @@ func TestMain(m *testing.M) {
 }
 
 // buildExample compiles the command once per test binary.
-func buildExample(t *testing.T) string {
+func buildExample(t testing.TB) string {
 	t.Helper()
 	build.once.Do(func() {
 		bin := filepath.Join(binDir, "example")
@@ -73,7 +73,7 @@ func buildExample(t *testing.T) string {
 
 // newKeyFile writes a new signing key to a file of its own, mode 0600, as
 // the command that the example's messages suggest would.
-func newKeyFile(t *testing.T) string {
+func newKeyFile(t testing.TB) string {
 	t.Helper()
 	key := make([]byte, 32)
 	rand.Read(key)
@@ -214,7 +214,14 @@ func startCommand(t *testing.T, bin string, client *http.Client, args ...string)
 }
 
 // spawnCommand starts what startCommand starts, without waiting for it.
-func spawnCommand(t *testing.T, bin string, client *http.Client, args ...string) *server {
+func spawnCommand(t testing.TB, bin string, client *http.Client, args ...string) *server {
+	t.Helper()
+	return spawnLogging(t, bin, client, nil, args...)
+}
+
+// spawnLogging is spawnCommand with the server's log (its stderr) written
+// to log, when log is not nil, rather than kept for the test to read.
+func spawnLogging(t testing.TB, bin string, client *http.Client, log io.Writer, args ...string) *server {
 	t.Helper()
 	cmd := exec.Command(bin, args...)
 	cmd.Dir = t.TempDir() // for files it makes in the working directory
@@ -222,6 +229,9 @@ func spawnCommand(t *testing.T, bin string, client *http.Client, args ...string)
 	require.NoError(t, err)
 	s := &server{cmd: cmd, client: client, stdout: &syncBuffer{}, stderr: &syncBuffer{}, done: make(chan error, 1), lines: make(chan string, 64)}
 	cmd.Stderr = s.stderr
+	if log != nil {
+		cmd.Stderr = log
+	}
 	require.NoError(t, cmd.Start())
 	t.Cleanup(func() { cmd.Process.Kill() })
 
@@ -239,7 +249,7 @@ func spawnCommand(t *testing.T, bin string, client *http.Client, args ...string)
 
 // await waits, boundedly, until the server spawned prints where it
 // listens and its health check answers.
-func (s *server) await(t *testing.T) {
+func (s *server) await(t testing.TB) {
 	t.Helper()
 	deadline := time.After(30 * time.Second)
 	for s.base == "" {

@@ -297,12 +297,10 @@ func TestServeReplicasStartTogether(t *testing.T) {
 			var secrets []string
 			for _, s := range servers {
 				s.await(t)
-				out := waitOutput(t, s, "Call the protected API")
-				if _, rest, ok := strings.Cut(out, "client_secret: "); ok {
-					secret, _, _ := strings.Cut(rest, "\n")
-					secrets = append(secrets, strings.TrimSpace(secret))
+				if secret, ok := demoSecret(t, s); ok {
+					secrets = append(secrets, secret)
 				} else {
-					require.Contains(t, out, "Using the existing database")
+					require.Contains(t, s.stdout.String(), "Using the existing database")
 				}
 			}
 			require.Len(t, secrets, 1, "one server creates the demo client")
