@@ -34,9 +34,11 @@ var errNotWAL = errors.New("sqlstore: not in WAL mode")
 // goroutines, one of database/sql's to watch the context and one of the
 // driver's to interrupt SQLite, and they cost more than the query. On a
 // connection in hand the query needs no context to bound a wait for a
-// connection, and it waits on no lock either, as a read of a WAL database
-// sees the last committed snapshot without waiting for writers: it runs
-// with a context that cannot be cancelled. A call waits for its turn only
+// connection, and it does not wait for writers either, as a read of a WAL
+// database sees the last committed snapshot (only SQLite's recovery of
+// the WAL index, after a process died writing, makes a reader wait, for
+// at most the connection's busy_timeout): it runs with a context that
+// cannot be cancelled. A call waits for its turn only
 // behind reads of the stamp, and its context bounds that wait. A call
 // that waited may take the stamp of a read that began after it arrived:
 // that read saw every change committed before the call.
