@@ -38,10 +38,10 @@ var errNotWAL = errors.New("sqlstore: not in WAL mode")
 // database sees the last committed snapshot (only SQLite's recovery of
 // the WAL index, after a process died writing, makes a reader wait, for
 // at most the connection's busy_timeout): it runs with a context that
-// cannot be cancelled. A call waits for its turn only
-// behind reads of the stamp, and its context bounds that wait. A call
-// that waited may take the stamp of a read that began after it arrived:
-// that read saw every change committed before the call.
+// cannot be cancelled. A call waits for its turn only behind reads of the
+// stamp, and its context bounds that wait. A call that waited may take
+// the stamp of a read that began after it arrived: that read saw every
+// change committed before the call.
 //
 // The lease bounds how long the connection is out of the pool: after
 // db.Close, reads on it stop within stampLease, and db's limits on a
@@ -59,7 +59,6 @@ type stampReader struct {
 	stmt     *sql.Stmt
 	pinnedAt time.Time
 	timer    *time.Timer // gives the connection back when the lease ends
-	lease    uint64      // numbers the connections taken
 	// off is set once closed.
 	off bool
 	// noPinUntil is when the reader may next try to take a connection.
@@ -98,9 +97,7 @@ func (r *stampReader) read(ctx context.Context) (stamp int64, ok bool, err error
 	if err := ctx.Err(); err != nil {
 		return 0, true, err
 	}
-	if r.stmt != nil && time.Since(r.pinnedAt) >= stampLease {
-		r.unpin()
-	}
+	r.expire()
 	if r.stmt == nil && !r.pin(ctx) {
 		return 0, false, nil
 	}
@@ -153,18 +150,18 @@ func (r *stampReader) pin(ctx context.Context) bool {
 		return false
 	}
 	r.pinnedAt = time.Now()
-	r.lease++
-	lease := r.lease
-	r.timer = time.AfterFunc(stampLease, func() { r.expire(lease) })
+	r.timer = time.AfterFunc(stampLease, func() {
+		r.turn <- struct{}{}
+		defer func() { <-r.turn }()
+		r.expire()
+	})
 	return true
 }
 
-// expire gives back the connection of the given lease, if it is still
-// held, when no read is using it.
-func (r *stampReader) expire(lease uint64) {
-	r.turn <- struct{}{}
-	defer func() { <-r.turn }()
-	if r.lease == lease && r.stmt != nil {
+// expire gives back the connection once its lease has ended. The caller
+// has the turn. (A timer of an earlier lease finds the lease young.)
+func (r *stampReader) expire() {
+	if r.stmt != nil && time.Since(r.pinnedAt) >= stampLease {
 		r.unpin()
 	}
 }
