@@ -52,7 +52,10 @@ type TokenHandlerConfig struct {
 	// Logger receives internal errors (a failing store or key provider),
 	// whose details are never sent to clients. Default: [slog.Default].
 	Logger *slog.Logger
-	// Now is the clock. Default: [time.Now].
+	// Now is the clock. Default: the system clock, read as [time.Now]
+	// reads it but more cheaply: from the monotonic clock, added to a
+	// reading of the wall clock at most a second old, so that a step of
+	// the system clock shows within a second.
 	Now func() time.Time
 	// Limiter limits failed client authentications. Default: a
 	// [RateLimiter] with its default settings and the clock above.
@@ -129,7 +132,7 @@ type TokenHandler struct {
 	inflight  chan struct{}
 	health    AuditHealthChecker // nil unless RequireAudit
 	signer    atomic.Pointer[tokenSigner]
-	realClock bool // cfg.Now is time.Now
+	realClock bool // cfg.Now is the system clock
 }
 
 const (
@@ -198,7 +201,7 @@ func NewTokenHandler(store ClientStore, keys KeyProvider, cfg TokenHandlerConfig
 	}
 	realClock := cfg.Now == nil
 	if realClock {
-		cfg.Now = time.Now
+		cfg.Now = systemClock.Now
 	}
 	if cfg.Limiter == nil {
 		l, err := NewRateLimiter(RateLimiterConfig{Now: cfg.Now})

@@ -885,3 +885,38 @@ func TestValidatorRefusesRevocationList(t *testing.T) {
 		assert.Equal(t, m2mauth.ReasonTokenType, m2mauth.RejectionReason(err), typ)
 	}
 }
+
+// TestContextWithClaims checks the context the middleware hands on: the
+// claims are found, every other value and the parent's cancellation and
+// deadline pass through, and a nil claims leaves the context as it was.
+func TestContextWithClaims(t *testing.T) {
+	type key struct{}
+	parent, cancel := context.WithTimeout(context.WithValue(context.Background(), key{}, "v"), time.Hour)
+	claims := &m2mauth.Claims{ClientID: "c1"}
+	ctx := m2mauth.ContextWithClaims(parent, claims)
+
+	got, ok := m2mauth.ClaimsFromContext(ctx)
+	require.True(t, ok)
+	require.Same(t, claims, got)
+	require.Equal(t, "v", ctx.Value(key{}))
+	dl, ok := ctx.Deadline()
+	require.True(t, ok)
+	pdl, _ := parent.Deadline()
+	require.Equal(t, pdl, dl)
+	require.Contains(t, fmt.Sprint(ctx), "WithValue")
+
+	_, ok = m2mauth.ClaimsFromContext(parent)
+	require.False(t, ok)
+	require.Equal(t, parent, m2mauth.ContextWithClaims(parent, nil))
+
+	// Contexts derived from it see the claims and its cancellation.
+	child, stop := context.WithCancel(ctx)
+	defer stop()
+	got, ok = m2mauth.ClaimsFromContext(child)
+	require.True(t, ok)
+	require.Same(t, claims, got)
+	cancel()
+	<-child.Done()
+	require.ErrorIs(t, ctx.Err(), context.Canceled)
+	require.ErrorIs(t, context.Cause(child), context.Canceled)
+}

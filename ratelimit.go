@@ -127,7 +127,8 @@ type RateLimiterConfig struct {
 	// there. A bucket takes about 150 bytes, held as it is made. Default:
 	// 100000, about 15 MB. Values above 2^30 count as 2^30.
 	MaxKeys int
-	// Now is the clock. Default: [time.Now].
+	// Now is the clock. Default: the system clock, read as
+	// [TokenHandlerConfig.Now] says.
 	Now func() time.Time
 }
 
@@ -238,7 +239,7 @@ func NewRateLimiter(cfg RateLimiterConfig) (*RateLimiter, error) {
 	}
 	cfg.MaxKeys = min(cfg.MaxKeys, maxKeysCap)
 	if cfg.Now == nil {
-		cfg.Now = time.Now
+		cfg.Now = systemClock.Now
 	}
 	return &RateLimiter{cfg: cfg, seed: maphash.MakeSeed(), index: make([]uint64, 64), front: new([frontSize]uint64), changed: make(chan struct{})}, nil
 }

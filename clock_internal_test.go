@@ -1,0 +1,57 @@
+package m2mauth
+
+import (
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+)
+
+// TestMonoClock checks that the clock tells the time time.Now tells, and
+// reads the wall clock again once its reading is a second old, or is
+// ahead of the monotonic clock.
+func TestMonoClock(t *testing.T) {
+	tests := []struct {
+		name   string
+		anchor time.Duration // the anchor's age; negative: in the future
+		fresh  bool          // a new wall clock reading is expected
+	}{
+		{"recent anchor", 0, false},
+		{"anchor just young enough", maxClockAnchorAge - 100*time.Millisecond, false},
+		{"anchor a second old", maxClockAnchorAge, true},
+		{"anchor an hour old", time.Hour, true},
+		{"anchor ahead", -time.Hour, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := newMonoClock()
+			old := time.Now().Add(-tt.anchor)
+			c.anchor.Store(&old)
+			before := time.Now()
+			got := c.Now()
+			after := time.Now()
+			require.False(t, got.Before(before), "%v before %v", got, before)
+			require.False(t, got.After(after), "%v after %v", got, after)
+			// Wall clock readings agree too, not only monotonic ones.
+			require.False(t, got.Round(0).Before(before.Round(0).Add(-time.Millisecond)))
+			require.False(t, got.Round(0).After(after.Round(0).Add(time.Millisecond)))
+			require.Equal(t, tt.fresh, c.anchor.Load() != &old)
+		})
+	}
+}
+
+// BenchmarkClock compares the system clock with time.Now.
+func BenchmarkClock(b *testing.B) {
+	var sink int64
+	b.Run("time.Now", func(b *testing.B) {
+		for b.Loop() {
+			sink += time.Now().UnixNano()
+		}
+	})
+	b.Run("systemClock", func(b *testing.B) {
+		for b.Loop() {
+			sink += systemClock.Now().UnixNano()
+		}
+	})
+	_ = sink
+}
