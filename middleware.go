@@ -243,6 +243,11 @@ type verifyKey struct {
 type keyIndex struct {
 	set  *jose.JSONWebKeySet
 	keys map[string]*verifyKey
+	// byHeader finds a key by the encoded header of the tokens a
+	// TokenHandler signs with it. Such a header names the key's own
+	// algorithm and kid and the type at+jwt: a token that carries it
+	// needs no header decoded to find its key.
+	byHeader map[string]*verifyKey
 }
 
 func (v *Validator) keyIndex(ctx context.Context) (*keyIndex, error) {
@@ -262,7 +267,7 @@ func (v *Validator) indexOf(set *jose.JSONWebKeySet) (*keyIndex, error) {
 	if idx := v.index.Load(); idx != nil && idx.set == set {
 		return idx, nil
 	}
-	idx := &keyIndex{set: set, keys: make(map[string]*verifyKey, len(set.Keys))}
+	idx := &keyIndex{set: set, keys: make(map[string]*verifyKey, len(set.Keys)), byHeader: make(map[string]*verifyKey, len(set.Keys))}
 	for i := range set.Keys {
 		k := &set.Keys[i]
 		// Keys that are malformed, or of an algorithm not allowed here,
@@ -275,6 +280,11 @@ func (v *Validator) indexOf(set *jose.JSONWebKeySet) (*keyIndex, error) {
 			continue
 		}
 		idx.keys[k.KeyID] = &verifyKey{alg: jose.SignatureAlgorithm(k.Algorithm), sig: sv}
+	}
+	for kid, k := range idx.keys {
+		if h, err := encodedHeader(string(k.alg), kid); err == nil {
+			idx.byHeader[h] = k
+		}
 	}
 	v.index.Store(idx)
 	return idx, nil
@@ -450,6 +460,31 @@ type verifyScratch struct {
 
 var scratchPool = sync.Pool{New: func() any { return new(verifyScratch) }}
 
+// header decodes the JOSE header h64 of a token whose header is not one
+// a TokenHandler writes for a key of idx, and checks it names an allowed
+// algorithm, no critical extension and a kid.
+func (v *Validator) header(sc *verifyScratch, h64 []byte) (tokenHeader, error) {
+	hdrJSON, err := decodePart(sc.hdr[:0], h64)
+	sc.hdr = hdrJSON
+	if err != nil {
+		return tokenHeader{}, reject(ReasonTokenMalformed, "malformed token header")
+	}
+	hdr, err := parseHeader(hdrJSON)
+	if err != nil {
+		return tokenHeader{}, reject(ReasonTokenMalformed, "malformed token header")
+	}
+	if !v.algs[jose.SignatureAlgorithm(hdr.alg)] {
+		return tokenHeader{}, reject(ReasonTokenAlgorithm, "token algorithm not allowed")
+	}
+	if hdr.critical {
+		return tokenHeader{}, reject(ReasonTokenMalformed, "token uses unsupported critical header parameters")
+	}
+	if hdr.kid == nil {
+		return tokenHeader{}, reject(ReasonTokenUnknownKey, "token signed by an unknown key")
+	}
+	return hdr, nil
+}
+
 // verify checks everything about raw from scratch. On failure it returns
 // the claims too when they could be read, for the audit trail.
 func (v *Validator) verify(idx *keyIndex, raw string, now time.Time) (*Claims, error) {
@@ -463,33 +498,24 @@ func (v *Validator) verify(idx *keyIndex, raw string, now time.Time) (*Claims, e
 	defer scratchPool.Put(sc)
 	sc.in = append(sc.in[:0], raw...)
 	signingInput := sc.in[:len(h64)+1+len(p64)]
-	hdrJSON, err := decodePart(sc.hdr[:0], signingInput[:len(h64)])
-	sc.hdr = hdrJSON
-	if err != nil {
-		return nil, reject(ReasonTokenMalformed, "malformed token header")
-	}
-	hdr, err := parseHeader(hdrJSON)
-	if err != nil {
-		return nil, reject(ReasonTokenMalformed, "malformed token header")
-	}
-	alg := jose.SignatureAlgorithm(hdr.alg)
-	if !v.algs[alg] {
-		return nil, reject(ReasonTokenAlgorithm, "token algorithm not allowed")
-	}
-	if hdr.critical {
-		return nil, reject(ReasonTokenMalformed, "token uses unsupported critical header parameters")
-	}
-	if hdr.kid == nil {
-		return nil, reject(ReasonTokenUnknownKey, "token signed by an unknown key")
-	}
-	key := idx.keys[string(hdr.kid)]
-	if key == nil {
-		return nil, WrapError(CodeInvalidToken, "token signed by an unknown key",
-			&tokenFault{reason: ReasonTokenUnknownKey, kid: string(hdr.kid)})
-	}
-	if key.alg != alg {
-		// The key decides the algorithm, never the header (RFC 8725 §3.1).
-		return nil, reject(ReasonTokenAlgorithm, "token algorithm does not match its key")
+	// A header found in byHeader is known to name the key's algorithm,
+	// its kid and the type at+jwt; any other is decoded and checked.
+	key := idx.byHeader[h64]
+	decoded := key == nil
+	var hdr tokenHeader
+	if decoded {
+		var err error
+		if hdr, err = v.header(sc, signingInput[:len(h64)]); err != nil {
+			return nil, err
+		}
+		if key = idx.keys[string(hdr.kid)]; key == nil {
+			return nil, WrapError(CodeInvalidToken, "token signed by an unknown key",
+				&tokenFault{reason: ReasonTokenUnknownKey, kid: string(hdr.kid)})
+		}
+		if key.alg != jose.SignatureAlgorithm(hdr.alg) {
+			// The key decides the algorithm, never the header (RFC 8725 §3.1).
+			return nil, reject(ReasonTokenAlgorithm, "token algorithm does not match its key")
+		}
 	}
 
 	// Every algorithm has signatures of one length for a given key; a
@@ -505,7 +531,7 @@ func (v *Validator) verify(idx *keyIndex, raw string, now time.Time) (*Claims, e
 	}
 
 	// The signature is good; now the header and claims are trusted input.
-	if t := string(hdr.typ); !strings.EqualFold(t, TokenType) && !strings.EqualFold(t, "application/"+TokenType) {
+	if t := string(hdr.typ); decoded && !strings.EqualFold(t, TokenType) && !strings.EqualFold(t, "application/"+TokenType) {
 		return nil, reject(ReasonTokenType, "token is not an access token (typ must be at+jwt)")
 	}
 	payload, err := decodePart(sc.payload[:0], signingInput[len(h64)+1:])
@@ -522,7 +548,7 @@ func (v *Validator) verify(idx *keyIndex, raw string, now time.Time) (*Claims, e
 		return c, reject(ReasonTokenMissingClaims, "token lacks a required claim")
 	}
 	if p.hasScope {
-		if c.Scopes, err = ParseScopes(p.scope); err != nil {
+		if c.Scopes, err = p.parseScopes(); err != nil {
 			return c, reject(ReasonTokenMalformed, "token scope claim is malformed")
 		}
 	}

@@ -920,3 +920,49 @@ func TestContextWithClaims(t *testing.T) {
 	require.ErrorIs(t, ctx.Err(), context.Canceled)
 	require.ErrorIs(t, context.Cause(child), context.Canceled)
 }
+
+// TestValidateHeaderForms: the header a TokenHandler writes and any other
+// spelling of the same header are judged alike (RFC 7515 §4: a header is
+// a JSON object, whatever its member order or spacing), and a header
+// that is byte for byte the one of a known key still has its signature,
+// its algorithm and its key checked (RFC 8725 §3.1).
+func TestValidateHeaderForms(t *testing.T) {
+	p := newProtected(t)
+	claims, err := json.Marshal(validClaims(p.clock()))
+	require.NoError(t, err)
+	payload := base64.RawURLEncoding.EncodeToString(claims)
+	enc := func(hdr string) string { return base64.RawURLEncoding.EncodeToString([]byte(hdr)) }
+	const ours = `{"alg":"HS256","kid":"k2","typ":"at+jwt"}`
+	tests := []struct {
+		name   string
+		hdr    string
+		secret []byte
+		reason string // "" when accepted
+	}{
+		{"the handler's header", ours, keyB, ""},
+		{"the handler's header, previous key", `{"alg":"HS256","kid":"k1","typ":"at+jwt"}`, keyA, ""},
+		{"members reordered", `{"typ":"at+jwt","kid":"k2","alg":"HS256"}`, keyB, ""},
+		{"spaces", `{ "alg": "HS256", "kid": "k2", "typ": "at+jwt" }`, keyB, ""},
+		{"media type form", `{"alg":"HS256","kid":"k2","typ":"application/at+jwt"}`, keyB, ""},
+		{"the handler's header, another key's signature", ours, keyA, m2mauth.ReasonTokenSignature},
+		{"the previous key's header, the current key's signature", `{"alg":"HS256","kid":"k1","typ":"at+jwt"}`, keyB, m2mauth.ReasonTokenSignature},
+		{"another type", `{"alg":"HS256","kid":"k2","typ":"JWT"}`, keyB, m2mauth.ReasonTokenType},
+		{"no type", `{"alg":"HS256","kid":"k2"}`, keyB, m2mauth.ReasonTokenType},
+		{"another algorithm", `{"alg":"HS384","kid":"k2","typ":"at+jwt"}`, keyB, m2mauth.ReasonTokenAlgorithm},
+		{"unknown kid", `{"alg":"HS256","kid":"k9","typ":"at+jwt"}`, keyB, m2mauth.ReasonTokenUnknownKey},
+		{"critical extension", `{"alg":"HS256","kid":"k2","typ":"at+jwt","crit":["x"],"x":1}`, keyB, m2mauth.ReasonTokenMalformed},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			tok := signHS256(tt.secret, enc(tt.hdr)+"."+payload)
+			c, err := p.v.Validate(t.Context(), tok)
+			if tt.reason == "" {
+				require.NoError(t, err)
+				require.Equal(t, "svc", c.ClientID)
+				return
+			}
+			require.ErrorIs(t, err, &m2mauth.Error{Code: m2mauth.CodeInvalidToken})
+			require.Equal(t, tt.reason, m2mauth.RejectionReason(err))
+		})
+	}
+}

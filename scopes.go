@@ -25,8 +25,12 @@ func ParseScopes(s string) (Scopes, error) {
 	if s == "" {
 		return nil, nil
 	}
-	n := strings.Count(s, " ") + 1
-	out := make(Scopes, 0, n)
+	return appendScopes(make(Scopes, 0, strings.Count(s, " ")+1), s)
+}
+
+// appendScopes appends the scopes of the non-empty scope string s to out,
+// as ParseScopes parses them.
+func appendScopes(out Scopes, s string) (Scopes, error) {
 	for {
 		tok, rest, more := strings.Cut(s, " ")
 		if !validScopeToken(tok) {

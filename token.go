@@ -48,19 +48,25 @@ func newTokenSigner(k *jose.JSONWebKey) (*tokenSigner, error) {
 	if err != nil {
 		return nil, err
 	}
+	hdr, err := encodedHeader(k.Algorithm, k.KeyID)
+	if err != nil {
+		return nil, err
+	}
+	return &tokenSigner{jwk: k, header: hdr + ".", sig: sig}, nil
+}
+
+// encodedHeader returns the protected header of the tokens signed with
+// the key of algorithm alg and id kid, base64url-encoded as they carry it.
+func encodedHeader(alg, kid string) (string, error) {
 	hdr, err := json.Marshal(struct {
 		Alg string `json:"alg"`
 		Kid string `json:"kid"`
 		Typ string `json:"typ"`
-	}{k.Algorithm, k.KeyID, TokenType})
+	}{alg, kid, TokenType})
 	if err != nil {
-		return nil, err
+		return "", err
 	}
-	return &tokenSigner{
-		jwk:    k,
-		header: base64.RawURLEncoding.EncodeToString(hdr) + ".",
-		sig:    sig,
-	}, nil
+	return base64.RawURLEncoding.EncodeToString(hdr), nil
 }
 
 // appendToken appends header.payload.signature to dst, where payload is

@@ -3,6 +3,7 @@ package m2mauth
 import (
 	"errors"
 	"strconv"
+	"strings"
 	"unicode/utf16"
 	"unicode/utf8"
 
@@ -352,6 +353,25 @@ func jsonNumericDate(v []byte) (d jwt.NumericDate, present bool, err error) {
 	if len(v) == 0 || v[0] != '-' && (v[0] < '0' || v[0] > '9') {
 		return 0, false, errJSON
 	}
+	if len(v) <= 12 && v[0] != '-' && (v[0] != '0' || len(v) == 1) {
+		// The common case: a whole number of at most 12 digits, without
+		// a leading zero. Anything else is left to strconv below.
+		var n int64
+		digits := true
+		for _, c := range v {
+			if c < '0' || c > '9' {
+				digits = false
+				break
+			}
+			n = n*10 + int64(c-'0')
+		}
+		if digits {
+			if n > maxNumericDate {
+				return 0, false, errJSON
+			}
+			return jwt.NumericDate(n), true, nil
+		}
+	}
 	if n, err := strconv.ParseInt(string(v), 10, 64); err == nil {
 		if n < 0 || n > maxNumericDate {
 			return 0, false, errJSON
@@ -366,14 +386,17 @@ func jsonNumericDate(v []byte) (d jwt.NumericDate, present bool, err error) {
 	return jwt.NumericDate(f), true, nil
 }
 
-// jsonAudience decodes "aud": one string or an array of strings.
-func jsonAudience(src *jsonSource, v []byte) (jwt.Audience, error) {
+// jsonAudience decodes "aud": one string or an array of strings. A
+// single string is returned in one, which the caller provides so that it
+// costs no allocation of its own.
+func jsonAudience(src *jsonSource, v []byte, one *[1]string) (jwt.Audience, error) {
 	if string(v) == "null" {
 		return nil, nil
 	}
 	if len(v) > 0 && v[0] == '"' {
 		s, _, err := jsonString(src, v)
-		return jwt.Audience{s}, err
+		one[0] = s
+		return one[:], err
 	}
 	if len(v) < 2 || v[0] != '[' {
 		return nil, errJSON
@@ -454,6 +477,10 @@ type tokenClaimsSet struct {
 	scope         string
 	hasClientID   bool
 	hasScope      bool
+	// aud and scopes back Claims.Audience and Claims.Scopes when they
+	// fit, so that they cost no allocations of their own.
+	aud    [1]string
+	scopes [2]string
 }
 
 // parseClaims decodes the claims of an access token. Registered claims
@@ -474,7 +501,7 @@ func parseClaims(data []byte) (*tokenClaimsSet, error) {
 			c.Subject, _, err = jsonString(src, value)
 		case "aud":
 			bit = 4
-			c.Audience, err = jsonAudience(src, value)
+			c.Audience, err = jsonAudience(src, value, &c.aud)
 		case "exp":
 			bit = 8
 			c.Expiry, err = c.date(&c.exp, value)
@@ -517,4 +544,16 @@ func (c *tokenClaimsSet) date(dst *jwt.NumericDate, v []byte) (*jwt.NumericDate,
 	}
 	*dst = d
 	return dst, nil
+}
+
+// parseScopes parses the scope claim, into the set's own storage when
+// its scopes fit.
+func (c *tokenClaimsSet) parseScopes() (Scopes, error) {
+	switch n := strings.Count(c.scope, " ") + 1; {
+	case c.scope == "":
+		return nil, nil
+	case n <= len(c.scopes):
+		return appendScopes(c.scopes[:0:n], c.scope)
+	}
+	return ParseScopes(c.scope)
 }

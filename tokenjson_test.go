@@ -87,6 +87,37 @@ func TestParseClaims(t *testing.T) {
 	assert.Nil(t, c.NotBefore)
 	assert.False(t, c.hasScope)
 
+	// The scopes and a single audience live in the set's own storage:
+	// what a caller appends to them must not write over anything.
+	for _, tc := range []struct {
+		scope string
+		want  Scopes
+	}{
+		{"read", Scopes{"read"}},
+		{"read write", Scopes{"read", "write"}},
+		{"read read", Scopes{"read"}},
+		{"a b c", Scopes{"a", "b", "c"}},
+		{"", nil},
+	} {
+		c, err := parseClaims([]byte(`{"aud":"one","scope":"` + tc.scope + `"}`))
+		require.NoError(t, err)
+		got, err := c.parseScopes()
+		require.NoError(t, err)
+		require.Equal(t, tc.want, got, tc.scope)
+		_ = append(got, "x")
+		_ = append(c.Audience, "x")
+		again, err := c.parseScopes()
+		require.NoError(t, err)
+		require.Equal(t, tc.want, again, tc.scope)
+		require.Equal(t, jwt.Audience{"one"}, c.Audience)
+	}
+	for _, bad := range []string{"read  write", " read", `re\\ad`} {
+		c, err := parseClaims([]byte(`{"scope":"` + bad + `"}`))
+		require.NoError(t, err)
+		_, err = c.parseScopes()
+		require.Error(t, err, bad)
+	}
+
 	for _, bad := range []string{
 		`{"exp":"1700000000"}`, `{"exp":true}`, `{"exp":1e400}`, `{"aud":1}`, `{"aud":["a",2]}`,
 		`{"scope":["read"]}`, `{"client_id":7}`, `{"iss":"a","iss":"a"}`, `{"exp":1,"exp":2}`,
@@ -122,7 +153,11 @@ func TestJSONNumericDate(t *testing.T) {
 		{in: "2.53402300799e11", want: 253402300799},
 		{in: "null", absent: true},
 
+		{in: "1", want: 1},
+		{in: "999999999", want: 999999999},
+
 		{in: "253402300800", wantErr: true},
+		{in: "999999999999", wantErr: true},
 		{in: "253402300799.5", wantErr: true},
 		{in: "2.534023008e11", wantErr: true},
 		{in: "9223372036854775807", wantErr: true},
@@ -216,7 +251,7 @@ func TestJSONSourceStrings(t *testing.T) {
 	require.NoError(t, jsonObject(data, func(name, value []byte) error {
 		var err error
 		if string(name) == "c" {
-			got[string(name)], err = jsonAudience(src, value)
+			got[string(name)], err = jsonAudience(src, value, new([1]string))
 		} else {
 			got[string(name)], _, err = jsonString(src, value)
 		}
@@ -236,4 +271,16 @@ func TestJSONSourceStrings(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, "plain", s)
 	require.Equal(t, "", src.str(data[3:3]))
+}
+
+// BenchmarkParseClaims decodes the claims of a token as m2mauth issues
+// them.
+func BenchmarkParseClaims(b *testing.B) {
+	data := []byte(`{"aud":"https://api.example.com","client_id":"bench-client","exp":1796064000,"iat":1796060400,"iss":"https://auth.example.com","jti":"Yw3NhUq0m8YfJm1N6Yp9Ag","nbf":1796060400,"scope":"read","sub":"bench-client"}`)
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := parseClaims(data); err != nil {
+			b.Fatal(err)
+		}
+	}
 }
