@@ -18,20 +18,22 @@ import (
 	"github.com/m2mauth/m2mauth/memstore"
 )
 
-// benchAuditors are the auditors of the audit benchmarks: none, and the
-// default SlogAuditor on each of slog's handlers writing to io.Discard.
+// benchAuditors are the auditors of the audit benchmarks: none, the
+// JSONAuditor (the default where slog is not configured), and the
+// SlogAuditor on each of slog's handlers, all writing to io.Discard.
 var benchAuditors = []struct {
 	name    string
 	auditor m2mauth.Auditor
 }{
 	{"none", m2mauth.AuditorFunc(func(context.Context, m2mauth.AuditEvent) {})},
+	{"json", m2mauth.NewJSONAuditor(io.Discard)},
 	{"slog-json", m2mauth.NewSlogAuditor(slog.New(slog.NewJSONHandler(io.Discard, nil)))},
 	{"slog-text", m2mauth.NewSlogAuditor(slog.New(slog.NewTextHandler(io.Discard, nil)))},
 }
 
 // BenchmarkAuditTokenRequest measures a token request (HS256, a client
 // with a fast hash) with each auditor: what the default audit adds to a
-// token request is slog-json or slog-text minus none. Besides ns/op it
+// token request is json, slog-json or slog-text minus none. Besides ns/op it
 // reports cpu-ns/op, the CPU time of the whole process per request, which
 // other processes on a busy machine disturb less.
 func BenchmarkAuditTokenRequest(b *testing.B) {
@@ -62,8 +64,9 @@ func BenchmarkAuditTokenRequest(b *testing.B) {
 
 // BenchmarkSlogAuditor measures SlogAuditor.Audit alone, on slog's JSON
 // handler writing to io.Discard, for an issued token and a refused
-// request; and, for scale, what the handler alone takes to write the
-// issued token's record.
+// request; the JSONAuditor for the same (json-issued, json-refused);
+// and, for scale, what slog's handler alone takes to write the issued
+// token's record.
 func BenchmarkSlogAuditor(b *testing.B) {
 	a := m2mauth.NewSlogAuditor(slog.New(slog.NewJSONHandler(io.Discard, nil)))
 	events := []struct {
@@ -83,14 +86,19 @@ func BenchmarkSlogAuditor(b *testing.B) {
 	}
 	ctx := context.Background()
 	for _, ev := range events {
-		b.Run(ev.name, func(b *testing.B) {
-			b.ReportAllocs()
-			cpu := processCPU()
-			for b.Loop() {
-				a.Audit(ctx, ev.e)
-			}
-			b.ReportMetric(float64(processCPU()-cpu)/float64(b.N), "cpu-ns/op")
-		})
+		for _, au := range []struct {
+			name string
+			a    m2mauth.Auditor
+		}{{"", a}, {"json-", m2mauth.NewJSONAuditor(io.Discard)}} {
+			b.Run(au.name+ev.name, func(b *testing.B) {
+				b.ReportAllocs()
+				cpu := processCPU()
+				for b.Loop() {
+					au.a.Audit(ctx, ev.e)
+				}
+				b.ReportMetric(float64(processCPU()-cpu)/float64(b.N), "cpu-ns/op")
+			})
+		}
 	}
 	// The floor: the JSON handler alone writing the record of the issued
 	// token, built once.

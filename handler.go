@@ -47,7 +47,12 @@ type TokenHandlerConfig struct {
 	Realm string
 	// Auditor receives an event for every issued token and every refused
 	// request, and for every request to the handler's revocation and
-	// introspection endpoints. Default: a [SlogAuditor] on [slog.Default].
+	// introspection endpoints. Default: a [SlogAuditor] on Logger when
+	// Logger is set or the process has set a default slog handler
+	// ([slog.SetDefault]); otherwise a [JSONAuditor] writing where slog's
+	// default handler would, to the [log] package's output ([log.Writer],
+	// standard error unless changed), the same fields as JSON lines for a
+	// fraction of the cost.
 	Auditor Auditor
 	// Logger receives internal errors (a failing store or key provider),
 	// whose details are never sent to clients. Default: [slog.Default].
@@ -193,11 +198,11 @@ func NewTokenHandler(store ClientStore, keys KeyProvider, cfg TokenHandlerConfig
 	if strings.ContainsAny(cfg.Realm, "\"\\\r\n") {
 		return nil, errors.New("m2mauth: Realm must not contain quotes, backslashes or line breaks")
 	}
+	if cfg.Auditor == nil {
+		cfg.Auditor = defaultAuditor(cfg.Logger)
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
-	}
-	if cfg.Auditor == nil {
-		cfg.Auditor = NewSlogAuditor(cfg.Logger)
 	}
 	realClock := cfg.Now == nil
 	if realClock {

@@ -121,17 +121,35 @@ func newJTI() (string, error) {
 	return base64.RawURLEncoding.EncodeToString(b[:]), nil
 }
 
-const hexDigits = "0123456789abcdef"
-
-// appendJSONString appends s as a JSON string literal. Invalid UTF-8 is
-// replaced by U+FFFD, as encoding/json does.
+// appendJSONString appends s as a JSON string literal, escaped as
+// encoding/json escapes it.
 func appendJSONString(dst []byte, s string) []byte {
 	dst = append(dst, '"')
+	dst = appendJSONEscaped(dst, s, &jsonSafeHTML)
+	return append(dst, '"')
+}
+
+// jsonSafe marks the ASCII bytes a JSON string holds as they are;
+// jsonSafeHTML leaves out '<', '>' and '&' too, as encoding/json does.
+var jsonSafe, jsonSafeHTML = func() (t, html [utf8.RuneSelf]bool) {
+	for c := 0x20; c < utf8.RuneSelf; c++ {
+		t[c] = c != '"' && c != '\\'
+		html[c] = t[c] && c != '<' && c != '>' && c != '&'
+	}
+	return t, html
+}()
+
+// appendJSONEscaped appends s escaped for a JSON string: the ASCII bytes
+// safe does not mark as \", \\, \n, \r, \t or \u00XX; invalid UTF-8 as
+// \ufffd; U+2028 and U+2029 as \u2028 and \u2029 (as encoding/json and
+// log/slog do, for JavaScript's sake).
+func appendJSONEscaped(dst []byte, s string, safe *[utf8.RuneSelf]bool) []byte {
+	const hex = "0123456789abcdef"
 	start := 0
 	for i := 0; i < len(s); {
 		c := s[i]
 		if c < utf8.RuneSelf {
-			if c >= 0x20 && c != '"' && c != '\\' && c != '<' && c != '>' && c != '&' {
+			if safe[c] {
 				i++
 				continue
 			}
@@ -146,22 +164,26 @@ func appendJSONString(dst []byte, s string) []byte {
 			case '\t':
 				dst = append(dst, '\\', 't')
 			default:
-				dst = append(dst, '\\', 'u', '0', '0', hexDigits[c>>4], hexDigits[c&0xf])
+				dst = append(dst, '\\', 'u', '0', '0', hex[c>>4], hex[c&0xf])
 			}
 			i++
 			start = i
 			continue
 		}
 		r, size := utf8.DecodeRuneInString(s[i:])
-		if r == utf8.RuneError && size == 1 {
+		switch {
+		case r == utf8.RuneError && size == 1:
 			dst = append(dst, s[start:i]...)
 			dst = append(dst, `\ufffd`...)
+		case r == '\u2028' || r == '\u2029':
+			dst = append(dst, s[start:i]...)
+			dst = append(dst, '\\', 'u', '2', '0', '2', hex[r&0xf])
+		default:
 			i += size
-			start = i
 			continue
 		}
 		i += size
+		start = i
 	}
-	dst = append(dst, s[start:]...)
-	return append(dst, '"')
+	return append(dst, s[start:]...)
 }

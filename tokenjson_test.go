@@ -284,3 +284,16 @@ func BenchmarkParseClaims(b *testing.B) {
 		}
 	}
 }
+
+// TestAppendJSONString: the strings of an issued token's claims are
+// escaped as encoding/json escapes them (RFC 8259 §7).
+func TestAppendJSONString(t *testing.T) {
+	for _, s := range []string{
+		"", "plain", "q\"b\\s/", "\x00\x1f\x7f\n\r\t", "<>&", "\u2028\u2029", "\xff\xc3", "é\U0001F600",
+		"https://auth.example.com/x?a=1&b=<2>",
+	} {
+		want, err := json.Marshal(s)
+		require.NoError(t, err)
+		require.Equal(t, string(want), string(appendJSONString(nil, s)), "%q", s)
+	}
+}
