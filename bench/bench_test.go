@@ -113,7 +113,7 @@ func flip(s string) string {
 // tokenWithScope issues an m2mauth token carrying scope.
 func tokenWithScope(t *testing.T, scope string) string {
 	t.Helper()
-	e, err := NewM2MAuthEndpoint(false)
+	e, err := NewM2MAuthEndpoint(EndpointM2MAuth)
 	require.NoError(t, err)
 	r := httptest.NewRequest(http.MethodPost, TokenPath, strings.NewReader("grant_type=client_credentials&scope="+scope))
 	r.Header.Set("Content-Type", "application/x-www-form-urlencoded")
@@ -169,7 +169,7 @@ func TestGoOAuth2Close(t *testing.T) {
 
 // TestLoad runs the loopback load generator briefly.
 func TestLoad(t *testing.T) {
-	e, err := NewM2MAuthEndpoint(false)
+	e, err := NewM2MAuthEndpoint(EndpointM2MAuth)
 	require.NoError(t, err)
 	res, err := Load(context.Background(), e, LoadConfig{Requests: 200, Warmup: 20, Concurrency: 4, MaxDuration: 10 * time.Second})
 	require.NoError(t, err)
@@ -184,7 +184,7 @@ func TestLoad(t *testing.T) {
 // secret counts as errors, and only plain HTTP to a loopback address is
 // accepted.
 func TestLoadURL(t *testing.T) {
-	e, err := NewM2MAuthEndpoint(false)
+	e, err := NewM2MAuthEndpoint(EndpointM2MAuth)
 	require.NoError(t, err)
 	srv := httptest.NewServer(e.Handler)
 	defer srv.Close()

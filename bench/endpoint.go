@@ -70,6 +70,7 @@ const (
 	EndpointFloor        = "floor"
 	EndpointM2MAuth      = "m2mauth"
 	EndpointM2MAuthSlog  = "m2mauth-slog"
+	EndpointM2MAuthJSON  = "m2mauth-json"
 	EndpointFositeBCrypt = "fosite-bcrypt"
 	EndpointFositePlain  = "fosite-plain"
 	EndpointGoOAuth2     = "go-oauth2"
@@ -81,8 +82,9 @@ func Endpoints() []EndpointMaker {
 	return []EndpointMaker{
 		{Name: EndpointNoop, New: NewNoopEndpoint},
 		{Name: EndpointFloor, New: NewFloorEndpoint},
-		{Name: EndpointM2MAuth, New: func() (Endpoint, error) { return NewM2MAuthEndpoint(false) }},
-		{Name: EndpointM2MAuthSlog, New: func() (Endpoint, error) { return NewM2MAuthEndpoint(true) }},
+		{Name: EndpointM2MAuth, New: func() (Endpoint, error) { return NewM2MAuthEndpoint(EndpointM2MAuth) }},
+		{Name: EndpointM2MAuthJSON, New: func() (Endpoint, error) { return NewM2MAuthEndpoint(EndpointM2MAuthJSON) }},
+		{Name: EndpointM2MAuthSlog, New: func() (Endpoint, error) { return NewM2MAuthEndpoint(EndpointM2MAuthSlog) }},
 		{Name: EndpointFositeBCrypt, New: func() (Endpoint, error) { return NewFositeEndpoint(true) }, BCrypt: true, Stores: true},
 		{Name: EndpointFositePlain, New: func() (Endpoint, error) { return NewFositeEndpoint(false) }, Stores: true},
 		{Name: EndpointGoOAuth2, New: func() (Endpoint, error) { return NewGoOAuth2Endpoint(false) }, Stores: true},
@@ -111,10 +113,12 @@ func NewNoopEndpoint() (Endpoint, error) {
 }
 
 // NewM2MAuthEndpoint is m2mauth's TokenHandler over a memstore holding the
-// client with a secret from m2mauth.NewSecret (salted SHA-256). The
-// auditor does nothing, or, with slogAudit, is the default SlogAuditor
-// writing JSON to io.Discard.
-func NewM2MAuthEndpoint(slogAudit bool) (Endpoint, error) {
+// client with a secret from m2mauth.NewSecret (salted SHA-256), named
+// name: with EndpointM2MAuth its auditor does nothing; with
+// EndpointM2MAuthJSON it is a JSONAuditor (the default auditor where slog
+// is not configured) and with EndpointM2MAuthSlog a SlogAuditor on
+// slog's JSON handler, both writing to io.Discard.
+func NewM2MAuthEndpoint(name string) (Endpoint, error) {
 	store := memstore.New()
 	plain, sec, err := m2mauth.NewSecret(time.Now(), time.Time{})
 	if err != nil {
@@ -132,11 +136,16 @@ func NewM2MAuthEndpoint(slogAudit bool) (Endpoint, error) {
 	if err != nil {
 		return Endpoint{}, err
 	}
-	name := EndpointM2MAuth
-	var auditor m2mauth.Auditor = m2mauth.AuditorFunc(func(context.Context, m2mauth.AuditEvent) {})
-	if slogAudit {
-		name = EndpointM2MAuthSlog
+	var auditor m2mauth.Auditor
+	switch name {
+	case EndpointM2MAuth:
+		auditor = m2mauth.AuditorFunc(func(context.Context, m2mauth.AuditEvent) {})
+	case EndpointM2MAuthJSON:
+		auditor = m2mauth.NewJSONAuditor(io.Discard)
+	case EndpointM2MAuthSlog:
 		auditor = m2mauth.NewSlogAuditor(slog.New(slog.NewJSONHandler(io.Discard, nil)))
+	default:
+		return Endpoint{}, fmt.Errorf("bench: %q is not an m2mauth endpoint", name)
 	}
 	h, err := m2mauth.NewTokenHandler(store, keys, m2mauth.TokenHandlerConfig{
 		Issuer:          Issuer,
@@ -228,7 +237,7 @@ type TokenResponse struct {
 // IssueToken issues one access token through m2mauth's token handler: the
 // token every validator is measured with.
 func IssueToken() (string, error) {
-	e, err := NewM2MAuthEndpoint(false)
+	e, err := NewM2MAuthEndpoint(EndpointM2MAuth)
 	if err != nil {
 		return "", err
 	}

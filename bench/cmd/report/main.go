@@ -320,6 +320,18 @@ func (r *report) render(loadBefore, loadAfter string, count int, benchstat strin
 			met:      ratio < 1, profile: "issue",
 		})
 	}
+	if r.has(issue(bench.EndpointM2MAuthJSON)) {
+		audited := r.bench(issue(bench.EndpointM2MAuthJSON), "ns/op")
+		ratio := (audited - m2m) / m2m
+		goals = append(goals, goal{
+			what: "default audit (JSONAuditor)", target: "adds ≤ 10 % to a token",
+			measured: fmt.Sprintf("%s %% (%s vs %s ns/op; slog auditor: %s %%)", f1(100*ratio), num(audited), num(m2m),
+				f1(100*(r.bench(issue(bench.EndpointM2MAuthSlog), "ns/op")-m2m)/m2m)),
+			met: ratio <= 0.1, profile: "issue",
+		})
+	} else {
+		r.missing = append(r.missing, "issuance of "+bench.EndpointM2MAuthJSON)
+	}
 	bare := r.bench(val(bench.RouteBare), "ns/op")
 	floorAbove := r.bench(val(bench.RouteFloor), "ns/op") - bare
 	unc := r.bench(val(bench.RouteM2MAuthUncached), "ns/op")
@@ -504,6 +516,8 @@ func label(name string) string {
 		return "go-jose floor"
 	case bench.EndpointM2MAuth:
 		return "**m2mauth**"
+	case bench.EndpointM2MAuthJSON:
+		return "**m2mauth**, JSON auditor"
 	case bench.EndpointM2MAuthSlog:
 		return "**m2mauth**, slog auditor"
 	case bench.EndpointFositeBCrypt:
