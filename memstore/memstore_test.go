@@ -88,3 +88,61 @@ func ExampleNew() {
 	// secret accepted: true
 	// unknown client: true
 }
+
+// TestClientLookupsIndependent: what a caller does to a looked-up client
+// (appending to or changing its secrets and scopes) shows neither in
+// another audience's scopes of the same client nor in a later lookup,
+// for clients whose secrets and scopes fit in one allocation and for
+// larger ones.
+func TestClientLookupsIndependent(t *testing.T) {
+	secrets := func(n int) []m2mauth.Secret {
+		out := make([]m2mauth.Secret, n)
+		for i := range out {
+			_, sec, err := m2mauth.NewSecret(time.Now(), time.Time{})
+			require.NoError(t, err)
+			sec.ID = fmt.Sprintf("s%d", i)
+			out[i] = sec
+		}
+		return out
+	}
+	tests := []struct {
+		name   string
+		client m2mauth.Client
+	}{
+		{"small", m2mauth.Client{ID: "small", Secrets: secrets(2), Grants: map[string]m2mauth.Scopes{
+			"https://a": {"read", "write"}, "https://b": {"x", "y"}, "https://c": nil}}},
+		{"large", m2mauth.Client{ID: "large", Secrets: secrets(3), Grants: map[string]m2mauth.Scopes{
+			"https://a": {"1", "2", "3", "4"}, "https://b": {"5", "6", "7"}, "https://c": {"8"}}}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s := memstore.New()
+			ctx := context.Background()
+			require.NoError(t, s.CreateClient(ctx, &tt.client))
+			want, err := s.Client(ctx, tt.client.ID)
+			require.NoError(t, err)
+
+			c, err := s.Client(ctx, tt.client.ID)
+			require.NoError(t, err)
+			require.Equal(t, want, c)
+			before := map[string]m2mauth.Scopes{}
+			for aud, sc := range c.Grants {
+				before[aud] = sc.Clone()
+			}
+			c.Secrets[0].ID = "changed"
+			_ = append(c.Secrets, m2mauth.Secret{ID: "appended"})
+			for aud, sc := range c.Grants {
+				_ = append(sc, "appended")
+				require.Equal(t, before[aud], c.Grants[aud], aud)
+			}
+			for _, sc := range c.Grants {
+				if len(sc) > 0 {
+					sc[0] = "changed"
+				}
+			}
+			again, err := s.Client(ctx, tt.client.ID)
+			require.NoError(t, err)
+			require.Equal(t, want, again)
+		})
+	}
+}
