@@ -363,8 +363,8 @@ func (r *report) render(loadBefore, loadAfter string, count int, benchstat strin
 	if loadBefore != "" || loadAfter != "" {
 		fmt.Fprintf(&s, "; load average %s before the run, %s after", orUnknown(loadBefore), orUnknown(loadAfter))
 	}
-	fmt.Fprintf(&s, ". %s. In-process numbers are medians of %d runs (`-count %d`); loopback numbers are medians of %d rounds of %s requests from %d clients.",
-		versions(), count, count, r.load.Rounds, num(float64(r.load.Requests)), r.load.Concurrency)
+	fmt.Fprintf(&s, ". %s. In-process numbers are medians of %d interleaved passes over every benchmark; loopback numbers are medians of %d rounds of %s requests from %d clients.",
+		versions(), count, r.load.Rounds, num(float64(r.load.Requests)), r.load.Concurrency)
 	if busy(loadBefore) {
 		s.WriteString(" Other work was running on the machine: the load average before the run is not the run's own, as it had started nothing yet. Absolute figures are lower, and their spread wider, than on an idle machine; the ratios, each taken within this run, carry over better.")
 	}
