@@ -281,6 +281,27 @@ func BenchmarkIssueBCrypt(b *testing.B) {
 	}
 }
 
+// BenchmarkAudit measures what each auditor of the m2mauth endpoints
+// takes to record the event of one issued token: the cost the auditor
+// adds to a token request, measured alone because it is a few percent of
+// the request, less than the spread of BenchmarkIssue on a shared
+// machine.
+func BenchmarkAudit(b *testing.B) {
+	ev, err := IssuedEvent()
+	require.NoError(b, err)
+	auditors := Auditors()
+	for _, name := range []string{EndpointM2MAuthJSON, EndpointM2MAuthSlog} {
+		b.Run(name, func(b *testing.B) {
+			a := auditors[name]
+			ctx := context.Background()
+			b.ReportAllocs()
+			for b.Loop() {
+				a.Audit(ctx, ev)
+			}
+		})
+	}
+}
+
 // BenchmarkValidate measures GET /api/builders with a valid token through
 // each protected route, in process.
 func BenchmarkValidate(b *testing.B) {

@@ -119,6 +119,43 @@ func NewNoopEndpoint() (Endpoint, error) {
 // is not configured) and with EndpointM2MAuthSlog a SlogAuditor on
 // slog's JSON handler, both writing to io.Discard.
 func NewM2MAuthEndpoint(name string) (Endpoint, error) {
+	auditor, ok := Auditors()[name]
+	switch {
+	case name == EndpointM2MAuth:
+		auditor = m2mauth.AuditorFunc(func(context.Context, m2mauth.AuditEvent) {})
+	case !ok:
+		return Endpoint{}, fmt.Errorf("bench: %q is not an m2mauth endpoint", name)
+	}
+	return newM2MAuthEndpoint(name, auditor)
+}
+
+// Auditors are the auditors of the m2mauth endpoints that audit: the
+// JSONAuditor and the SlogAuditor on slog's JSON handler, both writing to
+// io.Discard, by endpoint name.
+func Auditors() map[string]m2mauth.Auditor {
+	return map[string]m2mauth.Auditor{
+		EndpointM2MAuthJSON: m2mauth.NewJSONAuditor(io.Discard),
+		EndpointM2MAuthSlog: m2mauth.NewSlogAuditor(slog.New(slog.NewJSONHandler(io.Discard, nil))),
+	}
+}
+
+// IssuedEvent returns the audit event m2mauth's endpoint records for the
+// token request.
+func IssuedEvent() (m2mauth.AuditEvent, error) {
+	var got []m2mauth.AuditEvent
+	e, err := newM2MAuthEndpoint(EndpointM2MAuth, m2mauth.AuditorFunc(func(_ context.Context, ev m2mauth.AuditEvent) {
+		got = append(got, ev)
+	}))
+	if err != nil {
+		return m2mauth.AuditEvent{}, err
+	}
+	if w := e.Serve(); w.Code != http.StatusOK || len(got) != 1 || got[0].Type != m2mauth.EventTokenIssued {
+		return m2mauth.AuditEvent{}, fmt.Errorf("bench: status %d and %d audit events", w.Code, len(got))
+	}
+	return got[0], nil
+}
+
+func newM2MAuthEndpoint(name string, auditor m2mauth.Auditor) (Endpoint, error) {
 	store := memstore.New()
 	plain, sec, err := m2mauth.NewSecret(time.Now(), time.Time{})
 	if err != nil {
@@ -135,17 +172,6 @@ func NewM2MAuthEndpoint(name string) (Endpoint, error) {
 	keys, err := m2mauthKeys()
 	if err != nil {
 		return Endpoint{}, err
-	}
-	var auditor m2mauth.Auditor
-	switch name {
-	case EndpointM2MAuth:
-		auditor = m2mauth.AuditorFunc(func(context.Context, m2mauth.AuditEvent) {})
-	case EndpointM2MAuthJSON:
-		auditor = m2mauth.NewJSONAuditor(io.Discard)
-	case EndpointM2MAuthSlog:
-		auditor = m2mauth.NewSlogAuditor(slog.New(slog.NewJSONHandler(io.Discard, nil)))
-	default:
-		return Endpoint{}, fmt.Errorf("bench: %q is not an m2mauth endpoint", name)
 	}
 	h, err := m2mauth.NewTokenHandler(store, keys, m2mauth.TokenHandlerConfig{
 		Issuer:          Issuer,

@@ -46,7 +46,7 @@ go build -o "$tmp/load" ./cmd/load
 echo "== in-process benchmarks ($COUNT interleaved passes)"
 : >"$out/bench.txt"
 for _ in $(seq "$COUNT"); do
-	"$tmp/bench.test" -test.run '^$' -test.bench '^(BenchmarkIssue|BenchmarkValidate)$' \
+	"$tmp/bench.test" -test.run '^$' -test.bench '^(BenchmarkIssue|BenchmarkValidate|BenchmarkAudit)$' \
 		-test.benchmem -test.count 1 -test.benchtime "$BENCHTIME" | tee -a "$out/bench.txt"
 done
 "$tmp/bench.test" -test.run '^$' -test.bench '^BenchmarkIssueBCrypt$' \

@@ -320,17 +320,17 @@ func (r *report) render(loadBefore, loadAfter string, count int, benchstat strin
 			met:      ratio < 1, profile: "issue",
 		})
 	}
-	if r.has(issue(bench.EndpointM2MAuthJSON)) {
-		audited := r.bench(issue(bench.EndpointM2MAuthJSON), "ns/op")
-		ratio := (audited - m2m) / m2m
+	if r.has("Audit/"+bench.EndpointM2MAuthJSON) && r.has("Audit/"+bench.EndpointM2MAuthSlog) {
+		js, sl := r.bench("Audit/"+bench.EndpointM2MAuthJSON, "ns/op"), r.bench("Audit/"+bench.EndpointM2MAuthSlog, "ns/op")
+		ratio := js / m2m
 		goals = append(goals, goal{
 			what: "default audit (JSONAuditor)", target: "adds ≤ 10 % to a token",
-			measured: fmt.Sprintf("%s %% (%s vs %s ns/op; slog auditor: %s %%)", f1(100*ratio), num(audited), num(m2m),
-				f1(100*(r.bench(issue(bench.EndpointM2MAuthSlog), "ns/op")-m2m)/m2m)),
-			met: ratio <= 0.1, profile: "issue",
+			measured: fmt.Sprintf("%s %% (%s ns an event, `BenchmarkAudit`, on a %s ns token; the slog auditor: %s %%, %s ns)",
+				f1(100*ratio), num(js), num(m2m), f1(100*sl/m2m), num(sl)),
+			met: ratio <= 0.1,
 		})
 	} else {
-		r.missing = append(r.missing, "issuance of "+bench.EndpointM2MAuthJSON)
+		r.missing = append(r.missing, "BenchmarkAudit")
 	}
 	bare := r.bench(val(bench.RouteBare), "ns/op")
 	floorAbove := r.bench(val(bench.RouteFloor), "ns/op") - bare
