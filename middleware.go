@@ -539,7 +539,7 @@ func (v *Validator) verify(idx *keyIndex, raw string, now time.Time) (*Claims, e
 	if err != nil {
 		return nil, reject(ReasonTokenMalformed, "malformed token claims")
 	}
-	p, err := parseClaims(payload)
+	p, err := decodeClaims(payload)
 	if err != nil {
 		return nil, reject(ReasonTokenMalformed, "malformed token claims")
 	}

@@ -557,3 +557,108 @@ func (c *tokenClaimsSet) parseScopes() (Scopes, error) {
 	}
 	return ParseScopes(c.scope)
 }
+
+// decodeClaims decodes the claims of an access token: those written as a
+// TokenHandler writes them quickly, any others with parseClaims.
+func decodeClaims(data []byte) (*tokenClaimsSet, error) {
+	if c, ok := parseIssuedClaims(data); ok {
+		return c, nil
+	}
+	return parseClaims(data)
+}
+
+// parseIssuedClaims decodes claims written exactly as a TokenHandler
+// writes them (appendClaimsJSON): the members iss, sub, client_id, aud,
+// iat, nbf, exp, jti and optionally scope, in that order, without
+// spaces, strings of printable ASCII without escapes, dates of at most
+// 12 digits. It reports false for anything else, which parseClaims then
+// decodes; on what it accepts, it returns what parseClaims returns.
+func parseIssuedClaims(data []byte) (*tokenClaimsSet, bool) {
+	p := issuedParser{data: data}
+	iss := p.str(`{"iss":"`)
+	sub := p.str(`","sub":"`)
+	cid := p.str(`","client_id":"`)
+	aud := p.str(`","aud":"`)
+	iat := p.date(`","iat":`)
+	nbf := p.date(`,"nbf":`)
+	exp := p.date(`,"exp":`)
+	jti := p.str(`,"jti":"`)
+	scope, hasScope := [2]int{}, false
+	if !p.lit(`"}`) {
+		scope, hasScope = p.str(`","scope":"`), true
+		p.bad = p.bad || !p.lit(`"}`)
+	}
+	if p.bad || p.i != len(data) {
+		return nil, false
+	}
+	text := string(data)
+	at := func(r [2]int) string { return text[r[0]:r[1]] }
+	c := &tokenClaimsSet{exp: exp, nbf: nbf, iat: iat, hasClientID: true, hasScope: hasScope}
+	c.Issuer, c.Subject, c.ClientID, c.ID = at(iss), at(sub), at(cid), at(jti)
+	c.aud[0] = at(aud)
+	c.Audience = c.aud[:]
+	c.IssuedAt, c.NotBefore, c.Expiry = &c.iat, &c.nbf, &c.exp
+	if hasScope {
+		c.scope = at(scope)
+	}
+	return c, true
+}
+
+// issuedParser reads claims as a TokenHandler writes them. Once a read
+// fails, bad is set and every later read fails too.
+type issuedParser struct {
+	data []byte
+	i    int
+	bad  bool
+}
+
+// lit consumes s if the data continues with it.
+func (p *issuedParser) lit(s string) bool {
+	if p.bad || len(p.data)-p.i < len(s) || string(p.data[p.i:p.i+len(s)]) != s {
+		return false
+	}
+	p.i += len(s)
+	return true
+}
+
+// str consumes the literal before, then a string body of printable ASCII
+// other than '"' and '\\' up to the next quote, left unconsumed. It
+// returns the body's bounds.
+func (p *issuedParser) str(before string) [2]int {
+	if !p.lit(before) {
+		p.bad = true
+		return [2]int{}
+	}
+	start := p.i
+	for p.i < len(p.data) {
+		if b := p.data[p.i]; b >= utf8.RuneSelf || !jsonSafe[b] {
+			break
+		}
+		p.i++
+	}
+	if p.i >= len(p.data) || p.data[p.i] != '"' {
+		p.bad = true
+	}
+	return [2]int{start, p.i}
+}
+
+// date consumes the literal before, then a NumericDate of 1 to 12 digits
+// without a leading zero, at most maxNumericDate.
+func (p *issuedParser) date(before string) jwt.NumericDate {
+	if !p.lit(before) {
+		p.bad = true
+		return 0
+	}
+	start := p.i
+	var n int64
+	for p.i < len(p.data) && p.i-start < 12 && '0' <= p.data[p.i] && p.data[p.i] <= '9' {
+		n = n*10 + int64(p.data[p.i]-'0')
+		p.i++
+	}
+	digits := p.i - start
+	if digits == 0 || digits > 1 && p.data[start] == '0' || n > maxNumericDate ||
+		p.i < len(p.data) && '0' <= p.data[p.i] && p.data[p.i] <= '9' {
+		p.bad = true
+	}
+	return jwt.NumericDate(n)
+}

@@ -3,6 +3,7 @@ package m2mauth
 import (
 	"encoding/json"
 	"testing"
+	"time"
 	"unicode/utf8"
 
 	"github.com/go-jose/go-jose/v4/jwt"
@@ -273,15 +274,23 @@ func TestJSONSourceStrings(t *testing.T) {
 	require.Equal(t, "", src.str(data[3:3]))
 }
 
-// BenchmarkParseClaims decodes the claims of a token as m2mauth issues
-// them.
-func BenchmarkParseClaims(b *testing.B) {
-	data := []byte(`{"aud":"https://api.example.com","client_id":"bench-client","exp":1796064000,"iat":1796060400,"iss":"https://auth.example.com","jti":"Yw3NhUq0m8YfJm1N6Yp9Ag","nbf":1796060400,"scope":"read","sub":"bench-client"}`)
-	b.ReportAllocs()
-	for b.Loop() {
-		if _, err := parseClaims(data); err != nil {
-			b.Fatal(err)
-		}
+// BenchmarkDecodeClaims decodes the claims of a token as a TokenHandler
+// writes them, and the same claims in another order, which take the
+// general decoder.
+func BenchmarkDecodeClaims(b *testing.B) {
+	for _, tc := range []struct{ name, data string }{
+		{"issued", `{"iss":"https://auth.example.com","sub":"bench-client","client_id":"bench-client","aud":"https://api.example.com","iat":1796060400,"nbf":1796060400,"exp":1796064000,"jti":"Yw3NhUq0m8YfJm1N6Yp9Ag","scope":"read"}`},
+		{"reordered", `{"aud":"https://api.example.com","client_id":"bench-client","exp":1796064000,"iat":1796060400,"iss":"https://auth.example.com","jti":"Yw3NhUq0m8YfJm1N6Yp9Ag","nbf":1796060400,"scope":"read","sub":"bench-client"}`},
+	} {
+		b.Run(tc.name, func(b *testing.B) {
+			data := []byte(tc.data)
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, err := decodeClaims(data); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
 	}
 }
 
@@ -296,4 +305,68 @@ func TestAppendJSONString(t *testing.T) {
 		require.NoError(t, err)
 		require.Equal(t, string(want), string(appendJSONString(nil, s)), "%q", s)
 	}
+}
+
+// issuedClaimsSamples are claims as a TokenHandler writes them, and near
+// misses that the fast decoder must leave to parseClaims.
+var issuedClaimsSamples = []string{
+	`{"iss":"https://auth.example.com","sub":"svc","client_id":"svc","aud":"https://api.example.com","iat":1796060400,"nbf":1796060400,"exp":1796064000,"jti":"Yw3NhUq0m8YfJm1N6Yp9Ag","scope":"read write"}`,
+	`{"iss":"https://auth.example.com","sub":"svc","client_id":"svc","aud":"https://api.example.com","iat":1796060400,"nbf":1796060400,"exp":1796064000,"jti":"j"}`,
+	`{"iss":"i","sub":"","client_id":"","aud":"","iat":0,"nbf":0,"exp":253402300799,"jti":"","scope":""}`,
+	`{"iss":"i","sub":"s","client_id":"c","aud":"a","iat":0,"nbf":0,"exp":253402300800,"jti":"j"}`,
+	`{"iss":"i","sub":"s","client_id":"c","aud":"a","iat":01,"nbf":0,"exp":1,"jti":"j"}`,
+	`{"iss":"i","sub":"s","client_id":"c","aud":"a","iat":1.5,"nbf":0,"exp":1,"jti":"j"}`,
+	`{"iss":"i","sub":"s","client_id":"c","aud":"a","iat":1,"nbf":0,"exp":1,"jti":"j","scope":"r"} `,
+	`{"iss":"i","sub":"s","client_id":"c","aud":"a","iat":1,"nbf":0,"exp":1,"jti":"j","scope":"r","x":1}`,
+	`{"iss":"i\u0041","sub":"s","client_id":"c","aud":"a","iat":1,"nbf":0,"exp":1,"jti":"j"}`,
+	`{"iss":"é","sub":"s","client_id":"c","aud":"a","iat":1,"nbf":0,"exp":1,"jti":"j"}`,
+	`{"iss":"i","sub":"s","client_id":"c","aud":["a"],"iat":1,"nbf":0,"exp":1,"jti":"j"}`,
+	`{"iss":"i","sub":"s","client_id":"c","aud":"a","iat":1,"nbf":0,"exp":1,"jti":"j","jti":"k"}`,
+	`{"iss":"i","sub":"s","client_id":"c","aud":"a","iat":1234567890123,"nbf":0,"exp":1,"jti":"j"}`,
+}
+
+// TestParseIssuedClaims: claims written as a TokenHandler writes them are
+// decoded by the fast decoder into exactly what parseClaims returns, and
+// every near miss is left to parseClaims.
+func TestParseIssuedClaims(t *testing.T) {
+	for i, s := range issuedClaimsSamples {
+		fast, ok := parseIssuedClaims([]byte(s))
+		require.Equal(t, i < 3, ok, s)
+		if ok {
+			slow, err := parseClaims([]byte(s))
+			require.NoError(t, err)
+			require.Equal(t, slow, fast, s)
+		}
+	}
+	// What a TokenHandler writes, whatever its strings.
+	for _, c := range []tokenClaims{
+		{issuer: "https://i", clientID: "svc", audience: "https://a", jti: "j", scope: "read write",
+			issuedAt: time.Unix(1796060400, 0), expiry: time.Unix(1796064000, 0)},
+		{issuer: "https://i", clientID: "weird:id+1", audience: "https://a", jti: "j", issuedAt: time.Unix(0, 0), expiry: time.Unix(1, 0)},
+		{issuer: "https://i", clientID: `q"b\s<>&`, audience: "https://a", jti: "j", issuedAt: time.Unix(5, 0), expiry: time.Unix(6, 0)},
+	} {
+		data := appendClaimsJSON(nil, &c)
+		slow, err := parseClaims(data)
+		require.NoError(t, err)
+		got, err := decodeClaims(data)
+		require.NoError(t, err)
+		require.Equal(t, slow, got, string(data))
+	}
+}
+
+// FuzzParseIssuedClaims holds the fast decoder to parseClaims: whatever
+// it accepts, parseClaims accepts and decodes to the same claims.
+func FuzzParseIssuedClaims(f *testing.F) {
+	for _, s := range issuedClaimsSamples {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		fast, ok := parseIssuedClaims(data)
+		if !ok {
+			return
+		}
+		slow, err := parseClaims(data)
+		require.NoError(t, err, "%q", data)
+		require.Equal(t, slow, fast, "%q", data)
+	})
 }
