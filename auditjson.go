@@ -6,6 +6,7 @@ import (
 	"io"
 	"log"
 	"log/slog"
+	"os"
 	"sync"
 	"time"
 )
@@ -33,8 +34,12 @@ type JSONAuditor struct {
 	stamp [19]byte
 }
 
-// NewJSONAuditor returns an auditor writing to w.
+// NewJSONAuditor returns an auditor writing to w, or to standard error
+// when w is nil.
 func NewJSONAuditor(w io.Writer) *JSONAuditor {
+	if w == nil {
+		w = os.Stderr
+	}
 	return &JSONAuditor{w: w, sec: -1}
 }
 
@@ -85,7 +90,9 @@ func (a *JSONAuditor) Audit(_ context.Context, e AuditEvent) {
 }
 
 // AuditHealth returns the error of the last write, until a write
-// succeeds.
+// succeeds. With [TokenHandlerConfig.RequireAudit] the handler then
+// refuses token requests; the refusal's own event is the write that
+// finds the writer working again.
 func (a *JSONAuditor) AuditHealth() error {
 	a.mu.Lock()
 	defer a.mu.Unlock()

@@ -5,9 +5,11 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"io"
 	"log"
 	"log/slog"
 	"net/http"
+	"os"
 	"regexp"
 	"strings"
 	"sync"
@@ -77,6 +79,23 @@ func TestJSONAuditorOutput(t *testing.T) {
 	}
 }
 
+// TestJSONAuditorNilWriter: a nil writer means standard error.
+func TestJSONAuditorNilWriter(t *testing.T) {
+	r, w, err := os.Pipe()
+	require.NoError(t, err)
+	defer r.Close()
+	stderr := os.Stderr
+	os.Stderr = w
+	a := m2mauth.NewJSONAuditor(nil)
+	os.Stderr = stderr
+	a.Audit(t.Context(), m2mauth.AuditEvent{Type: m2mauth.EventTokenIssued, ClientID: "svc"})
+	require.NoError(t, w.Close())
+	line, err := io.ReadAll(r)
+	require.NoError(t, err)
+	require.Contains(t, string(line), `"client_id":"svc"`)
+	require.NoError(t, a.AuditHealth())
+}
+
 // failingWriter fails while fail is set.
 type failingWriter struct {
 	mu   sync.Mutex
@@ -110,13 +129,16 @@ func TestJSONAuditorHealth(t *testing.T) {
 	w1, _ := f.do(t, request{body: "grant_type=client_credentials", headers: map[string][]string{"Authorization": {basic("svc", f.secret)}}})
 	require.Equal(t, http.StatusServiceUnavailable, w1.Code)
 
+	// Once the writer works again, the next event written (here the
+	// refusal's own) clears the error, and tokens are issued again.
 	w.mu.Lock()
 	w.fail = false
 	w.mu.Unlock()
-	a.Audit(t.Context(), ev)
-	require.NoError(t, a.AuditHealth())
 	w2, _ := f.do(t, request{body: "grant_type=client_credentials", headers: map[string][]string{"Authorization": {basic("svc", f.secret)}}})
-	require.Equal(t, http.StatusOK, w2.Code)
+	require.Equal(t, http.StatusServiceUnavailable, w2.Code)
+	require.NoError(t, a.AuditHealth())
+	w3, _ := f.do(t, request{body: "grant_type=client_credentials", headers: map[string][]string{"Authorization": {basic("svc", f.secret)}}})
+	require.Equal(t, http.StatusOK, w3.Code)
 	require.Contains(t, w.buf.String(), `"event":"token_issued"`)
 }
 
