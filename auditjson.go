@@ -107,11 +107,17 @@ func defaultAuditor(logger *slog.Logger) Auditor {
 		// slog's own default handler writes through the log package; a
 		// handler the process set instead is one it wants used.
 		if fmt.Sprintf("%T", logger.Handler()) == "*slog.defaultHandler" {
-			return NewJSONAuditor(log.Writer())
+			return NewJSONAuditor(logOutput{})
 		}
 	}
 	return NewSlogAuditor(logger)
 }
+
+// logOutput writes to the log package's output as it is at each write,
+// as slog's default handler does.
+type logOutput struct{}
+
+func (logOutput) Write(p []byte) (int, error) { return log.Writer().Write(p) }
 
 // appendTime appends t in UTC as time.RFC3339Nano formats it. The
 // seconds are formatted once per second.

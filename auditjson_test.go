@@ -186,8 +186,9 @@ func TestDefaultAuditor(t *testing.T) {
 	t.Run("slog not configured", func(t *testing.T) {
 		var out bytes.Buffer
 		defer log.SetOutput(log.Writer())
-		log.SetOutput(&out)
-		issue(t, newHandler(t, nil))
+		f := newHandler(t, nil)
+		log.SetOutput(&out) // after the handler is made: it follows the change
+		issue(t, f)
 		// Other lines may come from work that earlier tests left running.
 		var audit []map[string]any
 		for _, l := range strings.Split(out.String(), "\n") {
