@@ -353,24 +353,12 @@ func jsonNumericDate(v []byte) (d jwt.NumericDate, present bool, err error) {
 	if len(v) == 0 || v[0] != '-' && (v[0] < '0' || v[0] > '9') {
 		return 0, false, errJSON
 	}
-	if len(v) <= 12 && v[0] != '-' && (v[0] != '0' || len(v) == 1) {
-		// The common case: a whole number of at most 12 digits, without
-		// a leading zero. Anything else is left to strconv below.
-		var n int64
-		digits := true
-		for _, c := range v {
-			if c < '0' || c > '9' {
-				digits = false
-				break
-			}
-			n = n*10 + int64(c-'0')
+	if n, ok := wholeSeconds(v); ok {
+		// The common case; anything else is left to strconv below.
+		if n > maxNumericDate {
+			return 0, false, errJSON
 		}
-		if digits {
-			if n > maxNumericDate {
-				return 0, false, errJSON
-			}
-			return jwt.NumericDate(n), true, nil
-		}
+		return jwt.NumericDate(n), true, nil
 	}
 	if n, err := strconv.ParseInt(string(v), 10, 64); err == nil {
 		if n < 0 || n > maxNumericDate {
@@ -650,15 +638,28 @@ func (p *issuedParser) date(before string) jwt.NumericDate {
 		return 0
 	}
 	start := p.i
-	var n int64
-	for p.i < len(p.data) && p.i-start < 12 && '0' <= p.data[p.i] && p.data[p.i] <= '9' {
-		n = n*10 + int64(p.data[p.i]-'0')
+	for p.i < len(p.data) && '0' <= p.data[p.i] && p.data[p.i] <= '9' {
 		p.i++
 	}
-	digits := p.i - start
-	if digits == 0 || digits > 1 && p.data[start] == '0' || n > maxNumericDate ||
-		p.i < len(p.data) && '0' <= p.data[p.i] && p.data[p.i] <= '9' {
+	n, ok := wholeSeconds(p.data[start:p.i])
+	if !ok || n > maxNumericDate {
 		p.bad = true
 	}
 	return jwt.NumericDate(n)
+}
+
+// wholeSeconds reads v as a whole number of 1 to 12 digits without a
+// leading zero, the form NumericDates take in practice.
+func wholeSeconds(v []byte) (int64, bool) {
+	if len(v) == 0 || len(v) > 12 || v[0] == '0' && len(v) > 1 {
+		return 0, false
+	}
+	var n int64
+	for _, c := range v {
+		if c < '0' || c > '9' {
+			return 0, false
+		}
+		n = n*10 + int64(c-'0')
+	}
+	return n, true
 }
