@@ -141,10 +141,7 @@ func NewSlogAuditor(logger *slog.Logger) *SlogAuditor {
 // the logger's handler itself, with its source (the call site in Audit)
 // found once instead of by a walk of the stack for every event.
 func (a *SlogAuditor) Audit(ctx context.Context, e AuditEvent) {
-	level := slog.LevelWarn
-	if e.Type == EventTokenIssued {
-		level = slog.LevelInfo
-	}
+	level := auditLevel(e.Type)
 	if ctx == nil {
 		ctx = context.Background()
 	}
@@ -175,6 +172,15 @@ func (a *SlogAuditor) Audit(ctx context.Context, e AuditEvent) {
 	r := slog.NewRecord(time.Now(), level, "m2mauth audit", pc)
 	r.AddAttrs(attrs...)
 	_ = h.Handle(ctx, r)
+}
+
+// auditLevel is the log level of an event of type t: Info for an issued
+// token, Warn for everything else.
+func auditLevel(t AuditEventType) slog.Level {
+	if t == EventTokenIssued {
+		return slog.LevelInfo
+	}
+	return slog.LevelWarn
 }
 
 // appendAuditAttr appends the attribute k=v to attrs unless v is empty.

@@ -48,17 +48,13 @@ const maxKeptAuditBuf = 16 << 10
 
 // Audit writes e as one line.
 func (a *JSONAuditor) Audit(_ context.Context, e AuditEvent) {
-	level := "WARN"
-	if e.Type == EventTokenIssued {
-		level = "INFO"
-	}
 	now := systemClock.Now()
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	b := append(a.buf[:0], `{"time":"`...)
 	b = a.appendTime(b, now)
 	b = append(b, `","level":"`...)
-	b = append(b, level...)
+	b = append(b, auditLevel(e.Type).String()...)
 	b = append(b, `","msg":"m2mauth audit","event":`...)
 	b = appendAuditString(b, string(e.Type))
 	b = append(b, `,"event_time":"`...)
