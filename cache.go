@@ -2,6 +2,7 @@ package m2mauth
 
 import (
 	"hash/maphash"
+	"math"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -58,11 +59,28 @@ type cacheSlot struct {
 
 type cacheEntry struct {
 	claims *Claims
-	// keys identifies the key set the token was verified under; the
-	// entry is valid only while the validator uses the same one.
-	keys  any
-	from  time.Time // nbf - leeway: the first instant the token is valid
-	until time.Time // exp + leeway: the first instant it is invalid again
+	// keys is the key set the token was verified under; the entry is
+	// valid only while the validator uses the same one.
+	keys *keyIndex
+	// from and until, in Unix nanoseconds (see unixNanos), bound when
+	// the entry is valid: from is nbf - leeway, the first instant the
+	// token is valid (math.MinInt64 without nbf); until is exp + leeway,
+	// the first instant it is invalid again.
+	from, until int64
+}
+
+// unixNanos returns t in Unix nanoseconds, saturated at the ends of
+// int64 (years 1678 and 2262), so that an entry's bounds order as the
+// times do.
+func unixNanos(t time.Time) int64 {
+	const maxSec = math.MaxInt64/int64(time.Second) - 1
+	switch sec := t.Unix(); {
+	case sec > maxSec:
+		return math.MaxInt64
+	case sec < -maxSec:
+		return math.MinInt64
+	}
+	return t.UnixNano()
 }
 
 func newTokenCache(size int) *tokenCache { return newShardedCache(size, cacheShards) }
@@ -94,14 +112,15 @@ func (c *tokenCache) shard(raw string) *cacheShard {
 }
 
 // valid reports whether e may answer for a token verified under keys at
-// now.
-func (e *cacheEntry) valid(keys any, now time.Time) bool {
-	return e.keys == keys && !now.Before(e.from) && now.Before(e.until)
+// now, in Unix nanoseconds.
+func (e *cacheEntry) valid(keys *keyIndex, now int64) bool {
+	return e.keys == keys && now >= e.from && now < e.until
 }
 
 // get returns the cached claims of raw if it was verified under keys and
 // is still within its validity at now.
-func (c *tokenCache) get(raw string, keys any, now time.Time) (*Claims, bool) {
+func (c *tokenCache) get(raw string, keys *keyIndex, t time.Time) (*Claims, bool) {
+	now := unixNanos(t)
 	s := c.shard(raw)
 	s.mu.RLock()
 	i, ok := s.index[raw]
@@ -133,7 +152,8 @@ func (c *tokenCache) get(raw string, keys any, now time.Time) (*Claims, bool) {
 
 // put stores verified claims, if the cache has room or the shard gives
 // some up (see [tokenCache]).
-func (c *tokenCache) put(raw string, e cacheEntry, now time.Time) {
+func (c *tokenCache) put(raw string, e cacheEntry, t time.Time) {
+	now := unixNanos(t)
 	s := c.shard(raw)
 	s.mu.Lock()
 	defer s.mu.Unlock()

@@ -4,6 +4,7 @@ import (
 	"crypto/rand"
 	"encoding/base64"
 	"fmt"
+	"math"
 	mrand "math/rand/v2"
 	"sync"
 	"testing"
@@ -18,7 +19,7 @@ import (
 // their place if hits scale better with them.
 func BenchmarkTokenCacheShards(b *testing.B) {
 	now := time.Unix(1_800_000_000, 0)
-	keys := new(int)
+	keys := new(keyIndex)
 	tokens := make([]string, 1024)
 	for i := range tokens {
 		tokens[i] = fmt.Sprintf("eyJhbGciOiJIUzI1NiJ9.payload-%d.sig%04x", i, i*7919)
@@ -27,7 +28,7 @@ func BenchmarkTokenCacheShards(b *testing.B) {
 		b.Run(fmt.Sprintf("shards=%d", n), func(b *testing.B) {
 			c := newShardedCache(10000, n)
 			for _, tok := range tokens {
-				c.put(tok, cacheEntry{claims: &Claims{}, keys: keys, from: now.Add(-time.Hour), until: now.Add(time.Hour)}, now)
+				c.put(tok, cacheEntry{claims: &Claims{}, keys: keys, from: unixNanos(now.Add(-time.Hour)), until: unixNanos(now.Add(time.Hour))}, now)
 			}
 			b.RunParallel(func(pb *testing.PB) {
 				i := 0
@@ -75,7 +76,7 @@ var benchSink []byte
 // the cache (a shard left half empty while others evict would not).
 func TestTokenCacheFills(t *testing.T) {
 	now := time.Unix(1_800_000_000, 0)
-	keys := new(int)
+	keys := new(keyIndex)
 	for _, sigLen := range []int{32, 64, 256} { // HS256; ES256 and EdDSA; RS256 and PS256
 		t.Run(fmt.Sprintf("signature of %d bytes", sigLen), func(t *testing.T) {
 			c := newTokenCache(10000)
@@ -83,7 +84,7 @@ func TestTokenCacheFills(t *testing.T) {
 			for i := range 12000 {
 				rand.Read(sig)
 				tok := fmt.Sprintf("eyJhbGciOiJIUzI1NiJ9.payload-%d.%s", i, base64.RawURLEncoding.EncodeToString(sig))
-				c.put(tok, cacheEntry{claims: &Claims{}, keys: keys, from: now.Add(-time.Hour), until: now.Add(time.Hour)}, now)
+				c.put(tok, cacheEntry{claims: &Claims{}, keys: keys, from: unixNanos(now.Add(-time.Hour)), until: unixNanos(now.Add(time.Hour))}, now)
 			}
 			st := c.stats()
 			if st.Entries < st.Capacity*98/100 {
@@ -133,14 +134,14 @@ func checkCache(t *testing.T, c *tokenCache) {
 
 // hitRate validates every token of the set once, verifying and putting
 // those that miss, and returns the share answered from the cache.
-func hitRate(c *tokenCache, tokens []string, keys any, now time.Time) float64 {
+func hitRate(c *tokenCache, tokens []string, keys *keyIndex, now time.Time) float64 {
 	hits := 0
 	for _, tok := range tokens {
 		if _, ok := c.get(tok, keys, now); ok {
 			hits++
 			continue
 		}
-		c.put(tok, cacheEntry{claims: &Claims{}, keys: keys, from: now.Add(-time.Hour), until: now.Add(time.Hour)}, now)
+		c.put(tok, cacheEntry{claims: &Claims{}, keys: keys, from: unixNanos(now.Add(-time.Hour)), until: unixNanos(now.Add(time.Hour))}, now)
 	}
 	return float64(hits) / float64(len(tokens))
 }
@@ -151,7 +152,7 @@ func hitRate(c *tokenCache, tokens []string, keys any, now time.Time) float64 {
 // few passes; expired tokens and tokens of an old key set give way at once.
 func TestTokenCachePolicy(t *testing.T) {
 	now := time.Unix(1_800_000_000, 0)
-	keys := new(int)
+	keys := new(keyIndex)
 
 	t.Run("a working set that fits", func(t *testing.T) {
 		for _, n := range []int{5000, 10000} {
@@ -204,7 +205,7 @@ func TestTokenCachePolicy(t *testing.T) {
 	t.Run("tokens of an old key set give way", func(t *testing.T) {
 		c := newTokenCache(10000)
 		hitRate(c, cacheTokens(10000, "old"), keys, now)
-		newKeys := new(int)
+		newKeys := new(keyIndex)
 		recent := cacheTokens(10000, "new")
 		hitRate(c, recent, newKeys, now)
 		assert.Greater(t, hitRate(c, recent, newKeys, now), 0.95)
@@ -217,7 +218,7 @@ func TestTokenCachePolicy(t *testing.T) {
 // held exact and within the capacity; run with -race.
 func TestTokenCacheChurn(t *testing.T) {
 	c := newTokenCache(256)
-	keys := new(int)
+	keys := new(keyIndex)
 	base := time.Unix(1_800_000_000, 0)
 	tokens := cacheTokens(2000, "churn")
 	var wg sync.WaitGroup
@@ -231,11 +232,35 @@ func TestTokenCacheChurn(t *testing.T) {
 				now := base.Add(time.Duration(i/100) * time.Second)
 				if _, ok := c.get(tok, keys, now); !ok {
 					ttl := time.Duration(1+rng.IntN(30)) * time.Second
-					c.put(tok, cacheEntry{claims: &Claims{}, keys: keys, from: now, until: now.Add(ttl)}, now)
+					c.put(tok, cacheEntry{claims: &Claims{}, keys: keys, from: unixNanos(now), until: unixNanos(now.Add(ttl))}, now)
 				}
 			}
 		}()
 	}
 	wg.Wait()
 	checkCache(t, c)
+}
+
+// TestUnixNanos: an entry's bounds keep the order of the times they come
+// from, past the ends of int64 nanoseconds too.
+func TestUnixNanos(t *testing.T) {
+	const lastSec = math.MaxInt64/int64(time.Second) - 1
+	tests := []struct {
+		name string
+		t    time.Time
+		want int64
+	}{
+		{"the epoch", time.Unix(0, 0), 0},
+		{"now", time.Unix(1_800_000_000, 5), 1_800_000_000_000_000_005},
+		{"before 1970", time.Unix(-1, 0), -1_000_000_000},
+		{"year 2262, the last second kept", time.Unix(lastSec, 0), lastSec * 1e9},
+		{"year 3000", time.Date(3000, 1, 1, 0, 0, 0, 0, time.UTC), math.MaxInt64},
+		{"year 1600", time.Date(1600, 1, 1, 0, 0, 0, 0, time.UTC), math.MinInt64},
+		{"the zero time", time.Time{}, math.MinInt64},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			require.Equal(t, tt.want, unixNanos(tt.t))
+		})
+	}
 }

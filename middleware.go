@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net/http"
 	"net/netip"
 	"net/url"
@@ -447,9 +448,9 @@ func (v *Validator) validate(ctx context.Context, raw string, bearer bool) (*Cla
 		return nil, err
 	}
 	if v.cache != nil {
-		e := cacheEntry{claims: c, keys: idx, until: c.Expiry.Time().Add(v.cfg.Leeway)}
+		e := cacheEntry{claims: c, keys: idx, from: math.MinInt64, until: unixNanos(c.Expiry.Time().Add(v.cfg.Leeway))}
 		if c.NotBefore != nil {
-			e.from = c.NotBefore.Time().Add(-v.cfg.Leeway)
+			e.from = unixNanos(c.NotBefore.Time().Add(-v.cfg.Leeway))
 		}
 		v.cache.put(raw, e, now)
 	}
