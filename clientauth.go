@@ -108,8 +108,8 @@ func (a *clientAuth) authenticate(ctx context.Context, cr *credentials, ip strin
 	}
 	// A store or limiter that answers from memory never looks at the
 	// deadline, so it is armed only when one does.
-	lctx, cancel := withLazyTimeout(ctx, a.timeout)
-	defer cancel()
+	lctx := withLazyTimeout(ctx, a.timeout)
+	defer lctx.release()
 	ctx = lctx
 	var (
 		wait time.Duration

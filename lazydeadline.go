@@ -36,14 +36,16 @@ var _ interface {
 } = (*lazyDeadline)(nil)
 
 // withLazyTimeout returns a context that is done timeout after now, or
-// when parent is done, and the function that releases it, which must be
-// called when the work is done, as for [context.WithTimeout].
-func withLazyTimeout(parent context.Context, timeout time.Duration) (*lazyDeadline, func()) {
-	c := &lazyDeadline{parent: parent, deadline: time.Now().Add(timeout)}
+// when parent is done. Its release method must be called when the work
+// is done, as the cancel function of [context.WithTimeout] must; it is
+// a method rather than a returned func so that deferring it allocates
+// nothing.
+func withLazyTimeout(parent context.Context, timeout time.Duration) *lazyDeadline {
+	c := &lazyDeadline{parent: parent, deadline: systemClock.Now().Add(timeout)}
 	if d, ok := parent.Deadline(); ok && d.Before(c.deadline) {
 		c.deadline = d
 	}
-	return c, c.release
+	return c
 }
 
 // arm makes the real deadline context, once, and returns it.

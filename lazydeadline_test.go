@@ -36,8 +36,8 @@ func TestLazyDeadline(t *testing.T) {
 		run  func(t *testing.T)
 	}{
 		{"unarmed: no error before the deadline, DeadlineExceeded after, then Done is closed", func(t *testing.T) {
-			c, release := withLazyTimeout(context.Background(), 20*time.Millisecond)
-			defer release()
+			c := withLazyTimeout(context.Background(), 20*time.Millisecond)
+			defer c.release()
 			require.NoError(t, c.Err())
 			require.False(t, c.isArmed.Load(), "Err does not arm")
 			time.Sleep(30 * time.Millisecond)
@@ -46,8 +46,8 @@ func TestLazyDeadline(t *testing.T) {
 			require.ErrorIs(t, c.Err(), context.DeadlineExceeded)
 		}},
 		{"armed by Done: closed when the deadline passes", func(t *testing.T) {
-			c, release := withLazyTimeout(context.Background(), 20*time.Millisecond)
-			defer release()
+			c := withLazyTimeout(context.Background(), 20*time.Millisecond)
+			defer c.release()
 			done := c.Done()
 			require.False(t, closed(done))
 			waitDone(t, done)
@@ -55,8 +55,8 @@ func TestLazyDeadline(t *testing.T) {
 		}},
 		{"parent canceled: Err says so, armed or not", func(t *testing.T) {
 			parent, cancel := context.WithCancel(context.Background())
-			c, release := withLazyTimeout(parent, time.Hour)
-			defer release()
+			c := withLazyTimeout(parent, time.Hour)
+			defer c.release()
 			cancel()
 			require.ErrorIs(t, c.Err(), context.Canceled)
 			waitDone(t, c.Done())
@@ -64,22 +64,22 @@ func TestLazyDeadline(t *testing.T) {
 		}},
 		{"parent canceled after arming", func(t *testing.T) {
 			parent, cancel := context.WithCancel(context.Background())
-			c, release := withLazyTimeout(parent, time.Hour)
-			defer release()
+			c := withLazyTimeout(parent, time.Hour)
+			defer c.release()
 			done := c.Done()
 			cancel()
 			waitDone(t, done)
 			require.ErrorIs(t, c.Err(), context.Canceled)
 		}},
 		{"released: done and canceled, armed or not", func(t *testing.T) {
-			c, release := withLazyTimeout(context.Background(), time.Hour)
-			release()
+			c := withLazyTimeout(context.Background(), time.Hour)
+			c.release()
 			require.ErrorIs(t, c.Err(), context.Canceled)
 			require.True(t, closed(c.Done()))
 
-			c, release = withLazyTimeout(context.Background(), time.Hour)
+			c = withLazyTimeout(context.Background(), time.Hour)
 			done := c.Done()
-			release()
+			c.release()
 			require.True(t, closed(done))
 			require.ErrorIs(t, c.Err(), context.Canceled)
 		}},
@@ -87,27 +87,27 @@ func TestLazyDeadline(t *testing.T) {
 			parent, cancel := context.WithTimeout(context.Background(), time.Minute)
 			defer cancel()
 			pd, _ := parent.Deadline()
-			c, release := withLazyTimeout(parent, time.Hour)
-			defer release()
+			c := withLazyTimeout(parent, time.Hour)
+			defer c.release()
 			d, ok := c.Deadline()
 			require.True(t, ok)
 			require.Equal(t, pd, d)
-			c2, release2 := withLazyTimeout(parent, time.Second)
-			defer release2()
+			c2 := withLazyTimeout(parent, time.Second)
+			defer c2.release()
 			d2, _ := c2.Deadline()
 			require.True(t, d2.Before(pd))
 		}},
 		{"values pass through, armed or not", func(t *testing.T) {
 			parent := context.WithValue(context.Background(), ctxKey{}, "v")
-			c, release := withLazyTimeout(parent, time.Hour)
-			defer release()
+			c := withLazyTimeout(parent, time.Hour)
+			defer c.release()
 			require.Equal(t, "v", c.Value(ctxKey{}))
 			c.Done()
 			require.Equal(t, "v", c.Value(ctxKey{}))
 		}},
 		{"a derived context ends with it, without a goroutine of its own", func(t *testing.T) {
-			c, release := withLazyTimeout(context.Background(), 30*time.Millisecond)
-			defer release()
+			c := withLazyTimeout(context.Background(), 30*time.Millisecond)
+			defer c.release()
 			before := runtime.NumGoroutine()
 			derived, cancel := context.WithCancel(c)
 			defer cancel()
@@ -117,7 +117,7 @@ func TestLazyDeadline(t *testing.T) {
 			require.ErrorIs(t, derived.Err(), context.DeadlineExceeded)
 		}},
 		{"released while others look at it", func(t *testing.T) {
-			c, release := withLazyTimeout(context.Background(), time.Hour)
+			c := withLazyTimeout(context.Background(), time.Hour)
 			var wg sync.WaitGroup
 			for i := range 8 {
 				wg.Go(func() {
@@ -131,7 +131,7 @@ func TestLazyDeadline(t *testing.T) {
 				})
 			}
 			time.Sleep(5 * time.Millisecond)
-			release()
+			c.release()
 			wg.Wait()
 			require.ErrorIs(t, c.Err(), context.Canceled)
 		}},
