@@ -61,11 +61,7 @@ type ValidatorConfig struct {
 	// it must write the status (err.Status) and a body.
 	ErrorHandler func(w http.ResponseWriter, r *http.Request, err *Error)
 	// Now is the clock. Default: the system clock, read as
-	// [TokenHandlerConfig.Now] says by a ticker every millisecond while
-	// requests come, so that a token answered from the cache costs no
-	// reading of it. The time it tells then lags by about a millisecond,
-	// longer on a machine too busy to run the ticker on time; nbf and
-	// exp are whole seconds checked with Leeway.
+	// [TokenHandlerConfig.Now] says.
 	Now func() time.Time
 	// TrustedProxies and ForwardedHeader name the reverse proxies in
 	// front of the API and the one header they write, so that audit
@@ -177,7 +173,7 @@ func NewValidator(keys KeyProvider, cfg ValidatorConfig) (*Validator, error) {
 		return nil, err
 	}
 	if cfg.Now == nil {
-		cfg.Now = cacheClock.Now
+		cfg.Now = systemClock.Now
 	}
 	if cfg.InsecureAcceptStaleRevocations && cfg.Revocations == nil {
 		return nil, errors.New("m2mauth: InsecureAcceptStaleRevocations is set without Revocations")
