@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"net/netip"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -499,16 +500,36 @@ func (h *TokenHandler) target(req *tokenRequest, c *Client, ev *AuditEvent) (str
 	}
 	scopes := granted
 	if req.scope != "" {
-		if scopes, err = ParseScopes(req.scope); err != nil {
+		// Parsed on the stack: a request for the scopes granted, or for
+		// one of them (the usual ones), is answered with the client's
+		// own and allocates nothing.
+		var local [8]string
+		asked, err := appendScopes(local[:0], req.scope)
+		if err != nil {
 			return "", nil, NewError(CodeInvalidScope, "scope is malformed (RFC 6749 section 3.3)")
 		}
-		if !granted.HasAll(scopes) {
-			ev.Scopes = scopes
+		if !granted.HasAll(asked) {
+			ev.Scopes = slices.Clone(asked)
 			return "", nil, NewError(CodeInvalidScope, "requested scope is not granted to the client for this audience")
+		}
+		if scopes = runOf(granted, asked); scopes == nil {
+			scopes = slices.Clone(asked)
 		}
 	}
 	ev.Scopes = scopes
 	return audience, scopes, nil
+}
+
+// runOf returns the run of consecutive scopes of granted equal to asked,
+// capped so that an append cannot reach the rest, or nil if there is
+// none.
+func runOf(granted, asked Scopes) Scopes {
+	for i := 0; i+len(asked) <= len(granted); i++ {
+		if run := granted[i : i+len(asked) : i+len(asked)]; slices.Equal(run, asked) {
+			return run
+		}
+	}
+	return nil
 }
 
 // mint signs a token for c and writes the response body into *bp.
