@@ -618,17 +618,24 @@ func (p *issuedParser) str(before string) [2]int {
 		return [2]int{}
 	}
 	start := p.i
-	for p.i < len(p.data) {
-		if b := p.data[p.i]; b >= utf8.RuneSelf || !jsonSafe[b] {
-			break
-		}
-		p.i++
+	rest := p.data[start:]
+	n := 0
+	for n < len(rest) && issuedStrByte[rest[n]] {
+		n++
 	}
-	if p.i >= len(p.data) || p.data[p.i] != '"' {
+	p.i += n
+	if n == len(rest) || rest[n] != '"' {
 		p.bad = true
 	}
 	return [2]int{start, p.i}
 }
+
+// issuedStrByte marks the bytes a string of the issued layout holds:
+// those JSON holds as they are ([jsonSafe]), none of them beyond ASCII.
+var issuedStrByte = func() (t [256]bool) {
+	copy(t[:], jsonSafe[:])
+	return t
+}()
 
 // date consumes the literal before, then a NumericDate of 1 to 12 digits
 // without a leading zero, at most maxNumericDate.
