@@ -1,6 +1,7 @@
 package m2mauth
 
 import (
+	"encoding/binary"
 	"hash/maphash"
 	"math"
 	"sync"
@@ -36,8 +37,10 @@ type tokenCache struct {
 
 type cacheShard struct {
 	mu sync.RWMutex
-	// index finds a token's slot; a slot whose raw is empty is free.
-	index map[string]int32
+	// index finds a token's slot by its tag; a slot whose raw is empty
+	// is free. A slot found must still hold the very token looked up:
+	// two tokens may share a tag.
+	index map[uint64]int32
 	slots []cacheSlot
 	free  []int32
 	hand  int32 // the slot a full shard would give up next
@@ -95,7 +98,7 @@ func newShardedCache(size, n int) *tokenCache {
 		words *= 2
 	}
 	for i := range c.shards {
-		c.shards[i].index = make(map[string]int32)
+		c.shards[i].index = make(map[uint64]int32)
 		c.shards[i].seen = make([]uint64, words)
 	}
 	return c
@@ -123,7 +126,8 @@ func (c *tokenCache) get(raw string, keys *keyIndex, t time.Time) (*Claims, bool
 	now := unixNanos(t)
 	s := c.shard(raw)
 	s.mu.RLock()
-	i, ok := s.index[raw]
+	i, ok := s.index[tokenTag(raw)]
+	ok = ok && s.slots[i].raw == raw
 	if ok {
 		if e := &s.slots[i]; e.valid(keys, now) {
 			if !e.used.Load() {
@@ -139,7 +143,7 @@ func (c *tokenCache) get(raw string, keys *keyIndex, t time.Time) (*Claims, bool
 	if ok {
 		// Expired, or verified under keys no longer in use.
 		s.mu.Lock()
-		if i, ok := s.index[raw]; ok && !s.slots[i].valid(keys, now) {
+		if i, ok := s.index[tokenTag(raw)]; ok && s.slots[i].raw == raw && !s.slots[i].valid(keys, now) {
 			s.drop(i)
 			s.free = append(s.free, i)
 			c.entries.Add(-1)
@@ -173,8 +177,11 @@ func (c *tokenCache) put(raw string, e cacheEntry, t time.Time) {
 			}
 		}
 	}
-	if i, ok := s.index[raw]; ok {
-		s.slots[i].cacheEntry = e
+	tag := tokenTag(raw)
+	if i, ok := s.index[tag]; ok {
+		// The token itself, or one that shares its tag, which gives
+		// way to it.
+		s.slots[i].raw, s.slots[i].cacheEntry = raw, e
 		return
 	}
 	var i int32
@@ -194,7 +201,22 @@ func (c *tokenCache) put(raw string, e cacheEntry, t time.Time) {
 		return
 	}
 	s.slots[i].raw, s.slots[i].cacheEntry = raw, e
-	s.index[raw] = i
+	s.index[tag] = i
+}
+
+// tokenTag is what the index keys a token by: its last eight bytes, which
+// for a token that verified (the only kind cached) are signature bytes,
+// as random as the signature, so cheaper to hash and to find than the
+// whole token. A shorter string, never a cached token, is packed whole.
+func tokenTag(raw string) uint64 {
+	if len(raw) < 8 {
+		var t uint64
+		for i := 0; i < len(raw); i++ {
+			t = t<<8 | uint64(raw[i])
+		}
+		return t
+	}
+	return binary.LittleEndian.Uint64([]byte(raw[len(raw)-8:]))
 }
 
 // reserve counts one more token held, if the cache has room for it.
@@ -230,7 +252,7 @@ func (c *tokenCache) admit(s *cacheShard, raw string) bool {
 
 // drop empties slot i.
 func (s *cacheShard) drop(i int32) {
-	delete(s.index, s.slots[i].raw)
+	delete(s.index, tokenTag(s.slots[i].raw))
 	s.slots[i].raw, s.slots[i].cacheEntry = "", cacheEntry{}
 	s.slots[i].used.Store(false)
 }

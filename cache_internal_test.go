@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math"
 	mrand "math/rand/v2"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -40,6 +41,26 @@ func BenchmarkTokenCacheShards(b *testing.B) {
 				}
 			})
 		})
+	}
+}
+
+// BenchmarkTokenCacheHit measures one hit on one core, on tokens as long
+// as those a TokenHandler issues (about 390 bytes): what finding a token
+// costs where the whole token would be hashed and compared.
+func BenchmarkTokenCacheHit(b *testing.B) {
+	now := time.Unix(1_800_000_000, 0)
+	keys := new(keyIndex)
+	tokens := cacheTokens(1024, strings.Repeat("p", 300))
+	c := newTokenCache(10000)
+	for _, tok := range tokens {
+		c.put(tok, cacheEntry{claims: &Claims{}, keys: keys, from: unixNanos(now.Add(-time.Hour)), until: unixNanos(now.Add(time.Hour))}, now)
+	}
+	i := 0
+	for b.Loop() {
+		if _, ok := c.get(tokens[i&1023], keys, now); !ok {
+			b.Fatal("miss")
+		}
+		i++
 	}
 }
 
@@ -107,7 +128,8 @@ func cacheTokens(n int, tag string) []string {
 }
 
 // checkCache: the count of tokens held is the sum of the shards', within
-// the capacity, and every token indexed is in its slot.
+// the capacity, and every tag indexed leads to a slot holding a token
+// with that tag.
 func checkCache(t *testing.T, c *tokenCache) {
 	t.Helper()
 	held := 0
@@ -116,8 +138,9 @@ func checkCache(t *testing.T, c *tokenCache) {
 		s.mu.RLock()
 		held += len(s.index)
 		require.LessOrEqual(t, len(s.index), c.maxShard)
-		for raw, j := range s.index {
-			require.Equal(t, raw, s.slots[j].raw)
+		for tag, j := range s.index {
+			require.NotEmpty(t, s.slots[j].raw, "an indexed slot holds a token")
+			require.Equal(t, tag, tokenTag(s.slots[j].raw))
 		}
 		free := 0
 		for j := range s.slots {
@@ -263,4 +286,55 @@ func TestUnixNanos(t *testing.T) {
 			require.Equal(t, tt.want, unixNanos(tt.t))
 		})
 	}
+}
+
+// TestTokenCacheSharedTag: two tokens whose last eight bytes are the same
+// share a tag in the index; each is answered only for itself, and the one
+// put last holds the slot.
+func TestTokenCacheSharedTag(t *testing.T) {
+	now := time.Unix(1_800_000_000, 0)
+	keys := new(keyIndex)
+	entry := func(c *Claims) cacheEntry {
+		return cacheEntry{claims: c, keys: keys, from: unixNanos(now.Add(-time.Hour)), until: unixNanos(now.Add(time.Hour))}
+	}
+	a, b := "eyJhbGciOiJIUzI1NiJ9.a.SAME-TAIL", "eyJhbGciOiJIUzI1NiJ9.b.SAME-TAIL"
+	require.Equal(t, tokenTag(a), tokenTag(b))
+	ca, cb := &Claims{}, &Claims{}
+	tests := []struct {
+		name   string
+		put    string
+		claims *Claims
+		hits   map[string]*Claims // nil: a miss
+	}{
+		{"the first token", a, ca, map[string]*Claims{a: ca, b: nil}},
+		{"the second gives the first way", b, cb, map[string]*Claims{a: nil, b: cb}},
+		{"and the first comes back", a, ca, map[string]*Claims{a: ca, b: nil}},
+	}
+	c := newTokenCache(100)
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c.put(tt.put, entry(tt.claims), now)
+			for raw, want := range tt.hits {
+				got, ok := c.get(raw, keys, now)
+				require.Equal(t, want != nil, ok, raw)
+				require.Same(t, want, got, raw)
+			}
+			checkCache(t, c)
+			require.Equal(t, int64(1), c.entries.Load())
+		})
+	}
+	// A short string, never a token, has a tag of its own.
+	require.NotEqual(t, tokenTag("abc"), tokenTag("abd"))
+	_, ok := c.get("abc", keys, now)
+	require.False(t, ok)
+	// An expired token dropped on a get leaves the other's tag alone.
+	c.put(b, entry(cb), now)
+	_, ok = c.get(a, keys, now.Add(2*time.Hour))
+	require.False(t, ok)
+	_, ok = c.get(b, keys, now)
+	require.True(t, ok, "a miss on a token that only shares the tag drops nothing")
+	_, ok = c.get(b, keys, now.Add(2*time.Hour))
+	require.False(t, ok)
+	checkCache(t, c)
+	require.Zero(t, c.entries.Load(), "the expired token is dropped")
 }
