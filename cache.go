@@ -121,9 +121,8 @@ func (e *cacheEntry) valid(keys *keyIndex, now int64) bool {
 }
 
 // get returns the cached claims of raw if it was verified under keys and
-// is still within its validity at now.
-func (c *tokenCache) get(raw string, keys *keyIndex, t time.Time) (*Claims, bool) {
-	now := unixNanos(t)
+// is still within its validity at now, in Unix nanoseconds.
+func (c *tokenCache) get(raw string, keys *keyIndex, now int64) (*Claims, bool) {
 	s := c.shard(raw)
 	s.mu.RLock()
 	i, ok := s.index[tokenTag(raw)]
@@ -154,10 +153,9 @@ func (c *tokenCache) get(raw string, keys *keyIndex, t time.Time) (*Claims, bool
 	return nil, false
 }
 
-// put stores verified claims, if the cache has room or the shard gives
-// some up (see [tokenCache]).
-func (c *tokenCache) put(raw string, e cacheEntry, t time.Time) {
-	now := unixNanos(t)
+// put stores verified claims at now, in Unix nanoseconds, if the cache
+// has room or the shard gives some up (see [tokenCache]).
+func (c *tokenCache) put(raw string, e cacheEntry, now int64) {
 	s := c.shard(raw)
 	s.mu.Lock()
 	defer s.mu.Unlock()

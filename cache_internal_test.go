@@ -20,6 +20,7 @@ import (
 // their place if hits scale better with them.
 func BenchmarkTokenCacheShards(b *testing.B) {
 	now := time.Unix(1_800_000_000, 0)
+	at := unixNanos(now)
 	keys := new(keyIndex)
 	tokens := make([]string, 1024)
 	for i := range tokens {
@@ -29,12 +30,12 @@ func BenchmarkTokenCacheShards(b *testing.B) {
 		b.Run(fmt.Sprintf("shards=%d", n), func(b *testing.B) {
 			c := newShardedCache(10000, n)
 			for _, tok := range tokens {
-				c.put(tok, cacheEntry{claims: &Claims{}, keys: keys, from: unixNanos(now.Add(-time.Hour)), until: unixNanos(now.Add(time.Hour))}, now)
+				c.put(tok, cacheEntry{claims: &Claims{}, keys: keys, from: unixNanos(now.Add(-time.Hour)), until: unixNanos(now.Add(time.Hour))}, unixNanos(now))
 			}
 			b.RunParallel(func(pb *testing.PB) {
 				i := 0
 				for pb.Next() {
-					if _, ok := c.get(tokens[i&1023], keys, now); !ok {
+					if _, ok := c.get(tokens[i&1023], keys, at); !ok {
 						b.Fatal("miss")
 					}
 					i++
@@ -49,15 +50,16 @@ func BenchmarkTokenCacheShards(b *testing.B) {
 // costs where the whole token would be hashed and compared.
 func BenchmarkTokenCacheHit(b *testing.B) {
 	now := time.Unix(1_800_000_000, 0)
+	at := unixNanos(now)
 	keys := new(keyIndex)
 	tokens := cacheTokens(1024, strings.Repeat("p", 300))
 	c := newTokenCache(10000)
 	for _, tok := range tokens {
-		c.put(tok, cacheEntry{claims: &Claims{}, keys: keys, from: unixNanos(now.Add(-time.Hour)), until: unixNanos(now.Add(time.Hour))}, now)
+		c.put(tok, cacheEntry{claims: &Claims{}, keys: keys, from: unixNanos(now.Add(-time.Hour)), until: unixNanos(now.Add(time.Hour))}, unixNanos(now))
 	}
 	i := 0
 	for b.Loop() {
-		if _, ok := c.get(tokens[i&1023], keys, now); !ok {
+		if _, ok := c.get(tokens[i&1023], keys, at); !ok {
 			b.Fatal("miss")
 		}
 		i++
@@ -105,7 +107,7 @@ func TestTokenCacheFills(t *testing.T) {
 			for i := range 12000 {
 				rand.Read(sig)
 				tok := fmt.Sprintf("eyJhbGciOiJIUzI1NiJ9.payload-%d.%s", i, base64.RawURLEncoding.EncodeToString(sig))
-				c.put(tok, cacheEntry{claims: &Claims{}, keys: keys, from: unixNanos(now.Add(-time.Hour)), until: unixNanos(now.Add(time.Hour))}, now)
+				c.put(tok, cacheEntry{claims: &Claims{}, keys: keys, from: unixNanos(now.Add(-time.Hour)), until: unixNanos(now.Add(time.Hour))}, unixNanos(now))
 			}
 			st := c.stats()
 			if st.Entries < st.Capacity*98/100 {
@@ -160,11 +162,11 @@ func checkCache(t *testing.T, c *tokenCache) {
 func hitRate(c *tokenCache, tokens []string, keys *keyIndex, now time.Time) float64 {
 	hits := 0
 	for _, tok := range tokens {
-		if _, ok := c.get(tok, keys, now); ok {
+		if _, ok := c.get(tok, keys, unixNanos(now)); ok {
 			hits++
 			continue
 		}
-		c.put(tok, cacheEntry{claims: &Claims{}, keys: keys, from: unixNanos(now.Add(-time.Hour)), until: unixNanos(now.Add(time.Hour))}, now)
+		c.put(tok, cacheEntry{claims: &Claims{}, keys: keys, from: unixNanos(now.Add(-time.Hour)), until: unixNanos(now.Add(time.Hour))}, unixNanos(now))
 	}
 	return float64(hits) / float64(len(tokens))
 }
@@ -253,9 +255,9 @@ func TestTokenCacheChurn(t *testing.T) {
 			for i := range 20000 {
 				tok := tokens[rng.IntN(len(tokens))]
 				now := base.Add(time.Duration(i/100) * time.Second)
-				if _, ok := c.get(tok, keys, now); !ok {
+				if _, ok := c.get(tok, keys, unixNanos(now)); !ok {
 					ttl := time.Duration(1+rng.IntN(30)) * time.Second
-					c.put(tok, cacheEntry{claims: &Claims{}, keys: keys, from: unixNanos(now), until: unixNanos(now.Add(ttl))}, now)
+					c.put(tok, cacheEntry{claims: &Claims{}, keys: keys, from: unixNanos(now), until: unixNanos(now.Add(ttl))}, unixNanos(now))
 				}
 			}
 		}()
@@ -313,9 +315,9 @@ func TestTokenCacheSharedTag(t *testing.T) {
 	c := newTokenCache(100)
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			c.put(tt.put, entry(tt.claims), now)
+			c.put(tt.put, entry(tt.claims), unixNanos(now))
 			for raw, want := range tt.hits {
-				got, ok := c.get(raw, keys, now)
+				got, ok := c.get(raw, keys, unixNanos(now))
 				require.Equal(t, want != nil, ok, raw)
 				require.Same(t, want, got, raw)
 			}
@@ -325,15 +327,15 @@ func TestTokenCacheSharedTag(t *testing.T) {
 	}
 	// A short string, never a token, has a tag of its own.
 	require.NotEqual(t, tokenTag("abc"), tokenTag("abd"))
-	_, ok := c.get("abc", keys, now)
+	_, ok := c.get("abc", keys, unixNanos(now))
 	require.False(t, ok)
 	// An expired token dropped on a get leaves the other's tag alone.
-	c.put(b, entry(cb), now)
-	_, ok = c.get(a, keys, now.Add(2*time.Hour))
+	c.put(b, entry(cb), unixNanos(now))
+	_, ok = c.get(a, keys, unixNanos(now.Add(2*time.Hour)))
 	require.False(t, ok)
-	_, ok = c.get(b, keys, now)
+	_, ok = c.get(b, keys, unixNanos(now))
 	require.True(t, ok, "a miss on a token that only shares the tag drops nothing")
-	_, ok = c.get(b, keys, now.Add(2*time.Hour))
+	_, ok = c.get(b, keys, unixNanos(now.Add(2*time.Hour)))
 	require.False(t, ok)
 	checkCache(t, c)
 	require.Zero(t, c.entries.Load(), "the expired token is dropped")

@@ -23,24 +23,34 @@ func TestMonoClock(t *testing.T) {
 		{"anchor ahead", -time.Hour, true},
 	}
 	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			c := newMonoClock()
-			made := time.Now()
-			old := made.Add(-tt.anchor)
-			c.anchor.Store(&old)
-			before := time.Now()
-			got := c.Now()
-			after := time.Now()
-			require.False(t, got.Before(before), "%v before %v", got, before)
-			require.False(t, got.After(after), "%v after %v", got, after)
-			// Wall clock readings agree too, not only monotonic ones.
-			require.False(t, got.Round(0).Before(before.Round(0).Add(-time.Millisecond)))
-			require.False(t, got.Round(0).After(after.Round(0).Add(time.Millisecond)))
-			if !tt.fresh && time.Since(made) >= maxClockAnchorAge-tt.anchor {
-				return // the machine stalled long enough for the anchor to age
-			}
-			require.Equal(t, tt.fresh, c.anchor.Load() != &old)
-		})
+		for _, read := range []string{"Now", "unixNano"} {
+			t.Run(tt.name+"/"+read, func(t *testing.T) {
+				c := newMonoClock()
+				made := time.Now()
+				old := made.Add(-tt.anchor)
+				anchor := &clockAnchor{t: old, ns: old.UnixNano()}
+				c.anchor.Store(anchor)
+				before := time.Now()
+				var got time.Time
+				if read == "Now" {
+					got = c.Now()
+				} else {
+					got = time.Unix(0, c.unixNano())
+				}
+				after := time.Now()
+				if read == "Now" {
+					require.False(t, got.Before(before), "%v before %v", got, before)
+					require.False(t, got.After(after), "%v after %v", got, after)
+				}
+				// Wall clock readings agree too, not only monotonic ones.
+				require.False(t, got.Round(0).Before(before.Round(0).Add(-time.Millisecond)), "%v before %v", got, before)
+				require.False(t, got.Round(0).After(after.Round(0).Add(time.Millisecond)), "%v after %v", got, after)
+				if !tt.fresh && time.Since(made) >= maxClockAnchorAge-tt.anchor {
+					return // the machine stalled long enough for the anchor to age
+				}
+				require.Equal(t, tt.fresh, c.anchor.Load() != anchor)
+			})
+		}
 	}
 }
 
@@ -55,6 +65,11 @@ func BenchmarkClock(b *testing.B) {
 	b.Run("systemClock", func(b *testing.B) {
 		for b.Loop() {
 			sink += systemClock.Now().UnixNano()
+		}
+	})
+	b.Run("systemClock.unixNano", func(b *testing.B) {
+		for b.Loop() {
+			sink += systemClock.unixNano()
 		}
 	})
 	_ = sink

@@ -113,6 +113,9 @@ type Validator struct {
 	// anyAudience accepts tokens for any audience: the authorization
 	// server's own view, for introspection.
 	anyAudience bool
+	// sysClock is set when cfg.Now is the system clock, which a cache
+	// hit then reads in Unix nanoseconds without making a time.Time.
+	sysClock bool
 }
 
 const (
@@ -174,6 +177,7 @@ func NewValidator(keys KeyProvider, cfg ValidatorConfig) (*Validator, error) {
 	}
 	if cfg.Now == nil {
 		cfg.Now = systemClock.Now
+		v.sysClock = true
 	}
 	if cfg.InsecureAcceptStaleRevocations && cfg.Revocations == nil {
 		return nil, errors.New("m2mauth: InsecureAcceptStaleRevocations is set without Revocations")
@@ -412,11 +416,21 @@ func (v *Validator) validate(ctx context.Context, raw string, bearer bool) (*Cla
 		}
 		return nil, reject(ReasonTokenMalformed, "token too long")
 	}
-	now := v.cfg.Now()
+	var now time.Time
+	var nowNs int64
+	if v.sysClock {
+		nowNs = systemClock.unixNano()
+	} else {
+		now = v.cfg.Now()
+		nowNs = unixNanos(now)
+	}
 	if v.cache != nil {
-		if c, ok := v.cache.get(raw, idx, now); ok {
+		if c, ok := v.cache.get(raw, idx, nowNs); ok {
 			return c, nil
 		}
+	}
+	if v.sysClock {
+		now = time.Unix(0, nowNs)
 	}
 	c, err := v.verify(idx, raw, now)
 	// A token that verifies is made of base64url parts and dots, hence
@@ -448,7 +462,7 @@ func (v *Validator) validate(ctx context.Context, raw string, bearer bool) (*Cla
 		if c.NotBefore != nil {
 			e.from = unixNanos(c.NotBefore.Time().Add(-v.cfg.Leeway))
 		}
-		v.cache.put(raw, e, now)
+		v.cache.put(raw, e, nowNs)
 	}
 	return c, nil
 }
