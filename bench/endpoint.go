@@ -67,6 +67,7 @@ type EndpointMaker struct {
 // Names of the token endpoints.
 const (
 	EndpointNoop         = "noop"
+	EndpointResponse     = "response"
 	EndpointFloor        = "floor"
 	EndpointM2MAuth      = "m2mauth"
 	EndpointM2MAuthSlog  = "m2mauth-slog"
@@ -81,6 +82,7 @@ const (
 func Endpoints() []EndpointMaker {
 	return []EndpointMaker{
 		{Name: EndpointNoop, New: NewNoopEndpoint},
+		{Name: EndpointResponse, New: NewResponseEndpoint},
 		{Name: EndpointFloor, New: NewFloorEndpoint},
 		{Name: EndpointM2MAuth, New: func() (Endpoint, error) { return NewM2MAuthEndpoint(EndpointM2MAuth) }},
 		{Name: EndpointM2MAuthJSON, New: func() (Endpoint, error) { return NewM2MAuthEndpoint(EndpointM2MAuthJSON) }},
@@ -110,6 +112,34 @@ func NewNoopEndpoint() (Endpoint, error) {
 	}
 	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusOK) })
 	return Endpoint{Name: EndpointNoop, Handler: h, Authorization: basicAuth(ClientID, secret)}, nil
+}
+
+// NewResponseEndpoint is the cost of m2mauth's answer without the work
+// behind it: a handler that writes the response m2mauth's endpoint gave
+// to the token request, its status, headers and body, kept from one
+// request made when the endpoint is built. It checks nothing. Between it
+// and the no-op handler is what sending a token response the way RFC 6749
+// §5.1 asks (the token, three headers) costs any endpoint in this
+// harness; between it and m2mauth is m2mauth's own work.
+func NewResponseEndpoint() (Endpoint, error) {
+	e, err := NewM2MAuthEndpoint(EndpointM2MAuth)
+	if err != nil {
+		return Endpoint{}, err
+	}
+	rec := e.Serve()
+	if rec.Code != http.StatusOK {
+		return Endpoint{}, fmt.Errorf("bench: m2mauth answered %d: %s", rec.Code, rec.Body)
+	}
+	hdr, body := rec.Header().Clone(), rec.Body.Bytes()
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		dst := w.Header()
+		for k, v := range hdr {
+			dst[k] = v
+		}
+		w.WriteHeader(http.StatusOK)
+		w.Write(body)
+	})
+	return Endpoint{Name: EndpointResponse, Handler: h, Authorization: e.Authorization}, nil
 }
 
 // NewM2MAuthEndpoint is m2mauth's TokenHandler over a memstore holding the

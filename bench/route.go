@@ -46,6 +46,7 @@ type RouteMaker struct {
 // Names of the protected routes.
 const (
 	RouteBare            = "bare"
+	RouteHandoff         = "handoff"
 	RouteFloor           = "floor"
 	RouteM2MAuthCached   = "m2mauth-cached"
 	RouteM2MAuthUncached = "m2mauth-uncached"
@@ -59,6 +60,7 @@ const (
 func Routes() []RouteMaker {
 	return []RouteMaker{
 		{Name: RouteBare, New: func() (Route, error) { return Route{Name: RouteBare, Handler: bareRoute()}, nil }},
+		{Name: RouteHandoff, New: NewHandoffRoute},
 		{Name: RouteFloor, New: NewFloorRoute},
 		{Name: RouteM2MAuthCached, New: func() (Route, error) { return NewM2MAuthRoute(0) }},
 		{Name: RouteM2MAuthUncached, New: func() (Route, error) { return NewM2MAuthRoute(-1) }},
@@ -73,6 +75,42 @@ func Routes() []RouteMaker {
 // cost.
 func bareRoute() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusNoContent) })
+}
+
+// NewHandoffRoute is the cost of handing a token's claims to the route
+// without checking the token: a middleware that reads the Authorization
+// header, puts the claims of m2mauth's token into the request's context
+// with m2mauth.ContextWithClaims, as RequireScopes does once it accepts
+// a token, and calls the route with the request carrying them. It checks
+// nothing. Between it and the bare route is what any middleware that
+// gives the route the claims through the request's context costs; between
+// it and m2mauth's cache hit is the check itself.
+func NewHandoffRoute() (Route, error) {
+	tok, err := IssueToken()
+	if err != nil {
+		return Route{}, err
+	}
+	keys, err := m2mauthKeys()
+	if err != nil {
+		return Route{}, err
+	}
+	v, err := m2mauth.NewValidator(keys, m2mauth.ValidatorConfig{Issuer: Issuer, Audience: Audience})
+	if err != nil {
+		return Route{}, err
+	}
+	claims, err := v.Validate(context.Background(), tok)
+	if err != nil {
+		return Route{}, err
+	}
+	next := bareRoute()
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if len(r.Header["Authorization"]) != 1 {
+			w.WriteHeader(http.StatusUnauthorized)
+			return
+		}
+		next.ServeHTTP(w, r.WithContext(m2mauth.ContextWithClaims(r.Context(), claims)))
+	})
+	return Route{Name: RouteHandoff, Handler: h}, nil
 }
 
 // NewM2MAuthRoute guards the route with m2mauth's RequireScopes("read").

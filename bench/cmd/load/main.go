@@ -60,8 +60,8 @@ type Report struct {
 
 func main() {
 	var (
-		endpoints   = flag.String("endpoints", "noop,floor,m2mauth,m2mauth-json,m2mauth-slog,fosite-plain,go-oauth2,fosite-bcrypt", "comma-separated endpoints to drive over loopback")
-		routes      = flag.String("routes", "bare,floor,m2mauth-cached,m2mauth-uncached,auth0,golang-jwt,golang-jwt-typed,jwx", "comma-separated protected routes to drive over loopback (empty: none)")
+		endpoints   = flag.String("endpoints", "noop,response,floor,m2mauth,m2mauth-json,m2mauth-slog,fosite-plain,go-oauth2,fosite-bcrypt", "comma-separated endpoints to drive over loopback")
+		routes      = flag.String("routes", "bare,handoff,floor,m2mauth-cached,m2mauth-uncached,auth0,golang-jwt,golang-jwt-typed,jwx", "comma-separated protected routes to drive over loopback (empty: none)")
 		requests    = flag.Int("requests", 50000, "measured requests per endpoint or route and round")
 		warmup      = flag.Int("warmup", 2000, "unmeasured requests before each run")
 		bcryptReqs  = flag.Int("bcrypt-requests", 64, "measured requests for bcrypt endpoints (one run after the rounds, warm-up of one per client)")
