@@ -206,6 +206,7 @@ func TestRequireScopes(t *testing.T) {
 		{name: "all of two scopes", authz: []string{"Bearer " + good}, scopes: []string{"read", "write"}, status: 200},
 		{name: "lowercase bearer, RFC 6750 §2.1 / RFC 7235 §2.1", authz: []string{"bearer " + good}, scopes: []string{"read"}, status: 200},
 		{name: "uppercase BEARER", authz: []string{"BEARER " + good}, scopes: []string{"read"}, status: 200},
+		{name: "two spaces after the scheme, RFC 7235 §2.1 (1*SP)", authz: []string{"Bearer  " + good}, scopes: []string{"read"}, status: 200},
 		{name: "typ application/at+jwt, RFC 9068 §4", authz: []string{"Bearer " + mint(t, keyB, "k2", "application/at+jwt", validClaims(now))}, scopes: []string{"read"}, status: 200},
 		{name: "previous key still in the set", authz: []string{"Bearer " + mint(t, keyA, "k1", "at+jwt", validClaims(now))}, scopes: []string{"read"}, status: 200},
 		{name: "aud array containing this API, RFC 7519 §4.1.3", authz: []string{"Bearer " + mint(t, keyB, "k2", "at+jwt", with(validClaims(now), "aud", []string{"other", testAudience}))}, scopes: []string{"read"}, status: 200},
