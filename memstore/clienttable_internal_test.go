@@ -123,12 +123,41 @@ func TestClientEncoding(t *testing.T) {
 			UpdatedAt:       time.Date(-400, 1, 1, 0, 0, 0, 0, time.UTC),
 		}},
 	}
+	tests = append(tests, []struct {
+		name string
+		c    *m2mauth.Client
+	}{
+		{"one secret, four scopes: the shape decoded in one block", &m2mauth.Client{
+			ID:      "a",
+			Secrets: []m2mauth.Secret{{ID: "s1", Hash: "$sha256$salt$digest", CreatedAt: at}},
+			Grants:  map[string]m2mauth.Scopes{"https://a.example": {"read", "write"}, "https://b.example": {"x", "y"}},
+		}},
+		{"more scopes than the block holds", &m2mauth.Client{
+			ID:      "a",
+			Secrets: []m2mauth.Secret{{ID: "s1", Hash: "$sha256$salt$digest", CreatedAt: at}},
+			Grants:  map[string]m2mauth.Scopes{"https://a.example": {"read", "write", "admin"}, "https://b.example": {"x", "y"}, "https://c.example": {"z"}},
+		}},
+	}...)
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			got := decodeClient(string(encodeClient(nil, tc.c)))
 			assert.Equal(t, tc.c, got)
 		})
 	}
+
+	t.Run("appending to one slice reaches no other", func(t *testing.T) {
+		c := &m2mauth.Client{
+			ID:      "a",
+			Secrets: []m2mauth.Secret{{ID: "s1", Hash: "h"}},
+			Grants:  map[string]m2mauth.Scopes{"https://a.example": {"read"}, "https://b.example": {"x", "y"}, "https://c.example": {}},
+		}
+		got := decodeClient(string(encodeClient(nil, c)))
+		for aud := range got.Grants {
+			_ = append(got.Grants[aud], "appended")
+		}
+		_ = append(got.Secrets, m2mauth.Secret{ID: "appended"})
+		assert.Equal(t, c, got)
+	})
 
 	t.Run("other zone and monotonic reading", func(t *testing.T) {
 		now := time.Now()

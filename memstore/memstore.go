@@ -745,11 +745,24 @@ func appendTime(b []byte, t time.Time) []byte {
 	return binary.AppendUvarint(b, uint64(t.Nanosecond()))
 }
 
+// decodedClient is a Client with room for its secrets and scopes in the
+// shape most clients have (one secret; a few scopes in all), so that
+// decoding such a client allocates the three together. Each slice handed
+// out of it is capped at its length: an append by the caller moves to
+// new memory instead of reaching the next one.
+type decodedClient struct {
+	c       m2mauth.Client
+	secrets [1]m2mauth.Secret
+	scopes  [4]string
+}
+
 // decodeClient returns a new Client decoded from enc, made by
 // encodeClient. Its strings share enc's memory, which is immutable.
 func decodeClient(enc string) *m2mauth.Client {
 	d := decoder{s: enc}
-	c := &m2mauth.Client{ID: d.string()}
+	b := new(decodedClient)
+	c := &b.c
+	c.ID = d.string()
 	flags := d.byte()
 	c.Public = flags&flagPublic != 0
 	c.Disabled = flags&flagDisabled != 0
@@ -759,18 +772,28 @@ func decodeClient(enc string) *m2mauth.Client {
 	c.CreatedAt = d.time()
 	c.UpdatedAt = d.time()
 	if n := d.uvarint(); n > 0 || flags&flagSecrets != 0 {
-		c.Secrets = make([]m2mauth.Secret, n)
+		if n <= uint64(len(b.secrets)) {
+			c.Secrets = b.secrets[:n:n]
+		} else {
+			c.Secrets = make([]m2mauth.Secret, n)
+		}
 		for i := range c.Secrets {
 			c.Secrets[i] = m2mauth.Secret{ID: d.string(), Hash: d.string(), CreatedAt: d.time(), ExpiresAt: d.time()}
 		}
 	}
 	if n := d.uvarint(); n > 0 || flags&flagGrants != 0 {
 		c.Grants = make(map[string]m2mauth.Scopes, n)
+		free := b.scopes[:0]
 		for range n {
 			aud := d.string()
 			var scopes m2mauth.Scopes
-			if k := d.uvarint(); k > 0 {
-				scopes = make(m2mauth.Scopes, k-1)
+			if k := int(d.uvarint()); k > 0 {
+				if k-1 <= cap(free)-len(free) {
+					scopes = free[len(free) : len(free)+k-1 : len(free)+k-1]
+					free = free[:len(free)+k-1]
+				} else {
+					scopes = make(m2mauth.Scopes, k-1)
+				}
 				for i := range scopes {
 					scopes[i] = d.string()
 				}
