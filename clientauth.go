@@ -6,7 +6,6 @@ import (
 	"errors"
 	"log/slog"
 	"net/http"
-	"net/url"
 	"os"
 	"strings"
 	"sync"
@@ -347,8 +346,8 @@ func parseBasic(values []string, cr *credentials) error {
 	if !ok {
 		return NewError(CodeInvalidClient, "malformed HTTP Basic credentials")
 	}
-	if id, err = url.QueryUnescape(id); err == nil {
-		secret, err = url.QueryUnescape(secret)
+	if id, err = formUnescape(id); err == nil {
+		secret, err = formUnescape(secret)
 	}
 	if err != nil {
 		return NewError(CodeInvalidClient, "malformed HTTP Basic credentials")

@@ -2,6 +2,7 @@ package m2mauth
 
 import (
 	"encoding/base64"
+	"net/url"
 	"strings"
 	"testing"
 
@@ -40,5 +41,38 @@ func TestParseBasicLengths(t *testing.T) {
 			require.Equal(t, tt.id, cr.id)
 			require.Equal(t, tt.secret, cr.secret)
 		})
+	}
+}
+
+// TestFormUnescape: formUnescape answers what url.QueryUnescape answers
+// (application/x-www-form-urlencoded, RFC 6749 Appendix B), with or
+// without something to unescape.
+func TestFormUnescape(t *testing.T) {
+	for _, in := range []string{
+		"", "client_credentials", "read write", "a+b", "+", "%41", "%2B", "%25", "a%20b+c",
+		"%", "%4", "%zz", "a%", "a%2", "%%41", "\xff", "caf\u00e9", strings.Repeat("x", 300) + "%",
+	} {
+		t.Run(in, func(t *testing.T) {
+			want, wantErr := url.QueryUnescape(in)
+			got, err := formUnescape(in)
+			require.Equal(t, wantErr != nil, err != nil, "error %v, url.QueryUnescape's %v", err, wantErr)
+			require.Equal(t, want, got)
+		})
+	}
+}
+
+// BenchmarkParseCredentials parses the benchmark token request's Basic
+// credentials and form body, as the token handler does.
+func BenchmarkParseCredentials(b *testing.B) {
+	header := []string{"Basic " + base64.StdEncoding.EncodeToString([]byte("bench-client:"+strings.Repeat("s", 43)))}
+	b.ReportAllocs()
+	for b.Loop() {
+		var req tokenRequest
+		if err := parseBasic(header, &req.cred); err != nil {
+			b.Fatal(err)
+		}
+		if err := parseFormParams("grant_type=client_credentials&scope=read", &req); err != nil {
+			b.Fatal(err)
+		}
 	}
 }

@@ -720,8 +720,8 @@ func parseFormParams(body string, req *tokenRequest) error {
 			continue
 		}
 		k, v, _ := strings.Cut(pair, "=")
-		key, err1 := url.QueryUnescape(k)
-		value, err2 := url.QueryUnescape(v)
+		key, err1 := formUnescape(k)
+		value, err2 := formUnescape(v)
 		if err1 != nil || err2 != nil {
 			return NewError(CodeInvalidRequest, "malformed form encoding")
 		}
@@ -730,6 +730,16 @@ func parseFormParams(body string, req *tokenRequest) error {
 		}
 	}
 	return nil
+}
+
+// formUnescape is url.QueryUnescape, which looks at s a byte at a time
+// even when it has nothing to unescape; such an s, without '%' or '+',
+// is answered as it is after two vectorised scans.
+func formUnescape(s string) (string, error) {
+	if strings.IndexByte(s, '%') < 0 && strings.IndexByte(s, '+') < 0 {
+		return s, nil
+	}
+	return url.QueryUnescape(s)
 }
 
 // parseJSONParams parses a JSON object whose values are all strings, with
