@@ -792,13 +792,8 @@ func hasAccessToken(q string) bool {
 			param, q = q, ""
 		}
 		name, _, _ := strings.Cut(param, "=")
-		if name == "access_token" {
+		if n, err := formUnescape(name); err == nil && n == "access_token" {
 			return true
-		}
-		if strings.ContainsAny(name, "%+") {
-			if n, err := url.QueryUnescape(name); err == nil && n == "access_token" {
-				return true
-			}
 		}
 	}
 	return false
