@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"hash/maphash"
 	"math"
+	"math/bits"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -24,6 +25,13 @@ const cacheShards = 16
 // only if it has not been used since the hand last passed it. So a
 // working set larger than the cache does not churn it on every miss, and
 // a working set that fits stays in it.
+//
+// A hit takes no lock and writes nothing another hit reads: it finds the
+// token in its shard's table with atomic loads of immutable entries, and
+// counts itself on its processor's own counter. So hits on
+// one token from every core at once (one client calling an API as fast as
+// it can) do not queue on a cache line. Writers, which come only after a
+// miss, take the shard's lock.
 type tokenCache struct {
 	// perShard is a shard's share of the capacity, perShard*len(shards).
 	// A shard may hold up to maxShard while the whole cache has room:
@@ -33,29 +41,75 @@ type tokenCache struct {
 	mask               uint         // len(shards)-1; the count is a power of two
 	seed               maphash.Seed
 	shards             []cacheShard
+	hits               hitCounters
+}
+
+// hitCounters counts hits on counters of their own per processor, so that
+// cores hitting at once do not pass one cache line back and forth: a
+// sync.Pool gives each processor back the counter it put there. A
+// processor the pool has none for (a new one, or after a collection
+// emptied the pool) takes the next of a fixed set, in turn; so no count
+// is ever lost, and at worst two processors share a counter for a while.
+type hitCounters struct {
+	set  [hitCounterCount]paddedCount
+	next atomic.Uint32
+	pool sync.Pool
+}
+
+// hitCounterCount is the size of a hitCounters' set: more than the cores
+// of most machines.
+const hitCounterCount = 64
+
+type paddedCount struct {
+	n atomic.Uint64
+	_ [56]byte // one cache line each
+}
+
+func (h *hitCounters) init() {
+	h.pool.New = func() any { return &h.set[h.next.Add(1)%hitCounterCount] }
+}
+
+func (h *hitCounters) add() {
+	p := h.pool.Get().(*paddedCount)
+	p.n.Add(1)
+	h.pool.Put(p)
+}
+
+func (h *hitCounters) sum() uint64 {
+	var n uint64
+	for i := range h.set {
+		n += h.set[i].n.Load()
+	}
+	return n
 }
 
 type cacheShard struct {
-	mu sync.RWMutex
-	// index finds a token's slot by its tag; a slot whose raw is empty
-	// is free. A slot found must still hold the very token looked up:
-	// two tokens may share a tag.
-	index map[uint64]int32
-	slots []cacheSlot
-	free  []int32
-	hand  int32 // the slot a full shard would give up next
+	// table finds a token's entry without a lock. Writers hold mu; they
+	// replace the table to grow it.
+	table atomic.Pointer[probeTable]
+	mu    sync.Mutex
+	// ring holds the entries in the order the clock's hand visits them;
+	// nil marks a free place, listed in free. held counts the entries.
+	ring []*cacheItem
+	free []int32
+	held int
+	hand int32 // the place a full shard would give up next
 	// seen is the doorkeeper: a Bloom filter of the tokens turned away
 	// by the full shard, cleared after perShard of them.
 	seen   []uint64
 	turned int
-	hits   atomic.Uint64
 	misses atomic.Uint64
-	_      [56]byte // keep shards on separate cache lines
+	_      [64]byte // keep shards on separate cache lines
 }
 
-type cacheSlot struct {
+// cacheItem is one cached token. Only used changes once it is in a table:
+// a writer replaces an item rather than changing it, so a reader that
+// loaded it sees it whole.
+type cacheItem struct {
 	raw string
+	tag uint64 // tokenTag(raw)
 	cacheEntry
+	pos int32 // its place in the shard's ring
 	// used is set by a hit, cleared when the hand passes.
 	used atomic.Bool
 }
@@ -70,6 +124,93 @@ type cacheEntry struct {
 	// token is valid (math.MinInt64 without nbf); until is exp + leeway,
 	// the first instant it is invalid again.
 	from, until int64
+}
+
+// probeTable is an open-addressing hash table of items by tag, with linear
+// probing, at most half full. A reader may run beside a writer: it sees
+// each place either before or after the writer's store, so it finds an
+// item that stays put, and at worst misses one being moved, which costs
+// that token a verification.
+type probeTable struct {
+	places []atomic.Pointer[cacheItem]
+	shift  uint // 64 - log2(len(places))
+}
+
+// minTable is the size a shard's table starts at.
+const minTable = 8
+
+func newProbeTable(n int) *probeTable {
+	return &probeTable{places: make([]atomic.Pointer[cacheItem], n), shift: uint(64 - bits.TrailingZeros(uint(n)))}
+}
+
+// home is the first place probed for tag: the top bits of a Fibonacci
+// hash, so that every bit of the tag counts.
+func (t *probeTable) home(tag uint64) int {
+	return int((tag * 0x9e3779b97f4a7c15) >> t.shift)
+}
+
+// find returns the item holding raw, whose tag is tag, or nil. It takes no
+// lock.
+func (t *probeTable) find(raw string, tag uint64) *cacheItem {
+	mask := len(t.places) - 1
+	for i, n := t.home(tag), 0; n < len(t.places); i, n = (i+1)&mask, n+1 {
+		it := t.places[i].Load()
+		if it == nil {
+			return nil
+		}
+		if it.tag == tag && it.raw == raw {
+			return it
+		}
+	}
+	return nil
+}
+
+// findTag returns the place of an item with the given tag, or -1; the
+// shard's writer lock must be held.
+func (t *probeTable) findTag(tag uint64) int {
+	mask := len(t.places) - 1
+	for i, n := t.home(tag), 0; n < len(t.places); i, n = (i+1)&mask, n+1 {
+		it := t.places[i].Load()
+		if it == nil {
+			return -1
+		}
+		if it.tag == tag {
+			return i
+		}
+	}
+	return -1
+}
+
+// insert puts it in the first free place from its home; the table must
+// have one.
+func (t *probeTable) insert(it *cacheItem) {
+	mask := len(t.places) - 1
+	i := t.home(it.tag)
+	for t.places[i].Load() != nil {
+		i = (i + 1) & mask
+	}
+	t.places[i].Store(it)
+}
+
+// remove empties place i and moves later items of its run back, so that
+// every item stays reachable from its home without an empty place between
+// (backward-shift deletion; no tombstones to clean up). A moved item is
+// stored at its new place before its old one is reused.
+func (t *probeTable) remove(i int) {
+	mask := len(t.places) - 1
+	for j := (i + 1) & mask; ; j = (j + 1) & mask {
+		it := t.places[j].Load()
+		if it == nil {
+			break
+		}
+		// it may fill the hole at i only if its home is not
+		// cyclically within (i, j].
+		if k := t.home(it.tag); (i < j && (k <= i || k > j)) || (i > j && k <= i && k > j) {
+			t.places[i].Store(it)
+			i = j
+		}
+	}
+	t.places[i].Store(nil)
 }
 
 // unixNanos returns t in Unix nanoseconds, saturated at the ends of
@@ -92,13 +233,14 @@ func newTokenCache(size int) *tokenCache { return newShardedCache(size, cacheSha
 func newShardedCache(size, n int) *tokenCache {
 	per := max(1, size/n)
 	c := &tokenCache{perShard: per, maxShard: per + per/4, mask: uint(n - 1), seed: maphash.MakeSeed(), shards: make([]cacheShard, n)}
+	c.hits.init()
 	// Eight bits of doorkeeper per entry, a power of two of them.
 	words := 1
 	for words*64 < 8*c.perShard {
 		words *= 2
 	}
 	for i := range c.shards {
-		c.shards[i].index = make(map[uint64]int32)
+		c.shards[i].table.Store(newProbeTable(minTable))
 		c.shards[i].seen = make([]uint64, words)
 	}
 	return c
@@ -124,27 +266,21 @@ func (e *cacheEntry) valid(keys *keyIndex, now int64) bool {
 // is still within its validity at now, in Unix nanoseconds.
 func (c *tokenCache) get(raw string, keys *keyIndex, now int64) (*Claims, bool) {
 	s := c.shard(raw)
-	s.mu.RLock()
-	i, ok := s.index[tokenTag(raw)]
-	ok = ok && s.slots[i].raw == raw
-	if ok {
-		if e := &s.slots[i]; e.valid(keys, now) {
-			if !e.used.Load() {
-				e.used.Store(true)
-			}
-			claims := e.claims
-			s.mu.RUnlock()
-			s.hits.Add(1)
-			return claims, true
+	tag := tokenTag(raw)
+	it := s.table.Load().find(raw, tag)
+	if it != nil && it.valid(keys, now) {
+		if !it.used.Load() {
+			it.used.Store(true)
 		}
+		c.hits.add()
+		return it.claims, true
 	}
-	s.mu.RUnlock()
-	if ok {
+	if it != nil {
 		// Expired, or verified under keys no longer in use.
 		s.mu.Lock()
-		if i, ok := s.index[tokenTag(raw)]; ok && s.slots[i].raw == raw && !s.slots[i].valid(keys, now) {
-			s.drop(i)
-			s.free = append(s.free, i)
+		if t := s.table.Load(); t.find(raw, tag) == it {
+			s.drop(it.pos)
+			s.free = append(s.free, it.pos)
 			c.entries.Add(-1)
 		}
 		s.mu.Unlock()
@@ -159,12 +295,12 @@ func (c *tokenCache) put(raw string, e cacheEntry, now int64) {
 	s := c.shard(raw)
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	room := len(s.index) < c.maxShard && c.entries.Load() < int64(c.perShard*len(c.shards))
+	room := s.held < c.maxShard && c.entries.Load() < int64(c.perShard*len(c.shards))
 	if !room {
-		if len(s.index) == 0 {
+		if s.held == 0 {
 			return
 		}
-		if v := &s.slots[s.under()]; v.valid(e.keys, now) {
+		if v := s.ring[s.under()]; v.valid(e.keys, now) {
 			if !c.admit(s, raw) {
 				return
 			}
@@ -176,10 +312,14 @@ func (c *tokenCache) put(raw string, e cacheEntry, now int64) {
 		}
 	}
 	tag := tokenTag(raw)
-	if i, ok := s.index[tag]; ok {
+	t := s.table.Load()
+	if i := t.findTag(tag); i >= 0 {
 		// The token itself, or one that shares its tag, which gives
 		// way to it.
-		s.slots[i].raw, s.slots[i].cacheEntry = raw, e
+		old := t.places[i].Load()
+		it := &cacheItem{raw: raw, tag: tag, cacheEntry: e, pos: old.pos}
+		s.ring[it.pos] = it
+		t.places[i].Store(it)
 		return
 	}
 	var i int32
@@ -188,18 +328,36 @@ func (c *tokenCache) put(raw string, e cacheEntry, now int64) {
 		if n := len(s.free); n > 0 {
 			i, s.free = s.free[n-1], s.free[:n-1]
 		} else {
-			i = int32(len(s.slots))
-			s.slots = append(s.slots, cacheSlot{})
+			i = int32(len(s.ring))
+			s.ring = append(s.ring, nil)
 		}
-	case len(s.index) > 0:
+	case s.held > 0:
 		i = s.under()
 		s.advance()
 		s.drop(i)
 	default:
 		return
 	}
-	s.slots[i].raw, s.slots[i].cacheEntry = raw, e
-	s.index[tag] = i
+	it := &cacheItem{raw: raw, tag: tag, cacheEntry: e, pos: i}
+	s.ring[i] = it
+	s.held++
+	if t = s.table.Load(); 2*s.held > len(t.places) {
+		t = s.grow(t)
+	}
+	t.insert(it)
+}
+
+// grow publishes a table twice the size of t holding t's items, and
+// returns it. Readers still probing t find what they would have found.
+func (s *cacheShard) grow(t *probeTable) *probeTable {
+	g := newProbeTable(2 * len(t.places))
+	for i := range t.places {
+		if it := t.places[i].Load(); it != nil {
+			g.insert(it)
+		}
+	}
+	s.table.Store(g)
+	return g
 }
 
 // tokenTag is what the index keys a token by: its last eight bytes, which
@@ -248,24 +406,26 @@ func (c *tokenCache) admit(s *cacheShard, raw string) bool {
 	return false
 }
 
-// drop empties slot i.
+// drop empties place i of the ring.
 func (s *cacheShard) drop(i int32) {
-	delete(s.index, tokenTag(s.slots[i].raw))
-	s.slots[i].raw, s.slots[i].cacheEntry = "", cacheEntry{}
-	s.slots[i].used.Store(false)
+	it := s.ring[i]
+	t := s.table.Load()
+	t.remove(t.findTag(it.tag))
+	s.ring[i] = nil
+	s.held--
 }
 
-// under returns the slot under the hand, moving the hand past free slots
+// under returns the place under the hand, moving the hand past free places
 // to the next token held; the shard must hold one.
 func (s *cacheShard) under() int32 {
-	for s.slots[s.hand].raw == "" {
+	for s.ring[s.hand] == nil {
 		s.advance()
 	}
 	return s.hand
 }
 
 func (s *cacheShard) advance() {
-	if s.hand++; int(s.hand) == len(s.slots) {
+	if s.hand++; int(s.hand) == len(s.ring) {
 		s.hand = 0
 	}
 }
@@ -284,13 +444,13 @@ type CacheStats struct {
 
 func (c *tokenCache) stats() CacheStats {
 	st := CacheStats{Capacity: c.perShard * len(c.shards)}
+	st.Hits = c.hits.sum()
 	for i := range c.shards {
 		s := &c.shards[i]
-		st.Hits += s.hits.Load()
 		st.Misses += s.misses.Load()
-		s.mu.RLock()
-		st.Entries += len(s.index)
-		s.mu.RUnlock()
+		s.mu.Lock()
+		st.Entries += s.held
+		s.mu.Unlock()
 	}
 	return st
 }

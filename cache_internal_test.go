@@ -45,6 +45,25 @@ func BenchmarkTokenCacheShards(b *testing.B) {
 	}
 }
 
+// BenchmarkTokenCacheHotToken measures hits on one token from all cores
+// at once, as when one client calls an API as fast as it can: hits that
+// wrote to a shared cache line would get slower with every core added.
+func BenchmarkTokenCacheHotToken(b *testing.B) {
+	now := time.Unix(1_800_000_000, 0)
+	at := unixNanos(now)
+	keys := new(keyIndex)
+	tok := cacheTokens(1, strings.Repeat("p", 300))[0]
+	c := newTokenCache(10000)
+	c.put(tok, cacheEntry{claims: &Claims{}, keys: keys, from: unixNanos(now.Add(-time.Hour)), until: unixNanos(now.Add(time.Hour))}, at)
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			if _, ok := c.get(tok, keys, at); !ok {
+				b.Fatal("miss")
+			}
+		}
+	})
+}
+
 // BenchmarkTokenCacheHit measures one hit on one core, on tokens as long
 // as those a TokenHandler issues (about 390 bytes): what finding a token
 // costs where the whole token would be hashed and compared.
@@ -130,31 +149,99 @@ func cacheTokens(n int, tag string) []string {
 }
 
 // checkCache: the count of tokens held is the sum of the shards', within
-// the capacity, and every tag indexed leads to a slot holding a token
-// with that tag.
+// the capacity; every token a shard holds is in its ring at its place and
+// is found in its table without the lock, and the table holds nothing else.
 func checkCache(t *testing.T, c *tokenCache) {
 	t.Helper()
 	held := 0
 	for i := range c.shards {
 		s := &c.shards[i]
-		s.mu.RLock()
-		held += len(s.index)
-		require.LessOrEqual(t, len(s.index), c.maxShard)
-		for tag, j := range s.index {
-			require.NotEmpty(t, s.slots[j].raw, "an indexed slot holds a token")
-			require.Equal(t, tag, tokenTag(s.slots[j].raw))
-		}
-		free := 0
-		for j := range s.slots {
-			if s.slots[j].raw == "" {
-				free++
+		s.mu.Lock()
+		tb := s.table.Load()
+		inTable := 0
+		for j := range tb.places {
+			if it := tb.places[j].Load(); it != nil {
+				inTable++
+				require.Same(t, it, s.ring[it.pos], "an item of the table is in the ring, at its place")
 			}
 		}
-		require.Equal(t, len(s.free), free, "free slots listed")
-		s.mu.RUnlock()
+		require.Equal(t, s.held, inTable, "items in the table")
+		require.LessOrEqual(t, 2*s.held, len(tb.places), "the table is at most half full")
+		require.LessOrEqual(t, s.held, c.maxShard)
+		free := 0
+		for j, it := range s.ring {
+			if it == nil {
+				free++
+				continue
+			}
+			require.Equal(t, int32(j), it.pos)
+			require.Equal(t, tokenTag(it.raw), it.tag)
+			require.Same(t, it, tb.find(it.raw, it.tag), "an item held is found")
+		}
+		require.Equal(t, len(s.free), free, "free places listed")
+		held += s.held
+		s.mu.Unlock()
 	}
 	require.Equal(t, int64(held), c.entries.Load())
 	require.LessOrEqual(t, held, c.perShard*len(c.shards))
+}
+
+// TestProbeTable: items put in and taken out of a small table in random
+// order, crowded on a few homes so that runs meet and wrap around its end,
+// are always found while in it and never after; each stays reachable from
+// its home without an empty place between.
+func TestProbeTable(t *testing.T) {
+	const size = 64
+	rng := mrand.New(mrand.NewPCG(1, 2))
+	tb := newProbeTable(size)
+	// Tags whose homes are the last three places and the first: runs
+	// start near the end and wrap.
+	var tags []uint64
+	for tag := uint64(0); len(tags) < 200; tag++ {
+		if h := tb.home(tag); h >= size-3 || h == 0 {
+			tags = append(tags, tag)
+		}
+	}
+	in := map[string]*cacheItem{}
+	var out []*cacheItem
+	for op := range 20000 {
+		if len(in) < size/2 && (len(in) == 0 || rng.IntN(2) == 0) {
+			tag := tags[rng.IntN(len(tags))]
+			it := &cacheItem{raw: fmt.Sprintf("token-%d", op), tag: tag}
+			tb.insert(it)
+			in[it.raw] = it
+		} else {
+			for raw, it := range in {
+				i := -1
+				for j := range tb.places {
+					if tb.places[j].Load() == it {
+						i = j
+					}
+				}
+				require.GreaterOrEqual(t, i, 0)
+				tb.remove(i)
+				delete(in, raw)
+				out = append(out, it)
+				break
+			}
+		}
+		for raw, it := range in {
+			require.Same(t, it, tb.find(raw, it.tag), "op %d", op)
+			for j := tb.home(it.tag); tb.places[j].Load() != it; j = (j + 1) % size {
+				require.NotNil(t, tb.places[j].Load(), "op %d: an empty place before %s", op, raw)
+			}
+		}
+		for _, it := range out[max(0, len(out)-8):] {
+			require.Nil(t, tb.find(it.raw, it.tag), "op %d: %s was taken out", op, it.raw)
+		}
+	}
+	n := 0
+	for j := range tb.places {
+		if tb.places[j].Load() != nil {
+			n++
+		}
+	}
+	require.Equal(t, len(in), n)
 }
 
 // hitRate validates every token of the set once, verifying and putting
