@@ -41,46 +41,7 @@ type tokenCache struct {
 	mask               uint         // len(shards)-1; the count is a power of two
 	seed               maphash.Seed
 	shards             []cacheShard
-	hits               hitCounters
-}
-
-// hitCounters counts hits on counters of their own per processor, so that
-// cores hitting at once do not pass one cache line back and forth: a
-// sync.Pool gives each processor back the counter it put there. A
-// processor the pool has none for (a new one, or after a collection
-// emptied the pool) takes the next of a fixed set, in turn; so no count
-// is ever lost, and at worst two processors share a counter for a while.
-type hitCounters struct {
-	set  [hitCounterCount]paddedCount
-	next atomic.Uint32
-	pool sync.Pool
-}
-
-// hitCounterCount is the size of a hitCounters' set: more than the cores
-// of most machines.
-const hitCounterCount = 64
-
-type paddedCount struct {
-	n atomic.Uint64
-	_ [56]byte // one cache line each
-}
-
-func (h *hitCounters) init() {
-	h.pool.New = func() any { return &h.set[h.next.Add(1)%hitCounterCount] }
-}
-
-func (h *hitCounters) add() {
-	p := h.pool.Get().(*paddedCount)
-	p.n.Add(1)
-	h.pool.Put(p)
-}
-
-func (h *hitCounters) sum() uint64 {
-	var n uint64
-	for i := range h.set {
-		n += h.set[i].n.Load()
-	}
-	return n
+	hits               *procCounter
 }
 
 type cacheShard struct {
@@ -232,8 +193,7 @@ func newTokenCache(size int) *tokenCache { return newShardedCache(size, cacheSha
 // newShardedCache makes a cache of n shards, a power of two.
 func newShardedCache(size, n int) *tokenCache {
 	per := max(1, size/n)
-	c := &tokenCache{perShard: per, maxShard: per + per/4, mask: uint(n - 1), seed: maphash.MakeSeed(), shards: make([]cacheShard, n)}
-	c.hits.init()
+	c := &tokenCache{perShard: per, maxShard: per + per/4, mask: uint(n - 1), seed: maphash.MakeSeed(), shards: make([]cacheShard, n), hits: newProcCounter()}
 	// Eight bits of doorkeeper per entry, a power of two of them.
 	words := 1
 	for words*64 < 8*c.perShard {
@@ -444,7 +404,7 @@ type CacheStats struct {
 
 func (c *tokenCache) stats() CacheStats {
 	st := CacheStats{Capacity: c.perShard * len(c.shards)}
-	st.Hits = c.hits.sum()
+	st.Hits = c.hits.load()
 	for i := range c.shards {
 		s := &c.shards[i]
 		st.Misses += s.misses.Load()

@@ -254,6 +254,8 @@ func NewMetrics(meter metric.Meter, cfg MetricsConfig) (*Metrics, error) {
 	m.codes = m.tallyTable(m.rejections, attrErrorType, CodeInvalidRequest, CodeInvalidClient, CodeInvalidGrant,
 		CodeUnauthorizedClient, CodeUnsupportedGrantType, CodeInvalidScope, CodeInvalidTarget,
 		CodeServerError, CodeTemporarilyUnavailable, attrOther)
+	// Every accepted request counts here (Validated), on every core.
+	m.results[resultOK].perProc = newProcCounter()
 	m.pairs.max = max(cfg.MaxClientAttributes, 0)
 	m.audience.max = maxAudienceAttributes
 	m.rules.max = maxAlertRules
@@ -275,6 +277,18 @@ type tally struct {
 	n    atomic.Int64
 	inst metric.Int64Observable
 	opt  []metric.ObserveOption
+	// perProc, when set, holds more of the count, added per processor:
+	// for a series counted on every request.
+	perProc *procCounter
+}
+
+// count returns the series' count.
+func (t *tally) count() int64 {
+	n := t.n.Load()
+	if t.perProc != nil {
+		n += int64(t.perProc.load())
+	}
+	return n
 }
 
 // newTally returns a new series of inst with attributes kv.
@@ -301,7 +315,7 @@ func (m *Metrics) report(_ context.Context, o metric.Observer) error {
 	all := m.tallies[:len(m.tallies):len(m.tallies)]
 	m.tmu.Unlock()
 	for _, t := range all {
-		if n := t.n.Load(); n > 0 {
+		if n := t.count(); n > 0 {
 			o.ObserveInt64(t.inst, n, t.opt...)
 		}
 	}
@@ -441,10 +455,10 @@ func (m *Metrics) Validated(next http.Handler) http.Handler {
 	if !m.on {
 		return next
 	}
-	ok := m.results[resultOK]
+	ok := m.results[resultOK].perProc
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if _, has := ClaimsFromContext(r.Context()); has {
-			ok.n.Add(1)
+			ok.add()
 		}
 		next.ServeHTTP(w, r)
 	})
