@@ -503,14 +503,23 @@ func (v *Validator) header(sc *verifyScratch, h64 []byte) (tokenHeader, error) {
 // verify checks everything about raw from scratch. On failure it returns
 // the claims too when they could be read, for the audit trail.
 func (v *Validator) verify(idx *keyIndex, raw string, now time.Time) (*Claims, error) {
+	// Not deferred: with as many returns as verifyIn has, a deferred call
+	// would not be inlined at each of them, and would cost more than the
+	// rest of a return.
+	sc := scratchPool.Get().(*verifyScratch)
+	c, err := v.verifyIn(sc, idx, raw, now)
+	scratchPool.Put(sc)
+	return c, err
+}
+
+// verifyIn is verify with sc for its buffers.
+func (v *Validator) verifyIn(sc *verifyScratch, idx *keyIndex, raw string, now time.Time) (*Claims, error) {
 	h64, rest, ok1 := strings.Cut(raw, ".")
 	p64, s64, ok2 := strings.Cut(rest, ".")
 	if !ok1 || !ok2 || strings.IndexByte(s64, '.') >= 0 {
 		return nil, reject(ReasonTokenMalformed, "token is not a JWS compact serialization")
 	}
 
-	sc := scratchPool.Get().(*verifyScratch)
-	defer scratchPool.Put(sc)
 	sc.in = append(sc.in[:0], raw...)
 	signingInput := sc.in[:len(h64)+1+len(p64)]
 	// A header found in byHeader is known to name the key's algorithm,
