@@ -113,33 +113,27 @@ func (t *probeTable) home(tag uint64) int {
 // find returns the item holding raw, whose tag is tag, or nil. It takes no
 // lock.
 func (t *probeTable) find(raw string, tag uint64) *cacheItem {
-	mask := len(t.places) - 1
-	for i, n := t.home(tag), 0; n < len(t.places); i, n = (i+1)&mask, n+1 {
-		it := t.places[i].Load()
-		if it == nil {
-			return nil
-		}
-		if it.tag == tag && it.raw == raw {
-			return it
-		}
+	if _, it := t.lookup(tag); it != nil && it.raw == raw {
+		return it
 	}
 	return nil
 }
 
-// findTag returns the place of an item with the given tag, or -1; the
-// shard's writer lock must be held.
-func (t *probeTable) findTag(tag uint64) int {
+// lookup returns the item with the given tag and its place, or -1 and nil.
+// A shard holds at most one item of a tag: a token put in gives a token
+// of its tag way (see tokenCache.put).
+func (t *probeTable) lookup(tag uint64) (int, *cacheItem) {
 	mask := len(t.places) - 1
 	for i, n := t.home(tag), 0; n < len(t.places); i, n = (i+1)&mask, n+1 {
 		it := t.places[i].Load()
 		if it == nil {
-			return -1
+			return -1, nil
 		}
 		if it.tag == tag {
-			return i
+			return i, it
 		}
 	}
-	return -1
+	return -1, nil
 }
 
 // insert puts it in the first free place from its home; the table must
@@ -273,10 +267,9 @@ func (c *tokenCache) put(raw string, e cacheEntry, now int64) {
 	}
 	tag := tokenTag(raw)
 	t := s.table.Load()
-	if i := t.findTag(tag); i >= 0 {
+	if i, old := t.lookup(tag); old != nil {
 		// The token itself, or one that shares its tag, which gives
 		// way to it.
-		old := t.places[i].Load()
 		it := &cacheItem{raw: raw, tag: tag, cacheEntry: e, pos: old.pos}
 		s.ring[it.pos] = it
 		t.places[i].Store(it)
@@ -370,7 +363,8 @@ func (c *tokenCache) admit(s *cacheShard, raw string) bool {
 func (s *cacheShard) drop(i int32) {
 	it := s.ring[i]
 	t := s.table.Load()
-	t.remove(t.findTag(it.tag))
+	at, _ := t.lookup(it.tag)
+	t.remove(at)
 	s.ring[i] = nil
 	s.held--
 }

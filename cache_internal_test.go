@@ -186,8 +186,8 @@ func checkCache(t *testing.T, c *tokenCache) {
 	require.LessOrEqual(t, held, c.perShard*len(c.shards))
 }
 
-// TestProbeTable: items put in and taken out of a small table in random
-// order, crowded on a few homes so that runs meet and wrap around its end,
+// TestProbeTable: items of distinct tags put in and taken out of a small
+// table in random order, crowded on a few homes so that runs meet and wrap around its end,
 // are always found while in it and never after; each stays reachable from
 // its home without an empty place between.
 func TestProbeTable(t *testing.T) {
@@ -206,7 +206,11 @@ func TestProbeTable(t *testing.T) {
 	var out []*cacheItem
 	for op := range 20000 {
 		if len(in) < size/2 && (len(in) == 0 || rng.IntN(2) == 0) {
+			// A table holds at most one item of a tag.
 			tag := tags[rng.IntN(len(tags))]
+			for _, ok := tb.lookup(tag); ok != nil; _, ok = tb.lookup(tag) {
+				tag = tags[rng.IntN(len(tags))]
+			}
 			it := &cacheItem{raw: fmt.Sprintf("token-%d", op), tag: tag}
 			tb.insert(it)
 			in[it.raw] = it
