@@ -6,6 +6,9 @@ import (
 	"crypto/sha256"
 	"encoding/base64"
 	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
 	"runtime"
 	"strings"
 	"sync"
@@ -189,6 +192,67 @@ func TestTokenCacheParallel(t *testing.T) {
 	}
 	st := p.v.CacheStats()
 	assert.Equal(t, uint64(workers*each), st.Hits+st.Misses, "every request counted once")
+	assert.Positive(t, st.Hits)
+	assert.LessOrEqual(t, st.Entries, st.Capacity)
+}
+
+// TestTokenCacheBurst sends 200 requests at once over real HTTP, again
+// and again, with hot tokens and fresh ones through a cache too small for
+// them, so that lock-free hits meet puts, evictions and growing tables:
+// every request gets its own token's claims (its jti), and every one is
+// counted once. Run with -race.
+func TestTokenCacheBurst(t *testing.T) {
+	p := newProtected(t, func(c *m2mauth.ValidatorConfig) { c.CacheSize = 64 })
+	m := newFastMinter(p.clock())
+	hot := make([]string, 16)
+	for i := range hot {
+		hot[i] = m.mint(i, time.Hour)
+	}
+	srv := httptest.NewServer(p.v.RequireScopes("read")(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		c, _ := m2mauth.ClaimsFromContext(r.Context())
+		w.Write([]byte(c.ID))
+	})))
+	defer srv.Close()
+	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 200}}
+	defer client.CloseIdleConnections()
+
+	const workers, rounds = 200, 5
+	var wg sync.WaitGroup
+	start := make(chan struct{})
+	errs := make(chan error, workers*rounds)
+	for w := range workers {
+		wg.Go(func() {
+			<-start
+			for i := range rounds {
+				n := (w + i) % len(hot)
+				tok := hot[n]
+				if (w+i)%3 == 0 {
+					n = 1000 + w*rounds + i
+					tok = m.mint(n, time.Hour)
+				}
+				req, _ := http.NewRequest(http.MethodGet, srv.URL+"/api/builders", nil)
+				req.Header.Set("Authorization", "Bearer "+tok)
+				resp, err := client.Do(req)
+				if err != nil {
+					errs <- err
+					continue
+				}
+				body, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				if want := fmt.Sprintf("j%d", n); resp.StatusCode != http.StatusOK || string(body) != want {
+					errs <- fmt.Errorf("status %d, jti %q, want %q", resp.StatusCode, body, want)
+				}
+			}
+		})
+	}
+	close(start)
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	st := p.v.CacheStats()
+	assert.Equal(t, uint64(workers*rounds), st.Hits+st.Misses, "every request counted once")
 	assert.Positive(t, st.Hits)
 	assert.LessOrEqual(t, st.Entries, st.Capacity)
 }
