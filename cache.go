@@ -271,6 +271,7 @@ func (c *tokenCache) put(raw string, e cacheEntry, now int64) {
 		// The token itself, or one that shares its tag, which gives
 		// way to it.
 		it := &cacheItem{raw: raw, tag: tag, cacheEntry: e, pos: old.pos}
+		it.used.Store(old.used.Load())
 		s.ring[it.pos] = it
 		t.places[i].Store(it)
 		return
