@@ -642,6 +642,23 @@ func ContextWithClaims(ctx context.Context, c *Claims) context.Context {
 	return &claimsContext{ctx, c}
 }
 
+// withClaims returns a shallow copy of r whose context carries c, as
+// r.WithContext(ContextWithClaims(r.Context(), c)) does, with the copy
+// and its context in one allocation. WithContext is inlined and its own
+// copy, which goes no further than this function, stays on the stack.
+func withClaims(r *http.Request, c *Claims) *http.Request {
+	h := new(handoff)
+	h.ctx = claimsContext{r.Context(), c}
+	h.req = *r.WithContext(&h.ctx)
+	return &h.req
+}
+
+// handoff is a request and the context it carries, allocated together.
+type handoff struct {
+	req http.Request
+	ctx claimsContext
+}
+
 // claimsContext is ctx carrying claims: what context.WithValue would
 // make, in half the memory, for every request the middleware lets
 // through.
@@ -733,7 +750,7 @@ func (v *Validator) require(want Scopes, ok func(have, want Scopes) bool) func(h
 				v.render(w, r, NewError(CodeInsufficientScope, "the access token lacks a required scope: "+want.String()))
 				return
 			}
-			next.ServeHTTP(w, r.WithContext(ContextWithClaims(r.Context(), c)))
+			next.ServeHTTP(w, withClaims(r, c))
 		})
 	}
 }

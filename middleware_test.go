@@ -1,6 +1,7 @@
 package m2mauth_test
 
 import (
+	"bufio"
 	"context"
 	"crypto/hmac"
 	"crypto/sha256"
@@ -8,6 +9,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -973,6 +975,94 @@ func TestValidateHeaderForms(t *testing.T) {
 			}
 			require.ErrorIs(t, err, &m2mauth.Error{Code: m2mauth.CodeInvalidToken})
 			require.Equal(t, tt.reason, m2mauth.RejectionReason(err))
+		})
+	}
+}
+
+// TestRequireScopesHandsOnRequest checks the request the next handler
+// gets, from a verified token and from the cache: a copy of the caller's
+// request (method, target, headers and body unchanged) whose context
+// carries the claims, every value of the caller's context, and the
+// connection's cancellation, while the caller's own request is left
+// without the claims.
+func TestRequireScopesHandsOnRequest(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		cache int
+	}{
+		{"verified", -1},
+		{"cache hit", 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := newProtected(t, func(c *m2mauth.ValidatorConfig) { c.CacheSize = tc.cache })
+			tok := mint(t, keyB, "k2", "at+jwt", validClaims(p.clock()))
+			type outerKey struct{}
+			type seen struct {
+				claims                *m2mauth.Claims
+				outer                 any
+				method, target, extra string
+				body                  string
+				sameRequest           bool
+				outerClaims           bool
+				canceled              bool
+			}
+			got := make(chan seen, 1)
+			var inner *http.Request
+			next := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				inner = r
+				c, _ := m2mauth.ClaimsFromContext(r.Context())
+				body, _ := io.ReadAll(r.Body)
+				s := seen{claims: c, outer: r.Context().Value(outerKey{}), method: r.Method,
+					target: r.URL.RequestURI(), extra: r.Header.Get("X-Extra"), body: string(body)}
+				w.WriteHeader(http.StatusNoContent)
+				w.(http.Flusher).Flush()
+				if r.URL.Query().Has("wait") {
+					select {
+					case <-r.Context().Done():
+						s.canceled = true
+					case <-time.After(5 * time.Second):
+					}
+				}
+				got <- s
+			})
+			protectedRoute := p.v.RequireScopes("read")(next)
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				r = r.WithContext(context.WithValue(r.Context(), outerKey{}, "outer"))
+				protectedRoute.ServeHTTP(w, r)
+				_, claimed := m2mauth.ClaimsFromContext(r.Context())
+				if inner == r || claimed {
+					t.Errorf("the caller's request was changed: same %v, claims %v", inner == r, claimed)
+				}
+			}))
+			defer srv.Close()
+
+			for range 2 { // the second request is a cache hit where the cache is on
+				req, err := http.NewRequest(http.MethodPut, srv.URL+"/api/builders/7?x=1", strings.NewReader("payload"))
+				require.NoError(t, err)
+				req.Header.Set("Authorization", "Bearer "+tok)
+				req.Header.Set("X-Extra", "kept")
+				resp, err := srv.Client().Do(req)
+				require.NoError(t, err)
+				resp.Body.Close()
+				require.Equal(t, http.StatusNoContent, resp.StatusCode)
+				s := <-got
+				require.NotNil(t, s.claims)
+				require.Equal(t, "svc", s.claims.ClientID)
+				require.Equal(t, seen{claims: s.claims, outer: "outer", method: http.MethodPut,
+					target: "/api/builders/7?x=1", extra: "kept", body: "payload"}, s)
+			}
+
+			// The connection's end reaches the next handler through the
+			// context it was handed.
+			conn, err := net.Dial("tcp", srv.Listener.Addr().String())
+			require.NoError(t, err)
+			_, err = fmt.Fprintf(conn, "GET /api/builders?wait HTTP/1.1\r\nHost: api\r\nAuthorization: Bearer %s\r\n\r\n", tok)
+			require.NoError(t, err)
+			resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+			require.NoError(t, err)
+			require.Equal(t, http.StatusNoContent, resp.StatusCode)
+			require.NoError(t, conn.Close())
+			require.True(t, (<-got).canceled)
 		})
 	}
 }
