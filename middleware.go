@@ -840,7 +840,12 @@ func bearerToken(values []string) (string, *Error) {
 	default:
 		return "", NewError(CodeInvalidRequest, "more than one Authorization header")
 	}
-	scheme, tok, _ := strings.Cut(values[0], " ")
+	v := values[0]
+	if len(v) > 7 && v[:7] == "Bearer " && v[7] != ' ' {
+		// The usual spelling, with one space.
+		return v[7:], nil
+	}
+	scheme, tok, _ := strings.Cut(v, " ")
 	if !strings.EqualFold(scheme, "Bearer") {
 		return "", WrapError(CodeInvalidToken, "missing bearer token", errNoToken)
 	}
