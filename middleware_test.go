@@ -997,19 +997,17 @@ func TestRequireScopesHandsOnRequest(t *testing.T) {
 			p := newProtected(t, func(c *m2mauth.ValidatorConfig) { c.CacheSize = tc.cache })
 			tok := mint(t, keyB, "k2", "at+jwt", validClaims(p.clock()))
 			type outerKey struct{}
+			type slotKey struct{}
 			type seen struct {
 				claims                *m2mauth.Claims
 				outer                 any
 				method, target, extra string
 				body                  string
-				sameRequest           bool
-				outerClaims           bool
 				canceled              bool
 			}
 			got := make(chan seen, 1)
-			var inner *http.Request
 			next := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-				inner = r
+				*r.Context().Value(slotKey{}).(**http.Request) = r
 				c, _ := m2mauth.ClaimsFromContext(r.Context())
 				body, _ := io.ReadAll(r.Body)
 				s := seen{claims: c, outer: r.Context().Value(outerKey{}), method: r.Method,
@@ -1027,7 +1025,9 @@ func TestRequireScopesHandsOnRequest(t *testing.T) {
 			})
 			protectedRoute := p.v.RequireScopes("read")(next)
 			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-				r = r.WithContext(context.WithValue(r.Context(), outerKey{}, "outer"))
+				var inner *http.Request
+				ctx := context.WithValue(context.WithValue(r.Context(), outerKey{}, "outer"), slotKey{}, &inner)
+				r = r.WithContext(ctx)
 				protectedRoute.ServeHTTP(w, r)
 				_, claimed := m2mauth.ClaimsFromContext(r.Context())
 				if inner == r || claimed {
