@@ -50,10 +50,9 @@ type cacheShard struct {
 	table atomic.Pointer[probeTable]
 	mu    sync.Mutex
 	// ring holds the entries in the order the clock's hand visits them;
-	// nil marks a free place, listed in free. held counts the entries.
+	// nil marks a free place, listed in free.
 	ring []*cacheItem
 	free []int32
-	held int
 	hand int32 // the place a full shard would give up next
 	// seen is the doorkeeper: a Bloom filter of the tokens turned away
 	// by the full shard, cleared after perShard of them.
@@ -249,9 +248,9 @@ func (c *tokenCache) put(raw string, e cacheEntry, now int64) {
 	s := c.shard(raw)
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	room := s.held < c.maxShard && c.entries.Load() < int64(c.perShard*len(c.shards))
+	room := s.held() < c.maxShard && c.entries.Load() < int64(c.perShard*len(c.shards))
 	if !room {
-		if s.held == 0 {
+		if s.held() == 0 {
 			return
 		}
 		if v := s.ring[s.under()]; v.valid(e.keys, now) {
@@ -285,7 +284,7 @@ func (c *tokenCache) put(raw string, e cacheEntry, now int64) {
 			i = int32(len(s.ring))
 			s.ring = append(s.ring, nil)
 		}
-	case s.held > 0:
+	case s.held() > 0:
 		i = s.under()
 		s.advance()
 		s.drop(i)
@@ -294,8 +293,7 @@ func (c *tokenCache) put(raw string, e cacheEntry, now int64) {
 	}
 	it := &cacheItem{raw: raw, tag: tag, cacheEntry: e, pos: i}
 	s.ring[i] = it
-	s.held++
-	if t = s.table.Load(); 2*s.held > len(t.places) {
+	if t = s.table.Load(); 2*s.held() > len(t.places) {
 		t = s.grow(t)
 	}
 	t.insert(it)
@@ -367,7 +365,6 @@ func (s *cacheShard) drop(i int32) {
 	at, _ := t.lookup(it.tag)
 	t.remove(at)
 	s.ring[i] = nil
-	s.held--
 }
 
 // under returns the place under the hand, moving the hand past free places
@@ -378,6 +375,11 @@ func (s *cacheShard) under() int32 {
 	}
 	return s.hand
 }
+
+// held returns the number of tokens the shard holds: every place of the
+// ring that is not free. (Outside put, where the place given up by the
+// hand is filled at once.)
+func (s *cacheShard) held() int { return len(s.ring) - len(s.free) }
 
 func (s *cacheShard) advance() {
 	if s.hand++; int(s.hand) == len(s.ring) {
@@ -404,7 +406,7 @@ func (c *tokenCache) stats() CacheStats {
 		s := &c.shards[i]
 		st.Misses += s.misses.Load()
 		s.mu.Lock()
-		st.Entries += s.held
+		st.Entries += s.held()
 		s.mu.Unlock()
 	}
 	return st

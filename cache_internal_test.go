@@ -165,9 +165,9 @@ func checkCache(t *testing.T, c *tokenCache) {
 				require.Same(t, it, s.ring[it.pos], "an item of the table is in the ring, at its place")
 			}
 		}
-		require.Equal(t, s.held, inTable, "items in the table")
-		require.LessOrEqual(t, 2*s.held, len(tb.places), "the table is at most half full")
-		require.LessOrEqual(t, s.held, c.maxShard)
+		require.Equal(t, s.held(), inTable, "items in the table")
+		require.LessOrEqual(t, 2*s.held(), len(tb.places), "the table is at most half full")
+		require.LessOrEqual(t, s.held(), c.maxShard)
 		free := 0
 		for j, it := range s.ring {
 			if it == nil {
@@ -179,7 +179,7 @@ func checkCache(t *testing.T, c *tokenCache) {
 			require.Same(t, it, tb.find(it.raw, it.tag), "an item held is found")
 		}
 		require.Equal(t, len(s.free), free, "free places listed")
-		held += s.held
+		held += s.held()
 		s.mu.Unlock()
 	}
 	require.Equal(t, int64(held), c.entries.Load())
