@@ -357,7 +357,12 @@ func (h *TokenHandler) serve(w http.ResponseWriter, r *http.Request, ep endpoint
 	defer bufPool.Put(bp)
 
 	p := h.addrs.resolve(r)
-	ev := AuditEvent{UserAgent: auditString(r.UserAgent())}
+	// The header map is read with canonical keys directly: what
+	// Header.Get and Header.Values do after canonicalising the key.
+	ev := AuditEvent{}
+	if ua := r.Header["User-Agent"]; len(ua) > 0 {
+		ev.UserAgent = auditString(ua[0])
+	}
 	if p.addr.IsValid() {
 		ev.RemoteIP = p.addr.String()
 		ev.addr = p.addr.Unmap().WithZone("")
@@ -583,7 +588,7 @@ func (h *TokenHandler) mint(ctx context.Context, req *tokenRequest, c *Client, a
 // parse reads the body and the Authorization header into req. Parameters
 // in the URL query are never read.
 func (h *TokenHandler) parse(r *http.Request, req *tokenRequest, bp *[]byte) error {
-	isJSON, err := bodyFormat(r.Header.Values("Content-Type"))
+	isJSON, err := bodyFormat(r.Header["Content-Type"])
 	if err != nil {
 		return err
 	}
@@ -599,7 +604,7 @@ func (h *TokenHandler) parse(r *http.Request, req *tokenRequest, bp *[]byte) err
 	if err != nil {
 		return err
 	}
-	return parseBasic(r.Header.Values("Authorization"), &req.cred)
+	return parseBasic(r.Header["Authorization"], &req.cred)
 }
 
 // bodyFormat accepts exactly one Content-Type of
