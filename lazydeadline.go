@@ -91,7 +91,9 @@ func (c *lazyDeadline) Err() error {
 	if err := c.parent.Err(); err != nil {
 		return err
 	}
-	if !time.Now().Before(c.deadline) {
+	// time.Until reads only the monotonic clock when the deadline has a
+	// monotonic reading, as every deadline made here has.
+	if time.Until(c.deadline) <= 0 {
 		return context.DeadlineExceeded
 	}
 	if c.released.Load() {
