@@ -210,7 +210,11 @@ func NewTokenHandler(store ClientStore, keys KeyProvider, cfg TokenHandlerConfig
 		cfg.Now = systemClock.Now
 	}
 	if cfg.Limiter == nil {
-		l, err := NewRateLimiter(RateLimiterConfig{Now: cfg.Now})
+		var lcfg RateLimiterConfig // on the system clock without a time.Time
+		if !realClock {
+			lcfg.Now = cfg.Now
+		}
+		l, err := NewRateLimiter(lcfg)
 		if err != nil {
 			return nil, err
 		}

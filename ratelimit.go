@@ -140,9 +140,12 @@ type RateLimiterConfig struct {
 // soon refused for every client it has not authenticated. Memory is
 // bounded by MaxKeys. A RateLimiter is safe for concurrent use.
 type RateLimiter struct {
-	cfg  RateLimiterConfig
-	seed maphash.Seed
-	mu   sync.Mutex
+	cfg RateLimiterConfig
+	// unixNano reads cfg.Now, or the system clock without making a
+	// time.Time, in Unix nanoseconds.
+	unixNano func() int64
+	seed     maphash.Seed
+	mu       sync.Mutex
 	// The buckets live in slots, in chunks that never move, and index
 	// finds them; neither holds a pointer, so the garbage collector has
 	// nothing to scan however many buckets are held.
@@ -238,10 +241,11 @@ func NewRateLimiter(cfg RateLimiterConfig) (*RateLimiter, error) {
 		return nil, err
 	}
 	cfg.MaxKeys = min(cfg.MaxKeys, maxKeysCap)
-	if cfg.Now == nil {
-		cfg.Now = systemClock.Now
+	unixNano := systemClock.unixNano
+	if now := cfg.Now; now != nil {
+		unixNano = func() int64 { return now().UnixNano() }
 	}
-	return &RateLimiter{cfg: cfg, seed: maphash.MakeSeed(), index: make([]uint64, 64), front: new([frontSize]uint64), changed: make(chan struct{})}, nil
+	return &RateLimiter{cfg: cfg, unixNano: unixNano, seed: maphash.MakeSeed(), index: make([]uint64, 64), front: new([frontSize]uint64), changed: make(chan struct{})}, nil
 }
 
 // keys makes the keys of the buckets of client at ip: the pair's and the
@@ -484,7 +488,7 @@ func (l *RateLimiter) Reserve(ctx context.Context, clientID, ip string) (time.Du
 	l.keys(&pk, &ak, clientID, ip)
 	for {
 		l.mu.Lock()
-		now := l.cfg.Now().UnixNano()
+		now := l.unixNano()
 		p, _ := l.find(&pk)
 		if p != nil {
 			p.ref = true
@@ -558,7 +562,7 @@ func (l *RateLimiter) Release(_ context.Context, clientID, ip string, o Outcome)
 	l.keys(&pk, &ak, clientID, ip)
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	now := l.cfg.Now().UnixNano()
+	now := l.unixNano()
 	p, _ := l.find(&pk)
 	if p == nil || p.pending == 0 {
 		return errors.New("m2mauth: RateLimiter.Release without a reservation")
