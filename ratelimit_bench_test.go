@@ -3,6 +3,7 @@ package m2mauth_test
 import (
 	"context"
 	"fmt"
+	"math/rand/v2"
 	"runtime"
 	"strconv"
 	"strings"
@@ -57,10 +58,29 @@ func benchPair(i int) (string, string) {
 // attempt from a new pair at a new address into a full limiter, which
 // drops two buckets to make room, and insert-room the same into a limiter
 // with room to spare; gc is a garbage collection with the limiter alive,
-// the cost it adds to each of a server's collections.
+// the cost it adds to each of a server's collections; memory is the
+// floor of a lookup in scattered order, whatever the structure: one read
+// of a cache line chosen at random among as many as the limiter holds
+// buckets, each read waiting for the one before, as a limiter's next
+// request waits for its lock.
 func BenchmarkRateLimiterScale(b *testing.B) {
 	ctx := context.Background()
 	for _, size := range limiterSizes {
+		b.Run("memory/"+size.name, func(b *testing.B) {
+			// A cycle through every line in random order: each line
+			// holds the index of the next.
+			type line [8]uint64
+			lines := make([]line, size.n)
+			order := rand.New(rand.NewPCG(1, 2)).Perm(size.n)
+			for i, k := range order {
+				lines[k][0] = uint64(order[(i+1)%size.n])
+			}
+			next := uint64(order[0])
+			for b.Loop() {
+				next = lines[next][0]
+			}
+			runtime.KeepAlive(next)
+		})
 		b.Run("lookup/"+size.name, func(b *testing.B) {
 			l, ids, ips := heldLimiter(b, size.n, size.n)
 			// A stride coprime with the number of pairs visits them all,
