@@ -9,7 +9,6 @@ import (
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/sha256"
-	"encoding/base64"
 	"errors"
 	"fmt"
 	"hash"
@@ -305,7 +304,7 @@ func (hp *hmacPool) sum(msg []byte) [sha256.Size]byte {
 
 func (hp *hmacPool) appendSignature(dst, input []byte) ([]byte, error) {
 	sig := hp.sum(input)
-	return base64.RawURLEncoding.AppendEncode(dst, sig[:]), nil
+	return appendBase64URL(dst, sig[:]), nil
 }
 
 func (hp *hmacPool) sigLen() int { return sha256.Size }
@@ -343,12 +342,12 @@ func (s *cryptoSigner) appendSignature(dst, input []byte) ([]byte, error) {
 		if !ecdsaDERToRaw(raw[:], sig) {
 			return dst, fmt.Errorf("m2mauth: signing with key %q: the signer returned a malformed ECDSA signature", s.kid)
 		}
-		return base64.RawURLEncoding.AppendEncode(dst, raw[:]), nil
+		return appendBase64URL(dst, raw[:]), nil
 	}
 	if len(sig) != s.size {
 		return dst, fmt.Errorf("m2mauth: signing with key %q: the signer returned %d bytes, not %d", s.kid, len(sig), s.size)
 	}
-	return base64.RawURLEncoding.AppendEncode(dst, sig), nil
+	return appendBase64URL(dst, sig), nil
 }
 
 // ES256 (RFC 7518 §3.4).

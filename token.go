@@ -74,7 +74,7 @@ func encodedHeader(alg, kid string) (string, error) {
 func (s *tokenSigner) appendToken(dst, claimsJSON []byte) ([]byte, error) {
 	start := len(dst)
 	dst = append(dst, s.header...)
-	dst = base64.RawURLEncoding.AppendEncode(dst, claimsJSON)
+	dst = appendBase64URL(dst, claimsJSON)
 	input := dst[start:]
 	return s.sig.appendSignature(append(dst, '.'), input)
 }
