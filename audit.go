@@ -77,7 +77,11 @@ type AuditEvent struct {
 	RemoteIP  string
 	UserAgent string
 	Audience  string
-	Scopes    Scopes
+	// Scopes may share its memory with other events and with the
+	// handler's own state (a client's grant, a route's required scopes),
+	// none of which ever changes: an auditor may keep it, but must not
+	// modify it.
+	Scopes Scopes
 	// JTI is the id of the token issued or rejected, when known.
 	JTI string
 	// SecretID is the id of the secret that authenticated the client.

@@ -44,7 +44,10 @@ var hstsValue = []string{"max-age=31536000"}
 // a cost that does not depend on whether the client exists, rations slow
 // hashes, and releases the reservation with the outcome.
 type clientAuth struct {
-	store   ClientStore
+	store ClientStore
+	// client looks a client up to read it: the store's SharedClient
+	// when it has one.
+	client  func(ctx context.Context, id string) (*Client, error)
 	limiter Limiter
 	logger  *slog.Logger
 	timeout time.Duration
@@ -76,7 +79,7 @@ func newClientAuth(store ClientStore, limiter Limiter, logger *slog.Logger, time
 	if err != nil {
 		return nil, err
 	}
-	a := &clientAuth{store: store, limiter: limiter, logger: logger, timeout: timeout, slow: newSlowGate(slow)}
+	a := &clientAuth{store: store, client: clientReader(store), limiter: limiter, logger: logger, timeout: timeout, slow: newSlowGate(slow)}
 	if a.dummy, err = HashSecret(dummy); err != nil {
 		return nil, err
 	}
@@ -169,7 +172,7 @@ func (a *clientAuth) verify(ctx context.Context, cr *credentials, now time.Time,
 	}
 	c, err := pre.c, pre.err
 	if !pre.done {
-		c, err = a.store.Client(ctx, cr.id)
+		c, err = a.client(ctx, cr.id)
 	}
 	switch {
 	case errors.Is(err, ErrClientNotFound):

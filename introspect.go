@@ -201,7 +201,7 @@ func (ih *IntrospectionHandler) active(ctx context.Context, now time.Time, claim
 	if claims.ClientID != caller.ID {
 		sctx, cancel := context.WithTimeout(ctx, ih.h.cfg.StoreTimeout)
 		defer cancel()
-		c, err := ih.h.auth.store.Client(sctx, claims.ClientID)
+		c, err := ih.h.auth.client(sctx, claims.ClientID)
 		switch {
 		case errors.Is(err, ErrClientNotFound):
 			return false, nil

@@ -26,7 +26,9 @@ var ErrSecretNotFound = errors.New("m2mauth: secret not found")
 // Client is an OAuth 2.0 client registered with the authorization server.
 //
 // A Client value belongs to whoever holds it: stores hand out copies, and a
-// store never keeps a reference to a Client passed to it.
+// store never keeps a reference to a Client passed to it. The one
+// exception is [ClientSharer.SharedClient], whose Client is shared,
+// read-only, by every caller.
 type Client struct {
 	// ID is the client_id: 1 to 255 printable ASCII characters
 	// (RFC 6749 Appendix A.1, VSCHAR).
@@ -147,6 +149,31 @@ type ClientStore interface {
 	// The caller may modify the returned Client; the store must not keep
 	// a reference to it.
 	Client(ctx context.Context, id string) (*Client, error)
+}
+
+// ClientSharer is a [ClientStore] that can answer a lookup with a Client
+// it shares, read-only, with other callers, rather than with a copy of
+// its own: a store that keeps decoded clients saves a copy per request.
+// The token, introspection and revocation endpoints only read the client
+// they look up, and use SharedClient when their store has it. memstore
+// and sqlstore implement it.
+type ClientSharer interface {
+	ClientStore
+	// SharedClient returns the client with the given id, as Client
+	// does, or an error wrapping ErrClientNotFound. The returned Client
+	// may be shared with other callers: neither they nor the store may
+	// modify it, then or later. A change to the client is seen by every
+	// call that begins after the change returns, as with Client.
+	SharedClient(ctx context.Context, id string) (*Client, error)
+}
+
+// clientReader returns how an endpoint that only reads clients looks one
+// up in store: with SharedClient when store has it.
+func clientReader(store ClientStore) func(ctx context.Context, id string) (*Client, error) {
+	if s, ok := store.(ClientSharer); ok {
+		return s.SharedClient
+	}
+	return store.Client
 }
 
 // ClientManager is the optional administration interface of a

@@ -2,10 +2,10 @@
 // [m2mauth.Revoker] and [m2mauth.KeyStore]: the store for tests, examples
 // and single-instance servers whose clients are configured at start-up.
 //
-// A Store is safe for concurrent use. It never hands out or keeps a
-// reference to a Client it shares with a caller: every read returns a deep
-// copy and every write stores one, so callers cannot change its state
-// behind its back.
+// A Store is safe for concurrent use. It never keeps a reference to a
+// Client a caller gave it, and [Store.Client] returns a deep copy, so
+// callers cannot change its state behind its back. [Store.SharedClient]
+// returns a Client shared, read-only, by every caller.
 //
 // A Store is also its own [m2mauth.RevocationSource]: a [m2mauth.Validator]
 // given it as its revocation source refuses a revoked token as soon as the
@@ -49,7 +49,9 @@ import (
 // and a million of them add next to nothing to the cost of a collection,
 // so they do not slow down the requests of the process that holds them.
 // [Store.Client] and [Store.ListClients] decode a fresh copy on every
-// call. A client's times come back as the same instants, in UTC or Local
+// call. [Store.SharedClient], which the token handler uses, keeps the
+// clients it decoded last, up to 1024 of them, and answers from one while
+// the client's record is unchanged. A client's times come back as the same instants, in UTC or Local
 // if they were stored so, else in a fixed zone of the same name and
 // offset; none keeps a monotonic clock reading.
 //
@@ -140,7 +142,16 @@ type Store struct {
 	expiry  *time.Timer // guarded by mu
 
 	keys keyring // managed signing keys, under their own lock (keys.go)
+
+	// lent holds clients SharedClient decoded, each in the place the hash
+	// of its id picks; an entry answers for as long as its encoding is
+	// the client's record.
+	lent [lentSlots]atomic.Pointer[decodedClient]
 }
+
+// lentSlots is the number of decoded clients a Store keeps for
+// SharedClient, a power of two.
+const lentSlots = 1024
 
 // Option configures a [Store].
 type Option func(*Store)
@@ -188,6 +199,31 @@ func (s *Store) Client(_ context.Context, id string) (*m2mauth.Client, error) {
 		return nil, fmt.Errorf("memstore: %q: %w", id, m2mauth.ErrClientNotFound)
 	}
 	return decodeClient(enc), nil
+}
+
+// SharedClient returns the client with the given id, as [Store.Client]
+// does, but shared with other callers, who must not modify it: the
+// client decoded by an earlier call, when the client has not changed
+// since, and without a copy. See [m2mauth.ClientSharer].
+func (s *Store) SharedClient(_ context.Context, id string) (*m2mauth.Client, error) {
+	s.mu.RLock()
+	r, h, ok := s.clients.refHash(id)
+	if !ok {
+		s.mu.RUnlock()
+		return nil, fmt.Errorf("memstore: %q: %w", id, m2mauth.ErrClientNotFound)
+	}
+	rec := s.clients.record(r)
+	slot := &s.lent[h&(lentSlots-1)]
+	if d := slot.Load(); d != nil && d.enc == string(rec) {
+		// The same encoding decodes to the same client.
+		s.mu.RUnlock()
+		return &d.c, nil
+	}
+	enc := string(rec)
+	s.mu.RUnlock()
+	d := decodeRecord(enc)
+	slot.Store(d)
+	return &d.c, nil
 }
 
 // CreateClient stores a copy of c. A non-zero TokensRevokedAt is kept as
@@ -483,14 +519,21 @@ func newClientTable() clientTable {
 
 // ref returns where the record of id is, looking in index and then spill.
 func (t *clientTable) ref(id string) (recordRef, bool) {
-	if r, ok := t.index[t.hash(id)]; ok && string(t.id(r)) == id {
-		return r, true
+	r, _, ok := t.refHash(id)
+	return r, ok
+}
+
+// refHash is ref, also returning the hash of id.
+func (t *clientTable) refHash(id string) (recordRef, uint64, bool) {
+	h := t.hash(id)
+	if r, ok := t.index[h]; ok && string(t.id(r)) == id {
+		return r, h, true
 	}
 	if len(t.spill) > 0 {
 		r, ok := t.spill[id]
-		return r, ok
+		return r, h, ok
 	}
-	return recordRef{}, false
+	return recordRef{}, h, false
 }
 
 // setRef points id at r, where id already is: in spill if it is there,
@@ -752,15 +795,20 @@ func appendTime(b []byte, t time.Time) []byte {
 // new memory instead of reaching the next one.
 type decodedClient struct {
 	c       m2mauth.Client
+	enc     string // what c was decoded from
 	secrets [1]m2mauth.Secret
 	scopes  [4]string
 }
 
 // decodeClient returns a new Client decoded from enc, made by
 // encodeClient. Its strings share enc's memory, which is immutable.
-func decodeClient(enc string) *m2mauth.Client {
+func decodeClient(enc string) *m2mauth.Client { return &decodeRecord(enc).c }
+
+// decodeRecord is decodeClient, returning the client with its room and
+// its encoding.
+func decodeRecord(enc string) *decodedClient {
 	d := decoder{s: enc}
-	b := new(decodedClient)
+	b := &decodedClient{enc: enc}
 	c := &b.c
 	c.ID = d.string()
 	flags := d.byte()
@@ -801,7 +849,7 @@ func decodeClient(enc string) *m2mauth.Client {
 			c.Grants[aud] = scopes
 		}
 	}
-	return c
+	return b
 }
 
 // decoder reads an encoding made by encodeClient, which is well formed.

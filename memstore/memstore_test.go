@@ -146,3 +146,54 @@ func TestClientLookupsIndependent(t *testing.T) {
 		})
 	}
 }
+
+// TestSharedClient checks that SharedClient answers from the client it
+// decoded last while the client is unchanged, with a new one once it
+// changes, and that Client still returns a copy of its own each time.
+func TestSharedClient(t *testing.T) {
+	ctx := t.Context()
+	s := memstore.New()
+	require.NoError(t, s.CreateClient(ctx, &m2mauth.Client{ID: "svc", Grants: map[string]m2mauth.Scopes{"https://api.example.com": {"read"}}}))
+
+	first, err := s.SharedClient(ctx, "svc")
+	require.NoError(t, err)
+	again, err := s.SharedClient(ctx, "svc")
+	require.NoError(t, err)
+	assert.Same(t, first, again, "an unchanged client is shared")
+
+	copy1, err := s.Client(ctx, "svc")
+	require.NoError(t, err)
+	copy2, err := s.Client(ctx, "svc")
+	require.NoError(t, err)
+	assert.NotSame(t, copy1, copy2, "Client returns a copy of its own")
+	assert.NotSame(t, first, copy1)
+
+	require.NoError(t, s.SetDisabled(ctx, "svc", true))
+	changed, err := s.SharedClient(ctx, "svc")
+	require.NoError(t, err)
+	assert.NotSame(t, first, changed)
+	assert.True(t, changed.Disabled, "the change is seen")
+	assert.False(t, first.Disabled, "a client handed out never changes")
+}
+
+// TestSharedClientMany checks SharedClient over more clients than it keeps
+// decoded: clients whose ids pick the same place take turns there, and
+// each call returns the client asked for.
+func TestSharedClientMany(t *testing.T) {
+	ctx := t.Context()
+	s := memstore.New()
+	const n = 3000
+	for i := range n {
+		id := fmt.Sprintf("svc-%04d", i)
+		require.NoError(t, s.CreateClient(ctx, &m2mauth.Client{ID: id, Grants: map[string]m2mauth.Scopes{"https://" + id + ".example.com": {"read"}}}))
+	}
+	for round := range 2 {
+		for i := range n {
+			id := fmt.Sprintf("svc-%04d", (i*7+round)%n)
+			c, err := s.SharedClient(ctx, id)
+			require.NoError(t, err)
+			require.Equal(t, id, c.ID)
+			require.Equal(t, m2mauth.Scopes{"read"}, c.Grants["https://"+id+".example.com"])
+		}
+	}
+}

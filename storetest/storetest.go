@@ -23,6 +23,16 @@
 // expiries are compared to the second, the precision of token timestamps:
 // a store may keep them as whole seconds, rounded down.
 //
+// # Shared clients
+//
+// A store that also implements [m2mauth.ClientSharer] is checked on every
+// read the suite makes: SharedClient must return what Client returns, so
+// every change is seen by the next call, and an unknown id is an error
+// wrapping [m2mauth.ErrClientNotFound]. A copy from Client that the
+// caller modifies must leave what SharedClient returns untouched, and
+// readers calling SharedClient while writers change the client must each
+// get a whole client.
+//
 // # Revocations
 //
 // A store that also implements [m2mauth.Revoker] is checked against the
@@ -236,11 +246,8 @@ func Run(t *testing.T, newStore func(t *testing.T) m2mauth.ClientManager, opts .
 const api = "https://api.example.com"
 
 func testClientNotFound(t *testing.T, s m2mauth.ClientManager) {
-	ctx := t.Context()
 	for _, id := range []string{"nobody", ""} {
-		c, err := s.Client(ctx, id)
-		require.ErrorIs(t, err, m2mauth.ErrClientNotFound, "Client(%q)", id)
-		assert.Nil(t, c)
+		assertNotFound(t, s, id)
 	}
 }
 
@@ -869,9 +876,9 @@ func testDeleteClient(t *testing.T, s m2mauth.ClientManager) {
 	mustCreate(t, s, publicClient("bystander"))
 	bystander := mustGet(t, s, "bystander")
 
+	mustGet(t, s, "doomed") // a SharedClient may now hold it
 	require.NoError(t, s.DeleteClient(ctx, "doomed"))
-	_, err := s.Client(ctx, "doomed")
-	require.ErrorIs(t, err, m2mauth.ErrClientNotFound)
+	assertNotFound(t, s, "doomed")
 	assert.Equal(t, []string{"bystander"}, listAll(t, s, 0))
 	assertUnchanged(t, s, bystander)
 
@@ -884,8 +891,7 @@ func testDeleteClient(t *testing.T, s m2mauth.ClientManager) {
 	require.ErrorIs(t, s.RemoveSecret(ctx, "doomed", sec.ID), m2mauth.ErrClientNotFound)
 	require.ErrorIs(t, s.SetDisabled(ctx, "doomed", true), m2mauth.ErrClientNotFound)
 	require.ErrorIs(t, s.UpdateClient(ctx, &m2mauth.Client{ID: "doomed"}), m2mauth.ErrClientNotFound)
-	_, err = s.Client(ctx, "doomed")
-	require.ErrorIs(t, err, m2mauth.ErrClientNotFound)
+	assertNotFound(t, s, "doomed")
 
 	// The id is free again, and nothing of the deleted client comes back
 	// with it.
@@ -1064,6 +1070,16 @@ func testConcurrentReadsAndWrites(t *testing.T, s m2mauth.ClientManager) {
 				assert.NotEmpty(t, c.Secrets)
 				assert.ElementsMatch(t, grants[api], c.Grants[api])
 				scribble(c)
+				if sh, ok := s.(m2mauth.ClientSharer); ok {
+					c, err := sh.SharedClient(ctx, id)
+					if !assert.NoError(t, err) {
+						return
+					}
+					assert.Equal(t, id, c.ID)
+					assert.NoError(t, c.Validate())
+					assert.NotEmpty(t, c.Secrets)
+					assert.ElementsMatch(t, grants[api], c.Grants[api])
+				}
 				if i%5 == 0 {
 					page, err := s.ListClients(ctx, "", 0)
 					if assert.NoError(t, err) {
@@ -1153,12 +1169,43 @@ func mustCreate(t *testing.T, s m2mauth.ClientManager, c *m2mauth.Client) {
 	require.NoError(t, s.CreateClient(t.Context(), c), "CreateClient(%q)", c.ID)
 }
 
+// mustGet returns Client(id), after checking that a ClientSharer's
+// SharedClient(id) returns the same, before and after the returned copy
+// is modified.
 func mustGet(t *testing.T, s m2mauth.ClientManager, id string) *m2mauth.Client {
 	t.Helper()
 	c, err := s.Client(t.Context(), id)
 	require.NoError(t, err, "Client(%q)", id)
 	require.NotNil(t, c, "Client(%q)", id)
+	sh, ok := s.(m2mauth.ClientSharer)
+	if !ok {
+		return c
+	}
+	shared, err := sh.SharedClient(t.Context(), id)
+	require.NoError(t, err, "SharedClient(%q)", id)
+	require.NotNil(t, shared, "SharedClient(%q)", id)
+	assertSameClient(t, c, shared)
+	other, err := s.Client(t.Context(), id)
+	require.NoError(t, err, "Client(%q)", id)
+	scribble(other)
+	again, err := sh.SharedClient(t.Context(), id)
+	require.NoError(t, err, "SharedClient(%q)", id)
+	assertSameClient(t, c, again)
 	return c
+}
+
+// assertNotFound checks that Client(id), and a ClientSharer's
+// SharedClient(id), return an error wrapping ErrClientNotFound.
+func assertNotFound(t *testing.T, s m2mauth.ClientManager, id string) {
+	t.Helper()
+	c, err := s.Client(t.Context(), id)
+	require.ErrorIs(t, err, m2mauth.ErrClientNotFound, "Client(%q)", id)
+	assert.Nil(t, c)
+	if sh, ok := s.(m2mauth.ClientSharer); ok {
+		c, err := sh.SharedClient(t.Context(), id)
+		require.ErrorIs(t, err, m2mauth.ErrClientNotFound, "SharedClient(%q)", id)
+		assert.Nil(t, c)
+	}
 }
 
 // listAll pages through every client, limit at a time, and returns their

@@ -1,0 +1,126 @@
+package m2mauth_test
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+	"net/url"
+	"sync/atomic"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/m2mauth/m2mauth"
+	"github.com/m2mauth/m2mauth/memstore"
+)
+
+// countingSharer is a memstore that counts the lookups made with Client
+// and with SharedClient.
+type countingSharer struct {
+	*memstore.Store
+	copies, shares atomic.Int64
+}
+
+func (s *countingSharer) Client(ctx context.Context, id string) (*m2mauth.Client, error) {
+	s.copies.Add(1)
+	return s.Store.Client(ctx, id)
+}
+
+func (s *countingSharer) SharedClient(ctx context.Context, id string) (*m2mauth.Client, error) {
+	s.shares.Add(1)
+	return s.Store.SharedClient(ctx, id)
+}
+
+// TestEndpointsReadSharedClients checks that the token, introspection and
+// revocation endpoints look clients up with SharedClient when the store
+// has it, never with Client, and leave the clients they are lent as they
+// were, on every path: tokens issued and refused (RFC 6749 §5.2),
+// introspection of another client's token (RFC 7662 §2.1), revocation
+// (RFC 7009 §2.1).
+func TestEndpointsReadSharedClients(t *testing.T) {
+	e := newEndpointFixture(t, nil)
+	store := &countingSharer{Store: e.store}
+	h, err := m2mauth.NewTokenHandler(store, e.keys, m2mauth.TokenHandlerConfig{
+		Issuer: testIssuer, DefaultAudience: testAudience, Now: e.clock, Logger: discardLogger(),
+	})
+	require.NoError(t, err)
+	rev, err := h.RevocationHandler(e.store)
+	require.NoError(t, err)
+	in, err := h.IntrospectionHandler(m2mauth.IntrospectionConfig{Revocations: e.store})
+	require.NoError(t, err)
+
+	ids := []string{"svc", "rotated", "disabled", "public", "weird:id+1", "short", "introspector"}
+	lent := make(map[string]*m2mauth.Client)
+	want := make(map[string]*m2mauth.Client)
+	for _, id := range ids {
+		c, err := e.store.SharedClient(t.Context(), id)
+		require.NoError(t, err)
+		lent[id] = c
+		want[id], err = e.store.Client(t.Context(), id)
+		require.NoError(t, err)
+	}
+
+	token := func(t *testing.T) string {
+		w := send(t, h, request{body: "grant_type=client_credentials&scope=read", headers: auth(basic("svc", e.secret))})
+		require.Equal(t, http.StatusOK, w.Code, "body: %s", w.Body)
+		var resp tokenResponse
+		require.NoError(t, json.Unmarshal(w.Body.Bytes(), &resp))
+		return resp.AccessToken
+	}
+	tests := []struct {
+		name   string
+		h      http.Handler
+		req    func(t *testing.T) request
+		status int
+	}{
+		{"token issued for a subset of the grant", h, func(*testing.T) request {
+			return request{body: "grant_type=client_credentials&scope=write", headers: auth(basic("svc", e.secret))}
+		}, http.StatusOK},
+		{"token issued for the whole grant", h, func(*testing.T) request {
+			return request{body: "grant_type=client_credentials", headers: auth(basic("weird:id+1", e.weirdSecret))}
+		}, http.StatusOK},
+		{"token with the client's own lifetime", h, func(*testing.T) request {
+			return request{body: "grant_type=client_credentials", headers: auth(basic("short", e.secret))}
+		}, http.StatusOK},
+		{"scope not granted", h, func(*testing.T) request {
+			return request{body: "grant_type=client_credentials&scope=read+admin", headers: auth(basic("svc", e.secret))}
+		}, http.StatusBadRequest},
+		{"audience not granted", h, func(*testing.T) request {
+			return request{body: "grant_type=client_credentials&resource=" + url.QueryEscape("https://other.example.com"), headers: auth(basic("svc", e.secret))}
+		}, http.StatusBadRequest},
+		{"wrong secret", h, func(*testing.T) request {
+			return request{body: "grant_type=client_credentials", headers: auth(basic("svc", "wrong"))}
+		}, http.StatusUnauthorized},
+		{"expired secret", h, func(*testing.T) request {
+			return request{body: "grant_type=client_credentials", headers: auth(basic("rotated", e.oldSecret))}
+		}, http.StatusUnauthorized},
+		{"disabled client", h, func(*testing.T) request {
+			return request{body: "grant_type=client_credentials", headers: auth(basic("disabled", e.disSecret))}
+		}, http.StatusUnauthorized},
+		{"public client", h, func(*testing.T) request {
+			return request{body: "grant_type=client_credentials", headers: auth(basic("public", "x"))}
+		}, http.StatusUnauthorized},
+		{"introspection of another client's token", in, func(t *testing.T) request {
+			return request{body: "token=" + url.QueryEscape(token(t)), headers: auth(basic("introspector", e.introSecret))}
+		}, http.StatusOK},
+		{"revocation of the client's own token", rev, func(t *testing.T) request {
+			return request{body: "token=" + url.QueryEscape(token(t)), headers: auth(basic("svc", e.secret))}
+		}, http.StatusOK},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			w := send(t, tt.h, tt.req(t))
+			require.Equal(t, tt.status, w.Code, "body: %s", w.Body)
+		})
+	}
+
+	assert.Zero(t, store.copies.Load(), "lookups made with Client")
+	assert.Positive(t, store.shares.Load(), "lookups made with SharedClient")
+	for _, id := range ids {
+		again, err := e.store.SharedClient(t.Context(), id)
+		require.NoError(t, err)
+		assert.Same(t, lent[id], again, "%s: the client did not change, so it is still shared", id)
+		assert.Equal(t, want[id], lent[id], "%s: the shared client was modified", id)
+	}
+}
