@@ -30,11 +30,14 @@ var errNoStamp = errors.New("sqlstore: the schema has no clients' stamp")
 // query, about half the cost of reading the client. Otherwise the client
 // is read with the stamp, in one statement, hence one snapshot, and kept.
 // It returns errNoStamp, and stops looking for noStampRetry, when the
-// schema has no stamp.
-func (s *Store) cachedClient(ctx context.Context, id string) (*m2mauth.Client, error) {
+// schema has no stamp. With shared set, the client returned is the one
+// kept, which nobody may modify (see [Store.SharedClient]).
+func (s *Store) cachedClient(ctx context.Context, id string, shared bool) (*m2mauth.Client, error) {
 	if stamp, c := s.clients.get(id); c != nil {
 		now, err := s.readStamp(ctx)
 		switch {
+		case err == nil && now == stamp && shared:
+			return c, nil
 		case err == nil && now == stamp:
 			return c.Clone(), nil
 		case err != nil && !errors.Is(err, sql.ErrNoRows):
@@ -58,7 +61,11 @@ func (s *Store) cachedClient(ctx context.Context, id string) (*m2mauth.Client, e
 		s.clients.drop(id)
 		return c, nil
 	}
-	s.clients.put(id, stamp.Int64, c.Clone())
+	kept := c
+	if !shared {
+		kept = c.Clone()
+	}
+	s.clients.put(id, stamp.Int64, kept)
 	return c, nil
 }
 

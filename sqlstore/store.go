@@ -251,12 +251,26 @@ func (s *Store) Close() error {
 // After db.Close, lookups fail once that lease has ended; [Store.Close]
 // gives the connection back at once.
 func (s *Store) Client(ctx context.Context, id string) (*m2mauth.Client, error) {
+	return s.client(ctx, id, false)
+}
+
+// SharedClient returns the client with the given id, as [Store.Client]
+// does, but shared with other callers, who must not modify it (see
+// [m2mauth.ClientSharer]). On SQLite, while the clients' stamp is
+// unchanged, it is the client the Store keeps, without a copy; elsewhere
+// it is what Client returns.
+func (s *Store) SharedClient(ctx context.Context, id string) (*m2mauth.Client, error) {
+	return s.client(ctx, id, true)
+}
+
+// client is Client, or SharedClient when shared is set.
+func (s *Store) client(ctx context.Context, id string, shared bool) (*m2mauth.Client, error) {
 	if !m2mauth.ValidClientID(id) {
 		// No such client can be stored; spare the database.
 		return nil, notFound(id)
 	}
 	if s.q.stampedRow != "" && s.stampExpected() {
-		c, err := s.cachedClient(ctx, id)
+		c, err := s.cachedClient(ctx, id, shared)
 		if !errors.Is(err, errNoStamp) {
 			if err != nil {
 				return nil, fmt.Errorf("sqlstore: client %q: %w", id, err)

@@ -1170,20 +1170,24 @@ func mustCreate(t *testing.T, s m2mauth.ClientManager, c *m2mauth.Client) {
 }
 
 // mustGet returns Client(id), after checking that a ClientSharer's
-// SharedClient(id) returns the same, before and after the returned copy
-// is modified.
+// SharedClient(id), asked first, returns the same, and still does after
+// a copy from Client is modified.
 func mustGet(t *testing.T, s m2mauth.ClientManager, id string) *m2mauth.Client {
 	t.Helper()
+	sh, sharer := s.(m2mauth.ClientSharer)
+	var shared *m2mauth.Client
+	if sharer {
+		var err error
+		shared, err = sh.SharedClient(t.Context(), id)
+		require.NoError(t, err, "SharedClient(%q)", id)
+		require.NotNil(t, shared, "SharedClient(%q)", id)
+	}
 	c, err := s.Client(t.Context(), id)
 	require.NoError(t, err, "Client(%q)", id)
 	require.NotNil(t, c, "Client(%q)", id)
-	sh, ok := s.(m2mauth.ClientSharer)
-	if !ok {
+	if !sharer {
 		return c
 	}
-	shared, err := sh.SharedClient(t.Context(), id)
-	require.NoError(t, err, "SharedClient(%q)", id)
-	require.NotNil(t, shared, "SharedClient(%q)", id)
 	assertSameClient(t, c, shared)
 	other, err := s.Client(t.Context(), id)
 	require.NoError(t, err, "Client(%q)", id)
