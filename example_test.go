@@ -137,3 +137,41 @@ func ExampleValidator_RequireScopes() {
 	// 200 builders for test-client
 	// 401 Bearer realm="m2mauth"
 }
+
+// ExampleClientSharer shows the contract of a store that lends clients:
+// while a client is unchanged, lookups share one Client, which nobody
+// modifies; a change gives the next lookup a new one, and the Client
+// lent before stays as it was.
+func ExampleClientSharer() {
+	ctx := context.Background()
+	store := memstore.New()
+	if err := store.CreateClient(ctx, &m2mauth.Client{ID: "billing", Public: true}); err != nil {
+		log.Fatal(err)
+	}
+
+	var s m2mauth.ClientStore = store
+	sharer, ok := s.(m2mauth.ClientSharer)
+	fmt.Println("lends clients:", ok)
+	first, err := sharer.SharedClient(ctx, "billing")
+	if err != nil {
+		log.Fatal(err)
+	}
+	again, err := sharer.SharedClient(ctx, "billing")
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println("shared while unchanged:", first == again)
+
+	if err := store.SetDisabled(ctx, "billing", true); err != nil {
+		log.Fatal(err)
+	}
+	changed, err := sharer.SharedClient(ctx, "billing")
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println("after a change:", changed == first, changed.Disabled, first.Disabled)
+	// Output:
+	// lends clients: true
+	// shared while unchanged: true
+	// after a change: false true false
+}
