@@ -68,49 +68,32 @@ func TestEndpointsReadSharedClients(t *testing.T) {
 		require.NoError(t, json.Unmarshal(w.Body.Bytes(), &resp))
 		return resp.AccessToken
 	}
+	grant := func(body string) func(*testing.T) string {
+		return func(*testing.T) string { return "grant_type=client_credentials" + body }
+	}
+	aToken := func(t *testing.T) string { return "token=" + url.QueryEscape(token(t)) }
 	tests := []struct {
-		name   string
-		h      http.Handler
-		req    func(t *testing.T) request
-		status int
+		name       string
+		h          http.Handler
+		body       func(t *testing.T) string
+		id, secret string
+		status     int
 	}{
-		{"token issued for a subset of the grant", h, func(*testing.T) request {
-			return request{body: "grant_type=client_credentials&scope=write", headers: auth(basic("svc", e.secret))}
-		}, http.StatusOK},
-		{"token issued for the whole grant", h, func(*testing.T) request {
-			return request{body: "grant_type=client_credentials", headers: auth(basic("weird:id+1", e.weirdSecret))}
-		}, http.StatusOK},
-		{"token with the client's own lifetime", h, func(*testing.T) request {
-			return request{body: "grant_type=client_credentials", headers: auth(basic("short", e.secret))}
-		}, http.StatusOK},
-		{"scope not granted", h, func(*testing.T) request {
-			return request{body: "grant_type=client_credentials&scope=read+admin", headers: auth(basic("svc", e.secret))}
-		}, http.StatusBadRequest},
-		{"audience not granted", h, func(*testing.T) request {
-			return request{body: "grant_type=client_credentials&resource=" + url.QueryEscape("https://other.example.com"), headers: auth(basic("svc", e.secret))}
-		}, http.StatusBadRequest},
-		{"wrong secret", h, func(*testing.T) request {
-			return request{body: "grant_type=client_credentials", headers: auth(basic("svc", "wrong"))}
-		}, http.StatusUnauthorized},
-		{"expired secret", h, func(*testing.T) request {
-			return request{body: "grant_type=client_credentials", headers: auth(basic("rotated", e.oldSecret))}
-		}, http.StatusUnauthorized},
-		{"disabled client", h, func(*testing.T) request {
-			return request{body: "grant_type=client_credentials", headers: auth(basic("disabled", e.disSecret))}
-		}, http.StatusUnauthorized},
-		{"public client", h, func(*testing.T) request {
-			return request{body: "grant_type=client_credentials", headers: auth(basic("public", "x"))}
-		}, http.StatusUnauthorized},
-		{"introspection of another client's token", in, func(t *testing.T) request {
-			return request{body: "token=" + url.QueryEscape(token(t)), headers: auth(basic("introspector", e.introSecret))}
-		}, http.StatusOK},
-		{"revocation of the client's own token", rev, func(t *testing.T) request {
-			return request{body: "token=" + url.QueryEscape(token(t)), headers: auth(basic("svc", e.secret))}
-		}, http.StatusOK},
+		{"token issued for a subset of the grant", h, grant("&scope=write"), "svc", e.secret, http.StatusOK},
+		{"token issued for the whole grant", h, grant(""), "weird:id+1", e.weirdSecret, http.StatusOK},
+		{"token with the client's own lifetime", h, grant(""), "short", e.secret, http.StatusOK},
+		{"scope not granted", h, grant("&scope=read+admin"), "svc", e.secret, http.StatusBadRequest},
+		{"audience not granted", h, grant("&resource=" + url.QueryEscape("https://other.example.com")), "svc", e.secret, http.StatusBadRequest},
+		{"wrong secret", h, grant(""), "svc", "wrong", http.StatusUnauthorized},
+		{"expired secret", h, grant(""), "rotated", e.oldSecret, http.StatusUnauthorized},
+		{"disabled client", h, grant(""), "disabled", e.disSecret, http.StatusUnauthorized},
+		{"public client", h, grant(""), "public", "x", http.StatusUnauthorized},
+		{"introspection of another client's token", in, aToken, "introspector", e.introSecret, http.StatusOK},
+		{"revocation of the client's own token", rev, aToken, "svc", e.secret, http.StatusOK},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			w := send(t, tt.h, tt.req(t))
+			w := send(t, tt.h, request{body: tt.body(t), headers: auth(basic(tt.id, tt.secret))})
 			require.Equal(t, tt.status, w.Code, "body: %s", w.Body)
 		})
 	}
