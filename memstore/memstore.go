@@ -51,9 +51,9 @@ import (
 // [Store.Client] and [Store.ListClients] decode a fresh copy on every
 // call. [Store.SharedClient], which the token handler uses, keeps the
 // clients it decoded last, up to 1024 of them, and answers from one while
-// the client's record is unchanged. A client's times come back as the same instants, in UTC or Local
-// if they were stored so, else in a fixed zone of the same name and
-// offset; none keeps a monotonic clock reading.
+// the client's record is unchanged. A client's times come back as the
+// same instants, in UTC or Local if they were stored so, else in a fixed
+// zone of the same name and offset; none keeps a monotonic clock reading.
 //
 // # Revocations
 //
