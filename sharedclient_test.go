@@ -3,6 +3,8 @@ package m2mauth_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"net/http"
 	"net/url"
 	"sync/atomic"
@@ -26,6 +28,8 @@ func (s *countingSharer) Client(ctx context.Context, id string) (*m2mauth.Client
 	s.copies.Add(1)
 	return s.Store.Client(ctx, id)
 }
+
+func (s *countingSharer) SharingStore() m2mauth.ClientStore { return s }
 
 func (s *countingSharer) SharedClient(ctx context.Context, id string) (*m2mauth.Client, error) {
 	s.shares.Add(1)
@@ -105,5 +109,69 @@ func TestEndpointsReadSharedClients(t *testing.T) {
 		require.NoError(t, err)
 		assert.Same(t, lent[id], again, "%s: the client did not change, so it is still shared", id)
 		assert.Equal(t, want[id], lent[id], "%s: the shared client was modified", id)
+	}
+}
+
+// policyStore embeds a memstore, and so its SharedClient, but changes
+// what Client returns: it refuses one client, or fails every lookup.
+type policyStore struct {
+	*memstore.Store
+	refused string
+	fail    error
+}
+
+func (s policyStore) Client(ctx context.Context, id string) (*m2mauth.Client, error) {
+	if s.fail != nil {
+		return nil, s.fail
+	}
+	if id == s.refused {
+		return nil, fmt.Errorf("policy: %q: %w", id, m2mauth.ErrClientNotFound)
+	}
+	return s.Store.Client(ctx, id)
+}
+
+// selfSharer is a ClientSharer whose SharingStore is itself, of a type
+// that cannot be compared: it cannot show it is the store it was given,
+// so it is asked with its Client, which refuses "svc".
+type selfSharer struct {
+	policyStore
+	tags []string
+}
+
+func (s selfSharer) SharingStore() m2mauth.ClientStore { return s }
+
+// TestWrappedSharerKeepsItsClient checks that a store embedding a
+// ClientSharer is asked with its own Client, which may restrict or fail
+// lookups, not with the embedded store's SharedClient: a refused client
+// gets invalid_client (RFC 6749 §5.2), a failing store server_error.
+func TestWrappedSharerKeepsItsClient(t *testing.T) {
+	f := newFixture(t)
+	refuse := policyStore{Store: f.store, refused: "svc"}
+	tests := []struct {
+		name   string
+		store  m2mauth.ClientStore
+		id     string
+		secret string
+		status int
+		code   string
+	}{
+		{"a refused client, wrapper by value", refuse, "svc", f.secret, http.StatusUnauthorized, m2mauth.CodeInvalidClient},
+		{"a refused client, wrapper by pointer", &refuse, "svc", f.secret, http.StatusUnauthorized, m2mauth.CodeInvalidClient},
+		{"another client", refuse, "short", f.secret, http.StatusOK, ""},
+		{"a failing store", policyStore{Store: f.store, fail: errors.New("store down")}, "short", f.secret, http.StatusInternalServerError, m2mauth.CodeServerError},
+		{"a sharer that cannot be compared", selfSharer{policyStore: refuse, tags: []string{"x"}}, "svc", f.secret, http.StatusUnauthorized, m2mauth.CodeInvalidClient},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			h, err := m2mauth.NewTokenHandler(tt.store, f.keys, m2mauth.TokenHandlerConfig{
+				Issuer: testIssuer, DefaultAudience: testAudience, Logger: discardLogger(),
+			})
+			require.NoError(t, err)
+			w := send(t, h, request{target: "/oauth/token", body: "grant_type=client_credentials", headers: auth(basic(tt.id, tt.secret))})
+			require.Equal(t, tt.status, w.Code, "body: %s", w.Body)
+			if tt.code != "" {
+				assert.Equal(t, tt.code, errorOf(t, w).Error)
+			}
+		})
 	}
 }

@@ -155,8 +155,15 @@ type ClientStore interface {
 // it shares, read-only, with other callers, rather than with a copy of
 // its own: a store that keeps decoded clients saves a copy per request.
 // The token, introspection and revocation endpoints only read the client
-// they look up, and use SharedClient when their store has it. memstore
-// and sqlstore implement it.
+// they look up, and call SharedClient instead of Client when their store
+// is a ClientSharer whose SharingStore is the store itself. memstore and
+// sqlstore implement it.
+//
+// A type that embeds a ClientSharer inherits its methods, but its
+// SharingStore is then the embedded store, not itself, so the endpoints
+// call its own Client: a wrapper that changes what Client returns (to
+// restrict, decorate, count or fail lookups) stays in force. A wrapper
+// that lends clients itself implements all three methods.
 type ClientSharer interface {
 	ClientStore
 	// SharedClient returns the client with the given id, as Client
@@ -165,15 +172,31 @@ type ClientSharer interface {
 	// modify it, then or later. A change to the client is seen by every
 	// call that begins after the change returns, as with Client.
 	SharedClient(ctx context.Context, id string) (*Client, error)
+	// SharingStore returns the ClientSharer itself (a comparable value,
+	// such as a pointer): the store whose Client SharedClient stands in
+	// for.
+	SharingStore() ClientStore
 }
 
 // clientReader returns how an endpoint that only reads clients looks one
-// up in store: with SharedClient when store has it.
+// up in store: with SharedClient when store is a ClientSharer of its own,
+// not one that a wrapper of another type embeds.
 func clientReader(store ClientStore) func(ctx context.Context, id string) (*Client, error) {
-	if s, ok := store.(ClientSharer); ok {
+	if s, ok := store.(ClientSharer); ok && sameStore(s.SharingStore(), store) {
 		return s.SharedClient
 	}
 	return store.Client
+}
+
+// sameStore reports whether a and b are the same store: equal interface
+// values. Values of a type that cannot be compared are never the same.
+func sameStore(a, b ClientStore) (same bool) {
+	defer func() {
+		if recover() != nil {
+			same = false
+		}
+	}()
+	return a == b
 }
 
 // ClientManager is the optional administration interface of a

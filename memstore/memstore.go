@@ -226,6 +226,9 @@ func (s *Store) SharedClient(_ context.Context, id string) (*m2mauth.Client, err
 	return &d.c, nil
 }
 
+// SharingStore returns s: see [m2mauth.ClientSharer].
+func (s *Store) SharingStore() m2mauth.ClientStore { return s }
+
 // CreateClient stores a copy of c. A non-zero TokensRevokedAt is kept as
 // given, and sets the client's watermark to it (or to now, if it is later)
 // unless the watermark is already later.

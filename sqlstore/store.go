@@ -263,6 +263,9 @@ func (s *Store) SharedClient(ctx context.Context, id string) (*m2mauth.Client, e
 	return s.client(ctx, id, true)
 }
 
+// SharingStore returns s: see [m2mauth.ClientSharer].
+func (s *Store) SharingStore() m2mauth.ClientStore { return s }
+
 // client is Client, or SharedClient when shared is set.
 func (s *Store) client(ctx context.Context, id string, shared bool) (*m2mauth.Client, error) {
 	if !m2mauth.ValidClientID(id) {

@@ -25,8 +25,8 @@
 //
 // # Shared clients
 //
-// A store that also implements [m2mauth.ClientSharer] is checked on every
-// read the suite makes: SharedClient must return what Client returns, so
+// A store that also implements [m2mauth.ClientSharer] must return itself
+// from SharingStore, and is checked on every read the suite makes: SharedClient must return what Client returns, so
 // every change is seen by the next call, and an unknown id is an error
 // wrapping [m2mauth.ErrClientNotFound]. A copy from Client that the
 // caller modifies must leave what SharedClient returns untouched, and
@@ -204,6 +204,7 @@ func Run(t *testing.T, newStore func(t *testing.T) m2mauth.ClientManager, opts .
 		test func(*testing.T, m2mauth.ClientManager)
 	}{
 		{"ClientNotFound", testClientNotFound},
+		{"SharingStore", testSharingStore},
 		{"CreateRoundTrip", testCreateRoundTrip},
 		{"CreateSetsTimestamps", testCreateSetsTimestamps},
 		{"CreateKeepsGivenTimestamps", testCreateKeepsGivenTimestamps},
@@ -250,6 +251,15 @@ func testClientNotFound(t *testing.T, s m2mauth.ClientManager) {
 	for _, id := range []string{"nobody", ""} {
 		assertNotFound(t, s, id)
 	}
+}
+
+func testSharingStore(t *testing.T, s m2mauth.ClientManager) {
+	sh, ok := s.(m2mauth.ClientSharer)
+	if !ok {
+		t.Skip("the store is not an m2mauth.ClientSharer")
+	}
+	assert.True(t, sh.SharingStore() == m2mauth.ClientStore(s),
+		"SharingStore must return the store itself, or the endpoints never call its SharedClient")
 }
 
 func testCreateRoundTrip(t *testing.T, s m2mauth.ClientManager) {
