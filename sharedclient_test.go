@@ -6,9 +6,13 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
+	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -173,5 +177,54 @@ func TestWrappedSharerKeepsItsClient(t *testing.T) {
 				assert.Equal(t, tt.code, errorOf(t, w).Error)
 			}
 		})
+	}
+}
+
+// TestSharedClientsUnderChange sends 200 simultaneous token requests, each
+// from its own loopback address, while the client's lifetime is changed
+// again and again: every token is issued (RFC 6749 §4.4.3) with one of the
+// lifetimes the client had, and the race detector sees no write to a lent
+// client.
+func TestSharedClientsUnderChange(t *testing.T) {
+	f := newFixture(t)
+	ctx := t.Context()
+	lifetimes := []time.Duration{5 * time.Minute, 10 * time.Minute}
+	const requests = 200
+	var wg sync.WaitGroup
+	start := make(chan struct{})
+	codes := make([]int, requests)
+	expires := make([]int64, requests)
+	for i := range requests {
+		wg.Go(func() {
+			r := httptest.NewRequest(http.MethodPost, "https://m2mauth.test/oauth/token", strings.NewReader("grant_type=client_credentials"))
+			r.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+			r.Header.Set("Authorization", basic("short", f.secret))
+			r.RemoteAddr = fmt.Sprintf("127.0.%d.%d:40000", i/250, i%250+1)
+			w := httptest.NewRecorder()
+			<-start
+			f.handler.ServeHTTP(w, r)
+			codes[i] = w.Code
+			var resp tokenResponse
+			if assert.NoError(t, json.Unmarshal(w.Body.Bytes(), &resp)) {
+				expires[i] = resp.ExpiresIn
+			}
+		})
+	}
+	wg.Go(func() {
+		<-start
+		for i := range 50 {
+			c, err := f.store.Client(ctx, "short")
+			if !assert.NoError(t, err) {
+				return
+			}
+			c.TokenTTL = lifetimes[i%2]
+			assert.NoError(t, f.store.UpdateClient(ctx, c))
+		}
+	})
+	close(start)
+	wg.Wait()
+	for i := range requests {
+		require.Equal(t, http.StatusOK, codes[i], "request %d", i)
+		require.Contains(t, []int64{300, 600}, expires[i], "request %d", i)
 	}
 }
