@@ -196,7 +196,7 @@ func (s *Store) Client(_ context.Context, id string) (*m2mauth.Client, error) {
 	}
 	s.mu.RUnlock()
 	if !ok {
-		return nil, fmt.Errorf("memstore: %q: %w", id, m2mauth.ErrClientNotFound)
+		return nil, notFound(id)
 	}
 	return decodeClient(enc), nil
 }
@@ -210,7 +210,7 @@ func (s *Store) SharedClient(_ context.Context, id string) (*m2mauth.Client, err
 	r, h, ok := s.clients.refHash(id)
 	if !ok {
 		s.mu.RUnlock()
-		return nil, fmt.Errorf("memstore: %q: %w", id, m2mauth.ErrClientNotFound)
+		return nil, notFound(id)
 	}
 	rec := s.clients.record(r)
 	slot := &s.lent[h&(lentSlots-1)]
@@ -360,7 +360,7 @@ func (s *Store) DeleteClient(ctx context.Context, clientID string) error {
 	s.mu.Lock()
 	if !s.clients.remove(clientID) {
 		s.mu.Unlock()
-		return fmt.Errorf("memstore: %q: %w", clientID, m2mauth.ErrClientNotFound)
+		return notFound(clientID)
 	}
 	now := s.now()
 	s.watermarkLocked(clientID, now)
@@ -417,7 +417,7 @@ func (s *Store) modify(ctx context.Context, id string,
 	rec, ok := s.clients.get(id)
 	if !ok {
 		s.mu.Unlock()
-		return fmt.Errorf("memstore: %q: %w", id, m2mauth.ErrClientNotFound)
+		return notFound(id)
 	}
 	next := decodeClient(string(rec))
 	now := s.now()
@@ -853,6 +853,11 @@ func decodeRecord(enc string) *decodedClient {
 		}
 	}
 	return b
+}
+
+// notFound is the error for a client id the Store does not hold.
+func notFound(id string) error {
+	return fmt.Errorf("memstore: %q: %w", id, m2mauth.ErrClientNotFound)
 }
 
 // decoder reads an encoding made by encodeClient, which is well formed.
