@@ -90,11 +90,22 @@ type outage struct {
 	down      atomic.Bool
 	downAfter atomic.Int64
 	execs     atomic.Int64
+	refused   atomic.Int64 // operations refused while down
+}
+
+// isDown reports whether the database is down, counting the operation
+// it refuses then.
+func (o *outage) isDown() bool {
+	if o.down.Load() {
+		o.refused.Add(1)
+		return true
+	}
+	return false
 }
 
 // exec is called before each statement is executed.
 func (o *outage) exec() error {
-	if o.down.Load() {
+	if o.isDown() {
 		return errOutage
 	}
 	if max := o.downAfter.Load(); max > 0 && o.execs.Add(1) > max {
@@ -132,7 +143,7 @@ type flakyConnector struct {
 }
 
 func (c *flakyConnector) Connect(ctx context.Context) (driver.Conn, error) {
-	if c.o.down.Load() {
+	if c.o.isDown() {
 		return nil, errOutage
 	}
 	var (
@@ -163,7 +174,7 @@ func (c *flakyConn) Prepare(q string) (driver.Stmt, error) {
 }
 
 func (c *flakyConn) PrepareContext(ctx context.Context, q string) (driver.Stmt, error) {
-	if c.o.down.Load() {
+	if c.o.isDown() {
 		return nil, errOutage
 	}
 	var (
@@ -186,7 +197,7 @@ func (c *flakyConn) Begin() (driver.Tx, error) {
 }
 
 func (c *flakyConn) BeginTx(ctx context.Context, opts driver.TxOptions) (driver.Tx, error) {
-	if c.o.down.Load() {
+	if c.o.isDown() {
 		return nil, errOutage
 	}
 	if b, ok := c.Conn.(driver.ConnBeginTx); ok {
@@ -206,7 +217,7 @@ func (c *flakyConn) ExecContext(ctx context.Context, q string, args []driver.Nam
 }
 
 func (c *flakyConn) QueryContext(ctx context.Context, q string, args []driver.NamedValue) (driver.Rows, error) {
-	if c.o.down.Load() {
+	if c.o.isDown() {
 		return nil, errOutage
 	}
 	if x, ok := c.Conn.(driver.QueryerContext); ok {
@@ -243,7 +254,7 @@ func (s *flakyStmt) ExecContext(ctx context.Context, args []driver.NamedValue) (
 }
 
 func (s *flakyStmt) QueryContext(ctx context.Context, args []driver.NamedValue) (driver.Rows, error) {
-	if s.conn.o.down.Load() {
+	if s.conn.o.isDown() {
 		return nil, errOutage
 	}
 	if x, ok := s.Stmt.(driver.StmtQueryContext); ok {

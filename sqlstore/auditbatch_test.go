@@ -143,6 +143,11 @@ func TestAuditorBatchFailsWhole(t *testing.T) {
 		t.Cleanup(func() { a.Close() })
 
 		holdBatch(t, a, o, n)
+		// A retry that took its events while the batch was still being
+		// held could write them once the database is back; wait until
+		// one has been refused since, so the next takes the whole batch.
+		refused := o.refused.Load()
+		waitFor(t, "a retry refused with the batch held", func() bool { return o.refused.Load() > refused })
 		o.downAfter.Store(1)
 		o.down.Store(false)
 		waitFor(t, "the database failing after the first statement of the batch", o.down.Load)
