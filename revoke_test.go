@@ -529,6 +529,18 @@ func TestTokenAfterWatermark(t *testing.T) {
 		assert.False(t, e.revoked(t, tok), "born revoked")
 		assert.Equal(t, f.JTI, e.lastEvent(t).JTI)
 	})
+	t.Run("a client registered again in the second its namesake was deleted", func(t *testing.T) {
+		e := newEndpointFixture(t, nil)
+		ctx := context.Background()
+		e.advance(990 * time.Millisecond)
+		c, err := e.store.Client(ctx, "svc")
+		require.NoError(t, err)
+		require.NoError(t, e.store.DeleteClient(ctx, "svc"))
+		require.NoError(t, e.store.CreateClient(ctx, c))
+		tok := e.issue(t, "svc", e.secret)
+		assert.Equal(t, e.clock().Truncate(time.Second).Add(time.Second).Unix(), factsOf(t, tok).IAT)
+		assert.False(t, e.revoked(t, tok), "born revoked")
+	})
 	t.Run("after the watermark's second: no wait", func(t *testing.T) {
 		e := newEndpointFixture(t, nil)
 		require.NoError(t, e.store.RevokeClientTokens(context.Background(), "svc"))

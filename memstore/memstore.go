@@ -231,7 +231,9 @@ func (s *Store) SharingStore() m2mauth.ClientStore { return s }
 
 // CreateClient stores a copy of c. A non-zero TokensRevokedAt is kept as
 // given, and sets the client's watermark to it (or to now, if it is later)
-// unless the watermark is already later.
+// unless the watermark is already later. A client registered under the id
+// of a deleted one starts with the deleted one's watermark as its
+// TokensRevokedAt when that is later and still live, as in sqlstore.
 func (s *Store) CreateClient(ctx context.Context, c *m2mauth.Client) error {
 	if c == nil {
 		return fmt.Errorf("memstore: nil client")
@@ -247,14 +249,20 @@ func (s *Store) CreateClient(ctx context.Context, c *m2mauth.Client) error {
 	if cp.UpdatedAt.IsZero() {
 		cp.UpdatedAt = now
 	}
-	enc := encodeClient(nil, cp)
+	given := cp.TokensRevokedAt
 	s.mu.Lock()
 	if _, ok := s.clients.get(c.ID); ok {
 		s.mu.Unlock()
 		return fmt.Errorf("memstore: %q: %w", c.ID, m2mauth.ErrClientExists)
 	}
-	s.clients.put(c.ID, enc)
-	if at := cp.TokensRevokedAt; !at.IsZero() {
+	// A watermark outlives its client: a client registered again under
+	// the id of a deleted one starts with it, so that the token handler
+	// waits it out and no token of the new client is born revoked.
+	if old := s.rev.clients[cp.ID]; old.After(cp.TokensRevokedAt) && m2mauth.WatermarkLive(old, now) {
+		cp.TokensRevokedAt = old
+	}
+	s.clients.put(c.ID, encodeClient(nil, cp))
+	if at := given; !at.IsZero() {
 		if at.After(now) {
 			at = now
 		}

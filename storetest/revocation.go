@@ -284,6 +284,9 @@ func testDeleteAndRecreate(t *testing.T, e *revEnv) {
 	assertWatermark(t, r, "phoenix", at)
 	assertRevokedUpTo(t, r, "phoenix", at)
 	assert.False(t, r.Revoked("phoenix", "new", e.clock.Now()), "a token of the new client")
+	// The new client starts with the watermark, so that a token handler
+	// waits it out rather than issue a token born revoked.
+	assertSameSecond(t, at, mustGet(t, e.m, "phoenix").TokensRevokedAt, "TokensRevokedAt of the new client")
 }
 
 // testRevokeClientTokensNotFound: an unknown client is an error wrapping
