@@ -133,9 +133,35 @@ func appendErrorJSON(dst []byte, e *Error) []byte {
 	dst = appendJSONString(dst, e.Code)
 	if e.Description != "" {
 		dst = append(dst, `,"error_description":`...)
-		dst = appendJSONString(dst, e.Description)
+		dst = appendJSONString(dst, safeDescription(e.Description))
 	}
 	return append(dst, '}')
+}
+
+// safeDescription returns s with every byte that RFC 6749 §5.2 and
+// RFC 6750 §3 do not allow in an error_description (anything but
+// %x20-21 / %x23-5B / %x5D-7E: quotes, backslashes, control characters
+// and non-ASCII) replaced by '?', so that no description, whoever wrote
+// it, breaks the JSON body's or the challenge's syntax.
+func safeDescription(s string) string {
+	i := 0
+	for i < len(s) && descriptionChar(s[i]) {
+		i++
+	}
+	if i == len(s) {
+		return s // the common case: no copy
+	}
+	b := []byte(s)
+	for ; i < len(b); i++ {
+		if !descriptionChar(b[i]) {
+			b[i] = '?'
+		}
+	}
+	return string(b)
+}
+
+func descriptionChar(c byte) bool {
+	return c >= 0x20 && c <= 0x7e && c != '"' && c != '\\'
 }
 
 // defaultRealm is the realm of every challenge unless configured.

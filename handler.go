@@ -767,10 +767,6 @@ func parseJSONParams(body []byte, req *tokenRequest) error {
 			return bad("malformed JSON")
 		}
 		name := t.(string) // object keys are always strings
-		if names[name] {
-			return bad("parameter " + auditString(name) + " is repeated")
-		}
-		names[name] = true
 		t, err = dec.Token()
 		if err != nil {
 			return bad("malformed JSON")
@@ -779,9 +775,15 @@ func parseJSONParams(body []byte, req *tokenRequest) error {
 		if !ok {
 			return bad("parameter values must be JSON strings")
 		}
+		// A repeated parameter is named; any other repeated member is
+		// not, as its name is the client's text.
 		if err := req.param(name, value, &seen); err != nil {
 			return err
 		}
+		if names[name] {
+			return bad("a member of the JSON object is repeated")
+		}
+		names[name] = true
 	}
 	if t, err := dec.Token(); err != nil || t != json.Delim('}') {
 		return bad("malformed JSON")

@@ -241,6 +241,7 @@ func TestTokenHandler(t *testing.T) {
 		{name: "JSON non-string value", req: request{contentType: "application/json", body: `{"grant_type":"client_credentials","scope":["read"]}`, headers: auth(basic("svc", f.secret))}, status: 400, code: "invalid_request"},
 		{name: "JSON number value", req: request{contentType: "application/json", body: `{"grant_type":"client_credentials","client_id":42}`}, status: 400, code: "invalid_request"},
 		{name: "JSON repeated key, RFC 6749 §3.2", req: request{contentType: "application/json", body: `{"grant_type":"client_credentials","scope":"read","scope":"write"}`, headers: auth(basic("svc", f.secret))}, status: 400, code: "invalid_request"},
+		{name: "JSON repeated unknown member is not echoed, RFC 6749 §5.2", req: request{contentType: "application/json", body: `{"grant_type":"client_credentials","a\"b\\c\u00e9":"1","a\"b\\c\u00e9":"2"}`, headers: auth(basic("svc", f.secret))}, status: 400, code: "invalid_request"},
 		{name: "JSON trailing data", req: request{contentType: "application/json", body: `{"grant_type":"client_credentials"} {}`, headers: auth(basic("svc", f.secret))}, status: 400, code: "invalid_request"},
 
 		// Grant type.
@@ -264,6 +265,7 @@ func TestTokenHandler(t *testing.T) {
 		{name: "bearer scheme on the token endpoint", req: request{body: cc, headers: auth("Bearer abc")}, status: 401, code: "invalid_client", challenge: true},
 		{name: "basic not base64", req: request{body: cc, headers: auth("Basic !!!")}, status: 401, code: "invalid_client", challenge: true},
 		{name: "basic without colon", req: request{body: cc, headers: auth("Basic " + base64.StdEncoding.EncodeToString([]byte("svc")))}, status: 401, code: "invalid_client", challenge: true},
+		{name: "basic with an empty client id, RFC 6749 §5.2 and RFC 7617 §2", req: request{body: cc, headers: auth("Basic " + base64.StdEncoding.EncodeToString([]byte(":"+f.secret)))}, status: 401, code: "invalid_client", challenge: true},
 		{name: "basic with bad escape", req: request{body: cc, headers: auth("Basic " + base64.StdEncoding.EncodeToString([]byte("svc:%zz")))}, status: 401, code: "invalid_client", challenge: true},
 		{name: "basic without url-encoding fails for + in secret", req: request{body: cc, headers: auth("Basic " + base64.StdEncoding.EncodeToString([]byte("weird%3Aid%2B1:"+f.weirdSecret)))}, status: 401, code: "invalid_client", challenge: true},
 		{name: "client id with control character", req: request{body: cc + "&client_id=a%00b&client_secret=x"}, status: 401, code: "invalid_client", challenge: true},
@@ -311,6 +313,9 @@ func TestTokenHandler(t *testing.T) {
 			if tc.code != "" {
 				assert.Equal(t, tc.code, resp.Error)
 				assert.NotEmpty(t, resp.ErrorDescription)
+				for _, c := range []byte(resp.ErrorDescription) {
+					assert.True(t, c >= 0x20 && c <= 0x7e && c != '"' && c != '\\', "RFC 6749 §5.2: byte %#x in error_description", c)
+				}
 				assert.Empty(t, resp.AccessToken)
 				return
 			}

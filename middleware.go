@@ -895,7 +895,7 @@ func (v *Validator) refuse(w http.ResponseWriter, r *http.Request, e *Error) {
 	case e.Code == CodeServerError:
 		// Not the client's fault: no challenge.
 	default:
-		w.Header().Set("WWW-Authenticate", fmt.Sprintf(`%s, error="%s", error_description="%s"`, v.challenge, e.Code, e.Description))
+		w.Header().Set("WWW-Authenticate", fmt.Sprintf(`%s, error="%s", error_description="%s"`, v.challenge, e.Code, safeDescription(e.Description)))
 	}
 	if !errors.Is(e, errNoToken) && v.cfg.Auditor != nil {
 		ev := v.event(r, EventTokenRejected, e.Code)
