@@ -92,7 +92,10 @@ func newClientAuth(store ClientStore, limiter Limiter, logger *slog.Logger, time
 // after comparable work; only ev.Reason tells them apart.
 func (a *clientAuth) authenticate(ctx context.Context, cr *credentials, ip string, now time.Time, ev *AuditEvent) (*Client, error) {
 	if cr.id == "" {
-		if cr.secret != "" {
+		// A body client_secret without client_id is a malformed request;
+		// HTTP Basic with an empty user-id, which RFC 7617 allows, is a
+		// failed authentication (RFC 6749 §5.2: 401 with a challenge).
+		if cr.secret != "" && !cr.basic {
 			return nil, NewError(CodeInvalidRequest, "client_secret requires client_id")
 		}
 		ev.Reason = ReasonNoCredentials
@@ -382,7 +385,7 @@ type clientSlots struct {
 }
 
 func newSlowGate(n int) *slowGate {
-	return &slowGate{global: make(chan struct{}, n), perClient: max(1, n/2), clients: make(map[string]*clientSlots)}
+	return &slowGate{global: make(chan struct{}, n), perClient: max(1, n/4), clients: make(map[string]*clientSlots)}
 }
 
 // enter waits for a slot to verify a slow hash of client id, until ctx

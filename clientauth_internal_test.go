@@ -1,10 +1,13 @@
 package m2mauth
 
 import (
+	"context"
 	"encoding/base64"
+	"fmt"
 	"net/url"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 )
@@ -74,5 +77,34 @@ func BenchmarkParseCredentials(b *testing.B) {
 		if err := parseFormParams("grant_type=client_credentials&scope=read", &req); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// TestSlowGatePerClient: one client id holds at most a quarter of the
+// slow-hash verifications at once (at least one), as
+// TokenHandlerConfig.SlowHashConcurrency documents; another id still gets
+// its turn meanwhile.
+func TestSlowGatePerClient(t *testing.T) {
+	for _, tt := range []struct{ n, perClient int }{{1, 1}, {4, 1}, {8, 2}, {16, 4}} {
+		t.Run(fmt.Sprint(tt.n), func(t *testing.T) {
+			g := newSlowGate(tt.n)
+			for i := range tt.perClient {
+				require.NoError(t, g.enter(t.Context(), "guessed"), "verification %d", i+1)
+			}
+			// The id's next verification waits for a turn, here until
+			// its request gives up.
+			ctx, cancel := context.WithTimeout(t.Context(), 20*time.Millisecond)
+			defer cancel()
+			require.Error(t, g.enter(ctx, "guessed"), "one more for the same id")
+			if tt.n > tt.perClient {
+				require.NoError(t, g.enter(t.Context(), "other"), "another id")
+				g.leave("other")
+			}
+			for range tt.perClient {
+				g.leave("guessed")
+			}
+			require.NoError(t, g.enter(t.Context(), "guessed"), "after the others left")
+			g.leave("guessed")
+		})
 	}
 }
