@@ -31,7 +31,10 @@ const RevocationGrace = maxLeeway
 // token issued up to the end of its second: a token whose iat is at or
 // before the watermark's Unix second is revoked. The [TokenHandler] waits
 // out the rest of that second before it issues a client a new token, so
-// a fresh token is never born revoked by its client's watermark.
+// a fresh token is never born revoked by its client's watermark. It does
+// not know the store-wide watermark ([Revoker.RevokeAllTokens]): tokens
+// issued in the rest of that second are revoked with the others, and
+// their clients must ask again.
 type Revocations struct {
 	// Version identifies this state; every change to the revocations
 	// yields a greater one, never negative. A store that forgets its
@@ -131,7 +134,9 @@ type Revoker interface {
 	// Disabling and deleting a client do the same.
 	RevokeClientTokens(ctx context.Context, clientID string) error
 	// RevokeAllTokens revokes every token issued until now, for every
-	// client: the store-wide watermark.
+	// client: the store-wide watermark. Like every watermark it covers
+	// the rest of its second, tokens issued then included (see
+	// [Revocations]).
 	RevokeAllTokens(ctx context.Context) error
 	// Revocations returns the current state, without the entries that
 	// can no longer revoke a valid token.
