@@ -415,6 +415,34 @@ func TestCanceledRequest(t *testing.T) {
 	assert.Equal(t, http.StatusOK, w.Code, "no failed authentication was counted")
 }
 
+// TestCanceledAfterRefusal: a caller that hangs up once its secret has
+// been checked is answered, audited and counted as the check found: a
+// wrong secret is a failed authentication (so hanging up hides no guess
+// from the audit trail and the alerts), and a rate-limited request stays
+// rate limited. Only a wait that the hang-up interrupted is "canceled".
+func TestCanceledAfterRefusal(t *testing.T) {
+	f := newFixture(t)
+	gone, cancel := context.WithCancel(context.Background())
+	cancel()
+	try := func(secret string) (int, m2mauth.AuditEvent) {
+		r := httptest.NewRequestWithContext(gone, http.MethodPost, "https://m2mauth.test/oauth/token", strings.NewReader("grant_type=client_credentials"))
+		r.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+		r.Header.Set("Authorization", basic("svc", secret))
+		w := httptest.NewRecorder()
+		f.handler.ServeHTTP(w, r)
+		return w.Code, f.lastEvent(t)
+	}
+	for i := range 5 { // the limiter's burst for a client and address
+		code, e := try("wrong")
+		assert.Equal(t, http.StatusUnauthorized, code, "guess %d", i+1)
+		assert.Equal(t, m2mauth.EventAuthFailed, e.Type, "guess %d", i+1)
+		assert.Equal(t, m2mauth.ReasonBadSecret, e.Reason, "guess %d", i+1)
+	}
+	code, e := try(f.secret)
+	assert.Equal(t, http.StatusTooManyRequests, code, "the five guesses were counted")
+	assert.Equal(t, m2mauth.EventRateLimited, e.Type)
+}
+
 // writerFunc adapts a function to io.Writer.
 type writerFunc func([]byte) (int, error)
 

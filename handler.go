@@ -375,7 +375,10 @@ func (h *TokenHandler) serve(w http.ResponseWriter, r *http.Request, ep endpoint
 	ev.Time = req.now
 	status := http.StatusOK
 	if t != nil {
-		defer func() { t.requestDone(r.Context(), req.now, status) }()
+		// From req.now as it is now: a wait for a watermark's second
+		// to pass moves req.now, and is part of the request's time.
+		start := req.now
+		defer func() { t.requestDone(r.Context(), start, status) }()
 	}
 	if h.inflight != nil {
 		if err := h.enter(r.Context()); err != nil {
@@ -821,9 +824,12 @@ func (h *TokenHandler) audience(req *tokenRequest) (string, error) {
 // logs internal causes. It returns the response's status code.
 func (h *TokenHandler) fail(w http.ResponseWriter, r *http.Request, ev *AuditEvent, err error) int {
 	e := asError(err)
-	if errors.Is(r.Context().Err(), context.Canceled) {
+	if errors.Is(r.Context().Err(), context.Canceled) && (e.Code == CodeServerError ||
+		e.Code == CodeTemporarilyUnavailable && e.Status != http.StatusTooManyRequests) {
 		// The caller went away: a store or limiter call it interrupted
 		// reports the cancellation as its own failure, which it is not.
+		// An answer reached without such a call (a refused secret, a
+		// rate limit) stays what it is, audited and counted as such.
 		e = &Error{Code: CodeTemporarilyUnavailable, Description: "the request was canceled", Status: http.StatusServiceUnavailable}
 		ev.Reason = ReasonCanceled
 	}

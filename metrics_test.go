@@ -564,6 +564,47 @@ func TestMetricsSelfTimedEndpoints(t *testing.T) {
 	}
 }
 
+// TestMetricsWatermarkWait: a token request that waits for its client's
+// revocation watermark's second to pass (see m2mauth.Revocations) is
+// timed with the wait.
+func TestMetricsWatermarkWait(t *testing.T) {
+	ctx := context.Background()
+	m, reader := newTestMetrics(t, m2mauth.MetricsConfig{})
+	store := memstore.New()
+	plain, sec, err := m2mauth.NewSecret(time.Now(), time.Time{})
+	require.NoError(t, err)
+	require.NoError(t, store.CreateClient(ctx, &m2mauth.Client{
+		ID: "alpha", Secrets: []m2mauth.Secret{sec}, Grants: map[string]m2mauth.Scopes{metricsAudA: {"read"}},
+	}))
+	key, err := m2mauth.NewHS256Key("k1", benchKey)
+	require.NoError(t, err)
+	keys, err := m2mauth.NewStaticKeys(key)
+	require.NoError(t, err)
+	th, err := m2mauth.NewTokenHandler(store, keys, m2mauth.TokenHandlerConfig{
+		Issuer: testIssuer, DefaultAudience: metricsAudA, Auditor: m.Auditor(nil), Logger: discardLogger(),
+	})
+	require.NoError(t, err)
+	h := m.Handler("token", th)
+
+	// Just after a second begins, the wait is most of a second.
+	time.Sleep(time.Until(time.Now().Truncate(time.Second).Add(time.Second + 10*time.Millisecond)))
+	require.NoError(t, store.RevokeClientTokens(ctx, "alpha"))
+	r := httptest.NewRequest(http.MethodPost, "https://m2mauth.test/token", strings.NewReader("grant_type=client_credentials"))
+	r.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	r.Header.Set("Authorization", basic("alpha", plain))
+	w := httptest.NewRecorder()
+	start := time.Now()
+	h.ServeHTTP(w, r)
+	elapsed := time.Since(start)
+	require.Equal(t, http.StatusOK, w.Code, "%s", w.Body)
+
+	got := collect(t, reader)["m2mauth.request.duration"]
+	p, ok := got["http.response.status_code=200,m2mauth.endpoint=token"]
+	require.True(t, ok, "%v", got)
+	assert.Equal(t, int64(1), p.value, "count")
+	assert.GreaterOrEqual(t, p.sum, (elapsed - 100*time.Millisecond).Seconds(), "recorded against %v measured", elapsed)
+}
+
 // TestMetricsValidated checks that only requests carrying a validator's
 // claims count as accepted tokens.
 func TestMetricsValidated(t *testing.T) {
