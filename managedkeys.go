@@ -940,6 +940,14 @@ func (m *ManagedKeys) Revoke(ctx context.Context, kid string) error {
 		return fmt.Errorf("m2mauth: revoking signing key %q: %w", kid, err)
 	}
 	m.cfg.Logger.WarnContext(ctx, "m2mauth: revoked a managed signing key", "kid", kid)
+	// This replica stops using the key now, whether or not the store can
+	// be read back below.
+	if i := slices.IndexFunc(m.rows, func(r StoredKey) bool { return r.KID == kid }); i >= 0 && m.rows[i].RevokedAt.IsZero() {
+		rows := slices.Clone(m.rows)
+		rows[i].RevokedAt = now
+		m.rows = rows
+		m.install(m.build(rows))
+	}
 	first, err := m.store.ClaimKeyEvent(ctx, kid, EventKeyRevoked)
 	if err != nil {
 		m.cfg.Logger.ErrorContext(ctx, "m2mauth: the revocation of a signing key may not be audited", "kid", kid, "error", err)

@@ -838,6 +838,36 @@ func TestManagedKeysStoreFailure(t *testing.T) {
 	assert.Same(t, set, again, "the same set while nothing changed")
 }
 
+// TestManagedKeysRevokeWhileUnreadable: a key revoked while the store
+// cannot be read back stops signing and verifying on this replica at
+// once, as Revoke says, and stays out while the reads keep failing.
+func TestManagedKeysRevokeWhileUnreadable(t *testing.T) {
+	f := newMKFixture(t)
+	store := &flakyKeyStore{KeyStore: f.store}
+	mk, err := m2mauth.NewManagedKeys(t.Context(), store, f.sealer, f.config())
+	require.NoError(t, err)
+	defer mk.Close()
+	kid1 := signingKID(t, mk)
+	f.advance(time.Minute)
+	info, err := mk.Rotate(t.Context())
+	require.NoError(t, err)
+	f.advance(10 * time.Minute)
+	require.Equal(t, info.KID, signingKID(t, mk))
+
+	store.fail.Store(true)
+	require.ErrorContains(t, mk.Revoke(t.Context(), info.KID), "connection refused")
+	for i := range 3 {
+		assert.Equal(t, kid1, signingKID(t, mk), "signing after the revocation (refresh %d)", i)
+		assert.Equal(t, []string{kid1}, verificationKIDs(t, mk), "verifying after the revocation (refresh %d)", i)
+		f.advance(30 * time.Second)
+		require.Error(t, mk.Refresh(t.Context()))
+	}
+	store.fail.Store(false)
+	require.NoError(t, mk.Refresh(t.Context()))
+	assert.Equal(t, kid1, signingKID(t, mk))
+	assert.Equal(t, []string{kid1}, verificationKIDs(t, mk))
+}
+
 func TestManagedKeysClockBehind(t *testing.T) {
 	f := newMKFixture(t)
 	a := f.replica(t)
