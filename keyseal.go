@@ -43,7 +43,12 @@ const (
 //
 // To rotate the KEK, give every replica NewAESKeySealer(newKEK, oldKEK),
 // which seals under the new KEK and opens under both; reseal the stored
-// keys with [ResealKeys]; then drop the old KEK.
+// keys with [ResealKeys]; then drop the old KEK. A replica that cannot
+// yet open the new KEK keeps signing with the key it holds while others
+// publish keys sealed under it; where the rollout may take as long as
+// [ManagedKeysConfig].MaxTokenTTL, give every replica
+// NewAESKeySealer(oldKEK, newKEK) first, so that all open both before
+// any seals under the new one.
 //
 // An AESKeySealer is immutable and safe for concurrent use.
 type AESKeySealer struct {
