@@ -402,7 +402,15 @@ func (l *Limiter) reserveAttempt(ctx context.Context, clientID, ip string, s *St
 		done, err = l.fast(ctx, &l.fastGrant, grant)
 	}
 	if err == nil && !done {
-		wait, err = l.reserve(ctx, id, ip)
+		var lent bool
+		wait, lent, err = l.reserve(ctx, id, ip)
+		if lent {
+			// The attempt waited for others, maybe seconds: the client
+			// read before could be stale by the grant (a secret
+			// removed, the client disabled meanwhile), so it is read
+			// again.
+			read = nil
+		}
 	}
 	if err != nil || wait > 0 {
 		l.slots.release(k)
@@ -502,33 +510,34 @@ func mysqlError(err error, codes ...int) bool {
 
 // reserve runs reservation transactions on the rows of (id, ip), polling
 // between them while the buckets are lent out, until one grants or
-// refuses.
-func (l *Limiter) reserve(ctx context.Context, id, ip string) (time.Duration, error) {
+// refuses. lent reports that it waited for attempts in flight.
+func (l *Limiter) reserve(ctx context.Context, id, ip string) (wait time.Duration, lent bool, err error) {
 	var b backoff
 	for {
 		var v verdict
-		var wait int64
+		var after int64
 		err := l.update(ctx, id, ip, func(a, p *limitRow, now int64) {
-			v, wait = l.reserveRows(a, p, now)
+			v, after = l.reserveRows(a, p, now)
 		})
 		if err != nil {
-			return 0, err
+			return 0, lent, err
 		}
 		switch v {
 		case granted:
-			return 0, nil
+			return 0, lent, nil
 		case refused:
-			return waitDuration(wait), nil
+			return waitDuration(after), lent, nil
 		}
 		// Lent out: read, without locking, until a transaction may
 		// find room.
+		lent = true
 		for v == lentOut {
 			if err := b.wait(ctx); err != nil {
-				return 0, err
+				return 0, lent, err
 			}
 			a, p, err := l.peekRows(ctx, id, ip)
 			if err != nil {
-				return 0, err
+				return 0, lent, err
 			}
 			now := l.now().UnixMicro()
 			a.lapse(now)

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
@@ -555,6 +556,51 @@ func TestLimiterReserveClient(t *testing.T) {
 				require.NoError(t, l.Release(ctx, tt.id, tt.ip, tt.outcome))
 			})
 		}
+	})
+}
+
+// TestLimiterReserveClientAfterWait: an attempt granted only after
+// waiting for another replica's attempt returns the client as it is when
+// granted, not as the fast path read it before the wait: a client
+// disabled meanwhile is seen disabled.
+func TestLimiterReserveClientAfterWait(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, e *env) {
+		if e.dialect == sqlstore.SQLite {
+			t.Skip("SQLite reads the client on its own, after the grant")
+		}
+		ctx := t.Context()
+		prefix := e.newPrefix(t)
+		s := e.newStore(t, sqlstore.Config{TablePrefix: prefix})
+		createClient(t, s, "svc", time.Now())
+		cfg := sqlstore.LimiterConfig{ClientIPBurst: 1, Now: time.Now}
+		a := e.replica(t, e.db, prefix, nil, cfg)
+		b := e.replica(t, e.open(t), prefix, nil, cfg)
+		const ip = "192.0.2.7"
+		_, err := a.Reserve(ctx, "svc", ip) // svc is known at ip: the fast path reads it
+		require.NoError(t, err)
+		require.NoError(t, a.Release(ctx, "svc", ip, m2mauth.OutcomeAuthenticated))
+		wait, err := b.Reserve(ctx, "svc", ip) // the one attempt of the burst, in flight at b
+		require.NoError(t, err)
+		require.Zero(t, wait)
+
+		type result struct {
+			wait time.Duration
+			c    *m2mauth.Client
+			err  error
+		}
+		done := make(chan result, 1)
+		go func() {
+			wait, c, lerr, err := a.ReserveClient(ctx, s, "svc", ip)
+			done <- result{wait, c, errors.Join(lerr, err)}
+		}()
+		time.Sleep(200 * time.Millisecond) // a waits for b's attempt
+		require.NoError(t, s.SetDisabled(ctx, "svc", true))
+		require.NoError(t, b.Release(ctx, "svc", ip, m2mauth.OutcomeAuthenticated))
+		r := <-done
+		require.NoError(t, r.err)
+		require.Zero(t, r.wait)
+		assert.True(t, r.c.Disabled, "the client as it was before the wait")
+		require.NoError(t, a.Release(ctx, "svc", ip, m2mauth.OutcomeAbandoned))
 	})
 }
 
