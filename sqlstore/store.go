@@ -691,7 +691,9 @@ func (s *Store) touch(ctx context.Context, q querier, clientID string, now time.
 // back otherwise. On SQLite the transaction begins with BEGIN IMMEDIATE,
 // taking the write lock at once: a deferred transaction that reads first
 // could fail to upgrade its lock, with SQLITE_BUSY, when another
-// connection writes in between.
+// connection writes in between. Elsewhere a transaction the database
+// rolled back to break a deadlock (MySQL's gap locks make them between
+// changes to different clients) is run again, a few times.
 func (s *Store) write(ctx context.Context, f func(q querier) error) error {
 	if s.dialect == SQLite {
 		conn, err := s.db.Conn(ctx)
@@ -701,8 +703,20 @@ func (s *Store) write(ctx context.Context, f func(q querier) error) error {
 		defer conn.Close()
 		return withImmediate(ctx, conn, f)
 	}
-	return inTx(ctx, s.db, nil, f)
+	var b backoff
+	for try := 1; ; try++ {
+		err := inTx(ctx, s.db, nil, f)
+		if err == nil || try == maxWriteTries || !txConflict(err) {
+			return err
+		}
+		if werr := b.wait(ctx); werr != nil {
+			return err
+		}
+	}
 }
+
+// maxWriteTries bounds the runs of one write that deadlocks.
+const maxWriteTries = 8
 
 // querier is what *sql.DB, *sql.Conn and *sql.Tx have in common.
 type querier interface {
