@@ -9,6 +9,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"slices"
 	"time"
 
 	"github.com/m2mauth/m2mauth"
@@ -143,20 +144,22 @@ func keyCommand(g globals, args []string, stdout, stderr io.Writer, mainUsage fu
 	defer b.close()
 	enc := json.NewEncoder(stdout)
 
-	switch cmd {
-	case "rotate-kek":
+	if cmd == "rotate-kek" {
 		return rotateKEK(ctx, b, sealer, fromKEK, enc, stderr)
-	case "list":
-		// A database without keys is left so: the first server makes
-		// the first key.
-		rows, err := b.sql.SigningKeys(ctx)
-		if err != nil {
-			return fmt.Errorf("%s: %w", b.kind, err)
-		}
-		if len(rows) == 0 {
-			fmt.Fprintf(stderr, "no managed signing keys yet: the first server started with $%s makes one\n", kekEnv)
-			return nil
-		}
+	}
+	// "list" leaves a database without keys so (the first server makes
+	// the first key), and "revoke" of a kid the database does not hold
+	// changes nothing.
+	rows, err := b.sql.SigningKeys(ctx)
+	if err != nil {
+		return fmt.Errorf("%s: %w", b.kind, err)
+	}
+	switch {
+	case cmd == "list" && len(rows) == 0:
+		fmt.Fprintf(stderr, "no managed signing keys yet: the first server started with $%s makes one\n", kekEnv)
+		return nil
+	case cmd == "revoke" && !slices.ContainsFunc(rows, func(r m2mauth.StoredKey) bool { return r.KID == kid }):
+		return fmt.Errorf(`no signing key %q: "key list" shows the kids`, kid)
 	}
 	// The keys are opened as a server opens them, so a KEK that does not
 	// open them is an error here too; what a server's refresh would do

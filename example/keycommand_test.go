@@ -178,6 +178,12 @@ func TestKeyCommandErrors(t *testing.T) {
 			assert.NotContains(t, r.err.Error()+r.stderr, kek)
 		})
 	}
+	// None of them wrote a key: a database without keys is left so.
+	t.Setenv(kekEnv, kek)
+	r := cli("-db", db, "key", "list")
+	require.NoError(t, r.err)
+	assert.Empty(t, r.stdout)
+	assert.Contains(t, r.stderr, "no managed signing keys yet")
 }
 
 // resetManagedKeys deletes the managed keys of a shared test database,
