@@ -121,6 +121,16 @@ func keyCommand(g globals, args []string, stdout, stderr io.Writer, mainUsage fu
 		return errors.New(`the key commands manage the signing keys kept in a database; -db memory keeps none`)
 	}
 	sched, err := g.keys.resolve()
+	if err != nil && g.keys.refresh == 0 {
+		// -key-refresh is the servers', checked when they start: a
+		// schedule that a server with a shorter one accepts (the
+		// banner's command line for it) is accepted here too.
+		loosest := g.keys
+		loosest.refresh = minKeyRefresh
+		if sched, err = loosest.resolve(); err == nil {
+			sched.refresh = defaultKeyRefresh // this command's own, while it runs
+		}
+	}
 	if err != nil {
 		return err
 	}
