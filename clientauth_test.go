@@ -525,6 +525,36 @@ func TestRequireAudit(t *testing.T) {
 	assert.Equal(t, 200, w.Code)
 }
 
+// TestRequireAuditThroughMetrics: the metrics' Auditor, and a Detector
+// over it, report the health of the auditor they pass events to, so that
+// RequireAudit still refuses tokens while it cannot record them; over an
+// auditor without a health to report, RequireAudit is refused at once.
+func TestRequireAuditThroughMetrics(t *testing.T) {
+	m, _ := newTestMetrics(t, m2mauth.MetricsConfig{})
+	f := newFixture(t)
+	_, err := m2mauth.NewTokenHandler(f.store, f.keys, m2mauth.TokenHandlerConfig{Issuer: testIssuer, RequireAudit: true, Auditor: m.Auditor(m2mauth.AuditorFunc(f.audit))})
+	require.ErrorContains(t, err, "AuditHealthChecker", "metrics over an auditor without health")
+
+	a := &healthAuditor{AuditorFunc: f.audit}
+	d, err := m2mauth.NewDetector(m.Auditor(a), m2mauth.AlertSinkFunc(func(context.Context, m2mauth.Alert) {}), m2mauth.DetectorConfig{})
+	require.NoError(t, err)
+	t.Cleanup(func() { d.Close() })
+	for name, auditor := range map[string]m2mauth.Auditor{"metrics": m.Auditor(a), "detector over metrics": d} {
+		t.Run(name, func(t *testing.T) {
+			h, err := m2mauth.NewTokenHandler(f.store, f.keys, m2mauth.TokenHandlerConfig{
+				Issuer: testIssuer, DefaultAudience: testAudience, Auditor: auditor, Now: f.clock, RequireAudit: true,
+			})
+			require.NoError(t, err)
+			ok := request{body: "grant_type=client_credentials", headers: auth(basic("svc", f.secret))}
+			down := errors.New("audit table unavailable")
+			a.err.Store(&down)
+			assert.Equal(t, http.StatusServiceUnavailable, send(t, h, ok).Code)
+			a.err.Store(nil)
+			assert.Equal(t, http.StatusOK, send(t, h, ok).Code)
+		})
+	}
+}
+
 // TestUnknownClientCostsLikeKnown: an unknown client id is verified
 // against the hashes of a client the store returned, so it costs what a
 // known client costs, even when that one's hash is argon2id.

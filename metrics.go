@@ -391,8 +391,9 @@ func (m *Metrics) issuedTally(client, audience string) *tally {
 // passes it to next (when next is not nil). Give it to a [TokenHandler]
 // as [TokenHandlerConfig.Auditor] and to each [Validator] as
 // [ValidatorConfig.Auditor]. Events of client administration are passed
-// on uncounted. With metrics off it returns next (or, when next is nil,
-// an Auditor that does nothing).
+// on uncounted. When next implements [AuditHealthChecker], so does the
+// Auditor returned, reporting next's health. With metrics off it returns
+// next (or, when next is nil, an Auditor that does nothing).
 func (m *Metrics) Auditor(next Auditor) Auditor {
 	if !m.on {
 		if next == nil {
@@ -400,12 +401,24 @@ func (m *Metrics) Auditor(next Auditor) Auditor {
 		}
 		return next
 	}
-	return AuditorFunc(func(ctx context.Context, e AuditEvent) {
+	counted := AuditorFunc(func(ctx context.Context, e AuditEvent) {
 		m.count(&e)
 		if next != nil {
 			next.Audit(ctx, e)
 		}
 	})
+	if hc, ok := next.(AuditHealthChecker); ok {
+		return checkedAuditor{counted, hc}
+	}
+	return counted
+}
+
+// checkedAuditor is an Auditor that reports the health of the one it
+// passes events to, so that wrapping that one keeps
+// [TokenHandlerConfig].RequireAudit working.
+type checkedAuditor struct {
+	AuditorFunc
+	AuditHealthChecker
 }
 
 // count adds e to its counter.
