@@ -229,7 +229,7 @@ type DetectorConfig struct {
 //	client_failures   auth failures (1)        client id  20 in 5m                  5m         warning
 //	address_failures  auth failures (1)        address    30 in 5m                  5m         critical
 //	                                           (2)
-//	lockout           rate-limited requests    client id  1 in 10m                  10m        critical
+//	lockout           rate-limited requests    client id  1 in 10m (4)              10m        critical
 //	new_address       tokens issued            client id  a network (3) unused      1h         warning
 //	                                                      within 7d
 //	issuance_spike    tokens issued            client id  max(100, 10 × baseline)   1h         warning
@@ -242,6 +242,9 @@ type DetectorConfig struct {
 //	(1) EventAuthFailed, with any reason but no_credentials
 //	(2) an IPv4 address, or an IPv6 /64 network, as the rate limiter counts
 //	(3) an IPv4 /24 or IPv6 /64 network; never during the client's first 7d
+//	(4) not for another client id from an address whose lockout alert
+//	    fired within the cool-down: a locked-out address has every id
+//	    it names refused, and ids cost nothing to make up
 //
 // Each rule fires once per key, stays quiet while the condition lasts,
 // and sends a Recovered notice (same Rule, ClientID and Address) once it
@@ -290,10 +293,13 @@ type Detector struct {
 	clientFail countRule[string]
 	addrFail   countRule[netKey]
 	lockout    countRule[string]
-	expired    countRule[string]
-	disabled   countRule[string]
-	newAddr    newAddrRule
-	spike      spikeRule
+	// lockoutFrom holds, for each address a lockout alert fired from
+	// within the last cool-down, when it fired; at most Lockout.MaxKeys.
+	lockoutFrom map[netKey]int64
+	expired     countRule[string]
+	disabled    countRule[string]
+	newAddr     newAddrRule
+	spike       spikeRule
 
 	queue     chan notice
 	dropped   atomic.Uint64
@@ -403,6 +409,7 @@ func NewDetector(next Auditor, sink AlertSink, cfg DetectorConfig) (*Detector, e
 	d.addrFail = newCountRule[netKey](ruleAddressFailures, ac, nil)
 	d.addrFail.on = !af.Disabled
 	d.lockout = newCountRule[string](ruleLockout, cfg.Lockout, cloneString)
+	d.lockoutFrom = make(map[netKey]int64)
 	d.expired = newCountRule[string](ruleExpiredSecret, cfg.ExpiredSecret, cloneString)
 	d.disabled = newCountRule[string](ruleDisabledClient, cfg.DisabledClient, cloneString)
 	d.newAddr = newAddrRule{
@@ -487,8 +494,19 @@ func (d *Detector) Audit(ctx context.Context, e AuditEvent) {
 			d.addrFail.hit(d, addr, netKey{}, now)
 		}
 	case EventRateLimited:
-		if client != "" {
-			d.lockout.hit(d, client, addr, now)
+		if client == "" {
+			break
+		}
+		// Once an address is locked out, every client id a request
+		// from it names is refused, and ids cost nothing to make up:
+		// while a lockout alert fired from an address cools down, the
+		// lockouts of other ids from there are folded into it rather
+		// than each raising its own.
+		if at, ok := d.lockoutFrom[addr]; ok && now-at < d.lockout.cool && !d.lockout.alerting(client) {
+			break
+		}
+		if d.lockout.hit(d, client, addr, now) && addr.bits != 0 {
+			d.noteLockout(addr, now)
 		}
 	case EventTokenIssued:
 		if client == "" {
@@ -921,9 +939,9 @@ func newCountRule[K comparable](id ruleID, r CountRule, clone func(K) K) countRu
 
 // hit counts one event for k at now; addr is the event's address, for
 // the alerts of client-keyed rules.
-func (r *countRule[K]) hit(d *Detector, k K, addr netKey, now int64) {
+func (r *countRule[K]) hit(d *Detector, k K, addr netKey, now int64) (fired bool) {
 	if !r.on {
-		return
+		return false
 	}
 	i, _ := r.t.get(k, now)
 	s := &r.t.slots[i].v
@@ -935,14 +953,40 @@ func (r *countRule[K]) hit(d *Detector, k K, addr netKey, now int64) {
 		s.sum++
 	}
 	if s.sum < r.threshold {
-		return
+		return false
 	}
 	s.over = now
 	if !s.alert {
 		s.alert = true
 		r.t.activate(i)
 		d.emit(r.notice(i, false, now))
+		return true
 	}
+	return false
+}
+
+// noteLockout records that a lockout alert fired from addr at now. At
+// capacity it forgets the addresses whose cool-down is over, or, were
+// that not a quarter of them, all: memory stays bounded, and the worst
+// that forgetting does is let an address raise one more alert.
+func (d *Detector) noteLockout(addr netKey, now int64) {
+	if len(d.lockoutFrom) >= d.lockout.t.max {
+		for a, at := range d.lockoutFrom {
+			if now-at >= d.lockout.cool {
+				delete(d.lockoutFrom, a)
+			}
+		}
+		if len(d.lockoutFrom) >= d.lockout.t.max/4*3 {
+			clear(d.lockoutFrom) // so that a full scan is rare
+		}
+	}
+	d.lockoutFrom[addr] = now
+}
+
+// alerting reports whether k has an alert in progress.
+func (r *countRule[K]) alerting(k K) bool {
+	i, ok := r.t.index[k]
+	return ok && r.t.slots[i].act != 0
 }
 
 // settle sends the Recovered notice of slot i if its condition has

@@ -941,3 +941,35 @@ func TestDetectorIntrospectionRate(t *testing.T) {
 		})
 	}
 }
+
+// TestDetectorLockoutFolded: a locked-out address has every client id it
+// names refused, and ids cost nothing to make up; while the lockout
+// alert fired from an address cools down, other ids from there raise no
+// alert of their own (so a flood of them cannot crowd real alerts out of
+// the queue), while other addresses still do, and the address alerts
+// again after the cool-down.
+func TestDetectorLockoutFolded(t *testing.T) {
+	c := newDetectorClock()
+	rec := &alertRecorder{}
+	d, err := m2mauth.NewDetector(nil, rec, m2mauth.DetectorConfig{Now: c.Now})
+	require.NoError(t, err)
+	limited := func(client, ip string) {
+		d.Audit(context.Background(), m2mauth.AuditEvent{Type: m2mauth.EventRateLimited, ClientID: client, RemoteIP: ip, Error: "temporarily_unavailable"})
+	}
+	for i := range 500 {
+		limited(fmt.Sprintf("made-up-%d", i), "198.51.100.7")
+	}
+	limited("made-up-0", "198.51.100.7")
+	limited("victim", "203.0.113.5")
+	c.Add(11 * time.Minute)
+	limited("made-up-again", "198.51.100.7")
+	require.NoError(t, d.Close())
+	var fired []string
+	for _, a := range rec.of(m2mauth.RuleLockout) {
+		if !a.Recovered {
+			fired = append(fired, a.ClientID+" from "+a.Address)
+		}
+	}
+	assert.Equal(t, []string{"made-up-0 from 198.51.100.7", "victim from 203.0.113.5", "made-up-again from 198.51.100.7"}, fired)
+	assert.Zero(t, d.Dropped())
+}
