@@ -63,6 +63,10 @@ const (
 	ReasonExpiredSecret  = "expired_secret"
 	ReasonClientDisabled = "client_disabled"
 	ReasonPublicClient   = "public_client"
+	// ReasonMalformedCredentials: the Authorization header held no
+	// usable HTTP Basic credentials (another scheme, or not base64 of
+	// id:secret); no secret was checked.
+	ReasonMalformedCredentials = "malformed_credentials"
 )
 
 // AuditEvent is one security-relevant event. It never holds a secret, an

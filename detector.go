@@ -171,7 +171,8 @@ type SpikeRule struct {
 // value enables every rule with its defaults.
 type DetectorConfig struct {
 	// ClientFailures counts failed authentications (EventAuthFailed,
-	// every reason but ReasonNoCredentials) per client id. Defaults:
+	// every reason but ReasonNoCredentials and
+	// ReasonMalformedCredentials) per client id. Defaults:
 	// Threshold 20, Window 5m, Cooldown 5m, [AlertWarning].
 	ClientFailures CountRule
 	// AddressFailures counts failed authentications (as ClientFailures)
@@ -239,7 +240,8 @@ type DetectorConfig struct {
 //	disabled_client   auth failures,           client id  1 in 1h                   1h         critical
 //	                  client_disabled
 //
-//	(1) EventAuthFailed, with any reason but no_credentials
+//	(1) EventAuthFailed, with any reason but no_credentials and
+//	    malformed_credentials (no secret was tried)
 //	(2) an IPv4 address, or an IPv6 /64 network, as the rate limiter counts
 //	(3) an IPv4 /24 or IPv6 /64 network; never during the client's first 7d
 //	(4) not for another client id from an address whose lockout alert
@@ -444,8 +446,8 @@ func (d *Detector) Audit(ctx context.Context, e AuditEvent) {
 	}
 	switch e.Type {
 	case EventAuthFailed:
-		if e.Reason == ReasonNoCredentials {
-			return
+		if e.Reason == ReasonNoCredentials || e.Reason == ReasonMalformedCredentials {
+			return // no secret was tried
 		}
 	case EventRateLimited:
 		if e.Reason == ReasonIntrospectionRate {

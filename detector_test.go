@@ -304,6 +304,13 @@ func TestDetectorCountBoundaries(t *testing.T) {
 			}
 		},
 	}, {
+		name: "malformed credentials do not count: no secret was tried",
+		run: func(d *m2mauth.Detector, c *detectorClock) {
+			for range 100 {
+				d.Audit(ctx, detFailed("x", "192.0.2.1", m2mauth.ReasonMalformedCredentials))
+			}
+		},
+	}, {
 		name: "other events do not count",
 		run: func(d *m2mauth.Detector, c *detectorClock) {
 			for _, typ := range []m2mauth.AuditEventType{m2mauth.EventRequestRejected, m2mauth.EventScopeDenied, m2mauth.EventTokenRejected, m2mauth.EventClientDisabled} {

@@ -407,6 +407,9 @@ func (h *TokenHandler) authenticated(w http.ResponseWriter, r *http.Request, p p
 		return nil, err
 	}
 	if err := h.parse(r, req, bp); err != nil {
+		if asError(err).Code == CodeInvalidClient {
+			ev.Reason = ReasonMalformedCredentials
+		}
 		return nil, err
 	}
 	ev.ClientID = auditString(req.cred.id)

@@ -342,6 +342,8 @@ func TestTokenHandlerAudit(t *testing.T) {
 	}{
 		{"unknown client", request{body: cc, headers: auth(basic("nobody", "x"))}, m2mauth.EventAuthFailed, m2mauth.ReasonUnknownClient},
 		{"wrong secret", request{body: cc, headers: auth(basic("svc", "x"))}, m2mauth.EventAuthFailed, m2mauth.ReasonBadSecret},
+		{"another scheme than Basic", request{body: cc, headers: auth("Bearer abc.def.ghi")}, m2mauth.EventAuthFailed, m2mauth.ReasonMalformedCredentials},
+		{"Basic not base64", request{body: cc, headers: auth("Basic !!!notbase64")}, m2mauth.EventAuthFailed, m2mauth.ReasonMalformedCredentials},
 		{"expired secret", request{body: cc, headers: auth(basic("rotated", f.oldSecret))}, m2mauth.EventAuthFailed, m2mauth.ReasonExpiredSecret},
 		{"disabled", request{body: cc, headers: auth(basic("disabled", f.disSecret))}, m2mauth.EventAuthFailed, m2mauth.ReasonClientDisabled},
 		{"no credentials", request{body: cc}, m2mauth.EventAuthFailed, m2mauth.ReasonNoCredentials},

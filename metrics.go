@@ -246,7 +246,7 @@ func NewMetrics(meter metric.Meter, cfg MetricsConfig) (*Metrics, error) {
 	m.canceled = m.newTally(m.canceledReqs)
 	m.issuedOther = m.newTally(m.issued)
 	m.reasons = m.tallyTable(m.authFailures, attrReason, ReasonNoCredentials, ReasonUnknownClient, ReasonBadSecret,
-		ReasonExpiredSecret, ReasonClientDisabled, ReasonPublicClient, attrOther)
+		ReasonExpiredSecret, ReasonClientDisabled, ReasonPublicClient, ReasonMalformedCredentials, attrOther)
 	m.results = m.tallyTable(m.validations, attrResult, resultOK, resultScopeDenied, CodeInvalidRequest, CodeServerError,
 		ReasonTokenMalformed, ReasonTokenAlgorithm, ReasonTokenUnknownKey, ReasonTokenSignature,
 		ReasonTokenType, ReasonTokenIssuer, ReasonTokenAudience, ReasonTokenExpired,
