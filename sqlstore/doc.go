@@ -78,8 +78,9 @@
 // MySQL stores them as VARBINARY(255) in InnoDB tables whose text columns
 // are utf8mb4. VARBINARY rather than a utf8mb4_bin VARCHAR because
 // utf8mb4_bin is a PAD SPACE collation, which ignores trailing spaces and
-// would make "a" and "a " one id. Ids therefore sort in byte order in
-// [Store.ListClients], as they do in memstore.
+// would make "a" and "a " one id; the audit table's client ids are
+// binary too (a BLOB, migration 0007 on MySQL). Ids therefore sort in
+// byte order in [Store.ListClients], as they do in memstore.
 //
 // Beyond what [m2mauth.Client.Validate] checks, the store refuses secret
 // ids and audiences longer than 255 bytes, and secret ids, hashes and

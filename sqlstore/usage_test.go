@@ -258,3 +258,34 @@ func (e *env) explain(t *testing.T, query string, args ...any) string {
 	require.NoError(t, rows.Err())
 	return strings.Join(lines, "\n")
 }
+
+// TestAuditClientIDsExact: client ids that differ only by trailing
+// spaces are different clients, whose audit trails and usage do not mix
+// (on MySQL and MariaDB, a padding collation would compare them equal).
+func TestAuditClientIDsExact(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, e *env) {
+		prefix := e.newPrefix(t)
+		s := e.newStore(t, sqlstore.Config{TablePrefix: prefix})
+		at := time.Now().UTC().Truncate(time.Second)
+		e.writeEvents(t, prefix, sqlstore.AuditorConfig{}, []m2mauth.AuditEvent{
+			{Time: at, Type: m2mauth.EventTokenIssued, ClientID: "a", JTI: "j1"},
+			{Time: at, Type: m2mauth.EventTokenIssued, ClientID: "a ", JTI: "j2"},
+			{Time: at, Type: m2mauth.EventTokenIssued, ClientID: "a ", JTI: "j3"},
+			{Time: at, Type: m2mauth.EventTokenIssued, ClientID: " ", JTI: "j4"},
+		})
+		evs, err := s.AuditEvents(t.Context(), sqlstore.AuditQuery{ClientID: "a"})
+		require.NoError(t, err)
+		require.Len(t, evs, 1)
+		assert.Equal(t, "j1", evs[0].JTI)
+		u, err := s.Usage(t.Context(), "a", time.Time{}, time.Time{})
+		require.NoError(t, err)
+		assert.EqualValues(t, 1, u.TokensIssued, `Usage("a")`)
+		all, err := s.UsageAll(t.Context(), time.Time{}, time.Time{}, 10)
+		require.NoError(t, err)
+		issued := map[string]int64{}
+		for _, cu := range all {
+			issued[cu.ClientID] = cu.TokensIssued
+		}
+		assert.Equal(t, map[string]int64{"a": 1, "a ": 2, " ": 1}, issued)
+	})
+}
