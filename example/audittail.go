@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/m2mauth/m2mauth"
@@ -32,7 +34,7 @@ func auditCommand(g globals, args []string, stdout, stderr io.Writer, mainUsage 
 		n           int
 	)
 	fs.StringVar(&client, "client", "", "only the events of this client id")
-	fs.StringVar(&typ, "type", "", `only events of this type: token_issued, client_auth_failed, rate_limited, scope_denied, audience_denied, request_rejected, token_rejected, client_created, client_updated, client_disabled, client_enabled, client_deleted, secret_added, secret_expiring, secret_removed, key_published, key_activated, key_retired, key_deleted, key_revoked`)
+	fs.StringVar(&typ, "type", "", "only events of this type: "+strings.Join(auditTypes, ", "))
 	fs.IntVar(&n, "n", 50, "how many events, at most 1000")
 	fs.Usage = func() {
 		fmt.Fprintln(stderr, "usage: example [global flags] audit tail [-client ID] [-type T] [-n 50]")
@@ -48,6 +50,9 @@ func auditCommand(g globals, args []string, stdout, stderr io.Writer, mainUsage 
 	}
 	if n < 1 || n > 1000 {
 		return errors.New("-n must be between 1 and 1000")
+	}
+	if typ != "" && !slices.Contains(auditTypes, typ) {
+		return fmt.Errorf("-type %q is not an event type: %s", typ, strings.Join(auditTypes, ", "))
 	}
 	d, err := parseDB(g.db)
 	if err != nil {
@@ -73,6 +78,18 @@ func auditCommand(g globals, args []string, stdout, stderr io.Writer, mainUsage 
 		}
 	}
 	return nil
+}
+
+// auditTypes are the event types "audit tail -type" takes.
+var auditTypes = []string{
+	string(m2mauth.EventTokenIssued), string(m2mauth.EventAuthFailed), string(m2mauth.EventRateLimited),
+	string(m2mauth.EventScopeDenied), string(m2mauth.EventAudienceDenied), string(m2mauth.EventRequestRejected),
+	string(m2mauth.EventTokenRejected), string(m2mauth.EventTokenRevoked), string(m2mauth.EventTokensRevoked),
+	string(m2mauth.EventTokenIntrospected), string(m2mauth.EventClientCreated), string(m2mauth.EventClientUpdated),
+	string(m2mauth.EventClientDisabled), string(m2mauth.EventClientEnabled), string(m2mauth.EventClientDeleted),
+	string(m2mauth.EventSecretAdded), string(m2mauth.EventSecretExpiring), string(m2mauth.EventSecretRemoved),
+	string(m2mauth.EventKeyPublished), string(m2mauth.EventKeyActivated), string(m2mauth.EventKeyRetired),
+	string(m2mauth.EventKeyDeleted), string(m2mauth.EventKeyRevoked),
 }
 
 // auditLine is an audit event as "audit tail" prints it: the fields of

@@ -269,6 +269,13 @@ func TestOperationsCLIErrors(t *testing.T) {
 	assert.Contains(t, r.err.Error(), "memory")
 	r = cli("-db", filepath.Join(t.TempDir(), "x.db"), "audit", "tail", "-n", "0")
 	require.Error(t, r.err)
+	for _, typ := range []string{"bogus", "TOKEN_ISSUED"} {
+		r = cli("-db", filepath.Join(t.TempDir(), "x.db"), "audit", "tail", "-type", typ)
+		require.Error(t, r.err, "-type %s", typ)
+		assert.Contains(t, r.err.Error(), "is not an event type")
+		assert.Contains(t, r.err.Error(), "tokens_revoked")
+		assert.Empty(t, r.stdout)
+	}
 	r = cli("audit", "head")
 	require.ErrorIs(t, r.err, errUsage)
 }
