@@ -492,23 +492,30 @@ func TestMetricsHandler(t *testing.T) {
 	assert.Panics(t, func() { m.Handler("x", nil) })
 }
 
-// TestMetricsSelfTimedEndpoints checks the durations of the endpoints
-// that time themselves (token, revocation, introspection on the wall
-// clock) by the status each answered with, and that a token handler on a
-// clock of its own is timed from outside instead, by the metrics' clock.
-func TestMetricsSelfTimedEndpoints(t *testing.T) {
-	ctx := context.Background()
-	m, reader := newTestMetrics(t, m2mauth.MetricsConfig{})
+// metricsClient returns a memstore holding client "alpha", granted
+// "read" at metricsAudA, the keys to sign its tokens, and its secret.
+func metricsClient(t *testing.T) (*memstore.Store, *m2mauth.StaticKeys, string) {
+	t.Helper()
 	store := memstore.New()
 	plain, sec, err := m2mauth.NewSecret(time.Now(), time.Time{})
 	require.NoError(t, err)
-	require.NoError(t, store.CreateClient(ctx, &m2mauth.Client{
+	require.NoError(t, store.CreateClient(t.Context(), &m2mauth.Client{
 		ID: "alpha", Secrets: []m2mauth.Secret{sec}, Grants: map[string]m2mauth.Scopes{metricsAudA: {"read"}},
 	}))
 	key, err := m2mauth.NewHS256Key("k1", benchKey)
 	require.NoError(t, err)
 	keys, err := m2mauth.NewStaticKeys(key)
 	require.NoError(t, err)
+	return store, keys, plain
+}
+
+// TestMetricsSelfTimedEndpoints checks the durations of the endpoints
+// that time themselves (token, revocation, introspection on the wall
+// clock) by the status each answered with, and that a token handler on a
+// clock of its own is timed from outside instead, by the metrics' clock.
+func TestMetricsSelfTimedEndpoints(t *testing.T) {
+	m, reader := newTestMetrics(t, m2mauth.MetricsConfig{})
+	store, keys, plain := metricsClient(t)
 	newHandler := func(now func() time.Time) *m2mauth.TokenHandler {
 		th, err := m2mauth.NewTokenHandler(store, keys, m2mauth.TokenHandlerConfig{
 			Issuer: testIssuer, DefaultAudience: metricsAudA, Auditor: m.Auditor(nil), Logger: discardLogger(), Now: now,
@@ -570,16 +577,7 @@ func TestMetricsSelfTimedEndpoints(t *testing.T) {
 func TestMetricsWatermarkWait(t *testing.T) {
 	ctx := context.Background()
 	m, reader := newTestMetrics(t, m2mauth.MetricsConfig{})
-	store := memstore.New()
-	plain, sec, err := m2mauth.NewSecret(time.Now(), time.Time{})
-	require.NoError(t, err)
-	require.NoError(t, store.CreateClient(ctx, &m2mauth.Client{
-		ID: "alpha", Secrets: []m2mauth.Secret{sec}, Grants: map[string]m2mauth.Scopes{metricsAudA: {"read"}},
-	}))
-	key, err := m2mauth.NewHS256Key("k1", benchKey)
-	require.NoError(t, err)
-	keys, err := m2mauth.NewStaticKeys(key)
-	require.NoError(t, err)
+	store, keys, plain := metricsClient(t)
 	th, err := m2mauth.NewTokenHandler(store, keys, m2mauth.TokenHandlerConfig{
 		Issuer: testIssuer, DefaultAudience: metricsAudA, Auditor: m.Auditor(nil), Logger: discardLogger(),
 	})
