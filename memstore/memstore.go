@@ -61,11 +61,11 @@ import (
 // RevokeClientTokens, RevokeAllTokens, or a SetDisabled, UpdateClient or
 // DeleteClient that revokes, returns, [Store.Revocations],
 // [Store.RevocationsSince] and [Store.CurrentRevocations] reflect it.
-// Every change makes the Version one greater. CurrentRevocations answers
-// from an immutable snapshot with two atomic loads and a read of the
-// clock, without locking or allocating; the first call after a change
-// rebuilds the snapshot, so a burst of revocations costs one rebuild, not
-// one each.
+// Every change makes the Version greater (see [Store.RevocationsSince]).
+// CurrentRevocations answers from an immutable snapshot with two atomic
+// loads and a read of the clock, without locking or allocating; the first
+// call after a change rebuilds the snapshot, so a burst of revocations
+// costs one rebuild, not one each.
 //
 // The watermark of a client is set to the Store's clock's now by
 // [Store.RevokeClientTokens], by SetDisabled(true) (every time, even on a
@@ -117,7 +117,9 @@ import (
 //     ClientID and Reason "revoke_all".
 //   - RevokeToken: none; the revocation endpoint audits it.
 //
-// The Time of an [m2mauth.EventTokensRevoked] is the watermark it set.
+// The Time of an [m2mauth.EventTokensRevoked] is when the change was made,
+// by the Store's clock: the watermark it set, unless a later one was set
+// already (by a clock that has since stepped back), which stays.
 //
 // The auditor is called without the Store's lock held, so it may read
 // the Store; events of concurrent changes may reach it out of order
@@ -131,9 +133,10 @@ type Store struct {
 
 	// snap is the snapshot CurrentRevocations hands out; stale is set
 	// (with mu held) by every change to rev, and cleared when snap is
-	// rebuilt from it (with mu held).
+	// rebuilt from it (with mu held). stale is allocated on its own, so
+	// that the expiry timer, which holds it, does not hold the Store.
 	snap  atomic.Pointer[published]
-	stale atomic.Bool
+	stale *atomic.Bool
 	// clocked is true when the clock is the host's (WithClock): then
 	// CurrentRevocations reads it to see dead entries. On the real clock
 	// a timer marks the snapshot stale instead, so that a validation
@@ -171,7 +174,7 @@ func WithAuditor(a m2mauth.Auditor) Option {
 
 // New returns an empty store.
 func New(opts ...Option) *Store {
-	s := &Store{now: time.Now, clients: newClientTable(), rev: newRevocations()}
+	s := &Store{now: time.Now, clients: newClientTable(), rev: newRevocations(), stale: new(atomic.Bool)}
 	for _, o := range opts {
 		o(s)
 	}

@@ -124,8 +124,9 @@ func (s *Store) Revocations(context.Context) (*m2mauth.Revocations, error) {
 
 // RevocationsSince returns what [Store.Revocations] does when the
 // revocations' Version differs from version, and (nil, nil) when it does
-// not. The Version of a new Store is zero and grows by one with every
-// change; it is not kept across restarts.
+// not. The Version grows with every change, to at least the clock's Unix
+// nanoseconds, so that a Store made again after a restart (which forgets
+// what was revoked) starts above every Version the last one published.
 func (s *Store) RevocationsSince(_ context.Context, version int64) (*m2mauth.Revocations, error) {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
@@ -177,7 +178,8 @@ func (s *Store) publish() *m2mauth.Revocations {
 		if s.expiry != nil {
 			s.expiry.Stop()
 		}
-		s.expiry = time.AfterFunc(until.Sub(now), func() { s.stale.Store(true) })
+		stale := s.stale // not s: a dropped Store is not kept until the timer fires
+		s.expiry = time.AfterFunc(until.Sub(now), func() { stale.Store(true) })
 	}
 	return r
 }

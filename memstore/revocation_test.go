@@ -3,6 +3,7 @@ package memstore_test
 import (
 	"context"
 	"fmt"
+	"runtime"
 	"sync"
 	"testing"
 	"time"
@@ -308,4 +309,31 @@ func ExampleStore_RevokeClientTokens() {
 	// Output:
 	// revoked: true
 	// a token issued later: false
+}
+
+// TestDroppedStoreIsCollected: a Store on the real clock whose snapshot
+// holds a revocation sets a timer to mark it stale when the entry dies
+// (an hour away here); the timer does not keep a dropped Store, and all
+// its clients, in memory until then.
+func TestDroppedStoreIsCollected(t *testing.T) {
+	collected := make(chan struct{}, 1)
+	func() {
+		s := memstore.New()
+		ctx := t.Context()
+		require.NoError(t, s.CreateClient(ctx, &m2mauth.Client{ID: "svc", Public: true}))
+		require.NoError(t, s.RevokeToken(ctx, "svc", "jti-1", time.Now().Add(time.Hour)))
+		r, err := s.CurrentRevocations()
+		require.NoError(t, err)
+		require.True(t, r.Revoked("svc", "jti-1", time.Now()))
+		runtime.AddCleanup(s, func(c chan struct{}) { c <- struct{}{} }, collected)
+	}()
+	for range 100 {
+		runtime.GC()
+		select {
+		case <-collected:
+			return
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	t.Fatal("the dropped Store was not collected within 100 collections")
 }
