@@ -22,6 +22,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"hash/maphash"
+	"maps"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -495,11 +496,19 @@ type clientTable struct {
 	// spill holds the ids whose hash another id held in index when they
 	// were put: with 64-bit hashes under a random seed, almost surely
 	// none.
-	spill  map[string]recordRef
+	spill map[string]recordRef
+	// peak is the most entries index has held since it was last made:
+	// a Go map keeps the memory of its deleted entries, so once it holds
+	// under a quarter of that, it is made again at its size.
+	peak   int
 	chunks []chunk
 	free   []uint32 // indexes of chunks emptied by compaction, for reuse
 	cur    uint32   // the chunk records are appended to
 }
+
+// minShrink is the smallest peak of the index for which it is made again
+// when it empties: below it, the memory kept is not worth the work.
+const minShrink = 4096
 
 // recordRef locates a record: its chunk and its offset there.
 type recordRef struct{ chunk, off uint32 }
@@ -563,6 +572,7 @@ func (t *clientTable) setRef(id string, r recordRef) {
 		return
 	}
 	t.index[h] = r
+	t.peak = max(t.peak, len(t.index))
 }
 
 // get returns the encoding of the client id. It is valid until the next
@@ -589,6 +599,11 @@ func (t *clientTable) remove(id string) bool {
 	switch {
 	case ok && string(t.id(r)) == id:
 		delete(t.index, h)
+		if t.peak >= minShrink && len(t.index) < t.peak/4 {
+			index := make(map[uint64]recordRef, len(t.index))
+			maps.Copy(index, t.index)
+			t.index, t.peak = index, len(index)
+		}
 	case len(t.spill) > 0:
 		if r, ok = t.spill[id]; !ok {
 			return false

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log"
+	"runtime"
 	"testing"
 	"time"
 
@@ -196,4 +197,44 @@ func TestSharedClientMany(t *testing.T) {
 			require.Equal(t, m2mauth.Scopes{"read"}, c.Grants["https://"+id+".example.com"])
 		}
 	}
+}
+
+// TestDeletedClientsGiveMemoryBack: the memory of deleted clients is
+// given back, the index's included (a Go map keeps the memory of the
+// entries deleted from it), once their watermarks have died.
+func TestDeletedClientsGiveMemoryBack(t *testing.T) {
+	n := 200_000
+	if testing.Short() {
+		n = 50_000
+	}
+	ctx := t.Context()
+	heap := func() uint64 {
+		runtime.GC()
+		var m runtime.MemStats
+		runtime.ReadMemStats(&m)
+		return m.HeapAlloc
+	}
+	clock := newFakeClock()
+	s := memstore.New(memstore.WithClock(clock.Now))
+	before := heap()
+	for i := range n {
+		require.NoError(t, s.CreateClient(ctx, &m2mauth.Client{ID: fmt.Sprintf("client-%d", i), Public: true}))
+	}
+	full := heap()
+	for i := range n - 10 {
+		require.NoError(t, s.DeleteClient(ctx, fmt.Sprintf("client-%d", i)))
+	}
+	// A deleted client's watermark lives a day: past it, the next
+	// snapshot drops them.
+	clock.Set(clock.Now().Add(30 * time.Hour))
+	_, err := s.CurrentRevocations()
+	require.NoError(t, err)
+	left := heap()
+	t.Logf("%d clients: %d KiB; %d deleted: %d KiB kept", n, (full-before)>>10, n-10, (left-before)>>10)
+	assert.Less(t, left-before, (full-before)/4, "memory kept after deleting all but 10 of %d clients", n)
+	for i := n - 10; i < n; i++ {
+		_, err := s.Client(ctx, fmt.Sprintf("client-%d", i))
+		require.NoError(t, err)
+	}
+	runtime.KeepAlive(s)
 }
