@@ -121,7 +121,9 @@ type TokenHandlerConfig struct {
 // authentication by HTTP Basic (client_secret_basic, RFC 6749 §2.3.1) or by
 // client_id and client_secret in the body (client_secret_post), never both.
 // Each successful request gets a fresh JWT access token (RFC 9068) and
-// writes nothing to any store.
+// writes nothing to any store. A token longer than a [Validator] accepts
+// (4096 bytes: a client granted hundreds of scopes, asking for all) is
+// not issued; the request is answered invalid_scope.
 //
 // [TokenHandler.RevocationHandler] and [TokenHandler.IntrospectionHandler]
 // return the revocation (RFC 7009) and introspection (RFC 7662) endpoints
@@ -580,8 +582,15 @@ func (h *TokenHandler) mint(ctx context.Context, req *tokenRequest, c *Client, a
 	buf = appendClaimsJSON(buf, &claims)
 	n := len(buf)
 	buf = append(buf, `{"access_token":"`...)
+	start := len(buf)
 	if buf, err = signer.appendToken(buf, buf[:n]); err != nil {
 		return nil, err
+	}
+	if len(buf)-start > maxTokenLen {
+		// No Validator would take it (nor, behind their header limits,
+		// many servers): refused before the client is handed a token
+		// that fails everywhere.
+		return nil, NewError(CodeInvalidScope, "the token for the scope asked would be longer than validators accept ("+strconv.Itoa(maxTokenLen)+" bytes); ask for fewer scopes")
 	}
 	buf = append(buf, `","token_type":"Bearer","expires_in":`...)
 	buf = strconv.AppendInt(buf, ttlSeconds, 10)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
@@ -592,4 +593,48 @@ func TestTokenHandlerWithOAuth2Client(t *testing.T) {
 		assert.Equal(t, "invalid_client", re.ErrorCode)
 		assert.Equal(t, http.StatusUnauthorized, re.Response.StatusCode)
 	})
+}
+
+// TestTokenLengthBound: a client granted more scopes than fit in a token
+// a Validator accepts (4096 bytes) is refused such a token with
+// invalid_scope (RFC 6749 §5.2), rather than handed one that fails at
+// every protected route; asking for fewer scopes gets one that works.
+func TestTokenLengthBound(t *testing.T) {
+	f := newFixture(t)
+	var many m2mauth.Scopes
+	for i := range 400 {
+		many = append(many, fmt.Sprintf("scope:%04d", i))
+	}
+	require.NoError(t, f.store.CreateClient(t.Context(), &m2mauth.Client{
+		ID: "many", Secrets: []m2mauth.Secret{{ID: "s1", Hash: mustHash(t, "many-secret")}},
+		Grants: map[string]m2mauth.Scopes{testAudience: many},
+	}))
+	v, err := m2mauth.NewValidator(f.keys, m2mauth.ValidatorConfig{Issuer: testIssuer, Audience: testAudience, Now: f.clock})
+	require.NoError(t, err)
+	tests := []struct {
+		name, scope string
+		status      int
+	}{
+		{"every scope granted", "", http.StatusBadRequest},
+		{"three hundred scopes", strings.Join(many[:300], " "), http.StatusBadRequest},
+		{"ten scopes", strings.Join(many[:10], " "), http.StatusOK},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			body := "grant_type=client_credentials"
+			if tt.scope != "" {
+				body += "&scope=" + url.QueryEscape(tt.scope)
+			}
+			w, resp := f.do(t, request{body: body, headers: auth(basic("many", "many-secret"))})
+			require.Equal(t, tt.status, w.Code, "body: %s", w.Body)
+			if tt.status != http.StatusOK {
+				assert.Equal(t, m2mauth.CodeInvalidScope, resp.Error)
+				assert.Empty(t, resp.AccessToken)
+				assert.Equal(t, m2mauth.EventScopeDenied, f.lastEvent(t).Type)
+				return
+			}
+			_, err := v.Validate(t.Context(), resp.AccessToken)
+			require.NoError(t, err)
+		})
+	}
 }

@@ -40,9 +40,9 @@ type TokenOptions struct {
 	// Default: 1h.
 	TTL time.Duration
 	// IssuedAt is the time of issue, the "iat" and "nbf" claims, to the
-	// second. A time more than TTL (plus the validator's leeway) in the
-	// past gives an expired token; a time in the future, one not valid
-	// yet. Default: now.
+	// second. A time more than TTL plus the validator's leeway (30s by
+	// default) in the past gives an expired token; a time more than the
+	// leeway in the future, one not valid yet. Default: now.
 	IssuedAt time.Time
 }
 
