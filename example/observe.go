@@ -84,13 +84,3 @@ func newObservability(f *serveFlags, next m2mauth.Auditor, logger *slog.Logger) 
 	}
 	return o, nil
 }
-
-// checkedAuditor is an Auditor that reports the health of another: the
-// metrics' wrapper does not, and -require-audit needs the audit table's.
-type checkedAuditor struct {
-	m2mauth.Auditor
-	health m2mauth.AuditHealthChecker
-}
-
-// AuditHealth returns the health of the audit table.
-func (a checkedAuditor) AuditHealth() error { return a.health.AuditHealth() }

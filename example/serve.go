@@ -241,7 +241,7 @@ func serve(g globals, args []string, stdout, stderr io.Writer) error {
 	tokens, err := m2mauth.NewTokenHandler(b.store, keys, m2mauth.TokenHandlerConfig{
 		Issuer:                g.issuer,
 		DefaultAudience:       g.audience,
-		Auditor:               checkedAuditor{Auditor: m.Auditor(obs.detector), health: tee},
+		Auditor:               m.Auditor(obs.detector), // reports tee's health, for -require-audit
 		Logger:                logger,
 		Limiter:               limiter,
 		TrustedProxies:        trusted,
