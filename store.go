@@ -23,6 +23,10 @@ var ErrClientExists = errors.New("m2mauth: client already exists")
 // unknown secret id.
 var ErrSecretNotFound = errors.New("m2mauth: secret not found")
 
+// ErrClientChanged is returned by [ClientManager.UpdateClient] when the
+// client was changed after the copy being written back was read.
+var ErrClientChanged = errors.New("m2mauth: client changed since it was read")
+
 // Client is an OAuth 2.0 client registered with the authorization server.
 //
 // A Client value belongs to whoever holds it: stores hand out copies, and a
@@ -59,7 +63,10 @@ type Client struct {
 	// issued to it up to the end of that second is refused. Maintained by
 	// the store; [ClientManager.UpdateClient] leaves it as stored.
 	TokensRevokedAt time.Time
-	// CreatedAt and UpdatedAt are maintained by the store.
+	// CreatedAt and UpdatedAt are maintained by the store. Every change
+	// to the client moves UpdatedAt later, by at least a microsecond even
+	// when the clock has not moved, so it tells one version of the client
+	// from the next (see [ClientManager.UpdateClient]).
 	CreatedAt time.Time
 	UpdatedAt time.Time
 }
@@ -217,6 +224,15 @@ type ClientManager interface {
 	// TokensRevokedAt and CreatedAt are left as stored; change secrets
 	// with the secret methods. Disabling a client this way revokes its
 	// tokens as SetDisabled does.
+	//
+	// When c.UpdatedAt is not zero, c is taken to be a client as read
+	// and changed, and is written only if the stored client's UpdatedAt
+	// is still the same (to the microsecond); otherwise UpdateClient
+	// changes nothing and returns an error wrapping [ErrClientChanged],
+	// and the caller reads the client again. So a read-modify-write
+	// does not undo a change made in between, such as a SetDisabled that
+	// took a compromised client's access away. With a zero UpdatedAt the
+	// update is unconditional.
 	UpdateClient(ctx context.Context, c *Client) error
 	// AddSecret adds a secret to a client.
 	AddSecret(ctx context.Context, clientID string, s Secret) error

@@ -18,6 +18,10 @@ import (
 
 // clientSynopsis is the usage line of each client command, after
 // "example [global flags] client".
+// maxUpdateTries bounds how often "client update" reads the client again
+// because it changed before the update was written.
+const maxUpdateTries = 5
+
 var clientSynopsis = map[string]string{
 	"create":        `create -id ID -scopes "a b" [-audience AUD] [-ttl 1h] [-introspect]`,
 	"update":        `update -id ID [-scopes "a b"] [-audience AUD] [-ttl 1h] [-introspect=true|false]`,
@@ -202,28 +206,37 @@ func clientCommand(g globals, args []string, stdout, stderr io.Writer, mainUsage
 		}
 		return enc.Encode(map[string]string{"client_id": id, "client_secret": plain})
 	case "update":
-		c, err := store.Client(ctx, id)
-		if err != nil {
-			return named(err)
-		}
-		if set["scopes"] {
-			aud, err := updatedAudience(c, audience, g.audience)
+		// The client as read, changed and written back; if another
+		// change came in between (a "client disable", say), it is read
+		// again rather than undone.
+		for try := 1; ; try++ {
+			c, err := store.Client(ctx, id)
 			if err != nil {
-				return err
+				return named(err)
 			}
-			if c.Grants == nil {
-				c.Grants = map[string]m2mauth.Scopes{}
+			if set["scopes"] {
+				aud, err := updatedAudience(c, audience, g.audience)
+				if err != nil {
+					return err
+				}
+				if c.Grants == nil {
+					c.Grants = map[string]m2mauth.Scopes{}
+				}
+				c.Grants[aud] = granted
 			}
-			c.Grants[aud] = granted
-		}
-		if set["ttl"] {
-			c.TokenTTL = ttl
-		}
-		if set["introspect"] {
-			c.CanIntrospect = introspect
-		}
-		if err := store.UpdateClient(ctx, c); err != nil {
-			return named(err)
+			if set["ttl"] {
+				c.TokenTTL = ttl
+			}
+			if set["introspect"] {
+				c.CanIntrospect = introspect
+			}
+			err = store.UpdateClient(ctx, c)
+			if err == nil {
+				break
+			}
+			if !errors.Is(err, m2mauth.ErrClientChanged) || try == maxUpdateTries {
+				return named(err)
+			}
 		}
 		return showClient(ctx, store, id, enc)
 	case "show":

@@ -5,7 +5,9 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
+	"fmt"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -236,5 +238,38 @@ func TestClientUsage(t *testing.T) {
 		r := cli("client", cmd, "-h")
 		require.Error(t, r.err)
 		assert.True(t, strings.HasPrefix(r.stderr, "usage: example [global flags] client "+synopsis+"\n"), "%s", r.stderr)
+	}
+}
+
+// TestClientUpdateRacesDisable runs "client update" and "client disable"
+// on one client at once, again and again: the update reads the client,
+// changes it and writes it back, and must not write back the client as
+// enabled when the disable came in between.
+func TestClientUpdateRacesDisable(t *testing.T) {
+	const rounds = 20
+	for _, b := range testDatabases() {
+		t.Run(b.name, func(t *testing.T) {
+			db := b.db(t)
+			var suffix [4]byte
+			rand.Read(suffix[:])
+			for i := range rounds {
+				id := fmt.Sprintf("race-%x-%d", suffix, i)
+				c := func(args ...string) cliResult { return cli(append([]string{"-db", db, "client"}, args...)...) }
+				t.Cleanup(func() { c("delete", "-id", id) })
+				c("create", "-id", id, "-scopes", "read").ok(t)
+
+				var wg sync.WaitGroup
+				var update, disable cliResult
+				wg.Go(func() { update = c("update", "-id", id, "-scopes", "read write") })
+				wg.Go(func() { disable = c("disable", "-id", id) })
+				wg.Wait()
+				update.ok(t)
+				disable.ok(t)
+
+				v := decodeView(t, c("show", "-id", id).ok(t))
+				require.True(t, v.Disabled, "round %d: the update undid the disable", i)
+				require.Equal(t, "read write", v.Grants[defaultAudience], "round %d", i)
+			}
+		})
 	}
 }

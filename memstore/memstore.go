@@ -287,12 +287,17 @@ func (s *Store) CreateClient(ctx context.Context, c *m2mauth.Client) error {
 
 // UpdateClient replaces the grants, Public, Disabled, TokenTTL and
 // CanIntrospect of an existing client. When it turns Disabled on, it
-// revokes the client's tokens as [Store.RevokeClientTokens] does.
+// revokes the client's tokens as [Store.RevokeClientTokens] does. A c
+// with an UpdatedAt is written only over the client as it was then (see
+// [m2mauth.ClientManager.UpdateClient]).
 func (s *Store) UpdateClient(ctx context.Context, c *m2mauth.Client) error {
 	if c == nil {
 		return fmt.Errorf("memstore: nil client")
 	}
 	return s.modify(ctx, c.ID, func(cur *m2mauth.Client, now time.Time) ([]m2mauth.AuditEvent, error) {
+		if !c.UpdatedAt.IsZero() && c.UpdatedAt.UnixMicro() != cur.UpdatedAt.UnixMicro() {
+			return nil, fmt.Errorf("memstore: client %q: %w", c.ID, m2mauth.ErrClientChanged)
+		}
 		next := c.Clone()
 		next.Secrets, next.CreatedAt, next.TokensRevokedAt = cur.Secrets, cur.CreatedAt, cur.TokensRevokedAt
 		if err := next.Validate(); err != nil {
@@ -420,9 +425,10 @@ func (s *Store) ListClients(_ context.Context, after string, limit int) ([]*m2ma
 
 // modify applies f to a copy of the stored client and stores the copy only
 // if f succeeds, so a failed change leaves nothing behind; f runs with s.mu
-// held, and may change the revocations once it cannot fail. now is the new
-// UpdatedAt. The events f returns go to the auditor once the copy is
-// stored and the lock released.
+// held, and may change the revocations once it cannot fail. now is the
+// time of the change and the new UpdatedAt, unless that is not a
+// microsecond past the last one. The events f returns go to the auditor
+// once the copy is stored and the lock released.
 func (s *Store) modify(ctx context.Context, id string,
 	f func(c *m2mauth.Client, now time.Time) ([]m2mauth.AuditEvent, error)) error {
 	s.mu.Lock()
@@ -432,6 +438,7 @@ func (s *Store) modify(ctx context.Context, id string,
 		return notFound(id)
 	}
 	next := decodeClient(string(rec))
+	prev := next.UpdatedAt
 	now := s.now()
 	events, err := f(next, now)
 	if err != nil {
@@ -439,6 +446,11 @@ func (s *Store) modify(ctx context.Context, id string,
 		return err
 	}
 	next.UpdatedAt = now
+	if least := prev.Add(time.Microsecond); now.Before(least) {
+		// The clock has not moved on (or went back): the new version
+		// still gets a later UpdatedAt.
+		next.UpdatedAt = least
+	}
 	s.clients.put(id, encodeClient(nil, next))
 	s.mu.Unlock()
 	s.audit(ctx, events)

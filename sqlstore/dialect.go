@@ -56,6 +56,12 @@ func (d Dialect) String() string {
 //	n4                        client: tokens_revoked_at (nullable)
 //	s1, s2                    secret: secret_id, hash; grant: audience, scopes
 //
+// Each change to a client runs exactly one of updateClient, setDisabled
+// and touchClient, which set its updated_at to the now they are given,
+// or to one microsecond past the stored one if now is not later: each
+// version of a client has its own updated_at, which [Store.UpdateClient]
+// compares to tell a stale copy.
+//
 // client takes the client id three times (once per branch of the UNION
 // ALL); list takes (after, limit).
 //
@@ -123,9 +129,9 @@ func (d Dialect) String() string {
 // client's watermark, at the watermark; ([kindToken], jti) for a revoked
 // token, at its expiry. expires_at is when a row stops mattering.
 //
-//	clientRevoked     (at, now, clientID): sets the client's
-//	                  tokens_revoked_at to at unless it is later, and its
-//	                  updated_at to now
+//	clientRevoked     (at, clientID): sets the client's
+//	                  tokens_revoked_at to at unless it is later (the
+//	                  change's other statement sets its updated_at)
 //	clientWatermark   (clientID, now): the client's live watermark, if any
 //	upsertRevocation  (kind, id, at, expires_at, at, expires_at): inserts
 //	                  a row, or moves an existing one to the later at;
@@ -324,9 +330,9 @@ SELECT 2, g.client_id, NULL::boolean, NULL::boolean, NULL::boolean, NULL::bigint
 		clientExists: t(`SELECT 1 FROM {p}clients WHERE id = $1`),
 		lockClient:   t(`SELECT 1 FROM {p}clients WHERE id = $1 FOR UPDATE`),
 		insertClient: t(`INSERT INTO {p}clients (id, public, disabled, can_introspect, token_ttl_ns, tokens_revoked_at, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)`),
-		updateClient: t(`UPDATE {p}clients SET public = $1, disabled = $2, can_introspect = $3, token_ttl_ns = $4, updated_at = $5 WHERE id = $6`),
-		setDisabled:  t(`UPDATE {p}clients SET disabled = $1, updated_at = $2 WHERE id = $3`),
-		touchClient:  t(`UPDATE {p}clients SET updated_at = $1 WHERE id = $2`),
+		updateClient: t(`UPDATE {p}clients SET public = $1, disabled = $2, can_introspect = $3, token_ttl_ns = $4, updated_at = GREATEST(updated_at + 1, $5) WHERE id = $6`),
+		setDisabled:  t(`UPDATE {p}clients SET disabled = $1, updated_at = GREATEST(updated_at + 1, $2) WHERE id = $3`),
+		touchClient:  t(`UPDATE {p}clients SET updated_at = GREATEST(updated_at + 1, $1) WHERE id = $2`),
 		deleteClient: t(`DELETE FROM {p}clients WHERE id = $1`),
 
 		insertSecret:  t(`INSERT INTO {p}secrets (client_id, secret_id, seq, hash, created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6)`),
@@ -435,7 +441,7 @@ UPDATE {p}rate_limits SET
 		limitCleanup: t(`DELETE FROM {p}rate_limits WHERE (ip, client_id) IN (
     SELECT ip, client_id FROM {p}rate_limits WHERE idle_at <= $1 LIMIT $2 FOR UPDATE SKIP LOCKED)`),
 
-		clientRevoked:   t(`UPDATE {p}clients SET tokens_revoked_at = GREATEST(COALESCE(tokens_revoked_at, 0), $1), updated_at = $2 WHERE id = $3`),
+		clientRevoked:   t(`UPDATE {p}clients SET tokens_revoked_at = GREATEST(COALESCE(tokens_revoked_at, 0), $1) WHERE id = $2`),
 		clientWatermark: t(`SELECT at FROM {p}revocations WHERE kind = '` + kindClient + `' AND id = $1 AND expires_at >= $2`),
 		upsertRevocation: t(`INSERT INTO {p}revocations AS r (kind, id, at, expires_at) VALUES ($1, $2, $3, $4)
 ON CONFLICT (kind, id) DO UPDATE SET at = $5, expires_at = $6 WHERE r.at < EXCLUDED.at`),
@@ -512,9 +518,9 @@ SELECT 2, g.client_id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, g.audience, g.s
 		clientExists: t(`SELECT 1 FROM {p}clients WHERE id = ?`),
 		lockClient:   t(`SELECT 1 FROM {p}clients WHERE id = ? FOR UPDATE`),
 		insertClient: t(`INSERT INTO {p}clients (id, public, disabled, can_introspect, token_ttl_ns, tokens_revoked_at, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)`),
-		updateClient: t(`UPDATE {p}clients SET public = ?, disabled = ?, can_introspect = ?, token_ttl_ns = ?, updated_at = ? WHERE id = ?`),
-		setDisabled:  t(`UPDATE {p}clients SET disabled = ?, updated_at = ? WHERE id = ?`),
-		touchClient:  t(`UPDATE {p}clients SET updated_at = ? WHERE id = ?`),
+		updateClient: t(`UPDATE {p}clients SET public = ?, disabled = ?, can_introspect = ?, token_ttl_ns = ?, updated_at = GREATEST(updated_at + 1, ?) WHERE id = ?`),
+		setDisabled:  t(`UPDATE {p}clients SET disabled = ?, updated_at = GREATEST(updated_at + 1, ?) WHERE id = ?`),
+		touchClient:  t(`UPDATE {p}clients SET updated_at = GREATEST(updated_at + 1, ?) WHERE id = ?`),
 		deleteClient: t(`DELETE FROM {p}clients WHERE id = ?`),
 
 		insertSecret:  t(`INSERT INTO {p}secrets (client_id, secret_id, seq, hash, created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?)`),
@@ -615,7 +621,7 @@ ON DUPLICATE KEY UPDATE ip = ip`),
 		limitCleanup:    t(`SELECT ip, client_id FROM {p}rate_limits WHERE idle_at <= ? LIMIT ?`),
 		limitCleanupRow: t(`DELETE FROM {p}rate_limits WHERE ip = ? AND client_id = ? AND idle_at <= ?`),
 
-		clientRevoked:   t(`UPDATE {p}clients SET tokens_revoked_at = GREATEST(COALESCE(tokens_revoked_at, 0), ?), updated_at = ? WHERE id = ?`),
+		clientRevoked:   t(`UPDATE {p}clients SET tokens_revoked_at = GREATEST(COALESCE(tokens_revoked_at, 0), ?) WHERE id = ?`),
 		clientWatermark: t(`SELECT at FROM {p}revocations WHERE kind = '` + kindClient + `' AND id = ? AND expires_at >= ?`),
 		// Both columns only grow; the driver reports no row affected when
 		// neither changes.
@@ -704,9 +710,9 @@ SELECT 2, g.client_id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, g.audience, g.s
 		// so no row lock is needed.
 		lockClient:   t(`SELECT 1 FROM {p}clients WHERE id = ?`),
 		insertClient: t(`INSERT INTO {p}clients (id, public, disabled, can_introspect, token_ttl_ns, tokens_revoked_at, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)`),
-		updateClient: t(`UPDATE {p}clients SET public = ?, disabled = ?, can_introspect = ?, token_ttl_ns = ?, updated_at = ? WHERE id = ?`),
-		setDisabled:  t(`UPDATE {p}clients SET disabled = ?, updated_at = ? WHERE id = ?`),
-		touchClient:  t(`UPDATE {p}clients SET updated_at = ? WHERE id = ?`),
+		updateClient: t(`UPDATE {p}clients SET public = ?, disabled = ?, can_introspect = ?, token_ttl_ns = ?, updated_at = MAX(updated_at + 1, ?) WHERE id = ?`),
+		setDisabled:  t(`UPDATE {p}clients SET disabled = ?, updated_at = MAX(updated_at + 1, ?) WHERE id = ?`),
+		touchClient:  t(`UPDATE {p}clients SET updated_at = MAX(updated_at + 1, ?) WHERE id = ?`),
 		deleteClient: t(`DELETE FROM {p}clients WHERE id = ?`),
 
 		insertSecret:  t(`INSERT INTO {p}secrets (client_id, secret_id, seq, hash, created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?)`),
@@ -803,7 +809,7 @@ ON CONFLICT (ip, client_id) DO NOTHING`),
 		limitCleanup: t(`DELETE FROM {p}rate_limits WHERE rowid IN (
     SELECT rowid FROM {p}rate_limits WHERE idle_at <= ? LIMIT ?)`),
 
-		clientRevoked:   t(`UPDATE {p}clients SET tokens_revoked_at = MAX(COALESCE(tokens_revoked_at, 0), ?), updated_at = ? WHERE id = ?`),
+		clientRevoked:   t(`UPDATE {p}clients SET tokens_revoked_at = MAX(COALESCE(tokens_revoked_at, 0), ?) WHERE id = ?`),
 		clientWatermark: t(`SELECT at FROM {p}revocations WHERE kind = '` + kindClient + `' AND id = ? AND expires_at >= ?`),
 		upsertRevocation: t(`INSERT INTO {p}revocations (kind, id, at, expires_at) VALUES (?, ?, ?, ?)
 ON CONFLICT (kind, id) DO UPDATE SET at = ?, expires_at = ? WHERE at < excluded.at`),

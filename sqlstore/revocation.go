@@ -85,6 +85,9 @@ func (s *Store) RevokeClientTokens(ctx context.Context, clientID string) error {
 		if err := s.revokeClient(ctx, q, clientID, now, true); err != nil {
 			return nil, err
 		}
+		if err := s.touch(ctx, q, clientID, now); err != nil {
+			return nil, err
+		}
 		return []m2mauth.AuditEvent{event(now, m2mauth.EventTokensRevoked, clientID, "", "revoke")}, nil
 	})
 }
@@ -312,10 +315,10 @@ func (s *Store) loadRevocations(ctx context.Context, now time.Time) (*m2mauth.Re
 // revokeClient sets the watermark of client id to now, unless a later
 // one is set, in the transaction of q: its row in the revocations table,
 // which outlives the client, and, with client, the client row's
-// tokens_revoked_at and updated_at.
+// tokens_revoked_at. The caller sets the client's updated_at.
 func (s *Store) revokeClient(ctx context.Context, q querier, id string, now time.Time, client bool) error {
 	if client {
-		if _, err := q.ExecContext(ctx, s.q.clientRevoked, now.UnixMicro(), now.UnixMicro(), id); err != nil {
+		if _, err := q.ExecContext(ctx, s.q.clientRevoked, now.UnixMicro(), id); err != nil {
 			return err
 		}
 	}

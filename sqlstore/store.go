@@ -390,17 +390,21 @@ func (s *Store) CreateClient(ctx context.Context, c *m2mauth.Client) error {
 }
 
 // UpdateClient replaces the grants, Public, Disabled, TokenTTL and
-// CanIntrospect of an existing client and sets UpdatedAt to now; secrets,
+// CanIntrospect of an existing client and sets UpdatedAt; secrets,
 // TokensRevokedAt and CreatedAt stay as stored. The result is checked
 // with [m2mauth.Client.Validate] (so a client that has secrets cannot
 // become public) and nothing changes on error. When it turns Disabled on,
 // it revokes the client's tokens in the same transaction, as
-// [Store.RevokeClientTokens] does.
+// [Store.RevokeClientTokens] does. A c with an UpdatedAt is written only
+// over the client as it was then (see [m2mauth.ClientManager.UpdateClient]).
 func (s *Store) UpdateClient(ctx context.Context, c *m2mauth.Client) error {
 	if c == nil {
 		return errors.New("sqlstore: nil client")
 	}
 	return s.modify(ctx, c.ID, true, func(q querier, cur *m2mauth.Client, now time.Time) ([]m2mauth.AuditEvent, error) {
+		if !c.UpdatedAt.IsZero() && c.UpdatedAt.UnixMicro() != cur.UpdatedAt.UnixMicro() {
+			return nil, m2mauth.ErrClientChanged
+		}
 		next := c.Clone()
 		next.Secrets, next.CreatedAt = cur.Secrets, cur.CreatedAt
 		if err := next.Validate(); err != nil {

@@ -217,6 +217,7 @@ func Run(t *testing.T, newStore func(t *testing.T) m2mauth.ClientManager, opts .
 		{"UpdateClient", testUpdateClient},
 		{"UpdateDoesNotKeepInput", testUpdateDoesNotKeepInput},
 		{"UpdateNotFound", testUpdateNotFound},
+		{"UpdateStaleCopy", testUpdateStaleCopy},
 		{"UpdateInvalid", testUpdateInvalid},
 		{"Secrets", testSecrets},
 		{"SecretHashFormats", testSecretHashFormats},
@@ -242,7 +243,38 @@ func Run(t *testing.T, newStore func(t *testing.T) m2mauth.ClientManager, opts .
 	if o.newAudited != nil {
 		t.Run("AdminAudit", func(t *testing.T) { testAdminAudit(t, o.newAudited) })
 	}
+	t.Run("UpdatedAtStoppedClock", func(t *testing.T) {
+		if o.newClocked == nil {
+			t.Skip("pass storetest.WithClock to check UpdatedAt on a clock that stops or goes back")
+		}
+		testUpdatedAtStoppedClock(t, o.newClocked)
+	})
 	t.Run("Revocations", func(t *testing.T) { runRevocations(t, newStore, o) })
+}
+
+// testUpdatedAtStoppedClock checks that every change moves UpdatedAt on,
+// and that UpdateClient still tells a stale copy, when the store's clock
+// stands still or goes back.
+func testUpdatedAtStoppedClock(t *testing.T, newClocked func(*testing.T, func() time.Time) m2mauth.ClientManager) {
+	ctx := t.Context()
+	clock := newTestClock()
+	s := newClocked(t, clock.Now)
+	mustCreate(t, s, publicClient("still"))
+	prev := mustGet(t, s, "still")
+	for i, change := range []func() error{
+		func() error { return s.SetDisabled(ctx, "still", true) },
+		func() error { clock.Add(-time.Hour); return s.SetDisabled(ctx, "still", false) },
+		func() error {
+			return s.UpdateClient(ctx, &m2mauth.Client{ID: "still", Public: true, TokenTTL: time.Minute})
+		},
+	} {
+		require.NoError(t, change(), "change %d", i)
+		got := mustGet(t, s, "still")
+		require.True(t, got.UpdatedAt.After(prev.UpdatedAt), "change %d: UpdatedAt %v did not move past %v", i, got.UpdatedAt, prev.UpdatedAt)
+		require.ErrorIs(t, s.UpdateClient(ctx, prev), m2mauth.ErrClientChanged, "change %d", i)
+		assertUnchanged(t, s, got)
+		prev = got
+	}
 }
 
 const api = "https://api.example.com"
@@ -553,7 +585,7 @@ func testUpdateClient(t *testing.T, s m2mauth.ClientManager) {
 		TokenTTL:      5 * time.Minute,
 		CanIntrospect: true,
 		CreatedAt:     now.Add(-100 * 24 * time.Hour),
-		UpdatedAt:     now.Add(-100 * 24 * time.Hour),
+		UpdatedAt:     before.UpdatedAt,
 	}
 	require.NoError(t, s.UpdateClient(ctx, update))
 	got := mustGet(t, s, "upd")
@@ -620,6 +652,79 @@ func testUpdateDoesNotKeepInput(t *testing.T, s m2mauth.ClientManager) {
 
 	scribble(update)
 	assertSameClient(t, want, mustGet(t, s, "owned"))
+}
+
+// testUpdateStaleCopy checks that UpdateClient refuses a copy read
+// before any other change to the client, and changes nothing then: a
+// read-modify-write must not undo a change made in between.
+func testUpdateStaleCopy(t *testing.T, s m2mauth.ClientManager) {
+	ctx := t.Context()
+	now := utcNow()
+	changes := []struct {
+		name   string
+		change func(id, secretID string) error
+	}{
+		{"SetDisabled", func(id, _ string) error { return s.SetDisabled(ctx, id, true) }},
+		{"SetDisabledFalse", func(id, _ string) error { return s.SetDisabled(ctx, id, false) }},
+		{"UpdateClient", func(id, _ string) error {
+			return s.UpdateClient(ctx, &m2mauth.Client{ID: id, Grants: map[string]m2mauth.Scopes{api: {"write"}}})
+		}},
+		{"UpdateClientNoChange", func(id, _ string) error {
+			return s.UpdateClient(ctx, &m2mauth.Client{ID: id, Grants: map[string]m2mauth.Scopes{api: {"read"}}})
+		}},
+		{"AddSecret", func(id, _ string) error {
+			_, sec := newSecret(t, now, time.Time{})
+			sec.ID = "second"
+			return s.AddSecret(ctx, id, sec)
+		}},
+		{"ExpireSecret", func(id, secretID string) error {
+			return s.ExpireSecret(ctx, id, secretID, now.Add(time.Hour))
+		}},
+		{"RemoveSecret", func(id, secretID string) error { return s.RemoveSecret(ctx, id, secretID) }},
+	}
+	if r, ok := s.(m2mauth.Revoker); ok {
+		changes = append(changes, struct {
+			name   string
+			change func(id, secretID string) error
+		}{"RevokeClientTokens", func(id, _ string) error { return r.RevokeClientTokens(ctx, id) }})
+	}
+	for i, tt := range changes {
+		t.Run(tt.name, func(t *testing.T) {
+			id := fmt.Sprintf("stale-%d", i)
+			_, sec := newSecret(t, now, time.Time{})
+			mustCreate(t, s, &m2mauth.Client{ID: id, Secrets: []m2mauth.Secret{sec}, Grants: map[string]m2mauth.Scopes{api: {"read"}}})
+			read := mustGet(t, s, id)
+			require.NoError(t, tt.change(id, sec.ID))
+			changed := mustGet(t, s, id)
+			require.True(t, changed.UpdatedAt.After(read.UpdatedAt),
+				"UpdatedAt %v did not move past %v", changed.UpdatedAt, read.UpdatedAt)
+
+			// The stale copy, changed as an administrator would: it must
+			// not bring back what the change took away.
+			read.Grants[api] = m2mauth.Scopes{"admin"}
+			read.TokenTTL = time.Minute
+			err := s.UpdateClient(ctx, read)
+			require.ErrorIs(t, err, m2mauth.ErrClientChanged)
+			assertUnchanged(t, s, changed)
+
+			// Read again, the same change goes through, once.
+			fresh := mustGet(t, s, id)
+			fresh.Grants[api] = m2mauth.Scopes{"admin"}
+			require.NoError(t, s.UpdateClient(ctx, fresh))
+			got := mustGet(t, s, id)
+			assert.Equal(t, m2mauth.Scopes{"admin"}, got.Grants[api])
+			assert.Equal(t, changed.Disabled, got.Disabled, "Disabled")
+			require.True(t, got.UpdatedAt.After(fresh.UpdatedAt),
+				"UpdatedAt %v did not move past %v", got.UpdatedAt, fresh.UpdatedAt)
+			require.ErrorIs(t, s.UpdateClient(ctx, fresh), m2mauth.ErrClientChanged, "the copy just written is stale")
+
+			// A zero UpdatedAt is unconditional.
+			fresh.UpdatedAt = time.Time{}
+			fresh.Grants[api] = m2mauth.Scopes{"read"}
+			require.NoError(t, s.UpdateClient(ctx, fresh))
+			assert.Equal(t, m2mauth.Scopes{"read"}, mustGet(t, s, id).Grants[api])
+		})
+	}
 }
 
 func testUpdateNotFound(t *testing.T, s m2mauth.ClientManager) {
