@@ -101,15 +101,17 @@ const (
 // value is a working configuration.
 type WebhookConfig struct {
 	// Timeout bounds each delivery attempt, from the request to the end
-	// of the response headers. Default: 5s.
+	// of the response (of which up to 64 KiB is read). Default: 5s.
 	Timeout time.Duration
 	// MaxAttempts bounds the attempts to deliver one alert. Default: 3.
 	MaxAttempts int
 	// Backoff is the wait before the second attempt; each further one
-	// waits twice as long as the one before. Default: 1s.
+	// waits twice as long as the one before, up to an hour. Default: 1s.
+	// At most 1h.
 	Backoff time.Duration
 	// QueueSize bounds the alerts waiting to be delivered; alerts that do
-	// not fit are dropped, counted and logged. Default: 1000.
+	// not fit are dropped, counted and logged. Default: 1000. At most
+	// 65,536.
 	QueueSize int
 	// CloseTimeout bounds how long Close goes on delivering queued
 	// alerts; those left then are dropped. Default: 10s.
@@ -192,8 +194,15 @@ type WebhookAlertSink struct {
 	lastLog            atomic.Int64 // unix nanoseconds of the latest drop record
 }
 
-// minWebhookSecret is the least length of a webhook secret, in bytes.
-const minWebhookSecret = 32
+const (
+	// minWebhookSecret is the least length of a webhook secret, in bytes.
+	minWebhookSecret = 32
+	// maxWebhookBackoff bounds the wait between two attempts.
+	maxWebhookBackoff = time.Hour
+	// maxAlertQueue bounds the queues of alerts (a Detector's and a
+	// WebhookAlertSink's), which are allocated whole.
+	maxAlertQueue = 1 << 16
+)
 
 // NewWebhookAlertSink returns a sink that POSTs alerts to rawURL, signed
 // with secret (at least 32 bytes, random: for example 32 bytes from
@@ -212,6 +221,8 @@ func NewWebhookAlertSink(rawURL string, secret []byte, cfg WebhookConfig) (*Webh
 		return nil, fmt.Errorf("m2mauth: webhook URL to %s must be https (or set WebhookConfig.AllowInsecureHTTP, which is insecure)", u.Hostname())
 	case len(secret) < minWebhookSecret:
 		return nil, fmt.Errorf("m2mauth: webhook secret must be at least %d bytes", minWebhookSecret)
+	case allZero(secret):
+		return nil, errors.New("m2mauth: webhook secret is all zero bytes; use random bytes")
 	}
 	var errs []error
 	intDef := func(n *int, def int, name string) {
@@ -233,7 +244,13 @@ func NewWebhookAlertSink(rawURL string, secret []byte, cfg WebhookConfig) (*Webh
 	durDef(&cfg.Timeout, 5*time.Second, "Timeout")
 	intDef(&cfg.MaxAttempts, 3, "MaxAttempts")
 	durDef(&cfg.Backoff, time.Second, "Backoff")
+	if cfg.Backoff > maxWebhookBackoff {
+		errs = append(errs, fmt.Errorf("m2mauth: WebhookConfig.Backoff must be at most %v", maxWebhookBackoff))
+	}
 	intDef(&cfg.QueueSize, 1000, "QueueSize")
+	if cfg.QueueSize > maxAlertQueue {
+		errs = append(errs, fmt.Errorf("m2mauth: WebhookConfig.QueueSize must be at most %d", maxAlertQueue))
+	}
 	durDef(&cfg.CloseTimeout, 10*time.Second, "CloseTimeout")
 	if len(errs) > 0 {
 		return nil, errors.Join(errs...)
@@ -386,7 +403,7 @@ func (s *WebhookAlertSink) deliver(a Alert) {
 			s.drop(a, reason+"; the sink closed before the next attempt")
 			return
 		}
-		wait *= 2
+		wait = min(2*wait, maxWebhookBackoff)
 	}
 	s.drop(a, reason)
 }

@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"io"
 	"log/slog"
+	"math"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -306,6 +307,10 @@ func TestWebhookAlertSinkConfig(t *testing.T) {
 		{name: "negative attempts", url: "https://alerts.example.com/hook", cfg: m2mauth.WebhookConfig{MaxAttempts: -1}, err: "MaxAttempts"},
 		{name: "tiny timeout", url: "https://alerts.example.com/hook", cfg: m2mauth.WebhookConfig{Timeout: time.Nanosecond}, err: "Timeout"},
 		{name: "negative queue", url: "https://alerts.example.com/hook", cfg: m2mauth.WebhookConfig{QueueSize: -1}, err: "QueueSize"},
+		// Refused before a channel of that size is made.
+		{name: "huge queue", url: "https://alerts.example.com/hook", cfg: m2mauth.WebhookConfig{QueueSize: math.MaxInt}, err: "QueueSize must be at most"},
+		{name: "huge backoff", url: "https://alerts.example.com/hook", cfg: m2mauth.WebhookConfig{Backoff: math.MaxInt64}, err: "Backoff must be at most"},
+		{name: "zero secret", url: "https://alerts.example.com/hook", secret: make([]byte, 32), err: "all zero bytes"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

@@ -201,7 +201,7 @@ type DetectorConfig struct {
 
 	// QueueSize bounds the alerts waiting for the sink; alerts that do
 	// not fit are dropped and counted (see [Detector.Dropped]).
-	// Default: 1000.
+	// Default: 1000. At most 65,536.
 	QueueSize int
 	// CheckInterval is how often, in real time, the detector looks for
 	// alerts whose condition has cleared without further events, to send
@@ -388,6 +388,7 @@ func NewDetector(next Auditor, sink AlertSink, cfg DetectorConfig) (*Detector, e
 	intDef(&sp.MaxKeys, defaultDetectorKeys, "IssuanceSpike.MaxKeys")
 
 	intDef(&cfg.QueueSize, 1000, "QueueSize")
+	check(cfg.QueueSize <= maxAlertQueue, "QueueSize must be at most %d", maxAlertQueue)
 	durDef(&cfg.CheckInterval, 10*time.Second, "CheckInterval")
 	if len(errs) > 0 {
 		return nil, errors.Join(errs...)

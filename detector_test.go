@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/base64"
 	"fmt"
+	"math"
 	"net/http"
 	"net/netip"
 	"runtime"
@@ -569,6 +570,7 @@ func TestDetectorConfig(t *testing.T) {
 		{"IPv6 prefix", m2mauth.DetectorConfig{NewAddress: m2mauth.NewAddressRule{IPv6Prefix: 129}}},
 		{"factor", m2mauth.DetectorConfig{IssuanceSpike: m2mauth.SpikeRule{Factor: 0.5}}},
 		{"queue", m2mauth.DetectorConfig{QueueSize: -1}},
+		{"huge queue", m2mauth.DetectorConfig{QueueSize: math.MaxInt}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := m2mauth.NewDetector(nil, rec, tc.cfg)

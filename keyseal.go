@@ -76,11 +76,7 @@ func NewAESKeySealer(kek []byte, previous ...[]byte) (*AESKeySealer, error) {
 		if len(k) != KEKSize {
 			return nil, fmt.Errorf("m2mauth: %s is %d bytes, not %d", name, len(k), KEKSize)
 		}
-		var or byte
-		for _, b := range k {
-			or |= b
-		}
-		if or == 0 {
+		if allZero(k) {
 			return nil, fmt.Errorf("m2mauth: %s is all zero bytes; use %d random bytes", name, KEKSize)
 		}
 		id := kekID(k)
@@ -204,3 +200,13 @@ func ParseKEK(s string) ([]byte, error) {
 }
 
 var _ KeySealer = (*AESKeySealer)(nil)
+
+// allZero reports whether b holds zero bytes only: a key or secret that
+// was never filled in.
+func allZero(b []byte) bool {
+	var or byte
+	for _, c := range b {
+		or |= c
+	}
+	return or == 0
+}

@@ -37,12 +37,12 @@ type ValidatorConfig struct {
 	// and "none" are refused. Default: every supported algorithm.
 	Algorithms []jose.SignatureAlgorithm
 	// Leeway is the clock skew tolerated on exp, nbf and iat.
-	// Default: 30s. At most 5 minutes.
+	// Default: 30s. Negative means none. At most 5 minutes.
 	Leeway time.Duration
 	// CacheSize is the number of verified tokens remembered, so a token
 	// presented again skips signature verification and parsing (its expiry
 	// and the scopes are still checked). Negative disables the cache.
-	// Default: 10000.
+	// Default: 10000. At most 16,777,216.
 	CacheSize int
 	// Realm is the realm of the "WWW-Authenticate: Bearer" challenge.
 	// Default: "m2mauth".
@@ -121,6 +121,7 @@ type Validator struct {
 const (
 	defaultLeeway    = 30 * time.Second
 	maxLeeway        = 5 * time.Minute
+	maxCacheSize     = 1 << 24
 	defaultCacheSize = 10000
 	// maxTokenLen bounds the tokens looked at; ours are a few hundred bytes.
 	maxTokenLen = 4096
@@ -160,17 +161,22 @@ func NewValidator(keys KeyProvider, cfg ValidatorConfig) (*Validator, error) {
 	switch {
 	case cfg.Leeway == 0:
 		cfg.Leeway = defaultLeeway
-	case cfg.Leeway < 0 || cfg.Leeway > maxLeeway:
-		return nil, fmt.Errorf("m2mauth: Leeway %v outside [0, %v]", cfg.Leeway, maxLeeway)
+	case cfg.Leeway < 0:
+		cfg.Leeway = 0
+	case cfg.Leeway > maxLeeway:
+		return nil, fmt.Errorf("m2mauth: Leeway %v exceeds %v", cfg.Leeway, maxLeeway)
 	}
-	if cfg.CacheSize == 0 {
+	switch {
+	case cfg.CacheSize == 0:
 		cfg.CacheSize = defaultCacheSize
+	case cfg.CacheSize > maxCacheSize:
+		return nil, fmt.Errorf("m2mauth: CacheSize %d exceeds %d", cfg.CacheSize, maxCacheSize)
 	}
 	if cfg.Realm == "" {
 		cfg.Realm = defaultRealm
 	}
-	if strings.ContainsAny(cfg.Realm, "\"\\\r\n") {
-		return nil, errors.New("m2mauth: Realm must not contain quotes, backslashes or line breaks")
+	if !validRealm(cfg.Realm) {
+		return nil, errors.New("m2mauth: Realm must be printable ASCII without quotes or backslashes")
 	}
 	if err := checkResourceMetadataURL(cfg.ResourceMetadataURL); err != nil {
 		return nil, err
@@ -713,6 +719,18 @@ func (v *Validator) RequireAnyScope(scopes ...string) func(http.Handler) http.Ha
 		panic("m2mauth: RequireAnyScope needs at least one scope")
 	}
 	return v.require(s, Scopes.HasAny)
+}
+
+// validRealm reports whether realm can be sent as the realm of a
+// challenge (RFC 7235 §2.2) as it is: printable ASCII, without the
+// quotes and backslashes a quoted-string would have to escape.
+func validRealm(realm string) bool {
+	for i := 0; i < len(realm); i++ {
+		if c := realm[i]; c < 0x20 || c > 0x7e || c == '"' || c == '\\' {
+			return false
+		}
+	}
+	return true
 }
 
 func mustScopes(scopes []string) Scopes {

@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -667,9 +668,14 @@ func TestNewValidatorValidates(t *testing.T) {
 		{"HS384 not implemented", keys, func(c *m2mauth.ValidatorConfig) { c.Algorithms = []jose.SignatureAlgorithm{jose.HS384} }},
 		{"unknown algorithm name", keys, func(c *m2mauth.ValidatorConfig) { c.Algorithms = []jose.SignatureAlgorithm{"hs256"} }},
 		{"allowed algorithms without a key", keys, func(c *m2mauth.ValidatorConfig) { c.Algorithms = []jose.SignatureAlgorithm{jose.RS256} }},
-		{"negative leeway", keys, func(c *m2mauth.ValidatorConfig) { c.Leeway = -time.Second }},
 		{"huge leeway", keys, func(c *m2mauth.ValidatorConfig) { c.Leeway = time.Hour }},
 		{"quote in realm", keys, func(c *m2mauth.ValidatorConfig) { c.Realm = `"` }},
+		{"backslash in realm", keys, func(c *m2mauth.ValidatorConfig) { c.Realm = `a\b` }},
+		{"control character in realm", keys, func(c *m2mauth.ValidatorConfig) { c.Realm = "a\x00b" }},
+		{"tab in realm", keys, func(c *m2mauth.ValidatorConfig) { c.Realm = "a\tb" }},
+		{"non-ASCII realm", keys, func(c *m2mauth.ValidatorConfig) { c.Realm = "réalm" }},
+		// Up front, before anything is allocated for it.
+		{"cache too large", keys, func(c *m2mauth.ValidatorConfig) { c.CacheSize = math.MaxInt }},
 		{"no usable key", badKeys{}, nil},
 		{"insecure stale revocations without revocations", keys, func(c *m2mauth.ValidatorConfig) { c.InsecureAcceptStaleRevocations = true }},
 	}
@@ -685,6 +691,39 @@ func TestNewValidatorValidates(t *testing.T) {
 		})
 	}
 	assert.Panics(t, func() { (&m2mauth.Validator{}).RequireScopes("bad scope") })
+}
+
+// TestLeeway checks the tolerance on exp and nbf (RFC 7519 §4.1.4,
+// §4.1.5): the default 30s, a set one, and none when it is negative.
+func TestLeeway(t *testing.T) {
+	tests := []struct {
+		name   string
+		leeway time.Duration
+		// the longest expired and the furthest not-yet-valid token let through
+		through time.Duration
+	}{
+		{"default", 0, 30 * time.Second},
+		{"set", 5 * time.Second, 5 * time.Second},
+		{"none", -1, 0},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			p := newProtected(t, func(c *m2mauth.ValidatorConfig) { c.Leeway = tc.leeway; c.CacheSize = -1 })
+			now := p.clock()
+			h := p.v.RequireScopes("read")(echo)
+			for _, d := range []time.Duration{0, time.Second, tc.through - time.Second, tc.through, tc.through + time.Second} {
+				if d < 0 {
+					continue
+				}
+				// exp is the first instant the token is invalid: one
+				// that expired d ago passes while d < leeway.
+				expired := mint(t, keyB, "k2", "at+jwt", with(validClaims(now), "exp", now.Add(-d).Unix()))
+				assert.Equal(t, d < tc.through, call(h, "Bearer "+expired).Code == http.StatusOK, "expired %v ago", d)
+				early := mint(t, keyB, "k2", "at+jwt", with(validClaims(now), "nbf", now.Add(d).Unix(), "iat", now.Add(d).Unix()))
+				assert.Equal(t, d <= tc.through, call(h, "Bearer "+early).Code == http.StatusOK, "valid in %v", d)
+			}
+		})
+	}
 }
 
 // TestEndToEnd: a token from the token handler over a real HTTP server is

@@ -110,7 +110,10 @@ const (
 //     change (a refetch of identical keys keeps the pointer).
 //   - At most one fetch per RefreshCooldown (30s by default), whatever
 //     triggers it; concurrent callers that need one share it. A flood of
-//     tokens with made-up key ids costs the server at most that.
+//     tokens with made-up key ids costs the server at most that. The one
+//     exception: a set that goes stale (MaxStale past its expiry) after
+//     a successful fetch is fetched again at once, so a cooldown longer
+//     than that never refuses tokens while the server is healthy.
 //   - A set is fresh for its Cache-Control max-age (less Age), clamped to
 //     between 1 minute and 24 hours; 10 minutes without one; no-store
 //     and no-cache count as 0. Shortly before expiry (a minute, or a tenth
@@ -356,11 +359,19 @@ func (r *RemoteKeys) Status() RemoteKeysStatus {
 }
 
 // refresh waits for the fetch in flight, or starts one if the cooldown
-// allows, then returns the usable set or an error.
+// allows, then returns the usable set or an error. A set that the last
+// fetch brought and that has gone stale is fetched again whatever the
+// cooldown: a healthy server is not refused for a cooldown longer than
+// the set's lifetime plus MaxStale, and this costs at most one fetch per
+// remoteMinMaxAge, the shortest lifetime a set is given.
 func (r *RemoteKeys) refresh(ctx context.Context, now time.Time) (*jose.JSONWebKeySet, error) {
 	r.mu.Lock()
 	f := r.flight
-	if f == nil && (r.lastAttempt.IsZero() || !now.Before(r.lastAttempt.Add(r.cfg.RefreshCooldown))) {
+	due := r.lastAttempt.IsZero() || !now.Before(r.lastAttempt.Add(r.cfg.RefreshCooldown))
+	if s := r.snap.Load(); !due && r.lastErr == nil && s != nil && !now.Before(s.staleUntil) {
+		due = true
+	}
+	if f == nil && due {
 		f = r.start(ctx, now)
 	}
 	r.mu.Unlock()
@@ -379,7 +390,7 @@ func (r *RemoteKeys) refresh(ctx context.Context, now time.Time) (*jose.JSONWebK
 	last, at := r.lastErr, r.lastAttempt
 	r.mu.Unlock()
 	if last == nil {
-		last = errors.New("no failed fetch")
+		last = errors.New("waiting out the refresh cooldown")
 	}
 	if s := r.snap.Load(); s != nil {
 		return nil, fmt.Errorf("%w: the JWKS from %s fetched at %s is stale since %s; last attempt at %s: %w",

@@ -1094,3 +1094,54 @@ func TestValidatorWithRemoteKeys(t *testing.T) {
 	assert.Equal(t, 401, call(mint()), "an HS256 token is not verified with a key from a remote set")
 	assert.Equal(t, 200, call(newTok), "the last good set stays")
 }
+
+// TestRemoteKeysCooldownLongerThanLifetime: a RefreshCooldown longer than
+// a set's lifetime plus MaxStale must not refuse tokens while the server
+// answers: the set that went stale is fetched again at once. A fetch that
+// fails puts the cooldown back in force.
+func TestRemoteKeysCooldownLongerThanLifetime(t *testing.T) {
+	tests := []struct {
+		name            string
+		cacheControl    string
+		cooldown, stale time.Duration
+		lifetime        time.Duration // the set's lifetime plus MaxStale: one fetch each
+	}{
+		{"never stale", "max-age=300", 10 * time.Minute, -1, 5 * time.Minute},
+		{"a little stale", "max-age=60", time.Hour, 30 * time.Second, 90 * time.Second},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := t.Context()
+			clock := newRemoteClock()
+			srv := newRemoteServer(t, remoteSet(t, remoteJWK("k1", "ES256", &remoteEC(t).PublicKey)))
+			srv.cacheControl = tc.cacheControl
+			cfg := remoteConfig(clock)
+			cfg.RefreshCooldown, cfg.MaxStale = tc.cooldown, tc.stale
+			rk := newRemote(t, srv.jwksURL(), cfg)
+			_, err := rk.VerificationKeys(ctx)
+			require.NoError(t, err)
+
+			const steps = 30
+			for i := 1; i <= steps; i++ {
+				clock.Add(time.Minute)
+				_, err := rk.VerificationKeys(ctx)
+				require.NoError(t, err, "t+%dm, the server answering", i)
+			}
+			assert.LessOrEqual(t, srv.hits.Load(), int64(steps*time.Minute/tc.lifetime)+1, "one fetch per lifetime")
+
+			// The server fails: the stale set is tried once, then the
+			// cooldown holds.
+			srv.serve(http.StatusInternalServerError, []byte("{}"))
+			clock.Add(tc.lifetime)
+			_, err = rk.VerificationKeys(ctx)
+			require.ErrorIs(t, err, m2mauth.ErrKeysUnavailable)
+			hits := srv.hits.Load()
+			for range 5 {
+				clock.Add(tc.cooldown / 10)
+				_, err = rk.VerificationKeys(ctx)
+				require.ErrorIs(t, err, m2mauth.ErrKeysUnavailable)
+			}
+			assert.Equal(t, hits, srv.hits.Load(), "no fetch within the cooldown after a failure")
+		})
+	}
+}

@@ -26,6 +26,10 @@ const maxAuditText = 1024
 // transaction.
 const retryBatch = 256
 
+// maxAuditQueue bounds [AuditorConfig.QueueSize]: the queue is allocated
+// whole.
+const maxAuditQueue = 1 << 16
+
 // minRetryDelay is the wait before the first retry of a failed write; each
 // failed retry doubles it, up to [AuditorConfig.MaxRetryDelay].
 const minRetryDelay = 50 * time.Millisecond
@@ -65,7 +69,7 @@ type AuditorConfig struct {
 	// out of event order (event_time keeps it).
 	// Events queued when the process dies without [Auditor.Close] are
 	// lost. Default: 0, every event is written (or held for retry)
-	// before Audit returns.
+	// before Audit returns. At most 65,536.
 	QueueSize int
 	// BatchDelay, with a QueueSize, is how long the writer waits after
 	// taking an event from the queue for more to join its transaction,
@@ -213,8 +217,8 @@ func NewAuditor(db *sql.DB, dialect Dialect, cfg AuditorConfig) (*Auditor, error
 			*d.v = d.def
 		}
 	}
-	if cfg.QueueSize < 0 {
-		return nil, errors.New("sqlstore: AuditorConfig.QueueSize must not be negative")
+	if cfg.QueueSize < 0 || cfg.QueueSize > maxAuditQueue {
+		return nil, fmt.Errorf("sqlstore: AuditorConfig.QueueSize must be from 0 to %d", maxAuditQueue)
 	}
 	switch {
 	case cfg.BatchDelay < 0:

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -795,6 +796,8 @@ func TestNewAuditor(t *testing.T) {
 			{"SpillFile", sqlstore.AuditorConfig{SpillFile: filepath.Join(dir, "a.spill")}, true},
 			{"NegativeTimeout", sqlstore.AuditorConfig{Timeout: -time.Second}, false},
 			{"NegativeQueueSize", sqlstore.AuditorConfig{QueueSize: -1}, false},
+			{"HugeQueueSize", sqlstore.AuditorConfig{QueueSize: math.MaxInt}, false},
+			{"LargestQueueSize", sqlstore.AuditorConfig{QueueSize: 1 << 16}, true},
 			{"NegativeRetryBuffer", sqlstore.AuditorConfig{RetryBuffer: -1}, false},
 			{"NegativeMaxRetryDelay", sqlstore.AuditorConfig{MaxRetryDelay: -time.Second}, false},
 			{"NegativeCloseTimeout", sqlstore.AuditorConfig{CloseTimeout: -time.Second}, false},
