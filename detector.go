@@ -279,6 +279,12 @@ type DetectorConfig struct {
 // clients that proved they hold one, so a flood of junk cannot make them
 // forget real clients.
 //
+// A Detector counts the events of its own process only. Behind a load
+// balancer each replica counts its share: guesses spread evenly over N
+// replicas raise client_failures after N times its Threshold. Lower the
+// thresholds by the number of replicas, or alert from the audit trail
+// all replicas share (sqlstore's Usage) as well.
+//
 // A Detector is safe for concurrent use. Close stops its goroutine.
 type Detector struct {
 	next Auditor

@@ -134,21 +134,38 @@ func signingKey(d *dbSpec, alg jose.SignatureAlgorithm, keyFile string, log io.W
 	if err != nil {
 		return jose.JSONWebKey{}, err
 	}
-	// O_EXCL: a key another process wrote meanwhile is not replaced.
-	f, err := os.OpenFile(keyFile, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	err = writeNewFile(keyFile, data)
 	if errors.Is(err, fs.ErrExist) {
+		// Another process starting on the same database wrote its key
+		// first: both use that one.
 		return readKeyFile(alg, keyFile, log)
 	}
 	if err != nil {
 		return jose.JSONWebKey{}, fmt.Errorf("writing the signing key: %w", err)
 	}
-	_, err = f.Write(data)
-	if err = errors.Join(err, f.Close()); err != nil {
-		os.Remove(keyFile)
-		return jose.JSONWebKey{}, fmt.Errorf("writing the signing key: %w", err)
-	}
 	fmt.Fprintf(log, "warning: generated a new signing key and saved it to %s (mode 0600); keep it secret, and set M2MAUTH_SIGNING_KEY in production\n", keyFile)
 	return key, nil
+}
+
+// writeNewFile creates file, mode 0600, holding data, or returns an error
+// wrapping fs.ErrExist if it exists. The file appears whole or not at
+// all: data is written and synced to a temporary file beside it, which is
+// then linked into place, so a process that reads file meanwhile never
+// sees it empty or half written.
+func writeNewFile(file string, data []byte) error {
+	tmp, err := os.CreateTemp(filepath.Dir(file), "."+filepath.Base(file)+".*.tmp")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name())
+	_, err = tmp.Write(data)
+	if err == nil {
+		err = tmp.Sync()
+	}
+	if err = errors.Join(err, tmp.Close()); err != nil {
+		return err
+	}
+	return os.Link(tmp.Name(), file)
 }
 
 // encodeKey is a generated key as the example stores it: an HS256 secret

@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/go-jose/go-jose/v4"
@@ -334,4 +335,34 @@ func TestSigningKeyAlgorithms(t *testing.T) {
 		require.NoError(t, err)
 		assert.Equal(t, string(jose.RS256), k.Algorithm)
 	})
+}
+
+// TestSigningKeyFirstStartTogether: servers started at once on a new
+// SQLite database each find no key, generate one and save it; they must
+// all end up with the one saved first, and none may read the file before
+// it is whole.
+func TestSigningKeyFirstStartTogether(t *testing.T) {
+	const rounds, servers = 50, 4
+	for _, alg := range []jose.SignatureAlgorithm{jose.HS256, jose.ES256} {
+		t.Run(string(alg), func(t *testing.T) {
+			for i := range rounds {
+				d, err := parseDB(filepath.Join(t.TempDir(), "m.db"))
+				require.NoError(t, err)
+				keys := make([]jose.JSONWebKey, servers)
+				errs := make([]error, servers)
+				var wg sync.WaitGroup
+				for j := range servers {
+					wg.Go(func() { keys[j], errs[j] = signingKey(d, alg, "", &bytes.Buffer{}) })
+				}
+				wg.Wait()
+				for j := range servers {
+					require.NoError(t, errs[j], "round %d, server %d", i, j)
+					require.Equal(t, keys[0].KeyID, keys[j].KeyID, "round %d, server %d", i, j)
+				}
+				left, err := filepath.Glob(filepath.Join(filepath.Dir(d.file), ".*.tmp"))
+				require.NoError(t, err)
+				require.Empty(t, left, "temporary files left behind")
+			}
+		})
+	}
 }
