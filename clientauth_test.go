@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
@@ -482,6 +483,65 @@ func TestMaxConcurrentRequests(t *testing.T) {
 
 	close(bs.release)
 	assert.Equal(t, 200, <-first)
+}
+
+// stalledBody is a request body that gives its first bytes, then waits
+// until release is closed before it ends; reading tells that the handler
+// has begun to read it.
+type stalledBody struct {
+	first            io.Reader
+	reading, release chan struct{}
+	once             sync.Once
+}
+
+func (b *stalledBody) Read(p []byte) (int, error) {
+	if n, _ := b.first.Read(p); n > 0 {
+		return n, nil
+	}
+	b.once.Do(func() { b.reading <- struct{}{} })
+	<-b.release
+	return 0, io.ErrUnexpectedEOF
+}
+
+// TestSlowBodyHoldsNoTurn: requests whose bodies arrive slowly (a
+// slowloris) do not take the turns of MaxConcurrentRequests, so they
+// cannot keep a client that sends its request at once from a token.
+func TestSlowBodyHoldsNoTurn(t *testing.T) {
+	f := newFixture(t)
+	h, err := m2mauth.NewTokenHandler(f.store, f.keys, m2mauth.TokenHandlerConfig{
+		Issuer: testIssuer, DefaultAudience: testAudience, Auditor: m2mauth.AuditorFunc(f.audit),
+		Now: f.clock, StoreTimeout: 50 * time.Millisecond, MaxConcurrentRequests: 2, Logger: discardLogger(),
+	})
+	require.NoError(t, err)
+	// As many as there are turns: were they taken, the next request
+	// would wait StoreTimeout for one and get 503.
+	const slow = 2
+	reading, release := make(chan struct{}, slow), make(chan struct{})
+	codes := make(chan int, slow)
+	for range slow {
+		go func() {
+			body := &stalledBody{first: strings.NewReader("grant_type=client"), reading: reading, release: release}
+			r := httptest.NewRequest(http.MethodPost, "https://m2mauth.test/oauth/token", body)
+			r.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+			r.Header.Set("Authorization", basic("svc", f.secret))
+			w := httptest.NewRecorder()
+			h.ServeHTTP(w, r)
+			codes <- w.Code
+		}()
+	}
+	for range slow {
+		<-reading
+	}
+
+	f.handler = h
+	w, resp := f.do(t, request{body: "grant_type=client_credentials", headers: auth(basic("svc", f.secret))})
+	assert.Equal(t, http.StatusOK, w.Code, "%+v", resp)
+	assert.NotEmpty(t, resp.AccessToken)
+
+	close(release)
+	for range slow {
+		assert.Equal(t, http.StatusBadRequest, <-codes, "a body cut short")
+	}
 }
 
 // healthAuditor records events and reports a health that tests set.

@@ -97,7 +97,9 @@ type TokenHandlerConfig struct {
 	StoreTimeout time.Duration
 	// MaxConcurrentRequests bounds the requests handled at once by the
 	// token endpoint and its revocation and introspection endpoints
-	// together; others wait up to StoreTimeout for a turn, then get 503
+	// together, from the end of reading the request (so a client that
+	// sends its body slowly holds no turn) to the end of its audit
+	// event; others wait up to StoreTimeout for a turn, then get 503
 	// with Retry-After. Negative means no bound. Default: 512.
 	MaxConcurrentRequests int
 	// SlowHashConcurrency bounds the argon2id and bcrypt verifications
@@ -382,14 +384,18 @@ func (h *TokenHandler) serve(w http.ResponseWriter, r *http.Request, ep endpoint
 		start := req.now
 		defer func() { t.requestDone(r.Context(), start, status) }()
 	}
-	if h.inflight != nil {
-		if err := h.enter(r.Context()); err != nil {
-			status = h.fail(w, r, &ev, err)
-			return
+	err := h.admitted(w, r, p, &req, &ev, bp)
+	// The turn is taken once the request is read: a client that sends
+	// its body slowly holds its own connection, not a turn.
+	if err == nil && h.inflight != nil {
+		if err = h.enter(r.Context()); err == nil {
+			defer func() { <-h.inflight }()
 		}
-		defer func() { <-h.inflight }()
 	}
-	body, err := h.authenticated(w, r, p, &req, &ev, bp, rh, ih)
+	var body []byte
+	if err == nil {
+		body, err = h.authenticated(r, &req, &ev, bp, rh, ih)
+	}
 	if err != nil {
 		status = h.fail(w, r, &ev, err)
 		return
@@ -399,22 +405,28 @@ func (h *TokenHandler) serve(w http.ResponseWriter, r *http.Request, ep endpoint
 	h.cfg.Auditor.Audit(r.Context(), ev)
 }
 
-// authenticated runs the first steps of the request flow of DESIGN.md,
-// one each: admit the request, parse it, authenticate the client; then
-// it runs the endpoint's own step. Each step returns the response body,
-// built in *bp, or the error to answer with, and fills ev as it learns;
-// on success it sets ev.Type.
-func (h *TokenHandler) authenticated(w http.ResponseWriter, r *http.Request, p peer, req *tokenRequest, ev *AuditEvent, bp *[]byte, rh *RevocationHandler, ih *IntrospectionHandler) ([]byte, error) {
+// admitted runs the first steps of the request flow of DESIGN.md: admit
+// the request, then read and parse it into req. It fills ev as it
+// learns, and returns the error to answer with.
+func (h *TokenHandler) admitted(w http.ResponseWriter, r *http.Request, p peer, req *tokenRequest, ev *AuditEvent, bp *[]byte) error {
 	if err := h.admit(w, r, p, ev); err != nil {
-		return nil, err
+		return err
 	}
 	if err := h.parse(r, req, bp); err != nil {
 		if asError(err).Code == CodeInvalidClient {
 			ev.Reason = ReasonMalformedCredentials
 		}
-		return nil, err
+		return err
 	}
 	ev.ClientID = auditString(req.cred.id)
+	return nil
+}
+
+// authenticated authenticates the client of the parsed request req, then
+// runs the endpoint's own step. Each step returns the response body,
+// built in *bp, or the error to answer with, and fills ev as it learns;
+// on success it sets ev.Type.
+func (h *TokenHandler) authenticated(r *http.Request, req *tokenRequest, ev *AuditEvent, bp *[]byte, rh *RevocationHandler, ih *IntrospectionHandler) ([]byte, error) {
 	c, err := h.auth.authenticate(r.Context(), &req.cred, req.addrKey, req.now, ev)
 	if err != nil {
 		return nil, err

@@ -39,6 +39,9 @@ const (
 	ReasonActive = "active"
 	// ReasonInactive: the token was answered inactive.
 	ReasonInactive = "inactive"
+	// ReasonNotAllowed: the token verified, but the caller may not
+	// introspect it, so it was answered inactive (RFC 7662 §2.2).
+	ReasonNotAllowed = "not_allowed"
 )
 
 // IntrospectionHandler is the token introspection endpoint (RFC 7662) of
@@ -61,8 +64,9 @@ const (
 // The "token" parameter is required and "token_type_hint" is ignored
 // (RFC 7662 §2.1). A caller whose [Client.CanIntrospect] is set may
 // introspect any token; any other caller only tokens whose audience
-// includes its own client id, and gets 403 unauthorized_client for a
-// valid token that does not. The answer is {"active":false} for a token
+// includes its own client id. The answer is {"active":false} for a token
+// the caller may not introspect (RFC 7662 §2.2: an error there would tell
+// the caller that the token is genuine), for one
 // that does not verify with the token handler's keys and issuer, has
 // expired (by the handler's clock, without leeway), is revoked (by
 // IntrospectionConfig.Revocations, or its client's
@@ -75,8 +79,8 @@ const (
 // 500, never active.
 //
 // Each introspection is audited as an [EventTokenIntrospected] naming the
-// caller, the token's jti when it verified, and [ReasonActive] or
-// [ReasonInactive]; never the token. An IntrospectionHandler is safe for
+// caller, the token's jti when it verified, and [ReasonActive],
+// [ReasonInactive] or [ReasonNotAllowed]; never the token. An IntrospectionHandler is safe for
 // concurrent use.
 type IntrospectionHandler struct {
 	h     *TokenHandler
@@ -159,9 +163,11 @@ func (ih *IntrospectionHandler) introspect(ctx context.Context, req *tokenReques
 	}
 	ev.JTI = auditString(claims.ID)
 	if !c.CanIntrospect && !claims.Audience.Contains(c.ID) {
-		e := NewError(CodeUnauthorizedClient, "this client may not introspect this token")
-		e.Status = http.StatusForbidden
-		return nil, e
+		// Inactive to this caller (RFC 7662 §2.2), as a forged token is:
+		// an error would tell it which tokens are genuine.
+		body, err := inactive()
+		ev.Reason = ReasonNotAllowed
+		return body, err
 	}
 	active, err := ih.active(ctx, req.now, claims, c)
 	if err != nil {

@@ -55,6 +55,7 @@ func TestIntrospectionHandler(t *testing.T) {
 		code      string // error code, when status is not 200
 		challenge bool
 		active    bool
+		reason    string // Reason of an inactive answer's event; default ReasonInactive
 		caller    string // ClientID of the introspection event; default introspector
 	}{
 		{
@@ -156,11 +157,24 @@ func TestIntrospectionHandler(t *testing.T) {
 			status: 200,
 		},
 		{
-			name: "RFC 7662 §2.1: a caller may not introspect a token for another audience: 403",
+			// An error here would tell the caller that the token is
+			// genuine, where a forged one is inactive.
+			name: "RFC 7662 §2.2: a valid token the caller may not introspect (another audience) is inactive to it",
 			req: func(e *fx, tok string) request {
 				return request{body: form(tok), headers: auth(basic("svc", e.secret))}
 			},
-			status: 403, code: "unauthorized_client",
+			status: 200, caller: "svc", reason: m2mauth.ReasonNotAllowed,
+		},
+		{
+			name: "RFC 7662 §2.2: a revoked token the caller may not introspect is inactive to it",
+			setup: func(t testing.TB, e *fx, tok string) {
+				f := factsOf(t, tok)
+				require.NoError(t, e.store.RevokeToken(ctx, f.ClientID, f.JTI, time.Unix(f.EXP, 0)))
+			},
+			req: func(e *fx, tok string) request {
+				return request{body: form(tok), headers: auth(basic("svc", e.secret))}
+			},
+			status: 200, caller: "svc", reason: m2mauth.ReasonNotAllowed,
 		},
 		{
 			name:  "RFC 7662 §2.2: an invalid token is inactive for any caller",
@@ -264,7 +278,11 @@ func TestIntrospectionHandler(t *testing.T) {
 				assert.Equal(t, factsOf(t, tok).JTI, ev.JTI)
 			} else {
 				assert.JSONEq(t, `{"active":false}`, w.Body.String())
-				assert.Equal(t, m2mauth.ReasonInactive, ev.Reason)
+				reason := tc.reason
+				if reason == "" {
+					reason = m2mauth.ReasonInactive
+				}
+				assert.Equal(t, reason, ev.Reason)
 			}
 			e.assertNoTokenOrSecret(t, tok)
 		})
