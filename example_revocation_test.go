@@ -151,11 +151,12 @@ func ExampleTokenHandler_IntrospectionHandler() {
 	json.Unmarshal([]byte(body), &info)
 	fmt.Println(status, info.Active, info.ClientID, info.Scope, info.Audience, info.TokenType)
 
-	// A client that is neither the token's audience nor allowed to
-	// introspect any token is refused.
+	// To a client that is neither the token's audience nor allowed to
+	// introspect any token, it is inactive (RFC 7662 §2.2), as a forged
+	// one would be.
 	status, body = examplePost(mux, "/oauth/introspect", "reporting-service", clientSecret, url.Values{"token": {tok.AccessToken}})
 	fmt.Println(status, body)
 	// Output:
 	// 200 true reporting-service read:builders https://api.example.com Bearer
-	// 403 {"error":"unauthorized_client","error_description":"this client may not introspect this token"}
+	// 200 {"active":false}
 }
