@@ -144,6 +144,7 @@ type Auditor struct {
 	// insert, which Audit runs.
 	inserts   [auditChunkBits + 1]lazyStmt
 	db        *sql.DB
+	dialect   Dialect
 	now       func() time.Time
 	timeout   time.Duration
 	fallback  m2mauth.Auditor
@@ -257,6 +258,7 @@ func NewAuditor(db *sql.DB, dialect Dialect, cfg AuditorConfig) (*Auditor, error
 	}
 	a := &Auditor{
 		db:        db,
+		dialect:   dialect,
 		now:       cfg.Now,
 		timeout:   cfg.Timeout,
 		fallback:  cfg.Fallback,
@@ -582,7 +584,7 @@ func (a *Auditor) writeBatch(ctx context.Context, batch []m2mauth.AuditEvent) (e
 			batch = batch[n:]
 		}
 	}
-	return tx.Commit()
+	return commit(ctx, tx, a.dialect)
 }
 
 // run is the background goroutine: it writes queued events in batches and

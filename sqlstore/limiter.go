@@ -781,7 +781,7 @@ func (l *Limiter) update(ctx context.Context, id, ip string, f func(a, p *limitR
 				return err
 			}
 		}
-		return tx.Commit()
+		return commit(ctx, tx, l.dialect)
 	})
 }
 

@@ -171,7 +171,7 @@ func (s *Store) Migrate(ctx context.Context) (err error) {
 				// promise what it cannot keep.
 				err = s.applyMigration(ctx, conn, m)
 			} else {
-				err = inTx(ctx, conn, nil, func(q querier) error { return s.applyMigration(ctx, q, m) })
+				err = inTx(ctx, conn, s.dialect, func(q querier) error { return s.applyMigration(ctx, q, m) })
 			}
 			if err != nil {
 				return err

@@ -709,7 +709,7 @@ func (s *Store) write(ctx context.Context, f func(q querier) error) error {
 	}
 	var b backoff
 	for try := 1; ; try++ {
-		err := inTx(ctx, s.db, nil, f)
+		err := inTx(ctx, s.db, s.dialect, f)
 		if err == nil || try == maxWriteTries || !txConflict(err) {
 			return err
 		}
@@ -729,11 +729,11 @@ type querier interface {
 	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
 }
 
-// inTx runs f in a transaction begun on b.
+// inTx runs f in a transaction begun on b, of dialect d.
 func inTx(ctx context.Context, b interface {
 	BeginTx(context.Context, *sql.TxOptions) (*sql.Tx, error)
-}, opts *sql.TxOptions, f func(q querier) error) error {
-	tx, err := b.BeginTx(ctx, opts)
+}, d Dialect, f func(q querier) error) error {
+	tx, err := b.BeginTx(ctx, nil)
 	if err != nil {
 		return err
 	}
@@ -741,7 +741,29 @@ func inTx(ctx context.Context, b interface {
 		_ = tx.Rollback()
 		return err
 	}
-	return tx.Commit()
+	return commit(ctx, tx, d)
+}
+
+// commit commits tx, of dialect d, within ctx. MySQL's driver commits
+// without a context: a server that stalls at that moment would hold the
+// caller until the connection's read timeout, past every timeout of
+// ours (a token request's StoreTimeout, an audit write's Timeout, Close).
+// There, commit waits for ctx at most, and reports a commit it gave up on
+// as ctx's error. That commit goes on in the background, holding its
+// connection, and may still succeed: like any write that times out, its
+// outcome is unknown to the caller.
+func commit(ctx context.Context, tx *sql.Tx, d Dialect) error {
+	if d != MySQL || ctx.Done() == nil {
+		return tx.Commit()
+	}
+	done := make(chan error, 1)
+	go func() { done <- tx.Commit() }()
+	select {
+	case err := <-done:
+		return err
+	case <-ctx.Done():
+		return fmt.Errorf("commit: %w", context.Cause(ctx))
+	}
 }
 
 // withImmediate runs f in a SQLite transaction begun with BEGIN IMMEDIATE

@@ -1,0 +1,191 @@
+package sqlstore_test
+
+import (
+	"bytes"
+	"context"
+	"database/sql"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/go-sql-driver/mysql"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/m2mauth/m2mauth"
+	"github.com/m2mauth/m2mauth/sqlstore"
+)
+
+// stallProxy forwards TCP connections to a database server and, while
+// armed, holds every packet from the client that carries hold (a
+// statement's text), as a server that stalls just then would, until it
+// is disarmed.
+type stallProxy struct {
+	ln      net.Listener
+	target  string
+	hold    []byte
+	armed   atomic.Bool
+	mu      sync.Mutex
+	release chan struct{} // closed by disarm
+	wg      sync.WaitGroup
+}
+
+func newStallProxy(t *testing.T, target string, hold []byte) *stallProxy {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	p := &stallProxy{ln: ln, target: target, hold: hold, release: make(chan struct{})}
+	p.wg.Go(p.accept)
+	t.Cleanup(func() {
+		p.disarm()
+		ln.Close()
+		p.wg.Wait()
+	})
+	return p
+}
+
+func (p *stallProxy) arm() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.release = make(chan struct{})
+	p.armed.Store(true)
+}
+
+func (p *stallProxy) disarm() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.armed.Swap(false) {
+		close(p.release)
+	}
+}
+
+func (p *stallProxy) accept() {
+	for {
+		c, err := p.ln.Accept()
+		if err != nil {
+			return
+		}
+		s, err := net.Dial("tcp", p.target)
+		if err != nil {
+			c.Close()
+			continue
+		}
+		p.wg.Go(func() { io.Copy(c, s); c.Close() })
+		p.wg.Go(func() { p.forward(s, c); s.Close() })
+	}
+}
+
+// forward copies what the client sends, holding what carries p.hold
+// while armed.
+func (p *stallProxy) forward(dst, src net.Conn) {
+	buf := make([]byte, 64<<10)
+	for {
+		n, err := src.Read(buf)
+		if n > 0 {
+			if p.armed.Load() && bytes.Contains(buf[:n], p.hold) {
+				p.mu.Lock()
+				release := p.release
+				p.mu.Unlock()
+				<-release
+			}
+			if _, werr := dst.Write(buf[:n]); werr != nil {
+				return
+			}
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+// TestMySQLStalledCommit: the MySQL driver commits without a context, so
+// a server that stalls on COMMIT held every transaction until the
+// connection's read timeout (a minute in the example), past the
+// caller's deadline: a token request's StoreTimeout, an audit write's
+// Timeout. Each transaction must end with its context.
+func TestMySQLStalledCommit(t *testing.T) {
+	for _, b := range backends() {
+		if b.dialect != sqlstore.MySQL {
+			continue
+		}
+		t.Run(b.name, func(t *testing.T) {
+			e := &env{backend: b, dsn: b.dsn(t)}
+			e.db = e.open(t)
+			cfg, err := mysql.ParseDSN(e.dsn)
+			require.NoError(t, err)
+			proxy := newStallProxy(t, cfg.Addr, []byte("\x03COMMIT"))
+			cfg.Addr = proxy.ln.Addr().String()
+			// Without a bound of ours, a stalled commit would end here.
+			cfg.ReadTimeout = 20 * time.Second
+			db, err := sql.Open("mysql", cfg.FormatDSN())
+			require.NoError(t, err)
+			t.Cleanup(func() { db.Close() })
+
+			prefix := e.newPrefix(t)
+			store, err := sqlstore.New(db, sqlstore.MySQL, sqlstore.Config{TablePrefix: prefix})
+			require.NoError(t, err)
+			require.NoError(t, store.Migrate(t.Context()))
+			t.Cleanup(func() { store.Close() })
+			require.NoError(t, store.CreateClient(t.Context(), clientWithSecrets(t, "stalled", 1)))
+			// Queued events are written in transactions (one event
+			// alone is not).
+			auditor, err := sqlstore.NewAuditor(db, sqlstore.MySQL, sqlstore.AuditorConfig{
+				TablePrefix: prefix, QueueSize: 16, Timeout: 300 * time.Millisecond, CloseTimeout: time.Second,
+				Logger: slog.New(slog.DiscardHandler),
+			})
+			require.NoError(t, err)
+			limiter, err := sqlstore.NewLimiter(db, sqlstore.MySQL, sqlstore.LimiterConfig{TablePrefix: prefix})
+			require.NoError(t, err)
+			t.Cleanup(func() { limiter.Close() })
+
+			const deadline = 300 * time.Millisecond
+			// Well under the read timeout, and far above the deadline,
+			// for a loaded machine.
+			const bound = 10 * time.Second
+			steps := []struct {
+				name string
+				run  func(ctx context.Context) error
+			}{
+				{"Store.SetDisabled", func(ctx context.Context) error { return store.SetDisabled(ctx, "stalled", true) }},
+				{"Limiter.Reserve", func(ctx context.Context) error {
+					_, err := limiter.Reserve(ctx, "stalled", "192.0.2.7")
+					return err
+				}},
+				{"Auditor", func(context.Context) error {
+					// The write fails once its Timeout has passed, and
+					// the auditor says so (RequireAudit then refuses
+					// tokens).
+					auditor.Audit(t.Context(), m2mauth.AuditEvent{Time: time.Now(), Type: m2mauth.EventTokenIssued, ClientID: "stalled"})
+					for start := time.Now(); time.Since(start) < bound; time.Sleep(10 * time.Millisecond) {
+						if err := auditor.AuditHealth(); err != nil {
+							return err
+						}
+					}
+					return nil
+				}},
+			}
+			for _, st := range steps {
+				t.Run(st.name, func(t *testing.T) {
+					proxy.arm()
+					defer proxy.disarm()
+					ctx, cancel := context.WithTimeout(t.Context(), deadline)
+					defer cancel()
+					start := time.Now()
+					err := st.run(ctx)
+					took := time.Since(start)
+					require.Error(t, err, "a commit that never answered succeeded")
+					assert.True(t, errors.Is(err, context.DeadlineExceeded) || st.name == "Auditor", "%v", err)
+					assert.Less(t, took, bound, "held past its deadline: %v", err)
+				})
+			}
+			start := time.Now()
+			auditor.Close()
+			assert.Less(t, time.Since(start), bound, "Close")
+		})
+	}
+}
