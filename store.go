@@ -256,6 +256,22 @@ type ClientManager interface {
 	ListClients(ctx context.Context, after string, limit int) ([]*Client, error)
 }
 
+// SecretRotator is implemented by client managers that rotate a client's
+// secret in one step, as memstore and sqlstore do. Rotating with
+// AddSecret and ExpireSecret takes several steps, which a failure can cut
+// short and two administrators can interleave.
+type SecretRotator interface {
+	// RotateSecret adds s to the client and, in the same change, makes
+	// each of its other secrets expire at othersExpireAt, unless it
+	// expires earlier already: a rotation never lengthens a secret's
+	// life, so a routine rotation with a long grace period, run at the
+	// same time as one without (a leaked secret), cannot revive the
+	// leaked secret. othersExpireAt must not be zero. It returns an error
+	// wrapping [ErrClientNotFound] for an unknown client, and changes
+	// nothing on error.
+	RotateSecret(ctx context.Context, clientID string, s Secret, othersExpireAt time.Time) error
+}
+
 // ChangedFields names the fields that [ClientManager.UpdateClient] sets
 // and that differ between a and b, comma-separated in the order of the
 // Client's fields ("grants,public,disabled,token_ttl,introspect"); grants are

@@ -242,9 +242,9 @@ func clientCommand(g globals, args []string, stdout, stderr io.Writer, mainUsage
 	case "show":
 		return showClient(ctx, store, id, enc)
 	case "rotate-secret":
-		c, err := store.Client(ctx, id)
-		if err != nil {
-			return named(err)
+		rotator, ok := store.(m2mauth.SecretRotator)
+		if !ok {
+			return fmt.Errorf("the %s store cannot rotate a secret in one step", b.kind)
 		}
 		now := time.Now()
 		until := now.Add(grace)
@@ -252,15 +252,10 @@ func clientCommand(g globals, args []string, stdout, stderr io.Writer, mainUsage
 		if err != nil {
 			return err
 		}
-		if err := store.AddSecret(ctx, id, s); err != nil {
+		// One change: the new secret, and the old ones ending at the
+		// grace period (or sooner, as they were), or nothing at all.
+		if err := rotator.RotateSecret(ctx, id, s, until); err != nil {
 			return named(err)
-		}
-		for _, old := range c.Secrets {
-			if old.ActiveAt(until) { // ends at the grace period, or sooner
-				if err := store.ExpireSecret(ctx, id, old.ID, until); err != nil {
-					return named(err)
-				}
-			}
 		}
 		out := map[string]string{
 			"client_id": id, "client_secret": plain, "secret_id": s.ID,
@@ -271,7 +266,12 @@ func clientCommand(g globals, args []string, stdout, stderr io.Writer, mainUsage
 			// no token issued from then on comes from an old secret.
 			at, err := revokeClientTokens(ctx, b, id)
 			if err != nil {
-				return named(err)
+				// The secret is rotated: its new value must not be
+				// lost with the error.
+				if eerr := enc.Encode(out); eerr != nil {
+					return eerr
+				}
+				return fmt.Errorf("client %q: the secret was rotated (above), but its tokens were not revoked; run \"client revoke-tokens -id %s\": %w", id, id, err)
 			}
 			out["tokens_revoked_at"] = at.Format(time.RFC3339Nano)
 		}

@@ -273,3 +273,52 @@ func TestClientUpdateRacesDisable(t *testing.T) {
 		})
 	}
 }
+
+// TestClientRotateSecretRacesUrgent runs a routine "client rotate-secret
+// -grace 24h" and an urgent one with no grace (a leaked secret) on one
+// client at once: whichever commits last, the original secret must end
+// at the urgent one's time, not a day later.
+func TestClientRotateSecretRacesUrgent(t *testing.T) {
+	const rounds = 10
+	for _, b := range testDatabases() {
+		t.Run(b.name, func(t *testing.T) {
+			db := b.db(t)
+			var suffix [4]byte
+			rand.Read(suffix[:])
+			for i := range rounds {
+				id := fmt.Sprintf("rot-%x-%d", suffix, i)
+				c := func(args ...string) cliResult { return cli(append([]string{"-db", db, "client"}, args...)...) }
+				t.Cleanup(func() { c("delete", "-id", id) })
+				c("create", "-id", id, "-scopes", "read").ok(t)
+				leaked := decodeView(t, c("show", "-id", id).ok(t)).Secrets[0].ID
+
+				var wg sync.WaitGroup
+				var routine, urgent cliResult
+				wg.Go(func() { routine = c("rotate-secret", "-id", id, "-grace", "24h") })
+				wg.Go(func() { urgent = c("rotate-secret", "-id", id, "-grace", "0s") })
+				wg.Wait()
+				routine.ok(t)
+				var out struct {
+					Expire time.Time `json:"previous_secrets_expire_at"`
+				}
+				require.NoError(t, json.Unmarshal([]byte(urgent.ok(t)), &out))
+
+				var v struct {
+					Secrets []struct {
+						ID        string     `json:"id"`
+						ExpiresAt *time.Time `json:"expires_at"`
+					} `json:"secrets"`
+				}
+				require.NoError(t, json.Unmarshal([]byte(c("show", "-id", id).ok(t)), &v))
+				require.Len(t, v.Secrets, 3, "round %d", i)
+				for _, s := range v.Secrets {
+					if s.ID == leaked {
+						require.NotNil(t, s.ExpiresAt, "round %d: the leaked secret does not expire", i)
+						// out.Expire is in whole seconds.
+						require.False(t, s.ExpiresAt.After(out.Expire.Add(time.Second)), "round %d: the leaked secret lives until %v, past %v", i, s.ExpiresAt, out.Expire)
+					}
+				}
+			}
+		})
+	}
+}

@@ -20,6 +20,7 @@ package memstore
 import (
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"hash/maphash"
 	"maps"
@@ -324,6 +325,37 @@ func (s *Store) AddSecret(ctx context.Context, clientID string, sec m2mauth.Secr
 			return nil, err
 		}
 		return []m2mauth.AuditEvent{event(now, m2mauth.EventSecretAdded, clientID, sec.ID, "")}, nil
+	})
+}
+
+// RotateSecret adds sec to a client, as [Store.AddSecret] does, and in
+// the same change makes each of its other secrets expire at
+// othersExpireAt, unless it expires earlier already: a rotation never
+// lengthens a secret's life, so one with a long grace period run beside
+// one with none (a leaked secret) cannot revive the leaked secret, and
+// a rotation that fails changes nothing. It sends
+// [m2mauth.EventSecretAdded], then an [m2mauth.EventSecretExpiring] for
+// each secret whose expiry it moved.
+func (s *Store) RotateSecret(ctx context.Context, clientID string, sec m2mauth.Secret, othersExpireAt time.Time) error {
+	if othersExpireAt.IsZero() {
+		return errors.New("memstore: RotateSecret needs the time the other secrets expire")
+	}
+	return s.modify(ctx, clientID, func(c *m2mauth.Client, now time.Time) ([]m2mauth.AuditEvent, error) {
+		others := len(c.Secrets)
+		c.Secrets = append(c.Secrets, sec)
+		if err := c.Validate(); err != nil {
+			return nil, err
+		}
+		events := []m2mauth.AuditEvent{event(now, m2mauth.EventSecretAdded, clientID, sec.ID, "")}
+		for i := range c.Secrets[:others] {
+			o := &c.Secrets[i]
+			if !o.ExpiresAt.IsZero() && !o.ExpiresAt.After(othersExpireAt) {
+				continue
+			}
+			events = append(events, event(now, m2mauth.EventSecretExpiring, clientID, o.ID, m2mauth.ExpiryChange(o.ExpiresAt, othersExpireAt)))
+			o.ExpiresAt = othersExpireAt
+		}
+		return events, nil
 	})
 }
 

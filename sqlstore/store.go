@@ -463,6 +463,52 @@ func (s *Store) AddSecret(ctx context.Context, clientID string, sec m2mauth.Secr
 	})
 }
 
+// RotateSecret adds sec to a client, as [Store.AddSecret] does, and in
+// the same transaction makes each of its other secrets expire at
+// othersExpireAt, unless it expires earlier already: a rotation never
+// lengthens a secret's life, so one with a long grace period run beside
+// one with none (a leaked secret) cannot revive the leaked secret, and
+// a rotation that fails changes nothing. It sends
+// [m2mauth.EventSecretAdded], then an [m2mauth.EventSecretExpiring] for
+// each secret whose expiry it moved.
+func (s *Store) RotateSecret(ctx context.Context, clientID string, sec m2mauth.Secret, othersExpireAt time.Time) error {
+	if othersExpireAt.IsZero() {
+		return errors.New("sqlstore: RotateSecret needs the time the other secrets expire")
+	}
+	return s.modify(ctx, clientID, true, func(q querier, cur *m2mauth.Client, now time.Time) ([]m2mauth.AuditEvent, error) {
+		others := cur.Secrets
+		cur.Secrets = append(cur.Secrets[:len(others):len(others)], sec)
+		if err := cur.Validate(); err != nil {
+			return nil, err
+		}
+		if err := checkColumns(&m2mauth.Client{Secrets: []m2mauth.Secret{sec}}); err != nil {
+			return nil, err
+		}
+		var seq int64
+		if err := q.QueryRowContext(ctx, s.q.nextSecretSeq, clientID).Scan(&seq); err != nil {
+			return nil, err
+		}
+		if err := s.insertSecret(ctx, q, clientID, seq, sec); err != nil {
+			return nil, err
+		}
+		events := []m2mauth.AuditEvent{event(now, m2mauth.EventSecretAdded, clientID, sec.ID, "")}
+		at := othersExpireAt.Truncate(time.Microsecond)
+		for _, o := range others {
+			if !o.ExpiresAt.IsZero() && !o.ExpiresAt.After(at) {
+				continue
+			}
+			if _, err := q.ExecContext(ctx, s.q.expireSecret, nullMicros(at), clientID, o.ID); err != nil {
+				return nil, err
+			}
+			events = append(events, event(now, m2mauth.EventSecretExpiring, clientID, o.ID, m2mauth.ExpiryChange(o.ExpiresAt, at)))
+		}
+		if err := s.touch(ctx, q, clientID, now); err != nil {
+			return nil, err
+		}
+		return events, nil
+	})
+}
+
 // ExpireSecret sets the expiry of one secret (a zero at removes it) and
 // the client's UpdatedAt. It returns an error wrapping
 // [m2mauth.ErrSecretNotFound] for an unknown secret id. Expiry times are

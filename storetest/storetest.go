@@ -12,7 +12,8 @@
 // The suite checks lookups, validation (an invalid client is refused and
 // nothing is stored), copy semantics (a store neither keeps nor hands out a
 // reference it shares with a caller), the secret methods, pagination and
-// safety under concurrent use. CanIntrospect round-trips like the other
+// safety under concurrent use, and [m2mauth.SecretRotator] when the store
+// implements it. CanIntrospect round-trips like the other
 // fields a caller sets; TokensRevokedAt is kept as CreateClient was given
 // it (normally zero) and UpdateClient leaves it as stored.
 //
@@ -220,6 +221,7 @@ func Run(t *testing.T, newStore func(t *testing.T) m2mauth.ClientManager, opts .
 		{"UpdateStaleCopy", testUpdateStaleCopy},
 		{"UpdateInvalid", testUpdateInvalid},
 		{"Secrets", testSecrets},
+		{"RotateSecret", testRotateSecret},
 		{"SecretHashFormats", testSecretHashFormats},
 		{"SecretNotFound", testSecretNotFound},
 		{"SecretInvalid", testSecretInvalid},
@@ -770,6 +772,92 @@ func testUpdateInvalid(t *testing.T, s m2mauth.ClientManager) {
 			assertUnchanged(t, s, before)
 		})
 	}
+}
+
+// testRotateSecret checks [m2mauth.SecretRotator], for stores that
+// implement it: the new secret is added and the others' expiry brought
+// forward, never pushed back, in one change that a failure leaves undone.
+func testRotateSecret(t *testing.T, s m2mauth.ClientManager) {
+	r, ok := s.(m2mauth.SecretRotator)
+	if !ok {
+		t.Skip("the store does not implement m2mauth.SecretRotator")
+	}
+	ctx := t.Context()
+	now := utcNow()
+	plain0, s0 := newSecret(t, now.Add(-time.Hour), time.Time{})
+	_, s1 := newSecret(t, now.Add(-time.Hour), now.Add(10*time.Minute))
+	mustCreate(t, s, &m2mauth.Client{ID: "rot", Secrets: []m2mauth.Secret{s0, s1}, Grants: map[string]m2mauth.Scopes{api: {"read"}}})
+
+	expiries := func() map[string]time.Time {
+		out := map[string]time.Time{}
+		for _, sec := range mustGet(t, s, "rot").Secrets {
+			out[sec.ID] = sec.ExpiresAt
+		}
+		return out
+	}
+	assertExpiries := func(want map[string]time.Time) {
+		t.Helper()
+		got := expiries()
+		require.Len(t, got, len(want))
+		for id, at := range want {
+			require.Contains(t, got, id)
+			assertSameTime(t, at, got[id], "ExpiresAt of %q", id)
+		}
+	}
+
+	// A rotation with a grace period: the new secret as given, s0 until
+	// the grace ends, s1 (ending sooner) as it was.
+	plain2, s2 := newSecret(t, now, time.Time{})
+	grace := now.Add(time.Hour)
+	prev := mustGet(t, s, "rot")
+	require.NoError(t, r.RotateSecret(ctx, "rot", s2, grace))
+	assertExpiries(map[string]time.Time{s0.ID: grace, s1.ID: s1.ExpiresAt, s2.ID: {}})
+	got := mustGet(t, s, "rot")
+	assertVerifies(t, got, s2.ID, plain2)
+	assertVerifies(t, got, s0.ID, plain0)
+	assert.True(t, got.UpdatedAt.After(prev.UpdatedAt), "UpdatedAt")
+
+	// Refused, and nothing changes: a duplicate id, no expiry for the
+	// others, an unknown client.
+	before := mustGet(t, s, "rot")
+	_, dup := newSecret(t, now, time.Time{})
+	dup.ID = s2.ID
+	require.Error(t, r.RotateSecret(ctx, "rot", dup, now))
+	require.Error(t, r.RotateSecret(ctx, "rot", m2mauth.Secret{ID: "new", Hash: s2.Hash, CreatedAt: now}, time.Time{}))
+	assertUnchanged(t, s, before)
+	_, s3 := newSecret(t, now, time.Time{})
+	require.ErrorIs(t, r.RotateSecret(ctx, "nobody", s3, now), m2mauth.ErrClientNotFound)
+
+	// A leaked secret: no grace. Every other secret ends now...
+	leakedAt := now.Add(time.Second)
+	require.NoError(t, r.RotateSecret(ctx, "rot", s3, leakedAt))
+	assertExpiries(map[string]time.Time{s0.ID: leakedAt, s1.ID: leakedAt, s2.ID: leakedAt, s3.ID: {}})
+	// ... and a routine rotation afterwards does not bring them back.
+	_, s4 := newSecret(t, now, time.Time{})
+	require.NoError(t, r.RotateSecret(ctx, "rot", s4, now.Add(24*time.Hour)))
+	assertExpiries(map[string]time.Time{s0.ID: leakedAt, s1.ID: leakedAt, s2.ID: leakedAt, s3.ID: now.Add(24 * time.Hour), s4.ID: {}})
+
+	t.Run("Concurrent", func(t *testing.T) {
+		// Both orders of a routine rotation and an urgent one, at once:
+		// the secret they both expire ends at the urgent one's time.
+		for i := range 10 {
+			id := fmt.Sprintf("rot-%d", i)
+			_, old := newSecret(t, now, time.Time{})
+			mustCreate(t, s, &m2mauth.Client{ID: id, Secrets: []m2mauth.Secret{old}, Grants: map[string]m2mauth.Scopes{api: {"read"}}})
+			_, routine := newSecret(t, now, time.Time{})
+			_, urgent := newSecret(t, now, time.Time{})
+			var wg sync.WaitGroup
+			var errs [2]error
+			wg.Go(func() { errs[0] = r.RotateSecret(ctx, id, routine, now.Add(24*time.Hour)) })
+			wg.Go(func() { errs[1] = r.RotateSecret(ctx, id, urgent, now) })
+			wg.Wait()
+			require.NoError(t, errs[0])
+			require.NoError(t, errs[1])
+			c := mustGet(t, s, id)
+			require.Len(t, c.Secrets, 3)
+			assertSameTime(t, now, findSecret(t, c, old.ID).ExpiresAt, "the old secret of %q", id)
+		}
+	})
 }
 
 func testSecrets(t *testing.T, s m2mauth.ClientManager) {
