@@ -457,7 +457,7 @@ func (d *Detector) Audit(ctx context.Context, e AuditEvent) {
 			return // no secret was tried
 		}
 	case EventRateLimited:
-		if e.Reason == ReasonIntrospectionRate {
+		if e.Reason == ReasonIntrospectionRate || e.Reason == ReasonRevocationRate {
 			return // a busy caller, locked out of nothing
 		}
 	case EventTokenIssued:

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"mime"
 	"net/http"
 	"net/netip"
@@ -90,6 +91,15 @@ type TokenHandlerConfig struct {
 	// invalid_request unless it comes from a loopback address, as
 	// RFC 6749 §1.6 and §3.2 require. Default: false.
 	AllowInsecureHTTP bool
+	// RevocationRate is how many tokens per second one client may revoke
+	// through the revocation endpoint (RFC 7009) on average, RevocationBurst
+	// how many at once above it. A revocation beyond them is answered 429
+	// with Retry-After and the token stays valid. They
+	// bound the deny-list one client can grow, which every validator
+	// holds and every [RevocationListHandler] publishes. Defaults: 1 and
+	// 100.
+	RevocationRate  float64
+	RevocationBurst int
 	// StoreTimeout bounds the time one request waits for the client store
 	// (and the [Revoker] of a revocation endpoint), the limiter and the
 	// rationing of slow hashes; past it the request is answered 503
@@ -186,6 +196,18 @@ func NewTokenHandler(store ClientStore, keys KeyProvider, cfg TokenHandlerConfig
 		cfg.MaxConcurrentRequests = 512
 	}
 	switch {
+	case cfg.RevocationRate == 0:
+		cfg.RevocationRate = 1
+	case !(cfg.RevocationRate > 0) || math.IsInf(cfg.RevocationRate, 1):
+		return nil, fmt.Errorf("m2mauth: RevocationRate %v must be positive and finite", cfg.RevocationRate)
+	}
+	switch {
+	case cfg.RevocationBurst == 0:
+		cfg.RevocationBurst = 100
+	case cfg.RevocationBurst < 0:
+		return nil, errors.New("m2mauth: RevocationBurst must be positive")
+	}
+	switch {
 	case cfg.SlowHashConcurrency == 0:
 		cfg.SlowHashConcurrency = 4
 	case cfg.SlowHashConcurrency < 0:
@@ -200,8 +222,8 @@ func NewTokenHandler(store ClientStore, keys KeyProvider, cfg TokenHandlerConfig
 	if cfg.Realm == "" {
 		cfg.Realm = defaultRealm
 	}
-	if strings.ContainsAny(cfg.Realm, "\"\\\r\n") {
-		return nil, errors.New("m2mauth: Realm must not contain quotes, backslashes or line breaks")
+	if !validRealm(cfg.Realm) {
+		return nil, errors.New("m2mauth: Realm must be printable ASCII without quotes or backslashes")
 	}
 	if cfg.Auditor == nil {
 		cfg.Auditor = defaultAuditor(cfg.Logger)

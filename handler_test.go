@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"math"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -516,6 +517,10 @@ func TestNewTokenHandlerValidates(t *testing.T) {
 		{"sub-second ttl", store, keys, func(c m2mauth.TokenHandlerConfig) m2mauth.TokenHandlerConfig { c.TokenTTL = time.Millisecond; return c }},
 		{"tiny body limit", store, keys, func(c m2mauth.TokenHandlerConfig) m2mauth.TokenHandlerConfig { c.MaxBodyBytes = 10; return c }},
 		{"quote in realm", store, keys, func(c m2mauth.TokenHandlerConfig) m2mauth.TokenHandlerConfig { c.Realm = `a"b`; return c }},
+		{"control character in realm", store, keys, func(c m2mauth.TokenHandlerConfig) m2mauth.TokenHandlerConfig { c.Realm = "a\x7fb"; return c }},
+		{"negative revocation rate", store, keys, func(c m2mauth.TokenHandlerConfig) m2mauth.TokenHandlerConfig { c.RevocationRate = -1; return c }},
+		{"NaN revocation rate", store, keys, func(c m2mauth.TokenHandlerConfig) m2mauth.TokenHandlerConfig { c.RevocationRate = math.NaN(); return c }},
+		{"negative revocation burst", store, keys, func(c m2mauth.TokenHandlerConfig) m2mauth.TokenHandlerConfig { c.RevocationBurst = -1; return c }},
 		{"bad signing key", store, badKeys{}, nil},
 	}
 	for _, tc := range tests {

@@ -40,16 +40,30 @@ const ReasonForeignToken = "foreign_token"
 // an [EventRequestRejected] event whose Reason is [ReasonForeignToken]
 // or why it did not verify (a ReasonToken… constant).
 //
+// Each client may revoke [TokenHandlerConfig].RevocationRate tokens a
+// second (RevocationBurst at once); a revocation beyond that is answered
+// 429 temporarily_unavailable with Retry-After, audited as an
+// [EventRateLimited] with [ReasonRevocationRate], and revokes nothing: the
+// token stays valid, as after a 503 (RFC 7009 §2.2.1). Tokens that revoke
+// nothing do not count.
+//
 // Success is 200 with the body {} and Cache-Control: no-store. When the
 // Revoker fails the token is not revoked, and the answer is 503
 // temporarily_unavailable with Retry-After if it did not answer within
 // StoreTimeout, else 500 server_error (RFC 7009 §2.2.1); the client
 // should try again. A RevocationHandler is safe for concurrent use.
 type RevocationHandler struct {
-	h   *TokenHandler
-	rev Revoker
-	v   *Validator
+	h     *TokenHandler
+	rev   Revoker
+	v     *Validator
+	limit *callerLimiter
 }
+
+// ReasonRevocationRate is the Reason of the rate_limited event of a
+// revocation refused because its client exceeded
+// [TokenHandlerConfig].RevocationRate: a busy client, not failed
+// authentications.
+const ReasonRevocationRate = "revocation_rate"
 
 // RevocationHandler returns the revocation endpoint of h, which records
 // revocations in rev (normally the store h reads clients from).
@@ -66,7 +80,8 @@ func (h *TokenHandler) RevocationHandler(rev Revoker) (*RevocationHandler, error
 	if err != nil {
 		return nil, err
 	}
-	return &RevocationHandler{h: h, rev: rev, v: v}, nil
+	return &RevocationHandler{h: h, rev: rev, v: v,
+		limit: newCallerLimiter(h.cfg.RevocationRate, h.cfg.RevocationBurst, maxIntrospectionCallers)}, nil
 }
 
 // ServeHTTP answers one revocation request.
@@ -103,6 +118,13 @@ func (rh *RevocationHandler) revoke(ctx context.Context, req *tokenRequest, c *C
 	if claims.ClientID != c.ID {
 		ev.Type, ev.Reason = EventRequestRejected, ReasonForeignToken
 		return ok, nil
+	}
+	// Only what would grow the deny-list counts.
+	if wait := rh.limit.take(c.ID, req.now); wait > 0 {
+		ev.Reason = ReasonRevocationRate
+		e := WrapError(CodeTemporarilyUnavailable, "too many revocations; retry later", retryLater{wait})
+		e.Status = http.StatusTooManyRequests
+		return nil, e
 	}
 	sctx, cancel := context.WithTimeout(ctx, rh.h.cfg.StoreTimeout)
 	defer cancel()

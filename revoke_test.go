@@ -373,6 +373,49 @@ func TestRevocationOneToken(t *testing.T) {
 	assert.False(t, e.revoked(t, e.issue(t, "svc", e.secret)))
 }
 
+// TestRevocationRate checks that one client can grow the deny-list only
+// at RevocationRate (after RevocationBurst at once): a revocation past it
+// gets 429 with Retry-After and revokes nothing, tokens that revoke
+// nothing do not count, other clients are not held back, and the client
+// may revoke again once the rate allows.
+func TestRevocationRate(t *testing.T) {
+	e := newEndpointFixture(t, nil, func(c *m2mauth.TokenHandlerConfig) { c.RevocationRate, c.RevocationBurst = 0.5, 3 })
+	revoke := func(id, secret, tok string) *httptest.ResponseRecorder {
+		return send(t, e.revoke, request{body: "token=" + tok, headers: auth(basic(id, secret))})
+	}
+	for i := range 3 {
+		w := revoke("svc", e.secret, e.issue(t, "svc", e.secret))
+		require.Equal(t, http.StatusOK, w.Code, "revocation %d: %s", i, w.Body)
+	}
+	// Revoking nothing does not count: garbage, and another's token.
+	for range 5 {
+		require.Equal(t, http.StatusOK, revoke("svc", e.secret, "garbage").Code)
+		require.Equal(t, http.StatusOK, revoke("svc", e.secret, e.issue(t, "short", e.secret)).Code)
+	}
+
+	over := e.issue(t, "svc", e.secret)
+	w := revoke("svc", e.secret, over)
+	require.Equal(t, http.StatusTooManyRequests, w.Code, "body: %s", w.Body)
+	assert.Equal(t, "2", w.Header().Get("Retry-After"))
+	assert.Equal(t, "temporarily_unavailable", errorOf(t, w).Error)
+	assert.False(t, e.revoked(t, over), "a refused revocation revokes nothing")
+	ev := e.lastEvent(t)
+	assert.Equal(t, m2mauth.EventRateLimited, ev.Type)
+	assert.Equal(t, m2mauth.ReasonRevocationRate, ev.Reason)
+	revs, err := e.store.CurrentRevocations()
+	require.NoError(t, err)
+	assert.Equal(t, 3, revs.Len(), "the burst")
+
+	// Another client has its own allowance.
+	require.Equal(t, http.StatusOK, revoke("short", e.secret, e.issue(t, "short", e.secret)).Code)
+
+	// Two seconds later, one more.
+	e.advance(2 * time.Second)
+	require.Equal(t, http.StatusOK, revoke("svc", e.secret, over).Code)
+	assert.True(t, e.revoked(t, over))
+	require.Equal(t, http.StatusTooManyRequests, revoke("svc", e.secret, e.issue(t, "svc", e.secret)).Code)
+}
+
 // TestRevocationExpired checks that an expired token needs no revoking
 // (RFC 7009 §2.2), while one that a validator allowing the longest leeway
 // would still accept is revoked.
