@@ -205,6 +205,7 @@ type liveKey struct {
 const (
 	claimedActivated uint8 = 1 << iota
 	claimedRetired
+	claimedRevoked
 )
 
 var (
@@ -845,14 +846,36 @@ func sameRows(a, b []StoredKey) bool {
 
 // claimTransitions audits the activations and retirements that have
 // happened by now, each once for the fleet (see
-// [KeyStore.ClaimKeyEvent]). The caller holds mu.
+// [KeyStore.ClaimKeyEvent]), and the revocations that Revoke could not
+// claim (the store failing just then, or the process ending). The caller
+// holds mu.
 func (m *ManagedKeys) claimTransitions(ctx context.Context, rows []StoredKey, now time.Time) error {
 	live := liveKeys(rows, m.cfg.MaxTokenTTL+m.cfg.Leeway)
 	var errs []error
-	claimed := make(map[string]uint8, len(live))
+	claimed := make(map[string]uint8, len(rows))
+	for _, r := range rows {
+		bits := m.claimed[r.KID]
+		if r.RevokedAt.IsZero() || bits&claimedRevoked != 0 {
+			continue
+		}
+		first, err := m.store.ClaimKeyEvent(ctx, r.KID, EventKeyRevoked)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("m2mauth: claiming the %s event of signing key %q: %w", EventKeyRevoked, r.KID, err))
+			continue
+		}
+		claimed[r.KID] = bits | claimedRevoked
+		if first {
+			m.audit(ctx, EventKeyRevoked, r.KID, r.RevokedAt)
+		}
+	}
+	for _, r := range rows {
+		if bits := m.claimed[r.KID]; bits&claimedRevoked != 0 {
+			claimed[r.KID] |= bits
+		}
+	}
 	for _, l := range live {
 		kid := l.row.KID
-		bits := m.claimed[kid]
+		bits := m.claimed[kid] | claimed[kid]
 		for _, c := range [...]struct {
 			bit uint8
 			typ AuditEventType
@@ -949,10 +972,15 @@ func (m *ManagedKeys) Revoke(ctx context.Context, kid string) error {
 		m.install(m.build(rows))
 	}
 	first, err := m.store.ClaimKeyEvent(ctx, kid, EventKeyRevoked)
-	if err != nil {
-		m.cfg.Logger.ErrorContext(ctx, "m2mauth: the revocation of a signing key may not be audited", "kid", kid, "error", err)
-	} else if first {
+	switch {
+	case err != nil:
+		// The next refresh of any replica claims and audits it.
+		m.cfg.Logger.ErrorContext(ctx, "m2mauth: the revocation of a signing key is not audited yet; the next key refresh will", "kid", kid, "error", err)
+	case first:
 		m.audit(ctx, EventKeyRevoked, kid, now)
+		fallthrough
+	default:
+		m.claimed[kid] |= claimedRevoked
 	}
 	_, err = m.refreshLocked(ctx, false)
 	m.noteHealth(ctx, err)

@@ -838,6 +838,68 @@ func TestManagedKeysStoreFailure(t *testing.T) {
 	assert.Same(t, set, again, "the same set while nothing changed")
 }
 
+// stateOf returns the state of the key kid as mk reads it from the store.
+func stateOf(t *testing.T, mk *m2mauth.ManagedKeys, kid string) m2mauth.KeyState {
+	t.Helper()
+	keys, err := mk.Keys(t.Context())
+	require.NoError(t, err)
+	for _, k := range keys {
+		if k.KID == kid {
+			return k.State
+		}
+	}
+	t.Fatalf("no key %q", kid)
+	return ""
+}
+
+// unclaimableKeyStore is a KeyStore whose ClaimKeyEvent fails for
+// key_revoked on demand, after recording nothing.
+type unclaimableKeyStore struct {
+	m2mauth.KeyStore
+	fail atomic.Bool
+}
+
+func (s *unclaimableKeyStore) ClaimKeyEvent(ctx context.Context, kid string, typ m2mauth.AuditEventType) (bool, error) {
+	if typ == m2mauth.EventKeyRevoked && s.fail.Load() {
+		return false, errors.New("connection reset")
+	}
+	return s.KeyStore.ClaimKeyEvent(ctx, kid, typ)
+}
+
+// TestManagedKeysRevocationAuditedLater: a revocation whose claim fails
+// (the store failing just after the key was revoked) is audited by the
+// next refresh of a replica, once for the fleet.
+func TestManagedKeysRevocationAuditedLater(t *testing.T) {
+	f := newMKFixture(t)
+	store := &unclaimableKeyStore{KeyStore: f.store}
+	mk, err := m2mauth.NewManagedKeys(t.Context(), store, f.sealer, f.config())
+	require.NoError(t, err)
+	defer mk.Close()
+	other, err := m2mauth.NewManagedKeys(t.Context(), f.store, f.sealer, f.config())
+	require.NoError(t, err)
+	defer other.Close()
+	f.advance(time.Minute)
+	info, err := mk.Rotate(t.Context())
+	require.NoError(t, err)
+
+	store.fail.Store(true)
+	// Revoked, and the caller is told that its event is not recorded.
+	err = mk.Revoke(t.Context(), info.KID)
+	require.ErrorContains(t, err, "is revoked")
+	require.ErrorContains(t, err, "claiming the key_revoked event")
+	assert.Equal(t, m2mauth.KeyStateRevoked, stateOf(t, other, info.KID))
+	assert.Empty(t, f.kidsOf(m2mauth.EventKeyRevoked), "the claim failed")
+	assert.Contains(t, f.log(), "not audited yet")
+	require.ErrorContains(t, mk.Refresh(t.Context()), "connection reset", "retried at each refresh")
+	assert.Empty(t, f.kidsOf(m2mauth.EventKeyRevoked))
+
+	store.fail.Store(false)
+	require.NoError(t, mk.Refresh(t.Context()))
+	require.NoError(t, other.Refresh(t.Context()))
+	require.NoError(t, mk.Refresh(t.Context()))
+	assert.Equal(t, []string{info.KID}, f.kidsOf(m2mauth.EventKeyRevoked), "audited once")
+}
+
 // TestManagedKeysRevokeWhileUnreadable: a key revoked while the store
 // cannot be read back stops signing and verifying on this replica at
 // once, as Revoke says, and stays out while the reads keep failing.
