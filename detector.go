@@ -200,8 +200,9 @@ type DetectorConfig struct {
 	DisabledClient CountRule
 
 	// QueueSize bounds the alerts waiting for the sink; alerts that do
-	// not fit are dropped and counted (see [Detector.Dropped]).
-	// Default: 1000. At most 65,536.
+	// not fit are dropped and counted (see [Detector.Dropped]). One
+	// rule's alerts may fill at most half of it, so that a flood of one
+	// kind leaves room for the others. Default: 1000. At most 65,536.
 	QueueSize int
 	// CheckInterval is how often, in real time, the detector looks for
 	// alerts whose condition has cleared without further events, to send
@@ -309,7 +310,10 @@ type Detector struct {
 	newAddr     newAddrRule
 	spike       spikeRule
 
-	queue     chan notice
+	queue chan notice
+	// queued counts each rule's notices in the queue; one rule may hold
+	// at most half of it.
+	queued    [ruleCount]atomic.Int32
 	dropped   atomic.Uint64
 	stop      chan struct{}
 	done      chan struct{}
@@ -582,13 +586,29 @@ func (d *Detector) at(t time.Time) int64 {
 	return d.clock()
 }
 
-// emit queues n for the sink, or counts it dropped. d.mu is held.
+// emit queues n for the sink, or counts it dropped: when the queue is
+// full, or when n's rule holds half of it already, so that a flood of one
+// rule's alerts (lockouts from thousands of networks, say) leaves room
+// for the others'. d.mu is held.
 func (d *Detector) emit(n notice) {
+	q := &d.queued[n.rule]
+	if int(q.Add(1)) > max(cap(d.queue)/2, 1) {
+		q.Add(-1)
+		d.dropped.Add(1)
+		return
+	}
 	select {
 	case d.queue <- n:
 	default:
+		q.Add(-1)
 		d.dropped.Add(1)
 	}
+}
+
+// send hands n, taken from the queue, to the sink.
+func (d *Detector) send(ctx context.Context, n notice) {
+	d.queued[n.rule].Add(-1)
+	d.sink.Send(ctx, d.alert(n))
 }
 
 // run hands queued notices to the sink and looks for recoveries every
@@ -601,14 +621,14 @@ func (d *Detector) run() {
 	for {
 		select {
 		case n := <-d.queue:
-			d.sink.Send(ctx, d.alert(n))
+			d.send(ctx, n)
 		case <-tick.C:
 			d.sweep()
 		case <-d.stop:
 			for {
 				select {
 				case n := <-d.queue:
-					d.sink.Send(ctx, d.alert(n))
+					d.send(ctx, n)
 				default:
 					return
 				}
@@ -652,6 +672,7 @@ const (
 	ruleIssuanceSpike
 	ruleExpiredSecret
 	ruleDisabledClient
+	ruleCount // the number of rules
 )
 
 // String returns the rule's name.

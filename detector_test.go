@@ -595,14 +595,46 @@ func TestDetectorQueueFull(t *testing.T) {
 	require.NoError(t, err)
 	d.Audit(t.Context(), m2mauth.AuditEvent{Type: m2mauth.EventRateLimited, ClientID: "c0"})
 	sent.Wait() // the sink holds the first alert
+	// A flood of lockouts fills half the queue, not more...
 	for i := 1; i <= 10; i++ {
 		d.Audit(t.Context(), m2mauth.AuditEvent{Type: m2mauth.EventRateLimited, ClientID: fmt.Sprintf("c%d", i)})
 	}
-	assert.Equal(t, uint64(6), d.Dropped())
+	assert.Equal(t, uint64(8), d.Dropped())
+	// ... so the alerts of other rules still find room, until the queue
+	// is full.
+	for i := range 3 {
+		d.Audit(t.Context(), m2mauth.AuditEvent{Type: m2mauth.EventAuthFailed, Reason: m2mauth.ReasonClientDisabled, ClientID: fmt.Sprintf("off%d", i)})
+	}
+	assert.Equal(t, uint64(9), d.Dropped())
 	close(release)
 	require.NoError(t, d.Close())
 	d.Audit(t.Context(), m2mauth.AuditEvent{Type: m2mauth.EventRateLimited, ClientID: "after"})
-	assert.Equal(t, uint64(6), d.Dropped())
+	assert.Equal(t, uint64(9), d.Dropped())
+}
+
+// TestDetectorFloodLeavesRoom: thousands of lockout alerts, from as many
+// networks, cannot crowd out an alert of another rule raised among them.
+func TestDetectorFloodLeavesRoom(t *testing.T) {
+	release := make(chan struct{})
+	rec := &alertRecorder{}
+	sink := m2mauth.AlertSinkFunc(func(ctx context.Context, a m2mauth.Alert) {
+		<-release
+		rec.Send(ctx, a)
+	})
+	clock := newDetectorClock()
+	d, err := m2mauth.NewDetector(nil, sink, m2mauth.DetectorConfig{QueueSize: 100, Now: clock.Now})
+	require.NoError(t, err)
+	for i := range 5000 {
+		if i == 2500 {
+			d.Audit(t.Context(), m2mauth.AuditEvent{Type: m2mauth.EventAuthFailed, Reason: m2mauth.ReasonClientDisabled, ClientID: "billing", RemoteIP: "192.0.2.1"})
+		}
+		ip := fmt.Sprintf("2001:db8:%x:%x::1", i/256, i%256) // a /64 each
+		d.Audit(t.Context(), m2mauth.AuditEvent{Type: m2mauth.EventRateLimited, ClientID: fmt.Sprintf("made-up-%d", i), RemoteIP: ip})
+	}
+	close(release)
+	require.NoError(t, d.Close())
+	assert.Len(t, rec.of(m2mauth.RuleDisabledClient), 1, "the disabled_client alert was crowded out")
+	assert.Greater(t, d.Dropped(), uint64(4000))
 }
 
 // TestDetectorAuditHealth: the detector reports the health of the auditor
