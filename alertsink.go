@@ -110,8 +110,9 @@ type WebhookConfig struct {
 	// At most 1h.
 	Backoff time.Duration
 	// QueueSize bounds the alerts waiting to be delivered; alerts that do
-	// not fit are dropped, counted and logged. Default: 1000. At most
-	// 65,536.
+	// not fit are dropped, counted and logged, as are those of a rule
+	// whose alerts fill half of it already (a flood of one kind leaves
+	// room for the others). Default: 1000. At most 65,536.
 	QueueSize int
 	// CloseTimeout bounds how long Close goes on delivering queued
 	// alerts; those left then are dropped. Default: 10s.
@@ -185,6 +186,10 @@ type WebhookAlertSink struct {
 	mu     sync.RWMutex
 	closed bool
 	queue  chan Alert
+	// queued counts the alerts of each rule in the queue; one rule may
+	// hold at most half of it.
+	qmu    sync.Mutex
+	queued map[string]int
 	// ctx ends the delivery in progress when Close gives up.
 	ctx                context.Context
 	cancel             context.CancelFunc
@@ -275,6 +280,7 @@ func NewWebhookAlertSink(rawURL string, secret []byte, cfg WebhookConfig) (*Webh
 		cfg:    cfg,
 		client: client,
 		queue:  make(chan Alert, cfg.QueueSize),
+		queued: make(map[string]int),
 		ctx:    ctx,
 		cancel: cancel,
 		stop:   make(chan struct{}),
@@ -293,11 +299,30 @@ func (s *WebhookAlertSink) Send(_ context.Context, a Alert) {
 		s.drop(a, "the sink is closed")
 		return
 	}
+	s.qmu.Lock()
+	if s.queued[a.Rule] >= max(cap(s.queue)/2, 1) {
+		s.qmu.Unlock()
+		s.drop(a, "alerts of its rule fill half the queue")
+		return
+	}
 	select {
 	case s.queue <- a:
+		s.queued[a.Rule]++
+		s.qmu.Unlock()
 	default:
+		s.qmu.Unlock()
 		s.drop(a, "the queue is full")
 	}
+}
+
+// take is the delivery goroutine taking a from the queue.
+func (s *WebhookAlertSink) take(a Alert) {
+	s.qmu.Lock()
+	if s.queued[a.Rule]--; s.queued[a.Rule] <= 0 {
+		delete(s.queued, a.Rule)
+	}
+	s.qmu.Unlock()
+	s.deliver(a)
 }
 
 // Dropped returns the number of alerts that were not delivered: those
@@ -333,12 +358,12 @@ func (s *WebhookAlertSink) run() {
 	for {
 		select {
 		case a := <-s.queue:
-			s.deliver(a)
+			s.take(a)
 		case <-s.stop:
 			for {
 				select {
 				case a := <-s.queue:
-					s.deliver(a)
+					s.take(a)
 				default:
 					return
 				}

@@ -268,6 +268,42 @@ func TestWebhookAlertSinkNeverBlocks(t *testing.T) {
 	assert.Equal(t, uint64(1001), s.Dropped(), "after Close")
 }
 
+// TestWebhookAlertSinkFloodLeavesRoom: a flood of one rule's alerts
+// fills at most half the queue, so another rule's alert sent during it is
+// still delivered.
+func TestWebhookAlertSinkFloodLeavesRoom(t *testing.T) {
+	recv := newWebhookReceiver(t, false, func(int32) int { return 200 })
+	hang := make(chan struct{})
+	recv.hang = hang
+	s, err := m2mauth.NewWebhookAlertSink(recv.srv.URL, webhookTestSecret, m2mauth.WebhookConfig{
+		QueueSize: 10, CloseTimeout: time.Minute, Logger: slog.New(slog.DiscardHandler),
+	})
+	require.NoError(t, err)
+	flood := webhookTestAlert()
+	flood.Rule = m2mauth.RuleLockout
+	for range 100 {
+		s.Send(t.Context(), flood)
+	}
+	other := webhookTestAlert()
+	other.Rule = m2mauth.RuleDisabledClient
+	s.Send(t.Context(), other)
+	assert.LessOrEqual(t, s.Dropped(), uint64(100-5), "the lockouts keep 5 of 10 places, and one in delivery")
+	recv.mu.Lock()
+	recv.hang = nil
+	recv.mu.Unlock()
+	close(hang)
+	require.NoError(t, s.Close())
+	recv.mu.Lock()
+	defer recv.mu.Unlock()
+	var rules []string
+	for _, b := range recv.bodies {
+		var a struct{ Rule string }
+		require.NoError(t, json.Unmarshal(b, &a))
+		rules = append(rules, a.Rule)
+	}
+	assert.Contains(t, rules, m2mauth.RuleDisabledClient)
+}
+
 // TestWebhookAlertSinkCloseDrains: Close delivers what is queued.
 func TestWebhookAlertSinkCloseDrains(t *testing.T) {
 	recv := newWebhookReceiver(t, false, func(int32) int { return 200 })
