@@ -97,7 +97,9 @@ type AuditorConfig struct {
 	// the table when the Auditor starts. The directory must exist:
 	// [NewAuditor] opens the file, creating it with mode 0600, and
 	// [Auditor.Close] removes it unless it still holds events. No two
-	// Auditors, in one process or several, may share a file. On a file
+	// Auditors, in one process or several, may share a file: where the
+	// system has advisory file locks (every Unix), an Auditor that finds
+	// the file held by another logs a warning and runs without one. On a file
 	// system other than a SQLite database's, it also keeps events when
 	// that one is full. Default: "", no spill file.
 	SpillFile string
@@ -249,7 +251,14 @@ func NewAuditor(db *sql.DB, dialect Dialect, cfg AuditorConfig) (*Auditor, error
 		cfg.Fallback = m2mauth.NewSlogAuditor(cfg.Logger)
 	}
 	spill, err := openSpill(cfg.SpillFile, cfg.SpillMaxBytes)
-	if err != nil {
+	switch {
+	case errors.Is(err, errSpillInUse):
+		// Two writers would replay and truncate each other's lines: this
+		// one keeps its events in memory, then gives them to the
+		// Fallback.
+		cfg.Logger.Warn("sqlstore: the audit spill file is in use by another auditor; this one has none. Give each process its own (AuditorConfig.SpillFile, the example's -audit-spill)",
+			"spill_file", cfg.SpillFile)
+	case err != nil:
 		return nil, err
 	}
 	rows, err := newRowsInsert(q.insertAudit)

@@ -521,6 +521,48 @@ func TestAuditorSpillAcrossRestart(t *testing.T) {
 	})
 }
 
+// TestAuditorSpillFileInUse: a second Auditor given the spill file of a
+// running one (two replicas started in one directory, say) does not
+// share it, which would replay and truncate the other's lines: it warns
+// and runs without one. The first keeps its file, and the second's
+// events still reach the table.
+func TestAuditorSpillFileInUse(t *testing.T) {
+	if runtime.GOOS == "windows" {
+		t.Skip("no advisory file locks on Windows")
+	}
+	forEachBackend(t, func(t *testing.T, e *env) {
+		prefix := e.newPrefix(t)
+		e.newStore(t, sqlstore.Config{TablePrefix: prefix})
+		spill := filepath.Join(t.TempDir(), "audit.spill")
+		db, o := e.openFlaky(t)
+		o.down.Store(true)
+		first, err := sqlstore.NewAuditor(db, e.dialect, sqlstore.AuditorConfig{
+			TablePrefix: prefix, Logger: slog.New(slog.DiscardHandler), RetryBuffer: 1,
+			SpillFile: spill, MaxRetryDelay: 10 * time.Millisecond, CloseTimeout: 50 * time.Millisecond,
+		})
+		require.NoError(t, err)
+		for i := range 10 {
+			first.Audit(t.Context(), testEvent(i))
+		}
+		spilled := lineCount(t, spill)
+		require.Positive(t, spilled)
+
+		var log bytes.Buffer
+		second, err := sqlstore.NewAuditor(e.db, e.dialect, sqlstore.AuditorConfig{
+			TablePrefix: prefix, Logger: slog.New(slog.NewTextHandler(&log, nil)), SpillFile: spill,
+		})
+		require.NoError(t, err)
+		assert.Contains(t, log.String(), "in use by another auditor")
+		second.Audit(t.Context(), testEvent(100))
+		require.NoError(t, second.Close())
+		assert.Equal(t, spilled, lineCount(t, spill), "the first auditor's lines are untouched")
+		assert.Zero(t, second.Lost())
+
+		require.NoError(t, first.Close())
+		assert.Equal(t, 10, lineCount(t, spill), "everything the first held is in its file")
+	})
+}
+
 // TestAuditorSpillCompactedAtClose: when Close comes while a spill file is
 // being written to the table and the database fails again, the lines
 // already written are cut from the file, so the next process does not

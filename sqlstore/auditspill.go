@@ -66,9 +66,14 @@ type spillChunk struct {
 	end    int64 // the offset after the last line
 }
 
-// openSpill opens, or creates, the spill file at path, and counts the
-// lines that an earlier process left in it. It returns nil for an empty
-// path.
+// errSpillInUse is the error of a spill file that another Auditor, in
+// this process or another, has open.
+var errSpillInUse = errors.New("in use by another auditor")
+
+// openSpill opens, or creates, the spill file at path, locks it, and
+// counts the lines that an earlier process left in it. It returns nil for
+// an empty path, and an error wrapping errSpillInUse when another Auditor
+// holds the file.
 func openSpill(path string, max int64) (*spillFile, error) {
 	if path == "" {
 		return nil, nil
@@ -76,6 +81,10 @@ func openSpill(path string, max int64) (*spillFile, error) {
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_APPEND, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("sqlstore: spill file: %w", err)
+	}
+	if err := lockSpill(f); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("sqlstore: spill file %s: %w", path, err)
 	}
 	s := &spillFile{path: path, max: max, f: f, rd: bufio.NewReaderSize(nil, maxSpillLine)}
 	if err := s.count(); err != nil {
