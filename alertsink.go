@@ -326,7 +326,8 @@ func (s *WebhookAlertSink) take(a Alert) {
 }
 
 // Dropped returns the number of alerts that were not delivered: those
-// that found the queue full or the sink closed, and those whose every
+// that found the queue full (or half of it holding their rule's, see
+// [WebhookConfig].QueueSize) or the sink closed, and those whose every
 // attempt failed.
 func (s *WebhookAlertSink) Dropped() uint64 { return s.dropped.Load() }
 

@@ -544,7 +544,8 @@ func (d *Detector) AuditHealth() error {
 }
 
 // Dropped returns the number of alerts and Recovered notices dropped
-// because the queue to the sink was full.
+// because the queue to the sink was full, or held half of it of their
+// rule already (see [DetectorConfig].QueueSize).
 func (d *Detector) Dropped() uint64 { return d.dropped.Load() }
 
 // Len returns the number of keys the rules remember, in all.

@@ -94,10 +94,10 @@ type TokenHandlerConfig struct {
 	// RevocationRate is how many tokens per second one client may revoke
 	// through the revocation endpoint (RFC 7009) on average, RevocationBurst
 	// how many at once above it. A revocation beyond them is answered 429
-	// with Retry-After and the token stays valid. They
-	// bound the deny-list one client can grow, which every validator
-	// holds and every [RevocationListHandler] publishes. Defaults: 1 and
-	// 100.
+	// with Retry-After and the token stays valid. They bound the
+	// deny-list one client can grow, which every validator holds and
+	// every [RevocationListHandler] publishes. They are kept in memory,
+	// per process (per replica). Defaults: 1 and 100.
 	RevocationRate  float64
 	RevocationBurst int
 	// StoreTimeout bounds the time one request waits for the client store

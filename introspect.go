@@ -318,6 +318,16 @@ func (l *callerLimiter) take(id string, now time.Time) time.Duration {
 	return 0
 }
 
+// give returns the request id took, which did not happen after all.
+func (l *callerLimiter) give(id string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if b, ok := l.callers[id]; ok {
+		b.tokens = min(b.tokens+1, l.burst)
+		l.callers[id] = b
+	}
+}
+
 // evict makes room for one more caller. l.mu is held.
 func (l *callerLimiter) evict(now int64) {
 	for id, b := range l.callers {

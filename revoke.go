@@ -44,8 +44,11 @@ const ReasonForeignToken = "foreign_token"
 // second (RevocationBurst at once); a revocation beyond that is answered
 // 429 temporarily_unavailable with Retry-After, audited as an
 // [EventRateLimited] with [ReasonRevocationRate], and revokes nothing: the
-// token stays valid, as after a 503 (RFC 7009 §2.2.1). Tokens that revoke
-// nothing do not count.
+// token stays valid, as after a 503 (RFC 7009 §2.2.1). Every valid token
+// of the caller's own counts, one revoked before included; tokens that
+// revoke nothing (invalid, expired, another client's) and revocations
+// the store fails to make do not. The rate is kept in memory, per
+// process: N replicas let a client revoke N times as fast.
 //
 // Success is 200 with the body {} and Cache-Control: no-store. When the
 // Revoker fails the token is not revoked, and the answer is 503
@@ -119,7 +122,8 @@ func (rh *RevocationHandler) revoke(ctx context.Context, req *tokenRequest, c *C
 		ev.Type, ev.Reason = EventRequestRejected, ReasonForeignToken
 		return ok, nil
 	}
-	// Only what would grow the deny-list counts.
+	// Only what may grow the deny-list counts: a revocation of a valid
+	// token of the caller's own, unless the store fails to make it.
 	if wait := rh.limit.take(c.ID, req.now); wait > 0 {
 		ev.Reason = ReasonRevocationRate
 		e := WrapError(CodeTemporarilyUnavailable, "too many revocations; retry later", retryLater{wait})
@@ -129,6 +133,7 @@ func (rh *RevocationHandler) revoke(ctx context.Context, req *tokenRequest, c *C
 	sctx, cancel := context.WithTimeout(ctx, rh.h.cfg.StoreTimeout)
 	defer cancel()
 	if err := rh.rev.RevokeToken(sctx, c.ID, claims.ID, claims.Expiry.Time()); err != nil {
+		rh.limit.give(c.ID)
 		return nil, unavailable(sctx, "the revocation store is unavailable", err)
 	}
 	ev.Type = EventTokenRevoked

@@ -10,6 +10,7 @@ import (
 	"net/http/httptest"
 	"net/url"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -414,6 +415,44 @@ func TestRevocationRate(t *testing.T) {
 	require.Equal(t, http.StatusOK, revoke("svc", e.secret, over).Code)
 	assert.True(t, e.revoked(t, over))
 	require.Equal(t, http.StatusTooManyRequests, revoke("svc", e.secret, e.issue(t, "svc", e.secret)).Code)
+
+}
+
+// flakyRevoker is a Revoker whose RevokeToken fails while fail is set.
+type flakyRevoker struct {
+	m2mauth.Revoker
+	fail atomic.Bool
+}
+
+func (f *flakyRevoker) RevokeToken(ctx context.Context, clientID, jti string, exp time.Time) error {
+	if f.fail.Load() {
+		return errors.New("connection refused")
+	}
+	return f.Revoker.RevokeToken(ctx, clientID, jti, exp)
+}
+
+// TestRevocationRateStoreFailure: revocations the store fails to make do
+// not use the client's allowance.
+func TestRevocationRateStoreFailure(t *testing.T) {
+	e := newEndpointFixture(t, nil, func(c *m2mauth.TokenHandlerConfig) {
+		c.RevocationRate, c.RevocationBurst, c.Logger = 0.5, 2, discardLogger()
+	})
+	rev := &flakyRevoker{Revoker: e.store}
+	rh, err := e.handler.RevocationHandler(rev)
+	require.NoError(t, err)
+	revoke := func() *httptest.ResponseRecorder {
+		return send(t, rh, request{body: "token=" + e.issue(t, "svc", e.secret), headers: auth(basic("svc", e.secret))})
+	}
+	rev.fail.Store(true)
+	for range 5 {
+		require.Equal(t, http.StatusInternalServerError, revoke().Code)
+	}
+	rev.fail.Store(false)
+	for i := range 2 {
+		w := revoke()
+		require.Equal(t, http.StatusOK, w.Code, "revocation %d: %s", i, w.Body)
+	}
+	require.Equal(t, http.StatusTooManyRequests, revoke().Code)
 }
 
 // TestRevocationExpired checks that an expired token needs no revoking

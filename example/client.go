@@ -16,12 +16,12 @@ import (
 	"github.com/m2mauth/m2mauth/sqlstore"
 )
 
-// clientSynopsis is the usage line of each client command, after
-// "example [global flags] client".
 // maxUpdateTries bounds how often "client update" reads the client again
 // because it changed before the update was written.
 const maxUpdateTries = 5
 
+// clientSynopsis is the usage line of each client command, after
+// "example [global flags] client".
 var clientSynopsis = map[string]string{
 	"create":        `create -id ID -scopes "a b" [-audience AUD] [-ttl 1h] [-introspect]`,
 	"update":        `update -id ID [-scopes "a b"] [-audience AUD] [-ttl 1h] [-introspect=true|false]`,

@@ -165,7 +165,29 @@ func writeNewFile(file string, data []byte) error {
 	if err = errors.Join(err, tmp.Close()); err != nil {
 		return err
 	}
-	return os.Link(tmp.Name(), file)
+	err = os.Link(tmp.Name(), file)
+	var le *os.LinkError
+	if errors.As(err, &le) && !errors.Is(err, fs.ErrExist) {
+		// No hard links on this file system: create the file in place,
+		// O_EXCL keeping a key written meanwhile.
+		return writeExclusive(file, data)
+	}
+	return err
+}
+
+// writeExclusive creates file, mode 0600, holding data, or returns an
+// error wrapping fs.ErrExist if it exists. A reader may see it before it
+// is whole: writeNewFile is the way, where hard links work.
+func writeExclusive(file string, data []byte) error {
+	f, err := os.OpenFile(file, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return err
+	}
+	_, err = f.Write(data)
+	if err = errors.Join(err, f.Sync(), f.Close()); err != nil {
+		os.Remove(file)
+	}
+	return err
 }
 
 // encodeKey is a generated key as the example stores it: an HS256 secret

@@ -78,13 +78,9 @@ func openSpill(path string, max int64) (*spillFile, error) {
 	if path == "" {
 		return nil, nil
 	}
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_APPEND, 0o600)
+	f, err := openLockedSpill(path)
 	if err != nil {
-		return nil, fmt.Errorf("sqlstore: spill file: %w", err)
-	}
-	if err := lockSpill(f); err != nil {
-		f.Close()
-		return nil, fmt.Errorf("sqlstore: spill file %s: %w", path, err)
+		return nil, err
 	}
 	s := &spillFile{path: path, max: max, f: f, rd: bufio.NewReaderSize(nil, maxSpillLine)}
 	if err := s.count(); err != nil {
@@ -92,6 +88,39 @@ func openSpill(path string, max int64) (*spillFile, error) {
 		return nil, fmt.Errorf("sqlstore: spill file: %w", err)
 	}
 	return s, nil
+}
+
+// spillOpened, when set by a test, runs between the opening and the
+// locking of a spill file.
+var spillOpened func()
+
+// openLockedSpill opens, or creates, the file at path and locks it (see
+// lockSpill). The lock is on the file opened: if another Auditor removed
+// or replaced the path meanwhile (its Close), the file is opened again,
+// so that the lock held is that of the file at path.
+func openLockedSpill(path string) (*os.File, error) {
+	for try := 0; ; try++ {
+		f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_APPEND, 0o600)
+		if err != nil {
+			return nil, fmt.Errorf("sqlstore: spill file: %w", err)
+		}
+		if spillOpened != nil {
+			spillOpened()
+		}
+		if err := lockSpill(f); err != nil {
+			f.Close()
+			return nil, fmt.Errorf("sqlstore: spill file %s: %w", path, err)
+		}
+		fi, ferr := f.Stat()
+		pi, perr := os.Stat(path)
+		if ferr == nil && perr == nil && os.SameFile(fi, pi) {
+			return f, nil
+		}
+		f.Close()
+		if try == 3 {
+			return nil, fmt.Errorf("sqlstore: spill file %s: %w", path, errSpillInUse)
+		}
+	}
 }
 
 // count sets size and n from the file, and ends a last line that a
@@ -289,7 +318,10 @@ func (s *spillFile) close() error {
 	switch {
 	case s.off >= s.size:
 		s.off, s.size, s.n = 0, 0, 0
-		return errors.Join(f.Close(), os.Remove(s.path))
+		// Removed while the lock is held: another Auditor that opened
+		// the path meanwhile finds it gone and opens it anew.
+		err := os.Remove(s.path)
+		return errors.Join(err, f.Close())
 	case s.off > 0:
 		err := s.compact(f)
 		return errors.Join(err, f.Close())

@@ -107,10 +107,12 @@ func (s *Store) RevokeAllTokens(ctx context.Context) error {
 		}
 		return oneRow(res)
 	})
+	events := []m2mauth.AuditEvent{event(now, m2mauth.EventTokensRevoked, "", "", "revoke_all")}
 	if err != nil {
+		s.auditLate(ctx, err, events)
 		return fmt.Errorf("sqlstore: revoke all tokens: %w", err)
 	}
-	s.audit(ctx, []m2mauth.AuditEvent{event(now, m2mauth.EventTokensRevoked, "", "", "revoke_all")})
+	s.audit(ctx, events)
 	return nil
 }
 

@@ -10,11 +10,11 @@ import (
 
 // lockSpill takes an exclusive advisory lock on the spill file f, held
 // until f is closed. It returns errSpillInUse when another open file
-// holds it.
+// holds it. A file system without such locks (some network file
+// systems) leaves the file unlocked, as on systems without flock.
 func lockSpill(f *os.File) error {
-	err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
-	if errors.Is(err, syscall.EWOULDBLOCK) {
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); errors.Is(err, syscall.EWOULDBLOCK) {
 		return errSpillInUse
 	}
-	return err
+	return nil
 }

@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -127,7 +128,16 @@ func TestMySQLStalledCommit(t *testing.T) {
 			t.Cleanup(func() { db.Close() })
 
 			prefix := e.newPrefix(t)
-			store, err := sqlstore.New(db, sqlstore.MySQL, sqlstore.Config{TablePrefix: prefix})
+			var mu sync.Mutex
+			var audited []m2mauth.AuditEventType
+			store, err := sqlstore.New(db, sqlstore.MySQL, sqlstore.Config{
+				TablePrefix: prefix, Logger: slog.New(slog.DiscardHandler),
+				Auditor: m2mauth.AuditorFunc(func(_ context.Context, ev m2mauth.AuditEvent) {
+					mu.Lock()
+					defer mu.Unlock()
+					audited = append(audited, ev.Type)
+				}),
+			})
 			require.NoError(t, err)
 			require.NoError(t, store.Migrate(t.Context()))
 			t.Cleanup(func() { store.Close() })
@@ -186,6 +196,19 @@ func TestMySQLStalledCommit(t *testing.T) {
 			start := time.Now()
 			auditor.Close()
 			assert.Less(t, time.Since(start), bound, "Close")
+
+			// The server answered the held COMMIT once released: the
+			// change its caller was told had failed was made, and is
+			// audited after all.
+			require.Eventually(t, func() bool {
+				c, err := store.Client(t.Context(), "stalled")
+				return err == nil && c.Disabled
+			}, bound, 10*time.Millisecond)
+			require.Eventually(t, func() bool {
+				mu.Lock()
+				defer mu.Unlock()
+				return slices.Contains(audited, m2mauth.EventClientDisabled)
+			}, bound, 10*time.Millisecond, "the change that committed late is not audited")
 		})
 	}
 }

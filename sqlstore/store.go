@@ -374,6 +374,7 @@ func (s *Store) CreateClient(ctx context.Context, c *m2mauth.Client) error {
 		}
 		return s.insertGrants(ctx, q, c.ID, c.Grants)
 	})
+	s.auditLate(ctx, err, events)
 	if err != nil && !errors.Is(err, m2mauth.ErrClientExists) {
 		// A concurrent CreateClient may have won the race between the
 		// check and the insert; the database refused ours with a
@@ -688,6 +689,7 @@ func (s *Store) modify(ctx context.Context, id string, load bool,
 		return err
 	})
 	if err != nil {
+		s.auditLate(ctx, err, events)
 		return fmt.Errorf("sqlstore: client %q: %w", id, err)
 	}
 	s.audit(ctx, events)
@@ -795,9 +797,9 @@ func inTx(ctx context.Context, b interface {
 // caller until the connection's read timeout, past every timeout of
 // ours (a token request's StoreTimeout, an audit write's Timeout, Close).
 // There, commit waits for ctx at most, and reports a commit it gave up on
-// as ctx's error. That commit goes on in the background, holding its
-// connection, and may still succeed: like any write that times out, its
-// outcome is unknown to the caller.
+// as a *pendingCommit, which wraps ctx's error. That commit goes on in
+// the background, holding its connection, and may still succeed: see
+// [Store.auditLate].
 func commit(ctx context.Context, tx *sql.Tx, d Dialect) error {
 	if d != MySQL || ctx.Done() == nil {
 		return tx.Commit()
@@ -808,8 +810,40 @@ func commit(ctx context.Context, tx *sql.Tx, d Dialect) error {
 	case err := <-done:
 		return err
 	case <-ctx.Done():
-		return fmt.Errorf("commit: %w", context.Cause(ctx))
+		select {
+		case err := <-done: // both at once: the commit's answer wins
+			return err
+		default:
+		}
+		return &pendingCommit{done: done, cause: context.Cause(ctx)}
 	}
+}
+
+// pendingCommit is the error of a commit that commit gave up waiting for:
+// done receives its outcome.
+type pendingCommit struct {
+	done  <-chan error
+	cause error
+}
+
+func (p *pendingCommit) Error() string { return "commit: " + p.cause.Error() }
+func (p *pendingCommit) Unwrap() error { return p.cause }
+
+// auditLate sends events to the auditor if err is a commit given up on
+// (see commit) that then succeeds: the change was made, and its caller
+// was told it failed.
+func (s *Store) auditLate(ctx context.Context, err error, events []m2mauth.AuditEvent) {
+	var p *pendingCommit
+	if s.auditor == nil || len(events) == 0 || !errors.As(err, &p) {
+		return
+	}
+	ctx = context.WithoutCancel(ctx)
+	go func() {
+		if <-p.done == nil {
+			s.logger.WarnContext(ctx, "sqlstore: a change reported as failed, its commit having timed out, was committed after all", "events", len(events))
+			s.audit(ctx, events)
+		}
+	}()
 }
 
 // withImmediate runs f in a SQLite transaction begun with BEGIN IMMEDIATE

@@ -261,15 +261,31 @@ func testUpdatedAtStoppedClock(t *testing.T, newClocked func(*testing.T, func() 
 	ctx := t.Context()
 	clock := newTestClock()
 	s := newClocked(t, clock.Now)
-	mustCreate(t, s, publicClient("still"))
+	now := clock.Now().Truncate(time.Microsecond)
+	_, first := newSecret(t, now, time.Time{})
+	mustCreate(t, s, &m2mauth.Client{ID: "still", Secrets: []m2mauth.Secret{first}, Grants: map[string]m2mauth.Scopes{api: {"read"}}})
 	prev := mustGet(t, s, "still")
-	for i, change := range []func() error{
+	_, second := newSecret(t, now, time.Time{})
+	second.ID = "second"
+	changes := []func() error{
 		func() error { return s.SetDisabled(ctx, "still", true) },
 		func() error { clock.Add(-time.Hour); return s.SetDisabled(ctx, "still", false) },
 		func() error {
-			return s.UpdateClient(ctx, &m2mauth.Client{ID: "still", Public: true, TokenTTL: time.Minute})
+			return s.UpdateClient(ctx, &m2mauth.Client{ID: "still", Grants: map[string]m2mauth.Scopes{api: {"read"}}, TokenTTL: time.Minute})
 		},
-	} {
+		func() error { return s.AddSecret(ctx, "still", second) },
+		func() error { return s.ExpireSecret(ctx, "still", second.ID, now.Add(time.Hour)) },
+		func() error { return s.RemoveSecret(ctx, "still", second.ID) },
+	}
+	if r, ok := s.(m2mauth.Revoker); ok {
+		changes = append(changes, func() error { return r.RevokeClientTokens(ctx, "still") })
+	}
+	if r, ok := s.(m2mauth.SecretRotator); ok {
+		_, third := newSecret(t, now, time.Time{})
+		third.ID = "third"
+		changes = append(changes, func() error { return r.RotateSecret(ctx, "still", third, now.Add(time.Hour)) })
+	}
+	for i, change := range changes {
 		require.NoError(t, change(), "change %d", i)
 		got := mustGet(t, s, "still")
 		require.True(t, got.UpdatedAt.After(prev.UpdatedAt), "change %d: UpdatedAt %v did not move past %v", i, got.UpdatedAt, prev.UpdatedAt)
