@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"math"
 	"mime"
 	"net/http"
 	"net/netip"
@@ -195,17 +194,8 @@ func NewTokenHandler(store ClientStore, keys KeyProvider, cfg TokenHandlerConfig
 	if cfg.MaxConcurrentRequests == 0 {
 		cfg.MaxConcurrentRequests = 512
 	}
-	switch {
-	case cfg.RevocationRate == 0:
-		cfg.RevocationRate = 1
-	case !(cfg.RevocationRate > 0) || math.IsInf(cfg.RevocationRate, 1):
-		return nil, fmt.Errorf("m2mauth: RevocationRate %v must be positive and finite", cfg.RevocationRate)
-	}
-	switch {
-	case cfg.RevocationBurst == 0:
-		cfg.RevocationBurst = 100
-	case cfg.RevocationBurst < 0:
-		return nil, errors.New("m2mauth: RevocationBurst must be positive")
+	if err := callerRate("RevocationRate", "RevocationBurst", &cfg.RevocationRate, &cfg.RevocationBurst, 1, 100); err != nil {
+		return nil, err
 	}
 	switch {
 	case cfg.SlowHashConcurrency == 0:

@@ -97,17 +97,8 @@ const maxIntrospectionCallers = 10000
 // finds the clients of introspected tokens in h's client store. It checks
 // cfg now.
 func (h *TokenHandler) IntrospectionHandler(cfg IntrospectionConfig) (*IntrospectionHandler, error) {
-	switch {
-	case cfg.Rate == 0:
-		cfg.Rate = 20
-	case !(cfg.Rate > 0) || math.IsInf(cfg.Rate, 1):
-		return nil, fmt.Errorf("m2mauth: IntrospectionConfig.Rate %v must be positive and finite", cfg.Rate)
-	}
-	switch {
-	case cfg.Burst == 0:
-		cfg.Burst = 40
-	case cfg.Burst < 0:
-		return nil, errors.New("m2mauth: IntrospectionConfig.Burst must be positive")
+	if err := callerRate("IntrospectionConfig.Rate", "IntrospectionConfig.Burst", &cfg.Rate, &cfg.Burst, 20, 40); err != nil {
+		return nil, err
 	}
 	v, err := h.ownValidator(0, 0)
 	if err != nil {
@@ -263,6 +254,24 @@ func appendIntrospection(dst []byte, c *Claims) []byte {
 	dst = append(dst, `,"jti":`...)
 	dst = appendJSONString(dst, c.ID)
 	return append(dst, '}')
+}
+
+// callerRate checks the configured rate and burst of a callerLimiter,
+// named rateName and burstName, and sets the defaults for zero values.
+func callerRate(rateName, burstName string, rate *float64, burst *int, defRate float64, defBurst int) error {
+	switch {
+	case *rate == 0:
+		*rate = defRate
+	case !(*rate > 0) || math.IsInf(*rate, 1):
+		return fmt.Errorf("m2mauth: %s %v must be positive and finite", rateName, *rate)
+	}
+	switch {
+	case *burst == 0:
+		*burst = defBurst
+	case *burst < 0:
+		return fmt.Errorf("m2mauth: %s must be positive", burstName)
+	}
+	return nil
 }
 
 // callerLimiter is a token bucket of requests per calling client, in

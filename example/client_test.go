@@ -246,29 +246,35 @@ func TestClientUsage(t *testing.T) {
 // changes it and writes it back, and must not write back the client as
 // enabled when the disable came in between.
 func TestClientUpdateRacesDisable(t *testing.T) {
-	const rounds = 20
+	clientRounds(t, 20, func(t *testing.T, i int, id string, c func(args ...string) cliResult) {
+		var wg sync.WaitGroup
+		var update, disable cliResult
+		wg.Go(func() { update = c("update", "-id", id, "-scopes", "read write") })
+		wg.Go(func() { disable = c("disable", "-id", id) })
+		wg.Wait()
+		update.ok(t)
+		disable.ok(t)
+
+		v := decodeView(t, c("show", "-id", id).ok(t))
+		require.True(t, v.Disabled, "round %d: the update undid the disable", i)
+		require.Equal(t, "read write", v.Grants[defaultAudience], "round %d", i)
+	})
+}
+
+// clientRounds runs round on every database, rounds times, each with a
+// new client (scope "read") and a function running client commands.
+func clientRounds(t *testing.T, rounds int, round func(t *testing.T, i int, id string, c func(args ...string) cliResult)) {
 	for _, b := range testDatabases() {
 		t.Run(b.name, func(t *testing.T) {
 			db := b.db(t)
 			var suffix [4]byte
 			rand.Read(suffix[:])
+			c := func(args ...string) cliResult { return cli(append([]string{"-db", db, "client"}, args...)...) }
 			for i := range rounds {
 				id := fmt.Sprintf("race-%x-%d", suffix, i)
-				c := func(args ...string) cliResult { return cli(append([]string{"-db", db, "client"}, args...)...) }
 				t.Cleanup(func() { c("delete", "-id", id) })
 				c("create", "-id", id, "-scopes", "read").ok(t)
-
-				var wg sync.WaitGroup
-				var update, disable cliResult
-				wg.Go(func() { update = c("update", "-id", id, "-scopes", "read write") })
-				wg.Go(func() { disable = c("disable", "-id", id) })
-				wg.Wait()
-				update.ok(t)
-				disable.ok(t)
-
-				v := decodeView(t, c("show", "-id", id).ok(t))
-				require.True(t, v.Disabled, "round %d: the update undid the disable", i)
-				require.Equal(t, "read write", v.Grants[defaultAudience], "round %d", i)
+				round(t, i, id, c)
 			}
 		})
 	}
@@ -279,46 +285,34 @@ func TestClientUpdateRacesDisable(t *testing.T) {
 // client at once: whichever commits last, the original secret must end
 // at the urgent one's time, not a day later.
 func TestClientRotateSecretRacesUrgent(t *testing.T) {
-	const rounds = 10
-	for _, b := range testDatabases() {
-		t.Run(b.name, func(t *testing.T) {
-			db := b.db(t)
-			var suffix [4]byte
-			rand.Read(suffix[:])
-			for i := range rounds {
-				id := fmt.Sprintf("rot-%x-%d", suffix, i)
-				c := func(args ...string) cliResult { return cli(append([]string{"-db", db, "client"}, args...)...) }
-				t.Cleanup(func() { c("delete", "-id", id) })
-				c("create", "-id", id, "-scopes", "read").ok(t)
-				leaked := decodeView(t, c("show", "-id", id).ok(t)).Secrets[0].ID
+	clientRounds(t, 10, func(t *testing.T, i int, id string, c func(args ...string) cliResult) {
+		leaked := decodeView(t, c("show", "-id", id).ok(t)).Secrets[0].ID
 
-				var wg sync.WaitGroup
-				var routine, urgent cliResult
-				wg.Go(func() { routine = c("rotate-secret", "-id", id, "-grace", "24h") })
-				wg.Go(func() { urgent = c("rotate-secret", "-id", id, "-grace", "0s") })
-				wg.Wait()
-				routine.ok(t)
-				var out struct {
-					Expire time.Time `json:"previous_secrets_expire_at"`
-				}
-				require.NoError(t, json.Unmarshal([]byte(urgent.ok(t)), &out))
+		var wg sync.WaitGroup
+		var routine, urgent cliResult
+		wg.Go(func() { routine = c("rotate-secret", "-id", id, "-grace", "24h") })
+		wg.Go(func() { urgent = c("rotate-secret", "-id", id, "-grace", "0s") })
+		wg.Wait()
+		routine.ok(t)
+		var out struct {
+			Expire time.Time `json:"previous_secrets_expire_at"`
+		}
+		require.NoError(t, json.Unmarshal([]byte(urgent.ok(t)), &out))
 
-				var v struct {
-					Secrets []struct {
-						ID        string     `json:"id"`
-						ExpiresAt *time.Time `json:"expires_at"`
-					} `json:"secrets"`
-				}
-				require.NoError(t, json.Unmarshal([]byte(c("show", "-id", id).ok(t)), &v))
-				require.Len(t, v.Secrets, 3, "round %d", i)
-				for _, s := range v.Secrets {
-					if s.ID == leaked {
-						require.NotNil(t, s.ExpiresAt, "round %d: the leaked secret does not expire", i)
-						// out.Expire is in whole seconds.
-						require.False(t, s.ExpiresAt.After(out.Expire.Add(time.Second)), "round %d: the leaked secret lives until %v, past %v", i, s.ExpiresAt, out.Expire)
-					}
-				}
+		var v struct {
+			Secrets []struct {
+				ID        string     `json:"id"`
+				ExpiresAt *time.Time `json:"expires_at"`
+			} `json:"secrets"`
+		}
+		require.NoError(t, json.Unmarshal([]byte(c("show", "-id", id).ok(t)), &v))
+		require.Len(t, v.Secrets, 3, "round %d", i)
+		for _, s := range v.Secrets {
+			if s.ID == leaked {
+				require.NotNil(t, s.ExpiresAt, "round %d: the leaked secret does not expire", i)
+				// out.Expire is in whole seconds.
+				require.False(t, s.ExpiresAt.After(out.Expire.Add(time.Second)), "round %d: the leaked secret lives until %v, past %v", i, s.ExpiresAt, out.Expire)
 			}
-		})
-	}
+		}
+	})
 }

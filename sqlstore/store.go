@@ -443,18 +443,7 @@ func (s *Store) UpdateClient(ctx context.Context, c *m2mauth.Client) error {
 // secret id, an unreadable hash or a public client is refused.
 func (s *Store) AddSecret(ctx context.Context, clientID string, sec m2mauth.Secret) error {
 	return s.modify(ctx, clientID, true, func(q querier, cur *m2mauth.Client, now time.Time) ([]m2mauth.AuditEvent, error) {
-		cur.Secrets = append(cur.Secrets, sec)
-		if err := cur.Validate(); err != nil {
-			return nil, err
-		}
-		if err := checkColumns(&m2mauth.Client{Secrets: []m2mauth.Secret{sec}}); err != nil {
-			return nil, err
-		}
-		var seq int64
-		if err := q.QueryRowContext(ctx, s.q.nextSecretSeq, clientID).Scan(&seq); err != nil {
-			return nil, err
-		}
-		if err := s.insertSecret(ctx, q, clientID, seq, sec); err != nil {
+		if err := s.addSecret(ctx, q, cur, sec); err != nil {
 			return nil, err
 		}
 		if err := s.touch(ctx, q, clientID, now); err != nil {
@@ -462,6 +451,23 @@ func (s *Store) AddSecret(ctx context.Context, clientID string, sec m2mauth.Secr
 		}
 		return []m2mauth.AuditEvent{event(now, m2mauth.EventSecretAdded, clientID, sec.ID, "")}, nil
 	})
+}
+
+// addSecret adds sec to cur, the client as read in the transaction of q,
+// and to its rows, once cur with it passes [m2mauth.Client.Validate].
+func (s *Store) addSecret(ctx context.Context, q querier, cur *m2mauth.Client, sec m2mauth.Secret) error {
+	cur.Secrets = append(cur.Secrets, sec)
+	if err := cur.Validate(); err != nil {
+		return err
+	}
+	if err := checkColumns(&m2mauth.Client{Secrets: []m2mauth.Secret{sec}}); err != nil {
+		return err
+	}
+	var seq int64
+	if err := q.QueryRowContext(ctx, s.q.nextSecretSeq, cur.ID).Scan(&seq); err != nil {
+		return err
+	}
+	return s.insertSecret(ctx, q, cur.ID, seq, sec)
 }
 
 // RotateSecret adds sec to a client, as [Store.AddSecret] does, and in
@@ -477,19 +483,8 @@ func (s *Store) RotateSecret(ctx context.Context, clientID string, sec m2mauth.S
 		return errors.New("sqlstore: RotateSecret needs the time the other secrets expire")
 	}
 	return s.modify(ctx, clientID, true, func(q querier, cur *m2mauth.Client, now time.Time) ([]m2mauth.AuditEvent, error) {
-		others := cur.Secrets
-		cur.Secrets = append(cur.Secrets[:len(others):len(others)], sec)
-		if err := cur.Validate(); err != nil {
-			return nil, err
-		}
-		if err := checkColumns(&m2mauth.Client{Secrets: []m2mauth.Secret{sec}}); err != nil {
-			return nil, err
-		}
-		var seq int64
-		if err := q.QueryRowContext(ctx, s.q.nextSecretSeq, clientID).Scan(&seq); err != nil {
-			return nil, err
-		}
-		if err := s.insertSecret(ctx, q, clientID, seq, sec); err != nil {
+		others := cur.Secrets[:len(cur.Secrets):len(cur.Secrets)]
+		if err := s.addSecret(ctx, q, cur, sec); err != nil {
 			return nil, err
 		}
 		events := []m2mauth.AuditEvent{event(now, m2mauth.EventSecretAdded, clientID, sec.ID, "")}
