@@ -135,7 +135,7 @@ func (a *clientAuth) authenticate(ctx context.Context, cr *credentials, ip strin
 		e.Status = http.StatusTooManyRequests
 		return nil, e
 	}
-	c, outcome, err := a.verify(ctx, cr, now, ev, pre)
+	c, outcome, err := a.verify(ctx, cr, ip, now, ev, pre)
 	rctx := ctx
 	if ctx.Err() != nil {
 		// The reservation must end even when the request ran out of
@@ -162,7 +162,7 @@ type prefetched struct {
 
 // verify looks the client up, unless pre holds the lookup already, and
 // checks its secret, and says how the attempt ended for the limiter.
-func (a *clientAuth) verify(ctx context.Context, cr *credentials, now time.Time, ev *AuditEvent, pre prefetched) (*Client, Outcome, error) {
+func (a *clientAuth) verify(ctx context.Context, cr *credentials, addr string, now time.Time, ev *AuditEvent, pre prefetched) (*Client, Outcome, error) {
 	fail := func(reason string) (*Client, Outcome, error) {
 		ev.Reason = reason
 		return nil, OutcomeFailed, NewError(CodeInvalidClient, "client authentication failed")
@@ -205,10 +205,11 @@ func (a *clientAuth) verify(ctx context.Context, cr *credentials, now time.Time,
 		slow = slow || slowHash(s.Hash)
 	}
 	if slow {
-		if err := a.slow.enter(ctx, cr.id); err != nil {
+		known := a.slow.isKnown(cr.id, addr, now)
+		if err := a.slow.enter(ctx, cr.id, known); err != nil {
 			return nil, OutcomeAbandoned, err
 		}
-		defer a.slow.leave(cr.id)
+		defer a.slow.leave(cr.id, known)
 	}
 	matched, expired := -1, false
 	for i, s := range c.Secrets {
@@ -234,6 +235,9 @@ func (a *clientAuth) verify(ctx context.Context, cr *credentials, now time.Time,
 		return fail(ReasonClientDisabled)
 	}
 	ev.SecretID = c.Secrets[matched].ID
+	if slow {
+		a.slow.remember(cr.id, addr, now)
+	}
 	return c, OutcomeAuthenticated, nil
 }
 
@@ -274,10 +278,10 @@ func (a *clientAuth) dummyVerify(ctx context.Context, id, secret string) error {
 		slow = slow || slowHash(h)
 	}
 	if slow {
-		if err := a.slow.enter(ctx, id); err != nil {
+		if err := a.slow.enter(ctx, id, false); err != nil {
 			return err
 		}
-		defer a.slow.leave(id)
+		defer a.slow.leave(id, false)
 	}
 	for _, h := range hashes {
 		VerifySecret(h, secret)
@@ -372,12 +376,29 @@ func parseBasic(values []string, cr *credentials) error {
 // bcrypt): at most n at once in the process and at most perClient of them
 // for one client id, so a burst of guesses cannot exhaust memory or CPU.
 // Fast hashes pass without a lock.
+//
+// A client that proved its secret from an address within knownWindow is
+// not held to its id's share there: guesses at its id from elsewhere,
+// which fill that share, would else keep it waiting past StoreTimeout.
 type slowGate struct {
 	global    chan struct{}
 	perClient int
 	mu        sync.Mutex
 	clients   map[string]*clientSlots
+	// known holds, for each client id and address key (joined by a NUL)
+	// that passed a slow verification, when it last did (Unix
+	// nanoseconds); at most maxSlowKnown of them.
+	known map[string]int64
 }
+
+const (
+	// maxSlowKnown bounds the (client, address) pairs a slowGate
+	// remembers.
+	maxSlowKnown = 10000
+	// knownWindow is how long a slowGate remembers a pair, the default
+	// [RateLimiterConfig].KnownWindow.
+	knownWindow = 24 * time.Hour
+)
 
 type clientSlots struct {
 	ch   chan struct{}
@@ -385,12 +406,57 @@ type clientSlots struct {
 }
 
 func newSlowGate(n int) *slowGate {
-	return &slowGate{global: make(chan struct{}, n), perClient: max(1, n/4), clients: make(map[string]*clientSlots)}
+	return &slowGate{global: make(chan struct{}, n), perClient: max(1, n/4), clients: make(map[string]*clientSlots), known: make(map[string]int64)}
+}
+
+// isKnown reports whether client id passed a slow verification from the
+// address key addr within knownWindow of now.
+func (g *slowGate) isKnown(id, addr string, now time.Time) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	at, ok := g.known[id+"\x00"+addr]
+	return ok && now.UnixNano()-at < int64(knownWindow)
+}
+
+// remember notes that client id passed a slow verification from addr at
+// now.
+func (g *slowGate) remember(id, addr string, now time.Time) {
+	k, n := id+"\x00"+addr, now.UnixNano()
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if _, ok := g.known[k]; !ok && len(g.known) >= maxSlowKnown {
+		for old, at := range g.known {
+			if n-at >= int64(knownWindow) {
+				delete(g.known, old)
+			}
+		}
+		// Room for a tenth more at once, so that the sweep above runs
+		// once per that many new pairs.
+		for old := range g.known {
+			if len(g.known) < maxSlowKnown*9/10 {
+				break
+			}
+			delete(g.known, old)
+		}
+	}
+	g.known[k] = n
 }
 
 // enter waits for a slot to verify a slow hash of client id, until ctx
-// ends. A nil error must be matched by a leave.
-func (g *slowGate) enter(ctx context.Context, id string) error {
+// ends. With known (see isKnown), the id's own share is not taken. A nil
+// error must be matched by a leave with the same known.
+func (g *slowGate) enter(ctx context.Context, id string, known bool) error {
+	if known {
+		select {
+		case g.global <- struct{}{}:
+			if ctx.Err() == nil {
+				return nil
+			}
+			<-g.global
+		case <-ctx.Done():
+		}
+		return unavailable(ctx, "too many slow secret verifications", context.DeadlineExceeded)
+	}
 	g.mu.Lock()
 	cs := g.clients[id]
 	if cs == nil {
@@ -416,8 +482,11 @@ func (g *slowGate) enter(ctx context.Context, id string) error {
 	return unavailable(ctx, "too many slow secret verifications", context.DeadlineExceeded)
 }
 
-func (g *slowGate) leave(id string) {
+func (g *slowGate) leave(id string, known bool) {
 	<-g.global
+	if known {
+		return
+	}
 	g.mu.Lock()
 	cs := g.clients[id]
 	g.mu.Unlock()

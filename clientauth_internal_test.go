@@ -4,11 +4,14 @@ import (
 	"context"
 	"encoding/base64"
 	"fmt"
+	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
 
@@ -80,6 +83,49 @@ func BenchmarkParseCredentials(b *testing.B) {
 	}
 }
 
+// TestSlowGateKnownAddress: a client that proved its secret from an
+// address is not kept waiting there behind guesses at its id from other
+// addresses, which fill the id's share; anyone else still is. The pairs
+// remembered are bounded.
+func TestSlowGateKnownAddress(t *testing.T) {
+	g := newSlowGate(4) // a share of one per id
+	now := time.Date(2026, 12, 1, 9, 0, 0, 0, time.UTC)
+	g.remember("legacy", "192.0.2.1", now)
+
+	require.NoError(t, g.enter(t.Context(), "legacy", false), "a guess from elsewhere takes the share")
+	for _, tc := range []struct {
+		name, addr string
+		at         time.Time
+		known      bool
+	}{
+		{"the client's address", "192.0.2.1", now.Add(time.Hour), true},
+		{"another address", "198.51.100.7", now.Add(time.Hour), false},
+		{"the client's address, a day later", "192.0.2.1", now.Add(knownWindow), false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			known := g.isKnown("legacy", tc.addr, tc.at)
+			require.Equal(t, tc.known, known)
+			ctx, cancel := context.WithTimeout(t.Context(), 20*time.Millisecond)
+			defer cancel()
+			err := g.enter(ctx, "legacy", known)
+			if !tc.known {
+				require.Error(t, err, "waits behind the guess")
+				return
+			}
+			require.NoError(t, err)
+			g.leave("legacy", known)
+		})
+	}
+	g.leave("legacy", false)
+	assert.False(t, g.isKnown("other", "192.0.2.1", now), "another id at that address")
+
+	for i := range 2 * maxSlowKnown {
+		g.remember(fmt.Sprint("c", i), "192.0.2.1", now)
+	}
+	assert.LessOrEqual(t, len(g.known), maxSlowKnown)
+	assert.True(t, g.isKnown(fmt.Sprint("c", 2*maxSlowKnown-1), "192.0.2.1", now), "the newest is kept")
+}
+
 // TestSlowGatePerClient: one client id holds at most a quarter of the
 // slow-hash verifications at once (at least one), as
 // TokenHandlerConfig.SlowHashConcurrency documents; another id still gets
@@ -89,22 +135,67 @@ func TestSlowGatePerClient(t *testing.T) {
 		t.Run(fmt.Sprint(tt.n), func(t *testing.T) {
 			g := newSlowGate(tt.n)
 			for i := range tt.perClient {
-				require.NoError(t, g.enter(t.Context(), "guessed"), "verification %d", i+1)
+				require.NoError(t, g.enter(t.Context(), "guessed", false), "verification %d", i+1)
 			}
 			// The id's next verification waits for a turn, here until
 			// its request gives up.
 			ctx, cancel := context.WithTimeout(t.Context(), 20*time.Millisecond)
 			defer cancel()
-			require.Error(t, g.enter(ctx, "guessed"), "one more for the same id")
+			require.Error(t, g.enter(ctx, "guessed", false), "one more for the same id")
 			if tt.n > tt.perClient {
-				require.NoError(t, g.enter(t.Context(), "other"), "another id")
-				g.leave("other")
+				require.NoError(t, g.enter(t.Context(), "other", false), "another id")
+				g.leave("other", false)
 			}
 			for range tt.perClient {
-				g.leave("guessed")
+				g.leave("guessed", false)
 			}
-			require.NoError(t, g.enter(t.Context(), "guessed"), "after the others left")
-			g.leave("guessed")
+			require.NoError(t, g.enter(t.Context(), "guessed", false), "after the others left")
+			g.leave("guessed", false)
 		})
 	}
+}
+
+// oneClient is a ClientStore of one client.
+type oneClient struct{ c *Client }
+
+func (s oneClient) Client(_ context.Context, id string) (*Client, error) {
+	if id != s.c.ID {
+		return nil, ErrClientNotFound
+	}
+	return s.c.Clone(), nil
+}
+
+// TestSlowHashKnownAddressServed: while guesses at a slow-hash client's
+// id fill its share of the slow-hash turns, the client itself, asking
+// from an address it authenticated from before, still gets its token;
+// from an address it never used, it waits like the guesses.
+func TestSlowHashKnownAddressServed(t *testing.T) {
+	hash, err := HashSecretArgon2id("right-secret-0123456789")
+	require.NoError(t, err)
+	key, err := NewHS256Key("k1", []byte("0123456789abcdef0123456789abcdef"))
+	require.NoError(t, err)
+	keys, err := NewStaticKeys(key)
+	require.NoError(t, err)
+	c := &Client{ID: "legacy", Secrets: []Secret{{ID: "s1", Hash: hash}}, Grants: map[string]Scopes{"https://api.example.com": {"read"}}}
+	h, err := NewTokenHandler(oneClient{c}, keys, TokenHandlerConfig{
+		Issuer: "https://auth.example.com", DefaultAudience: "https://api.example.com",
+		StoreTimeout: 200 * time.Millisecond, Auditor: AuditorFunc(func(context.Context, AuditEvent) {}),
+	})
+	require.NoError(t, err)
+	ask := func(addr string) int {
+		r := httptest.NewRequest(http.MethodPost, "https://auth.example.com/oauth/token", strings.NewReader("grant_type=client_credentials"))
+		r.RemoteAddr = addr
+		r.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+		r.SetBasicAuth("legacy", "right-secret-0123456789")
+		w := httptest.NewRecorder()
+		h.ServeHTTP(w, r)
+		return w.Code
+	}
+	require.Equal(t, http.StatusOK, ask("192.0.2.1:1"), "the client, from its usual address")
+
+	// A guess from elsewhere holds the id's share.
+	require.NoError(t, h.auth.slow.enter(t.Context(), "legacy", false))
+	defer h.auth.slow.leave("legacy", false)
+	assert.Equal(t, http.StatusOK, ask("192.0.2.1:2"), "from its usual address")
+	assert.Equal(t, http.StatusServiceUnavailable, ask("198.51.100.9:1"), "from a new address, behind the guess")
 }

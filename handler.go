@@ -112,8 +112,11 @@ type TokenHandlerConfig struct {
 	// with Retry-After. Negative means no bound. Default: 512.
 	MaxConcurrentRequests int
 	// SlowHashConcurrency bounds the argon2id and bcrypt verifications
-	// run at once (a quarter of them, at least one, for one client id).
-	// Each argon2id verification may hold up to 64 MiB. Default: 4.
+	// run at once (a quarter of them, at least one, for one client id,
+	// except from an address where the client passed one within 24
+	// hours, so that guesses at its id from elsewhere cannot keep it
+	// waiting). Each argon2id verification may hold up to 64 MiB.
+	// Default: 4.
 	SlowHashConcurrency int
 	// RequireAudit makes the handler refuse every request with 503
 	// temporarily_unavailable while the Auditor reports that it cannot
