@@ -2,6 +2,9 @@ package m2mauth
 
 import (
 	"context"
+	"crypto/hmac"
+	"crypto/rand"
+	"crypto/sha256"
 	"encoding/base64"
 	"errors"
 	"log/slog"
@@ -205,7 +208,7 @@ func (a *clientAuth) verify(ctx context.Context, cr *credentials, addr string, n
 		slow = slow || slowHash(s.Hash)
 	}
 	if slow {
-		known := a.slow.isKnown(cr.id, addr, now)
+		known := a.slow.isKnown(cr.id, addr, cr.secret, now)
 		if err := a.slow.enter(ctx, cr.id, known); err != nil {
 			return nil, OutcomeAbandoned, err
 		}
@@ -236,7 +239,7 @@ func (a *clientAuth) verify(ctx context.Context, cr *credentials, addr string, n
 	}
 	ev.SecretID = c.Secrets[matched].ID
 	if slow {
-		a.slow.remember(cr.id, addr, now)
+		a.slow.remember(cr.id, addr, cr.secret, now)
 	}
 	return c, OutcomeAuthenticated, nil
 }
@@ -377,26 +380,39 @@ func parseBasic(values []string, cr *credentials) error {
 // for one client id, so a burst of guesses cannot exhaust memory or CPU.
 // Fast hashes pass without a lock.
 //
-// A client that proved its secret from an address within knownWindow is
-// not held to its id's share there: guesses at its id from elsewhere,
-// which fill that share, would else keep it waiting past StoreTimeout.
+// A client presenting, from an address, the secret it proved there within
+// knownWindow is not held to its id's share: guesses at its id from
+// elsewhere, which fill that share, would else keep it waiting past
+// StoreTimeout. Any other request, a wrong secret from that same address
+// included, waits as an unknown id's does, so the bypass tells nothing.
 type slowGate struct {
 	global    chan struct{}
 	perClient int
 	mu        sync.Mutex
 	clients   map[string]*clientSlots
-	// known holds, for each client id and address key (joined by a NUL)
-	// that passed a slow verification, when it last did (Unix
-	// nanoseconds); at most maxSlowKnown of them.
-	known map[string]int64
+	// known holds, for at most maxSlowKnown client ids, the last
+	// addresses each passed a slow verification from.
+	known map[string]*knownAddrs
+	// proofKey keys the digests of the secrets proven (see proof).
+	proofKey [32]byte
+}
+
+// knownAddrs are the last addresses a client passed a slow verification
+// from, with the digest of the secret it presented and when.
+type knownAddrs [maxKnownPerClient]struct {
+	addr  string
+	proof [sha256.Size]byte
+	at    int64 // Unix nanoseconds; 0: a free place
 }
 
 const (
-	// maxSlowKnown bounds the (client, address) pairs a slowGate
-	// remembers.
-	maxSlowKnown = 10000
-	// knownWindow is how long a slowGate remembers a pair, the default
-	// [RateLimiterConfig].KnownWindow.
+	// maxSlowKnown bounds the client ids a slowGate remembers addresses
+	// of, and maxKnownPerClient the addresses of one: a client with
+	// many addresses cannot push the others out.
+	maxSlowKnown      = 10000
+	maxKnownPerClient = 8
+	// knownWindow is how long a slowGate remembers an address: 24
+	// hours, as the default [RateLimiterConfig].KnownWindow.
 	knownWindow = 24 * time.Hour
 )
 
@@ -406,40 +422,93 @@ type clientSlots struct {
 }
 
 func newSlowGate(n int) *slowGate {
-	return &slowGate{global: make(chan struct{}, n), perClient: max(1, n/4), clients: make(map[string]*clientSlots), known: make(map[string]int64)}
+	g := &slowGate{global: make(chan struct{}, n), perClient: max(1, n/4), clients: make(map[string]*clientSlots), known: make(map[string]*knownAddrs)}
+	rand.Read(g.proofKey[:])
+	return g
 }
 
-// isKnown reports whether client id passed a slow verification from the
-// address key addr within knownWindow of now.
-func (g *slowGate) isKnown(id, addr string, now time.Time) bool {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	at, ok := g.known[id+"\x00"+addr]
-	return ok && now.UnixNano()-at < int64(knownWindow)
+// proof is the digest by which a slowGate recognises the secret a client
+// proved: keyed with a random key of the process, so that it is no hash
+// of the secret anyone could test guesses against.
+func (g *slowGate) proof(id, secret string) (p [sha256.Size]byte) {
+	mac := hmac.New(sha256.New, g.proofKey[:])
+	mac.Write([]byte(id))
+	mac.Write([]byte{0})
+	mac.Write([]byte(secret))
+	mac.Sum(p[:0])
+	return p
 }
 
-// remember notes that client id passed a slow verification from addr at
-// now.
-func (g *slowGate) remember(id, addr string, now time.Time) {
-	k, n := id+"\x00"+addr, now.UnixNano()
+// isKnown reports whether client id passed a slow verification with
+// secret from the address key addr within knownWindow of now.
+func (g *slowGate) isKnown(id, addr, secret string, now time.Time) bool {
+	p := g.proof(id, secret)
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	if _, ok := g.known[k]; !ok && len(g.known) >= maxSlowKnown {
-		for old, at := range g.known {
-			if n-at >= int64(knownWindow) {
-				delete(g.known, old)
-			}
-		}
-		// Room for a tenth more at once, so that the sweep above runs
-		// once per that many new pairs.
-		for old := range g.known {
-			if len(g.known) < maxSlowKnown*9/10 {
-				break
-			}
-			delete(g.known, old)
+	k := g.known[id]
+	if k == nil {
+		return false
+	}
+	for _, e := range k {
+		if e.at != 0 && e.addr == addr && now.UnixNano()-e.at < int64(knownWindow) {
+			return hmac.Equal(e.proof[:], p[:])
 		}
 	}
-	g.known[k] = n
+	return false
+}
+
+// remember notes that client id passed a slow verification with secret
+// from addr at now.
+func (g *slowGate) remember(id, addr, secret string, now time.Time) {
+	p, n := g.proof(id, secret), now.UnixNano()
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	k := g.known[id]
+	if k == nil {
+		if len(g.known) >= maxSlowKnown {
+			g.forget(n)
+		}
+		k = new(knownAddrs)
+		g.known[id] = k
+	}
+	// The address's own place, else the one with the earliest time: a
+	// free one (0), else the oldest, expired or not.
+	i := -1
+	for j := range k {
+		if k[j].at != 0 && k[j].addr == addr {
+			i = j
+			break
+		}
+	}
+	if i < 0 {
+		i = 0
+		for j := range k {
+			if k[j].at < k[i].at {
+				i = j
+			}
+		}
+	}
+	k[i].addr, k[i].proof, k[i].at = addr, p, n
+}
+
+// forget makes room for a tenth of maxSlowKnown more client ids: those
+// whose addresses all expired by now go first, then any. g.mu is held.
+func (g *slowGate) forget(now int64) {
+	for id, k := range g.known {
+		live := false
+		for _, e := range k {
+			live = live || e.at != 0 && now-e.at < int64(knownWindow)
+		}
+		if !live {
+			delete(g.known, id)
+		}
+	}
+	for id := range g.known {
+		if len(g.known) < maxSlowKnown*9/10 {
+			break
+		}
+		delete(g.known, id)
+	}
 }
 
 // enter waits for a slot to verify a slow hash of client id, until ctx

@@ -83,27 +83,29 @@ func BenchmarkParseCredentials(b *testing.B) {
 	}
 }
 
-// TestSlowGateKnownAddress: a client that proved its secret from an
-// address is not kept waiting there behind guesses at its id from other
-// addresses, which fill the id's share; anyone else still is. The pairs
-// remembered are bounded.
+// TestSlowGateKnownAddress: a client presenting, from an address, the
+// secret it proved there is not kept waiting behind guesses at its id from
+// other addresses, which fill the id's share; anyone else still is, a
+// wrong secret from that address included. What is remembered is bounded,
+// and one client with many addresses cannot push the others out.
 func TestSlowGateKnownAddress(t *testing.T) {
 	g := newSlowGate(4) // a share of one per id
 	now := time.Date(2026, 12, 1, 9, 0, 0, 0, time.UTC)
-	g.remember("legacy", "192.0.2.1", now)
+	g.remember("legacy", "192.0.2.1", "right", now)
 
 	require.NoError(t, g.enter(t.Context(), "legacy", false), "a guess from elsewhere takes the share")
 	for _, tc := range []struct {
-		name, addr string
-		at         time.Time
-		known      bool
+		name, addr, secret string
+		at                 time.Time
+		known              bool
 	}{
-		{"the client's address", "192.0.2.1", now.Add(time.Hour), true},
-		{"another address", "198.51.100.7", now.Add(time.Hour), false},
-		{"the client's address, a day later", "192.0.2.1", now.Add(knownWindow), false},
+		{"the client's address and secret", "192.0.2.1", "right", now.Add(time.Hour), true},
+		{"a wrong secret from the client's address", "192.0.2.1", "guess", now.Add(time.Hour), false},
+		{"another address", "198.51.100.7", "right", now.Add(time.Hour), false},
+		{"the client's address, a day later", "192.0.2.1", "right", now.Add(knownWindow), false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			known := g.isKnown("legacy", tc.addr, tc.at)
+			known := g.isKnown("legacy", tc.addr, tc.secret, tc.at)
 			require.Equal(t, tc.known, known)
 			ctx, cancel := context.WithTimeout(t.Context(), 20*time.Millisecond)
 			defer cancel()
@@ -117,13 +119,22 @@ func TestSlowGateKnownAddress(t *testing.T) {
 		})
 	}
 	g.leave("legacy", false)
-	assert.False(t, g.isKnown("other", "192.0.2.1", now), "another id at that address")
+	assert.False(t, g.isKnown("other", "192.0.2.1", "right", now), "another id at that address")
 
+	// A client with a whole /48 of addresses keeps only its last few.
+	for i := range 20 * maxKnownPerClient {
+		g.remember("tenant", fmt.Sprintf("2001:db8:%x::/64", i), "t", now.Add(time.Minute))
+	}
+	assert.True(t, g.isKnown("legacy", "192.0.2.1", "right", now.Add(2*time.Minute)), "pushed out by another client")
+	assert.True(t, g.isKnown("tenant", fmt.Sprintf("2001:db8:%x::/64", 20*maxKnownPerClient-1), "t", now.Add(2*time.Minute)))
+	assert.False(t, g.isKnown("tenant", "2001:db8:0::/64", "t", now.Add(2*time.Minute)), "the oldest address gave way")
+
+	// Many clients: bounded.
 	for i := range 2 * maxSlowKnown {
-		g.remember(fmt.Sprint("c", i), "192.0.2.1", now)
+		g.remember(fmt.Sprint("c", i), "192.0.2.1", "s", now)
 	}
 	assert.LessOrEqual(t, len(g.known), maxSlowKnown)
-	assert.True(t, g.isKnown(fmt.Sprint("c", 2*maxSlowKnown-1), "192.0.2.1", now), "the newest is kept")
+	assert.True(t, g.isKnown(fmt.Sprint("c", 2*maxSlowKnown-1), "192.0.2.1", "s", now), "the newest is kept")
 }
 
 // TestSlowGatePerClient: one client id holds at most a quarter of the
@@ -182,20 +193,26 @@ func TestSlowHashKnownAddressServed(t *testing.T) {
 		StoreTimeout: 200 * time.Millisecond, Auditor: AuditorFunc(func(context.Context, AuditEvent) {}),
 	})
 	require.NoError(t, err)
-	ask := func(addr string) int {
+	ask := func(addr, id, secret string) int {
 		r := httptest.NewRequest(http.MethodPost, "https://auth.example.com/oauth/token", strings.NewReader("grant_type=client_credentials"))
 		r.RemoteAddr = addr
 		r.Header.Set("Content-Type", "application/x-www-form-urlencoded")
-		r.SetBasicAuth("legacy", "right-secret-0123456789")
+		r.SetBasicAuth(id, secret)
 		w := httptest.NewRecorder()
 		h.ServeHTTP(w, r)
 		return w.Code
 	}
-	require.Equal(t, http.StatusOK, ask("192.0.2.1:1"), "the client, from its usual address")
+	require.Equal(t, http.StatusOK, ask("192.0.2.1:1", "legacy", "right-secret-0123456789"), "the client, from its usual address")
 
 	// A guess from elsewhere holds the id's share.
 	require.NoError(t, h.auth.slow.enter(t.Context(), "legacy", false))
 	defer h.auth.slow.leave("legacy", false)
-	assert.Equal(t, http.StatusOK, ask("192.0.2.1:2"), "from its usual address")
-	assert.Equal(t, http.StatusServiceUnavailable, ask("198.51.100.9:1"), "from a new address, behind the guess")
+	assert.Equal(t, http.StatusOK, ask("192.0.2.1:2", "legacy", "right-secret-0123456789"), "from its usual address")
+	assert.Equal(t, http.StatusServiceUnavailable, ask("198.51.100.9:1", "legacy", "right-secret-0123456789"), "from a new address, behind the guess")
+	// A guess from the client's address waits too, as one at an id that
+	// does not exist does: the answer tells neither apart.
+	require.NoError(t, h.auth.slow.enter(t.Context(), "nosuch", false))
+	defer h.auth.slow.leave("nosuch", false)
+	assert.Equal(t, http.StatusServiceUnavailable, ask("192.0.2.1:3", "legacy", "a-guess"), "a wrong secret from its address")
+	assert.Equal(t, http.StatusServiceUnavailable, ask("192.0.2.1:4", "nosuch", "a-guess"), "an unknown id from its address")
 }

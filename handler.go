@@ -113,9 +113,9 @@ type TokenHandlerConfig struct {
 	MaxConcurrentRequests int
 	// SlowHashConcurrency bounds the argon2id and bcrypt verifications
 	// run at once (a quarter of them, at least one, for one client id,
-	// except from an address where the client passed one within 24
-	// hours, so that guesses at its id from elsewhere cannot keep it
-	// waiting). Each argon2id verification may hold up to 64 MiB.
+	// except for the secret the client proved from the same address
+	// within 24 hours, so that guesses at its id from elsewhere cannot
+	// keep it waiting). Each argon2id verification may hold up to 64 MiB.
 	// Default: 4.
 	SlowHashConcurrency int
 	// RequireAudit makes the handler refuse every request with 503

@@ -47,7 +47,8 @@ const ReasonForeignToken = "foreign_token"
 // token stays valid, as after a 503 (RFC 7009 §2.2.1). Every valid token
 // of the caller's own counts, one revoked before included; tokens that
 // revoke nothing (invalid, expired, another client's) and revocations
-// the store fails to make do not. The rate is kept in memory, per
+// the store refuses do not (one that timed out may still be made, and
+// counts). The rate is kept in memory, per
 // process: N replicas let a client revoke N times as fast.
 //
 // Success is 200 with the body {} and Cache-Control: no-store. When the
@@ -133,7 +134,11 @@ func (rh *RevocationHandler) revoke(ctx context.Context, req *tokenRequest, c *C
 	sctx, cancel := context.WithTimeout(ctx, rh.h.cfg.StoreTimeout)
 	defer cancel()
 	if err := rh.rev.RevokeToken(sctx, c.ID, claims.ID, claims.Expiry.Time()); err != nil {
-		rh.limit.give(c.ID)
+		if sctx.Err() == nil && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, context.Canceled) {
+			// The store refused: nothing was revoked. A write that
+			// timed out may still be made, so it counts.
+			rh.limit.give(c.ID)
+		}
 		return nil, unavailable(sctx, "the revocation store is unavailable", err)
 	}
 	ev.Type = EventTokenRevoked

@@ -5,6 +5,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -418,41 +419,58 @@ func TestRevocationRate(t *testing.T) {
 
 }
 
-// flakyRevoker is a Revoker whose RevokeToken fails while fail is set.
+// flakyRevoker is a Revoker whose RevokeToken fails with err while it is
+// set.
 type flakyRevoker struct {
 	m2mauth.Revoker
-	fail atomic.Bool
+	err atomic.Pointer[error]
 }
 
 func (f *flakyRevoker) RevokeToken(ctx context.Context, clientID, jti string, exp time.Time) error {
-	if f.fail.Load() {
-		return errors.New("connection refused")
+	if err := f.err.Load(); err != nil {
+		return *err
 	}
 	return f.Revoker.RevokeToken(ctx, clientID, jti, exp)
 }
 
-// TestRevocationRateStoreFailure: revocations the store fails to make do
-// not use the client's allowance.
+// TestRevocationRateStoreFailure: revocations the store refuses do not
+// use the client's allowance; those that time out, which the store may
+// still make, do.
 func TestRevocationRateStoreFailure(t *testing.T) {
-	e := newEndpointFixture(t, nil, func(c *m2mauth.TokenHandlerConfig) {
-		c.RevocationRate, c.RevocationBurst, c.Logger = 0.5, 2, discardLogger()
-	})
-	rev := &flakyRevoker{Revoker: e.store}
-	rh, err := e.handler.RevocationHandler(rev)
-	require.NoError(t, err)
-	revoke := func() *httptest.ResponseRecorder {
-		return send(t, rh, request{body: "token=" + e.issue(t, "svc", e.secret), headers: auth(basic("svc", e.secret))})
+	tests := []struct {
+		name   string
+		err    error
+		status int
+		counts bool
+	}{
+		{"refused", errors.New("connection refused"), http.StatusInternalServerError, false},
+		{"timed out", fmt.Errorf("commit: %w", context.DeadlineExceeded), http.StatusServiceUnavailable, true},
 	}
-	rev.fail.Store(true)
-	for range 5 {
-		require.Equal(t, http.StatusInternalServerError, revoke().Code)
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEndpointFixture(t, nil, func(c *m2mauth.TokenHandlerConfig) {
+				c.RevocationRate, c.RevocationBurst, c.Logger = 0.5, 2, discardLogger()
+			})
+			rev := &flakyRevoker{Revoker: e.store}
+			rh, err := e.handler.RevocationHandler(rev)
+			require.NoError(t, err)
+			revoke := func() *httptest.ResponseRecorder {
+				return send(t, rh, request{body: "token=" + e.issue(t, "svc", e.secret), headers: auth(basic("svc", e.secret))})
+			}
+			rev.err.Store(&tc.err)
+			require.Equal(t, tc.status, revoke().Code)
+			require.Equal(t, tc.status, revoke().Code)
+			rev.err.Store(nil)
+			w := revoke()
+			if tc.counts {
+				require.Equal(t, http.StatusTooManyRequests, w.Code, "body: %s", w.Body)
+				return
+			}
+			require.Equal(t, http.StatusOK, w.Code, "body: %s", w.Body)
+			require.Equal(t, http.StatusOK, revoke().Code)
+			require.Equal(t, http.StatusTooManyRequests, revoke().Code)
+		})
 	}
-	rev.fail.Store(false)
-	for i := range 2 {
-		w := revoke()
-		require.Equal(t, http.StatusOK, w.Code, "revocation %d: %s", i, w.Body)
-	}
-	require.Equal(t, http.StatusTooManyRequests, revoke().Code)
 }
 
 // TestRevocationExpired checks that an expired token needs no revoking

@@ -318,10 +318,7 @@ func (s *spillFile) close() error {
 	switch {
 	case s.off >= s.size:
 		s.off, s.size, s.n = 0, 0, 0
-		// Removed while the lock is held: another Auditor that opened
-		// the path meanwhile finds it gone and opens it anew.
-		err := os.Remove(s.path)
-		return errors.Join(err, f.Close())
+		return removeSpill(f, s.path)
 	case s.off > 0:
 		err := s.compact(f)
 		return errors.Join(err, f.Close())
