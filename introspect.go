@@ -89,9 +89,9 @@ type IntrospectionHandler struct {
 	limit *callerLimiter
 }
 
-// maxIntrospectionCallers bounds the calling clients whose request rates
-// an IntrospectionHandler remembers.
-const maxIntrospectionCallers = 10000
+// maxRateCallers bounds the calling clients whose request rates a
+// callerLimiter (an introspection or revocation endpoint's) remembers.
+const maxRateCallers = 10000
 
 // IntrospectionHandler returns the introspection endpoint of h, which
 // finds the clients of introspected tokens in h's client store. It checks
@@ -108,7 +108,7 @@ func (h *TokenHandler) IntrospectionHandler(cfg IntrospectionConfig) (*Introspec
 		h:     h,
 		v:     v,
 		revs:  cfg.Revocations,
-		limit: newCallerLimiter(cfg.Rate, cfg.Burst, maxIntrospectionCallers),
+		limit: newCallerLimiter(cfg.Rate, cfg.Burst),
 	}, nil
 }
 
@@ -291,8 +291,8 @@ type callerBucket struct {
 	at     int64   // unix nanoseconds
 }
 
-func newCallerLimiter(rate float64, burst, max int) *callerLimiter {
-	return &callerLimiter{rate: rate, burst: float64(burst), max: max, callers: make(map[string]callerBucket)}
+func newCallerLimiter(rate float64, burst int) *callerLimiter {
+	return &callerLimiter{rate: rate, burst: float64(burst), max: maxRateCallers, callers: make(map[string]callerBucket)}
 }
 
 // level returns the requests b holds at now.

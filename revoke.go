@@ -85,7 +85,7 @@ func (h *TokenHandler) RevocationHandler(rev Revoker) (*RevocationHandler, error
 		return nil, err
 	}
 	return &RevocationHandler{h: h, rev: rev, v: v,
-		limit: newCallerLimiter(h.cfg.RevocationRate, h.cfg.RevocationBurst, maxIntrospectionCallers)}, nil
+		limit: newCallerLimiter(h.cfg.RevocationRate, h.cfg.RevocationBurst)}, nil
 }
 
 // ServeHTTP answers one revocation request.
