@@ -17,7 +17,7 @@
 //		DefaultAudience: "https://api.example.com",
 //	})
 //	if err != nil { ... }
-//	mux.Handle("POST /oauth/token", h)
+//	mux.Handle("/oauth/token", h)
 //
 // API routes are protected by a [Validator]'s middleware, which checks the
 // bearer token (RFC 6750, RFC 9068 §4) and the scopes a route needs:
@@ -154,7 +154,9 @@
 //     does, so one token may travel under two strings. Identify tokens by
 //     their jti, never by their string.
 //   - Parameters are read only from the request body, never from the URL
-//     query, and a repeated parameter is refused (RFC 6749 §3.2). Bearer
+//     query, and a repeated parameter is refused (RFC 6749 §3.2), except
+//     an RFC 8707 resource repeated with the same value. One sent without a
+//     value counts as omitted (RFC 6749 §3.1). Bearer
 //     tokens are read only from the Authorization header.
 //   - Failed authentications are rate limited per client id and address
 //     (5 in a row, one forgiven every 12 s) and per address (20, one every

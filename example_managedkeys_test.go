@@ -61,7 +61,7 @@ func ExampleNewManagedKeys() {
 		log.Fatal(err)
 	}
 	mux := http.NewServeMux()
-	mux.Handle("POST /oauth/token", tokens)
+	mux.Handle("/oauth/token", tokens)
 	mux.Handle("GET /.well-known/jwks.json", jwks)
 	mux.Handle("GET /readyz", ready)
 	srv := httptest.NewServer(mux)

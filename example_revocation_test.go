@@ -73,9 +73,9 @@ func ExampleTokenHandler_RevocationHandler() {
 		log.Fatal(err)
 	}
 	mux := http.NewServeMux()
-	mux.Handle("POST /oauth/token", tokens)
-	mux.Handle("POST /oauth/revoke", revoke)
-	mux.Handle("POST /oauth/introspect", introspect)
+	mux.Handle("/oauth/token", tokens)
+	mux.Handle("/oauth/revoke", revoke)
+	mux.Handle("/oauth/introspect", introspect)
 
 	_, body := examplePost(mux, "/oauth/token", "reporting-service", secret, url.Values{"grant_type": {"client_credentials"}})
 	var tok struct {
@@ -130,8 +130,8 @@ func ExampleTokenHandler_IntrospectionHandler() {
 		log.Fatal(err)
 	}
 	mux := http.NewServeMux()
-	mux.Handle("POST /oauth/token", tokens)
-	mux.Handle("POST /oauth/introspect", introspect)
+	mux.Handle("/oauth/token", tokens)
+	mux.Handle("/oauth/introspect", introspect)
 
 	_, body := examplePost(mux, "/oauth/token", "reporting-service", clientSecret, url.Values{"grant_type": {"client_credentials"}})
 	var tok struct {

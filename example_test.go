@@ -56,7 +56,11 @@ func ExampleTokenHandler() {
 		log.Fatal(err)
 	}
 	mux := http.NewServeMux()
-	mux.Handle("POST /oauth/token", tokens)
+	// On the path alone: the handler answers every method but POST
+	// itself, with 405, Allow: POST and an RFC 6749 §5.2 JSON error,
+	// where a "POST /oauth/token" pattern would leave that to the mux's
+	// plain-text 405.
+	mux.Handle("/oauth/token", tokens)
 
 	// A client's request, as golang.org/x/oauth2/clientcredentials sends it.
 	body := url.Values{"grant_type": {"client_credentials"}, "scope": {"read:builders"}}
@@ -76,7 +80,14 @@ func ExampleTokenHandler() {
 		log.Fatal(err)
 	}
 	fmt.Println(w.Code, resp.TokenType, resp.ExpiresIn, resp.Scope, strings.Count(resp.AccessToken, "."))
-	// Output: 200 Bearer 3600 read:builders 2
+
+	// Any other method.
+	w = httptest.NewRecorder()
+	mux.ServeHTTP(w, httptest.NewRequest(http.MethodGet, "https://m2mauth.test/oauth/token", nil))
+	fmt.Println(w.Code, w.Header().Get("Allow"), w.Header().Get("Content-Type"), strings.TrimSpace(w.Body.String()))
+	// Output:
+	// 200 Bearer 3600 read:builders 2
+	// 405 POST application/json {"error":"invalid_request","error_description":"this endpoint accepts only POST"}
 }
 
 // ExampleValidator_RequireScopes shows how a host application unit-tests

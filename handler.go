@@ -128,7 +128,7 @@ type TokenHandlerConfig struct {
 // TokenHandler is the token endpoint of an OAuth 2.0 authorization server
 // for the client credentials grant (RFC 6749 §4.4). Mount it with
 //
-//	mux.Handle("POST /oauth/token", h)
+//	mux.Handle("/oauth/token", h)
 //
 // It accepts parameters as application/x-www-form-urlencoded (RFC 6749) or
 // as a JSON object of strings, never from the URL query; client
@@ -321,7 +321,9 @@ type tokenRequest struct {
 	// token and tokenTypeHint are the parameters of revocation
 	// (RFC 7009 §2.1) and introspection (RFC 7662 §2.1) requests.
 	token, tokenTypeHint string
-	cred                 credentials
+	// manyResources is set when "resource" names more than one target.
+	manyResources bool
+	cred          credentials
 	// addrKey is the client's address as the limiter keys it.
 	addrKey string
 	// now is the time of the request, read once.
@@ -725,8 +727,9 @@ func readBody(r *http.Request, limit int64, bp *[]byte) ([]byte, error) {
 
 // param stores the value of a parameter the request's endpoint
 // recognises in req, refusing a repeated one (RFC 6749 §3.2, RFC 7009
-// §2.1 and RFC 7662 §2.1 use the same encoding). Unrecognised parameters
-// are ignored (RFC 6749 §3.1).
+// §2.1 and RFC 7662 §2.1 use the same encoding) but "resource", which
+// RFC 8707 §2 lets a client repeat. Unrecognised parameters, and any
+// sent without a value, are ignored (RFC 6749 §3.1).
 func (req *tokenRequest) param(name, value string, seen *uint8) error {
 	var dst *string
 	var bit uint8
@@ -751,12 +754,21 @@ func (req *tokenRequest) param(name, value string, seen *uint8) error {
 	default:
 		return nil
 	}
+	if value == "" {
+		// A parameter sent without a value is treated as omitted
+		// (RFC 6749 §3.1), so it is not a repeat of one with a value.
+		return nil
+	}
 	if *seen&bit != 0 {
+		if bit == 32 {
+			// "resource" may be repeated (RFC 8707 §2); a token here
+			// is for one resource, which audience checks.
+			req.manyResources = req.manyResources || value != *dst
+			return nil
+		}
 		return NewError(CodeInvalidRequest, "parameter "+name+" is repeated")
 	}
 	*seen |= bit
-	// A parameter sent without a value is treated as omitted
-	// (RFC 6749 §3.1).
 	*dst = value
 	return nil
 }
@@ -840,6 +852,9 @@ func parseJSONParams(body []byte, req *tokenRequest) error {
 // "resource", or the default.
 func (h *TokenHandler) audience(req *tokenRequest) (string, error) {
 	aud := req.audience
+	if req.manyResources {
+		return "", NewError(CodeInvalidTarget, "a token is issued for one resource; request one token per resource (RFC 8707 section 2)")
+	}
 	if req.resource != "" {
 		u, err := url.Parse(req.resource)
 		if err != nil || !u.IsAbs() || u.Fragment != "" || strings.Contains(req.resource, "#") {

@@ -48,7 +48,7 @@ const (
 // a [TokenHandler], made by [TokenHandler.IntrospectionHandler]. Mount it
 // with
 //
-//	mux.Handle("POST /oauth/introspect", ih)
+//	mux.Handle("/oauth/introspect", ih)
 //
 // and publish it with
 // [AuthorizationServerMetadataConfig.IntrospectionEndpoint].

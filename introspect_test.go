@@ -218,6 +218,13 @@ func TestIntrospectionHandler(t *testing.T) {
 			status: 400, code: "invalid_request",
 		},
 		{
+			name: "RFC 6749 §3.1: an empty token beside a token is omitted",
+			req: func(e *fx, tok string) request {
+				return request{body: "token=&" + form(tok) + "&token_type_hint=", headers: introspector(e)}
+			},
+			status: 200, active: true,
+		},
+		{
 			name: "RFC 7662 §2.1: GET is 405",
 			req: func(e *fx, tok string) request {
 				return request{method: http.MethodGet, target: "/oauth/introspect?" + form(tok), contentType: "-", headers: introspector(e)}

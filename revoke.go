@@ -15,7 +15,7 @@ const ReasonForeignToken = "foreign_token"
 // RevocationHandler is the token revocation endpoint (RFC 7009) of a
 // [TokenHandler], made by [TokenHandler.RevocationHandler]. Mount it with
 //
-//	mux.Handle("POST /oauth/revoke", rh)
+//	mux.Handle("/oauth/revoke", rh)
 //
 // and publish it with [AuthorizationServerMetadataConfig.RevocationEndpoint].
 //

@@ -263,6 +263,11 @@ func TestRevocationHandler(t *testing.T) {
 			status: 400, code: "invalid_request",
 		},
 		{
+			name:   "RFC 6749 §3.1: an empty token beside a token is omitted",
+			req:    func(tok string) request { return request{body: "token=&" + form(tok), headers: svc} },
+			status: 200, revoked: true, event: m2mauth.EventTokenRevoked,
+		},
+		{
 			name:   "RFC 7009 §2.1: repeated token",
 			req:    func(tok string) request { return request{body: form(tok) + "&" + form(tok), headers: svc} },
 			status: 400, code: "invalid_request",

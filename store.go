@@ -45,8 +45,9 @@ type Client struct {
 	Grants map[string]Scopes
 	// Public marks a client that cannot keep a secret. Public clients may
 	// not use the client credentials grant (RFC 6749 §4.4); they exist in
-	// the model so the token handler can refuse them with
-	// unauthorized_client.
+	// the model so the token handler can refuse them, with 401
+	// invalid_client like any client that cannot authenticate, and say
+	// why in the audit event.
 	Public bool
 	// Disabled clients cannot authenticate.
 	Disabled bool
