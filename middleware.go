@@ -712,7 +712,9 @@ func (v *Validator) RequireScopes(scopes ...string) func(http.Handler) http.Hand
 }
 
 // RequireAnyScope is [Validator.RequireScopes] satisfied by any one of
-// scopes.
+// scopes. Its insufficient_scope challenge names all of them, as RFC 6750
+// §3's scope attribute has no way to say "any one of": a client that asks
+// for all gets a token that passes, and one with any of them passes too.
 func (v *Validator) RequireAnyScope(scopes ...string) func(http.Handler) http.Handler {
 	s := mustScopes(scopes)
 	if len(s) == 0 {
