@@ -89,9 +89,12 @@ const (
 // [Revocations]). A consumer must check the signature, typ, iss and exp,
 // and refuse a ver lower than the one it holds.
 //
-// The ETag is the version, quoted ("42"): a request whose If-None-Match
-// matches it gets 304 Not Modified, so polling an unchanged list costs
-// a few bytes. Cache-Control is "public, max-age=5" by default (see
+// The ETag is a hash of the signed list, so it changes whenever the list
+// is signed again (see below), as RFC 9110 §8.8.1 asks of a strong
+// validator: a request whose If-None-Match matches it gets 304 Not
+// Modified, so polling an unchanged list costs a few bytes, and a client
+// or a cache holding a list signed before gets the new one, with its
+// later exp. Cache-Control is "public, max-age=5" by default (see
 // [RevocationListConfig.MaxAge]). When the source is stale (its error
 // wraps [ErrRevocationsStale]) the answer is 503 with a server_error:
 // publishing revocations nobody can vouch for would let revoked tokens
@@ -187,13 +190,6 @@ func (h *RevocationListHandler) ServeHTTP(w http.ResponseWriter, r *http.Request
 	if revs == nil {
 		revs = &Revocations{}
 	}
-	etag := revocationListETag(revs.Version)
-	if inm := r.Header.Values("If-None-Match"); len(inm) > 0 && etagListMatches(inm, etag) {
-		w.Header().Set("ETag", etag)
-		w.Header().Set("Cache-Control", h.cache)
-		w.WriteHeader(http.StatusNotModified)
-		return
-	}
 	doc, err := h.current(r.Context(), revs)
 	if err != nil {
 		h.cfg.Logger.ErrorContext(r.Context(), "m2mauth: revocation list cannot be signed", "error", err)
@@ -202,11 +198,6 @@ func (h *RevocationListHandler) ServeHTTP(w http.ResponseWriter, r *http.Request
 		return
 	}
 	doc.serve(w, r, h.cache)
-}
-
-// revocationListETag is the strong entity tag of a version.
-func revocationListETag(version int64) string {
-	return `"` + strconv.FormatInt(version, 10) + `"`
 }
 
 // current returns the signed list of revs, signing it again when the
@@ -235,8 +226,11 @@ func (h *RevocationListHandler) current(ctx context.Context, revs *Revocations) 
 	if err != nil {
 		return nil, err
 	}
+	// The ETag is the signed bytes' (see newDocument): a list signed
+	// again, with a later exp or another key, is another representation
+	// (RFC 9110 §8.8.1), so a client or cache that holds the old one
+	// gets the new one, not a 304 for a list about to expire.
 	doc := newDocument(contentTypeJWT, body)
-	doc.etag = revocationListETag(revs.Version)
 	h.doc.Store(&revocationListDoc{
 		version: revs.Version, key: key,
 		resign: now.Add(time.Duration(h.validity) * time.Second / 2),
@@ -351,7 +345,7 @@ const defaultListMaxBodyBytes = 8 << 20
 //	})
 //
 // Each RevocationsSince is one conditional GET: If-None-Match carries the
-// ETag of the version held, and 304 Not Modified means unchanged. A 200
+// ETag of the list held, and 304 Not Modified means unchanged. A 200
 // is accepted only when it is a compact JWS whose signature verifies
 // with one of keys' verification keys (the one its kid names; a kid
 // none has makes one RefreshKeys call, when keys is a [KeyRefresher]),

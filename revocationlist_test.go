@@ -67,8 +67,8 @@ func parseList(t *testing.T, body string) (typ string, claims string) {
 
 // TestRevocationListHandler: the list is a JWS (RFC 7515) with typ
 // revocations+jwt (RFC 8725 §3.11) signed with the current signing key,
-// served as application/jwt (RFC 7519 §10.3.1) with the version as a
-// strong ETag and conditional GET (RFC 9110 §13.1.2).
+// served as application/jwt (RFC 7519 §10.3.1) with a strong ETag of the
+// signed bytes (RFC 9110 §8.8.1) and conditional GET (RFC 9110 §13.1.2).
 func TestRevocationListHandler(t *testing.T) {
 	clock := newPollClock()
 	now := clock.Now()
@@ -87,7 +87,8 @@ func TestRevocationListHandler(t *testing.T) {
 	w := getList(h, http.MethodGet)
 	require.Equal(t, http.StatusOK, w.Code, w.Body.String())
 	assert.Equal(t, "application/jwt", w.Header().Get("Content-Type"))
-	assert.Equal(t, `"7"`, w.Header().Get("ETag"))
+	etag := w.Header().Get("ETag")
+	require.Regexp(t, `^"[A-Za-z0-9_-]+"$`, etag)
 	assert.Equal(t, "public, max-age=5", w.Header().Get("Cache-Control"))
 	typ, claims := parseList(t, w.Body.String())
 	assert.Equal(t, "revocations+jwt", typ)
@@ -103,17 +104,18 @@ func TestRevocationListHandler(t *testing.T) {
 			inm    string
 			status int
 		}{
-			{`"7"`, http.StatusNotModified},
-			{`W/"7"`, http.StatusNotModified},
-			{`"6", "7"`, http.StatusNotModified},
+			{etag, http.StatusNotModified},
+			{`W/` + etag, http.StatusNotModified},
+			{`"6", ` + etag, http.StatusNotModified},
 			{`*`, http.StatusNotModified},
+			{`"7"`, http.StatusOK},
 			{`"6"`, http.StatusOK},
-			{`"70"`, http.StatusOK},
+			{etag[:len(etag)-1] + `x"`, http.StatusOK},
 		}
 		for _, tc := range tests {
 			w := getList(h, http.MethodGet, "If-None-Match", tc.inm)
 			assert.Equal(t, tc.status, w.Code, tc.inm)
-			assert.Equal(t, `"7"`, w.Header().Get("ETag"), tc.inm)
+			assert.Equal(t, etag, w.Header().Get("ETag"), tc.inm)
 			if tc.status == http.StatusNotModified {
 				assert.Empty(t, w.Body.String())
 			}
@@ -129,13 +131,20 @@ func TestRevocationListHandler(t *testing.T) {
 		assert.Equal(t, "GET, HEAD", w.Header().Get("Allow"))
 	})
 
-	t.Run("the same bytes until half the validity has passed", func(t *testing.T) {
+	t.Run("the same bytes until half the validity has passed, then a new ETag, RFC 9110 §8.8.1", func(t *testing.T) {
 		first := getList(h, http.MethodGet).Body.String()
 		clock.Add(2*time.Minute + 29*time.Second)
 		assert.Equal(t, first, getList(h, http.MethodGet).Body.String())
+		assert.Equal(t, http.StatusNotModified, getList(h, http.MethodGet, "If-None-Match", etag).Code)
 		clock.Add(2 * time.Second)
-		again := getList(h, http.MethodGet).Body.String()
+		// A client holding the list signed before, which expires in 2.5
+		// minutes, is given the new one, not told its copy is current.
+		w := getList(h, http.MethodGet, "If-None-Match", etag)
+		require.Equal(t, http.StatusOK, w.Code)
+		again := w.Body.String()
 		assert.NotEqual(t, first, again, "signed again")
+		assert.NotEqual(t, etag, w.Header().Get("ETag"))
+		assert.Equal(t, http.StatusNotModified, getList(h, http.MethodGet, "If-None-Match", w.Header().Get("ETag")).Code)
 		_, claims := parseList(t, again)
 		var c struct{ Iat, Exp int64 }
 		require.NoError(t, json.Unmarshal([]byte(claims), &c))
@@ -149,7 +158,7 @@ func TestRevocationListHandler(t *testing.T) {
 		require.Equal(t, http.StatusOK, w.Code)
 		_, claims := parseList(t, w.Body.String())
 		assert.NotContains(t, claims, `"before"`)
-		assert.Equal(t, `"8"`, w.Header().Get("ETag"))
+		assert.NotEqual(t, etag, w.Header().Get("ETag"))
 
 		src.set(nil, nil)
 		w = getList(h, http.MethodGet)
@@ -180,14 +189,19 @@ func TestRevocationListHandlerKeyRotation(t *testing.T) {
 	src.set(&m2mauth.Revocations{Version: 3}, nil)
 	h, err := m2mauth.NewRevocationListHandler(src, keys, m2mauth.RevocationListConfig{Issuer: testIssuer})
 	require.NoError(t, err)
+	var etag string
 	kid := func() string {
-		w := getList(h, http.MethodGet)
+		// Asked with the ETag of the list held: a list signed with
+		// another key is another representation (RFC 9110 §8.8.1).
+		w := getList(h, http.MethodGet, "If-None-Match", etag)
 		require.Equal(t, http.StatusOK, w.Code)
 		tok, err := jwt.ParseSigned(w.Body.String(), []jose.SignatureAlgorithm{jose.HS256})
 		require.NoError(t, err)
+		etag = w.Header().Get("ETag")
 		return tok.Headers[0].KeyID
 	}
 	assert.Equal(t, "k1", kid())
+	assert.Equal(t, http.StatusNotModified, getList(h, http.MethodGet, "If-None-Match", etag).Code)
 	keys.set(t, hsKey(t, "k2", keyB), hsKey(t, "k1", keyA))
 	assert.Equal(t, "k2", kid())
 }
@@ -376,7 +390,7 @@ func TestRemoteRevocationsRefuses(t *testing.T) {
 	assert.Equal(t, int64(6), got.Version)
 }
 
-// TestRemoteRevocationsConditional: the ETag of the version held goes in
+// TestRemoteRevocationsConditional: the ETag of the list held goes in
 // If-None-Match (RFC 9110 §13.1.2); 304 means unchanged, and so does a
 // 200 of the same version from a server without ETags.
 func TestRemoteRevocationsConditional(t *testing.T) {
