@@ -136,6 +136,14 @@ func FuzzRequireScopes(f *testing.F) {
 		if !strings.HasPrefix(w.Header().Get("WWW-Authenticate"), `Bearer realm="m2mauth"`) {
 			t.Fatalf("challenge %q", w.Header().Get("WWW-Authenticate"))
 		}
+		if w.Header().Get("WWW-Authenticate") == `Bearer realm="m2mauth"` {
+			// No bearer credentials: no error information at all
+			// (RFC 6750 §3.1).
+			if w.Code != 401 || w.Body.Len() != 0 {
+				t.Fatalf("status %d, body %q without credentials", w.Code, w.Body)
+			}
+			return
+		}
 		var body map[string]string
 		if err := json.Unmarshal(w.Body.Bytes(), &body); err != nil || body["error"] == "" {
 			t.Fatalf("body %q", w.Body)

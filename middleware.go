@@ -57,8 +57,11 @@ type ValidatorConfig struct {
 	// token and a scope_denied event for every 403. Default: none.
 	Auditor Auditor
 	// ErrorHandler, if set, renders refusals instead of the default JSON
-	// body. The WWW-Authenticate header is already set when it is called;
-	// it must write the status (err.Status) and a body.
+	// body (none for a request without a bearer token, RFC 6750 §3.1).
+	// The WWW-Authenticate header is already set when it is called; it
+	// must write the status (err.Status) and a body. A request without a
+	// bearer token comes as invalid_token, described "missing bearer
+	// token".
 	ErrorHandler func(w http.ResponseWriter, r *http.Request, err *Error)
 	// Now is the clock. Default: the system clock, read as
 	// [TokenHandlerConfig.Now] says.
@@ -934,6 +937,13 @@ func (v *Validator) render(w http.ResponseWriter, r *http.Request, e *Error) {
 		return
 	}
 	w.Header().Set("Cache-Control", "no-store")
+	if errors.Is(e, errNoToken) {
+		// A request without credentials is told only how to
+		// authenticate, by the challenge: no error code or other error
+		// information (RFC 6750 §3.1), in the body either.
+		w.WriteHeader(e.Status)
+		return
+	}
 	writeError(w, e)
 }
 
