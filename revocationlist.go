@@ -318,9 +318,9 @@ type RemoteRevocationsConfig struct {
 	// Default: 30s. At most 5 minutes.
 	Leeway time.Duration
 	// AllowInsecureHTTP allows an http:// URL on any host. It is
-	// insecure: whoever can alter the traffic can hold back 304s and
-	// keep revocations from arriving (the list's signature still stops
-	// forged ones). By default only https is allowed, and http only on
+	// insecure: whoever can alter the traffic can answer 304, or replay
+	// an older list, and keep new revocations from arriving until the
+	// list held expires (the list's signature still stops forged ones). By default only https is allowed, and http only on
 	// loopback hosts (127.0.0.0/8, ::1 and "localhost"). Default: false.
 	AllowInsecureHTTP bool
 	// Now is the clock behind exp and iat. Default: [time.Now].
@@ -345,7 +345,9 @@ const defaultListMaxBodyBytes = 8 << 20
 //	})
 //
 // Each RevocationsSince is one conditional GET: If-None-Match carries the
-// ETag of the list held, and 304 Not Modified means unchanged. A 200
+// ETag of the list held, and 304 Not Modified means unchanged. Once the
+// list held has expired (its exp, within Leeway), the list is asked for
+// whole, so a 304 cannot keep it in force. A 200
 // is accepted only when it is a compact JWS whose signature verifies
 // with one of keys' verification keys (the one its kid names; a kid
 // none has makes one RefreshKeys call, when keys is a [KeyRefresher]),
@@ -371,6 +373,7 @@ type RemoteRevocations struct {
 	mu      sync.Mutex // guards the fields below
 	etag    string     // of the version below; "" when none was sent
 	version int64      // the highest version accepted; -1 before any
+	exp     int64      // the exp of the list etag names, Unix seconds
 }
 
 // NewRemoteRevocations returns a feed of the list published at listURL,
@@ -454,7 +457,11 @@ func (rr *RemoteRevocations) httpClient() *http.Client {
 func (rr *RemoteRevocations) RevocationsSince(ctx context.Context, version int64) (*Revocations, error) {
 	rr.mu.Lock()
 	etag, floor := "", rr.version
-	if version >= 0 && version == rr.version {
+	// A 304 vouches for the list held only while that list is valid
+	// (RFC 7519 §4.1.4): once its exp has passed the list is asked for
+	// whole, so whoever answers the URL (a cache, a proxy, a broken
+	// server) cannot keep a list in force by answering 304 forever.
+	if version >= 0 && version == rr.version && !rr.expired(rr.exp) {
 		etag = rr.etag
 	}
 	rr.mu.Unlock()
@@ -467,7 +474,7 @@ func (rr *RemoteRevocations) RevocationsSince(ctx context.Context, version int64
 	if notModified {
 		return nil, nil
 	}
-	revs, err := rr.verify(ctx, body)
+	revs, exp, err := rr.verify(ctx, body)
 	if err != nil {
 		return nil, fmt.Errorf("m2mauth: revocation list from %s refused: %w", rr.url, err)
 	}
@@ -476,7 +483,7 @@ func (rr *RemoteRevocations) RevocationsSince(ctx context.Context, version int64
 	}
 	rr.mu.Lock()
 	if revs.Version >= rr.version {
-		rr.version, rr.etag = revs.Version, newTag
+		rr.version, rr.etag, rr.exp = revs.Version, newTag, exp
 	}
 	rr.mu.Unlock()
 	if revs.Version == version {
@@ -538,80 +545,86 @@ type revocationListClaims struct {
 // name, as for token dates.
 const maxUnixSeconds = 253402300799
 
-// verify checks a signed list and returns its revocations. Its errors
-// never quote the body.
-func (rr *RemoteRevocations) verify(ctx context.Context, body []byte) (*Revocations, error) {
+// expired reports whether a list whose exp is exp, in Unix seconds, has
+// expired, within Leeway.
+func (rr *RemoteRevocations) expired(exp int64) bool {
+	return rr.cfg.Now().Unix()-int64(rr.cfg.Leeway/time.Second) >= exp
+}
+
+// verify checks a signed list and returns its revocations and its exp,
+// in Unix seconds. Its errors never quote the body.
+func (rr *RemoteRevocations) verify(ctx context.Context, body []byte) (*Revocations, int64, error) {
 	raw := strings.TrimSpace(string(body))
 	h64, rest, ok1 := strings.Cut(raw, ".")
 	p64, s64, ok2 := strings.Cut(rest, ".")
 	if !ok1 || !ok2 || strings.IndexByte(s64, '.') >= 0 {
-		return nil, errors.New("not a JWS compact serialization")
+		return nil, 0, errors.New("not a JWS compact serialization")
 	}
 	hdrJSON, err := decodePart(nil, []byte(h64))
 	if err != nil {
-		return nil, errors.New("malformed header")
+		return nil, 0, errors.New("malformed header")
 	}
 	hdr, err := parseHeader(hdrJSON)
 	if err != nil {
-		return nil, errors.New("malformed header")
+		return nil, 0, errors.New("malformed header")
 	}
 	alg := jose.SignatureAlgorithm(hdr.alg)
 	if !isSupported(alg) {
-		return nil, fmt.Errorf("algorithm %q not allowed", hdr.alg)
+		return nil, 0, fmt.Errorf("algorithm %q not allowed", hdr.alg)
 	}
 	if hdr.critical {
-		return nil, errors.New("unsupported critical header parameters")
+		return nil, 0, errors.New("unsupported critical header parameters")
 	}
 	if hdr.kid == nil {
-		return nil, errors.New("no kid")
+		return nil, 0, errors.New("no kid")
 	}
 	kid := string(hdr.kid)
 	key, err := rr.key(ctx, kid)
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	if jose.SignatureAlgorithm(key.Algorithm) != alg {
 		// The key decides the algorithm, never the header (RFC 8725 §3.1).
-		return nil, fmt.Errorf("algorithm %q does not match key %q", hdr.alg, kid)
+		return nil, 0, fmt.Errorf("algorithm %q does not match key %q", hdr.alg, kid)
 	}
 	verifier, err := newJWSVerifier(key)
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	sig, err := decodePart(nil, []byte(s64))
 	if err != nil || len(sig) != verifier.sigLen() || !verifier.verify([]byte(raw[:len(h64)+1+len(p64)]), sig) {
-		return nil, errors.New("invalid signature")
+		return nil, 0, errors.New("invalid signature")
 	}
 
 	// The signature is good; now the header and claims are trusted input.
 	if t := string(hdr.typ); !strings.EqualFold(t, RevocationListType) && !strings.EqualFold(t, "application/"+RevocationListType) {
-		return nil, fmt.Errorf("typ %q is not %q", t, RevocationListType)
+		return nil, 0, fmt.Errorf("typ %q is not %q", t, RevocationListType)
 	}
 	payload, err := decodePart(nil, []byte(p64))
 	if err != nil {
-		return nil, errors.New("malformed claims")
+		return nil, 0, errors.New("malformed claims")
 	}
 	var c revocationListClaims
 	if err := json.Unmarshal(payload, &c); err != nil {
-		return nil, fmt.Errorf("malformed claims: %w", err)
+		return nil, 0, fmt.Errorf("malformed claims: %w", err)
 	}
 	switch {
 	case c.Iss == nil || c.Iat == nil || c.Exp == nil || c.Ver == nil:
-		return nil, errors.New("iss, iat, exp or ver missing")
+		return nil, 0, errors.New("iss, iat, exp or ver missing")
 	case *c.Iss != rr.cfg.Issuer:
-		return nil, fmt.Errorf("issuer %q is not %q", *c.Iss, rr.cfg.Issuer)
+		return nil, 0, fmt.Errorf("issuer %q is not %q", *c.Iss, rr.cfg.Issuer)
 	case *c.Ver < 0:
-		return nil, fmt.Errorf("negative version %d", *c.Ver)
+		return nil, 0, fmt.Errorf("negative version %d", *c.Ver)
 	}
 	now := rr.cfg.Now()
 	leeway := int64(rr.cfg.Leeway / time.Second)
 	switch {
 	case !inUnixRange(*c.Iat) || !inUnixRange(*c.Exp):
-		return nil, errors.New("iat or exp out of range")
-	case now.Unix()-leeway >= *c.Exp:
-		return nil, fmt.Errorf("expired at %s", time.Unix(*c.Exp, 0).UTC().Format(time.RFC3339))
+		return nil, 0, errors.New("iat or exp out of range")
+	case rr.expired(*c.Exp):
+		return nil, 0, fmt.Errorf("expired at %s", time.Unix(*c.Exp, 0).UTC().Format(time.RFC3339))
 	case *c.Iat > now.Unix()+leeway:
-		return nil, fmt.Errorf("issued in the future, at %s", time.Unix(*c.Iat, 0).UTC().Format(time.RFC3339))
+		return nil, 0, fmt.Errorf("issued in the future, at %s", time.Unix(*c.Iat, 0).UTC().Format(time.RFC3339))
 	}
 	revs := &Revocations{
 		Version: *c.Ver,
@@ -620,23 +633,23 @@ func (rr *RemoteRevocations) verify(ctx context.Context, body []byte) (*Revocati
 	}
 	if c.Before != nil {
 		if !inUnixRange(*c.Before) {
-			return nil, errors.New("before out of range")
+			return nil, 0, errors.New("before out of range")
 		}
 		revs.Before = time.Unix(*c.Before, 0)
 	}
 	for id, at := range c.Clients {
 		if !inUnixRange(at) {
-			return nil, errors.New("a client watermark is out of range")
+			return nil, 0, errors.New("a client watermark is out of range")
 		}
 		revs.Clients[id] = time.Unix(at, 0)
 	}
 	for jti, exp := range c.JTIs {
 		if !inUnixRange(exp) {
-			return nil, errors.New("a token expiry is out of range")
+			return nil, 0, errors.New("a token expiry is out of range")
 		}
 		revs.Tokens[jti] = time.Unix(exp, 0)
 	}
-	return revs, nil
+	return revs, *c.Exp, nil
 }
 
 func inUnixRange(s int64) bool { return s >= 0 && s <= maxUnixSeconds }

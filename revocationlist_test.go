@@ -421,6 +421,50 @@ func TestRemoteRevocationsConditional(t *testing.T) {
 	assert.Nil(t, r)
 }
 
+// TestRemoteRevocationsHeldListExpires: a 304 vouches for the list held
+// only until that list's exp (RFC 7519 §4.1.4). Once it has passed, the
+// list is asked for whole, so a server, proxy or cache that answers 304
+// forever cannot keep an expired list in force; a fresh list signed
+// again for the same version is then taken, and the old one refused.
+func TestRemoteRevocationsHeldListExpires(t *testing.T) {
+	clock := newPollClock()
+	srv := newListServer(t)
+	feed, err := m2mauth.NewRemoteRevocations(srv.URL, listVerifier(), m2mauth.RemoteRevocationsConfig{Issuer: testIssuer, Now: clock.Now})
+	require.NoError(t, err)
+	first := listDoc(t, clock.Now(), nil) // valid for 5 minutes, leeway 30s
+	srv.serve(http.StatusOK, first, `"v5"`)
+	r, err := feed.RevocationsSince(t.Context(), -1)
+	require.NoError(t, err)
+	require.Equal(t, int64(5), r.Version)
+
+	clock.Add(5*time.Minute + 29*time.Second)
+	r, err = feed.RevocationsSince(t.Context(), 5)
+	require.NoError(t, err)
+	assert.Nil(t, r, "304 while the list held is valid")
+	assert.Equal(t, `"v5"`, srv.lastINM())
+
+	// Past exp and leeway: no If-None-Match, so the server's 304 is not
+	// asked for, and the expired list it sends again is refused.
+	clock.Add(time.Second)
+	_, err = feed.RevocationsSince(t.Context(), 5)
+	require.ErrorContains(t, err, "expired")
+	assert.Empty(t, srv.lastINM())
+	_, err = feed.RevocationsSince(t.Context(), 5)
+	require.ErrorContains(t, err, "expired", "a refused list is not held")
+	assert.Empty(t, srv.lastINM())
+
+	// The list signed again, same version: taken, and held for its exp.
+	srv.serve(http.StatusOK, listDoc(t, clock.Now(), nil), `"v5b"`)
+	r, err = feed.RevocationsSince(t.Context(), 5)
+	require.NoError(t, err)
+	assert.Nil(t, r, "the same version")
+	assert.Empty(t, srv.lastINM())
+	r, err = feed.RevocationsSince(t.Context(), 5)
+	require.NoError(t, err)
+	assert.Nil(t, r)
+	assert.Equal(t, `"v5b"`, srv.lastINM())
+}
+
 // TestRemoteRevocationsRedirects: a redirect within the list's host is
 // followed; one to another host is not.
 func TestRemoteRevocationsRedirects(t *testing.T) {
