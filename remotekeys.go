@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/url"
 	"slices"
@@ -39,9 +40,9 @@ type RemoteKeysConfig struct {
 	// HTTPClient makes the requests. Timeout, MaxBodyBytes and the https
 	// rule for the configured URLs apply whatever client is given, but
 	// redirects follow the given client's own policy. Default: a client
-	// without cookie jar, limited to Timeout, that follows at most 3
-	// redirects and only to URLs allowed by the https rule (never from
-	// https down to http).
+	// without cookie jar, limited to Timeout, that reads at most 64 KiB
+	// of response headers and follows at most 3 redirects, only to URLs
+	// allowed by the https rule (never from https down to http).
 	HTTPClient *http.Client
 	// Timeout bounds each request, body included. Default: 5s.
 	Timeout time.Duration
@@ -714,12 +715,33 @@ func remoteAllowURL(u *url.URL, insecureHTTP bool) error {
 	}
 }
 
+// maxRemoteHeaderBytes bounds the response headers of the default
+// clients' fetches (net/http's own bound is 1 MiB, which a hostile
+// server fills at some 64 MiB of allocation per fetch). Key sets,
+// revocation lists and webhook answers need a few hundred bytes.
+const maxRemoteHeaderBytes = 64 << 10
+
+// remoteTransport is the transport of the default clients that fetch
+// from other servers: http.DefaultTransport's settings (written out, as
+// a program may have replaced it), with the response headers bounded.
+var remoteTransport = &http.Transport{
+	Proxy:                  http.ProxyFromEnvironment,
+	DialContext:            (&net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+	ForceAttemptHTTP2:      true,
+	MaxIdleConns:           100,
+	IdleConnTimeout:        90 * time.Second,
+	TLSHandshakeTimeout:    10 * time.Second,
+	ExpectContinueTimeout:  time.Second,
+	MaxResponseHeaderBytes: maxRemoteHeaderBytes,
+}
+
 // newRemoteHTTPClient is the default client: no cookie jar, the timeout,
-// and at most remoteMaxRedirects redirects, each allowed by the https
-// rule and never from https to http.
+// bounded response headers, and at most remoteMaxRedirects redirects,
+// each allowed by the https rule and never from https to http.
 func newRemoteHTTPClient(cfg RemoteKeysConfig) *http.Client {
 	return &http.Client{
-		Timeout: cfg.Timeout,
+		Transport: remoteTransport,
+		Timeout:   cfg.Timeout,
 		CheckRedirect: func(req *http.Request, via []*http.Request) error {
 			if len(via) > remoteMaxRedirects {
 				return fmt.Errorf("stopped after %d redirects", remoteMaxRedirects)

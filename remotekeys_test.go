@@ -1145,3 +1145,48 @@ func TestRemoteKeysCooldownLongerThanLifetime(t *testing.T) {
 		})
 	}
 }
+
+// TestRemoteFetchesBoundHeaders: the default clients of RemoteKeys and
+// RemoteRevocations refuse a response whose headers pass 64 KiB, which a
+// hostile server could otherwise make cost some 64 MiB a fetch; headers
+// within the bound are read as usual.
+func TestRemoteFetchesBoundHeaders(t *testing.T) {
+	good := remoteEC(t)
+	set := remoteRaw(remoteMarshal(t, remoteJWK("good", "ES256", &good.PublicKey), nil))
+	list := listDoc(t, time.Now(), nil)
+	for _, tc := range []struct {
+		name   string
+		header int
+		ok     bool
+	}{
+		{"32 KiB of headers", 32 << 10, true},
+		{"1 MiB of headers", 1 << 20, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				w.Header().Set("X-Padding", strings.Repeat("x", tc.header))
+				if strings.HasSuffix(r.URL.Path, "/revocations") {
+					w.Header().Set("Content-Type", "application/jwt")
+					w.Write([]byte(list))
+					return
+				}
+				w.Header().Set("Content-Type", "application/jwk-set+json")
+				w.Write(set)
+			}))
+			defer srv.Close()
+
+			rk := newRemote(t, srv.URL+"/jwks.json", m2mauth.RemoteKeysConfig{Logger: slog.New(slog.DiscardHandler)})
+			_, err := rk.VerificationKeys(t.Context())
+			feed, ferr := m2mauth.NewRemoteRevocations(srv.URL+"/revocations", listVerifier(), m2mauth.RemoteRevocationsConfig{Issuer: testIssuer})
+			require.NoError(t, ferr)
+			_, lerr := feed.RevocationsSince(t.Context(), -1)
+			if tc.ok {
+				require.NoError(t, err)
+				require.NoError(t, lerr)
+				return
+			}
+			require.ErrorContains(t, err, "headers exceeded")
+			require.ErrorContains(t, lerr, "headers exceeded")
+		})
+	}
+}

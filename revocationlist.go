@@ -303,9 +303,10 @@ type RemoteRevocationsConfig struct {
 	Issuer string
 	// HTTPClient makes the requests. Timeout, MaxBodyBytes, the https
 	// rule and the refusal of redirects to another host apply whatever
-	// client is given. Default: a client without cookie jar that follows
-	// at most 3 redirects, each to the same host, allowed by the https
-	// rule and never from https down to http.
+	// client is given. Default: a client without cookie jar that reads
+	// at most 64 KiB of response headers and follows at most 3
+	// redirects, each to the same host, allowed by the https rule and
+	// never from https down to http.
 	HTTPClient *http.Client
 	// Timeout bounds each request, body included. Default: 5s.
 	Timeout time.Duration
@@ -425,7 +426,7 @@ func (rr *RemoteRevocations) httpClient() *http.Client {
 	if rr.cfg.HTTPClient != nil {
 		c = *rr.cfg.HTTPClient
 	} else {
-		c.Timeout = rr.cfg.Timeout
+		c.Transport, c.Timeout = remoteTransport, rr.cfg.Timeout
 	}
 	own := c.CheckRedirect
 	c.CheckRedirect = func(req *http.Request, via []*http.Request) error {
