@@ -592,17 +592,25 @@ func (d *Detector) at(t time.Time) int64 {
 // rule's alerts (lockouts from thousands of networks, say) leaves room
 // for the others'. d.mu is held.
 func (d *Detector) emit(n notice) {
+	if !d.offer(n) {
+		d.dropped.Add(1)
+	}
+}
+
+// offer queues n for the sink if there is room for it (see emit), and
+// reports whether there was. d.mu is held.
+func (d *Detector) offer(n notice) bool {
 	q := &d.queued[n.rule]
 	if int(q.Add(1)) > max(cap(d.queue)/2, 1) {
 		q.Add(-1)
-		d.dropped.Add(1)
-		return
+		return false
 	}
 	select {
 	case d.queue <- n:
+		return true
 	default:
 		q.Add(-1)
-		d.dropped.Add(1)
+		return false
 	}
 }
 
@@ -1021,17 +1029,17 @@ func (r *countRule[K]) alerting(k K) bool {
 }
 
 // settle sends the Recovered notice of slot i if its condition has
-// cleared.
+// cleared. A notice the queue has no room for now is not dropped: the
+// alert stays raised, and a later sweep sends it.
 func (r *countRule[K]) settle(d *Detector, i int32, now int64) {
 	s := &r.t.slots[i].v
 	if !s.alert {
 		return
 	}
 	s.advance(now / r.stepWidth)
-	if now-s.over >= r.cool && s.sum < r.threshold {
+	if now-s.over >= r.cool && s.sum < r.threshold && d.offer(r.notice(i, true, now)) {
 		s.alert = false
 		r.t.deactivate(i)
-		d.emit(r.notice(i, true, now))
 	}
 }
 
@@ -1132,10 +1140,10 @@ func (r *newAddrRule) hit(d *Detector, client string, k netKey, now int64) {
 func (r *newAddrRule) settle(d *Detector, i int32, now int64) {
 	e := &r.t.slots[i]
 	s := &e.v
-	if s.alert && now-s.lastNew >= r.cool {
+	if s.alert && now-s.lastNew >= r.cool &&
+		d.offer(notice{rule: ruleNewAddress, recovered: true, client: e.key, addr: s.addr, count: s.count, at: now}) {
 		s.alert = false
 		r.t.deactivate(i)
-		d.emit(notice{rule: ruleNewAddress, recovered: true, client: e.key, addr: s.addr, count: s.count, at: now})
 	}
 }
 
@@ -1224,9 +1232,9 @@ func (r *spikeRule) settle(d *Detector, i int32, now int64) {
 		return
 	}
 	r.roll(s, now)
-	if s.start-s.overStart >= 2*r.window && now-s.alertAt >= r.cool {
+	if s.start-s.overStart >= 2*r.window && now-s.alertAt >= r.cool &&
+		d.offer(notice{rule: ruleIssuanceSpike, recovered: true, client: e.key, count: s.prev, at: now}) {
 		s.alert = false
 		r.t.deactivate(i)
-		d.emit(notice{rule: ruleIssuanceSpike, recovered: true, client: e.key, count: s.prev, at: now})
 	}
 }

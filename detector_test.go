@@ -637,6 +637,42 @@ func TestDetectorFloodLeavesRoom(t *testing.T) {
 	assert.Greater(t, d.Dropped(), uint64(4000))
 }
 
+// TestDetectorRecoveredNoticesWait: when more alerts of one rule clear at
+// once than the queue has room for, every one still gets its Recovered
+// notice, at a later sweep; none is dropped, so no alert stays open at
+// the sink for ever.
+func TestDetectorRecoveredNoticesWait(t *testing.T) {
+	rec := &alertRecorder{}
+	clock := newDetectorClock()
+	d, err := m2mauth.NewDetector(nil, rec, m2mauth.DetectorConfig{QueueSize: 40, CheckInterval: 5 * time.Millisecond, Now: clock.Now})
+	require.NoError(t, err)
+	defer d.Close()
+	const n = 200
+	for i := range n {
+		ip := fmt.Sprintf("2001:db8:%x::1", i) // a /64 each
+		d.Audit(t.Context(), m2mauth.AuditEvent{Type: m2mauth.EventRateLimited, ClientID: fmt.Sprintf("c%d", i), RemoteIP: ip})
+		if i%10 == 9 {
+			// In batches that fit: the raised alerts are not the point.
+			rec.waitFor(t, m2mauth.RuleLockout, i+1)
+		}
+	}
+	require.Zero(t, d.Dropped())
+
+	clock.Add(24 * time.Hour) // past every window and cooldown
+	var recovered int
+	require.Eventually(t, func() bool {
+		recovered = 0
+		for _, a := range rec.of(m2mauth.RuleLockout) {
+			if a.Recovered {
+				recovered++
+			}
+		}
+		return recovered == n
+	}, 20*time.Second, 5*time.Millisecond, "Recovered notices: %d of %d", recovered, n)
+	assert.Zero(t, d.Dropped())
+	assert.Len(t, rec.of(m2mauth.RuleLockout), 2*n, "each alert recovered once")
+}
+
 // TestDetectorAuditHealth: the detector reports the health of the auditor
 // it wraps, so a token handler that requires auditing can use it.
 func TestDetectorAuditHealth(t *testing.T) {

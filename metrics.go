@@ -105,6 +105,7 @@ type MetricsConfig struct {
 //	m2mauth.cache.entries      observable up-down counter  {token}    m2mauth.validator
 //	m2mauth.rate_limiter.keys  observable up-down counter  {key}      m2mauth.limiter
 //	m2mauth.alerts             counter                     {alert}    m2mauth.alert.rule, m2mauth.alert.severity
+//	m2mauth.alerts.dropped     observable counter          {alert}    (none)
 //	m2mauth.requests.canceled  counter                     {request}  (none)
 //
 // Cache hits and misses only grow, so they are observable counters, of
@@ -157,7 +158,7 @@ type Metrics struct {
 
 	issued, authFailures, rateLimited, rejections, validations, alerts, canceledReqs metric.Int64ObservableCounter
 	duration                                                                         metric.Float64Histogram
-	cacheHits, cacheMisses, cacheEntries, limiterKeys                                metric.Int64Observable
+	cacheHits, cacheMisses, cacheEntries, limiterKeys, alertsDropped                 metric.Int64Observable
 
 	// The series of the counters, for the bounded values.
 	reasons     map[string]*tally // auth failure reasons
@@ -237,6 +238,9 @@ func NewMetrics(meter metric.Meter, cfg MetricsConfig) (*Metrics, error) {
 	errs = append(errs, err)
 	m.limiterKeys, err = meter.Int64ObservableUpDownCounter("m2mauth.rate_limiter.keys",
 		metric.WithUnit("{key}"), metric.WithDescription("Buckets held by a rate limiter."))
+	errs = append(errs, err)
+	m.alertsDropped, err = meter.Int64ObservableCounter("m2mauth.alerts.dropped",
+		metric.WithUnit("{alert}"), metric.WithDescription("Alerts a detector dropped because its queue was full."))
 	errs = append(errs, err)
 	if err := errors.Join(errs...); err != nil {
 		return nil, fmt.Errorf("m2mauth: creating instruments: %w", err)
@@ -660,6 +664,21 @@ func (m *Metrics) ObserveRateLimiter(name string, l *RateLimiter) error {
 		o.ObserveInt64(m.limiterKeys, int64(l.Len()), opt...)
 		return nil
 	}, m.limiterKeys)
+}
+
+// ObserveDetector reports the alerts d dropped (see [Detector.Dropped])
+// whenever metrics are collected, as m2mauth.alerts.dropped: alerts the
+// sink never saw, so a rate above zero means the sink is too slow or the
+// queue too small. One detector per Metrics can be observed. With
+// metrics off it does nothing.
+func (m *Metrics) ObserveDetector(d *Detector) error {
+	if d == nil {
+		return errors.New("m2mauth: ObserveDetector: nil Detector")
+	}
+	return m.observe("d:detector", func(_ context.Context, o metric.Observer) error {
+		o.ObserveInt64(m.alertsDropped, int64(d.Dropped()))
+		return nil
+	}, m.alertsDropped)
 }
 
 // observeOptions returns the attributes of an observation of the object

@@ -118,6 +118,7 @@ var instrumentSpecs = map[string]struct {
 	"m2mauth.rate_limiter.keys": {"{key}", []string{"m2mauth.limiter"}},
 	"m2mauth.alerts":            {"{alert}", []string{"m2mauth.alert.rule", "m2mauth.alert.severity"}},
 	"m2mauth.requests.canceled": {"{request}", nil},
+	"m2mauth.alerts.dropped":    {"{alert}", nil},
 }
 
 const (
@@ -690,6 +691,30 @@ func TestMetricsObserveErrors(t *testing.T) {
 			assert.Error(t, m.ObserveRateLimiter("api", l))
 		})
 	}
+}
+
+// TestMetricsObserveDetector: the alerts a detector's queue had no room
+// for are reported as m2mauth.alerts.dropped, exactly Detector.Dropped.
+func TestMetricsObserveDetector(t *testing.T) {
+	m, reader := newTestMetrics(t, m2mauth.MetricsConfig{})
+	release := make(chan struct{})
+	sink := m2mauth.AlertSinkFunc(func(context.Context, m2mauth.Alert) { <-release })
+	d, err := m2mauth.NewDetector(nil, sink, m2mauth.DetectorConfig{QueueSize: 4})
+	require.NoError(t, err)
+	defer func() { close(release); d.Close() }()
+	assert.Error(t, m.ObserveDetector(nil))
+	require.NoError(t, m.ObserveDetector(d))
+	assert.ErrorContains(t, m.ObserveDetector(d), "already observed")
+	assert.Equal(t, map[string]int64{"": 0}, collect(t, reader).values("m2mauth.alerts.dropped"))
+
+	// The sink holds the first lockout alert; the queue takes two more
+	// of the rule (half of it); the rest are dropped.
+	for i := range 10 {
+		d.Audit(t.Context(), m2mauth.AuditEvent{Type: m2mauth.EventRateLimited, ClientID: fmt.Sprintf("c%d", i)})
+	}
+	dropped := d.Dropped()
+	require.GreaterOrEqual(t, dropped, uint64(7))
+	assert.Equal(t, map[string]int64{"": int64(dropped)}, collect(t, reader).values("m2mauth.alerts.dropped"))
 }
 
 // TestMetricsOff checks that without a meter (or with a no-op one) every

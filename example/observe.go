@@ -72,6 +72,14 @@ func newObservability(f *serveFlags, next m2mauth.Auditor, logger *slog.Logger) 
 		provider.Shutdown(context.Background())
 		return nil, err
 	}
+	if err := m.ObserveDetector(det); err != nil {
+		det.Close()
+		if webhook != nil {
+			webhook.Close()
+		}
+		provider.Shutdown(context.Background())
+		return nil, err
+	}
 	o.detector = det
 	o.close = func() error {
 		// The detector hands its queued alerts to the sinks, which then
