@@ -62,7 +62,7 @@ func auditCommand(g globals, args []string, stdout, stderr io.Writer, mainUsage 
 		return errors.New(`"audit tail" reads the audit table of a SQL database; -db memory has none`)
 	}
 	ctx := context.Background()
-	b, err := openBackend(ctx, d, backendOptions{pool: defaultPool(), auditLog: slog.New(slog.NewJSONHandler(stderr, nil))})
+	b, err := openBackend(ctx, d, backendOptions{pool: defaultPool(), auditLog: slog.New(slog.NewJSONHandler(stderr, nil)), existing: true})
 	if err != nil {
 		return err
 	}

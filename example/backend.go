@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"net"
 	"net/url"
@@ -79,6 +80,10 @@ type backendOptions struct {
 	// table cannot be written. The admin commands write each event before
 	// the command ends and leave the server's spill file alone.
 	server bool
+	// existing refuses a SQLite file that does not exist yet, for the
+	// commands that only work on what is there: a mistyped -db path is
+	// an error, not a new, empty database.
+	existing bool
 	// auditSpill is the server auditor's spill file: "" for the default
 	// (beside the SQLite file, or m2mauth-audit.spill in the working
 	// directory), "none" for none.
@@ -252,6 +257,11 @@ func openBackend(ctx context.Context, d *dbSpec, opts backendOptions) (*backend,
 		return &backend{store: mem, revoker: mem, mem: mem, kind: d.kind, close: func() error { return nil }}, nil
 	}
 	driver, dsn, dialect, kind, file := d.driver, d.dsn, d.dialect, d.kind, d.file
+	if opts.existing && file != "" {
+		if _, err := os.Stat(file); errors.Is(err, fs.ErrNotExist) {
+			return nil, fmt.Errorf("-db %s: no such database file (it is created by serve or client create)", file)
+		}
+	}
 	db, err := sql.Open(driver, dsn)
 	if err != nil {
 		return nil, err

@@ -166,7 +166,7 @@ func clientCommand(g globals, args []string, stdout, stderr io.Writer, mainUsage
 		return err
 	}
 	ctx := context.Background()
-	b, err := openBackend(ctx, d, backendOptions{pool: defaultPool(), auditLog: slog.New(slog.NewJSONHandler(stderr, nil))})
+	b, err := openBackend(ctx, d, backendOptions{pool: defaultPool(), auditLog: slog.New(slog.NewJSONHandler(stderr, nil)), existing: cmd != "create"})
 	if err != nil {
 		return err
 	}

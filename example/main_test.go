@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -377,6 +378,50 @@ func TestExampleEndToEnd(t *testing.T) {
 			assert.Contains(t, logs, `"event":"token_issued"`)
 			assert.NotContains(t, logs, created.ClientSecret)
 			assert.NotContains(t, logs, tok.AccessToken)
+		})
+	}
+}
+
+// TestBadValuesChangeNothing: a value refused is refused before anything
+// is opened or written: no database file created or migrated, no key
+// file, no spill file. Read-only commands do not create a database at a
+// mistyped path either.
+func TestBadValuesChangeNothing(t *testing.T) {
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer busy.Close()
+	const secret = "0123456789abcdef0123456789abcdef0123"
+	tests := []struct {
+		name string
+		args []string // after the global -db and -signing-key-file
+		msg  string
+	}{
+		{"webhook not http(s)", []string{"serve", "-alert-webhook", "ftp://127.0.0.1/x", "-alert-webhook-secret", secret}, "-alert-webhook"},
+		{"webhook over http off this machine", []string{"serve", "-alert-webhook", "http://example.com/x", "-alert-webhook-secret", secret}, "-alert-webhook"},
+		{"webhook secret too short", []string{"serve", "-alert-webhook", "https://example.com/x", "-alert-webhook-secret", "short"}, "-alert-webhook"},
+		{"port out of range", []string{"serve", "-addr", "127.0.0.1:99999"}, "-addr"},
+		{"address without a port", []string{"serve", "-addr", "127.0.0.1"}, `-addr "127.0.0.1": want host:port`},
+		{"address in use", []string{"serve", "-addr", busy.Addr().String()}, "-addr"},
+		{"spill file in a missing directory", []string{"serve", "-audit-spill", "/nonexistent-dir/x.spill"}, "-audit-spill"},
+		{"empty issuer", []string{"-issuer=", "serve"}, "Issuer is required"},
+		{"JWKS max-age of 0", []string{"-jwks-max-age", "0s", "serve"}, "-jwks-max-age 0s"},
+		{"client show on a missing file", []string{"client", "show", "-id", "demo-client"}, "no such database file"},
+		{"client list on a missing file", []string{"client", "list"}, "no such database file"},
+		{"client usage on a missing file", []string{"client", "usage", "-id", "demo-client"}, "no such database file"},
+		{"audit tail on a missing file", []string{"audit", "tail"}, "no such database file"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			args := append([]string{"-db", filepath.Join(dir, "m.db"), "-signing-key-file", filepath.Join(dir, "m.key")}, tc.args...)
+			var stdout, stderr bytes.Buffer
+			err := run(args, &stdout, &stderr)
+			require.Error(t, err)
+			assert.Equal(t, 1, exitCode(err))
+			assert.Contains(t, err.Error(), tc.msg)
+			files, err := os.ReadDir(dir)
+			require.NoError(t, err)
+			assert.Empty(t, files, "a refused value changed nothing")
 		})
 	}
 }

@@ -55,14 +55,13 @@ const defaultManagedAlg = jose.ES256
 // on (a key published by "key rotate" signs after the propagation
 // delay the command was given), and serve's -key-refresh.
 type keySchedule struct {
-	// jwksMaxAge is how long verifiers may cache the JWKS. 0: the
-	// default, 5m.
+	// jwksMaxAge is how long verifiers may cache the JWKS.
 	jwksMaxAge time.Duration
 	// propagationDelay is the time from a key's publication to its
 	// activation. 0: twice jwksMaxAge.
 	propagationDelay time.Duration
 	// rotationInterval is the time from one key's activation to the
-	// next's. 0: 90 days.
+	// next's.
 	rotationInterval time.Duration
 	// refresh is how often a server reads the keys from the database.
 	// 0: 30s, or a quarter of propagationDelay when that is shorter.
@@ -78,12 +77,8 @@ func (s *keySchedule) addFlags(fs *flag.FlagSet) {
 
 // resolve checks s and returns it with its defaults filled in.
 func (s keySchedule) resolve() (keySchedule, error) {
-	if s.jwksMaxAge == 0 {
-		s.jwksMaxAge = defaultJWKSMaxAge
-	}
-	if s.rotationInterval == 0 {
-		s.rotationInterval = defaultRotationInterval
-	}
+	// The flags' defaults are set by their definitions: a zero given on
+	// the command line is refused below, not taken for the default.
 	switch {
 	case s.jwksMaxAge < time.Second || s.jwksMaxAge > maxJWKSMaxAge:
 		return s, fmt.Errorf("-jwks-max-age %v: want from 1s to %v", s.jwksMaxAge, maxJWKSMaxAge)

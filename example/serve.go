@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/tls"
 	"errors"
 	"flag"
@@ -13,6 +14,7 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
@@ -20,6 +22,7 @@ import (
 	"github.com/go-jose/go-jose/v4"
 
 	"github.com/m2mauth/m2mauth"
+	"github.com/m2mauth/m2mauth/memstore"
 )
 
 // Demo client made on the first start.
@@ -140,6 +143,9 @@ func serve(g globals, args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("-trusted-proxies: %w", err)
 	}
+	if err := checkServe(g, f, trusted); err != nil {
+		return err
+	}
 	var tlsConfig *tls.Config
 	if f.tlsCert != "" {
 		cert, err := tls.LoadX509KeyPair(f.tlsCert, f.tlsKey)
@@ -154,6 +160,13 @@ func serve(g globals, args []string, stdout, stderr io.Writer) error {
 		return fmt.Errorf("refusing to serve plain HTTP on %s, which other machines can reach: client secrets and tokens would cross the network in the clear. "+
 			"Give -tls-cert and -tls-key, or -trusted-proxies when a TLS-terminating reverse proxy is in front, or -insecure-http to accept the risk", f.addr)
 	}
+	// The address is taken before the database is opened, so that one
+	// in use changes nothing.
+	ln, err := net.Listen("tcp", f.addr)
+	if err != nil {
+		return fmt.Errorf("-addr: %w", err)
+	}
+	defer ln.Close() // again after Serve, harmlessly
 	// -db and the signing keys are settled before the database is opened.
 	d, err := parseDB(g.db)
 	if err != nil {
@@ -308,17 +321,12 @@ func serve(g globals, args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 
-	ln, err := net.Listen("tcp", f.addr)
-	if err != nil {
-		return err
-	}
 	scheme := "http"
 	if tlsConfig != nil {
 		scheme = "https"
 	}
 	base := scheme + "://" + ln.Addr().String()
 	if err := greet(ctx, b, g, sk, sched, disc, revocations, base, stdout); err != nil {
-		ln.Close()
 		return err
 	}
 
@@ -363,6 +371,53 @@ func serve(g globals, args []string, stdout, stderr io.Writer) error {
 	}
 	logger.Info("stopped")
 	return nil
+}
+
+// checkServe checks what serve's flags and the global ones can be checked
+// for without opening anything, so that a bad value changes nothing: no
+// database created or migrated, no key file written. The token endpoint's
+// and the validator's settings are checked by building them over a
+// throwaway store and key, which costs nothing and holds nothing.
+func checkServe(g globals, f *serveFlags, trusted []netip.Prefix) error {
+	if _, _, err := net.SplitHostPort(f.addr); err != nil {
+		return fmt.Errorf("-addr %q: want host:port: %w", f.addr, err)
+	}
+	if f.auditSpill != "" && f.auditSpill != "none" {
+		dir := filepath.Dir(f.auditSpill)
+		if fi, err := os.Stat(dir); err != nil {
+			return fmt.Errorf("-audit-spill: %w", err)
+		} else if !fi.IsDir() {
+			return fmt.Errorf("-audit-spill: %s is not a directory", dir)
+		}
+	}
+	if f.alertWebhook != "" {
+		sink, err := m2mauth.NewWebhookAlertSink(f.alertWebhook, []byte(f.alertWebhookSecret), m2mauth.WebhookConfig{Logger: slog.New(slog.DiscardHandler)})
+		if err != nil {
+			return fmt.Errorf("-alert-webhook: %w", err)
+		}
+		sink.Close()
+	}
+	secret := make([]byte, 32)
+	rand.Read(secret)
+	key, err := m2mauth.NewHS256Key("", secret)
+	if err != nil {
+		return err
+	}
+	keys, err := m2mauth.NewStaticKeys(key)
+	if err != nil {
+		return err
+	}
+	if _, err := m2mauth.NewTokenHandler(memstore.New(), keys, m2mauth.TokenHandlerConfig{
+		Issuer: g.issuer, DefaultAudience: g.audience,
+		TrustedProxies: trusted, ForwardedHeader: f.forwardedHeader, AllowInsecureHTTP: f.insecureHTTP,
+		StoreTimeout: f.storeTimeout, MaxConcurrentRequests: f.maxConcurrent,
+	}); err != nil {
+		return err
+	}
+	_, err = m2mauth.NewValidator(keys, m2mauth.ValidatorConfig{
+		Issuer: g.issuer, Audience: g.audience, TrustedProxies: trusted, ForwardedHeader: f.forwardedHeader,
+	})
+	return err
 }
 
 // loopbackOnly reports whether the listen address addr can be reached
