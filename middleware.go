@@ -73,6 +73,18 @@ type ValidatorConfig struct {
 	// connection's peer is the client.
 	TrustedProxies  []netip.Prefix
 	ForwardedHeader string
+	// RequireHTTPS refuses, in RequireScopes and RequireAnyScope, a
+	// request that did not arrive over TLS (directly, or at a trusted
+	// proxy that says so) unless it comes from a loopback address, as the
+	// token endpoint does: 400 invalid_request, a token_rejected event
+	// with Reason [ReasonInsecureTransport], and the token never looked
+	// at. Requests over TLS get Strict-Transport-Security. Sending a
+	// bearer token over plain HTTP is the client's fault (RFC 6750 §5.3),
+	// but the token has then crossed the network in the clear; refusing
+	// it tells the client's owner. Default: false, so that a host that
+	// terminates TLS in front of the API without naming the proxy keeps
+	// working; set it when TLS ends here or at TrustedProxies.
+	RequireHTTPS bool
 	// Revocations, if set, is checked for every token, those answered
 	// from the verified-token cache included: a revoked token is refused
 	// with 401 invalid_token "token has been revoked", and a
@@ -750,6 +762,13 @@ func (v *Validator) require(want Scopes, ok func(have, want Scopes) bool) func(h
 	insufficient := fmt.Sprintf(`%s, error="insufficient_scope", error_description="the access token lacks a required scope", scope="%s"`, v.challenge, want)
 	return func(next http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if v.cfg.RequireHTTPS {
+				if err := transport(w, v.addrs.resolve(r), false); err != nil {
+					v.refuse(w, r, WrapError(CodeInvalidRequest, "this API accepts only HTTPS requests (RFC 6750 section 5.3)",
+						&tokenFault{reason: ReasonInsecureTransport}))
+					return
+				}
+			}
 			raw, e := bearerToken(r.Header["Authorization"])
 			if e == nil && otherTokenMethod(r) {
 				e = NewError(CodeInvalidRequest, "more than one method used to send the access token")

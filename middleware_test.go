@@ -13,6 +13,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
 	"net/url"
 	"strings"
 	"sync"
@@ -1112,6 +1113,64 @@ func TestRequireScopesHandsOnRequest(t *testing.T) {
 			require.Equal(t, http.StatusNoContent, resp.StatusCode)
 			require.NoError(t, conn.Close())
 			require.True(t, (<-got).canceled)
+		})
+	}
+}
+
+// TestRequireHTTPS: with ValidatorConfig.RequireHTTPS a bearer request
+// that did not arrive over TLS (directly, or at a trusted proxy that says
+// so) is refused unless it comes from this machine, as the token endpoint
+// refuses one (RFC 6749 §1.6, RFC 6750 §5.3); over TLS the answer carries
+// Strict-Transport-Security. Without it, plain HTTP is let through.
+func TestRequireHTTPS(t *testing.T) {
+	proxy := netip.MustParsePrefix("10.0.0.0/8")
+	tests := []struct {
+		name    string
+		require bool
+		target  string // https:// makes r.TLS non-nil
+		remote  string
+		proto   string // X-Forwarded-Proto
+		status  int
+		hsts    bool
+	}{
+		{name: "TLS", require: true, target: "https://api.example.com/api/builders", remote: "192.0.2.1:1234", status: 200, hsts: true},
+		{name: "plain HTTP from another machine", require: true, target: "/api/builders", remote: "192.0.2.1:1234", status: 400},
+		{name: "plain HTTP from this machine", require: true, target: "/api/builders", remote: "127.0.0.1:1234", status: 200},
+		{name: "plain HTTP from IPv6 loopback", require: true, target: "/api/builders", remote: "[::1]:1234", status: 200},
+		{name: "a trusted proxy that says https", require: true, target: "/api/builders", remote: "10.0.0.7:1234", proto: "https", status: 200, hsts: true},
+		{name: "a trusted proxy that says http", require: true, target: "/api/builders", remote: "10.0.0.7:1234", proto: "http", status: 400},
+		{name: "a trusted proxy that says http, over TLS to us", require: true, target: "https://api.example.com/api/builders", remote: "10.0.0.7:1234", proto: "http", status: 400},
+		{name: "an untrusted address that says https", require: true, target: "/api/builders", remote: "192.0.2.1:1234", proto: "https", status: 400},
+		{name: "not required: plain HTTP from another machine", target: "/api/builders", remote: "192.0.2.1:1234", status: 200},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			p := newProtected(t, func(c *m2mauth.ValidatorConfig) {
+				c.RequireHTTPS, c.TrustedProxies, c.ForwardedHeader = tc.require, []netip.Prefix{proxy}, m2mauth.HeaderXForwardedFor
+			})
+			tok := mint(t, keyB, "k2", "at+jwt", validClaims(p.clock()))
+			r := httptest.NewRequest(http.MethodGet, tc.target, nil)
+			r.RemoteAddr = tc.remote
+			r.Header.Set("Authorization", "Bearer "+tok)
+			r.Header.Set("X-Forwarded-For", "192.0.2.9")
+			if tc.proto != "" {
+				r.Header.Set("X-Forwarded-Proto", tc.proto)
+			}
+			w := httptest.NewRecorder()
+			p.v.RequireScopes("read")(echo).ServeHTTP(w, r)
+			require.Equal(t, tc.status, w.Code, w.Body.String())
+			assert.Equal(t, tc.hsts, w.Header().Get("Strict-Transport-Security") != "")
+			if tc.status == 200 {
+				return
+			}
+			assert.Equal(t, `Bearer realm="m2mauth", error="invalid_request", error_description="this API accepts only HTTPS requests (RFC 6750 section 5.3)"`, w.Header().Get("WWW-Authenticate"))
+			assert.JSONEq(t, `{"error":"invalid_request","error_description":"this API accepts only HTTPS requests (RFC 6750 section 5.3)"}`, w.Body.String())
+			p.mu.Lock()
+			defer p.mu.Unlock()
+			require.Len(t, p.events, 1)
+			assert.Equal(t, m2mauth.EventTokenRejected, p.events[0].Type)
+			assert.Equal(t, m2mauth.ReasonInsecureTransport, p.events[0].Reason)
+			assert.Empty(t, p.events[0].ClientID, "the token is not looked at")
 		})
 	}
 }

@@ -294,6 +294,12 @@ func serve(g globals, args []string, stdout, stderr io.Writer) error {
 		ResourceMetadataURL: disc.resourceMetadataURL(),
 		Auditor:             m.Auditor(tee),
 		Revocations:         revocations.RevocationSource,
+		// The API, like the token endpoint, takes tokens only over TLS
+		// (or from this machine), and records the client's address
+		// behind the trusted proxies.
+		RequireHTTPS:    !f.insecureHTTP,
+		TrustedProxies:  trusted,
+		ForwardedHeader: f.forwardedHeader,
 	})
 	if err != nil {
 		return err
@@ -416,6 +422,7 @@ func checkServe(g globals, f *serveFlags, trusted []netip.Prefix) error {
 	}
 	_, err = m2mauth.NewValidator(keys, m2mauth.ValidatorConfig{
 		Issuer: g.issuer, Audience: g.audience, TrustedProxies: trusted, ForwardedHeader: f.forwardedHeader,
+		RequireHTTPS: !f.insecureHTTP,
 	})
 	return err
 }

@@ -9,6 +9,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"database/sql"
+	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
 	"encoding/pem"
@@ -125,6 +126,7 @@ func TestServeTLS(t *testing.T) {
 	require.NoError(t, err)
 	resp.Body.Close()
 	assert.Equal(t, http.StatusOK, resp.StatusCode)
+	assert.Equal(t, "max-age=31536000", resp.Header.Get("Strict-Transport-Security"), "the API too")
 
 	t.Run("plain HTTP is not served", func(t *testing.T) {
 		resp, err := (&http.Client{Timeout: 30 * time.Second}).Get("http://" + strings.TrimPrefix(srv.base, "https://") + "/healthz")
@@ -139,6 +141,53 @@ func TestServeTLS(t *testing.T) {
 		_, err := old.Get(srv.base + "/healthz")
 		assert.Error(t, err)
 	})
+}
+
+// TestServeAPIBehindProxy: behind a TLS-terminating proxy the demo API,
+// like the token endpoint, takes a token only from a request the proxy
+// says came over HTTPS ("HTTPS only"); a plain HTTP one is refused with
+// 400 invalid_request and the token is not used.
+func TestServeAPIBehindProxy(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs the example server")
+	}
+	bin := buildExample(t)
+	db := filepath.Join(t.TempDir(), "m2mauth.db")
+	var id, secret string
+	for id, secret = range createClients(t, db, 1) {
+	}
+	global := []string{"-db", db, "-signing-key-file", newKeyFile(t)}
+	srv := startServerWith(t, bin, http.DefaultClient, global, "-addr", "127.0.0.1:0", "-trusted-proxies", "127.0.0.1/32")
+	forwarded := func(method, path, proto, authz, body string) (*http.Response, []byte) {
+		req, err := http.NewRequest(method, srv.base+path, strings.NewReader(body))
+		require.NoError(t, err)
+		req.Header.Set("X-Forwarded-For", "203.0.113.5")
+		req.Header.Set("X-Forwarded-Proto", proto)
+		req.Header.Set("Authorization", authz)
+		if body != "" {
+			req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+		}
+		resp, err := http.DefaultClient.Do(req)
+		require.NoError(t, err)
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		require.NoError(t, err)
+		return resp, b
+	}
+	basic := "Basic " + base64.StdEncoding.EncodeToString([]byte(id+":"+secret))
+	resp, body := forwarded(http.MethodPost, tokenPath, "https", basic, "grant_type=client_credentials")
+	require.Equal(t, http.StatusOK, resp.StatusCode, "%s", body)
+	var tok struct {
+		AccessToken string `json:"access_token"`
+	}
+	require.NoError(t, json.Unmarshal(body, &tok))
+
+	resp, body = forwarded(http.MethodGet, "/api/builders", "https", "Bearer "+tok.AccessToken, "")
+	assert.Equal(t, http.StatusOK, resp.StatusCode, "%s", body)
+	resp, body = forwarded(http.MethodGet, "/api/builders", "http", "Bearer "+tok.AccessToken, "")
+	assert.Equal(t, http.StatusBadRequest, resp.StatusCode, "%s", body)
+	assert.Contains(t, string(body), "accepts only HTTPS")
+	assert.NotContains(t, string(body), "Acme", "no data")
 }
 
 // TestServePlainHTTPOffLoopback: plain HTTP on an address other machines
