@@ -122,7 +122,8 @@ type MetricsConfig struct {
 // authentication (the client id of a failed authentication, which may
 // be anything the request sent, is never recorded); error.type is an
 // RFC error code; m2mauth.validation.result is "ok", "scope_denied", a
-// ReasonToken constant, "invalid_request" or "server_error";
+// ReasonToken constant, "insecure_transport" (see
+// [ValidatorConfig.RequireHTTPS]), "invalid_request" or "server_error";
 // m2mauth.endpoint, m2mauth.validator and m2mauth.limiter are names
 // the host chose; alert rules are named in code (past 100 rule names,
 // "other"). A value outside its set is recorded as "other"; an issued
@@ -254,7 +255,8 @@ func NewMetrics(meter metric.Meter, cfg MetricsConfig) (*Metrics, error) {
 	m.results = m.tallyTable(m.validations, attrResult, resultOK, resultScopeDenied, CodeInvalidRequest, CodeServerError,
 		ReasonTokenMalformed, ReasonTokenAlgorithm, ReasonTokenUnknownKey, ReasonTokenSignature,
 		ReasonTokenType, ReasonTokenIssuer, ReasonTokenAudience, ReasonTokenExpired,
-		ReasonTokenNotYetValid, ReasonTokenIssuedFuture, ReasonTokenMissingClaims, ReasonTokenRevoked, attrOther)
+		ReasonTokenNotYetValid, ReasonTokenIssuedFuture, ReasonTokenMissingClaims, ReasonTokenRevoked,
+		ReasonInsecureTransport, attrOther)
 	m.codes = m.tallyTable(m.rejections, attrErrorType, CodeInvalidRequest, CodeInvalidClient, CodeInvalidGrant,
 		CodeUnauthorizedClient, CodeUnsupportedGrantType, CodeInvalidScope, CodeInvalidTarget,
 		CodeServerError, CodeTemporarilyUnavailable, attrOther)
