@@ -23,6 +23,7 @@ import (
 
 	"github.com/m2mauth/m2mauth"
 	"github.com/m2mauth/m2mauth/memstore"
+	"github.com/m2mauth/m2mauth/sqlstore"
 )
 
 // Demo client made on the first start.
@@ -527,6 +528,10 @@ func greet(ctx context.Context, b *backend, g globals, sk *serverKeys, sched key
 	greetRevocation(disc, revocations, base, out)
 	secret, err := demoClient(ctx, b, g)
 	switch {
+	case errors.Is(err, errNotFirstStart):
+		fmt.Fprintf(out, "No demo client: it is created only on a database that never had a client, and this one has had clients but not %q (deleted, it stays deleted).\n", demoClientID)
+		fmt.Fprintf(out, "Make a client with: go run ./example %s client create -id my-client -scopes %s\n", g.commandLine(), shellQuote(demoScopes))
+		return nil
 	case errors.Is(err, m2mauth.ErrClientExists):
 		// Created on an earlier start, or just now by another server
 		// sharing the database.
@@ -547,10 +552,16 @@ Call the protected API with it:
 	return nil
 }
 
-// demoClient creates the demo client unless it exists, and returns its
-// secret; an error wrapping [m2mauth.ErrClientExists] if it exists,
-// whether it did before or another process sharing the database created
-// it meanwhile.
+// errNotFirstStart: the database has, or had, clients, and the demo
+// client is not one of them.
+var errNotFirstStart = errors.New("the database has had clients but not the demo client")
+
+// demoClient creates the demo client on a database that never had a
+// client, and returns its secret; an error wrapping
+// [m2mauth.ErrClientExists] if it exists, whether it did before or
+// another process sharing the database created it meanwhile, and
+// errNotFirstStart if other clients exist or existed: a demo client an
+// operator deleted is not brought back by a restart.
 func demoClient(ctx context.Context, b *backend, g globals) (string, error) {
 	_, err := b.store.Client(ctx, demoClientID)
 	switch {
@@ -558,6 +569,24 @@ func demoClient(ctx context.Context, b *backend, g globals) (string, error) {
 		return "", m2mauth.ErrClientExists
 	case !errors.Is(err, m2mauth.ErrClientNotFound):
 		return "", err
+	}
+	others, err := b.store.ListClients(ctx, "", 1)
+	switch {
+	case err != nil:
+		return "", err
+	case len(others) > 0:
+		return "", errNotFirstStart
+	}
+	if b.sql != nil {
+		// A database whose clients were all deleted is not new either:
+		// its audit table remembers a client created.
+		created, err := b.sql.AuditEvents(ctx, sqlstore.AuditQuery{Type: m2mauth.EventClientCreated, Limit: 1})
+		switch {
+		case err != nil:
+			return "", err
+		case len(created) > 0:
+			return "", errNotFirstStart
+		}
 	}
 	scopes, err := m2mauth.ParseScopes(demoScopes)
 	if err != nil {

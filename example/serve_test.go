@@ -571,3 +571,32 @@ func TestBannerCommands(t *testing.T) {
 	require.NoError(t, json.Unmarshal([]byte(runCLI(t, bin, append(global, "client", "show", "-id", "my-client")...)), &v))
 	assert.Equal(t, map[string]string{audience: "read:builders read:subcontractors"}, v.Grants)
 }
+
+// TestDemoClientStaysDeleted: the demo client is created on a database
+// that never had a client; once an operator deletes it, a restart does
+// not bring it back with a new secret, even when no client is left.
+func TestDemoClientStaysDeleted(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs the example server")
+	}
+	bin := buildExample(t)
+	db := filepath.Join(t.TempDir(), "m2mauth.db")
+	global := []string{"-db", db, "-signing-key-file", newKeyFile(t)}
+	banner := func() string {
+		srv := startServerWith(t, bin, http.DefaultClient, global, "-addr", "127.0.0.1:0")
+		var out string
+		require.Eventually(t, func() bool {
+			out = srv.stdout.String()
+			return strings.Contains(out, "Call the protected API") || strings.Contains(out, "Make a client with")
+		}, 30*time.Second, 10*time.Millisecond)
+		stopServer(t, srv)
+		return out
+	}
+	assert.Contains(t, banner(), "Created the demo client")
+	assert.Contains(t, banner(), "Using the existing database")
+	runCLI(t, bin, append(global, "client", "delete", "-id", demoClientID)...)
+	assert.Contains(t, banner(), "No demo client", "deleted, and no client left")
+	out, err := exec.Command(bin, append(global, "client", "show", "-id", demoClientID)...).CombinedOutput()
+	require.Error(t, err, "%s", out)
+	assert.Contains(t, string(out), "not found")
+}
