@@ -528,8 +528,8 @@ func greet(ctx context.Context, b *backend, g globals, sk *serverKeys, sched key
 	greetRevocation(disc, revocations, base, out)
 	secret, err := demoClient(ctx, b, g)
 	switch {
-	case errors.Is(err, errNotFirstStart):
-		fmt.Fprintf(out, "No demo client: it is created only on a database that never had a client, and this one has had clients but not %q (deleted, it stays deleted).\n", demoClientID)
+	case errors.Is(err, errDemoDeleted):
+		fmt.Fprintf(out, "No demo client: %q was deleted, and stays deleted.\n", demoClientID)
 		fmt.Fprintf(out, "Make a client with: go run ./example %s client create -id my-client -scopes %s\n", g.commandLine(), shellQuote(demoScopes))
 		return nil
 	case errors.Is(err, m2mauth.ErrClientExists):
@@ -552,16 +552,15 @@ Call the protected API with it:
 	return nil
 }
 
-// errNotFirstStart: the database has, or had, clients, and the demo
-// client is not one of them.
-var errNotFirstStart = errors.New("the database has had clients but not the demo client")
+// errDemoDeleted: the demo client was deleted.
+var errDemoDeleted = errors.New("the demo client was deleted")
 
-// demoClient creates the demo client on a database that never had a
-// client, and returns its secret; an error wrapping
-// [m2mauth.ErrClientExists] if it exists, whether it did before or
-// another process sharing the database created it meanwhile, and
-// errNotFirstStart if other clients exist or existed: a demo client an
-// operator deleted is not brought back by a restart.
+// demoClient creates the demo client unless it exists or was deleted, and
+// returns its secret; an error wrapping [m2mauth.ErrClientExists] if it
+// exists, whether it did before or another process sharing the database
+// created it meanwhile, and errDemoDeleted if the audit table records its
+// deletion: a demo client an operator deleted is not brought back by a
+// restart.
 func demoClient(ctx context.Context, b *backend, g globals) (string, error) {
 	_, err := b.store.Client(ctx, demoClientID)
 	switch {
@@ -570,22 +569,14 @@ func demoClient(ctx context.Context, b *backend, g globals) (string, error) {
 	case !errors.Is(err, m2mauth.ErrClientNotFound):
 		return "", err
 	}
-	others, err := b.store.ListClients(ctx, "", 1)
-	switch {
-	case err != nil:
-		return "", err
-	case len(others) > 0:
-		return "", errNotFirstStart
-	}
 	if b.sql != nil {
-		// A database whose clients were all deleted is not new either:
-		// its audit table remembers a client created.
-		created, err := b.sql.AuditEvents(ctx, sqlstore.AuditQuery{Type: m2mauth.EventClientCreated, Limit: 1})
+		// An operator deleted it: the audit table remembers.
+		deleted, err := b.sql.AuditEvents(ctx, sqlstore.AuditQuery{ClientID: demoClientID, Type: m2mauth.EventClientDeleted, Limit: 1})
 		switch {
 		case err != nil:
 			return "", err
-		case len(created) > 0:
-			return "", errNotFirstStart
+		case len(deleted) > 0:
+			return "", errDemoDeleted
 		}
 	}
 	scopes, err := m2mauth.ParseScopes(demoScopes)

@@ -572,9 +572,9 @@ func TestBannerCommands(t *testing.T) {
 	assert.Equal(t, map[string]string{audience: "read:builders read:subcontractors"}, v.Grants)
 }
 
-// TestDemoClientStaysDeleted: the demo client is created on a database
-// that never had a client; once an operator deletes it, a restart does
-// not bring it back with a new secret, even when no client is left.
+// TestDemoClientStaysDeleted: the demo client is created on the first
+// start; once an operator deletes it, a restart does not bring it back
+// with a new secret, even when no client is left.
 func TestDemoClientStaysDeleted(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds and runs the example server")
@@ -595,7 +595,7 @@ func TestDemoClientStaysDeleted(t *testing.T) {
 	assert.Contains(t, banner(), "Created the demo client")
 	assert.Contains(t, banner(), "Using the existing database")
 	runCLI(t, bin, append(global, "client", "delete", "-id", demoClientID)...)
-	assert.Contains(t, banner(), "No demo client", "deleted, and no client left")
+	assert.Contains(t, banner(), `No demo client: "demo-client" was deleted`, "deleted, and no client left")
 	out, err := exec.Command(bin, append(global, "client", "show", "-id", demoClientID)...).CombinedOutput()
 	require.Error(t, err, "%s", out)
 	assert.Contains(t, string(out), "not found")
