@@ -19,6 +19,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/m2mauth/m2mauth"
+	"github.com/m2mauth/m2mauth/sqlstore"
 )
 
 // revocationRefresh is the -revocation-refresh of the tests' servers:
@@ -288,8 +289,11 @@ func TestServeReplicasStartTogether(t *testing.T) {
 			db := tdb.db(t)
 			global := []string{"-db", db, "-signing-key-file", newKeyFile(t)}
 			// On a shared database the demo client of an earlier test may
-			// exist; it may also not.
+			// exist; it may also not. Deleted, and its deletion forgotten
+			// (a deleted demo client is not created again), it is as on a
+			// new database.
 			_ = exec.Command(bin, append(slices.Clip(global), "client", "delete", "-id", "demo-client")...).Run()
+			forgetDemoDeletion(t, db)
 			var servers []*server
 			for range 3 {
 				servers = append(servers, spawnCommand(t, bin, http.DefaultClient, append(slices.Clip(global), "serve", "-addr", "127.0.0.1:0",
@@ -310,6 +314,26 @@ func TestServeReplicasStartTogether(t *testing.T) {
 			}
 		})
 	}
+}
+
+// forgetDemoDeletion removes from the audit table of db the record that
+// the demo client was deleted.
+func forgetDemoDeletion(t *testing.T, db string) {
+	t.Helper()
+	d, err := parseDB(db)
+	require.NoError(t, err)
+	if !d.server() {
+		return // a new file
+	}
+	conn, err := sql.Open(d.driver, d.dsn)
+	require.NoError(t, err)
+	defer conn.Close()
+	q := "DELETE FROM m2mauth_audit_events WHERE client_id = ? AND event_type = ?"
+	if d.dialect == sqlstore.Postgres {
+		q = "DELETE FROM m2mauth_audit_events WHERE client_id = $1 AND event_type = $2"
+	}
+	_, err = conn.ExecContext(t.Context(), q, demoClientID, string(m2mauth.EventClientDeleted))
+	require.NoError(t, err)
 }
 
 // TestServeStaleRevocations: a server that cannot read the revocations
