@@ -119,9 +119,10 @@ func (d Dialect) String() string {
 //	              statement that changes the client's row only; it
 //	              affects no row when the reservations in flight hold
 //	              tokens of the address's row
-//	limitCleanup  (now, batch); on MySQL it selects the (ip, client_id)
-//	              of the rows to delete, and limitCleanupRow (ip,
-//	              clientID, now) deletes each
+//	limitCleanup  (now, batch), rows idle and refilled by now; on MySQL
+//	              (now, now, batch) selects the (ip, client_id) of the
+//	              rows to delete, and limitCleanupRow (ip, clientID, now,
+//	              now) deletes each
 //
 // The revocation statements take the same arguments, in the same order,
 // on every dialect; times are in unix microseconds. Rows of the
@@ -439,7 +440,7 @@ UPDATE {p}rate_limits SET
 		// or with the cleanups of other replicas; the condition is
 		// checked again on the row as locked.
 		limitCleanup: t(`DELETE FROM {p}rate_limits WHERE (ip, client_id) IN (
-    SELECT ip, client_id FROM {p}rate_limits WHERE idle_at <= $1 LIMIT $2 FOR UPDATE SKIP LOCKED)`),
+    SELECT ip, client_id FROM {p}rate_limits WHERE idle_at <= $1 AND refilled_at <= $1 LIMIT $2 FOR UPDATE SKIP LOCKED)`),
 
 		clientRevoked:   t(`UPDATE {p}clients SET tokens_revoked_at = GREATEST(COALESCE(tokens_revoked_at, 0), $1) WHERE id = $2`),
 		clientWatermark: t(`SELECT at FROM {p}revocations WHERE kind = '` + kindClient + `' AND id = $1 AND expires_at >= $2`),
@@ -618,8 +619,8 @@ ON DUPLICATE KEY UPDATE ip = ip`),
 		// locks one row, row before index entry as the transactions do,
 		// so no cycle of waits can form. The condition is checked again
 		// on the row as locked.
-		limitCleanup:    t(`SELECT ip, client_id FROM {p}rate_limits WHERE idle_at <= ? LIMIT ?`),
-		limitCleanupRow: t(`DELETE FROM {p}rate_limits WHERE ip = ? AND client_id = ? AND idle_at <= ?`),
+		limitCleanup:    t(`SELECT ip, client_id FROM {p}rate_limits WHERE idle_at <= ? AND refilled_at <= ? LIMIT ?`),
+		limitCleanupRow: t(`DELETE FROM {p}rate_limits WHERE ip = ? AND client_id = ? AND idle_at <= ? AND refilled_at <= ?`),
 
 		clientRevoked:   t(`UPDATE {p}clients SET tokens_revoked_at = GREATEST(COALESCE(tokens_revoked_at, 0), ?) WHERE id = ?`),
 		clientWatermark: t(`SELECT at FROM {p}revocations WHERE kind = '` + kindClient + `' AND id = ? AND expires_at >= ?`),
@@ -807,7 +808,7 @@ ON CONFLICT (ip, client_id) DO NOTHING`),
  WHERE ip = ? AND client_id = ? AND (lease_until <= ? OR pending_addr = 0)`),
 		// DELETE ... LIMIT needs a compile-time option; rowid does not.
 		limitCleanup: t(`DELETE FROM {p}rate_limits WHERE rowid IN (
-    SELECT rowid FROM {p}rate_limits WHERE idle_at <= ? LIMIT ?)`),
+    SELECT rowid FROM {p}rate_limits WHERE idle_at <= ?1 AND refilled_at <= ?1 LIMIT ?2)`),
 
 		clientRevoked:   t(`UPDATE {p}clients SET tokens_revoked_at = MAX(COALESCE(tokens_revoked_at, 0), ?) WHERE id = ?`),
 		clientWatermark: t(`SELECT at FROM {p}revocations WHERE kind = '` + kindClient + `' AND id = ? AND expires_at >= ?`),

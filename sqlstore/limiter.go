@@ -968,7 +968,10 @@ func (l *Limiter) maybeCleanup(ctx context.Context, now int64) {
 // at all, and returns how many it deleted: rows whose bucket has refilled
 // completely, with no reservation in flight (or only lapsed ones), and
 // whose client has not authenticated from the address within
-// KnownWindow. Each row says from when it is so (idle_at, indexed).
+// KnownWindow. Each row says from when it is so (idle_at, indexed); a
+// row is also kept while its bucket refills (refilled_at), which matters
+// for rows a replica of an earlier release, unaware of idle_at, wrote
+// during a rolling upgrade.
 // [Limiter.Release] runs it every CleanupInterval, so the table holds
 // about the buckets of the last few minutes' failures and the clients
 // known at their addresses; a host may also run it from a scheduled job.
@@ -1010,7 +1013,7 @@ func (l *Limiter) cleanupAt(ctx context.Context, now int64) (n int64, more bool,
 	}
 
 	// MySQL: find the rows, then delete them one by one.
-	rows, err := stmt.QueryContext(ctx, now, l.batch)
+	rows, err := stmt.QueryContext(ctx, now, now, l.batch)
 	if err != nil {
 		return 0, false, err
 	}
@@ -1036,7 +1039,7 @@ func (l *Limiter) cleanupAt(ctx context.Context, now int64) (n int64, more bool,
 	for _, k := range keys {
 		// A row changed since it was found may no longer be idle, and
 		// then stays.
-		res, err := del.ExecContext(ctx, k[0], k[1], now)
+		res, err := del.ExecContext(ctx, k[0], k[1], now, now)
 		if err != nil {
 			return n, false, err
 		}

@@ -706,6 +706,42 @@ func TestLimiterCleanup(t *testing.T) {
 	})
 }
 
+// TestLimiterCleanupDuringUpgrade: during a rolling upgrade a replica of
+// an earlier release, unaware of idle_at, writes rows whose idle_at is 0
+// (its insert) or older than their refilled_at (its update). Cleanup
+// keeps such a row until its bucket has refilled: deleting it sooner
+// would hand the guesser a full bucket.
+func TestLimiterCleanupDuringUpgrade(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, e *env) {
+		ctx := t.Context()
+		prefix := e.newPrefix(t)
+		clock := newFakeClock()
+		a := attempts{t, e.newLimiter(t, prefix, clock, sqlstore.LimiterConfig{CleanupInterval: time.Hour})}
+		l := a.l.(*sqlstore.Limiter)
+		a.fail("svc", "192.0.2.1", 5) // locked out; a minute to refill
+		// As the earlier release leaves the rows it writes.
+		_, err := e.db.ExecContext(ctx, "UPDATE "+prefix+"rate_limits SET idle_at = 0")
+		require.NoError(t, err)
+
+		clock.Advance(10 * time.Second)
+		n, err := l.Cleanup(ctx)
+		require.NoError(t, err)
+		assert.Zero(t, n, "buckets still refilling are kept")
+		assert.Equal(t, 2, e.limitRows(t, prefix))
+		assert.Positive(t, a.probe("svc", "192.0.2.1"), "still locked out")
+		clock.Advance(10 * time.Second) // the address's bucket is full (15s), the client's is not (60s)
+		n, err = l.Cleanup(ctx)
+		require.NoError(t, err)
+		assert.Equal(t, int64(1), n)
+
+		clock.Advance(40 * time.Second)
+		n, err = l.Cleanup(ctx)
+		require.NoError(t, err)
+		assert.Equal(t, int64(1), n)
+		assert.Zero(t, e.limitRows(t, prefix))
+	})
+}
+
 // TestLimiterInFlight checks reservations in flight: while a client's
 // attempts are all lent to them, another waits for them, on the same
 // replica and on another, and is granted when one is given back or
