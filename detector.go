@@ -590,11 +590,16 @@ func (d *Detector) at(t time.Time) int64 {
 // emit queues n for the sink, or counts it dropped: when the queue is
 // full, or when n's rule holds half of it already, so that a flood of one
 // rule's alerts (lockouts from thousands of networks, say) leaves room
-// for the others'. d.mu is held.
-func (d *Detector) emit(n notice) {
+// for the others'. It reports whether n was queued: an alert is raised
+// only if the sink will hear of it, so that it never gets the Recovered
+// notice of an alert it did not get, and a later event may raise it
+// again. d.mu is held.
+func (d *Detector) emit(n notice) bool {
 	if !d.offer(n) {
 		d.dropped.Add(1)
+		return false
 	}
+	return true
 }
 
 // offer queues n for the sink if there is room for it (see emit), and
@@ -995,10 +1000,9 @@ func (r *countRule[K]) hit(d *Detector, k K, addr netKey, now int64) (fired bool
 		return false
 	}
 	s.over = now
-	if !s.alert {
+	if !s.alert && d.emit(r.notice(i, false, now)) {
 		s.alert = true
 		r.t.activate(i)
-		d.emit(r.notice(i, false, now))
 		return true
 	}
 	return false
@@ -1132,9 +1136,10 @@ func (r *newAddrRule) hit(d *Detector, client string, k netKey, now int64) {
 		}
 		return
 	}
-	s.alert, s.count, s.addr = true, 1, k
-	r.t.activate(i)
-	d.emit(notice{rule: ruleNewAddress, client: r.t.slots[i].key, addr: k, count: 1, at: now})
+	if d.emit(notice{rule: ruleNewAddress, client: r.t.slots[i].key, addr: k, count: 1, at: now}) {
+		s.alert, s.count, s.addr = true, 1, k
+		r.t.activate(i)
+	}
 }
 
 func (r *newAddrRule) settle(d *Detector, i int32, now int64) {
@@ -1218,10 +1223,9 @@ func (r *spikeRule) hit(d *Detector, client string, now int64) {
 		return
 	}
 	s.overStart = s.start
-	if !s.alert {
+	if !s.alert && d.emit(notice{rule: ruleIssuanceSpike, client: r.t.slots[i].key, count: s.count, at: now, baseline: r.baseline(s)}) {
 		s.alert, s.alertAt = true, now
 		r.t.activate(i)
-		d.emit(notice{rule: ruleIssuanceSpike, client: r.t.slots[i].key, count: s.count, at: now, baseline: r.baseline(s)})
 	}
 }
 

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/netip"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -671,6 +672,49 @@ func TestDetectorRecoveredNoticesWait(t *testing.T) {
 	}, 20*time.Second, 5*time.Millisecond, "Recovered notices: %d of %d", recovered, n)
 	assert.Zero(t, d.Dropped())
 	assert.Len(t, rec.of(m2mauth.RuleLockout), 2*n, "each alert recovered once")
+}
+
+// TestDetectorNoRecoveryWithoutRaise: an alert whose raise found no room
+// in the queue is not raised, so the sink never gets a Recovered notice
+// for an alert it did not get; a later event may raise it.
+func TestDetectorNoRecoveryWithoutRaise(t *testing.T) {
+	release := make(chan struct{})
+	rec := &alertRecorder{}
+	sink := m2mauth.AlertSinkFunc(func(ctx context.Context, a m2mauth.Alert) {
+		<-release
+		rec.Send(ctx, a)
+	})
+	clock := newDetectorClock()
+	d, err := m2mauth.NewDetector(nil, sink, m2mauth.DetectorConfig{QueueSize: 4, CheckInterval: 5 * time.Millisecond, Now: clock.Now})
+	require.NoError(t, err)
+	defer d.Close()
+	for i := range 100 {
+		d.Audit(t.Context(), m2mauth.AuditEvent{Type: m2mauth.EventRateLimited, ClientID: fmt.Sprintf("c%d", i)})
+	}
+	dropped := d.Dropped()
+	require.Greater(t, dropped, uint64(90))
+	close(release)
+	raised := rec.waitFor(t, m2mauth.RuleLockout, int(100-dropped))
+	// A client whose raise was dropped raises its alert at its next
+	// event, now that there is room.
+	var again string
+	for i := range 100 {
+		id := fmt.Sprintf("c%d", i)
+		if !slices.ContainsFunc(raised, func(a m2mauth.Alert) bool { return a.ClientID == id }) {
+			again = id
+			break
+		}
+	}
+	require.NotEmpty(t, again)
+	d.Audit(t.Context(), m2mauth.AuditEvent{Type: m2mauth.EventRateLimited, ClientID: again})
+	rec.waitFor(t, m2mauth.RuleLockout, int(100-dropped)+1)
+
+	clock.Add(24 * time.Hour)
+	want := 2 * (int(100-dropped) + 1)
+	rec.waitFor(t, m2mauth.RuleLockout, want)
+	time.Sleep(50 * time.Millisecond) // ten more sweeps: nothing else comes
+	got := rec.of(m2mauth.RuleLockout)
+	assert.Len(t, got, want, "one Recovered notice per alert raised, no more")
 }
 
 // TestDetectorAuditHealth: the detector reports the health of the auditor
