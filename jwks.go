@@ -270,9 +270,10 @@ func (d *document) serve(w http.ResponseWriter, r *http.Request, cacheControl st
 
 // etagListMatches reports whether the If-None-Match field values match
 // etag under the weak comparison of RFC 9110 §8.8.3.2: "*" matches any
-// current representation, and W/"x" matches "x". Parsing stops at the
+// current representation, and W/"x" and "x" match each other. Parsing stops at the
 // first malformed member; what came before it still counts.
 func etagListMatches(values []string, etag string) bool {
+	etag = strings.TrimPrefix(etag, "W/")
 	for _, v := range values {
 		for {
 			v = strings.TrimLeft(v, " \t,")

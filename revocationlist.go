@@ -2,6 +2,7 @@ package m2mauth
 
 import (
 	"context"
+	"crypto/sha256"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -36,7 +37,8 @@ type RevocationListConfig struct {
 	// Validity is how long a signed list is accepted after it was
 	// signed: its exp is its iat plus Validity. A list is signed again
 	// when its revocations change, when the signing key changes, and
-	// when half of Validity has passed, so whatever a resource server
+	// every half of Validity (at whole multiples of it since the Unix
+	// epoch, the same on every replica), so whatever a resource server
 	// fetches is valid for at least half of it. Between 1 minute and
 	// 24 hours. Default: 5m.
 	Validity time.Duration
@@ -89,20 +91,21 @@ const (
 // [Revocations]). A consumer must check the signature, typ, iss and exp,
 // and refuse a ver lower than the one it holds.
 //
-// The ETag is a hash of the signed list, so it changes whenever the list
-// is signed again (see below), as RFC 9110 §8.8.1 asks of a strong
-// validator: a request whose If-None-Match matches it gets 304 Not
-// Modified, so polling an unchanged list costs a few bytes, and a client
-// or a cache holding a list signed before gets the new one, with its
-// later exp. Cache-Control is "public, max-age=5" by default (see
+// The ETag is weak, W/"version.period.key" (RFC 9110 §8.8.3): a request
+// whose If-None-Match matches it gets 304 Not Modified, so polling an
+// unchanged list costs a few bytes, from any replica, as every replica
+// signs the version in the same periods of half the Validity, aligned on
+// the Unix epoch. A new version, a new signing key or a new period gives
+// a new tag, so a client or a cache revalidating gets the list signed
+// again, with its later exp, rather than a 304 for a list about to
+// expire. Cache-Control is "public, max-age=5" by default (see
 // [RevocationListConfig.MaxAge]). When the source is stale (its error
 // wraps [ErrRevocationsStale]) the answer is 503 with a server_error:
 // publishing revocations nobody can vouch for would let revoked tokens
 // through. A failing key provider is a 500.
 //
-// The list is built and signed once per version and signing key, and
-// again when half of its Validity has passed; requests in between get
-// the same bytes.
+// The list is built and signed once per version, signing key and
+// period; requests in between get the same bytes.
 //
 // A RevocationListHandler is safe for concurrent use.
 type RevocationListHandler struct {
@@ -115,11 +118,12 @@ type RevocationListHandler struct {
 	mu       sync.Mutex // one build at a time
 }
 
-// revocationListDoc is the list signed for one version with one key.
+// revocationListDoc is the list signed for one version with one key in
+// one signing period (see RevocationListHandler.period).
 type revocationListDoc struct {
 	version int64
 	key     *jose.JSONWebKey
-	resign  time.Time // when half the validity has passed
+	period  int64
 	doc     *document
 }
 
@@ -211,7 +215,7 @@ func (h *RevocationListHandler) current(ctx context.Context, revs *Revocations) 
 		return nil, errors.New("m2mauth: KeyProvider returned a nil signing key")
 	}
 	fresh := func(d *revocationListDoc, now time.Time) bool {
-		return d != nil && d.version == revs.Version && d.key == key && now.Before(d.resign)
+		return d != nil && d.version == revs.Version && d.key == key && d.period == h.period(now)
 	}
 	if d := h.doc.Load(); fresh(d, h.cfg.Now()) {
 		return d.doc, nil
@@ -226,17 +230,34 @@ func (h *RevocationListHandler) current(ctx context.Context, revs *Revocations) 
 	if err != nil {
 		return nil, err
 	}
-	// The ETag is the signed bytes' (see newDocument): a list signed
-	// again, with a later exp or another key, is another representation
-	// (RFC 9110 §8.8.1), so a client or cache that holds the old one
-	// gets the new one, not a 304 for a list about to expire.
 	doc := newDocument(contentTypeJWT, body)
-	h.doc.Store(&revocationListDoc{
-		version: revs.Version, key: key,
-		resign: now.Add(time.Duration(h.validity) * time.Second / 2),
-		doc:    doc,
-	})
+	period := h.period(now)
+	doc.etag = revocationListETag(revs.Version, period, key)
+	h.doc.Store(&revocationListDoc{version: revs.Version, key: key, period: period, doc: doc})
 	return doc, nil
+}
+
+// period returns the signing period of now: the number of whole halves
+// of Validity since the Unix epoch. Every replica counts the same
+// periods, so lists they sign in one period share an ETag.
+func (h *RevocationListHandler) period(now time.Time) int64 {
+	half := max(h.validity/2, 1)
+	return now.Unix() / half
+}
+
+// revocationListETag is the weak entity tag of the lists of a version
+// signed with key in a period (RFC 9110 §8.8.3): replicas sign their own
+// bytes (an ES256 signature is random, iat differs), which are
+// equivalent, not equal; and a list signed in another period, with a
+// later exp, or with another key, gets another tag, so a client or a
+// cache revalidating is never told that a list about to expire is
+// current. A list signed in period p expires at or after the end of
+// period p+1, so one answered 304 in period p is valid a half Validity
+// more.
+func revocationListETag(version, period int64, key *jose.JSONWebKey) string {
+	sum := sha256.Sum256([]byte(key.Algorithm + "\x00" + key.KeyID))
+	return `W/"` + strconv.FormatInt(version, 10) + "." + strconv.FormatInt(period, 10) + "." +
+		base64.RawURLEncoding.EncodeToString(sum[:9]) + `"`
 }
 
 // signRevocationList returns the compact JWS of revs, issued by iss at

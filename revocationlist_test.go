@@ -67,8 +67,9 @@ func parseList(t *testing.T, body string) (typ string, claims string) {
 
 // TestRevocationListHandler: the list is a JWS (RFC 7515) with typ
 // revocations+jwt (RFC 8725 §3.11) signed with the current signing key,
-// served as application/jwt (RFC 7519 §10.3.1) with a strong ETag of the
-// signed bytes (RFC 9110 §8.8.1) and conditional GET (RFC 9110 §13.1.2).
+// served as application/jwt (RFC 7519 §10.3.1) with a weak ETag of its
+// version, signing period and key (RFC 9110 §8.8.3) and conditional GET
+// (RFC 9110 §13.1.2).
 func TestRevocationListHandler(t *testing.T) {
 	clock := newPollClock()
 	now := clock.Now()
@@ -88,7 +89,7 @@ func TestRevocationListHandler(t *testing.T) {
 	require.Equal(t, http.StatusOK, w.Code, w.Body.String())
 	assert.Equal(t, "application/jwt", w.Header().Get("Content-Type"))
 	etag := w.Header().Get("ETag")
-	require.Regexp(t, `^"[A-Za-z0-9_-]+"$`, etag)
+	require.Regexp(t, `^W/"7\.\d+\.[A-Za-z0-9_-]+"$`, etag)
 	assert.Equal(t, "public, max-age=5", w.Header().Get("Cache-Control"))
 	typ, claims := parseList(t, w.Body.String())
 	assert.Equal(t, "revocations+jwt", typ)
@@ -105,7 +106,7 @@ func TestRevocationListHandler(t *testing.T) {
 			status int
 		}{
 			{etag, http.StatusNotModified},
-			{`W/` + etag, http.StatusNotModified},
+			{strings.TrimPrefix(etag, "W/"), http.StatusNotModified},
 			{`"6", ` + etag, http.StatusNotModified},
 			{`*`, http.StatusNotModified},
 			{`"7"`, http.StatusOK},
@@ -178,6 +179,39 @@ func TestRevocationListHandler(t *testing.T) {
 		w = getList(h, http.MethodGet, "If-None-Match", `"9"`)
 		assert.Equal(t, http.StatusServiceUnavailable, w.Code, "not even a 304")
 	})
+}
+
+// TestRevocationListETagAcrossReplicas: replicas publishing one version
+// with one key answer 304 to each other's ETag within a signing period,
+// though each signs its own bytes (ES256 signatures are random, iat
+// differs); in the next period, or under another key, the tag changes.
+func TestRevocationListETagAcrossReplicas(t *testing.T) {
+	src := &fakeRevocations{}
+	src.set(&m2mauth.Revocations{Version: 4}, nil)
+	clock := newPollClock()
+	keys := listKeys(t)
+	replica := func(skew time.Duration) *m2mauth.RevocationListHandler {
+		h, err := m2mauth.NewRevocationListHandler(src, keys, m2mauth.RevocationListConfig{
+			Issuer: testIssuer, Now: func() time.Time { return clock.Now().Add(skew) },
+		})
+		require.NoError(t, err)
+		return h
+	}
+	a, b := replica(0), replica(3*time.Second)
+	wa := getList(a, http.MethodGet)
+	require.Equal(t, http.StatusOK, wa.Code)
+	wb := getList(b, http.MethodGet)
+	require.Equal(t, http.StatusOK, wb.Code)
+	require.NotEqual(t, wa.Body.String(), wb.Body.String(), "each replica signs its own bytes")
+	etag := wa.Header().Get("ETag")
+	assert.Equal(t, etag, wb.Header().Get("ETag"))
+	assert.Equal(t, http.StatusNotModified, getList(b, http.MethodGet, "If-None-Match", etag).Code)
+
+	clock.Add(2*time.Minute + 30*time.Second) // the next period
+	w := getList(b, http.MethodGet, "If-None-Match", etag)
+	require.Equal(t, http.StatusOK, w.Code, "signed again, with a later exp")
+	assert.NotEqual(t, etag, w.Header().Get("ETag"))
+	assert.Equal(t, http.StatusNotModified, getList(a, http.MethodGet, "If-None-Match", w.Header().Get("ETag")).Code)
 }
 
 // TestRevocationListHandlerKeyRotation: a new signing key signs the list
