@@ -266,7 +266,7 @@ func NewWebhookAlertSink(rawURL string, secret []byte, cfg WebhookConfig) (*Webh
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	client := &http.Client{Transport: remoteTransport}
+	client := &http.Client{Transport: remoteTransport()}
 	if cfg.Client != nil {
 		*client = *cfg.Client
 	}

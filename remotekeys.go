@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/url"
 	"slices"
@@ -721,18 +720,26 @@ func remoteAllowURL(u *url.URL, insecureHTTP bool) error {
 // revocation lists and webhook answers need a few hundred bytes.
 const maxRemoteHeaderBytes = 64 << 10
 
-// remoteTransport is the transport of the default clients that fetch
-// from other servers: http.DefaultTransport's settings (written out, as
-// a program may have replaced it), with the response headers bounded.
-var remoteTransport = &http.Transport{
-	Proxy:                  http.ProxyFromEnvironment,
-	DialContext:            (&net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
-	ForceAttemptHTTP2:      true,
-	MaxIdleConns:           100,
-	IdleConnTimeout:        90 * time.Second,
-	TLSHandshakeTimeout:    10 * time.Second,
-	ExpectContinueTimeout:  time.Second,
-	MaxResponseHeaderBytes: maxRemoteHeaderBytes,
+// remoteTransport returns the transport of the default clients that
+// fetch from other servers: http.DefaultTransport, as the program has set
+// it up when the first such client is made, with the response headers
+// bounded (see boundedTransport).
+var remoteTransport = sync.OnceValue(func() http.RoundTripper { return boundedTransport(http.DefaultTransport) })
+
+// boundedTransport returns a copy of base, with its proxy and TLS
+// settings, that reads at most maxRemoteHeaderBytes of response headers.
+// A base that is not an *http.Transport (a wrapper, say) is returned as
+// it is.
+func boundedTransport(base http.RoundTripper) http.RoundTripper {
+	t, ok := base.(*http.Transport)
+	if !ok {
+		return base
+	}
+	t = t.Clone()
+	if t.MaxResponseHeaderBytes <= 0 || t.MaxResponseHeaderBytes > maxRemoteHeaderBytes {
+		t.MaxResponseHeaderBytes = maxRemoteHeaderBytes
+	}
+	return t
 }
 
 // newRemoteHTTPClient is the default client: no cookie jar, the timeout,
@@ -740,7 +747,7 @@ var remoteTransport = &http.Transport{
 // each allowed by the https rule and never from https to http.
 func newRemoteHTTPClient(cfg RemoteKeysConfig) *http.Client {
 	return &http.Client{
-		Transport: remoteTransport,
+		Transport: remoteTransport(),
 		Timeout:   cfg.Timeout,
 		CheckRedirect: func(req *http.Request, via []*http.Request) error {
 			if len(via) > remoteMaxRedirects {

@@ -447,7 +447,7 @@ func (rr *RemoteRevocations) httpClient() *http.Client {
 	if rr.cfg.HTTPClient != nil {
 		c = *rr.cfg.HTTPClient
 	} else {
-		c.Transport, c.Timeout = remoteTransport, rr.cfg.Timeout
+		c.Transport, c.Timeout = remoteTransport(), rr.cfg.Timeout
 	}
 	own := c.CheckRedirect
 	c.CheckRedirect = func(req *http.Request, via []*http.Request) error {

@@ -147,7 +147,8 @@ func keyCommand(g globals, args []string, stdout, stderr io.Writer, mainUsage fu
 
 	ctx := context.Background()
 	logger := slog.New(slog.NewJSONHandler(stderr, nil))
-	b, err := openBackend(ctx, d, backendOptions{pool: defaultPool(), auditLog: logger})
+	// Only "rotate" may start the keys of a new database.
+	b, err := openBackend(ctx, d, backendOptions{pool: defaultPool(), auditLog: logger, existing: cmd != "rotate"})
 	if err != nil {
 		return err
 	}

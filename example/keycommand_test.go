@@ -68,6 +68,10 @@ func TestKeyCommands(t *testing.T) {
 	t.Setenv(kekEnv, kekA)
 
 	r := cli("-db", db, "key", "list")
+	require.ErrorContains(t, r.err, "no such database file", "a mistyped path is not a new database")
+	assert.NoFileExists(t, db)
+	createClients(t, db, 1)
+	r = cli("-db", db, "key", "list")
 	require.NoError(t, r.err)
 	assert.Empty(t, r.stdout)
 	assert.Contains(t, r.stderr, "no managed signing keys yet")
@@ -142,6 +146,7 @@ func TestKeyCommands(t *testing.T) {
 // database, KEK or key exits 1 with a message saying what to do.
 func TestKeyCommandErrors(t *testing.T) {
 	db := filepath.Join(t.TempDir(), "m.db")
+	createClients(t, db, 1)
 	kek := newKEK(t)
 	tests := []struct {
 		name string

@@ -409,7 +409,13 @@ func TestBadValuesChangeNothing(t *testing.T) {
 		{"client list on a missing file", []string{"client", "list"}, "no such database file"},
 		{"client usage on a missing file", []string{"client", "usage", "-id", "demo-client"}, "no such database file"},
 		{"audit tail on a missing file", []string{"audit", "tail"}, "no such database file"},
+		{"key list on a missing file", []string{"key", "list"}, "no such database file"},
+		{"key revoke on a missing file", []string{"key", "revoke", "-kid", "nope"}, "no such database file"},
+		{"a spill file is not looked at with -db memory", []string{"-db", "memory", "-issuer=", "serve", "-audit-spill", "/nonexistent-dir/x.spill"}, "Issuer is required"},
 	}
+	kek := make([]byte, 32)
+	rand.Read(kek)
+	t.Setenv(kekEnv, base64.StdEncoding.EncodeToString(kek)) // for the key commands
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := t.TempDir()

@@ -389,7 +389,8 @@ func checkServe(g globals, f *serveFlags, trusted []netip.Prefix) error {
 	if _, _, err := net.SplitHostPort(f.addr); err != nil {
 		return fmt.Errorf("-addr %q: want host:port: %w", f.addr, err)
 	}
-	if f.auditSpill != "" && f.auditSpill != "none" {
+	if d, err := parseDB(g.db); err == nil && !d.memory && f.auditSpill != "" && f.auditSpill != "none" {
+		// (-db memory has no audit table, hence no spill file.)
 		dir := filepath.Dir(f.auditSpill)
 		if fi, err := os.Stat(dir); err != nil {
 			return fmt.Errorf("-audit-spill: %w", err)
