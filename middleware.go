@@ -78,7 +78,9 @@ type ValidatorConfig struct {
 	// proxy that says so) unless it comes from a loopback address, as the
 	// token endpoint does: 400 invalid_request, a token_rejected event
 	// with Reason [ReasonInsecureTransport], and the token never looked
-	// at. Requests over TLS get Strict-Transport-Security. Sending a
+	// at. This comes first, so a request without credentials gets it
+	// too, rather than a challenge inviting it to send a token in the
+	// clear. Requests over TLS get Strict-Transport-Security. Sending a
 	// bearer token over plain HTTP is the client's fault (RFC 6750 §5.3),
 	// but the token has then crossed the network in the clear; refusing
 	// it tells the client's owner. Default: false, so that a host that
