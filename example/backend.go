@@ -94,6 +94,9 @@ type backendOptions struct {
 // -audit-spill is not given.
 const defaultAuditSpill = "m2mauth-audit.spill"
 
+// migrateTimeout bounds bringing the schema up to date at start-up.
+const migrateTimeout = 15 * time.Minute
+
 // defaultConnectTimeout bounds connecting to a server database at
 // start-up, and each later dial, unless -db sets its own: timeout=… for
 // MySQL, connect_timeout=… (seconds) for PostgreSQL.
@@ -291,7 +294,11 @@ func openBackend(ctx context.Context, d *dbSpec, opts backendOptions) (*backend,
 	if err != nil {
 		return fail(err)
 	}
-	mctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	// A migration that rewrites a large table (the audit events of an
+	// older release, say) takes minutes on MySQL; one given up on halfway
+	// goes on in the server while the start fails. Ctrl-C still stops the
+	// wait.
+	mctx, cancel := context.WithTimeout(ctx, migrateTimeout)
 	defer cancel()
 	err = mstore.Migrate(mctx)
 	if err = errors.Join(err, mstore.Close()); err != nil {
