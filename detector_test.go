@@ -613,15 +613,21 @@ func TestDetectorQueueFull(t *testing.T) {
 	assert.Equal(t, uint64(9), d.Dropped())
 }
 
+// heldRecorder returns an alertRecorder behind a sink that holds every
+// alert until release is closed, so that a detector's queue fills.
+func heldRecorder() (*alertRecorder, m2mauth.AlertSink, chan struct{}) {
+	release := make(chan struct{})
+	rec := &alertRecorder{}
+	return rec, m2mauth.AlertSinkFunc(func(ctx context.Context, a m2mauth.Alert) {
+		<-release
+		rec.Send(ctx, a)
+	}), release
+}
+
 // TestDetectorFloodLeavesRoom: thousands of lockout alerts, from as many
 // networks, cannot crowd out an alert of another rule raised among them.
 func TestDetectorFloodLeavesRoom(t *testing.T) {
-	release := make(chan struct{})
-	rec := &alertRecorder{}
-	sink := m2mauth.AlertSinkFunc(func(ctx context.Context, a m2mauth.Alert) {
-		<-release
-		rec.Send(ctx, a)
-	})
+	rec, sink, release := heldRecorder()
 	clock := newDetectorClock()
 	d, err := m2mauth.NewDetector(nil, sink, m2mauth.DetectorConfig{QueueSize: 100, Now: clock.Now})
 	require.NoError(t, err)
@@ -678,12 +684,7 @@ func TestDetectorRecoveredNoticesWait(t *testing.T) {
 // in the queue is not raised, so the sink never gets a Recovered notice
 // for an alert it did not get; a later event may raise it.
 func TestDetectorNoRecoveryWithoutRaise(t *testing.T) {
-	release := make(chan struct{})
-	rec := &alertRecorder{}
-	sink := m2mauth.AlertSinkFunc(func(ctx context.Context, a m2mauth.Alert) {
-		<-release
-		rec.Send(ctx, a)
-	})
+	rec, sink, release := heldRecorder()
 	clock := newDetectorClock()
 	d, err := m2mauth.NewDetector(nil, sink, m2mauth.DetectorConfig{QueueSize: 4, CheckInterval: 5 * time.Millisecond, Now: clock.Now})
 	require.NoError(t, err)
