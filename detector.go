@@ -543,9 +543,12 @@ func (d *Detector) AuditHealth() error {
 	return nil
 }
 
-// Dropped returns the number of alerts and Recovered notices dropped
-// because the queue to the sink was full, or held half of it of their
-// rule already (see [DetectorConfig].QueueSize).
+// Dropped returns the number of alerts dropped because the queue to the
+// sink was full, or held half of it of their rule already (see
+// [DetectorConfig].QueueSize). An alert dropped is not raised, and the
+// next event of its key that meets the rule tries again, so one alert
+// dropped several times counts each time. Recovered notices are never
+// dropped: they wait for room.
 func (d *Detector) Dropped() uint64 { return d.dropped.Load() }
 
 // Len returns the number of keys the rules remember, in all.
