@@ -44,7 +44,7 @@
 // Clients find the token endpoint and the keys through authorization
 // server metadata (RFC 8414), mounted at the path derived from the issuer:
 //
-//	md, err := m2mauth.NewAuthorizationServerMetadataHandler(tokens,
+//	md, err := m2mauth.NewAuthorizationServerMetadataHandler(h,
 //		m2mauth.AuthorizationServerMetadataConfig{
 //			TokenEndpoint: "https://auth.example.com/oauth/token",
 //			JWKSURI:       "https://auth.example.com/.well-known/jwks.json",
