@@ -244,6 +244,46 @@ func (a *clientAuth) verify(ctx context.Context, cr *credentials, addr string, n
 	return c, OutcomeAuthenticated, nil
 }
 
+// recheck reads the authenticated client c again, at now, for a request
+// that waited since it authenticated with the secret ev.SecretID. It
+// returns the client as it is now if it may still get a token: present,
+// confidential, enabled and holding that secret, active at now. Otherwise
+// it answers as verify would have, had the change come first.
+func (a *clientAuth) recheck(ctx context.Context, c *Client, now time.Time, ev *AuditEvent) (*Client, error) {
+	hash := ""
+	for _, s := range c.Secrets {
+		if s.ID == ev.SecretID {
+			hash = s.Hash
+		}
+	}
+	lctx := withLazyTimeout(ctx, a.timeout)
+	defer lctx.release()
+	c, err := a.client(lctx, c.ID)
+	reason := ""
+	switch {
+	case errors.Is(err, ErrClientNotFound):
+		reason = ReasonUnknownClient
+	case err != nil:
+		return nil, unavailable(lctx, "the client store is unavailable", err)
+	case c.Public:
+		reason = ReasonPublicClient
+	case c.Disabled:
+		reason = ReasonClientDisabled
+	default:
+		reason = ReasonBadSecret
+		for _, s := range c.Secrets {
+			if hash != "" && s.Hash == hash {
+				if s.ActiveAt(now) {
+					return c, nil
+				}
+				reason = ReasonExpiredSecret
+			}
+		}
+	}
+	ev.Reason, ev.SecretID = reason, ""
+	return nil, NewError(CodeInvalidClient, "client authentication failed")
+}
+
 // remember keeps the hashes of a client found in the store as the profile
 // of a typical client, when they cost differently from the profile's.
 func (a *clientAuth) remember(secrets []Secret) {

@@ -468,14 +468,43 @@ func (h *TokenHandler) issue(ctx context.Context, req *tokenRequest, c *Client, 
 	default:
 		return nil, NewError(CodeUnsupportedGrantType, "only the client_credentials grant type is supported")
 	}
-	audience, scopes, err := h.target(req, c, ev)
-	if err != nil {
-		return nil, err
+	for pass := 0; ; pass++ {
+		audience, scopes, err := h.target(req, c, ev)
+		if err != nil {
+			return nil, err
+		}
+		waited, err := afterWatermark(ctx, req, c.TokensRevokedAt)
+		if err != nil {
+			return nil, err
+		}
+		if !waited {
+			return h.mint(ctx, req, c, audience, scopes, ev, bp)
+		}
+		if pass == maxWatermarkPasses-1 {
+			return nil, errRevokedAgain()
+		}
+		// The token will be stamped with the second after the wait,
+		// which a change to the client committed during the wait does
+		// not reach: a disable, a deletion or a secret's removal
+		// revokes up to the second it commits in. So the client is
+		// read again, as of now, before anything is minted for it.
+		if c, err = h.auth.recheck(ctx, c, req.now, ev); err != nil {
+			return nil, err
+		}
 	}
-	if err := afterWatermark(ctx, req, c.TokensRevokedAt); err != nil {
-		return nil, err
-	}
-	return h.mint(ctx, req, c, audience, scopes, ev, bp)
+}
+
+// maxWatermarkPasses bounds how many times one token request waits for
+// its client's revocation watermark: a client whose tokens are revoked
+// again while it waits, every time, is asked to retry later.
+const maxWatermarkPasses = 3
+
+// errRevokedAgain is the answer to a token request whose client's tokens
+// were revoked again on each of its waits.
+func errRevokedAgain() error {
+	e := WrapError(CodeTemporarilyUnavailable, "the client's tokens were just revoked; retry later", retryLater{time.Second})
+	e.Status = http.StatusServiceUnavailable
+	return e
 }
 
 // maxWatermarkWait bounds how long a token request waits for its
@@ -486,28 +515,29 @@ const maxWatermarkWait = 1100 * time.Millisecond
 // afterWatermark makes sure a token issued at req.now is not born revoked
 // by its client's watermark at: tokens issued up to the end of the
 // watermark's second are revoked (see [Revocations]), so a request made
-// in or before that second waits until the next whole second and moves
-// req.now there. The wait ends early, with an error, when ctx does.
-func afterWatermark(ctx context.Context, req *tokenRequest, at time.Time) error {
+// in or before that second waits until the next whole second, moves
+// req.now there and reports that it waited. The wait ends early, with an
+// error, when ctx does.
+func afterWatermark(ctx context.Context, req *tokenRequest, at time.Time) (bool, error) {
 	if at.IsZero() || req.now.Unix() > at.Unix() {
-		return nil
+		return false, nil
 	}
 	next := time.Unix(at.Unix()+1, 0)
 	wait := next.Sub(req.now)
 	if wait > maxWatermarkWait {
 		e := WrapError(CodeTemporarilyUnavailable, "the client's tokens were just revoked; retry later", retryLater{wait})
 		e.Status = http.StatusServiceUnavailable
-		return e
+		return false, e
 	}
 	t := time.NewTimer(wait)
 	defer t.Stop()
 	select {
 	case <-t.C:
 	case <-ctx.Done():
-		return unavailable(ctx, "the request ended while waiting for the client's revocation to pass", context.DeadlineExceeded)
+		return false, unavailable(ctx, "the request ended while waiting for the client's revocation to pass", context.DeadlineExceeded)
 	}
 	req.now = next.In(req.now.Location())
-	return nil
+	return true, nil
 }
 
 // admit refuses requests that must not be looked at further: another

@@ -11,6 +11,7 @@ import (
 	"net/http/httptest"
 	"net/url"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -685,6 +686,8 @@ func TestTokenAfterWatermark(t *testing.T) {
 	}
 	t.Run("a watermark seconds ahead: 503 with Retry-After", ahead(5*time.Second))
 
+	t.Run("a change to the client during the wait", testChangeDuringWatermarkWait)
+
 	t.Run("the wait ends with the request", func(t *testing.T) {
 		e := newEndpointFixture(t, nil)
 		require.NoError(t, e.store.RevokeClientTokens(context.Background(), "svc"))
@@ -752,4 +755,174 @@ func TestRevocationReachesProtectedRoute(t *testing.T) {
 	assert.Equal(t, http.StatusNoContent, call(third), "a token issued after re-enabling")
 	assert.Equal(t, http.StatusUnauthorized, call(second), "the old ones stay refused")
 	assert.Equal(t, http.StatusUnauthorized, call(first))
+}
+
+// testChangeDuringWatermarkWait checks a token request that waits out its
+// client's watermark against changes to the client that commit during
+// the wait, in the second the request waits out. The token would be
+// stamped with the next second, which such a change's watermark does not
+// reach, so the client is read again before a token is minted: a
+// disabled, deleted or secret-less client gets none (RFC 6749 §5.2
+// invalid_client), a narrower grant a narrower answer, and a token that
+// is issued is never one the store's revocations refuse.
+func testChangeDuringWatermarkWait(t *testing.T) {
+	ctx := context.Background()
+	tests := []struct {
+		name string
+		// change runs against the store on the handler's nth read of
+		// the client (from 1): after the first read, as a change that
+		// commits once the request has authenticated; before any later
+		// one, as a change that committed during a wait.
+		change     func(t *testing.T, f *fixture, n int)
+		scope      string
+		wantStatus int
+		wantError  string
+		wantReason string
+		// wantIAT is the token's iat, as seconds after 12:00:00.
+		wantIAT int64
+	}{
+		{
+			name: "disabled", wantStatus: http.StatusUnauthorized, wantError: "invalid_client", wantReason: m2mauth.ReasonClientDisabled,
+			change: func(t *testing.T, f *fixture, n int) {
+				if n == 1 {
+					require.NoError(t, f.store.SetDisabled(ctx, "svc", true))
+				}
+			},
+		},
+		{
+			name: "deleted", wantStatus: http.StatusUnauthorized, wantError: "invalid_client", wantReason: m2mauth.ReasonUnknownClient,
+			change: func(t *testing.T, f *fixture, n int) {
+				if n == 1 {
+					require.NoError(t, f.store.DeleteClient(ctx, "svc"))
+				}
+			},
+		},
+		{
+			name: "its secret removed", wantStatus: http.StatusUnauthorized, wantError: "invalid_client", wantReason: m2mauth.ReasonBadSecret,
+			change: func(t *testing.T, f *fixture, n int) {
+				if n == 1 {
+					c, err := f.store.Client(ctx, "svc")
+					require.NoError(t, err)
+					require.NoError(t, f.store.RemoveSecret(ctx, "svc", c.Secrets[0].ID))
+				}
+			},
+		},
+		{
+			name: "its secret rotated out", wantStatus: http.StatusUnauthorized, wantError: "invalid_client", wantReason: m2mauth.ReasonExpiredSecret,
+			change: func(t *testing.T, f *fixture, n int) {
+				if n == 1 {
+					_, sec, err := m2mauth.NewSecret(f.clock(), time.Time{})
+					require.NoError(t, err)
+					require.NoError(t, f.store.RotateSecret(ctx, "svc", sec, f.clock()))
+				}
+			},
+		},
+		{
+			name: "its secret expired", wantStatus: http.StatusUnauthorized, wantError: "invalid_client", wantReason: m2mauth.ReasonExpiredSecret,
+			change: func(t *testing.T, f *fixture, n int) {
+				if n == 1 {
+					c, err := f.store.Client(ctx, "svc")
+					require.NoError(t, err)
+					// Expires at the second the request waits for.
+					require.NoError(t, f.store.ExpireSecret(ctx, "svc", c.Secrets[0].ID, f.clock().Truncate(time.Second).Add(time.Second)))
+				}
+			},
+		},
+		{
+			name: "the scope asked for no longer granted", scope: "write", wantStatus: http.StatusBadRequest, wantError: "invalid_scope",
+			change: func(t *testing.T, f *fixture, n int) {
+				if n == 1 {
+					c, err := f.store.Client(ctx, "svc")
+					require.NoError(t, err)
+					c.Grants = map[string]m2mauth.Scopes{testAudience: {"read"}}
+					require.NoError(t, f.store.UpdateClient(ctx, c))
+				}
+			},
+		},
+		{
+			// Tokens issued after the second watermark are the client's
+			// to have: it is still enabled and holds its secret.
+			name: "tokens revoked again in the same second", wantStatus: http.StatusOK, wantIAT: 1,
+			change: func(t *testing.T, f *fixture, n int) {
+				if n == 1 {
+					f.advance(5 * time.Millisecond)
+					require.NoError(t, f.store.RevokeClientTokens(ctx, "svc"))
+				}
+			},
+		},
+		{
+			name: "tokens revoked again in the second waited for", wantStatus: http.StatusOK, wantIAT: 2,
+			change: func(t *testing.T, f *fixture, n int) {
+				if n == 2 {
+					f.advance(time.Second) // 12:00:01.990
+					require.NoError(t, f.store.RevokeClientTokens(ctx, "svc"))
+				}
+			},
+		},
+		{
+			name: "tokens revoked again on every wait", wantStatus: http.StatusServiceUnavailable, wantError: "temporarily_unavailable",
+			change: func(t *testing.T, f *fixture, n int) {
+				if n >= 2 {
+					f.advance(time.Second)
+					require.NoError(t, f.store.RevokeClientTokens(ctx, "svc"))
+				}
+			},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f := newFixture(t)
+			f.advance(990 * time.Millisecond) // 12:00:00.990
+			require.NoError(t, f.store.RevokeClientTokens(ctx, "svc"))
+			var mu sync.Mutex
+			reads := 0
+			store := storeFunc(func(ctx context.Context, id string) (*m2mauth.Client, error) {
+				mu.Lock()
+				reads++
+				n := reads
+				mu.Unlock()
+				if n == 1 {
+					// The request authenticates, then the change
+					// commits.
+					c, err := f.store.Client(ctx, id)
+					tt.change(t, f, n)
+					return c, err
+				}
+				// Any later read is after a wait, during which the
+				// change committed.
+				tt.change(t, f, n)
+				return f.store.Client(ctx, id)
+			})
+			h, err := m2mauth.NewTokenHandler(store, f.keys, m2mauth.TokenHandlerConfig{
+				Issuer: testIssuer, DefaultAudience: testAudience, Now: f.clock, Auditor: m2mauth.AuditorFunc(f.audit),
+			})
+			require.NoError(t, err)
+			body := "grant_type=client_credentials"
+			if tt.scope != "" {
+				body += "&scope=" + tt.scope
+			}
+			w := send(t, h, request{body: body, headers: auth(basic("svc", f.secret))})
+			require.Equal(t, tt.wantStatus, w.Code, "body: %s", w.Body)
+			if tt.wantStatus != http.StatusOK {
+				assert.Equal(t, tt.wantError, errorOf(t, w).Error)
+				if tt.wantReason != "" {
+					assert.Equal(t, tt.wantReason, f.lastEvent(t).Reason)
+					assert.Empty(t, f.lastEvent(t).SecretID)
+					assert.True(t, strings.HasPrefix(w.Header().Get("WWW-Authenticate"), "Basic "), "a Basic challenge (RFC 6749 §5.2)")
+				}
+				return
+			}
+			var tr tokenResponse
+			require.NoError(t, json.Unmarshal(w.Body.Bytes(), &tr))
+			start := time.Date(2026, 11, 23, 12, 0, 0, 0, time.UTC)
+			assert.Equal(t, start.Unix()+tt.wantIAT, factsOf(t, tr.AccessToken).IAT)
+			f.advance(2 * time.Second)
+			v, err := m2mauth.NewValidator(f.keys, m2mauth.ValidatorConfig{
+				Issuer: testIssuer, Audience: testAudience, Now: f.clock, Revocations: f.store,
+			})
+			require.NoError(t, err)
+			_, err = v.Validate(ctx, tr.AccessToken)
+			assert.NoError(t, err, "born revoked")
+		})
+	}
 }
