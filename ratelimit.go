@@ -465,7 +465,8 @@ func level(b *bucket, now int64, every time.Duration, burst int) float64 {
 	if b == nil {
 		return float64(burst)
 	}
-	t := b.tokens + float64(now-b.at)/float64(every)
+	// A clock stepping back earns nothing and takes nothing.
+	t := b.tokens + float64(max(now-b.at, 0))/float64(every)
 	return min(t, float64(burst))
 }
 
@@ -611,7 +612,7 @@ func (l *RateLimiter) idle(b *bucket, now int64) bool {
 	}
 	// level(b) >= burst, without a division: this runs for every bucket
 	// an eviction looks at.
-	return b.pending == 0 && !l.known(b, now) && float64(now-b.at) >= (float64(burst)-b.tokens)*float64(every)
+	return b.pending == 0 && !l.known(b, now) && float64(max(now-b.at, 0)) >= (float64(burst)-b.tokens)*float64(every)
 }
 
 // Len returns the number of buckets held.

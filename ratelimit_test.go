@@ -137,6 +137,56 @@ func TestRateLimitSuccessIsFree(t *testing.T) {
 	assert.Equal(t, 429, code)
 }
 
+// TestRateLimitClockStepsBack: a wall clock stepped back (by NTP, or a
+// virtual machine resumed) neither refills nor drains a bucket. A client
+// that never failed keeps getting tokens, and neither a client nor an
+// address locked out before the step gets its guesses back.
+func TestRateLimitClockStepsBack(t *testing.T) {
+	tests := []struct {
+		name string
+		step time.Duration
+	}{
+		{"a second", -time.Second},
+		{"past the burst's refill", -10 * time.Minute},
+		{"a day", -24 * time.Hour},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f, _ := newLimited(t)
+			code, _ := f.try(t, "svc", f.secret, ipA)
+			require.Equal(t, 200, code)
+			code, _ = f.try(t, "svc", f.secret, ipB)
+			require.Equal(t, 200, code)
+			for i := range 5 {
+				code, _ = f.try(t, "guess", "wrong", ipB)
+				require.Equal(t, 401, code, "failure %d", i+1)
+			}
+			f.advance(tt.step)
+			code, _ = f.try(t, "svc", f.secret, ipA)
+			assert.Equal(t, 200, code, "a client that never failed")
+			code, _ = f.try(t, "svc", f.secret, ipB)
+			assert.Equal(t, 200, code, "a client that never failed, beside a guesser")
+			code, _ = f.try(t, "guess", "wrong", ipB)
+			assert.Equal(t, 429, code, "a locked-out guesser stays locked out")
+		})
+	}
+	t.Run("the limiter's own API", func(t *testing.T) {
+		now := time.Date(2026, 1, 1, 12, 0, 0, 0, time.UTC)
+		l, err := m2mauth.NewRateLimiter(m2mauth.RateLimiterConfig{Now: func() time.Time { return now }})
+		require.NoError(t, err)
+		ctx := context.Background()
+		wait, err := l.Reserve(ctx, "svc", "192.0.2.1")
+		require.NoError(t, err)
+		require.Zero(t, wait)
+		require.NoError(t, l.Release(ctx, "svc", "192.0.2.1", m2mauth.OutcomeAuthenticated))
+		now = now.Add(-time.Hour)
+		wait, err = l.Reserve(ctx, "svc", "192.0.2.1")
+		require.NoError(t, err)
+		assert.Zero(t, wait)
+		require.NoError(t, l.Release(ctx, "svc", "192.0.2.1", m2mauth.OutcomeAuthenticated))
+	})
+}
+
 // TestRateLimitUnknownClients: an unknown id is limited exactly like a
 // known one, so the limiter cannot be used to find which ids exist; and an
 // address trying many ids is stopped by its own bucket.
