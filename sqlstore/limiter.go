@@ -570,8 +570,8 @@ func (l *Limiter) Release(ctx context.Context, clientID, ip string, o m2mauth.Ou
 		}
 		done, err = l.fast(ctx, &l.fastGive, func(now int64) []any {
 			c := l.client
-			return []any{now, c.every, authenticated, now + l.knownWindow, l.knownWindow, now,
-				authenticated, now, now, c.every, now, ip, id, now}
+			return []any{now, c.every, now, now, c.every, authenticated, now + l.knownWindow, l.knownWindow, now,
+				authenticated, now, now, c.every, now, now, c.every, now, ip, id, now}
 		})
 	}
 	if err == nil && !done {
@@ -608,6 +608,18 @@ type limitRow struct {
 func (r *limitRow) lapse(now int64) {
 	if r.leaseUntil <= now {
 		r.pending, r.pendingAddr = 0, 0
+	}
+}
+
+// settle marks the bucket of r, if it is full at now, as full at any
+// time: refilled_at 0 rather than a time. A full bucket written with the
+// time it filled up would, on a clock that then steps back (NTP, a
+// virtual machine resumed), or on a replica whose clock runs behind,
+// look short of tokens by the step: a client that never failed would be
+// locked out for as long.
+func (r *limitRow) settle(now int64) {
+	if r.refilledAt <= now {
+		r.refilledAt = 0
 	}
 }
 
@@ -698,6 +710,11 @@ func (l *Limiter) releaseRows(a, p *limitRow, now int64, o m2mauth.Outcome) {
 		}
 		if o == m2mauth.OutcomeAuthenticated {
 			p.authAt = now
+		}
+		// As limitFastGive does.
+		p.settle(now)
+		if addrBack {
+			a.settle(now)
 		}
 	default:
 		// A failure: its tokens stay taken. One whose reservation took

@@ -244,6 +244,36 @@ func TestLimiterLockout(t *testing.T) {
 	})
 }
 
+// TestLimiterClockStepsBack: a replica's wall clock stepped back (by
+// NTP, or a virtual machine resumed) locks out no client that never
+// failed, and gives a locked-out guesser no guesses back.
+func TestLimiterClockStepsBack(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, e *env) {
+		for _, step := range []time.Duration{-time.Second, -10 * time.Minute, -24 * time.Hour} {
+			t.Run(step.String(), func(t *testing.T) {
+				clock := newFakeClock()
+				a := attempts{t, e.newLimiter(t, e.newPrefix(t), clock, sqlstore.LimiterConfig{})}
+				// Twice from each address: the second is a known
+				// client's, which takes the fast paths.
+				for _, ip := range []string{"192.0.2.1", "192.0.2.1", "192.0.2.2", "192.0.2.2"} {
+					require.Zero(t, a.reserve("svc", ip))
+					a.release("svc", ip, m2mauth.OutcomeAuthenticated)
+				}
+				require.Zero(t, a.reserve("new", "192.0.2.3"))
+				a.release("new", "192.0.2.3", m2mauth.OutcomeAuthenticated)
+				a.fail("guess", "192.0.2.2", 5)
+				clock.Advance(step)
+				for _, ip := range []string{"192.0.2.1", "192.0.2.2"} {
+					require.Zero(t, a.reserve("svc", ip), "a client that never failed, from %s", ip)
+					a.release("svc", ip, m2mauth.OutcomeAuthenticated)
+				}
+				assert.Zero(t, a.probe("other", "192.0.2.3"), "a newcomer at an address with no failures")
+				assert.Positive(t, a.probe("guess", "192.0.2.2"), "a locked-out guesser stays locked out")
+			})
+		}
+	})
+}
+
 // TestLimiterAddress checks the address's own bucket: twenty failures
 // with any client ids lock out every client id from the address that has
 // not authenticated there.
