@@ -21,6 +21,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"golang.org/x/crypto/argon2"
+	"golang.org/x/crypto/bcrypt"
 
 	"github.com/m2mauth/m2mauth"
 )
@@ -640,4 +641,46 @@ func TestUnknownClientCostsLikeKnown(t *testing.T) {
 	// Unequalised, the unknown id would take a few microseconds against
 	// the known one's milliseconds.
 	assert.Greater(t, unknown[n/2], known[n/2]/4)
+}
+
+// TestBcryptSecretLength: bcrypt reads only the first 72 bytes of a
+// secret. RFC 6749 §2.3.1 authenticates a client by its secret, all of
+// it, so a longer secret never matches a bcrypt hash: otherwise any
+// string beginning with a client's 72 bytes would get its tokens.
+func TestBcryptSecretLength(t *testing.T) {
+	s72 := strings.Repeat("0123456789abcdef", 5)[:72]
+	s100 := strings.Repeat("fedcba9876543210", 7)[:100]
+	h72, err := bcrypt.GenerateFromPassword([]byte(s72), bcrypt.MinCost)
+	require.NoError(t, err)
+	// What an implementation that cuts long secrets short without a word
+	// stores for s100.
+	hCut, err := bcrypt.GenerateFromPassword([]byte(s100[:72]), bcrypt.MinCost)
+	require.NoError(t, err)
+	tests := []struct {
+		name   string
+		hash   []byte
+		secret string
+		status int
+		reason string
+	}{
+		{"72 bytes, the secret", h72, s72, http.StatusOK, ""},
+		{"72 bytes and more", h72, s72 + "-not-the-secret", http.StatusUnauthorized, m2mauth.ReasonBadSecret},
+		{"72 bytes and one more", h72, s72 + "x", http.StatusUnauthorized, m2mauth.ReasonBadSecret},
+		{"71 bytes of it", h72, s72[:71], http.StatusUnauthorized, m2mauth.ReasonBadSecret},
+		{"a long secret hashed cut short", hCut, s100, http.StatusUnauthorized, m2mauth.ReasonBadSecret},
+		{"its first 72 bytes", hCut, s100[:72], http.StatusOK, ""},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			f, _ := newLimited(t)
+			f.addClient(t, "imported", string(tc.hash))
+			code, _ := f.try(t, "imported", tc.secret, ipA)
+			require.Equal(t, tc.status, code)
+			ev := f.lastEvent(t)
+			require.Equal(t, tc.reason, ev.Reason)
+			ok, err := m2mauth.VerifySecret(string(tc.hash), tc.secret)
+			require.NoError(t, err)
+			require.Equal(t, tc.status == http.StatusOK, ok)
+		})
+	}
 }

@@ -101,6 +101,8 @@ const (
 	maxArgonTime   = 4
 	maxArgonThread = 4
 	maxBcryptCost  = 12
+	// maxBcryptSecret is the longest secret bcrypt reads whole.
+	maxBcryptSecret = 72
 )
 
 // ErrUnknownHash is returned by [VerifySecret] for a hash string it cannot
@@ -154,6 +156,12 @@ func HashSecretArgon2id(secret string) (string, error) {
 // VerifySecret reports whether secret matches hash, comparing in constant
 // time. It reads hashes made by [HashSecret] and [HashSecretArgon2id] and
 // bcrypt hashes. It returns [ErrUnknownHash] for a hash it cannot read.
+//
+// bcrypt reads at most 72 bytes of a secret, so a secret longer than that
+// never matches a bcrypt hash: otherwise every string beginning with its
+// first 72 bytes would. A client whose secret was that long when it was
+// hashed with bcrypt elsewhere (some implementations cut it short without
+// a word) needs a new secret.
 func VerifySecret(hash, secret string) (bool, error) {
 	if len(secret) > maxSecretLen {
 		// Still spend the work so the length is not a timing oracle for
@@ -170,6 +178,13 @@ func VerifySecret(hash, secret string) (bool, error) {
 	case isBcrypt(hash):
 		if cost, err := bcrypt.Cost([]byte(hash)); err != nil || cost > maxBcryptCost {
 			return false, ErrUnknownHash
+		}
+		if len(secret) > maxBcryptSecret {
+			// bcrypt reads only a secret's first 72 bytes, so a
+			// longer one would match every secret that begins with
+			// them. Refused, after the same work.
+			bcrypt.CompareHashAndPassword([]byte(hash), []byte(secret[:maxBcryptSecret]))
+			return false, nil
 		}
 		err := bcrypt.CompareHashAndPassword([]byte(hash), []byte(secret))
 		switch {
