@@ -116,9 +116,9 @@ func (a *clientAuth) authenticate(ctx context.Context, cr *credentials, ip strin
 	}
 	// A store or limiter that answers from memory never looks at the
 	// deadline, so it is armed only when one does.
-	lctx := withLazyTimeout(ctx, a.timeout)
-	defer lctx.release()
-	ctx = lctx
+	lp := withLazyTimeouts(ctx, a.timeout)
+	defer lp.release()
+	ctx = &lp.req
 	var (
 		wait time.Duration
 		pre  prefetched
@@ -139,14 +139,12 @@ func (a *clientAuth) authenticate(ctx context.Context, cr *credentials, ip strin
 		return nil, e
 	}
 	c, outcome, err := a.verify(ctx, cr, ip, now, ev, pre)
-	rctx := ctx
-	if ctx.Err() != nil {
-		// The reservation must end even when the request ran out of
-		// time; give the release its own.
-		var rcancel context.CancelFunc
-		rctx, rcancel = context.WithTimeout(context.WithoutCancel(ctx), a.timeout)
-		defer rcancel()
-	}
+	// The reservation must end even when the caller hangs up or the
+	// request runs out of time, before the release or while it waits
+	// (for a database's lock, say): a reservation left in flight would
+	// hold the client's attempts until its lease ran out, and the guess
+	// in it would go uncounted. The release gets a time of its own.
+	rctx := lp.detach(a.timeout)
 	if rerr := a.limiter.Release(rctx, limitID, ip, outcome); rerr != nil {
 		// Fail closed: an outcome that may not have been counted gets no
 		// answer that would tell it.

@@ -417,6 +417,80 @@ func TestCanceledRequest(t *testing.T) {
 	assert.Equal(t, http.StatusOK, w.Code, "no failed authentication was counted")
 }
 
+// hangUpLimiter is a Limiter whose next Release hangs the caller up and
+// waits a moment, as a release on a database may wait for a lock, then
+// ends the reservation only if its context is still live, as a database
+// would roll back a transaction whose context ended.
+type hangUpLimiter struct {
+	m2mauth.Limiter
+	hangUp atomic.Pointer[context.CancelFunc]
+}
+
+func (l *hangUpLimiter) Release(ctx context.Context, clientID, ip string, o m2mauth.Outcome) error {
+	if cancel := l.hangUp.Swap(nil); cancel != nil {
+		(*cancel)()
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	return l.Limiter.Release(ctx, clientID, ip, o)
+}
+
+// TestCanceledDuringRelease: a caller that hangs up while the limiter
+// ends its reservation leaves no reservation in flight and no attempt
+// uncounted. Its secret was checked, so it is answered, audited and
+// counted as the check found; the client, back with its secret, is not
+// locked out; a guesser who hangs up this way still runs out of guesses.
+func TestCanceledDuringRelease(t *testing.T) {
+	tests := []struct {
+		name   string
+		secret func(f *fixture) string
+		codes  []int // of the hang-ups, in turn
+		after  int   // the status of the client with its secret, afterwards
+	}{
+		{"the right secret", func(f *fixture) string { return f.secret },
+			[]int{200, 200, 200, 200, 200, 200, 200, 200}, http.StatusOK},
+		{"a wrong secret", func(*fixture) string { return "wrong" },
+			[]int{401, 401, 401, 401, 401, 429, 429, 429}, http.StatusTooManyRequests},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f := newFixture(t)
+			rl, err := m2mauth.NewRateLimiter(m2mauth.RateLimiterConfig{Now: f.clock})
+			require.NoError(t, err)
+			l := &hangUpLimiter{Limiter: rl}
+			var logged syncBuffer
+			h, err := m2mauth.NewTokenHandler(f.store, f.keys, m2mauth.TokenHandlerConfig{
+				Issuer: testIssuer, DefaultAudience: testAudience, Auditor: m2mauth.AuditorFunc(f.audit),
+				Now: f.clock, StoreTimeout: time.Second, Limiter: l,
+				Logger: slog.New(slog.NewTextHandler(&logged, nil)),
+			})
+			require.NoError(t, err)
+			for i, want := range tt.codes {
+				ctx, cancel := context.WithCancel(context.Background())
+				l.hangUp.Store(&cancel)
+				r := httptest.NewRequestWithContext(ctx, http.MethodPost, "https://m2mauth.test/oauth/token", strings.NewReader("grant_type=client_credentials"))
+				r.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+				r.Header.Set("Authorization", basic("svc", tt.secret(f)))
+				w := httptest.NewRecorder()
+				h.ServeHTTP(w, r)
+				require.Equal(t, want, w.Code, "hang-up %d: %s", i+1, w.Body)
+				require.NotEqual(t, m2mauth.CodeServerError, f.lastEvent(t).Error)
+				l.hangUp.Store(nil)
+			}
+			require.NotContains(t, logged.String(), "ERROR")
+			r := httptest.NewRequest(http.MethodPost, "https://m2mauth.test/oauth/token", strings.NewReader("grant_type=client_credentials"))
+			r.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+			r.Header.Set("Authorization", basic("svc", f.secret))
+			w := httptest.NewRecorder()
+			h.ServeHTTP(w, r)
+			require.Equal(t, tt.after, w.Code, "%s", w.Body)
+		})
+	}
+}
+
 // TestCanceledAfterRefusal: a caller that hangs up once its secret has
 // been checked is answered, audited and counted as the check found: a
 // wrong secret is a failed authentication (so hanging up hides no guess

@@ -18,9 +18,13 @@ import (
 // Err answers without arming: the parent's error, or DeadlineExceeded
 // once the deadline has passed. Once it has said so, Done (armed then,
 // with a deadline already past) is closed at once.
+//
+// A detached lazyDeadline (see [lazyPair.detach]) has its parent's values
+// but not its cancellation: only its own deadline and its release end it.
 type lazyDeadline struct {
 	parent   context.Context
 	deadline time.Time
+	detached bool
 
 	mu       sync.Mutex // serializes arming and release
 	released atomic.Bool
@@ -41,11 +45,48 @@ var _ interface {
 // a method rather than a returned func so that deferring it allocates
 // nothing.
 func withLazyTimeout(parent context.Context, timeout time.Duration) *lazyDeadline {
-	c := &lazyDeadline{parent: parent, deadline: systemClock.Now().Add(timeout)}
+	c := new(lazyDeadline)
+	c.init(parent, timeout)
+	return c
+}
+
+func (c *lazyDeadline) init(parent context.Context, timeout time.Duration) {
+	c.parent, c.deadline = parent, systemClock.Now().Add(timeout)
 	if d, ok := parent.Deadline(); ok && d.Before(c.deadline) {
 		c.deadline = d
 	}
-	return c
+}
+
+// lazyPair is a request's lazy deadline, req, and, allocated with it, a
+// second one for the work that must end what the request began even when
+// its caller has gone (see detach).
+type lazyPair struct {
+	req, after lazyDeadline
+}
+
+// withLazyTimeouts returns a pair whose req is withLazyTimeout(parent,
+// timeout). Its release method must be called when the work is done.
+func withLazyTimeouts(parent context.Context, timeout time.Duration) *lazyPair {
+	p := new(lazyPair)
+	p.req.init(parent, timeout)
+	return p
+}
+
+// detach returns a context with the values of p.req but not its
+// cancellation, done timeout after p.req's deadline or when p is
+// released: for work that must be done whether or not the caller hangs
+// up or the request runs out of time, such as ending a rate limiter's
+// reservation. It is called at most once.
+func (p *lazyPair) detach(timeout time.Duration) *lazyDeadline {
+	a := &p.after
+	a.parent, a.deadline, a.detached = p.req.parent, p.req.deadline.Add(timeout), true
+	return a
+}
+
+// release releases both deadlines.
+func (p *lazyPair) release() {
+	p.req.release()
+	p.after.release()
 }
 
 // arm makes the real deadline context, once, and returns it.
@@ -56,7 +97,11 @@ func (c *lazyDeadline) arm() context.Context {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if !c.isArmed.Load() {
-		c.armed, c.cancel = context.WithDeadline(c.parent, c.deadline)
+		parent := c.parent
+		if c.detached {
+			parent = context.WithoutCancel(parent)
+		}
+		c.armed, c.cancel = context.WithDeadline(parent, c.deadline)
 		if c.released.Load() {
 			c.cancel()
 		}
@@ -88,8 +133,10 @@ func (c *lazyDeadline) Err() error {
 	if c.isArmed.Load() {
 		return c.armed.Err()
 	}
-	if err := c.parent.Err(); err != nil {
-		return err
+	if !c.detached {
+		if err := c.parent.Err(); err != nil {
+			return err
+		}
 	}
 	// time.Until reads only the monotonic clock when the deadline has a
 	// monotonic reading, as every deadline made here has.

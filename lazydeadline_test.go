@@ -135,6 +135,49 @@ func TestLazyDeadline(t *testing.T) {
 			wg.Wait()
 			require.ErrorIs(t, c.Err(), context.Canceled)
 		}},
+		{"detached: the parent's values, not its cancellation, armed or not", func(t *testing.T) {
+			parent, cancel := context.WithCancel(context.WithValue(context.Background(), ctxKey{}, "v"))
+			p := withLazyTimeouts(parent, time.Hour)
+			defer p.release()
+			a := p.detach(time.Hour)
+			cancel()
+			require.ErrorIs(t, p.req.Err(), context.Canceled)
+			require.NoError(t, a.Err())
+			require.Equal(t, "v", a.Value(ctxKey{}))
+			done := a.Done()
+			derived, dcancel := context.WithCancel(a)
+			defer dcancel()
+			require.False(t, closed(done))
+			require.False(t, closed(derived.Done()))
+			require.NoError(t, a.Err())
+			require.Equal(t, "v", a.Value(ctxKey{}))
+		}},
+		{"detached: done its own timeout after the request's deadline", func(t *testing.T) {
+			parent, cancel := context.WithCancel(context.Background())
+			p := withLazyTimeouts(parent, 10*time.Millisecond)
+			defer p.release()
+			a := p.detach(20 * time.Millisecond)
+			rd, _ := p.req.Deadline()
+			d, ok := a.Deadline()
+			require.True(t, ok)
+			require.Equal(t, rd.Add(20*time.Millisecond), d)
+			cancel()
+			time.Sleep(15 * time.Millisecond)
+			require.ErrorIs(t, p.req.Err(), context.Canceled)
+			require.NoError(t, a.Err(), "the request's deadline passed, not its own")
+			waitDone(t, a.Done())
+			require.ErrorIs(t, a.Err(), context.DeadlineExceeded)
+			require.True(t, time.Now().After(d))
+		}},
+		{"detached: released with the pair", func(t *testing.T) {
+			p := withLazyTimeouts(context.Background(), time.Hour)
+			a := p.detach(time.Hour)
+			done := a.Done()
+			p.release()
+			require.True(t, closed(done))
+			require.ErrorIs(t, a.Err(), context.Canceled)
+			require.ErrorIs(t, p.req.Err(), context.Canceled)
+		}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, tt.run)

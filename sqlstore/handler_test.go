@@ -821,3 +821,94 @@ func TestNeighbours(t *testing.T) {
 		}
 	})
 }
+
+// lockAfterLookup is a ClientStore whose lookup, when a hang-up is
+// armed, has another connection take the lock the limiter's release
+// needs (SQLite's write lock; the rate_limits rows elsewhere), as a
+// concurrent writer would, then hangs the caller up while holding it.
+type lockAfterLookup struct {
+	m2mauth.ClientStore
+	lock   func(t *testing.T) (unlock func())
+	t      *testing.T
+	hangUp atomic.Pointer[context.CancelFunc]
+	done   chan struct{}
+}
+
+func (s *lockAfterLookup) Client(ctx context.Context, id string) (*m2mauth.Client, error) {
+	c, err := s.ClientStore.Client(ctx, id)
+	if cancel := s.hangUp.Swap(nil); cancel != nil {
+		unlock := s.lock(s.t)
+		go func() {
+			defer close(s.done)
+			time.Sleep(50 * time.Millisecond)
+			(*cancel)()
+			time.Sleep(100 * time.Millisecond)
+			unlock()
+		}()
+	}
+	return c, err
+}
+
+// TestHangUpDuringLimiterRelease: a caller that hangs up while the
+// limiter's release waits for a lock leaves no reservation in flight.
+// Its secret was checked, so the attempt is answered and counted as the
+// check found; the client, back with its secret, is not locked out.
+func TestHangUpDuringLimiterRelease(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, e *env) {
+		prefix := e.newPrefix(t)
+		clock := newFakeClock()
+		s := e.newStore(t, sqlstore.Config{TablePrefix: prefix})
+		plain, _ := createClient(t, s, "svc", clock.Now())
+		l := e.newLimiter(t, prefix, clock, sqlstore.LimiterConfig{})
+		other := e.open(t)
+		ls := &lockAfterLookup{ClientStore: s, t: t, lock: func(t *testing.T) func() {
+			if e.name == "SQLite" {
+				conn, err := other.Conn(context.Background())
+				require.NoError(t, err)
+				_, err = conn.ExecContext(context.Background(), "BEGIN IMMEDIATE")
+				require.NoError(t, err)
+				return func() {
+					conn.ExecContext(context.Background(), "COMMIT")
+					conn.Close()
+				}
+			}
+			tx, err := other.Begin()
+			require.NoError(t, err)
+			_, err = tx.Exec("SELECT 1 FROM " + prefix + "rate_limits FOR UPDATE")
+			require.NoError(t, err)
+			return func() { tx.Commit() }
+		}}
+		var logged syncBuffer
+		var events []m2mauth.AuditEvent
+		var mu sync.Mutex
+		h := newTokenHandler(t, ls, m2mauth.TokenHandlerConfig{
+			Limiter: l, Now: clock.Now, StoreTimeout: 5 * time.Second,
+			Logger: slog.New(slog.NewTextHandler(&logged, nil)),
+			Auditor: m2mauth.AuditorFunc(func(_ context.Context, ev m2mauth.AuditEvent) {
+				mu.Lock()
+				defer mu.Unlock()
+				events = append(events, ev)
+			}),
+		})
+		// The rows to lock exist once the client has been seen.
+		w, _ := serve(t, h, tokenRequest("192.0.2.1:4000", "svc", plain))
+		require.Equal(t, http.StatusOK, w.Code)
+		for i := range 6 { // more than the burst of a client and address
+			ctx, cancel := context.WithCancel(context.Background())
+			ls.done = make(chan struct{})
+			ls.hangUp.Store(&cancel)
+			w, body := serve(t, h, tokenRequest("192.0.2.1:4000", "svc", plain).WithContext(ctx))
+			<-ls.done
+			require.Equal(t, http.StatusOK, w.Code, "hang-up %d: %s", i+1, body.Error)
+			mu.Lock()
+			require.Equal(t, m2mauth.EventTokenIssued, events[len(events)-1].Type)
+			mu.Unlock()
+		}
+		require.NotContains(t, logged.String(), "ERROR")
+		var pending int64
+		require.NoError(t, e.db.QueryRow("SELECT COALESCE(SUM(pending), 0) FROM "+prefix+"rate_limits").Scan(&pending))
+		require.Zero(t, pending, "reservations left in flight")
+		w, body := serve(t, h, tokenRequest("192.0.2.1:4000", "svc", plain))
+		require.Equal(t, http.StatusOK, w.Code, "the client, back with its secret: %s", body.Error)
+	})
+}
