@@ -276,7 +276,9 @@ func callerRate(rateName, burstName string, rate *float64, burst *int, defRate f
 
 // callerLimiter is a token bucket of requests per calling client, in
 // memory. It remembers at most max callers: when full, it forgets those
-// whose buckets have refilled, then an arbitrary one.
+// whose buckets have refilled and, if that frees less than an eighth of
+// max, arbitrary others until it does, so that the next new callers find
+// room without another pass over them all.
 type callerLimiter struct {
 	rate  float64 // requests earned per second
 	burst float64
@@ -337,15 +339,17 @@ func (l *callerLimiter) give(id string) {
 	}
 }
 
-// evict makes room for one more caller. l.mu is held.
+// evict makes room for an eighth of max more callers, at least one.
+// l.mu is held.
 func (l *callerLimiter) evict(now int64) {
 	for id, b := range l.callers {
 		if l.level(b, now) >= l.burst {
 			delete(l.callers, id)
 		}
 	}
+	keep := min(l.max-1, l.max-l.max/8)
 	for id := range l.callers {
-		if len(l.callers) < l.max {
+		if len(l.callers) <= keep {
 			break
 		}
 		delete(l.callers, id)

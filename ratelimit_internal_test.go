@@ -168,3 +168,71 @@ func TestRateLimiterEviction(t *testing.T) {
 		assert.Equal(t, 4, l.Len(), "room once made is kept, but no more is made")
 	})
 }
+
+// TestCallerLimiterFull: the introspection and revocation endpoints'
+// per-caller limiter, once full, forgets the callers whose buckets have
+// refilled first; when they are too few, it makes room for an eighth of
+// its capacity at once, so a stream of new callers costs one pass over
+// the callers held per eighth, not one each.
+func TestCallerLimiterFull(t *testing.T) {
+	start := time.Date(2026, 12, 2, 0, 0, 0, 0, time.UTC)
+	tests := []struct {
+		name     string
+		refilled int // callers held whose buckets are full again
+		want     int // callers held after one more comes
+	}{
+		{"none refilled", 0, 800 - 100 + 1},
+		{"a few refilled", 30, 800 - 100 + 1},
+		{"an eighth and more refilled", 300, 800 - 300 + 1},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			l := newCallerLimiter(1, 100)
+			l.max = 800
+			// The refilled callers came more than 100 s (a burst at
+			// one a second) before the others.
+			for i := range tt.refilled {
+				require.Zero(t, l.take("old-"+strconv.Itoa(i), start))
+			}
+			now := start.Add(time.Hour)
+			for i := range l.max - tt.refilled {
+				require.Zero(t, l.take("busy-"+strconv.Itoa(i), now))
+			}
+			require.Len(t, l.callers, l.max)
+			require.Zero(t, l.take("new-0", now))
+			require.Len(t, l.callers, tt.want)
+			for i := range tt.refilled {
+				require.NotContains(t, l.callers, "old-"+strconv.Itoa(i), "refilled callers go first")
+			}
+			if tt.want > 800-100+1 {
+				require.Len(t, l.callers, l.max-tt.refilled+1, "no busy caller forgotten while refilled ones made room")
+			}
+			// The next callers find room without another pass.
+			for i := 1; len(l.callers) < l.max; i++ {
+				before := len(l.callers)
+				require.Zero(t, l.take("new-"+strconv.Itoa(i), now))
+				require.Equal(t, before+1, len(l.callers))
+			}
+		})
+	}
+}
+
+// BenchmarkCallerLimiterFull is a new caller, every time, at a full
+// per-caller limiter none of whose callers' buckets has refilled.
+func BenchmarkCallerLimiterFull(b *testing.B) {
+	l := newCallerLimiter(1, 100)
+	now := time.Date(2026, 12, 2, 0, 0, 0, 0, time.UTC)
+	ids := make([]string, 1<<20)
+	for i := range ids {
+		ids[i] = "client-" + strconv.Itoa(i)
+	}
+	for _, id := range ids[:l.max] {
+		l.take(id, now)
+	}
+	i := l.max
+	b.ReportAllocs()
+	for b.Loop() {
+		l.take(ids[i%len(ids)], now)
+		i++
+	}
+}
