@@ -139,9 +139,10 @@ func (d Dialect) String() string {
 //	upsertRevocation  (kind, id, at, expires_at, at, expires_at): inserts
 //	                  a row, or moves an existing one to the later at;
 //	                  affects no row when the one stored is not earlier
-//	bumpVersion       (): the version, one more
-//	revokeAll         (at): the store-wide watermark, set to at unless it
-//	                  is later, and the version, one more
+//	bumpVersion       (now): the version, one more, or now (in unix
+//	                  nanoseconds) if that is more
+//	revokeAll         (at, now): the store-wide watermark, set to at unless
+//	                  it is later, and the version, as bumpVersion
 //	revocationVersion (): the version
 //	loadRevocations   (now): the state row, as kind and id empty, at the
 //	                  version and expires_at the store-wide watermark (0
@@ -450,8 +451,8 @@ UPDATE {p}rate_limits SET
 		clientWatermark: t(`SELECT at FROM {p}revocations WHERE kind = '` + kindClient + `' AND id = $1 AND expires_at >= $2`),
 		upsertRevocation: t(`INSERT INTO {p}revocations AS r (kind, id, at, expires_at) VALUES ($1, $2, $3, $4)
 ON CONFLICT (kind, id) DO UPDATE SET at = $5, expires_at = $6 WHERE r.at < EXCLUDED.at`),
-		bumpVersion:       t(`UPDATE {p}revocation_state SET version = version + 1 WHERE id = 1`),
-		revokeAll:         t(`UPDATE {p}revocation_state SET tokens_revoked_at = GREATEST(COALESCE(tokens_revoked_at, 0), $1), version = version + 1 WHERE id = 1`),
+		bumpVersion:       t(`UPDATE {p}revocation_state SET version = GREATEST(version + 1, $1) WHERE id = 1`),
+		revokeAll:         t(`UPDATE {p}revocation_state SET tokens_revoked_at = GREATEST(COALESCE(tokens_revoked_at, 0), $1), version = GREATEST(version + 1, $2) WHERE id = 1`),
 		revocationVersion: t(`SELECT version FROM {p}revocation_state WHERE id = 1`),
 		loadRevocations: t(`SELECT '' AS kind, '' AS id, version AS at, COALESCE(tokens_revoked_at, 0) AS expires_at
   FROM {p}revocation_state WHERE id = 1
@@ -634,8 +635,8 @@ ON DUPLICATE KEY UPDATE ip = ip`),
 		// neither changes.
 		upsertRevocation: t(`INSERT INTO {p}revocations (kind, id, at, expires_at) VALUES (?, ?, ?, ?)
 ON DUPLICATE KEY UPDATE at = GREATEST(at, ?), expires_at = GREATEST(expires_at, ?)`),
-		bumpVersion:       t(`UPDATE {p}revocation_state SET version = version + 1 WHERE id = 1`),
-		revokeAll:         t(`UPDATE {p}revocation_state SET tokens_revoked_at = GREATEST(COALESCE(tokens_revoked_at, 0), ?), version = version + 1 WHERE id = 1`),
+		bumpVersion:       t(`UPDATE {p}revocation_state SET version = GREATEST(version + 1, ?) WHERE id = 1`),
+		revokeAll:         t(`UPDATE {p}revocation_state SET tokens_revoked_at = GREATEST(COALESCE(tokens_revoked_at, 0), ?), version = GREATEST(version + 1, ?) WHERE id = 1`),
 		revocationVersion: t(`SELECT version FROM {p}revocation_state WHERE id = 1`),
 		loadRevocations: t(`SELECT '' AS kind, '' AS id, version AS at, COALESCE(tokens_revoked_at, 0) AS expires_at
   FROM {p}revocation_state WHERE id = 1
@@ -822,8 +823,8 @@ ON CONFLICT (ip, client_id) DO NOTHING`),
 		clientWatermark: t(`SELECT at FROM {p}revocations WHERE kind = '` + kindClient + `' AND id = ? AND expires_at >= ?`),
 		upsertRevocation: t(`INSERT INTO {p}revocations (kind, id, at, expires_at) VALUES (?, ?, ?, ?)
 ON CONFLICT (kind, id) DO UPDATE SET at = ?, expires_at = ? WHERE at < excluded.at`),
-		bumpVersion:       t(`UPDATE {p}revocation_state SET version = version + 1 WHERE id = 1`),
-		revokeAll:         t(`UPDATE {p}revocation_state SET tokens_revoked_at = MAX(COALESCE(tokens_revoked_at, 0), ?), version = version + 1 WHERE id = 1`),
+		bumpVersion:       t(`UPDATE {p}revocation_state SET version = MAX(version + 1, ?) WHERE id = 1`),
+		revokeAll:         t(`UPDATE {p}revocation_state SET tokens_revoked_at = MAX(COALESCE(tokens_revoked_at, 0), ?), version = MAX(version + 1, ?) WHERE id = 1`),
 		revocationVersion: t(`SELECT version FROM {p}revocation_state WHERE id = 1`),
 		loadRevocations: t(`SELECT '' AS kind, '' AS id, version AS at, COALESCE(tokens_revoked_at, 0) AS expires_at
   FROM {p}revocation_state WHERE id = 1

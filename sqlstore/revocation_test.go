@@ -195,6 +195,60 @@ func TestRevocationsRollBack(t *testing.T) {
 	})
 }
 
+// TestRevocationVersionAfterRestore: a database restored from a backup,
+// or a standby promoted before it saw the last commits, goes back to an
+// older version. The next change must not give again a version a
+// poller holds for other revocations, or the poller would take the
+// change as none and its revocation would never reach the validators.
+func TestRevocationVersionAfterRestore(t *testing.T) {
+	tests := []struct {
+		name   string
+		change func(t *testing.T, s *sqlstore.Store, now time.Time) error
+	}{
+		{"RevokeToken", func(t *testing.T, s *sqlstore.Store, now time.Time) error {
+			return s.RevokeToken(t.Context(), "svc", "jti-after", now.Add(time.Hour))
+		}},
+		{"RevokeClientTokens", func(t *testing.T, s *sqlstore.Store, _ time.Time) error {
+			return s.RevokeClientTokens(t.Context(), "other")
+		}},
+		{"RevokeAllTokens", func(t *testing.T, s *sqlstore.Store, _ time.Time) error {
+			return s.RevokeAllTokens(t.Context())
+		}},
+	}
+	forEachBackend(t, func(t *testing.T, e *env) {
+		for _, tt := range tests {
+			t.Run(tt.name, func(t *testing.T) {
+				ctx := t.Context()
+				prefix := e.newPrefix(t)
+				clock := newFakeClock()
+				s := e.newStore(t, sqlstore.Config{TablePrefix: prefix, Now: clock.Now})
+				require.NoError(t, s.CreateClient(ctx, &m2mauth.Client{ID: "other", Public: true}))
+				require.NoError(t, s.RevokeToken(ctx, "svc", "jti-1", clock.Now().Add(time.Hour)))
+				backup := mustRevocations(t, s)
+
+				clock.Advance(time.Minute)
+				require.NoError(t, s.RevokeToken(ctx, "svc", "jti-lost", clock.Now().Add(time.Hour)))
+				held := mustRevocations(t, s) // what the pollers hold
+				require.Greater(t, held.Version, backup.Version)
+
+				// The restore: the state as it was at the backup.
+				_, err := e.db.ExecContext(ctx, "UPDATE "+prefix+"revocation_state SET version = "+e.placeholder(1)+" WHERE id = 1", backup.Version)
+				require.NoError(t, err)
+				_, err = e.db.ExecContext(ctx, "DELETE FROM "+prefix+"revocations WHERE id = 'jti-lost'")
+				require.NoError(t, err)
+				require.Equal(t, backup, mustRevocations(t, s))
+
+				clock.Advance(time.Minute)
+				require.NoError(t, tt.change(t, s, clock.Now()))
+				got, err := s.RevocationsSince(ctx, held.Version)
+				require.NoError(t, err)
+				require.NotNil(t, got, "the change after the restore is news to a poller at version %d", held.Version)
+				require.Greater(t, got.Version, held.Version)
+			})
+		}
+	})
+}
+
 // insertTokenRows inserts the deny-list rows of tokens jti-<from> to
 // jti-<to-1>, expiring at exp, as RevokeToken would, a few hundred per
 // statement.
@@ -252,7 +306,9 @@ func TestRevocationsBounded(t *testing.T) {
 		require.NotNil(t, r)
 		require.Len(t, r.Tokens, n)
 		version := r.Version
-		assert.EqualValues(t, viaAPI, version)
+		// The first from the clock, each of the others one more on a
+		// clock that stood still.
+		assert.EqualValues(t, clock.Now().UnixNano()+viaAPI-1, version)
 
 		clock.Advance(time.Hour + m2mauth.RevocationGrace + time.Second)
 		for i := range 2 {
