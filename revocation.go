@@ -37,10 +37,12 @@ const RevocationGrace = maxLeeway
 // their clients must ask again.
 type Revocations struct {
 	// Version identifies this state; every change to the revocations
-	// yields a greater one, never negative. A store that forgets its
-	// revocations when it restarts must start above the Versions it
-	// published before (memstore counts from the clock), because
-	// readers refuse a Version lower than one they have seen.
+	// yields a greater one, never negative, and no Version is given to
+	// two states. A store that forgets its revocations when it restarts
+	// must start above the Versions it published before (memstore and
+	// sqlstore count from the clock): a [RemoteRevocations] refuses a
+	// Version lower than one it has seen, and a [RevocationPoller]
+	// keeps what it holds beside a lower Version's revocations.
 	Version int64
 	// Before is the store-wide watermark; zero when none is set.
 	Before time.Time

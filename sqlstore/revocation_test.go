@@ -230,13 +230,24 @@ func TestRevocationVersionAfterRestore(t *testing.T) {
 				require.NoError(t, s.RevokeToken(ctx, "svc", "jti-lost", clock.Now().Add(time.Hour)))
 				held := mustRevocations(t, s) // what the pollers hold
 				require.Greater(t, held.Version, backup.Version)
+				poller, err := m2mauth.NewRevocationPoller(s, m2mauth.RevocationPollerConfig{
+					Interval: time.Hour, MaxStale: 2 * time.Hour, Now: clock.Now, Logger: slog.New(slog.DiscardHandler),
+				})
+				require.NoError(t, err)
+				t.Cleanup(func() { poller.Close() })
+				require.NoError(t, poller.Refresh(ctx))
 
 				// The restore: the state as it was at the backup.
-				_, err := e.db.ExecContext(ctx, "UPDATE "+prefix+"revocation_state SET version = "+e.placeholder(1)+" WHERE id = 1", backup.Version)
+				_, err = e.db.ExecContext(ctx, "UPDATE "+prefix+"revocation_state SET version = "+e.placeholder(1)+" WHERE id = 1", backup.Version)
 				require.NoError(t, err)
 				_, err = e.db.ExecContext(ctx, "DELETE FROM "+prefix+"revocations WHERE id = 'jti-lost'")
 				require.NoError(t, err)
 				require.Equal(t, backup, mustRevocations(t, s))
+				// The poller keeps what it held, and stays fresh.
+				require.NoError(t, poller.Refresh(ctx))
+				polled, err := poller.CurrentRevocations()
+				require.NoError(t, err)
+				require.True(t, polled.Revoked("svc", "jti-lost", clock.Now()))
 
 				clock.Advance(time.Minute)
 				require.NoError(t, tt.change(t, s, clock.Now()))
@@ -244,6 +255,10 @@ func TestRevocationVersionAfterRestore(t *testing.T) {
 				require.NoError(t, err)
 				require.NotNil(t, got, "the change after the restore is news to a poller at version %d", held.Version)
 				require.Greater(t, got.Version, held.Version)
+				require.NoError(t, poller.Refresh(ctx))
+				polled, err = poller.CurrentRevocations()
+				require.NoError(t, err)
+				require.Equal(t, got.Version, polled.Version, "the poller has the change")
 			})
 		}
 	})
