@@ -491,6 +491,64 @@ func TestCanceledDuringRelease(t *testing.T) {
 	}
 }
 
+// liveReleaseLimiter is a Limiter that, as one on a database would,
+// cannot end a reservation on a context that has ended.
+type liveReleaseLimiter struct{ m2mauth.Limiter }
+
+func (l liveReleaseLimiter) Release(ctx context.Context, clientID, ip string, o m2mauth.Outcome) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	return l.Limiter.Release(ctx, clientID, ip, o)
+}
+
+// slowOnceStore is a ClientStore whose next lookup takes wait, heedless
+// of its context's deadline.
+type slowOnceStore struct {
+	m2mauth.ClientStore
+	wait atomic.Int64
+}
+
+func (s *slowOnceStore) Client(ctx context.Context, id string) (*m2mauth.Client, error) {
+	time.Sleep(time.Duration(s.wait.Swap(0)))
+	return s.ClientStore.Client(ctx, id)
+}
+
+// TestReleaseAfterSlowAttempt: an attempt that ran past its StoreTimeout
+// (a store that does not heed it, secrets slow to check) still ends its
+// reservation: the release has a StoreTimeout of its own from then. So
+// the client is not locked out by the attempts it made.
+func TestReleaseAfterSlowAttempt(t *testing.T) {
+	f := newFixture(t)
+	rl, err := m2mauth.NewRateLimiter(m2mauth.RateLimiterConfig{Now: f.clock})
+	require.NoError(t, err)
+	store := &slowOnceStore{ClientStore: f.store}
+	h, err := m2mauth.NewTokenHandler(store, f.keys, m2mauth.TokenHandlerConfig{
+		Issuer: testIssuer, DefaultAudience: testAudience, Auditor: m2mauth.AuditorFunc(f.audit),
+		Now: f.clock, StoreTimeout: 50 * time.Millisecond, Limiter: liveReleaseLimiter{rl},
+		Logger: slog.New(slog.DiscardHandler),
+	})
+	require.NoError(t, err)
+	for i := range 6 { // more than the burst of a client and address
+		store.wait.Store(int64(150 * time.Millisecond)) // three StoreTimeouts
+		w := httptest.NewRecorder()
+		h.ServeHTTP(w, tokenPost(basic("svc", f.secret)))
+		require.NotEqual(t, http.StatusTooManyRequests, w.Code, "attempt %d: %s", i+1, w.Body)
+		require.NotEqual(t, m2mauth.CodeServerError, f.lastEvent(t).Error, "attempt %d", i+1)
+	}
+	w := httptest.NewRecorder()
+	h.ServeHTTP(w, tokenPost(basic("svc", f.secret)))
+	require.Equal(t, http.StatusOK, w.Code, "%s", w.Body)
+}
+
+// tokenPost is a token request with the given Authorization header.
+func tokenPost(authorization string) *http.Request {
+	r := httptest.NewRequest(http.MethodPost, "https://m2mauth.test/oauth/token", strings.NewReader("grant_type=client_credentials"))
+	r.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	r.Header.Set("Authorization", authorization)
+	return r
+}
+
 // TestCanceledAfterRefusal: a caller that hangs up once its secret has
 // been checked is answered, audited and counted as the check found: a
 // wrong secret is a failed authentication (so hanging up hides no guess

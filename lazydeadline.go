@@ -73,13 +73,18 @@ func withLazyTimeouts(parent context.Context, timeout time.Duration) *lazyPair {
 }
 
 // detach returns a context with the values of p.req but not its
-// cancellation, done timeout after p.req's deadline or when p is
-// released: for work that must be done whether or not the caller hangs
-// up or the request runs out of time, such as ending a rate limiter's
-// reservation. It is called at most once.
+// cancellation, done timeout after p.req's deadline (or after now, once
+// that has passed) or when p is released: for work that must be done
+// whether or not the caller hangs up or the request runs out of time,
+// such as ending a rate limiter's reservation. It is called at most
+// once.
 func (p *lazyPair) detach(timeout time.Duration) *lazyDeadline {
 	a := &p.after
-	a.parent, a.deadline, a.detached = p.req.parent, p.req.deadline.Add(timeout), true
+	from := p.req.deadline
+	if now := systemClock.Now(); now.After(from) {
+		from = now
+	}
+	a.parent, a.deadline, a.detached = p.req.parent, from.Add(timeout), true
 	return a
 }
 
@@ -153,8 +158,13 @@ func (c *lazyDeadline) Err() error {
 // deadline context's, which is how the context package finds the
 // cancellation of a context derived from this one).
 func (c *lazyDeadline) Value(key any) any {
-	if c.isArmed.Load() {
+	switch {
+	case c.isArmed.Load():
 		return c.armed.Value(key)
+	case c.detached:
+		// Not the parent's cancellation, which the context package
+		// finds through Value (for context.Cause, say).
+		return context.WithoutCancel(c.parent).Value(key)
 	}
 	return c.parent.Value(key)
 }

@@ -2,6 +2,7 @@ package m2mauth
 
 import (
 	"context"
+	"errors"
 	"runtime"
 	"sync"
 	"testing"
@@ -168,6 +169,31 @@ func TestLazyDeadline(t *testing.T) {
 			waitDone(t, a.Done())
 			require.ErrorIs(t, a.Err(), context.DeadlineExceeded)
 			require.True(t, time.Now().After(d))
+		}},
+		{"detached: its own cause, not its parent's", func(t *testing.T) {
+			hungUp := errors.New("the caller hung up")
+			parent, cancel := context.WithCancelCause(context.Background())
+			p := withLazyTimeouts(parent, time.Millisecond)
+			defer p.release()
+			a := p.detach(time.Millisecond)
+			cancel(hungUp)
+			require.Nil(t, context.Cause(a))
+			time.Sleep(5 * time.Millisecond)
+			require.ErrorIs(t, a.Err(), context.DeadlineExceeded)
+			require.ErrorIs(t, context.Cause(a), context.DeadlineExceeded)
+			waitDone(t, a.Done())
+			require.ErrorIs(t, context.Cause(a), context.DeadlineExceeded)
+		}},
+		{"detached after the request's deadline: a timeout from now", func(t *testing.T) {
+			p := withLazyTimeouts(context.Background(), time.Millisecond)
+			defer p.release()
+			time.Sleep(20 * time.Millisecond)
+			require.ErrorIs(t, p.req.Err(), context.DeadlineExceeded)
+			before := time.Now()
+			a := p.detach(time.Hour)
+			require.NoError(t, a.Err())
+			d, _ := a.Deadline()
+			require.False(t, d.Before(before.Add(time.Hour)), "an hour from the detach, not from the request's deadline")
 		}},
 		{"detached: released with the pair", func(t *testing.T) {
 			p := withLazyTimeouts(context.Background(), time.Hour)

@@ -183,7 +183,10 @@ func VerifySecret(hash, secret string) (bool, error) {
 			// bcrypt reads only a secret's first 72 bytes, so a
 			// longer one would match every secret that begins with
 			// them. Refused, after the same work.
-			bcrypt.CompareHashAndPassword([]byte(hash), []byte(secret[:maxBcryptSecret]))
+			err := bcrypt.CompareHashAndPassword([]byte(hash), []byte(secret[:maxBcryptSecret]))
+			if err != nil && !errors.Is(err, bcrypt.ErrMismatchedHashAndPassword) {
+				return false, ErrUnknownHash
+			}
 			return false, nil
 		}
 		err := bcrypt.CompareHashAndPassword([]byte(hash), []byte(secret))

@@ -1,6 +1,7 @@
 package m2mauth_test
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -129,4 +130,18 @@ func TestNewSecret(t *testing.T) {
 	assert.True(t, s.ActiveAt(now.Add(time.Hour-time.Nanosecond)))
 	assert.False(t, s.ActiveAt(now.Add(time.Hour)), "expired at ExpiresAt")
 	assert.True(t, m2mauth.Secret{}.ActiveAt(now.Add(1000*time.Hour)), "zero expiry never expires")
+}
+
+// TestVerifySecretUnreadableBcrypt: a bcrypt hash whose cost can be read
+// but whose salt cannot is unreadable, whatever the length of the secret
+// checked against it, so the token endpoint logs it as such.
+func TestVerifySecretUnreadableBcrypt(t *testing.T) {
+	bad := "$2a$04$" + strings.Repeat("!", 53)
+	for _, n := range []int{5, 72, 73, 600} {
+		t.Run(fmt.Sprint(n, " bytes"), func(t *testing.T) {
+			ok, err := m2mauth.VerifySecret(bad, strings.Repeat("s", n))
+			require.ErrorIs(t, err, m2mauth.ErrUnknownHash)
+			require.False(t, ok)
+		})
+	}
 }
