@@ -39,10 +39,11 @@ type Revocations struct {
 	// Version identifies this state; every change to the revocations
 	// yields a greater one, never negative, and no Version is given to
 	// two states. A store that forgets its revocations when it restarts
-	// must start above the Versions it published before (memstore and
+	// must start above the Versions it published before, and so must
+	// one restored from a backup at its next change (memstore and
 	// sqlstore count from the clock): a [RemoteRevocations] refuses a
 	// Version lower than one it has seen, and a [RevocationPoller]
-	// keeps what it holds beside a lower Version's revocations.
+	// keeps what it holds until the Version passes it.
 	Version int64
 	// Before is the store-wide watermark; zero when none is set.
 	Before time.Time

@@ -77,12 +77,12 @@ const (
 //     [ValidatorConfig.InsecureAcceptStaleRevocations]) until a poll
 //     succeeds again.
 //   - The version never goes back, and no revocation is forgotten
-//     because the feed's did: a feed answering with a Version lower than
+//     because the feed's was: a feed answering with a Version lower than
 //     the one held (a database restored from a backup, or a standby
-//     promoted before it saw the last changes) is logged, and its
-//     revocations are added to those held (under a new Version, if it
-//     has any they lack) until the feed's Version passes the one held.
-//     The poll succeeds.
+//     promoted before it saw the last changes) is logged, and the
+//     snapshot held stays, fresh, until the feed's Version passes it.
+//     The poll succeeds: a feed gives no Version to two states (see
+//     [Revocations]), so an older state's revocations are all held.
 //     [RemoteRevocations] refuses a list older than one it took before,
 //     as a replay, which fails the poll.
 //   - Entries that can no longer revoke a valid token are dropped from
@@ -317,26 +317,21 @@ func (p *RevocationPoller) poll(ctx context.Context) error {
 	case r == nil || old != nil && r.Version == old.revs.Version:
 		s = p.prune(old.revs, old.death, now, false)
 	case old != nil && r.Version < old.revs.Version:
-		// The feed went back: a database restored from a backup, or a
-		// standby promoted before it saw the last changes. (A list
-		// from another server that goes back is refused before it
-		// gets here, by RemoteRevocations, as a replay.) Revocations
-		// are never withdrawn, only outlived: the snapshot keeps what
-		// it held, with what the feed has besides, until the feed's
-		// version passes it. What the feed adds makes a new version,
-		// one the feed is not at, for the readers of the snapshot (a
-		// revocation list's pollers, behind their ETags) to see.
+		// The feed went back to an older state: a database restored
+		// from a backup, a standby promoted before it saw the last
+		// changes, a replica that lags. (A list from another server
+		// that goes back is refused before it gets here, by
+		// RemoteRevocations, as a replay.) A feed gives no Version to
+		// two states, so every revocation of that older state is held
+		// already: the snapshot stays, fresh, until the feed's
+		// Version passes its own.
 		if !p.behind {
 			p.behind = true
 			p.cfg.Logger.WarnContext(ctx, "m2mauth: the revocation feed went back to an older version (a database restored, or failed over?); "+
-				"keeping the revocations held with the feed's until its version passes theirs: make again any revocation recorded after its version",
+				"keeping the revocations held until its version passes theirs: make again any revocation recorded after its version",
 				"held_version", old.revs.Version, "feed_version", r.Version)
 		}
-		if m := mergeRevocations(old.revs, r, max(old.revs.Version+1, now.UnixNano())); m != old.revs {
-			s = p.prune(m, revocationsDeath(m), now, true)
-		} else {
-			s = p.prune(old.revs, old.death, now, false)
-		}
+		s = p.prune(old.revs, old.death, now, false)
 	default:
 		if p.behind {
 			p.behind = false
@@ -395,56 +390,6 @@ func (p *RevocationPoller) prune(r *Revocations, death, now time.Time, fresh boo
 	p.lastPrune = now
 	r = r.Pruned(now)
 	return &pollSnapshot{revs: r, death: revocationsDeath(r)}
-}
-
-// mergeRevocations returns held with what r has besides, the later of
-// each watermark and expiry, at version. It returns held itself when r
-// adds nothing.
-func mergeRevocations(held, r *Revocations, version int64) *Revocations {
-	if !addsTo(held, r) {
-		return held
-	}
-	out := &Revocations{
-		Version: version,
-		Before:  held.Before,
-		Clients: make(map[string]time.Time, len(held.Clients)+len(r.Clients)),
-		Tokens:  make(map[string]time.Time, len(held.Tokens)+len(r.Tokens)),
-	}
-	if r.Before.After(out.Before) {
-		out.Before = r.Before
-	}
-	for _, src := range []*Revocations{held, r} {
-		for id, at := range src.Clients {
-			if h, ok := out.Clients[id]; !ok || at.After(h) {
-				out.Clients[id] = at
-			}
-		}
-		for jti, exp := range src.Tokens {
-			if h, ok := out.Tokens[jti]; !ok || exp.After(h) {
-				out.Tokens[jti] = exp
-			}
-		}
-	}
-	return out
-}
-
-// addsTo reports whether r has a revocation that held lacks, or a later
-// watermark or expiry than held's.
-func addsTo(held, r *Revocations) bool {
-	if r.Before.After(held.Before) {
-		return true
-	}
-	for id, at := range r.Clients {
-		if h, ok := held.Clients[id]; !ok || at.After(h) {
-			return true
-		}
-	}
-	for jti, exp := range r.Tokens {
-		if h, ok := held.Tokens[jti]; !ok || exp.After(h) {
-			return true
-		}
-	}
-	return false
 }
 
 // revocationsDeath returns the earliest instant past which an entry of
