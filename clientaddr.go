@@ -56,6 +56,13 @@ func newAddrPolicy(trusted []netip.Prefix, header string, v6bits int, logger *sl
 	case v6bits < 1 || v6bits > 128:
 		return nil, fmt.Errorf("m2mauth: IPv6Prefix %d outside [1, 128]", v6bits)
 	}
+	for _, p := range trusted {
+		if p.Bits() == 0 && logger != nil {
+			logger.Warn("m2mauth: TrustedProxies holds "+p.String()+", which trusts every address as a TLS-terminating proxy: "+
+				"any client can claim HTTPS with a forwarding header and choose the address that rate limiting and auditing see; name only your proxies' networks",
+				"network", p.String())
+		}
+	}
 	return &addrPolicy{trusted: trusted, header: header, v6bits: v6bits, logger: logger}, nil
 }
 

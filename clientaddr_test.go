@@ -145,6 +145,34 @@ func TestForwardingHeadersWarning(t *testing.T) {
 	assert.Contains(t, logs.String(), "level=WARN")
 }
 
+// TestTrustEveryAddressWarning: trusting every address as a proxy lets
+// any client claim HTTPS (RFC 6749 §1.6) and pick the address the rate
+// limiter (§10.10) and the audit trail see; the handler warns of it when
+// made.
+func TestTrustEveryAddressWarning(t *testing.T) {
+	tests := []struct {
+		trusted []string
+		warned  bool
+	}{
+		{[]string{"10.0.0.0/8", "192.168.0.0/16"}, false},
+		{[]string{"0.0.0.0/0"}, true},
+		{[]string{"10.0.0.0/8", "::/0"}, true},
+	}
+	for _, tt := range tests {
+		t.Run(strings.Join(tt.trusted, ","), func(t *testing.T) {
+			var logs bytes.Buffer
+			newFixture(t, func(c *m2mauth.TokenHandlerConfig) {
+				c.Logger = slog.New(slog.NewTextHandler(&logs, nil))
+				c.ForwardedHeader = m2mauth.HeaderXForwardedFor
+				for _, p := range tt.trusted {
+					c.TrustedProxies = append(c.TrustedProxies, netip.MustParsePrefix(p))
+				}
+			})
+			require.Equal(t, tt.warned, strings.Contains(logs.String(), "trusts every address"), logs.String())
+		})
+	}
+}
+
 // TestValidatorClientAddress: the validator's audit events name the
 // client behind a trusted proxy, found by the same rules as the token
 // endpoint's, and ignore forwarding headers from anyone else.

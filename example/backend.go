@@ -122,6 +122,48 @@ type dbSpec struct {
 	timeoutParam   string // how -db sets it, for messages
 }
 
+// createPrivate creates the SQLite database file, unless it exists,
+// readable and writable by its owner only: it holds the clients' secret
+// hashes, the audit trail and the sealed signing keys. SQLite gives its
+// -wal and -shm files the database file's mode.
+func createPrivate(file string) error {
+	f, err := os.OpenFile(file, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	switch {
+	case errors.Is(err, fs.ErrExist):
+		return nil
+	case err != nil:
+		return err
+	}
+	return f.Close()
+}
+
+// redactDB returns the -db value spec with any password in it replaced
+// by "xxxxx" (what [url.URL.Redacted] writes), for output: a URL's user
+// password and its password parameter. A value that is not a URL is a
+// SQLite path, "memory", or refused by parseDB before anything prints it.
+func redactDB(spec string) string {
+	if !strings.Contains(spec, "://") {
+		return spec
+	}
+	u, err := url.Parse(spec)
+	if err != nil {
+		scheme, _, _ := strings.Cut(spec, "://")
+		return scheme + "://xxxxx"
+	}
+	q := u.Query()
+	redacted := false
+	for k := range q {
+		if strings.EqualFold(k, "password") {
+			q[k] = []string{"xxxxx"}
+			redacted = true
+		}
+	}
+	if redacted {
+		u.RawQuery = q.Encode()
+	}
+	return u.Redacted()
+}
+
 // server reports whether d is a database that replicas may share.
 func (d *dbSpec) server() bool { return !d.memory && d.file == "" }
 
@@ -263,6 +305,19 @@ func openBackend(ctx context.Context, d *dbSpec, opts backendOptions) (*backend,
 	if opts.existing && file != "" {
 		if _, err := os.Stat(file); errors.Is(err, fs.ErrNotExist) {
 			return nil, fmt.Errorf("-db %s: no such database file (it is created by serve or client create)", file)
+		}
+	}
+	if file != "" {
+		if err := createPrivate(file); err != nil {
+			return nil, fmt.Errorf("%s: %w", kind, err)
+		}
+		if st, err := os.Stat(file); err == nil && st.Mode().Perm()&0o077 != 0 {
+			logger := opts.auditLog
+			if logger == nil {
+				logger = slog.Default()
+			}
+			logger.Warn("the database file is readable by others: it holds secret hashes, the audit trail and sealed keys; chmod 600 it and its -wal and -shm files",
+				"file", file, "mode", st.Mode().Perm().String())
 		}
 	}
 	db, err := sql.Open(driver, dsn)

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"net"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -232,4 +234,62 @@ func TestUnknownSchemeCreatesNothing(t *testing.T) {
 	entries, err := os.ReadDir(dir)
 	require.NoError(t, err)
 	assert.Empty(t, entries)
+}
+
+// TestRedactDB: what the example prints of -db (the start-up banner's
+// commands) carries no password.
+func TestRedactDB(t *testing.T) {
+	tests := []struct{ spec, want string }{
+		{"m2mauth.db", "m2mauth.db"},
+		{"memory", "memory"},
+		{"sqlite:///var/lib/m2mauth/clients.db", "sqlite:///var/lib/m2mauth/clients.db"},
+		{"postgres://app@db.example:5432/app?sslmode=disable", "postgres://app@db.example:5432/app?sslmode=disable"},
+		{"postgres://app:hunter2@db.example:5432/app?sslmode=disable", "postgres://app:xxxxx@db.example:5432/app?sslmode=disable"},
+		{"postgresql://db.example/app?user=app&password=hunter2", "postgresql://db.example/app?password=xxxxx&user=app"},
+		{"postgres://db.example/app?PassWord=hunter2", "postgres://db.example/app?PassWord=xxxxx"},
+		{"mysql://root:hunter2@127.0.0.1:3306/test?parseTime=true", "mysql://root:xxxxx@127.0.0.1:3306/test?parseTime=true"},
+		{"postgres://app:hunter2@db example/%zz", "postgres://xxxxx"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.spec, func(t *testing.T) {
+			got := redactDB(tt.spec)
+			assert.Equal(t, tt.want, got)
+			assert.NotContains(t, got, "hunter2")
+			assert.NotContains(t, globals{db: tt.spec}.commandLine(), "hunter2")
+		})
+	}
+}
+
+// TestDatabaseFilePrivate: the SQLite database, which holds the secret
+// hashes, the audit trail and sealed keys, and its -wal and -shm files
+// are readable by their owner only, whatever the umask; a database that
+// others can read is warned about.
+func TestDatabaseFilePrivate(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs the example")
+	}
+	bin := buildExample(t)
+	dir := t.TempDir()
+	db := filepath.Join(dir, "clients.db")
+	cmd := exec.Command(bin, "-db", db, "client", "create", "-id", "svc", "-scopes", "read")
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	require.NoError(t, cmd.Run(), stderr.String())
+	assert.NotContains(t, stderr.String(), "readable by others")
+	runCLI(t, bin, "-db", db, "client", "list")
+	files, err := filepath.Glob(db + "*")
+	require.NoError(t, err)
+	require.Contains(t, files, db)
+	for _, f := range files {
+		st, err := os.Stat(f)
+		require.NoError(t, err)
+		assert.Equal(t, os.FileMode(0o600), st.Mode().Perm(), f)
+	}
+
+	require.NoError(t, os.Chmod(db, 0o644))
+	cmd = exec.Command(bin, "-db", db, "client", "list")
+	stderr.Reset()
+	cmd.Stderr = &stderr
+	require.NoError(t, cmd.Run(), stderr.String())
+	assert.Contains(t, stderr.String(), "readable by others")
 }

@@ -161,6 +161,16 @@ func clientCommand(g globals, args []string, stdout, stderr io.Writer, mainUsage
 		return errors.New("-since must not be negative")
 	}
 
+	// Bad values are refused before the database is opened (or made).
+	if cmd != "list" && !m2mauth.ValidClientID(id) {
+		return errors.New("-id: a client id is 1 to 255 printable ASCII characters")
+	}
+	if set["scopes"] && (cmd == "create" || set["audience"]) {
+		c := m2mauth.Client{ID: id, Grants: map[string]m2mauth.Scopes{audience: granted}}
+		if err := c.Validate(); err != nil {
+			return err
+		}
+	}
 	d, err := parseDB(g.db)
 	if err != nil {
 		return err

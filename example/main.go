@@ -208,9 +208,9 @@ const (
 )
 
 // commandLine is g as global flags to paste into a shell: -db always,
-// the others when they are not the default.
+// without its password, the others when they are not the default.
 func (g globals) commandLine() string {
-	args := []string{"-db", shellQuote(g.db)}
+	args := []string{"-db", shellQuote(redactDB(g.db))}
 	if g.issuer != defaultIssuer {
 		args = append(args, "-issuer", shellQuote(g.issuer))
 	}
