@@ -108,7 +108,7 @@ func (h *TokenHandler) IntrospectionHandler(cfg IntrospectionConfig) (*Introspec
 		h:     h,
 		v:     v,
 		revs:  cfg.Revocations,
-		limit: newCallerLimiter(cfg.Rate, cfg.Burst),
+		limit: newCallerLimiter(cfg.Rate, cfg.Burst, h.cfg.Now),
 	}, nil
 }
 
@@ -131,7 +131,7 @@ const ReasonIntrospectionRate = "introspection_rate"
 // introspect is the introspection endpoint's own step for an
 // authenticated caller c.
 func (ih *IntrospectionHandler) introspect(ctx context.Context, req *tokenRequest, c *Client, ev *AuditEvent, bp *[]byte) ([]byte, error) {
-	if wait := ih.limit.take(c.ID, req.now); wait > 0 {
+	if wait := ih.limit.take(c.ID); wait > 0 {
 		ev.Reason = ReasonIntrospectionRate
 		e := WrapError(CodeTemporarilyUnavailable, "too many introspection requests; retry later", retryLater{wait})
 		e.Status = http.StatusTooManyRequests
@@ -283,6 +283,11 @@ type callerLimiter struct {
 	rate  float64 // requests earned per second
 	burst float64
 	max   int
+	// now is the clock, read under mu: requests stamped when they
+	// arrived reach the limiter out of that order (one waited for a
+	// turn or a database), and a bucket must not earn the time between
+	// two stamps twice.
+	now func() time.Time
 
 	mu      sync.Mutex
 	callers map[string]callerBucket
@@ -293,8 +298,8 @@ type callerBucket struct {
 	at     int64   // unix nanoseconds
 }
 
-func newCallerLimiter(rate float64, burst int) *callerLimiter {
-	return &callerLimiter{rate: rate, burst: float64(burst), max: maxRateCallers, callers: make(map[string]callerBucket)}
+func newCallerLimiter(rate float64, burst int, now func() time.Time) *callerLimiter {
+	return &callerLimiter{rate: rate, burst: float64(burst), max: maxRateCallers, now: now, callers: make(map[string]callerBucket)}
 }
 
 // level returns the requests b holds at now.
@@ -303,12 +308,12 @@ func (l *callerLimiter) level(b callerBucket, now int64) float64 {
 	return min(b.tokens+float64(elapsed)*l.rate/1e9, l.burst)
 }
 
-// take takes one request for id at now. It returns zero when it did, and
-// how long to wait before the next one will be granted when it did not.
-func (l *callerLimiter) take(id string, now time.Time) time.Duration {
-	n := now.UnixNano()
+// take takes one request for id. It returns zero when it did, and how
+// long to wait before the next one will be granted when it did not.
+func (l *callerLimiter) take(id string) time.Duration {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	n := l.now().UnixNano()
 	b, ok := l.callers[id]
 	if ok {
 		b.tokens = l.level(b, n)

@@ -10,6 +10,7 @@ import (
 	"net/http/httptest"
 	"net/url"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -369,6 +370,58 @@ func TestIntrospectionRateLimit(t *testing.T) {
 	retry = "2"
 	assert.Equal(t, 429, ask("introspector", e.introSecret))
 	e.assertNoTokenOrSecret(t, tok)
+}
+
+// gateStore is a ClientStore whose lookup, once armed, waits to be let
+// through.
+type gateStore struct {
+	m2mauth.ClientStore
+	armed            atomic.Bool
+	entered, release chan struct{}
+}
+
+func (s *gateStore) Client(ctx context.Context, id string) (*m2mauth.Client, error) {
+	if s.armed.CompareAndSwap(true, false) {
+		s.entered <- struct{}{}
+		<-s.release
+	}
+	return s.ClientStore.Client(ctx, id)
+}
+
+// TestIntrospectionRateLateRequest: a request that arrived before others
+// but reached the per-caller limit after them (it waited for its client
+// lookup) takes its request at the limit's time, not its arrival's, so
+// the caller's bucket does not earn the time between them twice.
+func TestIntrospectionRateLateRequest(t *testing.T) {
+	e := newEndpointFixture(t, nil)
+	gs := &gateStore{ClientStore: e.store, entered: make(chan struct{}), release: make(chan struct{})}
+	h, err := m2mauth.NewTokenHandler(gs, e.keys, m2mauth.TokenHandlerConfig{Issuer: testIssuer, DefaultAudience: testAudience, Now: e.clock})
+	require.NoError(t, err)
+	ih, err := h.IntrospectionHandler(m2mauth.IntrospectionConfig{Revocations: e.store, Rate: 20, Burst: 40})
+	require.NoError(t, err)
+	tok := e.issue(t, "svc", e.secret)
+	ask := func() int {
+		return send(t, ih, request{body: "token=" + tok, headers: auth(basic("introspector", e.introSecret))}).Code
+	}
+	count := func(n int) map[int]int {
+		codes := map[int]int{}
+		for range n {
+			codes[ask()]++
+		}
+		return codes
+	}
+	require.Equal(t, map[int]int{200: 40}, count(40), "the burst")
+	gs.armed.Store(true)
+	late := make(chan int)
+	go func() { late <- ask() }()
+	<-gs.entered // it arrived; its lookup waits
+	e.advance(time.Second)
+	require.Equal(t, map[int]int{200: 20, 429: 1}, count(21), "a second's worth")
+	close(gs.release)
+	require.Equal(t, 429, <-late)
+	require.Equal(t, map[int]int{429: 5}, count(5), "nothing earned twice")
+	e.advance(time.Second)
+	require.Equal(t, map[int]int{200: 20, 429: 1}, count(21), "the next second's worth")
 }
 
 // staleSource is a RevocationSource whose snapshot is too old.

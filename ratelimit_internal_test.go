@@ -187,19 +187,20 @@ func TestCallerLimiterFull(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			l := newCallerLimiter(1, 100)
+			now := start
+			l := newCallerLimiter(1, 100, func() time.Time { return now })
 			l.max = 800
 			// The refilled callers came more than 100 s (a burst at
 			// one a second) before the others.
 			for i := range tt.refilled {
-				require.Zero(t, l.take("old-"+strconv.Itoa(i), start))
+				require.Zero(t, l.take("old-"+strconv.Itoa(i)))
 			}
-			now := start.Add(time.Hour)
+			now = start.Add(time.Hour)
 			for i := range l.max - tt.refilled {
-				require.Zero(t, l.take("busy-"+strconv.Itoa(i), now))
+				require.Zero(t, l.take("busy-"+strconv.Itoa(i)))
 			}
 			require.Len(t, l.callers, l.max)
-			require.Zero(t, l.take("new-0", now))
+			require.Zero(t, l.take("new-0"))
 			require.Len(t, l.callers, tt.want)
 			for i := range tt.refilled {
 				require.NotContains(t, l.callers, "old-"+strconv.Itoa(i), "refilled callers go first")
@@ -210,7 +211,7 @@ func TestCallerLimiterFull(t *testing.T) {
 			// The next callers find room without another pass.
 			for i := 1; len(l.callers) < l.max; i++ {
 				before := len(l.callers)
-				require.Zero(t, l.take("new-"+strconv.Itoa(i), now))
+				require.Zero(t, l.take("new-"+strconv.Itoa(i)))
 				require.Equal(t, before+1, len(l.callers))
 			}
 		})
@@ -220,19 +221,19 @@ func TestCallerLimiterFull(t *testing.T) {
 // BenchmarkCallerLimiterFull is a new caller, every time, at a full
 // per-caller limiter none of whose callers' buckets has refilled.
 func BenchmarkCallerLimiterFull(b *testing.B) {
-	l := newCallerLimiter(1, 100)
 	now := time.Date(2026, 12, 2, 0, 0, 0, 0, time.UTC)
+	l := newCallerLimiter(1, 100, func() time.Time { return now })
 	ids := make([]string, 1<<20)
 	for i := range ids {
 		ids[i] = "client-" + strconv.Itoa(i)
 	}
 	for _, id := range ids[:l.max] {
-		l.take(id, now)
+		l.take(id)
 	}
 	i := l.max
 	b.ReportAllocs()
 	for b.Loop() {
-		l.take(ids[i%len(ids)], now)
+		l.take(ids[i%len(ids)])
 		i++
 	}
 }

@@ -85,7 +85,7 @@ func (h *TokenHandler) RevocationHandler(rev Revoker) (*RevocationHandler, error
 		return nil, err
 	}
 	return &RevocationHandler{h: h, rev: rev, v: v,
-		limit: newCallerLimiter(h.cfg.RevocationRate, h.cfg.RevocationBurst)}, nil
+		limit: newCallerLimiter(h.cfg.RevocationRate, h.cfg.RevocationBurst, h.cfg.Now)}, nil
 }
 
 // ServeHTTP answers one revocation request.
@@ -125,7 +125,7 @@ func (rh *RevocationHandler) revoke(ctx context.Context, req *tokenRequest, c *C
 	}
 	// Only what may grow the deny-list counts: a revocation of a valid
 	// token of the caller's own, unless the store fails to make it.
-	if wait := rh.limit.take(c.ID, req.now); wait > 0 {
+	if wait := rh.limit.take(c.ID); wait > 0 {
 		ev.Reason = ReasonRevocationRate
 		e := WrapError(CodeTemporarilyUnavailable, "too many revocations; retry later", retryLater{wait})
 		e.Status = http.StatusTooManyRequests
