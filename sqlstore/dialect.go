@@ -139,8 +139,8 @@ func (d Dialect) String() string {
 //	upsertRevocation  (kind, id, at, expires_at, at, expires_at): inserts
 //	                  a row, or moves an existing one to the later at;
 //	                  affects no row when the one stored is not earlier
-//	bumpVersion       (now): the version, one more, or now (in unix
-//	                  nanoseconds) if that is more
+//	bumpVersion       (now): the version, one more, or now if that is
+//	                  more
 //	revokeAll         (at, now): the store-wide watermark, set to at unless
 //	                  it is later, and the version, as bumpVersion
 //	revocationVersion (): the version

@@ -101,7 +101,7 @@ func (s *Store) RevokeClientTokens(ctx context.Context, clientID string) error {
 func (s *Store) RevokeAllTokens(ctx context.Context) error {
 	now := s.now()
 	err := s.write(ctx, func(q querier) error {
-		res, err := q.ExecContext(ctx, s.q.revokeAll, now.UnixMicro(), now.UnixNano())
+		res, err := q.ExecContext(ctx, s.q.revokeAll, now.UnixMicro(), now.UnixMicro())
 		if err != nil {
 			return err
 		}
@@ -136,11 +136,13 @@ func (s *Store) Revocations(ctx context.Context) (*m2mauth.Revocations, error) {
 // database, increments the version in the transaction that makes it, so
 // a [m2mauth.RevocationPoller] over any Store on the database sees it on
 // its next poll. The version is zero on a new schema. A change sets it to
-// one more, or to the Store's clock's Unix nanoseconds if that is more:
+// one more, or to the Store's clock's Unix microseconds if that is more:
 // a database restored from a backup, or a standby promoted before it saw
-// the last changes, goes back to an older version, and the next change
+// the last changes, goes back to an older version, and its next change
 // must not give again a version that readers hold for other revocations
-// (they would take it as unchanged and miss the change).
+// (they would take it as unchanged and miss the change). Microseconds
+// rather than nanoseconds, so that a JavaScript reader of a revocation
+// list's ver holds it exactly.
 //
 // Once a minute, by the Store's clock, it also runs one batch of
 // [Store.PruneRevocations] (again at the next call while batches come
@@ -343,7 +345,7 @@ func (s *Store) revoke(ctx context.Context, q querier, kind, id string, at, expi
 	if n, err := res.RowsAffected(); err != nil || n == 0 {
 		return err
 	}
-	res, err = q.ExecContext(ctx, s.q.bumpVersion, s.now().UnixNano())
+	res, err = q.ExecContext(ctx, s.q.bumpVersion, s.now().UnixMicro())
 	if err != nil {
 		return err
 	}
