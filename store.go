@@ -138,9 +138,6 @@ func (c *Client) Validate() error {
 		if aud == "" {
 			return fmt.Errorf("m2mauth: client %q: empty audience in grants", c.ID)
 		}
-		if strings.ContainsFunc(aud, func(r rune) bool { return r < 0x20 || r == 0x7f }) {
-			return fmt.Errorf("m2mauth: client %q: audience %q holds a control character", c.ID, aud)
-		}
 		for _, s := range scopes {
 			if !validScopeToken(s) {
 				return fmt.Errorf("m2mauth: client %q: audience %q: %w", c.ID, aud, errInvalidScope)

@@ -137,26 +137,29 @@ func createPrivate(file string) error {
 	return f.Close()
 }
 
-// redactDB returns the -db value spec with any password in it replaced
-// by "xxxxx" (what [url.URL.Redacted] writes), for output: a URL's user
-// password and its password parameter. A value that is not a URL is a
-// SQLite path, "memory", or refused by parseDB before anything prints it.
+// redactDB returns the -db value spec for output: a postgres:// or
+// mysql:// URL with its user's password and any parameter naming a
+// password (password, sslpassword) as "xxxxx" (what [url.URL.Redacted]
+// writes); anything else as it is, to be pasted back.
 func redactDB(spec string) string {
-	if !strings.Contains(spec, "://") {
+	scheme, _, isURL := strings.Cut(spec, "://")
+	if !isURL || scheme != "postgres" && scheme != "postgresql" && scheme != "mysql" {
 		return spec
 	}
 	u, err := url.Parse(spec)
 	if err != nil {
-		scheme, _, _ := strings.Cut(spec, "://")
 		return scheme + "://xxxxx"
 	}
 	q := u.Query()
 	redacted := false
 	for k := range q {
-		if strings.EqualFold(k, "password") {
+		if strings.Contains(strings.ToLower(k), "password") {
 			q[k] = []string{"xxxxx"}
 			redacted = true
 		}
+	}
+	if _, has := u.User.Password(); !has && !redacted {
+		return spec
 	}
 	if redacted {
 		u.RawQuery = q.Encode()
@@ -196,9 +199,12 @@ func sqliteSpec(file string) (*dbSpec, error) {
 	if file == "" {
 		return nil, errors.New("-db: sqlite:// names no file")
 	}
+	// The data source name is a URI, in which SQLite decodes %XX and a
+	// "?" or "#" ends the path: escaped, they name the file as given.
+	path := strings.NewReplacer("%", "%25", "?", "%3f", "#", "%23").Replace(file)
 	return &dbSpec{
 		driver: "sqlite", dialect: sqlstore.SQLite, kind: "SQLite file " + file, file: file,
-		dsn: "file:" + file + "?_pragma=foreign_keys(1)&_pragma=busy_timeout(5000)&_pragma=journal_mode(WAL)&_pragma=synchronous(NORMAL)",
+		dsn: "file:" + path + "?_pragma=foreign_keys(1)&_pragma=busy_timeout(5000)&_pragma=journal_mode(WAL)&_pragma=synchronous(NORMAL)",
 	}, nil
 }
 

@@ -249,6 +249,10 @@ func TestRedactDB(t *testing.T) {
 		{"postgres://db.example/app?PassWord=hunter2", "postgres://db.example/app?PassWord=xxxxx"},
 		{"mysql://root:hunter2@127.0.0.1:3306/test?parseTime=true", "mysql://root:xxxxx@127.0.0.1:3306/test?parseTime=true"},
 		{"postgres://app:hunter2@db example/%zz", "postgres://xxxxx"},
+		{"postgres://app@db.example/app?sslkey=k.pem&sslpassword=hunter2", "postgres://app@db.example/app?sslkey=k.pem&sslpassword=xxxxx"},
+		{"sqlite:///srv/My Data/m2mauth.db", "sqlite:///srv/My Data/m2mauth.db"},
+		{"sqlite://my db.sqlite", "sqlite://my db.sqlite"},
+		{"/srv/a%20b#1?.db", "/srv/a%20b#1?.db"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.spec, func(t *testing.T) {
@@ -284,6 +288,24 @@ func TestDatabaseFilePrivate(t *testing.T) {
 		st, err := os.Stat(f)
 		require.NoError(t, err)
 		assert.Equal(t, os.FileMode(0o600), st.Mode().Perm(), f)
+	}
+
+	// Paths with what a SQLite URI would read as escapes, a query or a
+	// fragment name the file as given.
+	for _, name := range []string{"a%20b.db", "m2m#1.db", "q?x.db", "My Data.db"} {
+		sub := filepath.Join(dir, "odd")
+		require.NoError(t, os.MkdirAll(sub, 0o700))
+		path := filepath.Join(sub, name)
+		runCLI(t, bin, "-db", path, "client", "create", "-id", "svc", "-scopes", "read")
+		require.Contains(t, runCLI(t, bin, "-db", path, "client", "list"), "svc")
+		entries, err := os.ReadDir(sub)
+		require.NoError(t, err)
+		require.Len(t, entries, 1, "one file, %s", name)
+		require.Equal(t, name, entries[0].Name())
+		st, err := os.Stat(path)
+		require.NoError(t, err)
+		require.Equal(t, os.FileMode(0o600), st.Mode().Perm(), name)
+		require.NoError(t, os.RemoveAll(sub))
 	}
 
 	require.NoError(t, os.Chmod(db, 0o644))

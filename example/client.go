@@ -11,6 +11,7 @@ import (
 	"sort"
 	"strings"
 	"time"
+	"unicode"
 
 	"github.com/m2mauth/m2mauth"
 	"github.com/m2mauth/m2mauth/sqlstore"
@@ -165,10 +166,14 @@ func clientCommand(g globals, args []string, stdout, stderr io.Writer, mainUsage
 	if cmd != "list" && !m2mauth.ValidClientID(id) {
 		return errors.New("-id: a client id is 1 to 255 printable ASCII characters")
 	}
-	if set["scopes"] && (cmd == "create" || set["audience"]) {
-		c := m2mauth.Client{ID: id, Grants: map[string]m2mauth.Scopes{audience: granted}}
-		if err := c.Validate(); err != nil {
-			return err
+	if cmd == "create" || set["audience"] {
+		// An audience is a URI or a name (RFC 7519 §4.1.3): no control
+		// characters, such as a newline pasted along with it.
+		switch {
+		case audience == "":
+			return errors.New("-audience is empty")
+		case strings.ContainsFunc(audience, unicode.IsControl):
+			return fmt.Errorf("-audience %q holds a control character", audience)
 		}
 	}
 	d, err := parseDB(g.db)

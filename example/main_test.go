@@ -413,7 +413,7 @@ func TestBadValuesChangeNothing(t *testing.T) {
 		{"key revoke on a missing file", []string{"key", "revoke", "-kid", "nope"}, "no such database file"},
 		{"client create with a bad id", []string{"client", "create", "-id", "bad\nid", "-scopes", "read"}, "-id: a client id"},
 		{"client create with an audience holding a newline", []string{"client", "create", "-id", "svc", "-scopes", "read", "-audience", "https://x\n"}, "control character"},
-		{"client create with an empty audience", []string{"client", "create", "-id", "svc", "-scopes", "read", "-audience", ""}, "empty audience"},
+		{"client create with an empty audience", []string{"client", "create", "-id", "svc", "-scopes", "read", "-audience", ""}, "-audience is empty"},
 		{"client create with a bad scope", []string{"client", "create", "-id", "svc", "-scopes", "re\"ad"}, "scope"},
 		{"a spill file is not looked at with -db memory", []string{"-db", "memory", "-issuer=", "serve", "-audit-spill", "/nonexistent-dir/x.spill"}, "Issuer is required"},
 	}
