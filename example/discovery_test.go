@@ -384,7 +384,9 @@ func TestNodeJoseVerifies(t *testing.T) {
 const nodeVerifier = `import { createRemoteJWKSet, jwtVerify } from 'jose';
 
 const [jwksURL, issuer, audience, token] = process.argv.slice(2);
-const jwks = createRemoteJWKSet(new URL(jwksURL));
+const jwks = createRemoteJWKSet(new URL(jwksURL), {
+  cacheMaxAge: 5 * 60 * 1000,
+});
 try {
   const { payload, protectedHeader } = await jwtVerify(token, jwks, {
     issuer,
