@@ -77,9 +77,11 @@ type Limiter interface {
 	// request with a server error.
 	Reserve(ctx context.Context, clientID, ip string) (time.Duration, error)
 	// Release ends a reservation that Reserve granted, with its outcome.
-	// Every granted reservation must be released exactly once. An error
-	// means the outcome may not have been recorded; the handler then
-	// refuses the request with a server error (it fails closed).
+	// Every granted reservation must be released exactly once. The
+	// handlers call it with a context that the request's caller hanging
+	// up does not end, with a deadline of its own. An error means the
+	// outcome may not have been recorded; the handler then refuses the
+	// request with a server error (it fails closed).
 	Release(ctx context.Context, clientID, ip string, o Outcome) error
 }
 
