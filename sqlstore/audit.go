@@ -96,7 +96,11 @@ type AuditorConfig struct {
 	// file is emptied. A file left by an earlier process is written to
 	// the table when the Auditor starts. The directory must exist:
 	// [NewAuditor] opens the file, creating it with mode 0600, and
-	// [Auditor.Close] removes it unless it still holds events. No two
+	// [Auditor.Close] removes it unless it still holds events. On Unix,
+	// NewAuditor refuses a path that is a symbolic link, or a file that
+	// another user owns or other users may read or write; and, anywhere,
+	// a file whose first line is not an audit event (a path given by
+	// mistake), which it leaves as it is. No two
 	// Auditors, in one process or several, may share a file: where the
 	// system has advisory file locks (every Unix), an Auditor that finds
 	// the file held by another logs a warning and runs without one. On a file

@@ -502,7 +502,7 @@ func TestAuditorSpillAcrossRestart(t *testing.T) {
 		// line is not an event at all.
 		f, err := os.OpenFile(spill, os.O_WRONLY|os.O_APPEND, 0)
 		require.NoError(t, err)
-		_, err = f.WriteString("not json\n{\"event\":\"token_iss")
+		_, err = f.WriteString("not json\nnull\n{}\n{\"event_time\":\"2026-12-02T00:00:00Z\"}\n{\"event\":\"token_iss")
 		require.NoError(t, err)
 		require.NoError(t, f.Close())
 
@@ -513,12 +513,122 @@ func TestAuditorSpillAcrossRestart(t *testing.T) {
 		t.Cleanup(func() { second.Close() })
 		waitFor(t, "the spill file written", func() bool { return second.Pending() == 0 })
 		assert.NoError(t, second.AuditHealth())
-		assert.Equal(t, uint64(2), second.Lost(), "the two unreadable lines")
+		assert.Equal(t, uint64(5), second.Lost(), "the five lines that are not events")
 		assert.Zero(t, second.Failures())
 		require.NoError(t, second.Close())
 		assert.NoFileExists(t, spill)
 		assert.Equal(t, wantRows(n, nil), e.sortedRows(t, prefix), "each event once, every field kept")
 	})
+}
+
+// TestAuditorSpillFileRefused: a spill path that holds something else (a
+// log or the database, given by mistake), a link to elsewhere, or a file
+// other users may read is refused, and left as it is, rather than read
+// as unreadable lines and emptied.
+func TestAuditorSpillFileRefused(t *testing.T) {
+	const event = `{"event_time":"2026-12-02T00:00:00Z","event":"token_issued","client_id":"svc"}` + "\n"
+	tests := []struct {
+		name    string
+		make    func(t *testing.T, path string) (check string) // the file whose content must stay
+		refused string                                         // in the error; "" if accepted
+		unix    bool
+	}{
+		{"another file", func(t *testing.T, path string) string {
+			require.NoError(t, os.WriteFile(path, []byte("app started\nrequest served\n"), 0o600))
+			return path
+		}, "not a spill file", false},
+		{"a link to elsewhere", func(t *testing.T, path string) string {
+			victim := path + ".victim"
+			require.NoError(t, os.WriteFile(victim, []byte(event), 0o600))
+			require.NoError(t, os.Symlink(victim, path))
+			return victim
+		}, "spill file", true},
+		{"open to other users", func(t *testing.T, path string) string {
+			require.NoError(t, os.WriteFile(path, []byte(event), 0o600))
+			require.NoError(t, os.Chmod(path, 0o644))
+			return path
+		}, "open to other users", true},
+		{"a spill file", func(t *testing.T, path string) string {
+			require.NoError(t, os.WriteFile(path, []byte(event), 0o600))
+			return ""
+		}, "", false},
+		{"a torn line alone", func(t *testing.T, path string) string {
+			require.NoError(t, os.WriteFile(path, []byte(`{"event":"token_iss`), 0o600))
+			return ""
+		}, "", false},
+	}
+	e := &env{backend: backends()[0]}
+	e.dsn = e.backend.dsn(t)
+	e.db = e.open(t)
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if tt.unix && runtime.GOOS == "windows" {
+				t.Skip("Unix file modes and links")
+			}
+			prefix := e.newPrefix(t)
+			e.newStore(t, sqlstore.Config{TablePrefix: prefix})
+			path := filepath.Join(t.TempDir(), "audit.spill")
+			check := tt.make(t, path)
+			var before []byte
+			if check != "" {
+				var err error
+				before, err = os.ReadFile(check)
+				require.NoError(t, err)
+			}
+			a, err := sqlstore.NewAuditor(e.db, e.dialect, sqlstore.AuditorConfig{
+				TablePrefix: prefix, Logger: slog.New(slog.DiscardHandler), SpillFile: path,
+			})
+			if tt.refused == "" {
+				require.NoError(t, err)
+				waitFor(t, "the spill file written", func() bool { return a.Pending() == 0 })
+				require.NoError(t, a.Close())
+				assert.NoFileExists(t, path)
+				return
+			}
+			require.ErrorContains(t, err, tt.refused)
+			after, rerr := os.ReadFile(check)
+			require.NoError(t, rerr)
+			assert.Equal(t, string(before), string(after), "left as it was")
+		})
+	}
+}
+
+// TestAuditorSpillFarTime: an event whose time JSON cannot encode (past
+// the year 9999) is spilled with the nearest time it can, not lost with
+// the events after it.
+func TestAuditorSpillFarTime(t *testing.T) {
+	e := &env{backend: backends()[0]}
+	e.dsn = e.backend.dsn(t)
+	e.db = e.open(t)
+	prefix := e.newPrefix(t)
+	e.newStore(t, sqlstore.Config{TablePrefix: prefix})
+	spill := filepath.Join(t.TempDir(), "audit.spill")
+	db, o := e.openFlaky(t)
+	o.down.Store(true)
+	var lost []m2mauth.AuditEvent
+	var mu sync.Mutex
+	a, err := sqlstore.NewAuditor(db, e.dialect, sqlstore.AuditorConfig{
+		TablePrefix: prefix, Logger: slog.New(slog.DiscardHandler), RetryBuffer: 100, SpillFile: spill,
+		MaxRetryDelay: 10 * time.Millisecond, CloseTimeout: time.Millisecond,
+		Fallback: m2mauth.AuditorFunc(func(_ context.Context, ev m2mauth.AuditEvent) {
+			mu.Lock()
+			defer mu.Unlock()
+			lost = append(lost, ev)
+		}),
+	})
+	require.NoError(t, err)
+	for i := range 5 {
+		ev := testEvent(i)
+		if i == 1 {
+			ev.Time = time.Date(10000, 1, 1, 0, 0, 0, 0, time.UTC)
+		}
+		a.Audit(t.Context(), ev)
+	}
+	require.NoError(t, a.Close())
+	mu.Lock()
+	assert.Empty(t, lost)
+	mu.Unlock()
+	require.Equal(t, 5, lineCount(t, spill))
 }
 
 // TestAuditorSpillFileInUse: a second Auditor given the spill file of a

@@ -100,7 +100,7 @@ var spillOpened func()
 // so that the lock held is that of the file at path.
 func openLockedSpill(path string) (*os.File, error) {
 	for try := 0; ; try++ {
-		f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_APPEND, 0o600)
+		f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_APPEND|spillNoFollow, 0o600)
 		if err != nil {
 			return nil, fmt.Errorf("sqlstore: spill file: %w", err)
 		}
@@ -134,9 +134,12 @@ func (s *spillFile) count() error {
 	if !fi.Mode().IsRegular() {
 		return fmt.Errorf("%s is not a regular file", s.path)
 	}
+	if err := checkSpillFile(fi); err != nil {
+		return fmt.Errorf("%s: %w", s.path, err)
+	}
 	s.rd.Reset(io.NewSectionReader(s.f, 0, fi.Size()))
 	var last byte
-	for {
+	for first, long := true, false; ; {
 		b, err := s.rd.ReadSlice('\n')
 		if len(b) > 0 {
 			last = b[len(b)-1]
@@ -148,9 +151,17 @@ func (s *spillFile) count() error {
 		if err != nil && !errors.Is(err, bufio.ErrBufferFull) {
 			return err
 		}
-		if err == nil {
-			s.n++
+		if err != nil {
+			long = true
+			continue
 		}
+		if first && (long || !isSpillRecord(b)) {
+			// A file of something else (a path given by mistake: a
+			// log, the database) is left as it is, not emptied.
+			return fmt.Errorf("%s is not a spill file: its first line is not an audit event", s.path)
+		}
+		first, long = false, false
+		s.n++
 	}
 	if s.size > 0 && last != '\n' {
 		if _, err := s.f.Write([]byte{'\n'}); err != nil {
@@ -163,6 +174,25 @@ func (s *spillFile) count() error {
 		s.n++
 	}
 	return nil
+}
+
+// isSpillRecord reports whether line is a spill record: an event with
+// its type.
+func isSpillRecord(line []byte) bool {
+	var r spillRecord
+	return json.Unmarshal(line, &r) == nil && r.Type != ""
+}
+
+// jsonTime returns t, or the nearest instant JSON can encode (years 0 to
+// 9999), so that an event with a time beyond is spilled rather than lost.
+func jsonTime(t time.Time) time.Time {
+	switch lo, hi := time.Date(0, 1, 1, 0, 0, 0, 0, time.UTC), time.Date(9999, 12, 31, 23, 59, 59, 999999999, time.UTC); {
+	case t.Before(lo):
+		return lo
+	case t.After(hi):
+		return hi
+	}
+	return t
 }
 
 // pending returns the lines not yet written to the table.
@@ -185,12 +215,12 @@ func (s *spillFile) append(events []m2mauth.AuditEvent) (int, error) {
 	ends := make([]int, 0, len(events))
 	for _, e := range events {
 		line, err := json.Marshal(spillRecord{
-			Time: e.Time, Type: auditText(string(e.Type)), ClientID: auditText(e.ClientID),
+			Time: jsonTime(e.Time), Type: auditText(string(e.Type)), ClientID: auditText(e.ClientID),
 			RemoteIP: auditText(e.RemoteIP), UserAgent: auditText(e.UserAgent), Audience: auditText(e.Audience),
 			Scope: auditText(e.Scopes.String()), JTI: auditText(e.JTI), SecretID: auditText(e.SecretID),
 			Error: auditText(e.Error), Reason: auditText(e.Reason),
 		})
-		if err != nil { // a time outside years 0-9999
+		if err != nil { // not expected: every field encodes
 			break
 		}
 		buf = append(append(buf, line...), '\n')
@@ -264,7 +294,7 @@ func (s *spillFile) next(max int) (spillChunk, error) {
 		}
 		c.lines++
 		var r spillRecord
-		if long || err == io.EOF || json.Unmarshal(line, &r) != nil {
+		if long || err == io.EOF || json.Unmarshal(line, &r) != nil || r.Type == "" {
 			c.bad++
 			continue
 		}
@@ -329,7 +359,10 @@ func (s *spillFile) close() error {
 // compact replaces the file with its lines after off.
 func (s *spillFile) compact(f *os.File) error {
 	tmp := s.path + ".tmp"
-	t, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	// A .tmp left by a process stopped here is replaced; one that is a
+	// link to elsewhere is removed, not followed.
+	os.Remove(tmp)
+	t, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL|spillNoFollow, 0o600)
 	if err != nil {
 		return fmt.Errorf("sqlstore: spill file: %w", err)
 	}
