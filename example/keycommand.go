@@ -128,7 +128,9 @@ func keyCommand(g globals, args []string, stdout, stderr io.Writer, mainUsage fu
 		loosest := g.keys
 		loosest.refresh = minKeyRefresh
 		if sched, err = loosest.resolve(); err == nil {
-			sched.refresh = defaultKeyRefresh // this command's own, while it runs
+			// This command's own, while it runs: the servers' default,
+			// which is under the propagation delay.
+			sched.refresh = max(min(defaultKeyRefresh, sched.propagationDelay/4), minKeyRefresh)
 		}
 	}
 	if err != nil {

@@ -419,3 +419,31 @@ func TestServeManagedKeys(t *testing.T) {
 		})
 	}
 }
+
+// TestKeyCommandsTakeServersSchedules: a schedule that serve runs with a
+// -key-refresh of its own is accepted by the key commands, given the
+// same flags but that one, as the banner prints them; their own refresh
+// is under the propagation delay.
+func TestKeyCommandsTakeServersSchedules(t *testing.T) {
+	tests := []struct{ maxAge, delay time.Duration }{
+		{10 * time.Second, 12 * time.Second}, // too short for serve's default refresh, 3s
+		{20 * time.Second, 25 * time.Second},
+		{20 * time.Second, 30 * time.Second},
+		{time.Minute, 70 * time.Second},
+	}
+	for _, tt := range tests {
+		t.Run(tt.maxAge.String()+"/"+tt.delay.String(), func(t *testing.T) {
+			served := keySchedule{jwksMaxAge: tt.maxAge, propagationDelay: tt.delay, rotationInterval: defaultRotationInterval, refresh: time.Second}
+			_, err := served.resolve()
+			require.NoError(t, err, "serve -key-refresh 1s takes the schedule")
+			db := filepath.Join(t.TempDir(), "m.db")
+			createClients(t, db, 1)
+			t.Setenv(kekEnv, newKEK(t))
+			global := []string{"-db", db, "-jwks-max-age", tt.maxAge.String(), "-key-propagation-delay", tt.delay.String()}
+			for _, cmd := range [][]string{{"key", "rotate"}, {"key", "list"}} {
+				r := cli(append(global, cmd...)...)
+				require.NoError(t, r.err, "%v: %s", cmd, r.stderr)
+			}
+		})
+	}
+}
