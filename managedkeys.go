@@ -539,12 +539,16 @@ func (m *ManagedKeys) refreshLocked(ctx context.Context, start bool) (fatal bool
 	}
 
 	// Publish a key when none is left, or the next one when it is due.
+	// Not the next one while a live key does not open here: sealed under
+	// a KEK this server does not hold (it was not restarted for a KEK
+	// rotation), a key it sealed would be under the KEK being left, and
+	// undo the rotation. The servers that open every key publish it.
 	live = liveKeys(kept, m.cfg.MaxTokenTTL+m.cfg.Leeway)
 	var activeAt time.Time
 	switch {
 	case len(live) == 0:
 		activeAt = now
-	case !now.Before(live[len(live)-1].row.ActiveAt.Add(m.cfg.RotationInterval - m.cfg.PropagationDelay)):
+	case openErr == nil && !now.Before(live[len(live)-1].row.ActiveAt.Add(m.cfg.RotationInterval-m.cfg.PropagationDelay)):
 		activeAt = now.Add(m.cfg.PropagationDelay)
 	}
 	if !activeAt.IsZero() {

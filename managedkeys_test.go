@@ -14,6 +14,7 @@ import (
 	"net/http/httptest"
 	"net/url"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -1060,4 +1061,41 @@ func TestManagedKeysKeyThatDoesNotOpen(t *testing.T) {
 	assert.Equal(t, kid1, signingKID(t, a), "the newest key it can open")
 	assert.Equal(t, info.KID, signingKID(t, b))
 	assert.Equal(t, 1, strings.Count(f.log(), "refreshing managed signing keys failed"))
+}
+
+// TestManagedKeysOldKEKKeepsOffTheSchedule: after a KEK rotation
+// (ResealKeys), a server still running with the old KEK alone keeps
+// signing with the key it holds, but does not publish the next key when
+// it is due: sealed under the old KEK, it would undo the rotation, and
+// the servers restarted with the new KEK alone could not open it. A
+// server holding the new KEK publishes it.
+func TestManagedKeysOldKEKKeepsOffTheSchedule(t *testing.T) {
+	f := newMKFixture(t)
+	old := f.replica(t, func(c *m2mauth.ManagedKeysConfig) { c.RotationInterval = time.Hour })
+	kid := signingKID(t, old)
+
+	newKEK := newKEK(t)
+	both := newSealer(t, newKEK, f.kek)
+	n, err := m2mauth.ResealKeys(t.Context(), f.store, both, both)
+	require.NoError(t, err)
+	require.Equal(t, 1, n)
+	require.Error(t, old.Refresh(t.Context()), "the resealed key does not open with the old KEK")
+
+	f.advance(time.Hour) // the next key is due
+	require.Error(t, old.Refresh(t.Context()))
+	assert.Equal(t, kid, signingKID(t, old), "it signs with the key it holds")
+	rows, err := f.store.SigningKeys(t.Context())
+	require.NoError(t, err)
+	require.Len(t, rows, 1, "nothing published under the old KEK")
+
+	restarted, err := m2mauth.NewManagedKeys(t.Context(), f.store, newSealer(t, newKEK), f.config(func(c *m2mauth.ManagedKeysConfig) { c.RotationInterval = time.Hour }))
+	require.NoError(t, err, "the new KEK alone opens every key")
+	t.Cleanup(func() { restarted.Close() })
+	rows, err = f.store.SigningKeys(t.Context())
+	require.NoError(t, err)
+	require.Len(t, rows, 2, "the server with the new KEK published the next key")
+	for _, r := range rows {
+		_, err := newSealer(t, newKEK).Open(r.Sealed, []byte("m2mauth-key\x00"+r.KID+"\x00"+r.Algorithm+"\x00"+strconv.FormatInt(r.Generation, 10)))
+		require.NoError(t, err, "generation %d under the new KEK", r.Generation)
+	}
 }
