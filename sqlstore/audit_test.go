@@ -502,7 +502,7 @@ func TestAuditorSpillAcrossRestart(t *testing.T) {
 		// line is not an event at all.
 		f, err := os.OpenFile(spill, os.O_WRONLY|os.O_APPEND, 0)
 		require.NoError(t, err)
-		_, err = f.WriteString("not json\nnull\n{}\n{\"event_time\":\"2026-12-02T00:00:00Z\"}\n{\"event\":\"token_iss")
+		_, err = f.WriteString("not json\nnull\n{}\n{\"event\":\"token_iss")
 		require.NoError(t, err)
 		require.NoError(t, f.Close())
 
@@ -513,7 +513,7 @@ func TestAuditorSpillAcrossRestart(t *testing.T) {
 		t.Cleanup(func() { second.Close() })
 		waitFor(t, "the spill file written", func() bool { return second.Pending() == 0 })
 		assert.NoError(t, second.AuditHealth())
-		assert.Equal(t, uint64(5), second.Lost(), "the five lines that are not events")
+		assert.Equal(t, uint64(4), second.Lost(), "the four lines that are not events")
 		assert.Zero(t, second.Failures())
 		require.NoError(t, second.Close())
 		assert.NoFileExists(t, spill)
@@ -553,7 +553,23 @@ func TestAuditorSpillFileRefused(t *testing.T) {
 			return ""
 		}, "", false},
 		{"a torn line alone", func(t *testing.T, path string) string {
-			require.NoError(t, os.WriteFile(path, []byte(`{"event":"token_iss`), 0o600))
+			require.NoError(t, os.WriteFile(path, []byte(`{"event_time":"2026-12-02T00:00:00Z","ev`), 0o600))
+			return ""
+		}, "", false},
+		{"a torn line, ended, then events", func(t *testing.T, path string) string {
+			require.NoError(t, os.WriteFile(path, []byte(`{"event_ti`+"\n"+event+event), 0o600))
+			return ""
+		}, "", false},
+		{"a torn line, ended, then garbage", func(t *testing.T, path string) string {
+			require.NoError(t, os.WriteFile(path, []byte(`{"event_time":"2026-`+"\nnot json\n"), 0o600))
+			return ""
+		}, "", false},
+		{"an event without a type", func(t *testing.T, path string) string {
+			require.NoError(t, os.WriteFile(path, []byte(`{"event_time":"2026-12-02T00:00:00Z","event":""}`+"\n"), 0o600))
+			return ""
+		}, "", false},
+		{"CRLF", func(t *testing.T, path string) string {
+			require.NoError(t, os.WriteFile(path, []byte(strings.ReplaceAll(event, "\n", "\r\n")), 0o600))
 			return ""
 		}, "", false},
 	}
@@ -619,8 +635,12 @@ func TestAuditorSpillFarTime(t *testing.T) {
 	require.NoError(t, err)
 	for i := range 5 {
 		ev := testEvent(i)
-		if i == 1 {
+		switch i {
+		case 1:
 			ev.Time = time.Date(10000, 1, 1, 0, 0, 0, 0, time.UTC)
+		case 3:
+			// Year 9999 in UTC, 10000 where it is written.
+			ev.Time = time.Date(9999, 12, 31, 22, 0, 0, 0, time.UTC).In(time.FixedZone("", 5*60*60))
 		}
 		a.Audit(t.Context(), ev)
 	}

@@ -2,6 +2,7 @@ package sqlstore
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -155,7 +156,7 @@ func (s *spillFile) count() error {
 			long = true
 			continue
 		}
-		if first && (long || !isSpillRecord(b)) {
+		if first && (long || !spillLine(b)) {
 			// A file of something else (a path given by mistake: a
 			// log, the database) is left as it is, not emptied.
 			return fmt.Errorf("%s is not a spill file: its first line is not an audit event", s.path)
@@ -176,16 +177,25 @@ func (s *spillFile) count() error {
 	return nil
 }
 
-// isSpillRecord reports whether line is a spill record: an event with
-// its type.
-func isSpillRecord(line []byte) bool {
-	var r spillRecord
-	return json.Unmarshal(line, &r) == nil && r.Type != ""
+// spillPrefix begins every line an Auditor writes to a spill file: the
+// first key of a spillRecord.
+const spillPrefix = `{"event_time":`
+
+// spillLine reports whether line (with or without its end) is one an
+// Auditor may have written: a record, or the start of one that a process
+// stopped in the middle of. Every line of a spill file is, unless
+// someone else wrote to it.
+func spillLine(line []byte) bool {
+	line = bytes.TrimRight(line, "\r\n")
+	n := min(len(line), len(spillPrefix))
+	return n > 0 && string(line[:n]) == spillPrefix[:n]
 }
 
-// jsonTime returns t, or the nearest instant JSON can encode (years 0 to
-// 9999), so that an event with a time beyond is spilled rather than lost.
+// jsonTime returns t in UTC, or the nearest instant JSON can encode
+// (years 0 to 9999 in UTC), so that an event with a time beyond is
+// spilled rather than lost.
 func jsonTime(t time.Time) time.Time {
+	t = t.UTC()
 	switch lo, hi := time.Date(0, 1, 1, 0, 0, 0, 0, time.UTC), time.Date(9999, 12, 31, 23, 59, 59, 999999999, time.UTC); {
 	case t.Before(lo):
 		return lo
@@ -294,7 +304,7 @@ func (s *spillFile) next(max int) (spillChunk, error) {
 		}
 		c.lines++
 		var r spillRecord
-		if long || err == io.EOF || json.Unmarshal(line, &r) != nil || r.Type == "" {
+		if long || err == io.EOF || !spillLine(line) || json.Unmarshal(line, &r) != nil {
 			c.bad++
 			continue
 		}
