@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -269,18 +268,12 @@ func TestRedactDB(t *testing.T) {
 // are readable by their owner only, whatever the umask; a database that
 // others can read is warned about.
 func TestDatabaseFilePrivate(t *testing.T) {
-	if testing.Short() {
-		t.Skip("builds and runs the example")
-	}
-	bin := buildExample(t)
 	dir := t.TempDir()
 	db := filepath.Join(dir, "clients.db")
-	cmd := exec.Command(bin, "-db", db, "client", "create", "-id", "svc", "-scopes", "read")
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	require.NoError(t, cmd.Run(), stderr.String())
-	assert.NotContains(t, stderr.String(), "readable by others")
-	runCLI(t, bin, "-db", db, "client", "list")
+	r := cli("-db", db, "client", "create", "-id", "svc", "-scopes", "read")
+	r.ok(t)
+	assert.NotContains(t, r.stderr, "readable by others")
+	cli("-db", db, "client", "list").ok(t)
 	files, err := filepath.Glob(db + "*")
 	require.NoError(t, err)
 	require.Contains(t, files, db)
@@ -296,8 +289,8 @@ func TestDatabaseFilePrivate(t *testing.T) {
 		sub := filepath.Join(dir, "odd")
 		require.NoError(t, os.MkdirAll(sub, 0o700))
 		path := filepath.Join(sub, name)
-		runCLI(t, bin, "-db", path, "client", "create", "-id", "svc", "-scopes", "read")
-		require.Contains(t, runCLI(t, bin, "-db", path, "client", "list"), "svc")
+		cli("-db", path, "client", "create", "-id", "svc", "-scopes", "read").ok(t)
+		require.Contains(t, cli("-db", path, "client", "list").ok(t), "svc")
 		entries, err := os.ReadDir(sub)
 		require.NoError(t, err)
 		require.Len(t, entries, 1, "one file, %s", name)
@@ -309,9 +302,7 @@ func TestDatabaseFilePrivate(t *testing.T) {
 	}
 
 	require.NoError(t, os.Chmod(db, 0o644))
-	cmd = exec.Command(bin, "-db", db, "client", "list")
-	stderr.Reset()
-	cmd.Stderr = &stderr
-	require.NoError(t, cmd.Run(), stderr.String())
-	assert.Contains(t, stderr.String(), "readable by others")
+	r = cli("-db", db, "client", "list")
+	r.ok(t)
+	assert.Contains(t, r.stderr, "readable by others")
 }
