@@ -10,6 +10,7 @@ import (
 	"net/http/httptest"
 	"net/url"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -370,6 +371,31 @@ func TestIntrospectionRateLimit(t *testing.T) {
 	retry = "2"
 	assert.Equal(t, 429, ask("introspector", e.introSecret))
 	e.assertNoTokenOrSecret(t, tok)
+}
+
+// TestIntrospectionRateSimultaneous: 200 introspections from one caller
+// at once get exactly its burst; the rest 429 (RFC 6585 §4).
+func TestIntrospectionRateSimultaneous(t *testing.T) {
+	e := newEndpointFixture(t, nil)
+	ih, err := e.handler.IntrospectionHandler(m2mauth.IntrospectionConfig{Revocations: e.store, Rate: 20, Burst: 40})
+	require.NoError(t, err)
+	tok := e.issue(t, "svc", e.secret)
+	start := make(chan struct{})
+	var mu sync.Mutex
+	codes := map[int]int{}
+	var wg sync.WaitGroup
+	for range 200 {
+		wg.Go(func() {
+			<-start
+			code := send(t, ih, request{body: "token=" + tok, headers: auth(basic("introspector", e.introSecret))}).Code
+			mu.Lock()
+			codes[code]++
+			mu.Unlock()
+		})
+	}
+	close(start)
+	wg.Wait()
+	require.Equal(t, map[int]int{200: 40, 429: 160}, codes)
 }
 
 // gateStore is a ClientStore whose lookup, once armed, waits to be let
