@@ -317,13 +317,13 @@ func openBackend(ctx context.Context, d *dbSpec, opts backendOptions) (*backend,
 		if err := createPrivate(file); err != nil {
 			return nil, fmt.Errorf("%s: %w", kind, err)
 		}
-		if st, err := os.Stat(file); err == nil && st.Mode().Perm()&0o077 != 0 {
+		if mode, open := openToOthers(file); open {
 			logger := opts.auditLog
 			if logger == nil {
 				logger = slog.Default()
 			}
 			logger.Warn("the database file is readable by others: it holds secret hashes, the audit trail and sealed keys; chmod 600 it and its -wal and -shm files",
-				"file", file, "mode", st.Mode().Perm().String())
+				"file", file, "mode", mode.String())
 		}
 	}
 	db, err := sql.Open(driver, dsn)

@@ -210,10 +210,20 @@ func readKeyFile(alg jose.SignatureAlgorithm, file string, log io.Writer) (jose.
 	if err != nil {
 		return jose.JSONWebKey{}, err
 	}
-	if st, err := os.Stat(file); err == nil && st.Mode().Perm()&0o077 != 0 {
-		fmt.Fprintf(log, "warning: %s is readable by others (mode %v); chmod 600 it\n", file, st.Mode().Perm())
+	if mode, open := openToOthers(file); open {
+		fmt.Fprintf(log, "warning: %s is readable by others (mode %v); chmod 600 it\n", file, mode)
 	}
 	return key, nil
+}
+
+// openToOthers reports whether users other than its owner may read or
+// write file, with its permissions; false if it cannot be read.
+func openToOthers(file string) (fs.FileMode, bool) {
+	st, err := os.Stat(file)
+	if err != nil {
+		return 0, false
+	}
+	return st.Mode().Perm(), st.Mode().Perm()&0o077 != 0
 }
 
 // parseKey reads the signing key for alg from raw, found in source (a

@@ -130,7 +130,7 @@ func keyCommand(g globals, args []string, stdout, stderr io.Writer, mainUsage fu
 		if sched, err = loosest.resolve(); err == nil {
 			// This command's own, while it runs: the servers' default,
 			// which is under the propagation delay.
-			sched.refresh = max(min(defaultKeyRefresh, sched.propagationDelay/4), minKeyRefresh)
+			sched.refresh = defaultRefresh(sched.propagationDelay)
 		}
 	}
 	if err != nil {

@@ -91,7 +91,7 @@ func (s keySchedule) resolve() (keySchedule, error) {
 	case s.refresh < 0:
 		return s, errors.New("-key-refresh must not be negative")
 	case s.refresh == 0:
-		s.refresh = max(min(defaultKeyRefresh, s.propagationDelay/4), minKeyRefresh)
+		s.refresh = defaultRefresh(s.propagationDelay)
 	case s.refresh < minKeyRefresh:
 		return s, fmt.Errorf("-key-refresh must be at least %v", minKeyRefresh)
 	}
@@ -103,6 +103,12 @@ func (s keySchedule) resolve() (keySchedule, error) {
 		return s, fmt.Errorf("-key-rotation-interval %v must be longer than -key-propagation-delay %v", s.rotationInterval, s.propagationDelay)
 	}
 	return s, nil
+}
+
+// defaultRefresh is -key-refresh by default for a propagation delay: a
+// quarter of it, up to defaultKeyRefresh.
+func defaultRefresh(propagationDelay time.Duration) time.Duration {
+	return max(min(defaultKeyRefresh, propagationDelay/4), minKeyRefresh)
 }
 
 // flagArgs is s as global flags, those not at their default.
