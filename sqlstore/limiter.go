@@ -570,8 +570,8 @@ func (l *Limiter) Release(ctx context.Context, clientID, ip string, o m2mauth.Ou
 		}
 		done, err = l.fast(ctx, &l.fastGive, func(now int64) []any {
 			c := l.client
-			return []any{now, c.every, now, now, c.every, authenticated, now + l.knownWindow, l.knownWindow, now,
-				authenticated, now, now, c.every, now, now, c.every, now, ip, id, now}
+			return []any{now, c.every, now, c.lease, now, c.every, authenticated, now + l.knownWindow, l.knownWindow, now,
+				authenticated, now, now, c.every, now, c.lease, now, c.every, now, ip, id, now}
 		})
 	}
 	if err == nil && !done {
@@ -617,8 +617,14 @@ func (r *limitRow) lapse(now int64) {
 // virtual machine resumed), or on a replica whose clock runs behind,
 // look short of tokens by the step: a client that never failed would be
 // locked out for as long.
-func (r *limitRow) settle(now int64) {
-	if r.refilledAt <= now {
+//
+// A bucket full at the row's last grant, leaseUntil - lease, is full now
+// whatever now reads: the grant came first. Giving back a grant's token
+// on a clock that stepped back since the grant, or on a replica behind
+// the one that granted, would otherwise leave the grant's time as
+// refilled_at, and the same lockout.
+func (r *limitRow) settle(now, lease int64) {
+	if r.refilledAt <= max(now, r.leaseUntil-lease) {
 		r.refilledAt = 0
 	}
 }
@@ -712,9 +718,9 @@ func (l *Limiter) releaseRows(a, p *limitRow, now int64, o m2mauth.Outcome) {
 			p.authAt = now
 		}
 		// As limitFastGive does.
-		p.settle(now)
+		p.settle(now, l.client.lease)
 		if addrBack {
-			a.settle(now)
+			a.settle(now, l.addr.lease)
 		}
 	default:
 		// A failure: its tokens stay taken. One whose reservation took

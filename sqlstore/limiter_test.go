@@ -274,6 +274,42 @@ func TestLimiterClockStepsBack(t *testing.T) {
 	})
 }
 
+// TestLimiterClockStepsBackDuringRequest checks a clock that steps back
+// between the grant of an attempt and its release, on the replica that
+// grants it: a success gives the grant's tokens back, and the client and
+// the address are as if it never happened, on that replica and on
+// another whose clock never moved. Each client authenticates twice: the
+// second is a known client's, which takes the fast paths.
+func TestLimiterClockStepsBackDuringRequest(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, e *env) {
+		for _, step := range []time.Duration{10 * time.Minute, 24 * time.Hour} {
+			t.Run(step.String(), func(t *testing.T) {
+				prefix := e.newPrefix(t)
+				stepping, steady := newFakeClock(), newFakeClock()
+				a := attempts{t, e.newLimiter(t, prefix, stepping, sqlstore.LimiterConfig{})}
+				b := attempts{t, e.replica(t, e.db, prefix, steady, sqlstore.LimiterConfig{})}
+				for i, c := range []struct{ id, ip string }{
+					{"svc", "192.0.2.1"}, {"svc", "192.0.2.1"}, {"new", "192.0.2.3"}, {"new", "192.0.2.3"},
+				} {
+					stepping.Advance(step)
+					require.Zero(t, a.reserve(c.id, c.ip), "attempt %d", i)
+					stepping.Advance(-step)
+					a.release(c.id, c.ip, m2mauth.OutcomeAuthenticated)
+					steady.Advance(time.Second)
+					stepping.Advance(time.Second)
+					for name, r := range map[string]attempts{"stepping": a, "steady": b} {
+						require.Zero(t, r.reserve(c.id, c.ip), "attempt %d, then on the %s replica", i, name)
+						r.release(c.id, c.ip, m2mauth.OutcomeAuthenticated)
+						require.Zero(t, r.probe("other", c.ip), "attempt %d, then a newcomer at %s on the %s replica", i, c.ip, name)
+					}
+				}
+				a.fail("guess", "192.0.2.2", 5)
+				assert.Positive(t, b.probe("guess", "192.0.2.2"), "failures still lock out")
+			})
+		}
+	})
+}
+
 // TestLimiterAddress checks the address's own bucket: twenty failures
 // with any client ids lock out every client id from the address that has
 // not authenticated there.
