@@ -170,21 +170,28 @@ func TestRateLimitClockStepsBack(t *testing.T) {
 			assert.Equal(t, 429, code, "a locked-out guesser stays locked out")
 		})
 	}
-	t.Run("the limiter's own API", func(t *testing.T) {
-		now := time.Date(2026, 1, 1, 12, 0, 0, 0, time.UTC)
-		l, err := m2mauth.NewRateLimiter(m2mauth.RateLimiterConfig{Now: func() time.Time { return now }})
-		require.NoError(t, err)
-		ctx := context.Background()
-		wait, err := l.Reserve(ctx, "svc", "192.0.2.1")
-		require.NoError(t, err)
-		require.Zero(t, wait)
-		require.NoError(t, l.Release(ctx, "svc", "192.0.2.1", m2mauth.OutcomeAuthenticated))
-		now = now.Add(-time.Hour)
-		wait, err = l.Reserve(ctx, "svc", "192.0.2.1")
-		require.NoError(t, err)
-		assert.Zero(t, wait)
-		require.NoError(t, l.Release(ctx, "svc", "192.0.2.1", m2mauth.OutcomeAuthenticated))
-	})
+	// Through the limiter's own API, the step also falls between a
+	// grant and its release, as sqlstore's limiter is tested too.
+	for name, during := range map[string]bool{"the limiter's own API, between requests": false, "the limiter's own API, during a request": true} {
+		t.Run(name, func(t *testing.T) {
+			now := time.Date(2026, 1, 1, 12, 0, 0, 0, time.UTC)
+			l, err := m2mauth.NewRateLimiter(m2mauth.RateLimiterConfig{Now: func() time.Time { return now }})
+			require.NoError(t, err)
+			ctx := context.Background()
+			for _, id := range []string{"svc", "svc", "other"} {
+				wait, err := l.Reserve(ctx, id, "192.0.2.1")
+				require.NoError(t, err)
+				require.Zero(t, wait, "client %q", id)
+				if during {
+					now = now.Add(-time.Hour)
+				}
+				require.NoError(t, l.Release(ctx, id, "192.0.2.1", m2mauth.OutcomeAuthenticated))
+				if !during {
+					now = now.Add(-time.Hour)
+				}
+			}
+		})
+	}
 }
 
 // TestRateLimitUnknownClients: an unknown id is limited exactly like a
