@@ -29,7 +29,9 @@ type Alert struct {
 	// Recovered is true for the notice that the condition has cleared.
 	Recovered bool
 	// ClientID and Address name what the rule watches; either may be
-	// empty.
+	// empty. A rule keyed by client has an empty ClientID for the client
+	// ids that no client can have, which it counts together (Message
+	// says so).
 	ClientID, Address string
 	// Count is the number of events that made the rule fire, within
 	// Window (for a recovery, the count when it cleared).

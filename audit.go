@@ -98,6 +98,10 @@ type AuditEvent struct {
 	// addr is RemoteIP as the handler that wrote the event parsed it,
 	// so that a Detector need not parse it again; zero otherwise.
 	addr netip.Addr
+	// invalidClient: the request named a client id that no client can
+	// have (see [ValidClientID]), of which ClientID is the cleaned form,
+	// which may look valid.
+	invalidClient bool
 }
 
 // Auditor receives audit events. Audit is called synchronously on the

@@ -113,6 +113,7 @@ func (a *clientAuth) authenticate(ctx context.Context, cr *credentials, ip strin
 	limitID := cr.id
 	if !ValidClientID(limitID) {
 		limitID = LimiterInvalidClientID
+		ev.invalidClient = true
 	}
 	// A store or limiter that answers from memory never looks at the
 	// deadline, so it is armed only when one does.

@@ -254,7 +254,9 @@ type DetectorConfig struct {
 // has cleared; [CountRule], [NewAddressRule] and [SpikeRule] say exactly
 // when. Client-keyed alerts of the failure rules name the latest address
 // in Address. Client ids that no client can have (see [ValidClientID])
-// are counted together under [LimiterInvalidClientID]. An alert holds a
+// are counted together, as the limiter counts them, under
+// [LimiterInvalidClientID]; their alerts have an empty ClientID and say
+// so in Message. An alert holds a
 // client id, an address, counts and durations, never a secret or a
 // token.
 //
@@ -263,8 +265,8 @@ type DetectorConfig struct {
 // no I/O, no blocking and, once a key is known, no allocation. Alerts go
 // through a bounded queue to one background goroutine, which hands them
 // to the sink and checks for recoveries every CheckInterval; alerts that
-// do not fit in the queue are dropped and counted. The rules use the
-// detector's own clock, not [AuditEvent].Time.
+// do not fit in the queue are dropped and counted. The rules' clock is
+// [DetectorConfig].Now, and with the default an event's own Time.
 //
 // Memory is bounded whatever the input: each rule remembers at most its
 // MaxKeys keys (default 100000), and makes room by forgetting the least
@@ -469,7 +471,7 @@ func (d *Detector) Audit(ctx context.Context, e AuditEvent) {
 		return
 	}
 	client := e.ClientID
-	if client != "" && !ValidClientID(client) {
+	if client != "" && (e.invalidClient || !ValidClientID(client)) {
 		client = LimiterInvalidClientID
 	}
 	ip := e.addr
@@ -738,6 +740,7 @@ func (d *Detector) alert(n notice) Alert {
 	who := fmt.Sprintf("client %q", n.client)
 	if n.client == LimiterInvalidClientID {
 		who = "client ids that no client can have"
+		a.ClientID = "" // holds a control character
 	}
 	latest := ""
 	if n.client != "" && a.Address != "" {

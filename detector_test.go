@@ -4,9 +4,13 @@ import (
 	"context"
 	"encoding/base64"
 	"fmt"
+	"log/slog"
 	"math"
+	"net"
 	"net/http"
+	"net/http/httptest"
 	"net/netip"
+	"net/url"
 	"runtime"
 	"slices"
 	"strconv"
@@ -547,11 +551,75 @@ func TestDetectorAlertFields(t *testing.T) {
 	assert.Equal(t, "secret-agent", passed[0].UserAgent)
 	got := rec.of(m2mauth.RuleClientFailures)
 	require.Len(t, got, 1)
-	assert.Equal(t, m2mauth.LimiterInvalidClientID, got[0].ClientID)
+	assert.Empty(t, got[0].ClientID, "LimiterInvalidClientID holds a control character")
 	assert.Equal(t, "20 failed authentications for client ids that no client can have within 5m0s, the latest from 192.0.2.1", got[0].Message)
 	for _, a := range rec.alerts {
 		assert.NotContains(t, fmt.Sprintf("%+v", a), "secret")
 	}
+}
+
+// TestDetectorInvalidClientIDs: over HTTP, failed authentications with
+// client ids that no client can have (RFC 6749 Appendix A.1: VSCHAR) are
+// counted together, as the limiter counts them, whichever bytes make
+// them invalid: the audit trail's cleaned id ('?' for a control
+// character) must not split them into ids of their own. Twenty failures
+// with distinct ids, five from each of four loopback addresses, stay
+// under every limit and raise one alert, whose fields and log line hold
+// no control character.
+func TestDetectorInvalidClientIDs(t *testing.T) {
+	for _, tt := range []struct{ name, prefix string }{
+		{"non-ASCII", "junk\u00e9"},
+		{"control character", "junk\x01"},
+		{"DEL", "junk\x7f"},
+		{"too long", strings.Repeat("j", 260)},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			rec := &alertRecorder{}
+			d, err := m2mauth.NewDetector(nil, rec, m2mauth.DetectorConfig{})
+			require.NoError(t, err)
+			key, err := m2mauth.NewHS256Key("k1", benchKey)
+			require.NoError(t, err)
+			keys, err := m2mauth.NewStaticKeys(key)
+			require.NoError(t, err)
+			h, err := m2mauth.NewTokenHandler(memstore.New(), keys, m2mauth.TokenHandlerConfig{
+				Issuer: benchIssuer, DefaultAudience: benchAudience, Auditor: d,
+			})
+			require.NoError(t, err)
+			srv := httptest.NewTLSServer(h)
+			defer srv.Close()
+			for a := range 4 {
+				c := loopbackClient(srv, fmt.Sprintf("127.0.0.%d", 2+a))
+				for i := range 5 {
+					form := url.Values{"grant_type": {"client_credentials"}, "client_id": {fmt.Sprintf("%s%d-%d", tt.prefix, a, i)}, "client_secret": {"wrong"}}
+					resp, err := c.PostForm(srv.URL, form)
+					require.NoError(t, err)
+					resp.Body.Close()
+					require.Equal(t, http.StatusUnauthorized, resp.StatusCode, "failure %d from address %d", i, a)
+				}
+			}
+			require.NoError(t, d.Close())
+			got := rec.of(m2mauth.RuleClientFailures)
+			require.Len(t, got, 1)
+			assert.Empty(t, got[0].ClientID)
+			assert.Equal(t, 20, got[0].Count)
+			var logged strings.Builder
+			m2mauth.NewSlogAlertSink(slog.New(slog.NewJSONHandler(&logged, nil))).Send(t.Context(), got[0])
+			for _, s := range []string{got[0].ClientID, got[0].Address, got[0].Message, strings.TrimSuffix(logged.String(), "\n")} {
+				assert.False(t, strings.ContainsFunc(s, func(r rune) bool { return r < 0x20 || r == 0x7f }), "a control character in %q", s)
+			}
+		})
+	}
+}
+
+// loopbackClient returns a client of srv whose connections come from the
+// loopback address ip.
+func loopbackClient(srv *httptest.Server, ip string) *http.Client {
+	c := srv.Client()
+	tr := c.Transport.(*http.Transport).Clone()
+	dialer := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(ip)}}
+	tr.DialContext = dialer.DialContext
+	c.Transport = tr
+	return c
 }
 
 // TestDetectorConfig: bad configurations are refused at construction.
