@@ -104,6 +104,10 @@ type checkRun struct {
 // time.
 var errCheckTimeout = errors.New("m2mauth: readiness check did not answer in time")
 
+// errProbeEnded is the outcome of a check whose probe ended (its caller
+// hung up) before the check answered: no failure of the check's.
+var errProbeEnded = errors.New("m2mauth: readiness probe ended before the check answered")
+
 // NewReadinessHandler returns a readiness handler that checks store,
 // keys and the extra checks of cfg. store may be nil on a resource
 // server, which has none; keys is required.
@@ -209,15 +213,17 @@ func (h *ReadinessHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 // check runs every check at once and returns the failed ones, by name,
-// with "timeout" or "error"; it logs their causes.
+// with "timeout" or "error". The runs log the causes of their failures;
+// check logs the checks that did not answer in time.
 func (h *ReadinessHandler) check(ctx context.Context) map[string]string {
 	errs := make([]error, len(h.checks))
 	var wg sync.WaitGroup
 	for i, c := range h.checks {
-		wg.Go(func() { errs[i] = c.wait(ctx, h.timeout) })
+		wg.Go(func() { errs[i] = c.wait(ctx, h.timeout, h.logger) })
 	}
 	wg.Wait()
 	var failed map[string]string
+	ended := false
 	for i, err := range errs {
 		if err == nil {
 			continue
@@ -226,11 +232,23 @@ func (h *ReadinessHandler) check(ctx context.Context) map[string]string {
 			failed = make(map[string]string)
 		}
 		what := "error"
-		if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, errCheckTimeout) {
+		if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, errCheckTimeout) || errors.Is(err, errProbeEnded) {
 			what = "timeout"
 		}
 		failed[h.checks[i].name] = what
-		h.logger.WarnContext(ctx, "m2mauth: readiness check failed", "check", h.checks[i].name, "error", err)
+		switch {
+		case errors.Is(err, errProbeEnded):
+			// The check goes on, and logs its own failure if it
+			// fails: a caller with a shorter timeout than the
+			// checks' is no failure to warn of.
+			ended = true
+		case errors.Is(err, errCheckTimeout):
+			// The run may never end to log it.
+			h.logger.WarnContext(ctx, "m2mauth: readiness check failed", "check", h.checks[i].name, "error", err)
+		}
+	}
+	if ended {
+		h.logger.DebugContext(ctx, "m2mauth: readiness probe ended before its checks answered", "error", ctx.Err())
 	}
 	return failed
 }
@@ -238,8 +256,10 @@ func (h *ReadinessHandler) check(ctx context.Context) map[string]string {
 // wait returns the outcome of the check's run in flight, starting one if
 // there is none, or errCheckTimeout when the run has not ended a little
 // after its deadline (the grace lets a check that honours its context
-// say why it failed).
-func (c *readinessCheck) wait(ctx context.Context, timeout time.Duration) error {
+// say why it failed), or errProbeEnded when ctx ends first. A run logs
+// its failure to logger, once, whether or not a probe still waits for
+// it.
+func (c *readinessCheck) wait(ctx context.Context, timeout time.Duration, logger *slog.Logger) error {
 	c.mu.Lock()
 	run := c.run
 	if run == nil {
@@ -252,6 +272,9 @@ func (c *readinessCheck) wait(ctx context.Context, timeout time.Duration) error 
 		go func() {
 			defer cancel()
 			run.err = c.fn(rctx)
+			if run.err != nil {
+				logger.WarnContext(rctx, "m2mauth: readiness check failed", "check", c.name, "error", run.err)
+			}
 			c.mu.Lock()
 			c.run = nil
 			c.mu.Unlock()
@@ -267,6 +290,6 @@ func (c *readinessCheck) wait(ctx context.Context, timeout time.Duration) error 
 	case <-t.C:
 		return errCheckTimeout
 	case <-ctx.Done():
-		return fmt.Errorf("%w: %w", errCheckTimeout, ctx.Err())
+		return fmt.Errorf("%w: %w", errProbeEnded, ctx.Err())
 	}
 }

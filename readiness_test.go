@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -275,6 +276,59 @@ func TestReadinessHangingCheckRunsOnce(t *testing.T) {
 		assert.JSONEq(t, `{"status":"not_ready","failed":{"db":"timeout"}}`, w.Body.String())
 	}
 	assert.EqualValues(t, 1, calls.Load())
+}
+
+// TestReadinessProbeEnds: a probe whose caller hangs up before the
+// checks answer (a Kubernetes probe's 1 s timeout is shorter than the
+// default Timeout) is no failure of the checks': one that then passes
+// logs nothing, and one that then fails logs its cause once, though no
+// probe waits for it any more.
+func TestReadinessProbeEnds(t *testing.T) {
+	for _, tt := range []struct {
+		name   string
+		err    error
+		logged int
+	}{
+		{"the check passes", nil, 0},
+		{"the check fails", errors.New("audit table unreachable"), 1},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			var logs syncBuffer
+			answer, answered := make(chan struct{}), make(chan struct{})
+			h, err := m2mauth.NewReadinessHandler(memstore.New(), readinessKeys(t), m2mauth.ReadinessConfig{
+				Timeout: time.Minute, Logger: slog.New(slog.NewTextHandler(&logs, nil)),
+				Checks: map[string]func(context.Context) error{"audit": func(context.Context) error {
+					defer close(answered)
+					<-answer
+					return tt.err
+				}},
+			})
+			require.NoError(t, err)
+			served := make(chan struct{})
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				defer close(served)
+				h.ServeHTTP(w, r)
+			}))
+			defer srv.Close()
+			ctx, cancel := context.WithTimeout(t.Context(), 50*time.Millisecond)
+			defer cancel()
+			req, err := http.NewRequestWithContext(ctx, http.MethodGet, srv.URL, nil)
+			require.NoError(t, err)
+			_, err = srv.Client().Do(req)
+			require.ErrorIs(t, err, context.DeadlineExceeded)
+			// The probe has ended while its check still runs.
+			<-served
+			close(answer)
+			<-answered
+			require.Eventually(t, func() bool {
+				return strings.Count(logs.String(), "readiness check failed") >= tt.logged
+			}, 10*time.Second, 5*time.Millisecond)
+			assert.Equal(t, tt.logged, strings.Count(logs.String(), "readiness check failed"), "%s", logs.String())
+			if tt.err != nil {
+				assert.Contains(t, logs.String(), "audit table unreachable")
+			}
+		})
+	}
 }
 
 // TestReadinessCheckRunsAgain checks that a check that answered runs
