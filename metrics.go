@@ -136,7 +136,7 @@ type MetricsConfig struct {
 // (bad requests, denied scopes and audiences, overload) by RFC code;
 // m2mauth.requests.canceled counts the requests whose caller went away
 // before they were answered ([ReasonCanceled]), which are no failure of
-// the server's.
+// the server's: token requests, and validations that waited for keys.
 // m2mauth.validations counts the tokens a validator accepted (through
 // [Metrics.Validated]) or refused; requests that carry no token at all
 // are not validations (they are in m2mauth.request.duration as 401s).
@@ -452,6 +452,10 @@ func (m *Metrics) count(e *AuditEvent) {
 		}
 	case EventTokenRejected:
 		r := e.Reason
+		if r == ReasonCanceled {
+			m.canceled.n.Add(1)
+			return
+		}
 		if r == "" {
 			r = e.Error // invalid_request, server_error
 		}

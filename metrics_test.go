@@ -421,6 +421,8 @@ func TestMetricsBoundedValues(t *testing.T) {
 			"m2mauth.validations", "m2mauth.validation.result=revoked"},
 		{"caller went away", m2mauth.AuditEvent{Type: m2mauth.EventRequestRejected, Error: m2mauth.CodeTemporarilyUnavailable, Reason: m2mauth.ReasonCanceled},
 			"m2mauth.requests.canceled", ""},
+		{"caller went away during a validation", m2mauth.AuditEvent{Type: m2mauth.EventTokenRejected, Error: m2mauth.CodeTemporarilyUnavailable, Reason: m2mauth.ReasonCanceled},
+			"m2mauth.requests.canceled", ""},
 		// RFC 7009 §2.2: answered 200, so not a rejection of the endpoint.
 		{"revocation of another client's token", m2mauth.AuditEvent{Type: m2mauth.EventRequestRejected, ClientID: "c1", Reason: m2mauth.ReasonForeignToken}, "", ""},
 	}

@@ -712,7 +712,10 @@ func (c *claimsContext) String() string {
 // Refusals follow RFC 6750 §3: no token is 401 with a bare Bearer
 // challenge; a malformed Authorization header is 400 invalid_request; a bad
 // token is 401 invalid_token; a token lacking a scope is 403
-// insufficient_scope naming the required scopes.
+// insufficient_scope naming the required scopes. Keys or revocations that
+// are unavailable are a server_error (500, or 503 for stale revocations)
+// without a challenge; a request whose caller went away while it waited
+// for them is a 503 temporarily_unavailable audited as [ReasonCanceled].
 //
 // A client must send its token by one method only (RFC 6750 §2), so a
 // bearer Authorization header together with an access_token parameter in
@@ -781,7 +784,7 @@ func (v *Validator) require(want Scopes, ok func(have, want Scopes) bool) func(h
 			}
 			c, err := v.check(r.Context(), raw, true)
 			if err != nil {
-				v.refuse(w, r, asError(err))
+				v.refuse(w, r, canceledAs(r, asError(err)))
 				return
 			}
 			if !ok(c.Scopes, want) {
@@ -931,12 +934,26 @@ func isToken68(s string) bool {
 	return true
 }
 
+// canceledAs returns e, or, for a server_error of a request whose caller
+// went away, the error the token handler answers such a request with: a
+// key fetch the caller interrupted reports the cancellation as its own
+// failure, which it is not. It is audited as [ReasonCanceled], and
+// counted as a canceled request, not a validation.
+func canceledAs(r *http.Request, e *Error) *Error {
+	if e.Code != CodeServerError || !errors.Is(r.Context().Err(), context.Canceled) {
+		return e
+	}
+	c := WrapError(CodeTemporarilyUnavailable, "the request was canceled", &tokenFault{reason: ReasonCanceled})
+	c.Status = http.StatusServiceUnavailable
+	return c
+}
+
 // refuse answers a request whose token was missing or refused.
 func (v *Validator) refuse(w http.ResponseWriter, r *http.Request, e *Error) {
 	switch {
 	case errors.Is(e, errNoToken):
 		w.Header().Set("WWW-Authenticate", v.challenge)
-	case e.Code == CodeServerError:
+	case e.Code == CodeServerError || e.Code == CodeTemporarilyUnavailable:
 		// Not the client's fault: no challenge.
 	default:
 		w.Header().Set("WWW-Authenticate", fmt.Sprintf(`%s, error="%s", error_description="%s"`, v.challenge, e.Code, safeDescription(e.Description)))

@@ -1099,6 +1099,90 @@ func TestValidatorWithRemoteKeys(t *testing.T) {
 // a set's lifetime plus MaxStale must not refuse tokens while the server
 // answers: the set that went stale is fetched again at once. A fetch that
 // fails puts the cooldown back in force.
+// TestValidatorCallerGoneWhileKeysFetched: a caller that hangs up while
+// RequireScopes waits for the key set is no failure of the server's: the
+// interrupted fetch is audited as ReasonCanceled and counted with
+// m2mauth.requests.canceled, as the token handler does, not as a
+// server_error validation, while a key set that is unavailable to a
+// caller who waits is still a server_error (RFC 6750 §3.1 defines no
+// code for it; no challenge).
+func TestValidatorCallerGoneWhileKeysFetched(t *testing.T) {
+	for _, tt := range []struct {
+		name        string
+		hangUp      bool
+		code, event string
+		metric      string
+		value       map[string]int64
+	}{
+		{"the caller hangs up", true, "", m2mauth.CodeTemporarilyUnavailable, "m2mauth.requests.canceled", map[string]int64{"": 1}},
+		{"the key server fails", false, "500", m2mauth.CodeServerError, "m2mauth.validations", map[string]int64{"m2mauth.validation.result=server_error": 1}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			release := make(chan struct{})
+			jwks := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if !tt.hangUp {
+					http.Error(w, "down", http.StatusInternalServerError)
+					return
+				}
+				select { // until the test ends
+				case <-release:
+				case <-r.Context().Done():
+				}
+			}))
+			defer jwks.Close()
+			defer close(release)
+			m, reader := newTestMetrics(t, m2mauth.MetricsConfig{})
+			var mu sync.Mutex
+			var events []m2mauth.AuditEvent
+			v, err := m2mauth.NewValidator(newRemote(t, jwks.URL, m2mauth.RemoteKeysConfig{Logger: slog.New(slog.DiscardHandler)}), m2mauth.ValidatorConfig{
+				Issuer: "https://issuer.test", Audience: "https://api.test",
+				Auditor: m.Auditor(m2mauth.AuditorFunc(func(_ context.Context, e m2mauth.AuditEvent) {
+					mu.Lock()
+					defer mu.Unlock()
+					events = append(events, e)
+				})),
+			})
+			require.NoError(t, err)
+			served := make(chan struct{})
+			api := v.RequireScopes("read")(http.HandlerFunc(func(http.ResponseWriter, *http.Request) { t.Error("reached") }))
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				defer close(served)
+				api.ServeHTTP(w, r)
+			}))
+			defer srv.Close()
+			ctx, cancel := context.WithTimeout(t.Context(), 100*time.Millisecond)
+			defer cancel()
+			if !tt.hangUp {
+				ctx = t.Context()
+			}
+			req, err := http.NewRequestWithContext(ctx, http.MethodGet, srv.URL, nil)
+			require.NoError(t, err)
+			req.Header.Set("Authorization", "Bearer eyJhbGciOiJFUzI1NiIsImtpZCI6ImsxIn0.e30.c2ln")
+			resp, err := srv.Client().Do(req)
+			if tt.hangUp {
+				require.ErrorIs(t, err, context.DeadlineExceeded)
+			} else {
+				require.NoError(t, err)
+				resp.Body.Close()
+				assert.Equal(t, tt.code, strconv.Itoa(resp.StatusCode))
+				assert.Empty(t, resp.Header.Get("WWW-Authenticate"))
+			}
+			<-served
+			mu.Lock()
+			defer mu.Unlock()
+			require.Len(t, events, 1)
+			assert.Equal(t, m2mauth.EventTokenRejected, events[0].Type)
+			assert.Equal(t, tt.event, events[0].Error)
+			got := collect(t, reader)
+			assert.Equal(t, tt.value, got.values(tt.metric))
+			if tt.hangUp {
+				assert.Equal(t, m2mauth.ReasonCanceled, events[0].Reason)
+				assert.Empty(t, got.values("m2mauth.validations"))
+			}
+		})
+	}
+}
+
 func TestRemoteKeysCooldownLongerThanLifetime(t *testing.T) {
 	tests := []struct {
 		name            string
