@@ -112,13 +112,14 @@ func (d Dialect) String() string {
 //	              one statement that changes the client's row only, as
 //	              [Limiter] would in a transaction; it affects no row in
 //	              any other case
-//	limitFastGive (now, every, now, lease, now, every, authenticated,
+//	limitFastGive (now, every, full, now, every, authenticated,
 //	              now+knownWindow, knownWindow, now, authenticated, now,
-//	              now, every, now, lease, now, every, now, ip, clientID,
-//	              now), authenticated being 1 or 0: ends a reservation
-//	              that succeeded or was abandoned, in one statement that
+//	              now, every, full, now, every, now, ip, clientID, now),
+//	              authenticated being 1 or 0: ends a reservation that
+//	              succeeded or was abandoned, in one statement that
 //	              changes the client's row only, and settles its bucket
-//	              if full (refilled_at 0, see limitRow.settle); it
+//	              if full as of full (refilled_at 0, see
+//	              limitRow.settle); it
 //	              affects no row when the reservations in flight hold
 //	              tokens of the address's row
 //	limitCleanup  (now, batch), rows idle and refilled by now; on MySQL
@@ -428,17 +429,17 @@ UPDATE {p}rate_limits SET
    AND refilled_at <= $15::bigint AND CASE WHEN lease_until <= $16::bigint THEN 0 ELSE pending END < $17::bigint`),
 		limitFastGive: t(limitAsync + `
 UPDATE {p}rate_limits SET
-    idle_at          = GREATEST(CASE WHEN refilled_at - CASE WHEN lease_until > $1::bigint AND pending > 0 THEN $2::bigint ELSE 0 END <= GREATEST($3::bigint, lease_until - $4::bigint) THEN 0
-                                     ELSE refilled_at - CASE WHEN lease_until > $5::bigint AND pending > 0 THEN $6::bigint ELSE 0 END END,
-                           CASE WHEN $7::bigint = 1 THEN $8::bigint WHEN authenticated_at <> 0 THEN authenticated_at + $9::bigint ELSE 0 END,
-                           CASE WHEN lease_until > $10::bigint AND pending > 1 THEN lease_until ELSE 0 END),
-    authenticated_at = CASE WHEN $11::bigint = 1 THEN $12::bigint ELSE authenticated_at END,
-    refilled_at      = CASE WHEN refilled_at - CASE WHEN lease_until > $13::bigint AND pending > 0 THEN $14::bigint ELSE 0 END <= GREATEST($15::bigint, lease_until - $16::bigint) THEN 0
-                            ELSE refilled_at - CASE WHEN lease_until > $17::bigint AND pending > 0 THEN $18::bigint ELSE 0 END END,
-    pending          = CASE WHEN lease_until > $19::bigint AND pending > 0 THEN pending - 1 ELSE 0 END,
+    idle_at          = GREATEST(CASE WHEN refilled_at - CASE WHEN lease_until > $1::bigint AND pending > 0 THEN $2::bigint ELSE 0 END <= $3::bigint THEN 0
+                                     ELSE refilled_at - CASE WHEN lease_until > $4::bigint AND pending > 0 THEN $5::bigint ELSE 0 END END,
+                           CASE WHEN $6::bigint = 1 THEN $7::bigint WHEN authenticated_at <> 0 THEN authenticated_at + $8::bigint ELSE 0 END,
+                           CASE WHEN lease_until > $9::bigint AND pending > 1 THEN lease_until ELSE 0 END),
+    authenticated_at = CASE WHEN $10::bigint = 1 THEN $11::bigint ELSE authenticated_at END,
+    refilled_at      = CASE WHEN refilled_at - CASE WHEN lease_until > $12::bigint AND pending > 0 THEN $13::bigint ELSE 0 END <= $14::bigint THEN 0
+                            ELSE refilled_at - CASE WHEN lease_until > $15::bigint AND pending > 0 THEN $16::bigint ELSE 0 END END,
+    pending          = CASE WHEN lease_until > $17::bigint AND pending > 0 THEN pending - 1 ELSE 0 END,
     pending_addr     = 0
   FROM async
- WHERE ip = $20 AND client_id = $21 AND (lease_until <= $22::bigint OR pending_addr = 0)`),
+ WHERE ip = $18 AND client_id = $19 AND (lease_until <= $20::bigint OR pending_addr = 0)`),
 		// PostgreSQL has no DELETE ... LIMIT. SKIP LOCKED passes over
 		// rows that a transaction of the limiter holds, so a cleanup
 		// never waits for a lock, and cannot deadlock with reservations
@@ -609,12 +610,12 @@ ON DUPLICATE KEY UPDATE ip = ip`),
  WHERE ip = ? AND client_id = ? AND authenticated_at <> 0 AND authenticated_at > ?
    AND refilled_at <= ? AND CASE WHEN lease_until <= ? THEN 0 ELSE pending END < ?`),
 		limitFastGive: t(`UPDATE {p}rate_limits SET
-    idle_at          = GREATEST(CASE WHEN refilled_at - CASE WHEN lease_until > ? AND pending > 0 THEN ? ELSE 0 END <= GREATEST(?, lease_until - ?) THEN 0
+    idle_at          = GREATEST(CASE WHEN refilled_at - CASE WHEN lease_until > ? AND pending > 0 THEN ? ELSE 0 END <= ? THEN 0
                                 ELSE refilled_at - CASE WHEN lease_until > ? AND pending > 0 THEN ? ELSE 0 END END,
                            CASE WHEN ? = 1 THEN ? WHEN authenticated_at <> 0 THEN authenticated_at + ? ELSE 0 END,
                            CASE WHEN lease_until > ? AND pending > 1 THEN lease_until ELSE 0 END),
     authenticated_at = CASE WHEN ? = 1 THEN ? ELSE authenticated_at END,
-    refilled_at      = CASE WHEN refilled_at - CASE WHEN lease_until > ? AND pending > 0 THEN ? ELSE 0 END <= GREATEST(?, lease_until - ?) THEN 0
+    refilled_at      = CASE WHEN refilled_at - CASE WHEN lease_until > ? AND pending > 0 THEN ? ELSE 0 END <= ? THEN 0
                             ELSE refilled_at - CASE WHEN lease_until > ? AND pending > 0 THEN ? ELSE 0 END END,
     pending          = CASE WHEN lease_until > ? AND pending > 0 THEN pending - 1 ELSE 0 END,
     pending_addr     = 0
@@ -805,12 +806,12 @@ ON CONFLICT (ip, client_id) DO NOTHING`),
  WHERE ip = ? AND client_id = ? AND authenticated_at <> 0 AND authenticated_at > ?
    AND refilled_at <= ? AND CASE WHEN lease_until <= ? THEN 0 ELSE pending END < ?`),
 		limitFastGive: t(`UPDATE {p}rate_limits SET
-    idle_at          = MAX(CASE WHEN refilled_at - CASE WHEN lease_until > ? AND pending > 0 THEN ? ELSE 0 END <= MAX(?, lease_until - ?) THEN 0
+    idle_at          = MAX(CASE WHEN refilled_at - CASE WHEN lease_until > ? AND pending > 0 THEN ? ELSE 0 END <= ? THEN 0
                                 ELSE refilled_at - CASE WHEN lease_until > ? AND pending > 0 THEN ? ELSE 0 END END,
                            CASE WHEN ? = 1 THEN ? WHEN authenticated_at <> 0 THEN authenticated_at + ? ELSE 0 END,
                            CASE WHEN lease_until > ? AND pending > 1 THEN lease_until ELSE 0 END),
     authenticated_at = CASE WHEN ? = 1 THEN ? ELSE authenticated_at END,
-    refilled_at      = CASE WHEN refilled_at - CASE WHEN lease_until > ? AND pending > 0 THEN ? ELSE 0 END <= MAX(?, lease_until - ?) THEN 0
+    refilled_at      = CASE WHEN refilled_at - CASE WHEN lease_until > ? AND pending > 0 THEN ? ELSE 0 END <= ? THEN 0
                             ELSE refilled_at - CASE WHEN lease_until > ? AND pending > 0 THEN ? ELSE 0 END END,
     pending          = CASE WHEN lease_until > ? AND pending > 0 THEN pending - 1 ELSE 0 END,
     pending_addr     = 0

@@ -30,7 +30,7 @@ func WithoutFastPaths(l *Limiter) { l.fastGrant.query, l.fastGive.query = "", ""
 // or neither when the buckets' tokens are lent out.
 func TryReserve(ctx context.Context, l *Limiter, clientID, ip string) (ok bool, wait time.Duration, err error) {
 	id := limitID(clientID)
-	done, err := l.fast(ctx, &l.fastGrant, l.grantArgs(id, ip))
+	done, _, err := l.fast(ctx, &l.fastGrant, l.grantArgs(id, ip))
 	if err != nil || done {
 		return done, 0, err
 	}

@@ -393,17 +393,18 @@ func (l *Limiter) reserveAttempt(ctx context.Context, clientID, ip string, s *St
 		wait time.Duration
 		read *clientRead
 		done bool
+		at   int64 // the time of the grant, as the clock read it
 		err  error
 	)
 	grant := l.grantArgs(id, ip)
 	if s != nil {
-		read, done, err = l.grantReading(ctx, s, id, grant)
+		read, done, at, err = l.grantReading(ctx, s, id, grant)
 	} else {
-		done, err = l.fast(ctx, &l.fastGrant, grant)
+		done, at, err = l.fast(ctx, &l.fastGrant, grant)
 	}
 	if err == nil && !done {
 		var lent bool
-		wait, lent, err = l.reserve(ctx, id, ip)
+		wait, lent, at, err = l.reserve(ctx, id, ip)
 		if lent {
 			// The attempt waited for others, maybe seconds: the client
 			// read before could be stale by the grant (a secret
@@ -417,6 +418,9 @@ func (l *Limiter) reserveAttempt(ctx context.Context, clientID, ip string, s *St
 	}
 	if err != nil {
 		return 0, nil, fmt.Errorf("sqlstore: rate limit reserve: %w", err)
+	}
+	if wait == 0 {
+		l.slots.granted(k, at)
 	}
 	return wait, read, nil
 }
@@ -434,8 +438,9 @@ func (l *Limiter) grantArgs(id, ip string) func(now int64) []any {
 
 // grantReading runs grantClient, the fast path that grants an attempt of
 // id and reads the client id of s in one statement, with args as fast
-// does. It reports what it read and whether it granted the attempt.
-func (l *Limiter) grantReading(ctx context.Context, s *Store, id string, args func(now int64) []any) (*clientRead, bool, error) {
+// does. It reports what it read, whether it granted the attempt, and the
+// time it granted it as of.
+func (l *Limiter) grantReading(ctx context.Context, s *Store, id string, args func(now int64) []any) (*clientRead, bool, int64, error) {
 	now := l.now().UnixMicro()
 	if now < l.noGrantClient.Load() {
 		return l.grantThenRead(ctx, args)
@@ -470,19 +475,19 @@ func (l *Limiter) grantReading(ctx context.Context, s *Store, id string, args fu
 		return l.grantThenRead(ctx, args)
 	}
 	if err != nil {
-		return nil, false, err
+		return nil, false, 0, err
 	}
 	if len(cs) == 0 {
-		return &clientRead{err: notFound(id)}, granted == 1, nil
+		return &clientRead{err: notFound(id)}, granted == 1, now, nil
 	}
-	return &clientRead{c: cs[0]}, granted == 1, nil
+	return &clientRead{c: cs[0]}, granted == 1, now, nil
 }
 
 // grantThenRead is grantReading without grantClient: the fast path, and
 // the lookup left to the caller.
-func (l *Limiter) grantThenRead(ctx context.Context, args func(now int64) []any) (*clientRead, bool, error) {
-	done, err := l.fast(ctx, &l.fastGrant, args)
-	return nil, done, err
+func (l *Limiter) grantThenRead(ctx context.Context, args func(now int64) []any) (*clientRead, bool, int64, error) {
+	done, at, err := l.fast(ctx, &l.fastGrant, args)
+	return nil, done, at, err
 }
 
 // noProcedure reports whether err is MySQL's refusal of a CALL of a
@@ -510,34 +515,36 @@ func mysqlError(err error, codes ...int) bool {
 
 // reserve runs reservation transactions on the rows of (id, ip), polling
 // between them while the buckets are lent out, until one grants or
-// refuses. lent reports that it waited for attempts in flight.
-func (l *Limiter) reserve(ctx context.Context, id, ip string) (wait time.Duration, lent bool, err error) {
+// refuses. lent reports that it waited for attempts in flight; at is the
+// time of the grant.
+func (l *Limiter) reserve(ctx context.Context, id, ip string) (wait time.Duration, lent bool, at int64, err error) {
 	var b backoff
 	for {
 		var v verdict
 		var after int64
 		err := l.update(ctx, id, ip, func(a, p *limitRow, now int64) {
 			v, after = l.reserveRows(a, p, now)
+			at = now
 		})
 		if err != nil {
-			return 0, lent, err
+			return 0, lent, 0, err
 		}
 		switch v {
 		case granted:
-			return 0, lent, nil
+			return 0, lent, at, nil
 		case refused:
-			return waitDuration(after), lent, nil
+			return waitDuration(after), lent, 0, nil
 		}
 		// Lent out: read, without locking, until a transaction may
 		// find room.
 		lent = true
 		for v == lentOut {
 			if err := b.wait(ctx); err != nil {
-				return 0, lent, err
+				return 0, lent, 0, err
 			}
 			a, p, err := l.peekRows(ctx, id, ip)
 			if err != nil {
-				return 0, lent, err
+				return 0, lent, 0, err
 			}
 			now := l.now().UnixMicro()
 			a.lapse(now)
@@ -561,6 +568,11 @@ func (l *Limiter) Release(ctx context.Context, clientID, ip string, o m2mauth.Ou
 		return err
 	}
 	id := limitID(clientID)
+	k := limitKey{id, ip}
+	// The grant of the reservation, on this replica's clock: a bucket
+	// full as of then is full now, whatever the clock reads now (see
+	// limitRow.settle).
+	grant := l.slots.grantedAt(k)
 	var done bool
 	var err error
 	if o == m2mauth.OutcomeAuthenticated || o == m2mauth.OutcomeAbandoned {
@@ -568,18 +580,18 @@ func (l *Limiter) Release(ctx context.Context, clientID, ip string, o m2mauth.Ou
 		if o == m2mauth.OutcomeAuthenticated {
 			authenticated = 1
 		}
-		done, err = l.fast(ctx, &l.fastGive, func(now int64) []any {
-			c := l.client
-			return []any{now, c.every, now, c.lease, now, c.every, authenticated, now + l.knownWindow, l.knownWindow, now,
-				authenticated, now, now, c.every, now, c.lease, now, c.every, now, ip, id, now}
+		done, _, err = l.fast(ctx, &l.fastGive, func(now int64) []any {
+			c, full := l.client, max(now, grant)
+			return []any{now, c.every, full, now, c.every, authenticated, now + l.knownWindow, l.knownWindow, now,
+				authenticated, now, now, c.every, full, now, c.every, now, ip, id, now}
 		})
 	}
 	if err == nil && !done {
 		err = l.update(ctx, id, ip, func(a, p *limitRow, now int64) {
-			l.releaseRows(a, p, now, o)
+			l.releaseRows(a, p, now, max(now, grant), o)
 		})
 	}
-	l.slots.release(limitKey{id, ip})
+	l.slots.release(k)
 	if err != nil {
 		return fmt.Errorf("sqlstore: rate limit release: %w", err)
 	}
@@ -611,20 +623,22 @@ func (r *limitRow) lapse(now int64) {
 	}
 }
 
-// settle marks the bucket of r, if it is full at now, as full at any
+// settle marks the bucket of r, if it is full at full, as full at any
 // time: refilled_at 0 rather than a time. A full bucket written with the
 // time it filled up would, on a clock that then steps back (NTP, a
 // virtual machine resumed), or on a replica whose clock runs behind,
 // look short of tokens by the step: a client that never failed would be
 // locked out for as long.
 //
-// A bucket full at the row's last grant, leaseUntil - lease, is full now
-// whatever now reads: the grant came first. Giving back a grant's token
-// on a clock that stepped back since the grant, or on a replica behind
-// the one that granted, would otherwise leave the grant's time as
-// refilled_at, and the same lockout.
-func (r *limitRow) settle(now, lease int64) {
-	if r.refilledAt <= max(now, r.leaseUntil-lease) {
+// full is now, or, when later, the time this replica's clock read when it
+// granted the reservation being released: the grant came first, so a
+// bucket full as of then is full now, whatever the clock reads now. A
+// success given back on a clock that stepped back since its grant would
+// otherwise leave the grant's time as refilled_at, and the same lockout.
+// (The grant's time is this replica's own reading, never one derived
+// from another replica's configuration or row.)
+func (r *limitRow) settle(full int64) {
+	if r.refilledAt <= full {
 		r.refilledAt = 0
 	}
 }
@@ -693,7 +707,7 @@ func (l *Limiter) reserveRows(a, p *limitRow, now int64) (v verdict, wait int64)
 // have lapsed as of now. Tokens are given back only to a row whose count
 // shows a reservation in flight: giving back too little is safe, too
 // much is not.
-func (l *Limiter) releaseRows(a, p *limitRow, now int64, o m2mauth.Outcome) {
+func (l *Limiter) releaseRows(a, p *limitRow, now, full int64, o m2mauth.Outcome) {
 	held := p.pending > 0
 	if held {
 		p.pending--
@@ -718,9 +732,9 @@ func (l *Limiter) releaseRows(a, p *limitRow, now int64, o m2mauth.Outcome) {
 			p.authAt = now
 		}
 		// As limitFastGive does.
-		p.settle(now, l.client.lease)
+		p.settle(full)
 		if addrBack {
-			a.settle(now, l.addr.lease)
+			a.settle(full)
 		}
 	default:
 		// A failure: its tokens stay taken. One whose reservation took
@@ -813,24 +827,25 @@ func (l *Limiter) update(ctx context.Context, id, ip string, f func(a, p *limitR
 // just before it runs. It reports whether the statement changed the row;
 // one that found no row it applies to changes nothing, and the caller
 // then takes the transaction.
-func (l *Limiter) fast(ctx context.Context, st *lazyStmt, args func(now int64) []any) (bool, error) {
+func (l *Limiter) fast(ctx context.Context, st *lazyStmt, args func(now int64) []any) (done bool, now int64, err error) {
 	if st.query == "" {
-		return false, nil
+		return false, 0, nil
 	}
 	stmt, err := st.get(ctx)
 	if err != nil {
-		return false, err
+		return false, 0, err
 	}
 	var n int64
 	err = l.writing(ctx, func() error {
-		res, err := stmt.ExecContext(ctx, args(l.now().UnixMicro())...)
+		now = l.now().UnixMicro()
+		res, err := stmt.ExecContext(ctx, args(now)...)
 		if err != nil {
 			return err
 		}
 		n, err = res.RowsAffected()
 		return err
 	})
-	return n == 1, err
+	return n == 1, now, err
 }
 
 // peekRows reads the rows of (id, ip) without a transaction; a missing
@@ -1096,10 +1111,12 @@ type pairSlots struct {
 }
 
 // slotQueue holds the slots of one pair; refs counts the goroutines
-// waiting for or holding one.
+// waiting for or holding one. grant is the latest time, as the clock
+// read it, at which one of the slots' reservations was granted.
 type slotQueue struct {
-	ch   chan struct{}
-	refs int
+	ch    chan struct{}
+	refs  int
+	grant int64
 }
 
 // acquire waits for a slot of k, until ctx ends. A nil error must be
@@ -1123,6 +1140,27 @@ func (s *pairSlots) acquire(ctx context.Context, k limitKey) error {
 		s.unref(k, q)
 		return ctx.Err()
 	}
+}
+
+// granted records that a reservation of k, which holds a slot, was
+// granted at at.
+func (s *pairSlots) granted(k limitKey, at int64) {
+	s.mu.Lock()
+	if q := s.m[k]; q != nil {
+		q.grant = max(q.grant, at)
+	}
+	s.mu.Unlock()
+}
+
+// grantedAt returns the latest time recorded by granted for the
+// reservations of k in flight or waiting, or 0.
+func (s *pairSlots) grantedAt(k limitKey) int64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if q := s.m[k]; q != nil {
+		return q.grant
+	}
+	return 0
 }
 
 // release gives back a slot of k; without one held, it does nothing.

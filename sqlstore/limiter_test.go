@@ -310,6 +310,58 @@ func TestLimiterClockStepsBackDuringRequest(t *testing.T) {
 	})
 }
 
+// TestLimiterReleaseForgivesNoFailure checks that a success given back
+// settles no bucket that failures on another replica emptied meanwhile,
+// whatever each replica's ReservationTimeout: failures verified with no
+// time passing never exceed the burst (RFC 6749 §10.10). Replica B's
+// attempts end abandoned (a store that failed, a caller that hung up)
+// while replica A verifies wrong secrets; the second case has B's
+// reservations lapse sooner than A's, the third has B's releases take
+// the fast path.
+func TestLimiterReleaseForgivesNoFailure(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, e *env) {
+		for _, tc := range []struct {
+			name   string
+			leaseB time.Duration
+			known  bool
+		}{
+			{"same timeout", time.Minute, false},
+			{"shorter timeout on B", time.Second, false},
+			{"shorter timeout on B, a known client", time.Second, true},
+		} {
+			t.Run(tc.name, func(t *testing.T) {
+				ctx := t.Context()
+				prefix := e.newPrefix(t)
+				clock := newFakeClock()
+				la := e.newLimiter(t, prefix, clock, sqlstore.LimiterConfig{ReservationTimeout: time.Minute})
+				a := attempts{t, la}
+				b := attempts{t, e.replica(t, e.open(t), prefix, clock, sqlstore.LimiterConfig{ReservationTimeout: tc.leaseB})}
+				const id, ip = "victim", "192.0.2.9"
+				if tc.known {
+					require.Zero(t, a.reserve(id, ip))
+					a.release(id, ip, m2mauth.OutcomeAuthenticated)
+				}
+				guesses := 0
+				for range 3 {
+					require.Zero(t, b.reserve(id, ip), "B's attempt")
+					for range 4 {
+						ok, _, err := sqlstore.TryReserve(ctx, la, id, ip)
+						require.NoError(t, err)
+						if ok {
+							a.release(id, ip, m2mauth.OutcomeFailed)
+							guesses++
+						}
+					}
+					b.release(id, ip, m2mauth.OutcomeAbandoned)
+				}
+				assert.Equal(t, 4, guesses, "wrong secrets verified with no time passing, beside B's attempt (burst 5)")
+				a.fail(id, ip, 1)
+				assert.Positive(t, a.probe(id, ip), "five failures lock the pair out")
+			})
+		}
+	})
+}
+
 // TestLimiterAddress checks the address's own bucket: twenty failures
 // with any client ids lock out every client id from the address that has
 // not authenticated there.
