@@ -715,7 +715,7 @@ func (c *claimsContext) String() string {
 // insufficient_scope naming the required scopes. Keys or revocations that
 // are unavailable are a server_error (500, or 503 for stale revocations)
 // without a challenge; a request whose caller went away while it waited
-// for them is a 503 temporarily_unavailable audited as [ReasonCanceled].
+// for keys is a 503 temporarily_unavailable audited as [ReasonCanceled].
 //
 // A client must send its token by one method only (RFC 6750 §2), so a
 // bearer Authorization header together with an access_token parameter in
@@ -934,13 +934,15 @@ func isToken68(s string) bool {
 	return true
 }
 
-// canceledAs returns e, or, for a server_error of a request whose caller
-// went away, the error the token handler answers such a request with: a
-// key fetch the caller interrupted reports the cancellation as its own
-// failure, which it is not. It is audited as [ReasonCanceled], and
-// counted as a canceled request, not a validation.
+// canceledAs returns e, or, for a server_error that the caller's going
+// away caused, the error the token handler answers such a request with:
+// a wait for keys that the caller interrupted reports the cancellation
+// as its own failure, which it is not. It is audited as
+// [ReasonCanceled], and counted as a canceled request, not a validation.
+// A server_error with another cause (stale revocations, a key server's
+// error) stays one, canceled request or not.
 func canceledAs(r *http.Request, e *Error) *Error {
-	if e.Code != CodeServerError || !errors.Is(r.Context().Err(), context.Canceled) {
+	if e.Code != CodeServerError || !errors.Is(e, context.Canceled) || !errors.Is(r.Context().Err(), context.Canceled) {
 		return e
 	}
 	c := WrapError(CodeTemporarilyUnavailable, "the request was canceled", &tokenFault{reason: ReasonCanceled})

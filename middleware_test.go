@@ -931,6 +931,20 @@ func TestValidatorStaleRevocations(t *testing.T) {
 					assert.Equal(t, tc.status[i], w.Code, "token %d: %s", i, w.Body)
 				}
 			}
+			if !tc.insecure {
+				// A caller that went away did not cause it: still a
+				// server_error, not a canceled request.
+				ctx, cancel := context.WithCancel(t.Context())
+				cancel()
+				r := httptest.NewRequestWithContext(ctx, http.MethodGet, "/api/builders", nil)
+				r.Header.Set("Authorization", "Bearer "+tokA)
+				w := httptest.NewRecorder()
+				h.ServeHTTP(w, r)
+				assert.Equal(t, http.StatusServiceUnavailable, w.Code)
+				e := p.lastEvent(t)
+				assert.Equal(t, m2mauth.CodeServerError, e.Error)
+				assert.Empty(t, e.Reason)
+			}
 		})
 	}
 }

@@ -95,9 +95,15 @@ type readinessCheck struct {
 
 // checkRun is one run of a check; err is set before done is closed.
 type checkRun struct {
-	done     chan struct{}
-	err      error
-	deadline time.Time // of the run's context
+	done chan struct{}
+	err  error
+	// giveUp is when probes stop waiting for the run: its context's
+	// deadline, and a little grace for a check that honours its context
+	// to say why it failed.
+	giveUp time.Time
+	// Under the check's mu: finished, the run has ended; reported, a
+	// probe has logged that it did not answer in time.
+	finished, reported bool
 }
 
 // errCheckTimeout is the cause logged for a check that did not answer in
@@ -213,8 +219,7 @@ func (h *ReadinessHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 // check runs every check at once and returns the failed ones, by name,
-// with "timeout" or "error". The runs log the causes of their failures;
-// check logs the checks that did not answer in time.
+// with "timeout" or "error". wait logs the failures.
 func (h *ReadinessHandler) check(ctx context.Context) map[string]string {
 	errs := make([]error, len(h.checks))
 	var wg sync.WaitGroup
@@ -236,16 +241,10 @@ func (h *ReadinessHandler) check(ctx context.Context) map[string]string {
 			what = "timeout"
 		}
 		failed[h.checks[i].name] = what
-		switch {
-		case errors.Is(err, errProbeEnded):
-			// The check goes on, and logs its own failure if it
-			// fails: a caller with a shorter timeout than the
-			// checks' is no failure to warn of.
-			ended = true
-		case errors.Is(err, errCheckTimeout):
-			// The run may never end to log it.
-			h.logger.WarnContext(ctx, "m2mauth: readiness check failed", "check", h.checks[i].name, "error", err)
-		}
+		// The check goes on, and logs its own failure if it fails: a
+		// caller with a shorter timeout than the checks' is no failure
+		// to warn of.
+		ended = ended || errors.Is(err, errProbeEnded)
 	}
 	if ended {
 		h.logger.DebugContext(ctx, "m2mauth: readiness probe ended before its checks answered", "error", ctx.Err())
@@ -254,11 +253,12 @@ func (h *ReadinessHandler) check(ctx context.Context) map[string]string {
 }
 
 // wait returns the outcome of the check's run in flight, starting one if
-// there is none, or errCheckTimeout when the run has not ended a little
-// after its deadline (the grace lets a check that honours its context
-// say why it failed), or errProbeEnded when ctx ends first. A run logs
-// its failure to logger, once, whether or not a probe still waits for
-// it.
+// there is none, or errCheckTimeout when the run has not ended by its
+// giveUp, or errProbeEnded when ctx ends first. A failure is logged to
+// logger as "readiness check failed" by each probe that gives up on the
+// run, or, when none did, by the run itself when it ends with an error
+// or after its giveUp (its probes' callers had hung up first); a run
+// that a probe gave up on logs the error it ends with as a follow-up.
 func (c *readinessCheck) wait(ctx context.Context, timeout time.Duration, logger *slog.Logger) error {
 	c.mu.Lock()
 	run := c.run
@@ -266,28 +266,51 @@ func (c *readinessCheck) wait(ctx context.Context, timeout time.Duration, logger
 		// The run outlives this probe if the check hangs; it keeps the
 		// probe's context values, not its cancellation.
 		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), timeout)
-		run = &checkRun{done: make(chan struct{})}
-		run.deadline, _ = rctx.Deadline()
+		deadline, _ := rctx.Deadline()
+		run = &checkRun{done: make(chan struct{}), giveUp: deadline.Add(min(timeout/10, 100*time.Millisecond))}
 		c.run = run
 		go func() {
 			defer cancel()
-			run.err = c.fn(rctx)
-			if run.err != nil {
-				logger.WarnContext(rctx, "m2mauth: readiness check failed", "check", c.name, "error", run.err)
-			}
+			start := time.Now()
+			err := c.fn(rctx)
+			late := time.Now().After(run.giveUp)
 			c.mu.Lock()
-			c.run = nil
+			run.err, run.finished = err, true
+			reported := run.reported
 			c.mu.Unlock()
-			close(run.done)
+			// Logged before the next probe can start another run.
+			defer func() {
+				c.mu.Lock()
+				c.run = nil
+				c.mu.Unlock()
+				close(run.done)
+			}()
+			switch {
+			case err != nil && reported:
+				logger.WarnContext(rctx, "m2mauth: readiness check that did not answer in time ended", "check", c.name, "error", err)
+			case err != nil:
+				logger.WarnContext(rctx, "m2mauth: readiness check failed", "check", c.name, "error", err)
+			case late && !reported:
+				logger.WarnContext(rctx, "m2mauth: readiness check failed", "check", c.name, "error", errCheckTimeout, "took", time.Since(start))
+			}
 		}()
 	}
 	c.mu.Unlock()
-	t := time.NewTimer(time.Until(run.deadline) + min(timeout/10, 100*time.Millisecond))
+	t := time.NewTimer(time.Until(run.giveUp))
 	defer t.Stop()
 	select {
 	case <-run.done:
 		return run.err
 	case <-t.C:
+		c.mu.Lock()
+		finished := run.finished
+		run.reported = run.reported || !finished
+		c.mu.Unlock()
+		if finished {
+			<-run.done
+			return run.err
+		}
+		logger.WarnContext(ctx, "m2mauth: readiness check failed", "check", c.name, "error", errCheckTimeout)
 		return errCheckTimeout
 	case <-ctx.Done():
 		return fmt.Errorf("%w: %w", errProbeEnded, ctx.Err())
