@@ -569,10 +569,10 @@ func (l *Limiter) Release(ctx context.Context, clientID, ip string, o m2mauth.Ou
 	}
 	id := limitID(clientID)
 	k := limitKey{id, ip}
-	// The grant of the reservation, on this replica's clock: a bucket
-	// full as of then is full now, whatever the clock reads now (see
-	// limitRow.settle).
-	grant := l.slots.grantedAt(k)
+	// No later than the grant of the reservation, on this replica's
+	// clock: a bucket full as of then is full now, whatever the clock
+	// reads now (see limitRow.settle).
+	grant := l.slots.releasing(k)
 	var done bool
 	var err error
 	if o == m2mauth.OutcomeAuthenticated || o == m2mauth.OutcomeAbandoned {
@@ -630,13 +630,14 @@ func (r *limitRow) lapse(now int64) {
 // look short of tokens by the step: a client that never failed would be
 // locked out for as long.
 //
-// full is now, or, when later, the time this replica's clock read when it
-// granted the reservation being released: the grant came first, so a
+// full is now, or, when later, what this replica's clock read at the
+// grant of a reservation in flight, no more than it read at the grant of
+// the one being released (see pairSlots.releasing): the grant came first, so a
 // bucket full as of then is full now, whatever the clock reads now. A
 // success given back on a clock that stepped back since its grant would
 // otherwise leave the grant's time as refilled_at, and the same lockout.
-// (The grant's time is this replica's own reading, never one derived
-// from another replica's configuration or row.)
+// (The time is this replica's own reading, never one derived from
+// another replica's configuration or row, nor one read after the grant.)
 func (r *limitRow) settle(full int64) {
 	if r.refilledAt <= full {
 		r.refilledAt = 0
@@ -1111,12 +1112,12 @@ type pairSlots struct {
 }
 
 // slotQueue holds the slots of one pair; refs counts the goroutines
-// waiting for or holding one. grant is the latest time, as the clock
-// read it, at which one of the slots' reservations was granted.
+// waiting for or holding one. grants holds a time for each reservation
+// of the pair granted and not yet released: see pairSlots.releasing.
 type slotQueue struct {
-	ch    chan struct{}
-	refs  int
-	grant int64
+	ch     chan struct{}
+	refs   int
+	grants []int64
 }
 
 // acquire waits for a slot of k, until ctx ends. A nil error must be
@@ -1143,24 +1144,45 @@ func (s *pairSlots) acquire(ctx context.Context, k limitKey) error {
 }
 
 // granted records that a reservation of k, which holds a slot, was
-// granted at at.
+// granted at at, as the clock read it.
 func (s *pairSlots) granted(k limitKey, at int64) {
 	s.mu.Lock()
 	if q := s.m[k]; q != nil {
-		q.grant = max(q.grant, at)
+		q.grants = append(q.grants, at)
 	}
 	s.mu.Unlock()
 }
 
-// grantedAt returns the latest time recorded by granted for the
-// reservations of k in flight or waiting, or 0.
-func (s *pairSlots) grantedAt(k limitKey) int64 {
+// releasing is called as a reservation of k ends. It returns a time no
+// later than the grant of any reservation of k in flight, the one ending
+// included, or 0 when none was recorded, and forgets one of the times:
+// the latest, not necessarily the ending reservation's own, which
+// Release does not name. The times kept then stay, sorted, each no later
+// than the grant of the reservation in flight of the same rank, so what
+// releasing returns never comes after the ending reservation's grant,
+// whatever the order of releases and however the clock moved between
+// the grants.
+func (s *pairSlots) releasing(k limitKey) int64 {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if q := s.m[k]; q != nil {
-		return q.grant
+	q := s.m[k]
+	if q == nil || len(q.grants) == 0 {
+		return 0
 	}
-	return 0
+	lo, hi := 0, 0
+	for i, g := range q.grants {
+		if g < q.grants[lo] {
+			lo = i
+		}
+		if g > q.grants[hi] {
+			hi = i
+		}
+	}
+	t := q.grants[lo]
+	last := len(q.grants) - 1
+	q.grants[hi] = q.grants[last]
+	q.grants = q.grants[:last]
+	return t
 }
 
 // release gives back a slot of k; without one held, it does nothing.

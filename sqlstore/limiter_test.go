@@ -310,6 +310,58 @@ func TestLimiterClockStepsBackDuringRequest(t *testing.T) {
 	})
 }
 
+// TestLimiterClockStepsBackKeepsFailures checks that the grant a
+// success is settled against is its own, not one of an earlier
+// reservation of the pair: after the clock steps back behind the grant
+// of a reservation that another waits for, failures with no time passing
+// never exceed the burst (RFC 6749 §10.10), however the pair's requests
+// overlap, each new one granted before the last ends.
+func TestLimiterClockStepsBackKeepsFailures(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, e *env) {
+		for name, o := range map[string]m2mauth.Outcome{"abandoned": m2mauth.OutcomeAbandoned, "authenticated": m2mauth.OutcomeAuthenticated} {
+			t.Run(name, func(t *testing.T) {
+				clock := newFakeClock()
+				l := e.newLimiter(t, e.newPrefix(t), clock, sqlstore.LimiterConfig{})
+				a := attempts{t, l}
+				const id, ip = "victim", "192.0.2.9"
+				// try makes an attempt, and reports whether it was
+				// granted without waiting for time to pass; it gives
+				// up on one lent out after within.
+				try := func(within time.Duration) bool {
+					ctx, cancel := context.WithTimeout(t.Context(), within)
+					defer cancel()
+					d, err := l.Reserve(ctx, id, ip)
+					return err == nil && d == 0
+				}
+				require.Zero(t, a.reserve(id, ip))
+				clock.Advance(-48 * time.Second)
+				reads := clock.watch()
+				waiter := make(chan bool, 1)
+				go func() { waiter <- try(time.Minute) }()
+				awaitReads(t, reads, 3) // the second waits for the first
+				a.release(id, ip, o)
+				require.True(t, <-waiter, "granted once the first is given back")
+				failures := 0
+				for range 10 {
+					for range 3 {
+						if !try(300 * time.Millisecond) {
+							break
+						}
+						a.release(id, ip, m2mauth.OutcomeFailed)
+						failures++
+					}
+					if !try(300 * time.Millisecond) { // the next overlaps the last
+						break
+					}
+					a.release(id, ip, o)
+				}
+				a.release(id, ip, o)
+				assert.LessOrEqual(t, failures, 5, "failures with no time passing (burst 5)")
+			})
+		}
+	})
+}
+
 // TestLimiterReleaseForgivesNoFailure checks that a success given back
 // settles no bucket that failures on another replica emptied meanwhile,
 // whatever each replica's ReservationTimeout: failures verified with no
