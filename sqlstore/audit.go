@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -138,7 +139,8 @@ type AuditorConfig struct {
 // count what happened.
 //
 // Delivery is at least once: a row may be written twice when a commit
-// succeeds but its answer is lost, or when the process dies after part of
+// succeeds but its answer is lost (the connection failed), or was still
+// awaited when Close gave up, or when the process dies after part of
 // the spill file was written to the table and before the file was
 // emptied (the next process writes the whole file again). Rows of events
 // that were held may be out of event order; event_time keeps it.
@@ -180,6 +182,12 @@ type Auditor struct {
 	held    []m2mauth.AuditEvent
 	heldMax int
 	spill   *spillFile // nil without a spill file
+	// doubts holds, under hmu, the batches whose commit a write gave up
+	// waiting for (see commit), until its outcome arrives; doubtful
+	// counts their events, and resolving the goroutines awaiting them.
+	doubts    map[*[]m2mauth.AuditEvent]struct{}
+	doubtful  int
+	resolving sync.WaitGroup
 
 	wake    chan struct{} // a held event is waiting (buffered, one slot)
 	stop    chan struct{} // closed by Close
@@ -368,9 +376,50 @@ func (a *Auditor) Lost() uint64 { return a.lost.Load() }
 // count events in the queue that were never tried.
 func (a *Auditor) Pending() int {
 	a.hmu.Lock()
-	n := len(a.held)
+	n := len(a.held) + a.doubtful
 	a.hmu.Unlock()
 	return n + a.spill.pending()
+}
+
+// doubt sets aside events whose commit a write gave up waiting for, p: a
+// MySQL commit goes on, and may have written them. They count as
+// pending, and are neither held nor written again until p's outcome
+// arrives; then they are written, or held for retry.
+func (a *Auditor) doubt(ctx context.Context, p *pendingCommit, events []m2mauth.AuditEvent) {
+	d := &events
+	a.hmu.Lock()
+	if a.doubts == nil {
+		a.doubts = make(map[*[]m2mauth.AuditEvent]struct{})
+	}
+	a.doubts[d] = struct{}{}
+	a.doubtful += len(events)
+	a.hmu.Unlock()
+	ctx = context.WithoutCancel(ctx)
+	a.resolving.Add(1)
+	go func() {
+		defer a.resolving.Done()
+		err := <-p.done
+		a.hmu.Lock()
+		_, ours := a.doubts[d] // else Close took them
+		delete(a.doubts, d)
+		a.hmu.Unlock()
+		if !ours {
+			return
+		}
+		if err != nil {
+			a.keep(ctx, err, events...)
+		} else {
+			a.logger.LogAttrs(ctx, slog.LevelWarn, "sqlstore: audit events whose commit timed out were committed after all",
+				slog.Int("events", len(events)))
+		}
+		a.hmu.Lock()
+		a.doubtful -= len(events)
+		a.hmu.Unlock()
+		select {
+		case a.wake <- struct{}{}:
+		default:
+		}
+	}()
 }
 
 // Close stops taking events (later ones go to the fallback auditor and
@@ -695,6 +744,10 @@ func (a *Auditor) writeQueued(ctx context.Context, batch []m2mauth.AuditEvent) {
 	}
 	if err := a.writeBatch(ctx, batch); err != nil {
 		a.failing(err)
+		if p := (*pendingCommit)(nil); errors.As(err, &p) {
+			a.doubt(ctx, p, slices.Clone(batch))
+			return
+		}
 		a.keep(ctx, err, batch...)
 		return
 	}
@@ -709,7 +762,9 @@ func (a *Auditor) retry(ctx context.Context) (bool, error) {
 	batch := append([]m2mauth.AuditEvent(nil), a.held[:min(len(a.held), retryBatch)]...)
 	a.hmu.Unlock()
 	if len(batch) > 0 {
-		if err := a.writeBatch(ctx, batch); err != nil {
+		err := a.writeBatch(ctx, batch)
+		p := (*pendingCommit)(nil)
+		if err != nil && !errors.As(err, &p) {
 			a.failing(err)
 			return true, err
 		}
@@ -718,6 +773,11 @@ func (a *Auditor) retry(ctx context.Context) (bool, error) {
 		clear(a.held[n:])
 		a.held = a.held[:n]
 		a.hmu.Unlock()
+		if p != nil {
+			a.failing(err)
+			a.doubt(ctx, p, batch)
+			return true, err
+		}
 		a.healthy()
 		return true, nil
 	}
@@ -730,8 +790,9 @@ func (a *Auditor) retry(ctx context.Context) (bool, error) {
 	if c.lines == 0 {
 		return false, nil
 	}
+	var p *pendingCommit
 	if len(c.events) > 0 {
-		if err := a.writeBatch(ctx, c.events); err != nil {
+		if err = a.writeBatch(ctx, c.events); err != nil && !errors.As(err, &p) {
 			a.failing(err)
 			return true, err
 		}
@@ -743,6 +804,12 @@ func (a *Auditor) retry(ctx context.Context) (bool, error) {
 	}
 	if err := a.spill.commit(c); err != nil {
 		a.logger.LogAttrs(ctx, slog.LevelError, "sqlstore: cannot remove the audit spill file", slog.Any("error", err))
+	}
+	if p != nil {
+		// Out of the file: held again if the commit fails.
+		a.failing(err)
+		a.doubt(ctx, p, c.events)
+		return true, err
 	}
 	if len(c.events) > 0 {
 		a.healthy()
@@ -785,9 +852,25 @@ func (a *Auditor) shutdown(batch []m2mauth.AuditEvent) {
 		<-timer.C
 	}
 
+	// Events whose commit is awaited: the outcome, until closeBy.
+	resolved := make(chan struct{})
+	go func() {
+		a.resolving.Wait()
+		close(resolved)
+	}()
+	select {
+	case <-resolved:
+	case <-ctx.Done():
+	}
 	a.hmu.Lock()
 	rest := a.held
 	a.held = nil
+	for d := range a.doubts {
+		// Spilled, and maybe written twice, rather than maybe lost.
+		rest = append(rest, *d...)
+		a.doubtful -= len(*d)
+	}
+	clear(a.doubts)
 	a.hmu.Unlock()
 	if len(rest) > 0 {
 		stored, err := a.spill.append(rest)

@@ -212,3 +212,52 @@ func TestMySQLStalledCommit(t *testing.T) {
 		})
 	}
 }
+
+// TestAuditorStalledCommitWrittenOnce: on MySQL, a batch of audit events
+// whose COMMIT outlasts the Auditor's Timeout is in doubt, not failed:
+// the commit goes on and may succeed. The events count as pending, the
+// Auditor reports itself unhealthy, and nothing writes them again until
+// the commit's outcome arrives; when it succeeds, each event is in the
+// table once.
+func TestAuditorStalledCommitWrittenOnce(t *testing.T) {
+	for _, b := range backends() {
+		if b.dialect != sqlstore.MySQL {
+			continue
+		}
+		t.Run(b.name, func(t *testing.T) {
+			e := &env{backend: b, dsn: b.dsn(t)}
+			e.db = e.open(t)
+			cfg, err := mysql.ParseDSN(e.dsn)
+			require.NoError(t, err)
+			proxy := newStallProxy(t, cfg.Addr, []byte("\x03COMMIT"))
+			cfg.Addr = proxy.ln.Addr().String()
+			db, err := sql.Open("mysql", cfg.FormatDSN())
+			require.NoError(t, err)
+			t.Cleanup(func() { db.Close() })
+			prefix := e.newPrefix(t)
+			e.newStore(t, sqlstore.Config{TablePrefix: prefix})
+
+			auditor, err := sqlstore.NewAuditor(db, sqlstore.MySQL, sqlstore.AuditorConfig{
+				TablePrefix: prefix, QueueSize: 16, Timeout: 300 * time.Millisecond,
+				MaxRetryDelay: 50 * time.Millisecond, Logger: slog.New(slog.DiscardHandler),
+			})
+			require.NoError(t, err)
+			t.Cleanup(func() { auditor.Close() })
+
+			proxy.arm()
+			auditor.Audit(t.Context(), m2mauth.AuditEvent{Type: m2mauth.EventTokenIssued, ClientID: "c", JTI: "jti-stalled"})
+			require.Eventually(t, func() bool { return auditor.AuditHealth() != nil }, 10*time.Second, 5*time.Millisecond)
+			// Several retry delays pass with the commit in doubt.
+			time.Sleep(300 * time.Millisecond)
+			assert.Equal(t, 1, auditor.Pending(), "in doubt")
+			assert.Error(t, auditor.AuditHealth())
+			proxy.disarm()
+			require.Eventually(t, func() bool { return auditor.Pending() == 0 }, 10*time.Second, 5*time.Millisecond)
+			var n int
+			require.NoError(t, e.db.QueryRow("SELECT COUNT(*) FROM "+prefix+"audit_events WHERE jti = ?", "jti-stalled").Scan(&n))
+			assert.Equal(t, 1, n, "rows of the event")
+			auditor.Audit(t.Context(), m2mauth.AuditEvent{Type: m2mauth.EventTokenIssued, ClientID: "c", JTI: "jti-after"})
+			require.Eventually(t, func() bool { return auditor.AuditHealth() == nil }, 10*time.Second, 5*time.Millisecond)
+		})
+	}
+}
