@@ -699,47 +699,67 @@ func TestAuditorSpillFileInUse(t *testing.T) {
 // write them twice.
 func TestAuditorSpillCompactedAtClose(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, e *env) {
-		const n = 300
-		prefix := e.newPrefix(t)
-		e.newStore(t, sqlstore.Config{TablePrefix: prefix})
-		spill := filepath.Join(t.TempDir(), "audit.spill")
-		db, o := e.openFlaky(t)
-		o.down.Store(true)
-		first, err := sqlstore.NewAuditor(db, e.dialect, sqlstore.AuditorConfig{
-			TablePrefix: prefix, Logger: slog.New(slog.DiscardHandler), RetryBuffer: 1,
-			SpillFile: spill, CloseTimeout: time.Millisecond,
-		})
-		require.NoError(t, err)
-		for i := range n {
-			first.Audit(t.Context(), testEvent(i))
+		for _, noCopy := range []bool{false, true} {
+			t.Run(map[bool]string{false: "compacted", true: "no room for a copy"}[noCopy], func(t *testing.T) {
+				spillCompactedAtClose(t, e, noCopy)
+			})
 		}
-		require.NoError(t, first.Close())
-		require.Equal(t, n, lineCount(t, spill))
-
-		// The next process writes one transaction of the file (256
-		// rows, in statements of auditChunk), then the database fails
-		// in the middle of the second (44 rows: 32, 8, 4).
-		db2, o2 := e.openFlaky(t)
-		o2.downAfter.Store(256/auditChunk + 1)
-		second, err := sqlstore.NewAuditor(db2, e.dialect, sqlstore.AuditorConfig{
-			TablePrefix: prefix, Logger: slog.New(slog.DiscardHandler), SpillFile: spill,
-			MaxRetryDelay: time.Hour, CloseTimeout: time.Millisecond,
-		})
-		require.NoError(t, err)
-		waitFor(t, "the database down again", o2.down.Load)
-		require.NoError(t, second.Close())
-		require.Equal(t, 256, e.countAuditRows(t, prefix))
-		assert.Equal(t, n-256, lineCount(t, spill), "only the lines not written are left")
-		assert.Equal(t, n-256, second.Pending())
-
-		third, err := sqlstore.NewAuditor(e.db, e.dialect, sqlstore.AuditorConfig{
-			TablePrefix: prefix, Logger: slog.New(slog.DiscardHandler), SpillFile: spill,
-		})
-		require.NoError(t, err)
-		waitFor(t, "the rest written", func() bool { return third.Pending() == 0 })
-		require.NoError(t, third.Close())
-		assert.Equal(t, wantRows(n, nil), e.sortedRows(t, prefix), "each event once")
 	})
+}
+
+// spillCompactedAtClose is TestAuditorSpillCompactedAtClose; with noCopy,
+// the compaction's copy of the file cannot be made (as on a full disk),
+// and Close marks the lines written in place instead.
+func spillCompactedAtClose(t *testing.T, e *env, noCopy bool) {
+	const n = 300
+	prefix := e.newPrefix(t)
+	e.newStore(t, sqlstore.Config{TablePrefix: prefix})
+	spill := filepath.Join(t.TempDir(), "audit.spill")
+	db, o := e.openFlaky(t)
+	o.down.Store(true)
+	first, err := sqlstore.NewAuditor(db, e.dialect, sqlstore.AuditorConfig{
+		TablePrefix: prefix, Logger: slog.New(slog.DiscardHandler), RetryBuffer: 1,
+		SpillFile: spill, CloseTimeout: time.Millisecond,
+	})
+	require.NoError(t, err)
+	for i := range n {
+		first.Audit(t.Context(), testEvent(i))
+	}
+	require.NoError(t, first.Close())
+	require.Equal(t, n, lineCount(t, spill))
+
+	// The next process writes one transaction of the file (256
+	// rows, in statements of auditChunk), then the database fails
+	// in the middle of the second (44 rows: 32, 8, 4).
+	db2, o2 := e.openFlaky(t)
+	o2.downAfter.Store(256/auditChunk + 1)
+	second, err := sqlstore.NewAuditor(db2, e.dialect, sqlstore.AuditorConfig{
+		TablePrefix: prefix, Logger: slog.New(slog.DiscardHandler), SpillFile: spill,
+		MaxRetryDelay: time.Hour, CloseTimeout: time.Millisecond,
+	})
+	require.NoError(t, err)
+	waitFor(t, "the database down again", o2.down.Load)
+	if noCopy {
+		// Where the copy would go, a directory that is not empty.
+		require.NoError(t, os.MkdirAll(filepath.Join(spill+".tmp", "in-the-way"), 0o700))
+	}
+	require.NoError(t, second.Close())
+	require.Equal(t, 256, e.countAuditRows(t, prefix))
+	if !noCopy {
+		assert.Equal(t, n-256, lineCount(t, spill), "only the lines not written are left")
+	}
+	assert.Equal(t, n-256, second.Pending())
+	require.NoError(t, os.RemoveAll(spill+".tmp"))
+
+	third, err := sqlstore.NewAuditor(e.db, e.dialect, sqlstore.AuditorConfig{
+		TablePrefix: prefix, Logger: slog.New(slog.DiscardHandler), SpillFile: spill,
+	})
+	require.NoError(t, err)
+	assert.Equal(t, n-256, third.Pending(), "the lines left to write")
+	waitFor(t, "the rest written", func() bool { return third.Pending() == 0 })
+	require.NoError(t, third.Close())
+	assert.Equal(t, wantRows(n, nil), e.sortedRows(t, prefix), "each event once")
+	assert.Zero(t, third.Lost(), "no line taken for unreadable")
 }
 
 // TestAuditorBounded: past the retry buffer and the spill file, events go

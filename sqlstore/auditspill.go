@@ -140,7 +140,7 @@ func (s *spillFile) count() error {
 	}
 	s.rd.Reset(io.NewSectionReader(s.f, 0, fi.Size()))
 	var last byte
-	for first, long := true, false; ; {
+	for first, long, marks := true, false, true; ; {
 		b, err := s.rd.ReadSlice('\n')
 		if len(b) > 0 {
 			last = b[len(b)-1]
@@ -154,6 +154,12 @@ func (s *spillFile) count() error {
 		}
 		if err != nil {
 			long = true
+			continue
+		}
+		if marks = marks && !long && bytes.HasPrefix(b, []byte(spillWritten)); marks {
+			// Lines an earlier process wrote to the table (see
+			// markWritten).
+			s.off, first = s.size, false
 			continue
 		}
 		if first && (long || !spillLine(b)) {
@@ -361,9 +367,59 @@ func (s *spillFile) close() error {
 		return removeSpill(f, s.path)
 	case s.off > 0:
 		err := s.compact(f)
+		if err != nil && s.markWritten() == nil {
+			// No room for a copy (the disk the file filled is still
+			// full, say), but the lines written are marked in place.
+			err = nil
+		}
 		return errors.Join(err, f.Close())
 	}
 	return f.Close()
+}
+
+// spillWritten begins the lines that stand, at the start of a spill
+// file, for lines written to the table: see markWritten.
+const spillWritten = spillPrefix + `"written"`
+
+// markWritten overwrites, in place, the lines before off with lines of
+// spillWritten and spaces, as many bytes in all, which count takes for
+// written. It needs no room that the file does not hold already, where
+// compact needs room for a copy. A process stopped while it writes
+// leaves, after the marks, lines already written to the table, which the
+// next process writes again (as without the marks), and at most one
+// line cut short, which it skips as unreadable.
+func (s *spillFile) markWritten() error {
+	// The file was opened for appending, which rules out writing at an
+	// offset.
+	w, err := os.OpenFile(s.path, os.O_WRONLY|spillNoFollow, 0)
+	if err != nil {
+		return err
+	}
+	defer w.Close()
+	const most = 4096 // bytes of a mark: within maxSpillLine
+	lines := (s.off + most - 1) / most
+	size, extra := s.off/lines, s.off%lines
+	if size < int64(len(spillWritten))+2 {
+		return errors.New("too short to mark")
+	}
+	buf := make([]byte, 0, most)
+	var at int64
+	for i := range lines {
+		n := size
+		if i < extra {
+			n++
+		}
+		buf = append(buf[:0], spillWritten...)
+		for int64(len(buf)) < n-2 {
+			buf = append(buf, ' ')
+		}
+		buf = append(buf, '}', '\n')
+		if _, err := w.WriteAt(buf, at); err != nil {
+			return err
+		}
+		at += n
+	}
+	return w.Sync()
 }
 
 // compact replaces the file with its lines after off.
