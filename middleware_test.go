@@ -162,6 +162,38 @@ var echo = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 	w.Write([]byte(c.ClientID + " " + c.Scopes.String()))
 })
 
+// getHangingUp serves h over HTTP and sends it one GET, with authz as
+// its Authorization header when set, whose client hangs up once hangUp
+// delivers, if hangUp is not nil. It returns once h has returned, and
+// closes served then. The response's body is closed.
+func getHangingUp(t *testing.T, h http.Handler, authz string, hangUp <-chan struct{}, served chan struct{}) (*http.Response, error) {
+	t.Helper()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		defer close(served)
+		h.ServeHTTP(w, r)
+	}))
+	defer srv.Close()
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	if hangUp != nil {
+		go func() {
+			<-hangUp
+			cancel()
+		}()
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, srv.URL, nil)
+	require.NoError(t, err)
+	if authz != "" {
+		req.Header.Set("Authorization", authz)
+	}
+	resp, err := srv.Client().Do(req)
+	if err == nil {
+		resp.Body.Close()
+	}
+	<-served
+	return resp, err
+}
+
 func call(h http.Handler, authz ...string) *httptest.ResponseRecorder {
 	r := httptest.NewRequest(http.MethodGet, "/api/builders", nil)
 	for _, a := range authz {

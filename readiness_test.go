@@ -328,30 +328,17 @@ func TestReadinessLogs(t *testing.T) {
 				}},
 			})
 			require.NoError(t, err)
-			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-				defer close(served)
-				h.ServeHTTP(w, r)
-			}))
-			defer srv.Close()
-			ctx, cancel := context.WithCancel(t.Context())
-			defer cancel()
+			var hangUp <-chan struct{}
 			if tt.hangUp {
-				go func() {
-					<-started
-					cancel()
-				}()
+				hangUp = started
 			}
-			req, err := http.NewRequestWithContext(ctx, http.MethodGet, srv.URL, nil)
-			require.NoError(t, err)
-			resp, err := srv.Client().Do(req)
+			resp, err := getHangingUp(t, h, "", hangUp, served)
 			if tt.hangUp {
 				require.ErrorIs(t, err, context.Canceled)
 			} else {
 				require.NoError(t, err)
-				resp.Body.Close()
 				assert.Equal(t, http.StatusServiceUnavailable, resp.StatusCode)
 			}
-			<-served
 			<-answered
 			// The run logs after the check answers; what it logs last
 			// is what the case expects.

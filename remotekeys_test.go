@@ -1143,34 +1143,19 @@ func TestValidatorCallerGoneWhileKeysFetched(t *testing.T) {
 				})),
 			})
 			require.NoError(t, err)
-			served := make(chan struct{})
 			api := v.RequireScopes("read")(http.HandlerFunc(func(http.ResponseWriter, *http.Request) { t.Error("reached") }))
-			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-				defer close(served)
-				api.ServeHTTP(w, r)
-			}))
-			defer srv.Close()
-			ctx, cancel := context.WithCancel(t.Context())
-			defer cancel()
+			var hangUp <-chan struct{}
 			if tt.hangUp {
-				go func() {
-					<-fetching // the validator waits for the keys
-					cancel()
-				}()
+				hangUp = fetching // once the validator waits for the keys
 			}
-			req, err := http.NewRequestWithContext(ctx, http.MethodGet, srv.URL, nil)
-			require.NoError(t, err)
-			req.Header.Set("Authorization", "Bearer eyJhbGciOiJFUzI1NiIsImtpZCI6ImsxIn0.e30.c2ln")
-			resp, err := srv.Client().Do(req)
+			resp, err := getHangingUp(t, api, "Bearer eyJhbGciOiJFUzI1NiIsImtpZCI6ImsxIn0.e30.c2ln", hangUp, make(chan struct{}))
 			if tt.hangUp {
 				require.ErrorIs(t, err, context.Canceled)
 			} else {
 				require.NoError(t, err)
-				resp.Body.Close()
 				assert.Equal(t, tt.code, strconv.Itoa(resp.StatusCode))
 				assert.Empty(t, resp.Header.Get("WWW-Authenticate"))
 			}
-			<-served
 			mu.Lock()
 			defer mu.Unlock()
 			require.Len(t, events, 1)

@@ -104,6 +104,25 @@ func (p *stallProxy) forward(dst, src net.Conn) {
 	}
 }
 
+// stallingCommits returns the environment of the MySQL backend b, and a
+// pool whose connections go through a proxy that holds their COMMITs
+// while armed.
+func stallingCommits(t *testing.T, b backend) (*env, *sql.DB, *stallProxy) {
+	t.Helper()
+	e := &env{backend: b, dsn: b.dsn(t)}
+	e.db = e.open(t)
+	cfg, err := mysql.ParseDSN(e.dsn)
+	require.NoError(t, err)
+	proxy := newStallProxy(t, cfg.Addr, []byte("\x03COMMIT"))
+	cfg.Addr = proxy.ln.Addr().String()
+	// Without a bound of ours, a stalled commit would end here.
+	cfg.ReadTimeout = 20 * time.Second
+	db, err := sql.Open("mysql", cfg.FormatDSN())
+	require.NoError(t, err)
+	t.Cleanup(func() { db.Close() })
+	return e, db, proxy
+}
+
 // TestMySQLStalledCommit: the MySQL driver commits without a context, so
 // a server that stalls on COMMIT held every transaction until the
 // connection's read timeout (a minute in the example), past the
@@ -115,18 +134,7 @@ func TestMySQLStalledCommit(t *testing.T) {
 			continue
 		}
 		t.Run(b.name, func(t *testing.T) {
-			e := &env{backend: b, dsn: b.dsn(t)}
-			e.db = e.open(t)
-			cfg, err := mysql.ParseDSN(e.dsn)
-			require.NoError(t, err)
-			proxy := newStallProxy(t, cfg.Addr, []byte("\x03COMMIT"))
-			cfg.Addr = proxy.ln.Addr().String()
-			// Without a bound of ours, a stalled commit would end here.
-			cfg.ReadTimeout = 20 * time.Second
-			db, err := sql.Open("mysql", cfg.FormatDSN())
-			require.NoError(t, err)
-			t.Cleanup(func() { db.Close() })
-
+			e, db, proxy := stallingCommits(t, b)
 			prefix := e.newPrefix(t)
 			var mu sync.Mutex
 			var audited []m2mauth.AuditEventType
@@ -225,15 +233,7 @@ func TestAuditorStalledCommitWrittenOnce(t *testing.T) {
 			continue
 		}
 		t.Run(b.name, func(t *testing.T) {
-			e := &env{backend: b, dsn: b.dsn(t)}
-			e.db = e.open(t)
-			cfg, err := mysql.ParseDSN(e.dsn)
-			require.NoError(t, err)
-			proxy := newStallProxy(t, cfg.Addr, []byte("\x03COMMIT"))
-			cfg.Addr = proxy.ln.Addr().String()
-			db, err := sql.Open("mysql", cfg.FormatDSN())
-			require.NoError(t, err)
-			t.Cleanup(func() { db.Close() })
+			e, db, proxy := stallingCommits(t, b)
 			prefix := e.newPrefix(t)
 			e.newStore(t, sqlstore.Config{TablePrefix: prefix})
 
