@@ -188,6 +188,9 @@ type Auditor struct {
 	doubts    map[*[]m2mauth.AuditEvent]struct{}
 	doubtful  int
 	resolving sync.WaitGroup
+	// shut is set, under hmu, once Close has taken the held events: the
+	// events held later go to the spill file, or are lost.
+	shut bool
 
 	wake    chan struct{} // a held event is waiting (buffered, one slot)
 	stop    chan struct{} // closed by Close
@@ -376,7 +379,16 @@ func (a *Auditor) Lost() uint64 { return a.lost.Load() }
 // count events in the queue that were never tried.
 func (a *Auditor) Pending() int {
 	a.hmu.Lock()
-	n := len(a.held) + a.doubtful
+	n := a.doubtful
+	a.hmu.Unlock()
+	return n + a.retryable()
+}
+
+// retryable returns how many events are held or spilled: Pending, less
+// those in doubt, which no retry writes.
+func (a *Auditor) retryable() int {
+	a.hmu.Lock()
+	n := len(a.held)
 	a.hmu.Unlock()
 	return n + a.spill.pending()
 }
@@ -384,8 +396,9 @@ func (a *Auditor) Pending() int {
 // doubt sets aside events whose commit a write gave up waiting for, p: a
 // MySQL commit goes on, and may have written them. They count as
 // pending, and are neither held nor written again until p's outcome
-// arrives; then they are written, or held for retry.
-func (a *Auditor) doubt(ctx context.Context, p *pendingCommit, events []m2mauth.AuditEvent) {
+// arrives; then they are written, or held for retry (and, with first,
+// counted as failed then: it was their first try).
+func (a *Auditor) doubt(ctx context.Context, p *pendingCommit, events []m2mauth.AuditEvent, first bool) {
 	d := &events
 	a.hmu.Lock()
 	if a.doubts == nil {
@@ -406,18 +419,20 @@ func (a *Auditor) doubt(ctx context.Context, p *pendingCommit, events []m2mauth.
 		if !ours {
 			return
 		}
-		if err != nil {
+		switch {
+		case err != nil && first:
 			a.keep(ctx, err, events...)
-		} else {
+		case err != nil:
+			a.hold(ctx, err, events...)
+		default:
 			a.logger.LogAttrs(ctx, slog.LevelWarn, "sqlstore: audit events whose commit timed out were committed after all",
 				slog.Int("events", len(events)))
 		}
 		a.hmu.Lock()
 		a.doubtful -= len(events)
 		a.hmu.Unlock()
-		select {
-		case a.wake <- struct{}{}:
-		default:
+		if err == nil {
+			a.healthy()
 		}
 	}()
 }
@@ -476,9 +491,17 @@ func (a *Auditor) healthy() {
 // file; the rest are lost.
 func (a *Auditor) keep(ctx context.Context, cause error, events ...m2mauth.AuditEvent) {
 	a.failures.Add(uint64(len(events)))
+	a.hold(ctx, cause, events...)
+}
+
+// hold is keep without counting the events as failures.
+func (a *Auditor) hold(ctx context.Context, cause error, events ...m2mauth.AuditEvent) {
 	a.hmu.Lock()
-	n := min(len(events), a.heldMax-len(a.held))
-	a.held = append(a.held, events[:n]...)
+	n := 0
+	if !a.shut {
+		n = min(len(events), a.heldMax-len(a.held))
+		a.held = append(a.held, events[:n]...)
+	}
 	a.hmu.Unlock()
 	if n < len(events) {
 		stored, err := a.spill.append(events[n:])
@@ -663,7 +686,7 @@ func (a *Auditor) run() {
 	batch := make([]m2mauth.AuditEvent, 0, a.queueMax)
 	for {
 		var retry <-chan time.Time
-		if a.Pending() > 0 {
+		if a.retryable() > 0 {
 			timer.Reset(time.Until(next))
 			retry = timer.C
 		}
@@ -745,7 +768,7 @@ func (a *Auditor) writeQueued(ctx context.Context, batch []m2mauth.AuditEvent) {
 	if err := a.writeBatch(ctx, batch); err != nil {
 		a.failing(err)
 		if p := (*pendingCommit)(nil); errors.As(err, &p) {
-			a.doubt(ctx, p, slices.Clone(batch))
+			a.doubt(ctx, p, slices.Clone(batch), true)
 			return
 		}
 		a.keep(ctx, err, batch...)
@@ -775,7 +798,7 @@ func (a *Auditor) retry(ctx context.Context) (bool, error) {
 		a.hmu.Unlock()
 		if p != nil {
 			a.failing(err)
-			a.doubt(ctx, p, batch)
+			a.doubt(ctx, p, batch, false)
 			return true, err
 		}
 		a.healthy()
@@ -808,7 +831,7 @@ func (a *Auditor) retry(ctx context.Context) (bool, error) {
 	if p != nil {
 		// Out of the file: held again if the commit fails.
 		a.failing(err)
-		a.doubt(ctx, p, c.events)
+		a.doubt(ctx, p, c.events, false)
 		return true, err
 	}
 	if len(c.events) > 0 {
@@ -863,6 +886,7 @@ func (a *Auditor) shutdown(batch []m2mauth.AuditEvent) {
 	case <-ctx.Done():
 	}
 	a.hmu.Lock()
+	a.shut = true
 	rest := a.held
 	a.held = nil
 	for d := range a.doubts {
