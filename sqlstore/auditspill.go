@@ -367,7 +367,7 @@ func (s *spillFile) close() error {
 		return removeSpill(f, s.path)
 	case s.off > 0:
 		err := s.compact(f)
-		if err != nil && s.markWritten() == nil {
+		if err != nil && s.markWritten(f) == nil {
 			// No room for a copy (the disk the file filled is still
 			// full, say), but the lines written are marked in place.
 			err = nil
@@ -388,14 +388,19 @@ const spillWritten = spillPrefix + `"written"`
 // leaves, after the marks, lines already written to the table, which the
 // next process writes again (as without the marks), and at most one
 // line cut short, which it skips as unreadable.
-func (s *spillFile) markWritten() error {
-	// The file was opened for appending, which rules out writing at an
-	// offset.
+func (s *spillFile) markWritten(f *os.File) error {
+	// f was opened for appending, which rules out writing at an offset:
+	// the path is opened again, and must still be f.
 	w, err := os.OpenFile(s.path, os.O_WRONLY|spillNoFollow, 0)
 	if err != nil {
 		return err
 	}
 	defer w.Close()
+	fi, ferr := f.Stat()
+	wi, werr := w.Stat()
+	if ferr != nil || werr != nil || !os.SameFile(fi, wi) {
+		return errors.New("the path no longer names the file")
+	}
 	const most = 4096 // bytes of a mark: within maxSpillLine
 	lines := (s.off + most - 1) / most
 	size, extra := s.off/lines, s.off%lines
