@@ -632,10 +632,11 @@ func (r *limitRow) lapse(now int64) {
 //
 // full is now, or, when later, what this replica's clock read at the
 // grant of a reservation in flight, no more than it read at the grant of
-// the one being released (see pairSlots.releasing): the grant came first, so a
-// bucket full as of then is full now, whatever the clock reads now. A
-// success given back on a clock that stepped back since its grant would
-// otherwise leave the grant's time as refilled_at, and the same lockout.
+// the one being released (see pairSlots.releasing): the grant came
+// first, so a bucket full as of then is full now, whatever the clock
+// reads now. A success given back on a clock that stepped back since its
+// grant would otherwise leave the grant's time as refilled_at, and the
+// same lockout.
 // (The time is this replica's own reading, never one derived from
 // another replica's configuration or row, nor one read after the grant.)
 func (r *limitRow) settle(full int64) {

@@ -104,23 +104,29 @@ func (p *stallProxy) forward(dst, src net.Conn) {
 	}
 }
 
-// stallingCommits returns the environment of the MySQL backend b, and a
-// pool whose connections go through a proxy that holds their COMMITs
-// while armed.
-func stallingCommits(t *testing.T, b backend) (*env, *sql.DB, *stallProxy) {
-	t.Helper()
-	e := &env{backend: b, dsn: b.dsn(t)}
-	e.db = e.open(t)
-	cfg, err := mysql.ParseDSN(e.dsn)
-	require.NoError(t, err)
-	proxy := newStallProxy(t, cfg.Addr, []byte("\x03COMMIT"))
-	cfg.Addr = proxy.ln.Addr().String()
-	// Without a bound of ours, a stalled commit would end here.
-	cfg.ReadTimeout = 20 * time.Second
-	db, err := sql.Open("mysql", cfg.FormatDSN())
-	require.NoError(t, err)
-	t.Cleanup(func() { db.Close() })
-	return e, db, proxy
+// forStallingCommits runs f as a subtest for the MySQL backend, when it
+// is set, with its environment and a pool whose connections go through
+// a proxy that holds their COMMITs while armed.
+func forStallingCommits(t *testing.T, f func(t *testing.T, e *env, db *sql.DB, proxy *stallProxy)) {
+	for _, b := range backends() {
+		if b.dialect != sqlstore.MySQL {
+			continue
+		}
+		t.Run(b.name, func(t *testing.T) {
+			e := &env{backend: b, dsn: b.dsn(t)}
+			e.db = e.open(t)
+			cfg, err := mysql.ParseDSN(e.dsn)
+			require.NoError(t, err)
+			proxy := newStallProxy(t, cfg.Addr, []byte("\x03COMMIT"))
+			cfg.Addr = proxy.ln.Addr().String()
+			// Without a bound of ours, a stalled commit would end here.
+			cfg.ReadTimeout = 20 * time.Second
+			db, err := sql.Open("mysql", cfg.FormatDSN())
+			require.NoError(t, err)
+			t.Cleanup(func() { db.Close() })
+			f(t, e, db, proxy)
+		})
+	}
 }
 
 // TestMySQLStalledCommit: the MySQL driver commits without a context, so
@@ -129,96 +135,90 @@ func stallingCommits(t *testing.T, b backend) (*env, *sql.DB, *stallProxy) {
 // caller's deadline: a token request's StoreTimeout, an audit write's
 // Timeout. Each transaction must end with its context.
 func TestMySQLStalledCommit(t *testing.T) {
-	for _, b := range backends() {
-		if b.dialect != sqlstore.MySQL {
-			continue
-		}
-		t.Run(b.name, func(t *testing.T) {
-			e, db, proxy := stallingCommits(t, b)
-			prefix := e.newPrefix(t)
-			var mu sync.Mutex
-			var audited []m2mauth.AuditEventType
-			store, err := sqlstore.New(db, sqlstore.MySQL, sqlstore.Config{
-				TablePrefix: prefix, Logger: slog.New(slog.DiscardHandler),
-				Auditor: m2mauth.AuditorFunc(func(_ context.Context, ev m2mauth.AuditEvent) {
-					mu.Lock()
-					defer mu.Unlock()
-					audited = append(audited, ev.Type)
-				}),
-			})
-			require.NoError(t, err)
-			require.NoError(t, store.Migrate(t.Context()))
-			t.Cleanup(func() { store.Close() })
-			require.NoError(t, store.CreateClient(t.Context(), clientWithSecrets(t, "stalled", 1)))
-			// Queued events are written in transactions (one event
-			// alone is not).
-			auditor, err := sqlstore.NewAuditor(db, sqlstore.MySQL, sqlstore.AuditorConfig{
-				TablePrefix: prefix, QueueSize: 16, Timeout: 300 * time.Millisecond, CloseTimeout: time.Second,
-				Logger: slog.New(slog.DiscardHandler),
-			})
-			require.NoError(t, err)
-			limiter, err := sqlstore.NewLimiter(db, sqlstore.MySQL, sqlstore.LimiterConfig{TablePrefix: prefix})
-			require.NoError(t, err)
-			t.Cleanup(func() { limiter.Close() })
-
-			const deadline = 300 * time.Millisecond
-			// Well under the read timeout, and far above the deadline,
-			// for a loaded machine.
-			const bound = 10 * time.Second
-			steps := []struct {
-				name string
-				run  func(ctx context.Context) error
-			}{
-				{"Store.SetDisabled", func(ctx context.Context) error { return store.SetDisabled(ctx, "stalled", true) }},
-				{"Limiter.Reserve", func(ctx context.Context) error {
-					_, err := limiter.Reserve(ctx, "stalled", "192.0.2.7")
-					return err
-				}},
-				{"Auditor", func(context.Context) error {
-					// The write fails once its Timeout has passed, and
-					// the auditor says so (RequireAudit then refuses
-					// tokens).
-					auditor.Audit(t.Context(), m2mauth.AuditEvent{Time: time.Now(), Type: m2mauth.EventTokenIssued, ClientID: "stalled"})
-					for start := time.Now(); time.Since(start) < bound; time.Sleep(10 * time.Millisecond) {
-						if err := auditor.AuditHealth(); err != nil {
-							return err
-						}
-					}
-					return nil
-				}},
-			}
-			for _, st := range steps {
-				t.Run(st.name, func(t *testing.T) {
-					proxy.arm()
-					defer proxy.disarm()
-					ctx, cancel := context.WithTimeout(t.Context(), deadline)
-					defer cancel()
-					start := time.Now()
-					err := st.run(ctx)
-					took := time.Since(start)
-					require.Error(t, err, "a commit that never answered succeeded")
-					assert.True(t, errors.Is(err, context.DeadlineExceeded) || st.name == "Auditor", "%v", err)
-					assert.Less(t, took, bound, "held past its deadline: %v", err)
-				})
-			}
-			start := time.Now()
-			auditor.Close()
-			assert.Less(t, time.Since(start), bound, "Close")
-
-			// The server answered the held COMMIT once released: the
-			// change its caller was told had failed was made, and is
-			// audited after all.
-			require.Eventually(t, func() bool {
-				c, err := store.Client(t.Context(), "stalled")
-				return err == nil && c.Disabled
-			}, bound, 10*time.Millisecond)
-			require.Eventually(t, func() bool {
+	forStallingCommits(t, func(t *testing.T, e *env, db *sql.DB, proxy *stallProxy) {
+		prefix := e.newPrefix(t)
+		var mu sync.Mutex
+		var audited []m2mauth.AuditEventType
+		store, err := sqlstore.New(db, sqlstore.MySQL, sqlstore.Config{
+			TablePrefix: prefix, Logger: slog.New(slog.DiscardHandler),
+			Auditor: m2mauth.AuditorFunc(func(_ context.Context, ev m2mauth.AuditEvent) {
 				mu.Lock()
 				defer mu.Unlock()
-				return slices.Contains(audited, m2mauth.EventClientDisabled)
-			}, bound, 10*time.Millisecond, "the change that committed late is not audited")
+				audited = append(audited, ev.Type)
+			}),
 		})
-	}
+		require.NoError(t, err)
+		require.NoError(t, store.Migrate(t.Context()))
+		t.Cleanup(func() { store.Close() })
+		require.NoError(t, store.CreateClient(t.Context(), clientWithSecrets(t, "stalled", 1)))
+		// Queued events are written in transactions (one event
+		// alone is not).
+		auditor, err := sqlstore.NewAuditor(db, sqlstore.MySQL, sqlstore.AuditorConfig{
+			TablePrefix: prefix, QueueSize: 16, Timeout: 300 * time.Millisecond, CloseTimeout: time.Second,
+			Logger: slog.New(slog.DiscardHandler),
+		})
+		require.NoError(t, err)
+		limiter, err := sqlstore.NewLimiter(db, sqlstore.MySQL, sqlstore.LimiterConfig{TablePrefix: prefix})
+		require.NoError(t, err)
+		t.Cleanup(func() { limiter.Close() })
+
+		const deadline = 300 * time.Millisecond
+		// Well under the read timeout, and far above the deadline,
+		// for a loaded machine.
+		const bound = 10 * time.Second
+		steps := []struct {
+			name string
+			run  func(ctx context.Context) error
+		}{
+			{"Store.SetDisabled", func(ctx context.Context) error { return store.SetDisabled(ctx, "stalled", true) }},
+			{"Limiter.Reserve", func(ctx context.Context) error {
+				_, err := limiter.Reserve(ctx, "stalled", "192.0.2.7")
+				return err
+			}},
+			{"Auditor", func(context.Context) error {
+				// The write fails once its Timeout has passed, and
+				// the auditor says so (RequireAudit then refuses
+				// tokens).
+				auditor.Audit(t.Context(), m2mauth.AuditEvent{Time: time.Now(), Type: m2mauth.EventTokenIssued, ClientID: "stalled"})
+				for start := time.Now(); time.Since(start) < bound; time.Sleep(10 * time.Millisecond) {
+					if err := auditor.AuditHealth(); err != nil {
+						return err
+					}
+				}
+				return nil
+			}},
+		}
+		for _, st := range steps {
+			t.Run(st.name, func(t *testing.T) {
+				proxy.arm()
+				defer proxy.disarm()
+				ctx, cancel := context.WithTimeout(t.Context(), deadline)
+				defer cancel()
+				start := time.Now()
+				err := st.run(ctx)
+				took := time.Since(start)
+				require.Error(t, err, "a commit that never answered succeeded")
+				assert.True(t, errors.Is(err, context.DeadlineExceeded) || st.name == "Auditor", "%v", err)
+				assert.Less(t, took, bound, "held past its deadline: %v", err)
+			})
+		}
+		start := time.Now()
+		auditor.Close()
+		assert.Less(t, time.Since(start), bound, "Close")
+
+		// The server answered the held COMMIT once released: the
+		// change its caller was told had failed was made, and is
+		// audited after all.
+		require.Eventually(t, func() bool {
+			c, err := store.Client(t.Context(), "stalled")
+			return err == nil && c.Disabled
+		}, bound, 10*time.Millisecond)
+		require.Eventually(t, func() bool {
+			mu.Lock()
+			defer mu.Unlock()
+			return slices.Contains(audited, m2mauth.EventClientDisabled)
+		}, bound, 10*time.Millisecond, "the change that committed late is not audited")
+	})
 }
 
 // TestAuditorStalledCommitWrittenOnce: on MySQL, a batch of audit events
@@ -229,37 +229,31 @@ func TestMySQLStalledCommit(t *testing.T) {
 // each event is in the table once, and the Auditor is healthy again
 // without another event.
 func TestAuditorStalledCommitWrittenOnce(t *testing.T) {
-	for _, b := range backends() {
-		if b.dialect != sqlstore.MySQL {
-			continue
-		}
-		t.Run(b.name, func(t *testing.T) {
-			e, db, proxy := stallingCommits(t, b)
-			prefix := e.newPrefix(t)
-			e.newStore(t, sqlstore.Config{TablePrefix: prefix})
+	forStallingCommits(t, func(t *testing.T, e *env, db *sql.DB, proxy *stallProxy) {
+		prefix := e.newPrefix(t)
+		e.newStore(t, sqlstore.Config{TablePrefix: prefix})
 
-			auditor, err := sqlstore.NewAuditor(db, sqlstore.MySQL, sqlstore.AuditorConfig{
-				TablePrefix: prefix, QueueSize: 16, Timeout: 300 * time.Millisecond,
-				MaxRetryDelay: 50 * time.Millisecond, Logger: slog.New(slog.DiscardHandler),
-			})
-			require.NoError(t, err)
-			t.Cleanup(func() { auditor.Close() })
-
-			proxy.arm()
-			auditor.Audit(t.Context(), m2mauth.AuditEvent{Type: m2mauth.EventTokenIssued, ClientID: "c", JTI: "jti-stalled"})
-			require.Eventually(t, func() bool { return auditor.AuditHealth() != nil }, 10*time.Second, 5*time.Millisecond)
-			// Many retry delays pass with the commit in doubt.
-			before := cpuTime(t)
-			time.Sleep(time.Second)
-			assert.Less(t, cpuTime(t)-before, 300*time.Millisecond, "CPU time while in doubt")
-			assert.Equal(t, 1, auditor.Pending(), "in doubt")
-			assert.Error(t, auditor.AuditHealth())
-			proxy.disarm()
-			require.Eventually(t, func() bool { return auditor.Pending() == 0 }, 10*time.Second, 5*time.Millisecond)
-			var n int
-			require.NoError(t, e.db.QueryRow("SELECT COUNT(*) FROM "+prefix+"audit_events WHERE jti = ?", "jti-stalled").Scan(&n))
-			assert.Equal(t, 1, n, "rows of the event")
-			require.Eventually(t, func() bool { return auditor.AuditHealth() == nil }, 10*time.Second, 5*time.Millisecond)
+		auditor, err := sqlstore.NewAuditor(db, sqlstore.MySQL, sqlstore.AuditorConfig{
+			TablePrefix: prefix, QueueSize: 16, Timeout: 300 * time.Millisecond,
+			MaxRetryDelay: 50 * time.Millisecond, Logger: slog.New(slog.DiscardHandler),
 		})
-	}
+		require.NoError(t, err)
+		t.Cleanup(func() { auditor.Close() })
+
+		proxy.arm()
+		auditor.Audit(t.Context(), m2mauth.AuditEvent{Type: m2mauth.EventTokenIssued, ClientID: "c", JTI: "jti-stalled"})
+		require.Eventually(t, func() bool { return auditor.AuditHealth() != nil }, 10*time.Second, 5*time.Millisecond)
+		// Many retry delays pass with the commit in doubt.
+		before := cpuTime(t)
+		time.Sleep(time.Second)
+		assert.Less(t, cpuTime(t)-before, 300*time.Millisecond, "CPU time while in doubt")
+		assert.Equal(t, 1, auditor.Pending(), "in doubt")
+		assert.Error(t, auditor.AuditHealth())
+		proxy.disarm()
+		require.Eventually(t, func() bool { return auditor.Pending() == 0 }, 10*time.Second, 5*time.Millisecond)
+		var n int
+		require.NoError(t, e.db.QueryRow("SELECT COUNT(*) FROM "+prefix+"audit_events WHERE jti = ?", "jti-stalled").Scan(&n))
+		assert.Equal(t, 1, n, "rows of the event")
+		require.Eventually(t, func() bool { return auditor.AuditHealth() == nil }, 10*time.Second, 5*time.Millisecond)
+	})
 }
