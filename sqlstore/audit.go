@@ -2,7 +2,10 @@ package sqlstore
 
 import (
 	"context"
+	cryptorand "crypto/rand"
 	"database/sql"
+	"encoding/binary"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -138,12 +141,19 @@ type AuditorConfig struct {
 // unrecorded. [Auditor.Failures], [Auditor.Lost] and [Auditor.Pending]
 // count what happened.
 //
-// Delivery is at least once: a row may be written twice when a commit
-// succeeds but its answer is lost (the connection failed), or was still
-// awaited when Close gave up, or when the process dies after part of
-// the spill file was written to the table and before the file was
-// emptied (the next process writes the whole file again). Rows of events
-// that were held may be out of event order; event_time keeps it.
+// Each event is in the table once. The Auditor gives every event a key
+// when it receives it, kept with the event while it is held, spilled or
+// in doubt, and written in the row's event_key column, which the table
+// holds at most once (version 7 of the schema on PostgreSQL, 8 on MySQL
+// and SQLite); writing an event again inserts nothing. So a write
+// repeated after a commit that succeeded without the Auditor learning it
+// (its answer lost with the connection, or still awaited when Close gave
+// up) adds no row, nor does a spill file written to the table again by
+// the next process when the last one died before emptying it. Lines of a
+// spill file written by a release before keys have none: they are given
+// one when read, so such a file written again after a crash may still
+// add rows twice. Rows of events that were held may be out of event
+// order; event_time keeps it.
 //
 // An Auditor is safe for concurrent use. It runs a background goroutine
 // until [Auditor.Close], which the owner must call.
@@ -161,6 +171,7 @@ type Auditor struct {
 	closeWait time.Duration
 	gather    time.Duration // AuditorConfig.BatchDelay
 
+	keys     eventKeys
 	failures atomic.Uint64
 	lost     atomic.Uint64
 	// health holds the error that makes AuditHealth fail, nil while
@@ -173,19 +184,19 @@ type Auditor struct {
 	mu       sync.RWMutex
 	closed   atomic.Bool
 	inflight sync.WaitGroup
-	queue    chan m2mauth.AuditEvent // nil without a queue
+	queue    chan record // nil without a queue
 	queueMax int
 
 	// hmu guards held, the events waiting for a retry, oldest first;
 	// only the writer removes events from it.
 	hmu     sync.Mutex
-	held    []m2mauth.AuditEvent
+	held    []record
 	heldMax int
 	spill   *spillFile // nil without a spill file
 	// doubts holds, under hmu, the batches whose commit a write gave up
 	// waiting for (see commit), until its outcome arrives; doubtful
 	// counts their events, and resolving the goroutines awaiting them.
-	doubts    map[*[]m2mauth.AuditEvent]struct{}
+	doubts    map[*[]record]struct{}
 	doubtful  int
 	resolving sync.WaitGroup
 	// shut is set, under hmu, once Close has taken the held events: the
@@ -205,6 +216,59 @@ var (
 	_ m2mauth.Auditor            = (*Auditor)(nil)
 	_ m2mauth.AuditHealthChecker = (*Auditor)(nil)
 )
+
+// record is an event as an Auditor keeps it until its row is written:
+// with the key that makes the row unique.
+type record struct {
+	m2mauth.AuditEvent
+	key eventKey
+}
+
+// eventKey is the event_key of an audit row: the random prefix of the
+// Auditor that received the event, then its number among that Auditor's
+// events. The table holds each key at most once, so an event written
+// again, after an outcome that was lost, inserts nothing. The prefix is
+// 64 random bits, so that two Auditors, in this process or any other,
+// share none but by a chance of one in 2^64 for each pair; the number
+// keeps the rows one Auditor inserts next to each other in the index.
+type eventKey [16]byte
+
+// String returns k in hexadecimal, as a spill file holds it.
+func (k eventKey) String() string { return hex.EncodeToString(k[:]) }
+
+// parse sets k from s, as String returns it, and reports whether s is
+// one. It accepts "" as the key of a line that has none, and leaves k
+// unchanged then.
+func (k *eventKey) parse(s string) bool {
+	if s == "" {
+		return true
+	}
+	var b eventKey
+	if len(s) != 2*len(b) {
+		return false
+	}
+	if _, err := hex.Decode(b[:], []byte(s)); err != nil {
+		return false
+	}
+	*k = b
+	return true
+}
+
+// eventKeys makes the keys of one Auditor's events.
+type eventKeys struct {
+	once   sync.Once
+	prefix [8]byte
+	n      atomic.Uint64
+}
+
+// next returns a key no other call returns.
+func (s *eventKeys) next() eventKey {
+	s.once.Do(func() { cryptorand.Read(s.prefix[:]) })
+	var k eventKey
+	copy(k[:8], s.prefix[:])
+	binary.BigEndian.PutUint64(k[8:], s.n.Add(1))
+	return k
+}
 
 // errAuditorClosed is the cause given for events received after Close.
 var errAuditorClosed = errors.New("sqlstore: auditor closed")
@@ -301,7 +365,7 @@ func NewAuditor(db *sql.DB, dialect Dialect, cfg AuditorConfig) (*Auditor, error
 		a.inserts[k] = lazyStmt{db: db, query: rows.query(1 << k)}
 	}
 	if cfg.QueueSize > 0 {
-		a.queue = make(chan m2mauth.AuditEvent, cfg.QueueSize)
+		a.queue = make(chan record, cfg.QueueSize)
 	}
 	go a.run()
 	return a, nil
@@ -321,12 +385,13 @@ func (a *Auditor) Audit(ctx context.Context, e m2mauth.AuditEvent) {
 	if a.closed.Load() {
 		a.mu.RUnlock()
 		a.failures.Add(1)
-		a.lose(ctx, errAuditorClosed, e)
+		a.lose(ctx, errAuditorClosed, record{AuditEvent: e})
 		return
 	}
+	r := record{AuditEvent: e, key: a.keys.next()}
 	if a.queue != nil {
 		select {
-		case a.queue <- e:
+		case a.queue <- r:
 			a.mu.RUnlock()
 			return
 		default: // full: write it here, which also slows the caller
@@ -337,12 +402,12 @@ func (a *Auditor) Audit(ctx context.Context, e m2mauth.AuditEvent) {
 	defer a.inflight.Done()
 
 	if err := a.holding(); err != nil {
-		a.keep(ctx, err, e)
+		a.keep(ctx, err, r)
 		return
 	}
-	if err := a.write(ctx, e); err != nil {
+	if err := a.write(ctx, r); err != nil {
 		a.failing(err)
-		a.keep(ctx, err, e)
+		a.keep(ctx, err, r)
 		return
 	}
 	a.healthy()
@@ -398,11 +463,11 @@ func (a *Auditor) retryable() int {
 // pending, and are neither held nor written again until p's outcome
 // arrives; then they are written, or held for retry (and, with first,
 // counted as failed then: it was their first try).
-func (a *Auditor) doubt(ctx context.Context, p *pendingCommit, events []m2mauth.AuditEvent, first bool) {
+func (a *Auditor) doubt(ctx context.Context, p *pendingCommit, events []record, first bool) {
 	d := &events
 	a.hmu.Lock()
 	if a.doubts == nil {
-		a.doubts = make(map[*[]m2mauth.AuditEvent]struct{})
+		a.doubts = make(map[*[]record]struct{})
 	}
 	a.doubts[d] = struct{}{}
 	a.doubtful += len(events)
@@ -489,13 +554,13 @@ func (a *Auditor) healthy() {
 // keep holds events that were not written (because of cause) for the
 // background retry: in memory while there is room, then in the spill
 // file; the rest are lost.
-func (a *Auditor) keep(ctx context.Context, cause error, events ...m2mauth.AuditEvent) {
+func (a *Auditor) keep(ctx context.Context, cause error, events ...record) {
 	a.failures.Add(uint64(len(events)))
 	a.hold(ctx, cause, events...)
 }
 
 // hold is keep without counting the events as failures.
-func (a *Auditor) hold(ctx context.Context, cause error, events ...m2mauth.AuditEvent) {
+func (a *Auditor) hold(ctx context.Context, cause error, events ...record) {
 	a.hmu.Lock()
 	n := 0
 	if !a.shut {
@@ -521,22 +586,22 @@ func (a *Auditor) hold(ctx context.Context, cause error, events ...m2mauth.Audit
 }
 
 // lose passes events to the fallback auditor and counts them as lost.
-func (a *Auditor) lose(ctx context.Context, cause error, events ...m2mauth.AuditEvent) {
+func (a *Auditor) lose(ctx context.Context, cause error, events ...record) {
 	a.lost.Add(uint64(len(events)))
 	ctx = context.WithoutCancel(ctx)
 	for _, e := range events {
 		a.logger.LogAttrs(ctx, slog.LevelError, "sqlstore: audit event not written; passing it to the fallback auditor",
 			slog.String("event", string(e.Type)), slog.String("client_id", e.ClientID), slog.Any("error", cause))
-		a.fallback.Audit(ctx, e)
+		a.fallback.Audit(ctx, e.AuditEvent)
 	}
 }
 
 // auditFields is the number of values of an audit row, those that
 // appendAuditArgs appends.
-const auditFields = 11
+const auditFields = 12
 
 // auditChunk is the most rows one statement inserts, 1<<auditChunkBits.
-// 64 rows of 11 values take 704 parameters, below the limit of every
+// 64 rows of 12 values take 768 parameters, below the limit of every
 // engine (999 on SQLite before 3.32, 65535 on PostgreSQL and MySQL).
 // Larger statements save little more: most of the round trips and of the
 // per-statement work are gone at 64. On SQLite, a statement of several
@@ -549,8 +614,9 @@ const (
 )
 
 // appendAuditArgs appends the insert's arguments for e to args.
-func appendAuditArgs(args []any, e m2mauth.AuditEvent) []any {
-	return append(args, e.Time.UnixMicro(), auditText(string(e.Type)), auditText(e.ClientID),
+func appendAuditArgs(args []any, e record) []any {
+	key := e.key
+	return append(args, key[:], e.Time.UnixMicro(), auditText(string(e.Type)), auditText(e.ClientID),
 		auditText(e.RemoteIP), auditText(e.UserAgent), auditText(e.Audience), auditText(e.Scopes.String()),
 		auditText(e.JTI), auditText(e.SecretID), auditText(e.Error), auditText(e.Reason))
 }
@@ -558,9 +624,11 @@ func appendAuditArgs(args []any, e m2mauth.AuditEvent) []any {
 // rowsInsert makes inserts of several audit rows from the dialect's
 // one-row insert: its text up to VALUES, then a tuple of placeholders
 // per row, numbered across the rows when the dialect numbers them
-// ($1, $2, …; PostgreSQL), or each "?".
+// ($1, $2, …; PostgreSQL), or each "?", then what follows the tuple (what
+// to do with a key already there).
 type rowsInsert struct {
 	head     string // the one-row insert up to and including "VALUES "
+	tail     string // the one-row insert after its tuple
 	numbered bool
 }
 
@@ -574,9 +642,14 @@ func newRowsInsert(single string) (rowsInsert, error) {
 	if i < 0 {
 		return rowsInsert{}, errors.New("sqlstore: the audit insert has no VALUES")
 	}
-	r := rowsInsert{head: single[:i+len(values)], numbered: strings.HasPrefix(single[i+len(values):], "($")}
+	head, tuple := single[:i+len(values)], single[i+len(values):]
+	j := strings.IndexByte(tuple, ')')
+	if j < 0 {
+		return rowsInsert{}, errors.New("sqlstore: the audit insert has no row of values")
+	}
+	r := rowsInsert{head: head, tail: tuple[j+1:], numbered: strings.HasPrefix(tuple, "($")}
 	if r.query(1) != single {
-		return rowsInsert{}, fmt.Errorf("sqlstore: the audit insert does not end with one row of %d values", auditFields)
+		return rowsInsert{}, fmt.Errorf("sqlstore: the audit insert does not have one row of %d values", auditFields)
 	}
 	return r, nil
 }
@@ -584,7 +657,7 @@ func newRowsInsert(single string) (rowsInsert, error) {
 // query returns the insert of n rows.
 func (r rowsInsert) query(n int) string {
 	var b strings.Builder
-	b.Grow(len(r.head) + n*auditFields*6)
+	b.Grow(len(r.head) + n*auditFields*6 + len(r.tail))
 	b.WriteString(r.head)
 	for i := range n {
 		if i > 0 {
@@ -604,10 +677,11 @@ func (r rowsInsert) query(n int) string {
 		}
 		b.WriteByte(')')
 	}
+	b.WriteString(r.tail)
 	return b.String()
 }
 
-func (a *Auditor) write(ctx context.Context, e m2mauth.AuditEvent) error {
+func (a *Auditor) write(ctx context.Context, e record) error {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), a.timeout)
 	defer cancel()
 	stmt, err := a.inserts[0].get(ctx)
@@ -624,7 +698,7 @@ func (a *Auditor) write(ctx context.Context, e m2mauth.AuditEvent) error {
 // two they add up to (45 rows: 32, 8, 4, then 1), so that every statement
 // is one of a few prepared once, and a batch of n rows takes at most
 // n/auditChunk + auditChunkBits statements.
-func (a *Auditor) writeBatch(ctx context.Context, batch []m2mauth.AuditEvent) (err error) {
+func (a *Auditor) writeBatch(ctx context.Context, batch []record) (err error) {
 	ctx, cancel := context.WithTimeout(ctx, a.timeout)
 	defer cancel()
 	// Statements are prepared before the transaction takes its
@@ -683,7 +757,7 @@ func (a *Auditor) run() {
 		attempt int       // failed retries in a row
 		next    time.Time // when to retry held events
 	)
-	batch := make([]m2mauth.AuditEvent, 0, a.queueMax)
+	batch := make([]record, 0, a.queueMax)
 	for {
 		var retry <-chan time.Time
 		if a.retryable() > 0 {
@@ -730,7 +804,7 @@ func retryDelay(attempt int, max time.Duration) time.Duration {
 
 // wait adds to batch the events queued within a.gather, until the batch
 // is full or the Auditor is closing.
-func (a *Auditor) wait(batch []m2mauth.AuditEvent) []m2mauth.AuditEvent {
+func (a *Auditor) wait(batch []record) []record {
 	t := time.NewTimer(a.gather)
 	defer t.Stop()
 	for len(batch) < a.queueMax {
@@ -747,7 +821,7 @@ func (a *Auditor) wait(batch []m2mauth.AuditEvent) []m2mauth.AuditEvent {
 }
 
 // fill adds to batch what is waiting in the queue, up to a.queueMax events.
-func (a *Auditor) fill(batch []m2mauth.AuditEvent) []m2mauth.AuditEvent {
+func (a *Auditor) fill(batch []record) []record {
 	for len(batch) < a.queueMax {
 		select {
 		case e := <-a.queue:
@@ -760,7 +834,7 @@ func (a *Auditor) fill(batch []m2mauth.AuditEvent) []m2mauth.AuditEvent {
 }
 
 // writeQueued writes a batch taken from the queue, or holds it.
-func (a *Auditor) writeQueued(ctx context.Context, batch []m2mauth.AuditEvent) {
+func (a *Auditor) writeQueued(ctx context.Context, batch []record) {
 	if err := a.holding(); err != nil {
 		a.keep(ctx, err, batch...)
 		return
@@ -782,7 +856,7 @@ func (a *Auditor) writeQueued(ctx context.Context, batch []m2mauth.AuditEvent) {
 // to write.
 func (a *Auditor) retry(ctx context.Context) (bool, error) {
 	a.hmu.Lock()
-	batch := append([]m2mauth.AuditEvent(nil), a.held[:min(len(a.held), retryBatch)]...)
+	batch := append([]record(nil), a.held[:min(len(a.held), retryBatch)]...)
 	a.hmu.Unlock()
 	if len(batch) > 0 {
 		err := a.writeBatch(ctx, batch)
@@ -805,7 +879,7 @@ func (a *Auditor) retry(ctx context.Context) (bool, error) {
 		return true, nil
 	}
 
-	c, err := a.spill.next(retryBatch)
+	c, err := a.spill.next(retryBatch, &a.keys)
 	if err != nil {
 		a.logger.LogAttrs(ctx, slog.LevelError, "sqlstore: cannot read the audit spill file", slog.Any("error", err))
 		return true, err
@@ -843,7 +917,7 @@ func (a *Auditor) retry(ctx context.Context) (bool, error) {
 // shutdown writes what it can before a.closeBy: the queue, then held and
 // spilled events, retrying with backoff; then it spills, or loses, what
 // is still held.
-func (a *Auditor) shutdown(batch []m2mauth.AuditEvent) {
+func (a *Auditor) shutdown(batch []record) {
 	ctx, cancel := context.WithDeadline(context.Background(), a.closeBy)
 	defer cancel()
 	for drained := false; !drained; {
@@ -890,7 +964,8 @@ func (a *Auditor) shutdown(batch []m2mauth.AuditEvent) {
 	rest := a.held
 	a.held = nil
 	for d := range a.doubts {
-		// Spilled, and maybe written twice, rather than maybe lost.
+		// Spilled rather than maybe lost: if their commit succeeded
+		// after all, writing them again inserts nothing.
 		rest = append(rest, *d...)
 		a.doubtful -= len(*d)
 	}

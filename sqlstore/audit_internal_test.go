@@ -31,7 +31,7 @@ func TestAuditorHeldAfterClose(t *testing.T) {
 	})
 	require.NoError(t, err)
 	require.NoError(t, a.Close())
-	a.hold(t.Context(), errors.New("commit failed"), m2mauth.AuditEvent{Type: m2mauth.EventTokenIssued, ClientID: "c", JTI: "late"})
+	a.hold(t.Context(), errors.New("commit failed"), record{AuditEvent: m2mauth.AuditEvent{Type: m2mauth.EventTokenIssued, ClientID: "c", JTI: "late"}})
 	a.hmu.Lock()
 	held := len(a.held)
 	a.hmu.Unlock()

@@ -497,6 +497,8 @@ func TestAuditorSpillAcrossRestart(t *testing.T) {
 		assert.Zero(t, first.Lost())
 		assert.Equal(t, n, first.Pending(), "left in the spill file")
 		require.Equal(t, n, lineCount(t, spill), "everything held was spilled at Close")
+		spilled, err := os.ReadFile(spill)
+		require.NoError(t, err)
 
 		// A process that died while appending left a torn line; and one
 		// line is not an event at all.
@@ -518,6 +520,21 @@ func TestAuditorSpillAcrossRestart(t *testing.T) {
 		require.NoError(t, second.Close())
 		assert.NoFileExists(t, spill)
 		assert.Equal(t, wantRows(n, nil), e.sortedRows(t, prefix), "each event once, every field kept")
+
+		// A process that wrote the file to the table and died before it
+		// emptied it leaves the file whole: the next writes it again,
+		// and no row twice.
+		require.NoError(t, os.WriteFile(spill, spilled, 0o600))
+		third, err := sqlstore.NewAuditor(e.db, e.dialect, sqlstore.AuditorConfig{
+			TablePrefix: prefix, Logger: slog.New(slog.DiscardHandler), SpillFile: spill,
+		})
+		require.NoError(t, err)
+		t.Cleanup(func() { third.Close() })
+		waitFor(t, "the spill file written again", func() bool { return third.Pending() == 0 })
+		require.NoError(t, third.Close())
+		assert.Zero(t, third.Lost())
+		assert.NoFileExists(t, spill)
+		assert.Equal(t, wantRows(n, nil), e.sortedRows(t, prefix), "each event once after the file was written twice")
 	})
 }
 

@@ -47,6 +47,7 @@ type spillFile struct {
 // records of [m2mauth.SlogAuditor].
 type spillRecord struct {
 	Time      time.Time `json:"event_time"`
+	Key       string    `json:"event_key,omitempty"`
 	Type      string    `json:"event"`
 	ClientID  string    `json:"client_id,omitempty"`
 	RemoteIP  string    `json:"remote_ip,omitempty"`
@@ -61,7 +62,7 @@ type spillRecord struct {
 
 // spillChunk is a run of lines read from a spill file.
 type spillChunk struct {
-	events []m2mauth.AuditEvent
+	events []record
 	bad    int   // lines that could not be read back
 	lines  int   // len(events) + bad
 	end    int64 // the offset after the last line
@@ -223,7 +224,7 @@ func (s *spillFile) pending() int {
 
 // append appends as many of events as fit within the size bound, and
 // syncs the file. It returns how many it appended, and why not all.
-func (s *spillFile) append(events []m2mauth.AuditEvent) (int, error) {
+func (s *spillFile) append(events []record) (int, error) {
 	if s == nil {
 		return 0, errNoSpill
 	}
@@ -231,7 +232,7 @@ func (s *spillFile) append(events []m2mauth.AuditEvent) (int, error) {
 	ends := make([]int, 0, len(events))
 	for _, e := range events {
 		line, err := json.Marshal(spillRecord{
-			Time: jsonTime(e.Time), Type: auditText(string(e.Type)), ClientID: auditText(e.ClientID),
+			Time: jsonTime(e.Time), Key: e.key.String(), Type: auditText(string(e.Type)), ClientID: auditText(e.ClientID),
 			RemoteIP: auditText(e.RemoteIP), UserAgent: auditText(e.UserAgent), Audience: auditText(e.Audience),
 			Scope: auditText(e.Scopes.String()), JTI: auditText(e.JTI), SecretID: auditText(e.SecretID),
 			Error: auditText(e.Error), Reason: auditText(e.Reason),
@@ -272,8 +273,9 @@ func (s *spillFile) append(events []m2mauth.AuditEvent) (int, error) {
 }
 
 // next reads up to max lines after off, without consuming them: commit
-// does, once they are written to the table.
-func (s *spillFile) next(max int) (spillChunk, error) {
+// does, once they are written to the table. A line of an earlier release,
+// which has no key, is given one from keys.
+func (s *spillFile) next(max int, keys *eventKeys) (spillChunk, error) {
 	c := spillChunk{}
 	if s == nil {
 		return c, nil
@@ -309,17 +311,23 @@ func (s *spillFile) next(max int) (spillChunk, error) {
 			return spillChunk{}, err
 		}
 		c.lines++
-		var r spillRecord
-		if long || err == io.EOF || !spillLine(line) || json.Unmarshal(line, &r) != nil {
+		var (
+			r   spillRecord
+			key eventKey
+		)
+		if long || err == io.EOF || !spillLine(line) || json.Unmarshal(line, &r) != nil || !key.parse(r.Key) {
 			c.bad++
 			continue
 		}
-		c.events = append(c.events, m2mauth.AuditEvent{
+		if r.Key == "" {
+			key = keys.next()
+		}
+		c.events = append(c.events, record{key: key, AuditEvent: m2mauth.AuditEvent{
 			Time: r.Time, Type: m2mauth.AuditEventType(r.Type), ClientID: r.ClientID,
 			RemoteIP: r.RemoteIP, UserAgent: r.UserAgent, Audience: r.Audience,
 			Scopes: m2mauth.Scopes(strings.Fields(r.Scope)), JTI: r.JTI, SecretID: r.SecretID,
 			Error: r.Error, Reason: r.Reason,
-		})
+		}})
 	}
 	if c.lines == 0 {
 		s.n = 0

@@ -41,7 +41,7 @@ func TestSpillLockFollowsThePath(t *testing.T) {
 	require.ErrorIs(t, err, errSpillInUse)
 
 	// B's events are in the file at the path, for the next process.
-	_, err = b.append([]m2mauth.AuditEvent{{Time: time.Now(), Type: m2mauth.EventTokenIssued, ClientID: "b"}})
+	_, err = b.append([]record{{AuditEvent: m2mauth.AuditEvent{Time: time.Now(), Type: m2mauth.EventTokenIssued, ClientID: "b"}}})
 	require.NoError(t, err)
 	assert.FileExists(t, path)
 	require.NoError(t, b.f.Sync())

@@ -350,8 +350,11 @@ SELECT 2, g.client_id, NULL::boolean, NULL::boolean, NULL::boolean, NULL::bigint
 		insertGrant:  t(`INSERT INTO {p}grants (client_id, audience, scopes) VALUES ($1, $2, $3)`),
 		deleteGrants: t(`DELETE FROM {p}grants WHERE client_id = $1`),
 
-		insertAudit: t(`INSERT INTO {p}audit_events (event_time, event_type, client_id, remote_ip, user_agent, audience, scope, jti, secret_id, error_code, reason)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)`),
+		// An event written again (its key already there) inserts
+		// nothing; see the Auditor's delivery.
+		insertAudit: t(`INSERT INTO {p}audit_events (event_key, event_time, event_type, client_id, remote_ip, user_agent, audience, scope, jti, secret_id, error_code, reason)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+ON CONFLICT (event_key) WHERE event_key IS NOT NULL DO NOTHING`),
 
 		// Both branches read the client's events in the range through
 		// the index on (client_id, event_time, id).
@@ -540,8 +543,12 @@ SELECT 2, g.client_id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, g.audience, g.s
 		insertGrant:  t(`INSERT INTO {p}grants (client_id, audience, scopes) VALUES (?, ?, ?)`),
 		deleteGrants: t(`DELETE FROM {p}grants WHERE client_id = ?`),
 
-		insertAudit: t(`INSERT INTO {p}audit_events (event_time, event_type, client_id, remote_ip, user_agent, audience, scope, jti, secret_id, error_code, reason)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`),
+		// An event written again (its key already there) inserts
+		// nothing; see the Auditor's delivery. The table's only other
+		// unique key is its auto-increment id.
+		insertAudit: t(`INSERT INTO {p}audit_events (event_key, event_time, event_type, client_id, remote_ip, user_agent, audience, scope, jti, secret_id, error_code, reason)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON DUPLICATE KEY UPDATE event_key = event_key`),
 
 		// Both branches read the client's events in the range through
 		// the index on (client_id(191), event_time, id).
@@ -737,9 +744,12 @@ SELECT 2, g.client_id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, g.audience, g.s
 		// OR ROLLBACK: a failed insert rolls back its whole transaction
 		// (which the Auditor does anyway), so SQLite keeps no statement
 		// journal for it; a multi-row insert's journal would outgrow
-		// memory and be written to a temporary file.
-		insertAudit: t(`INSERT OR ROLLBACK INTO {p}audit_events (event_time, event_type, client_id, remote_ip, user_agent, audience, scope, jti, secret_id, error_code, reason)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`),
+		// memory and be written to a temporary file. An event written
+		// again (its key already there) inserts nothing; see the
+		// Auditor's delivery.
+		insertAudit: t(`INSERT OR ROLLBACK INTO {p}audit_events (event_key, event_time, event_type, client_id, remote_ip, user_agent, audience, scope, jti, secret_id, error_code, reason)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (event_key) WHERE event_key IS NOT NULL DO NOTHING`),
 
 		// Both branches read the client's events in the range through
 		// the index on (client_id, event_time) of 0001, which SQLite

@@ -39,9 +39,11 @@
 //     "scope" parameter); primary key (client_id, audience).
 //   - audit_events: id (auto-increment), event_time, event_type,
 //     client_id, remote_ip, user_agent, audience, scope, jti, secret_id,
-//     error_code, reason; an index on event_time and one on (client_id,
-//     event_time, id) (on SQLite (client_id, event_time), which SQLite
-//     ends with id; on MySQL the first 191 characters of client_id).
+//     error_code, reason, event_key (the [Auditor]'s key of the event,
+//     16 bytes; NULL in rows written before the column); an index on
+//     event_time, one on (client_id, event_time, id) (on SQLite
+//     (client_id, event_time), which SQLite ends with id; on MySQL the
+//     first 191 characters of client_id), and a unique one on event_key.
 //   - rate_limits: ip, client_id (empty for the address's own bucket),
 //     refilled_at (when the bucket is full again), pending (reservations
 //     in flight), pending_addr (of those, the ones holding a token of the
@@ -134,6 +136,13 @@
 // events (see its migration file for building it beforehand with CREATE
 // INDEX CONCURRENTLY); MySQL builds it online, and SQLite needs no
 // change.
+//
+// The unique index on event_key came with version 7 of the schema on
+// PostgreSQL (8 on MySQL and SQLite). Adding the column is immediate on
+// every engine; PostgreSQL builds the index in the migration's
+// transaction, which reads the whole table and holds the Auditor's events
+// meanwhile (its migration file shows how to build it beforehand with
+// CREATE UNIQUE INDEX CONCURRENTLY), and MySQL builds it online.
 //
 // Nothing deletes audit rows: keep the table to the span you need with a
 // scheduled DELETE FROM <prefix>audit_events WHERE event_time < ?, which

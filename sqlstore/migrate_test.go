@@ -3,6 +3,7 @@ package sqlstore_test
 import (
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -37,9 +38,9 @@ func (e *env) versions(t *testing.T, prefix string) []int64 {
 // table's binary client ids (7).
 func (e *env) allVersions() []int64 {
 	if e.dialect == sqlstore.Postgres {
-		return []int64{1, 2, 3, 4, 5, 6}
+		return []int64{1, 2, 3, 4, 5, 6, 7}
 	}
-	return []int64{1, 2, 3, 4, 5, 6, 7}
+	return []int64{1, 2, 3, 4, 5, 6, 7, 8}
 }
 
 func TestMigrateIsIdempotent(t *testing.T) {
@@ -144,7 +145,7 @@ func TestMigrateUpgrade(t *testing.T) {
 				prefix := e.newPrefix(t)
 				s := e.newStore(t, sqlstore.Config{TablePrefix: prefix})
 				require.NoError(t, s.CreateClient(ctx, clientWithSecrets(t, "kept", 1)))
-				undoRevocations(t, e, prefix)
+				undoFromVersion5(t, e, prefix)
 				_, err := e.db.ExecContext(ctx, "DROP TABLE "+prefix+"rate_limits")
 				require.NoError(t, err)
 				_, err = e.db.ExecContext(ctx, "DELETE FROM "+prefix+"schema_migrations WHERE version > 1")
@@ -234,10 +235,11 @@ func TestMigrateAuditIndex(t *testing.T) {
 				s := e.newStore(t, sqlstore.Config{TablePrefix: prefix})
 				table := prefix + "audit_events"
 				oldIdx, newIdx := prefix+"audit_events_client_idx", prefix+"audit_events_client_time_idx"
-				want := []string{newIdx, prefix + "audit_events_time_idx"}
+				keyIdx := prefix + "audit_events_key_idx"
+				want := []string{newIdx, prefix + "audit_events_time_idx", keyIdx}
 				if e.dialect == sqlstore.SQLite {
 					// SQLite keeps the index of 0001, which ends with id.
-					want = []string{oldIdx, prefix + "audit_events_time_idx"}
+					want = []string{oldIdx, prefix + "audit_events_time_idx", keyIdx}
 				} else {
 					var stmts []string
 					switch e.dialect {
@@ -261,7 +263,7 @@ func TestMigrateAuditIndex(t *testing.T) {
 						require.NoError(t, err)
 					}
 				}
-				undoRevocations(t, e, prefix)
+				undoFromVersion5(t, e, prefix)
 				_, err := e.db.ExecContext(ctx, "DELETE FROM "+prefix+"schema_migrations WHERE version > 3")
 				require.NoError(t, err)
 
@@ -297,16 +299,26 @@ func applyVersion(t *testing.T, e *env, prefix, file string) {
 	require.NoError(t, err)
 }
 
-// undoRevocations takes the tables of prefix back to before version 5:
-// without the revocation tables and the clients' columns of revocation.
-func undoRevocations(t *testing.T, e *env, prefix string) {
+// undoFromVersion5 takes the tables of prefix back to before version 5:
+// without the revocation tables and the clients' columns of revocation,
+// and without the audit events' keys of the last version. (Versions 6
+// and 7 change nothing that Migrate, run again, does not find done.)
+func undoFromVersion5(t *testing.T, e *env, prefix string) {
 	t.Helper()
+	dropKeyIndex := "DROP INDEX " + prefix + "audit_events_key_idx"
+	if e.dialect == sqlstore.MySQL {
+		dropKeyIndex = "ALTER TABLE " + prefix + "audit_events DROP INDEX " + prefix + "audit_events_key_idx"
+	}
+	last := e.allVersions()[len(e.allVersions())-1]
 	for _, stmt := range []string{
 		"DROP TABLE " + prefix + "revocations",
 		"DROP TABLE " + prefix + "revocation_state",
 		"ALTER TABLE " + prefix + "clients DROP COLUMN can_introspect",
 		"ALTER TABLE " + prefix + "clients DROP COLUMN tokens_revoked_at",
 		"DELETE FROM " + prefix + "schema_migrations WHERE version = 5",
+		dropKeyIndex,
+		"ALTER TABLE " + prefix + "audit_events DROP COLUMN event_key",
+		"DELETE FROM " + prefix + "schema_migrations WHERE version = " + strconv.FormatInt(last, 10),
 	} {
 		_, err := e.db.ExecContext(t.Context(), stmt)
 		require.NoError(t, err, stmt)

@@ -5,9 +5,9 @@ import (
 	"context"
 	"database/sql"
 	"errors"
-	"io"
 	"log/slog"
 	"net"
+	"net/url"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -25,12 +25,15 @@ import (
 // stallProxy forwards TCP connections to a database server and, while
 // armed, holds every packet from the client that carries hold (a
 // statement's text), as a server that stalls just then would, until it
-// is disarmed.
+// is disarmed. With cut set, it passes such a packet on instead, and
+// then drops the connection without passing the server's answer back,
+// as a network that fails just then would.
 type stallProxy struct {
 	ln      net.Listener
 	target  string
 	hold    []byte
 	armed   atomic.Bool
+	cut     atomic.Bool
 	mu      sync.Mutex
 	release chan struct{} // closed by disarm
 	wg      sync.WaitGroup
@@ -76,18 +79,47 @@ func (p *stallProxy) accept() {
 			c.Close()
 			continue
 		}
-		p.wg.Go(func() { io.Copy(c, s); c.Close() })
-		p.wg.Go(func() { p.forward(s, c); s.Close() })
+		var cut atomic.Bool // the server's answers go nowhere
+		p.wg.Go(func() { p.answer(c, s, &cut); c.Close() })
+		p.wg.Go(func() { p.forward(s, c, &cut); s.Close(); c.Close() })
+	}
+}
+
+// answer copies what the server sends back, until cut.
+func (p *stallProxy) answer(dst, src net.Conn, cut *atomic.Bool) {
+	buf := make([]byte, 64<<10)
+	for {
+		n, err := src.Read(buf)
+		if cut.Load() {
+			return
+		}
+		if n > 0 {
+			if _, werr := dst.Write(buf[:n]); werr != nil {
+				return
+			}
+		}
+		if err != nil {
+			return
+		}
 	}
 }
 
 // forward copies what the client sends, holding what carries p.hold
-// while armed.
-func (p *stallProxy) forward(dst, src net.Conn) {
+// while armed, or passing it on and cutting the connection.
+func (p *stallProxy) forward(dst, src net.Conn, cut *atomic.Bool) {
 	buf := make([]byte, 64<<10)
 	for {
 		n, err := src.Read(buf)
 		if n > 0 {
+			if p.armed.Load() && p.cut.Load() && bytes.Contains(buf[:n], p.hold) {
+				p.disarm()
+				cut.Store(true)
+				dst.Write(buf[:n])
+				// Time for the server to act on it before the
+				// connection, closed, tells it the client is gone.
+				time.Sleep(200 * time.Millisecond)
+				return
+			}
 			if p.armed.Load() && bytes.Contains(buf[:n], p.hold) {
 				p.mu.Lock()
 				release := p.release
@@ -108,20 +140,42 @@ func (p *stallProxy) forward(dst, src net.Conn) {
 // is set, with its environment and a pool whose connections go through
 // a proxy that holds their COMMITs while armed.
 func forStallingCommits(t *testing.T, f func(t *testing.T, e *env, db *sql.DB, proxy *stallProxy)) {
+	forProxiedCommits(t, []sqlstore.Dialect{sqlstore.MySQL}, f)
+}
+
+// forProxiedCommits runs f as a subtest for each backend of dialects
+// (PostgreSQL, MySQL or both) that is set, with its environment and a
+// pool whose connections go through a proxy that stops at their COMMITs
+// while armed.
+func forProxiedCommits(t *testing.T, dialects []sqlstore.Dialect, f func(t *testing.T, e *env, db *sql.DB, proxy *stallProxy)) {
 	for _, b := range backends() {
-		if b.dialect != sqlstore.MySQL {
+		if !slices.Contains(dialects, b.dialect) {
 			continue
 		}
 		t.Run(b.name, func(t *testing.T) {
 			e := &env{backend: b, dsn: b.dsn(t)}
 			e.db = e.open(t)
-			cfg, err := mysql.ParseDSN(e.dsn)
-			require.NoError(t, err)
-			proxy := newStallProxy(t, cfg.Addr, []byte("\x03COMMIT"))
-			cfg.Addr = proxy.ln.Addr().String()
-			// Without a bound of ours, a stalled commit would end here.
-			cfg.ReadTimeout = 20 * time.Second
-			db, err := sql.Open("mysql", cfg.FormatDSN())
+			var dsn string
+			var proxy *stallProxy
+			switch b.dialect {
+			case sqlstore.MySQL:
+				cfg, err := mysql.ParseDSN(e.dsn)
+				require.NoError(t, err)
+				proxy = newStallProxy(t, cfg.Addr, []byte("\x03COMMIT"))
+				cfg.Addr = proxy.ln.Addr().String()
+				// Without a bound of ours, a stalled commit would end
+				// here.
+				cfg.ReadTimeout = 20 * time.Second
+				dsn = cfg.FormatDSN()
+			case sqlstore.Postgres:
+				u, err := url.Parse(e.dsn)
+				require.NoError(t, err)
+				// pgx commits with a simple query, its text in lower case.
+				proxy = newStallProxy(t, u.Host, []byte("commit\x00"))
+				u.Host = proxy.ln.Addr().String()
+				dsn = u.String()
+			}
+			db, err := sql.Open(b.driver, dsn)
 			require.NoError(t, err)
 			t.Cleanup(func() { db.Close() })
 			f(t, e, db, proxy)
@@ -255,5 +309,32 @@ func TestAuditorStalledCommitWrittenOnce(t *testing.T) {
 		require.NoError(t, e.db.QueryRow("SELECT COUNT(*) FROM "+prefix+"audit_events WHERE jti = ?", "jti-stalled").Scan(&n))
 		assert.Equal(t, 1, n, "rows of the event")
 		require.Eventually(t, func() bool { return auditor.AuditHealth() == nil }, 10*time.Second, 5*time.Millisecond)
+	})
+}
+
+// TestAuditorCommitAnswerLost: a commit that succeeds but whose answer
+// the connection loses looks failed to the Auditor, which holds the
+// batch and writes it again. Each event is in the table once.
+func TestAuditorCommitAnswerLost(t *testing.T) {
+	forProxiedCommits(t, []sqlstore.Dialect{sqlstore.Postgres, sqlstore.MySQL}, func(t *testing.T, e *env, db *sql.DB, proxy *stallProxy) {
+		prefix := e.newPrefix(t)
+		e.newStore(t, sqlstore.Config{TablePrefix: prefix})
+		auditor, err := sqlstore.NewAuditor(db, e.dialect, sqlstore.AuditorConfig{
+			TablePrefix: prefix, QueueSize: 16, MaxRetryDelay: 50 * time.Millisecond,
+			Logger: slog.New(slog.DiscardHandler),
+		})
+		require.NoError(t, err)
+		t.Cleanup(func() { auditor.Close() })
+
+		proxy.cut.Store(true)
+		proxy.arm()
+		auditor.Audit(t.Context(), m2mauth.AuditEvent{Type: m2mauth.EventTokenIssued, ClientID: "c", JTI: "jti-answer-lost"})
+		require.Eventually(t, func() bool { return auditor.Failures() == 1 && auditor.Pending() == 0 },
+			10*time.Second, 5*time.Millisecond, "the commit failed, then the retry succeeded")
+		require.NoError(t, auditor.Close())
+		assert.Zero(t, auditor.Lost())
+		var n int
+		require.NoError(t, e.db.QueryRow("SELECT COUNT(*) FROM "+prefix+"audit_events WHERE jti = "+e.placeholder(1), "jti-answer-lost").Scan(&n))
+		assert.Equal(t, 1, n, "rows of the event")
 	})
 }
