@@ -82,7 +82,7 @@ const (
 	// (less Age), or remoteDefaultMaxAge without one, clamped to
 	// [remoteMinMaxAge, remoteMaxMaxAge].
 	remoteDefaultMaxAge = 10 * time.Minute
-	remoteMinMaxAge     = time.Minute
+	remoteMinMaxAge     = time.Second
 	remoteMaxMaxAge     = 24 * time.Hour
 	// A refresh may start this long before expiry (or a tenth of the
 	// lifetime, if shorter).
@@ -108,21 +108,28 @@ const (
 //   - Verifying does no I/O once a set is held: VerificationKeys is an
 //     atomic load and returns the same *jose.JSONWebKeySet until the keys
 //     change (a refetch of identical keys keeps the pointer).
-//   - At most one fetch per RefreshCooldown (30s by default), whatever
-//     triggers it; concurrent callers that need one share it. A flood of
-//     tokens with made-up key ids costs the server at most that. The one
-//     exception: a set that goes stale (MaxStale past its expiry) after
-//     a successful fetch is fetched again at once, so a cooldown longer
-//     than that never refuses tokens while the server is healthy.
+//   - At most one fetch per RefreshCooldown (30s by default) for tokens
+//     naming a key the set lacks and after a failed fetch; concurrent
+//     callers that need one share it. A flood of tokens with made-up key
+//     ids costs the server at most that. A set that a successful fetch
+//     brought is fetched again when it is due, whatever the cooldown:
+//     at most one more fetch per lifetime of the set.
 //   - A set is fresh for its Cache-Control max-age (less Age), clamped to
-//     between 1 minute and 24 hours; 10 minutes without one; no-store
+//     between 1 second and 24 hours; 10 minutes without one; no-store
 //     and no-cache count as 0. Shortly before expiry (a minute, or a tenth
 //     of the lifetime if shorter) the first VerificationKeys call starts a
 //     refresh in its own goroutine and returns at once; there is no other
-//     goroutine and nothing to close.
+//     goroutine and nothing to close. So a verifier that is busy never
+//     holds a set older than the server's max-age allows, and a key the
+//     server removed (revoked) stops being trusted within it.
+//   - A set past its expiry is not trusted while the server answers: the
+//     first call after it (a verifier idle longer than the lifetime)
+//     fetches the set again and waits for it, within its context and
+//     Timeout.
 //   - A failed fetch never replaces the last good set. It is served up to
-//     MaxStale (24h by default) past its expiry, with each failure logged;
-//     after that VerificationKeys fails with [ErrKeysUnavailable] and the
+//     MaxStale (24h by default) past its expiry, with each failure logged
+//     and, while fetches fail, without waiting for the next one; after
+//     that VerificationKeys fails with [ErrKeysUnavailable] and the
 //     validator refuses tokens: it fails closed.
 //   - Every request is bounded by Timeout (5s) and MaxBodyBytes (64 KiB)
 //     and goes over https, except to loopback hosts or with
@@ -314,21 +321,41 @@ func (r *RemoteKeys) SigningKey(context.Context) (*jose.JSONWebKey, error) {
 }
 
 // VerificationKeys returns the key set held, without I/O, while it is
-// within MaxStale of its expiry; shortly before expiry the first call
-// also starts a refresh in the background. When no such set is held (at
-// first use, or after MaxStale), it fetches one and waits for it, within
-// ctx, unless the cooldown since the last attempt has not passed; then,
-// or when the fetch fails, it returns an error wrapping
+// fresh; shortly before expiry the first call also starts a refresh in
+// the background. Past its expiry, it fetches the set again and waits for
+// it, within ctx; only while fetches fail is the last good set served,
+// without waiting, up to MaxStale past its expiry. When no usable set is
+// held (at first use, or after MaxStale), it fetches one and waits for
+// it, within ctx, unless the cooldown since the last attempt has not
+// passed; then, or when the fetch fails, it returns an error wrapping
 // [ErrKeysUnavailable].
 func (r *RemoteKeys) VerificationKeys(ctx context.Context) (*jose.JSONWebKeySet, error) {
 	now := r.cfg.Now()
-	if s := r.snap.Load(); s != nil && now.Before(s.staleUntil) {
+	if s := r.snap.Load(); s != nil && now.Before(s.staleUntil) && (now.Before(s.expires) || r.failing()) {
 		if !now.Before(s.refreshAt) {
 			r.refreshInBackground(ctx, now)
 		}
 		return s.set, nil
 	}
 	return r.refresh(ctx, now)
+}
+
+// failing reports whether the last fetch failed.
+func (r *RemoteKeys) failing() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.lastErr != nil
+}
+
+// due reports whether a fetch may start at now: the cooldown since the
+// last attempt has passed, or that attempt succeeded and the set it
+// brought is due for a refresh (or past it). r.mu must be held.
+func (r *RemoteKeys) due(now time.Time) bool {
+	if r.lastAttempt.IsZero() || !now.Before(r.lastAttempt.Add(r.cfg.RefreshCooldown)) {
+		return true
+	}
+	s := r.snap.Load()
+	return r.lastErr == nil && s != nil && !now.Before(s.refreshAt)
 }
 
 // RefreshKeys implements [KeyRefresher]. It returns the set held if it has
@@ -358,20 +385,15 @@ func (r *RemoteKeys) Status() RemoteKeysStatus {
 	return st
 }
 
-// refresh waits for the fetch in flight, or starts one if the cooldown
-// allows, then returns the usable set or an error. A set that the last
-// fetch brought and that has gone stale is fetched again whatever the
-// cooldown: a healthy server is not refused for a cooldown longer than
-// the set's lifetime plus MaxStale, and this costs at most one fetch per
-// remoteMinMaxAge, the shortest lifetime a set is given.
+// refresh waits for the fetch in flight, or starts one if it is due,
+// then returns the usable set or an error. A set that the last fetch
+// brought and that is due for a refresh is fetched again whatever the
+// cooldown: a healthy server is asked once per lifetime of its set, and
+// never refused for a cooldown longer than that.
 func (r *RemoteKeys) refresh(ctx context.Context, now time.Time) (*jose.JSONWebKeySet, error) {
 	r.mu.Lock()
 	f := r.flight
-	due := r.lastAttempt.IsZero() || !now.Before(r.lastAttempt.Add(r.cfg.RefreshCooldown))
-	if s := r.snap.Load(); !due && r.lastErr == nil && s != nil && !now.Before(s.staleUntil) {
-		due = true
-	}
-	if f == nil && due {
+	if f == nil && r.due(now) {
 		f = r.start(ctx, now)
 	}
 	r.mu.Unlock()
@@ -401,11 +423,11 @@ func (r *RemoteKeys) refresh(ctx context.Context, now time.Time) (*jose.JSONWebK
 }
 
 // refreshInBackground starts a fetch that nobody waits for, unless one is
-// in flight or the cooldown has not passed.
+// in flight or none is due.
 func (r *RemoteKeys) refreshInBackground(ctx context.Context, now time.Time) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if r.flight == nil && !now.Before(r.lastAttempt.Add(r.cfg.RefreshCooldown)) {
+	if r.flight == nil && r.due(now) {
 		r.start(ctx, now)
 	}
 }
@@ -423,12 +445,12 @@ func (r *RemoteKeys) start(ctx context.Context, now time.Time) *remoteFlight {
 		r.snap.Store(&next)
 	}
 	ctx = context.WithoutCancel(ctx)
-	go r.run(ctx, f, now)
+	go r.run(ctx, f)
 	return f
 }
 
 // run fetches the set and installs it, or records why it failed.
-func (r *RemoteKeys) run(ctx context.Context, f *remoteFlight, started time.Time) {
+func (r *RemoteKeys) run(ctx context.Context, f *remoteFlight) {
 	defer close(f.done)
 	keys, lifetime, dropped, err := r.fetch(ctx)
 	now := r.cfg.Now()
@@ -466,9 +488,6 @@ func (r *RemoteKeys) run(ctx context.Context, f *remoteFlight, started time.Time
 	}
 	s.staleUntil = s.expires.Add(r.cfg.MaxStale)
 	s.refreshAt = s.expires.Add(-min(lifetime/10, remoteRefreshMargin))
-	if next := started.Add(r.cfg.RefreshCooldown); s.refreshAt.Before(next) {
-		s.refreshAt = next
-	}
 	r.snap.Store(s)
 }
 

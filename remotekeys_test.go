@@ -374,11 +374,12 @@ func TestRemoteKeysServerDownServesStaleUntilMaxStale(t *testing.T) {
 	cases := []struct {
 		name string
 		down func(*remoteServer)
-		up   func(*remoteServer)
+		idle bool // no call between the last good fetch and the expiry
 	}{
-		{"500", func(s *remoteServer) { s.serve(http.StatusInternalServerError, []byte("SECRET-ERROR-PAGE")) }, nil},
-		{"404", func(s *remoteServer) { s.serve(http.StatusNotFound, []byte("SECRET-ERROR-PAGE")) }, nil},
-		{"closed", func(s *remoteServer) { s.Close() }, nil},
+		{"500", func(s *remoteServer) { s.serve(http.StatusInternalServerError, []byte("SECRET-ERROR-PAGE")) }, false},
+		{"404", func(s *remoteServer) { s.serve(http.StatusNotFound, []byte("SECRET-ERROR-PAGE")) }, false},
+		{"closed", func(s *remoteServer) { s.Close() }, false},
+		{"500, idle past the expiry", func(s *remoteServer) { s.serve(http.StatusInternalServerError, []byte("SECRET-ERROR-PAGE")) }, true},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -399,13 +400,26 @@ func TestRemoteKeysServerDownServesStaleUntilMaxStale(t *testing.T) {
 
 			tc.down(srv)
 
-			// Shortly before expiry: the set is returned at once and a
-			// refresh starts in the background; it fails.
-			at := clock.Add(9*time.Minute + 30*time.Second)
-			got, err := rk.VerificationKeys(t.Context())
-			require.NoError(t, err)
-			assert.Same(t, set, got)
-			st = remoteWaitAttempt(t, rk, at, true)
+			if tc.idle {
+				// Past expiry, after a good fetch: the set is fetched
+				// again, and the call waits; the fetch fails, so the
+				// last good set is served.
+				at := clock.Add(10*time.Minute + time.Second)
+				got, err := rk.VerificationKeys(t.Context())
+				require.NoError(t, err)
+				assert.Same(t, set, got)
+				st = rk.Status()
+				assert.Equal(t, at, st.LastAttempt)
+				require.Error(t, st.LastError)
+			} else {
+				// Shortly before expiry: the set is returned at once
+				// and a refresh starts in the background; it fails.
+				at := clock.Add(9*time.Minute + 30*time.Second)
+				got, err := rk.VerificationKeys(t.Context())
+				require.NoError(t, err)
+				assert.Same(t, set, got)
+				st = remoteWaitAttempt(t, rk, at, true)
+			}
 			assert.Equal(t, []string{"k1"}, st.KeyIDs)
 
 			// Expired, but within MaxStale: still served.
@@ -439,7 +453,7 @@ func TestRemoteKeysServerDownServesStaleUntilMaxStale(t *testing.T) {
 			// Back up: the next call after the cooldown fetches again.
 			srv.serve(http.StatusOK, good)
 			clock.Add(30 * time.Second)
-			got, err = rk.VerificationKeys(t.Context())
+			got, err := rk.VerificationKeys(t.Context())
 			require.NoError(t, err)
 			assert.Same(t, set, got, "the same keys keep their pointer")
 			assert.Nil(t, rk.Status().LastError)
@@ -626,19 +640,19 @@ func TestRemoteKeysMaxAge(t *testing.T) {
 		want              time.Duration
 	}{
 		{"", "", 10 * time.Minute},
-		{"max-age=0", "", time.Minute},
-		{"max-age=5", "", time.Minute},
+		{"max-age=0", "", time.Second},
+		{"max-age=5", "", 5 * time.Second},
 		{"max-age=300", "", 5 * time.Minute},
 		{"public, max-age=300, must-revalidate", "", 5 * time.Minute},
 		{`Max-Age="300"`, "", 5 * time.Minute},
 		{"max-age=172800", "", 24 * time.Hour},
 		{"max-age=99999999999999999999", "", 24 * time.Hour},
 		{"max-age=600", "120", 8 * time.Minute},
-		{"max-age=600", "3600", time.Minute},
+		{"max-age=600", "3600", time.Second},
 		{"max-age=600", "junk", 10 * time.Minute},
 		{"max-age=300, max-age=120", "", 2 * time.Minute},
-		{"no-store", "", time.Minute},
-		{"no-cache, max-age=3600", "", time.Minute},
+		{"no-store", "", time.Second},
+		{"no-cache, max-age=3600", "", time.Second},
 		{"max-age=-5", "", 10 * time.Minute},
 		{"max-age=abc", "", 10 * time.Minute},
 		{"s-maxage=3600", "", 10 * time.Minute},
@@ -1172,18 +1186,19 @@ func TestValidatorCallerGoneWhileKeysFetched(t *testing.T) {
 }
 
 // TestRemoteKeysCooldownLongerThanLifetime: a RefreshCooldown longer than
-// a set's lifetime plus MaxStale must not refuse tokens while the server
-// answers: the set that went stale is fetched again at once. A fetch that
-// fails puts the cooldown back in force.
+// a set's lifetime must neither refuse tokens nor keep an expired set
+// while the server answers: the set is fetched again once it expires, no
+// more often. A fetch that fails puts the cooldown back in force.
 func TestRemoteKeysCooldownLongerThanLifetime(t *testing.T) {
 	tests := []struct {
 		name            string
 		cacheControl    string
 		cooldown, stale time.Duration
-		lifetime        time.Duration // the set's lifetime plus MaxStale: one fetch each
+		lifetime        time.Duration // the set's lifetime: one fetch each
+		usable          time.Duration // the set's lifetime plus MaxStale
 	}{
-		{"never stale", "max-age=300", 10 * time.Minute, -1, 5 * time.Minute},
-		{"a little stale", "max-age=60", time.Hour, 30 * time.Second, 90 * time.Second},
+		{"never stale", "max-age=300", 10 * time.Minute, -1, 5 * time.Minute, 5 * time.Minute},
+		{"a little stale", "max-age=60", time.Hour, 30 * time.Second, time.Minute, 90 * time.Second},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -1208,7 +1223,7 @@ func TestRemoteKeysCooldownLongerThanLifetime(t *testing.T) {
 			// The server fails: the stale set is tried once, then the
 			// cooldown holds.
 			srv.serve(http.StatusInternalServerError, []byte("{}"))
-			clock.Add(tc.lifetime)
+			clock.Add(tc.usable)
 			_, err = rk.VerificationKeys(ctx)
 			require.ErrorIs(t, err, m2mauth.ErrKeysUnavailable)
 			hits := srv.hits.Load()
@@ -1263,6 +1278,83 @@ func TestRemoteFetchesBoundHeaders(t *testing.T) {
 			}
 			require.ErrorContains(t, err, "headers exceeded")
 			require.ErrorContains(t, lerr, "headers exceeded")
+		})
+	}
+}
+
+// TestRemoteKeysFollowManagedKeys: a resource server verifying with
+// RemoteKeys keeps up with the key changes of an authorization server
+// with managed keys, within the JWKS max-age the server sends (RFC 9111
+// §4.2): a key published a propagation delay before it signs is known
+// when its first token arrives, and a revoked key, gone from the JWKS,
+// is no longer trusted once the set that had it expired, even by a
+// verifier that was idle meanwhile (RFC 7517 §5: the set is the server's
+// current keys).
+func TestRemoteKeysFollowManagedKeys(t *testing.T) {
+	tests := []struct {
+		name     string
+		maxAge   time.Duration // the JWKS's
+		delay    time.Duration // the propagation delay: max-age plus the refresh interval, and more
+		act      func(t *testing.T, mk *m2mauth.ManagedKeys) string
+		then     time.Duration // from the change to the token
+		accepted bool
+	}{
+		{"a key published before it signs", 5 * time.Second, 10 * time.Second, func(t *testing.T, mk *m2mauth.ManagedKeys) string {
+			info, err := mk.Rotate(t.Context())
+			require.NoError(t, err)
+			return info.KID
+		}, 11 * time.Second, true},
+		{"a revoked key, the verifier idle past the max-age", 5 * time.Minute, 10 * time.Minute, func(t *testing.T, mk *m2mauth.ManagedKeys) string {
+			leaked, err := mk.SigningKey(t.Context())
+			require.NoError(t, err)
+			require.NoError(t, mk.Revoke(t.Context(), leaked.KeyID))
+			require.NotContains(t, verificationKIDs(t, mk), leaked.KeyID, "the key left the JWKS")
+			return leaked.KeyID
+		}, 10 * time.Minute, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f := newMKFixture(t)
+			mk := f.replica(t, func(c *m2mauth.ManagedKeysConfig) {
+				c.PropagationDelay = tt.delay
+				c.RefreshInterval = time.Second
+			})
+			as := newMKServer(t, f, mk)
+			jwks, err := m2mauth.NewJWKSHandler(mk, m2mauth.JWKSConfig{MaxAge: tt.maxAge, Now: f.clock})
+			require.NoError(t, err)
+			jsrv := httptest.NewServer(jwks)
+			t.Cleanup(jsrv.Close)
+			rk, err := m2mauth.NewRemoteKeys(jsrv.URL, m2mauth.RemoteKeysConfig{Now: f.clock, Logger: discardLogger()})
+			require.NoError(t, err)
+			v, err := m2mauth.NewValidator(rk, m2mauth.ValidatorConfig{Issuer: testIssuer, Audience: testAudience, Now: f.clock})
+			require.NoError(t, err)
+			mux := http.NewServeMux()
+			mux.Handle("GET /api", v.RequireScopes("read")(http.HandlerFunc(func(http.ResponseWriter, *http.Request) {})))
+			rs := &mkServer{Server: httptest.NewServer(mux)} // the resource server: no token endpoint
+			t.Cleanup(rs.Close)
+
+			tok, _ := as.token(t)
+			require.Equal(t, http.StatusOK, rs.call(t, tok), "the JWKS fetched")
+			signer, err := mk.SigningKey(t.Context()) // before the change
+			require.NoError(t, err)
+			forger, err := m2mauth.NewStaticKeys(*signer)
+			require.NoError(t, err)
+
+			f.advance(time.Second)
+			kid := tt.act(t, mk)
+			f.advance(tt.then)
+			src := as
+			if !tt.accepted {
+				src = newMKServer(t, f, forger) // the leaked key's holder
+			}
+			tok, got := src.token(t)
+			require.Equal(t, kid, got)
+			want := http.StatusUnauthorized
+			if tt.accepted {
+				want = http.StatusOK
+			}
+			assert.Equal(t, want, as.call(t, tok), "the authorization server's own answer")
+			assert.Equal(t, want, rs.call(t, tok), "the RemoteKeys verifier's answer")
 		})
 	}
 }
