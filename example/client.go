@@ -274,7 +274,7 @@ func clientCommand(g globals, args []string, stdout, stderr io.Writer, mainUsage
 		}
 		out := map[string]string{
 			"client_id": id, "client_secret": plain, "secret_id": s.ID,
-			"previous_secrets_expire_at": until.UTC().Format(time.RFC3339),
+			"previous_secrets_expire_at": until.UTC().Format(time.RFC3339Nano),
 		}
 		if revokeTokens {
 			// After the old secrets' expiry is set: with -grace 0s,
