@@ -3,6 +3,7 @@ package sqlstore
 import (
 	"context"
 	cryptorand "crypto/rand"
+	"crypto/sha256"
 	"database/sql"
 	"encoding/binary"
 	"encoding/hex"
@@ -144,16 +145,21 @@ type AuditorConfig struct {
 // Each event is in the table once. The Auditor gives every event a key
 // when it receives it, kept with the event while it is held, spilled or
 // in doubt, and written in the row's event_key column, which the table
-// holds at most once (version 7 of the schema on PostgreSQL, 8 on MySQL
-// and SQLite); writing an event again inserts nothing. So a write
-// repeated after a commit that succeeded without the Auditor learning it
-// (its answer lost with the connection, or still awaited when Close gave
-// up) adds no row, nor does a spill file written to the table again by
-// the next process when the last one died before emptying it. Lines of a
-// spill file written by a release before keys have none: they are given
-// one when read, so such a file written again after a crash may still
-// add rows twice. Rows of events that were held may be out of event
-// order; event_time keeps it.
+// holds at most once (version 8 of the schema); writing an event again
+// inserts nothing. So a write repeated after a commit that succeeded
+// without the Auditor learning it (its answer lost with the connection,
+// or still awaited when Close gave up) adds no row, nor does a spill file
+// written to the table again by the next process when the last one died
+// before emptying it. A line of a spill file that has no key (written by
+// a release before keys) is given one made of its place in the file and
+// its content, the same at every read. Rows of events that were held may
+// be out of event order; event_time keeps it.
+//
+// The database user needs INSERT on the table and, for the insert's
+// handling of a key already there, SELECT of event_key on PostgreSQL
+// (GRANT SELECT (event_key) ON <prefix>audit_events) and UPDATE of
+// event_key on MySQL (GRANT UPDATE (event_key) ON <prefix>audit_events),
+// which let it read or rewrite no event.
 //
 // An Auditor is safe for concurrent use. It runs a background goroutine
 // until [Auditor.Close], which the owner must call.
@@ -237,12 +243,8 @@ type eventKey [16]byte
 func (k eventKey) String() string { return hex.EncodeToString(k[:]) }
 
 // parse sets k from s, as String returns it, and reports whether s is
-// one. It accepts "" as the key of a line that has none, and leaves k
-// unchanged then.
+// one.
 func (k *eventKey) parse(s string) bool {
-	if s == "" {
-		return true
-	}
 	var b eventKey
 	if len(s) != 2*len(b) {
 		return false
@@ -252,6 +254,22 @@ func (k *eventKey) parse(s string) bool {
 	}
 	*k = b
 	return true
+}
+
+// lineKey returns the key of the spill file line that begins at offset
+// at and has no key of its own: a hash of both, the same whenever the
+// line is read from the same place. No two lines share a place, and the
+// hash makes a key that an Auditor gives as unlikely as any other.
+func lineKey(at int64, line []byte) eventKey {
+	h := sha256.New()
+	h.Write([]byte("m2mauth spill line\x00"))
+	var off [8]byte
+	binary.BigEndian.PutUint64(off[:], uint64(at))
+	h.Write(off[:])
+	h.Write(line)
+	var k eventKey
+	copy(k[:], h.Sum(nil))
+	return k
 }
 
 // eventKeys makes the keys of one Auditor's events.
@@ -879,7 +897,7 @@ func (a *Auditor) retry(ctx context.Context) (bool, error) {
 		return true, nil
 	}
 
-	c, err := a.spill.next(retryBatch, &a.keys)
+	c, err := a.spill.next(retryBatch)
 	if err != nil {
 		a.logger.LogAttrs(ctx, slog.LevelError, "sqlstore: cannot read the audit spill file", slog.Any("error", err))
 		return true, err

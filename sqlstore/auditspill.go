@@ -273,9 +273,8 @@ func (s *spillFile) append(events []record) (int, error) {
 }
 
 // next reads up to max lines after off, without consuming them: commit
-// does, once they are written to the table. A line of an earlier release,
-// which has no key, is given one from keys.
-func (s *spillFile) next(max int, keys *eventKeys) (spillChunk, error) {
+// does, once they are written to the table.
+func (s *spillFile) next(max int) (spillChunk, error) {
 	c := spillChunk{}
 	if s == nil {
 		return c, nil
@@ -293,6 +292,7 @@ func (s *spillFile) next(max int, keys *eventKeys) (spillChunk, error) {
 			line []byte
 			long bool
 			err  error
+			at   = c.end // where the line begins
 		)
 		for {
 			var b []byte
@@ -315,12 +315,16 @@ func (s *spillFile) next(max int, keys *eventKeys) (spillChunk, error) {
 			r   spillRecord
 			key eventKey
 		)
-		if long || err == io.EOF || !spillLine(line) || json.Unmarshal(line, &r) != nil || !key.parse(r.Key) {
+		if long || err == io.EOF || !spillLine(line) || json.Unmarshal(line, &r) != nil {
 			c.bad++
 			continue
 		}
-		if r.Key == "" {
-			key = keys.next()
+		if !key.parse(r.Key) {
+			// A line of a release before keys, or whose key was
+			// damaged: a key of its own, the same at every read, so
+			// that a write repeated after a lost answer, in this
+			// process or the next, inserts nothing.
+			key = lineKey(at, line)
 		}
 		c.events = append(c.events, record{key: key, AuditEvent: m2mauth.AuditEvent{
 			Time: r.Time, Type: m2mauth.AuditEventType(r.Type), ClientID: r.ClientID,

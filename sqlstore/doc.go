@@ -137,12 +137,14 @@
 // INDEX CONCURRENTLY); MySQL builds it online, and SQLite needs no
 // change.
 //
-// The unique index on event_key came with version 7 of the schema on
-// PostgreSQL (8 on MySQL and SQLite). Adding the column is immediate on
-// every engine; PostgreSQL builds the index in the migration's
-// transaction, which reads the whole table and holds the Auditor's events
-// meanwhile (its migration file shows how to build it beforehand with
-// CREATE UNIQUE INDEX CONCURRENTLY), and MySQL builds it online.
+// The unique index on event_key came with version 8 of the schema (the
+// column with 7 on PostgreSQL). Adding the column is immediate on every
+// engine; PostgreSQL builds the index in the migration's transaction,
+// which reads the whole table and holds the Auditor's events meanwhile
+// (its migration file shows how to build it beforehand with CREATE
+// UNIQUE INDEX CONCURRENTLY), and MySQL builds it online. A database user
+// limited to appending audit rows needs a column privilege more for it
+// (see [Auditor]).
 //
 // Nothing deletes audit rows: keep the table to the span you need with a
 // scheduled DELETE FROM <prefix>audit_events WHERE event_time < ?, which

@@ -8,6 +8,8 @@ import (
 	"log/slog"
 	"net"
 	"net/url"
+	"os"
+	"path/filepath"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -314,27 +316,57 @@ func TestAuditorStalledCommitWrittenOnce(t *testing.T) {
 
 // TestAuditorCommitAnswerLost: a commit that succeeds but whose answer
 // the connection loses looks failed to the Auditor, which holds the
-// batch and writes it again. Each event is in the table once.
+// batch, or leaves the spill file's lines in place, and writes them
+// again. Each event is in the table once: an event the Auditor received,
+// and a spill file's line without a key (written by a release before
+// keys) or with a damaged one, which the Auditor reads again.
 func TestAuditorCommitAnswerLost(t *testing.T) {
+	const spilled = `{"event_time":"2026-01-02T03:04:05Z","event":"token_issued","client_id":"c","jti":"jti-spilled-1"}
+{"event_time":"2026-01-02T03:04:05Z","event":"token_issued","client_id":"c","jti":"jti-spilled-1"}
+{"event_time":"2026-01-02T03:04:06Z","event_key":"0123","event":"token_issued","client_id":"c","jti":"jti-spilled-2"}
+{"event_time":"2026-01-02T03:04:07Z","event_key":"zz0102030405060708090a0b0c0d0e0f","event":"token_issued","client_id":"c","jti":"jti-spilled-3"}
+`
+	tests := []struct {
+		name  string
+		spill string         // the spill file an earlier process left
+		audit bool           // an event given to the Auditor
+		want  map[string]int // rows by jti
+	}{
+		{"an event received", "", true, map[string]int{"jti-answer-lost": 1}},
+		{"spilled lines without a key of theirs", spilled, false,
+			map[string]int{"jti-spilled-1": 2, "jti-spilled-2": 1, "jti-spilled-3": 1}},
+	}
 	forProxiedCommits(t, []sqlstore.Dialect{sqlstore.Postgres, sqlstore.MySQL}, func(t *testing.T, e *env, db *sql.DB, proxy *stallProxy) {
-		prefix := e.newPrefix(t)
-		e.newStore(t, sqlstore.Config{TablePrefix: prefix})
-		auditor, err := sqlstore.NewAuditor(db, e.dialect, sqlstore.AuditorConfig{
-			TablePrefix: prefix, QueueSize: 16, MaxRetryDelay: 50 * time.Millisecond,
-			Logger: slog.New(slog.DiscardHandler),
-		})
-		require.NoError(t, err)
-		t.Cleanup(func() { auditor.Close() })
-
-		proxy.cut.Store(true)
-		proxy.arm()
-		auditor.Audit(t.Context(), m2mauth.AuditEvent{Type: m2mauth.EventTokenIssued, ClientID: "c", JTI: "jti-answer-lost"})
-		require.Eventually(t, func() bool { return auditor.Failures() == 1 && auditor.Pending() == 0 },
-			10*time.Second, 5*time.Millisecond, "the commit failed, then the retry succeeded")
-		require.NoError(t, auditor.Close())
-		assert.Zero(t, auditor.Lost())
-		var n int
-		require.NoError(t, e.db.QueryRow("SELECT COUNT(*) FROM "+prefix+"audit_events WHERE jti = "+e.placeholder(1), "jti-answer-lost").Scan(&n))
-		assert.Equal(t, 1, n, "rows of the event")
+		for _, tt := range tests {
+			t.Run(tt.name, func(t *testing.T) {
+				prefix := e.newPrefix(t)
+				e.newStore(t, sqlstore.Config{TablePrefix: prefix})
+				cfg := sqlstore.AuditorConfig{
+					TablePrefix: prefix, QueueSize: 16, MaxRetryDelay: 50 * time.Millisecond,
+					Logger: slog.New(slog.DiscardHandler),
+				}
+				if tt.spill != "" {
+					cfg.SpillFile = filepath.Join(t.TempDir(), "audit.spill")
+					require.NoError(t, os.WriteFile(cfg.SpillFile, []byte(tt.spill), 0o600))
+				}
+				proxy.cut.Store(true)
+				proxy.arm()
+				auditor, err := sqlstore.NewAuditor(db, e.dialect, cfg)
+				require.NoError(t, err)
+				t.Cleanup(func() { auditor.Close() })
+				if tt.audit {
+					auditor.Audit(t.Context(), m2mauth.AuditEvent{Type: m2mauth.EventTokenIssued, ClientID: "c", JTI: "jti-answer-lost"})
+				}
+				require.Eventually(t, func() bool { return !proxy.armed.Load() && auditor.Pending() == 0 },
+					10*time.Second, 5*time.Millisecond, "the commit cut, then the retry written")
+				require.NoError(t, auditor.Close())
+				assert.Zero(t, auditor.Lost())
+				got := map[string]int{}
+				for _, r := range e.auditRows(t, prefix) {
+					got[r.JTI]++
+				}
+				assert.Equal(t, tt.want, got, "rows by jti")
+			})
+		}
 	})
 }
