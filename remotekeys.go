@@ -28,9 +28,10 @@ var ErrNoSigningKey = errors.New("m2mauth: key provider has no signing key (it o
 // ErrKeysUnavailable is wrapped by the errors [RemoteKeys.VerificationKeys]
 // and [RemoteKeys.RefreshKeys] return when no usable key set is held: none
 // has been fetched yet, or the last good one is older than
-// [RemoteKeysConfig.MaxStale] allows. A validator that gets it refuses
-// every token (it fails closed); the fault is on the server side, not in
-// the token.
+// [RemoteKeysConfig.MaxStale] allows; or when the caller's context ended
+// while it waited for a fetch of the set it holds, which has expired. A
+// validator that gets it refuses every token (it fails closed); the
+// fault is on the server side, not in the token.
 var ErrKeysUnavailable = errors.New("m2mauth: no usable verification keys")
 
 // RemoteKeysConfig holds the tunables of a [RemoteKeys]. Every zero value
@@ -49,9 +50,10 @@ type RemoteKeysConfig struct {
 	// whatever its Content-Length says. Default: 64 KiB.
 	MaxBodyBytes int64
 	// RefreshCooldown is the least time between the starts of two
-	// fetches of the key set, whatever asks for them: the first use,
-	// tokens with unknown key ids, the refresh before expiry, or a retry
-	// after a failure. At least 1s. Default: 30s.
+	// fetches of the key set asked for by tokens with unknown key ids,
+	// or by anything after a failed fetch. The refresh of a set that a
+	// successful fetch brought, when it is due, does not wait for it.
+	// At least 1s. Default: 30s.
 	RefreshCooldown time.Duration
 	// MaxStale is how long past its expiry a key set is still served
 	// while fetches fail. After that, VerificationKeys returns an error
@@ -113,24 +115,34 @@ const (
 //     callers that need one share it. A flood of tokens with made-up key
 //     ids costs the server at most that. A set that a successful fetch
 //     brought is fetched again when it is due, whatever the cooldown:
-//     at most one more fetch per lifetime of the set.
+//     at most one more fetch per lifetime of the set (per half of it,
+//     for lifetimes under twice Timeout).
 //   - A set is fresh for its Cache-Control max-age (less Age), clamped to
 //     between 1 second and 24 hours; 10 minutes without one; no-store
 //     and no-cache count as 0. Shortly before expiry (a minute, or a tenth
-//     of the lifetime if shorter) the first VerificationKeys call starts a
-//     refresh in its own goroutine and returns at once; there is no other
-//     goroutine and nothing to close. So a verifier that is busy never
-//     holds a set older than the server's max-age allows, and a key the
-//     server removed (revoked) stops being trusted within it.
+//     of the lifetime if shorter, but at least Timeout, and at most half
+//     the lifetime) the first VerificationKeys call starts a refresh in
+//     its own goroutine and returns at once; there is no other goroutine
+//     and nothing to close. Until that refresh ends (within Timeout),
+//     calls are served the set as it is, expired or not. So a verifier
+//     that is busy waits for no fetch and holds no set longer than the
+//     server's max-age allows (counted from the request that fetched it)
+//     plus the time its refresh takes, and a key the server removed
+//     (revoked) stops being trusted within that. A server slower to
+//     answer than half its max-age makes some calls wait.
 //   - A set past its expiry is not trusted while the server answers: the
 //     first call after it (a verifier idle longer than the lifetime)
 //     fetches the set again and waits for it, within its context and
-//     Timeout.
+//     Timeout, as do the calls that come while that fetch is under way.
 //   - A failed fetch never replaces the last good set. It is served up to
-//     MaxStale (24h by default) past its expiry, with each failure logged
-//     and, while fetches fail, without waiting for the next one; after
-//     that VerificationKeys fails with [ErrKeysUnavailable] and the
-//     validator refuses tokens: it fails closed.
+//     MaxStale (24h by default) past its expiry, with each failure logged;
+//     after that VerificationKeys fails with [ErrKeysUnavailable] and the
+//     validator refuses tokens: it fails closed. While fetches fail, a
+//     call is served the set at once, and starts the next fetch in the
+//     background once the cooldown has passed; only when that fetch is
+//     overdue (no call came in the cooldown and Timeout after the last
+//     failure: a server back since then may have removed keys) does a
+//     call wait for a fetch, as after expiry.
 //   - Every request is bounded by Timeout (5s) and MaxBodyBytes (64 KiB)
 //     and goes over https, except to loopback hosts or with
 //     AllowInsecureHTTP.
@@ -173,8 +185,8 @@ type remoteSnapshot struct {
 	expires    time.Time
 	staleUntil time.Time
 	// refreshAt is the earliest instant VerificationKeys starts a
-	// background refresh: shortly before expiry, and never within the
-	// cooldown of the last attempt.
+	// background refresh: shortly before expiry, or, after a failed
+	// fetch, once the cooldown of the last attempt has passed.
 	refreshAt time.Time
 }
 
@@ -186,7 +198,8 @@ type remoteFlight struct {
 // RemoteKeysStatus describes the state of a [RemoteKeys], for health
 // checks and metrics.
 type RemoteKeysStatus struct {
-	// FetchedAt is when the key set held was fetched; zero if none is.
+	// FetchedAt is when the fetch of the key set held started (its age
+	// counts from then); zero if none is held.
 	FetchedAt time.Time
 	// Expires is when that set stops being fresh.
 	Expires time.Time
@@ -331,7 +344,7 @@ func (r *RemoteKeys) SigningKey(context.Context) (*jose.JSONWebKey, error) {
 // [ErrKeysUnavailable].
 func (r *RemoteKeys) VerificationKeys(ctx context.Context) (*jose.JSONWebKeySet, error) {
 	now := r.cfg.Now()
-	if s := r.snap.Load(); s != nil && now.Before(s.staleUntil) && (now.Before(s.expires) || r.failing()) {
+	if s := r.snap.Load(); s != nil && r.usable(s, now) {
 		if !now.Before(s.refreshAt) {
 			r.refreshInBackground(ctx, now)
 		}
@@ -340,11 +353,26 @@ func (r *RemoteKeys) VerificationKeys(ctx context.Context) (*jose.JSONWebKeySet,
 	return r.refresh(ctx, now)
 }
 
-// failing reports whether the last fetch failed.
-func (r *RemoteKeys) failing() bool {
+// usable reports whether s may be served at now without waiting for a
+// fetch: it is fresh; or it is within MaxStale of its expiry, and either
+// a refresh that began before the expiry is under way (which ends within
+// Timeout), or fetches fail: the last one failed, and the next is not
+// overdue (it may start once the cooldown has passed, and takes up to
+// Timeout; past both, the server may be back, and the set is not served
+// again before it is asked).
+func (r *RemoteKeys) usable(s *remoteSnapshot, now time.Time) bool {
+	if now.Before(s.expires) {
+		return true
+	}
+	if !now.Before(s.staleUntil) {
+		return false
+	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return r.lastErr != nil
+	if r.flight != nil && r.lastAttempt.Before(s.expires) {
+		return true
+	}
+	return r.lastErr != nil && now.Before(r.lastAttempt.Add(r.cfg.RefreshCooldown+r.cfg.Timeout))
 }
 
 // due reports whether a fetch may start at now: the cooldown since the
@@ -365,7 +393,7 @@ func (r *RemoteKeys) due(now time.Time) bool {
 // a failed or refused fetch returns that set, not an error.
 func (r *RemoteKeys) RefreshKeys(ctx context.Context, kid string) (*jose.JSONWebKeySet, error) {
 	now := r.cfg.Now()
-	if s := r.snap.Load(); s != nil && now.Before(s.staleUntil) && remoteHasKid(s.set, kid) {
+	if s := r.snap.Load(); s != nil && r.usable(s, now) && remoteHasKid(s.set, kid) {
 		return s.set, nil
 	}
 	return r.refresh(ctx, now)
@@ -445,12 +473,12 @@ func (r *RemoteKeys) start(ctx context.Context, now time.Time) *remoteFlight {
 		r.snap.Store(&next)
 	}
 	ctx = context.WithoutCancel(ctx)
-	go r.run(ctx, f)
+	go r.run(ctx, f, now)
 	return f
 }
 
 // run fetches the set and installs it, or records why it failed.
-func (r *RemoteKeys) run(ctx context.Context, f *remoteFlight) {
+func (r *RemoteKeys) run(ctx context.Context, f *remoteFlight, started time.Time) {
 	defer close(f.done)
 	keys, lifetime, dropped, err := r.fetch(ctx)
 	now := r.cfg.Now()
@@ -476,7 +504,9 @@ func (r *RemoteKeys) run(ctx context.Context, f *remoteFlight) {
 	if len(dropped) > 0 {
 		r.cfg.Logger.WarnContext(ctx, "m2mauth: JWKS keys left out", "url", r.url, "keys", dropped)
 	}
-	s := &remoteSnapshot{set: &jose.JSONWebKeySet{Keys: keys}, fetched: now, expires: now.Add(lifetime)}
+	// Fresh for its lifetime from the request, not the answer (RFC 9111
+	// §4.2.3 counts the response's delay in its age).
+	s := &remoteSnapshot{set: &jose.JSONWebKeySet{Keys: keys}, fetched: started, expires: started.Add(lifetime)}
 	if old != nil && remoteSameKeys(old.set.Keys, keys) {
 		s.set = old.set // unchanged keys keep their pointer
 	} else {
@@ -487,7 +517,9 @@ func (r *RemoteKeys) run(ctx context.Context, f *remoteFlight) {
 		r.cfg.Logger.InfoContext(ctx, "m2mauth: JWKS keys loaded", "url", r.url, "kids", kids)
 	}
 	s.staleUntil = s.expires.Add(r.cfg.MaxStale)
-	s.refreshAt = s.expires.Add(-min(lifetime/10, remoteRefreshMargin))
+	// Early enough for a fetch that takes its Timeout to end before the
+	// expiry, unless that is more than half the lifetime.
+	s.refreshAt = s.expires.Add(-min(max(min(lifetime/10, remoteRefreshMargin), r.cfg.Timeout), lifetime/2))
 	r.snap.Store(s)
 }
 
