@@ -155,11 +155,10 @@ type AuditorConfig struct {
 // its content, the same at every read. Rows of events that were held may
 // be out of event order; event_time keeps it.
 //
-// The database user needs INSERT on the table and, for the insert's
-// handling of a key already there, SELECT of event_key on PostgreSQL
-// (GRANT SELECT (event_key) ON <prefix>audit_events) and UPDATE of
-// event_key on MySQL (GRANT UPDATE (event_key) ON <prefix>audit_events),
-// which let it read or rewrite no event.
+// The database user needs INSERT on the table and, on PostgreSQL, for the
+// insert's handling of a key already there, SELECT of event_key (GRANT
+// SELECT (event_key) ON <prefix>audit_events), which lets it read no
+// event: a user that may only append audit rows can run an Auditor.
 //
 // An Auditor is safe for concurrent use. It runs a background goroutine
 // until [Auditor.Close], which the owner must call.

@@ -439,7 +439,9 @@ func (s *spillFile) markWritten(f *os.File) error {
 	return w.Sync()
 }
 
-// compact replaces the file with its lines after off.
+// compact replaces the file with its lines after off. A line without a
+// key of its own (see next) is copied with the key it is read with here
+// written in, so that it keeps that key at its new place.
 func (s *spillFile) compact(f *os.File) error {
 	tmp := s.path + ".tmp"
 	// A .tmp left by a process stopped here is replaced; one that is a
@@ -449,7 +451,7 @@ func (s *spillFile) compact(f *os.File) error {
 	if err != nil {
 		return fmt.Errorf("sqlstore: spill file: %w", err)
 	}
-	_, err = io.Copy(t, io.NewSectionReader(f, s.off, s.size-s.off))
+	size, err := copyKeyed(t, io.NewSectionReader(f, s.off, s.size-s.off), s.off)
 	if err == nil {
 		err = t.Sync()
 	}
@@ -461,12 +463,62 @@ func (s *spillFile) compact(f *os.File) error {
 		os.Remove(tmp)
 		return fmt.Errorf("sqlstore: spill file: %w", err)
 	}
-	s.size -= s.off
-	s.off = 0
+	s.size, s.off = size, 0
 	// Make the rename durable where directories can be synced.
 	if d, err := os.Open(filepath.Dir(s.path)); err == nil {
 		d.Sync()
 		d.Close()
 	}
 	return nil
+}
+
+// copyKeyed copies the spill lines of r, which begins at offset at of
+// its file, to w, each as keyed returns it, and returns the bytes
+// written. Lines too long to read back are copied as they are.
+func copyKeyed(w io.Writer, r io.Reader, at int64) (int64, error) {
+	br := bufio.NewReaderSize(r, maxSpillLine)
+	bw := bufio.NewWriter(w)
+	var n int64
+	for long := false; ; {
+		line, err := br.ReadSlice('\n')
+		start := at
+		at += int64(len(line))
+		if !long && err == nil {
+			line = keyed(start, line)
+		}
+		m, werr := bw.Write(line)
+		n += int64(m)
+		switch {
+		case werr != nil:
+			return n, werr
+		case errors.Is(err, bufio.ErrBufferFull):
+			long = true
+			continue
+		case err == io.EOF:
+			return n, bw.Flush()
+		case err != nil:
+			return n, err
+		}
+		long = false
+	}
+}
+
+// keyed returns line, the spill line that begins at offset at, with the
+// key next reads it with written in when it has none of its own (or a
+// damaged one): a line that moves keeps its key. Other lines, and lines
+// that are not records, are returned as they are.
+func keyed(at int64, line []byte) []byte {
+	var (
+		r spillRecord
+		k eventKey
+	)
+	if !spillLine(line) || json.Unmarshal(line, &r) != nil || k.parse(r.Key) {
+		return line
+	}
+	r.Key = lineKey(at, line).String()
+	b, err := json.Marshal(r)
+	if err != nil {
+		return line
+	}
+	return append(b, '\n')
 }

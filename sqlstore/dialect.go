@@ -544,11 +544,14 @@ SELECT 2, g.client_id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, g.audience, g.s
 		deleteGrants: t(`DELETE FROM {p}grants WHERE client_id = ?`),
 
 		// An event written again (its key already there) inserts
-		// nothing; see the Auditor's delivery. The table's only other
-		// unique key is its auto-increment id.
-		insertAudit: t(`INSERT INTO {p}audit_events (event_key, event_time, event_type, client_id, remote_ip, user_agent, audience, scope, jti, secret_id, error_code, reason)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-ON DUPLICATE KEY UPDATE event_key = event_key`),
+		// nothing; see the Auditor's delivery. IGNORE skips a row whose
+		// unique key is taken (the table's only other one is its
+		// auto-increment id) and needs no privilege but INSERT, where
+		// ON DUPLICATE KEY UPDATE needs UPDATE of every column. It
+		// would also turn a value that does not fit its column into a
+		// warning, but every value fits: auditText bounds the text.
+		insertAudit: t(`INSERT IGNORE INTO {p}audit_events (event_key, event_time, event_type, client_id, remote_ip, user_agent, audience, scope, jti, secret_id, error_code, reason)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`),
 
 		// Both branches read the client's events in the range through
 		// the index on (client_id(191), event_time, id).

@@ -138,13 +138,14 @@
 // change.
 //
 // The unique index on event_key came with version 8 of the schema (the
-// column with 7 on PostgreSQL). Adding the column is immediate on every
-// engine; PostgreSQL builds the index in the migration's transaction,
+// column with 7 on PostgreSQL). On PostgreSQL adding the column is
+// immediate, and the index is built in the migration's transaction,
 // which reads the whole table and holds the Auditor's events meanwhile
 // (its migration file shows how to build it beforehand with CREATE
-// UNIQUE INDEX CONCURRENTLY), and MySQL builds it online. A database user
-// limited to appending audit rows needs a column privilege more for it
-// (see [Auditor]).
+// UNIQUE INDEX CONCURRENTLY); MySQL adds both in one online change that
+// rebuilds the table; SQLite adds both in one transaction. On PostgreSQL
+// a database user limited to appending audit rows needs a column
+// privilege more for it (see [Auditor]).
 //
 // Nothing deletes audit rows: keep the table to the span you need with a
 // scheduled DELETE FROM <prefix>audit_events WHERE event_time < ?, which

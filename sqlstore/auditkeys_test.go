@@ -1,0 +1,331 @@
+package sqlstore_test
+
+import (
+	"context"
+	"database/sql"
+	"database/sql/driver"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/go-sql-driver/mysql"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/m2mauth/m2mauth"
+	"github.com/m2mauth/m2mauth/sqlstore"
+)
+
+// errAnswerLost is what a commit returns whose COMMIT reached the server
+// and succeeded, but whose answer the connection lost.
+var errAnswerLost = errors.New("test: connection lost before the commit's answer")
+
+// answerLoser is a database whose lose-th transaction commits on the
+// server but reports errAnswerLost, after which the database is down
+// (every new transaction, statement or connection fails), as a network
+// that fails at that moment and stays down would.
+type answerLoser struct {
+	connector driver.Connector
+	drv       driver.Driver
+	dsn       string
+	lose      int64
+	commits   atomic.Int64
+	down      atomic.Bool
+}
+
+func (e *env) openAnswerLoser(t *testing.T, lose int64) (*sql.DB, *answerLoser) {
+	t.Helper()
+	probe, err := sql.Open(e.driver, e.dsn)
+	require.NoError(t, err)
+	drv := probe.Driver()
+	require.NoError(t, probe.Close())
+	c := &answerLoser{drv: drv, dsn: e.dsn, lose: lose}
+	if dc, ok := drv.(driver.DriverContext); ok {
+		c.connector, err = dc.OpenConnector(e.dsn)
+		require.NoError(t, err)
+	}
+	db := sql.OpenDB(c)
+	t.Cleanup(func() { db.Close() })
+	return db, c
+}
+
+func (c *answerLoser) Driver() driver.Driver { return c.drv }
+
+func (c *answerLoser) Connect(ctx context.Context) (driver.Conn, error) {
+	if c.down.Load() {
+		return nil, errOutage
+	}
+	var (
+		conn driver.Conn
+		err  error
+	)
+	if c.connector != nil {
+		conn, err = c.connector.Connect(ctx)
+	} else {
+		conn, err = c.drv.Open(c.dsn)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return &loserConn{passConn: passConn{conn}, c: c}, nil
+}
+
+type loserConn struct {
+	passConn
+	c *answerLoser
+}
+
+func (l *loserConn) Prepare(q string) (driver.Stmt, error) {
+	return l.PrepareContext(context.Background(), q)
+}
+
+func (l *loserConn) PrepareContext(ctx context.Context, q string) (driver.Stmt, error) {
+	if l.c.down.Load() {
+		return nil, errOutage
+	}
+	if p, ok := l.Conn.(driver.ConnPrepareContext); ok {
+		return p.PrepareContext(ctx, q)
+	}
+	return l.Conn.Prepare(q)
+}
+
+func (l *loserConn) Begin() (driver.Tx, error) {
+	return l.BeginTx(context.Background(), driver.TxOptions{})
+}
+
+func (l *loserConn) BeginTx(ctx context.Context, opts driver.TxOptions) (driver.Tx, error) {
+	if l.c.down.Load() {
+		return nil, errOutage
+	}
+	var (
+		tx  driver.Tx
+		err error
+	)
+	if b, ok := l.Conn.(driver.ConnBeginTx); ok {
+		tx, err = b.BeginTx(ctx, opts)
+	} else {
+		tx, err = l.Conn.Begin()
+	}
+	if err != nil {
+		return nil, err
+	}
+	return &loserTx{Tx: tx, c: l.c}, nil
+}
+
+type loserTx struct {
+	driver.Tx
+	c *answerLoser
+}
+
+func (t *loserTx) Commit() error {
+	if t.c.down.Load() {
+		t.Tx.Rollback()
+		return errOutage
+	}
+	err := t.Tx.Commit()
+	if t.c.commits.Add(1) == t.c.lose && err == nil {
+		t.c.down.Store(true)
+		return errAnswerLost
+	}
+	return err
+}
+
+// oldSpillLine is a spill file line as the release before event keys
+// wrote it: no event_key.
+func oldSpillLine(i int) string {
+	return fmt.Sprintf(`{"event_time":"2026-01-02T03:04:%02d.%06dZ","event":"token_issued","client_id":"svc","jti":"jti-old-%04d"}`+"\n",
+		i%60, i, i)
+}
+
+// TestAuditorSpillKeylessLineMoved: a spill file left by the release
+// before keys holds 257 lines without a key. The first transaction of
+// the file (256 rows) is written; the commit of the second (the 257th
+// line) succeeds on the server, but its answer is lost, and the database
+// stays down until Close, which compacts the file (or, without room for
+// a copy, marks the written lines): the 257th line moves to the start of
+// the file. The next process reads it there with the key it was written
+// with, and writes no row twice.
+func TestAuditorSpillKeylessLineMoved(t *testing.T) {
+	const n = 257
+	var file strings.Builder
+	for i := range n {
+		file.WriteString(oldSpillLine(i))
+	}
+	forEachBackend(t, func(t *testing.T, e *env) {
+		for _, noCopy := range []bool{false, true} {
+			t.Run(map[bool]string{false: "compacted", true: "marked written"}[noCopy], func(t *testing.T) {
+				prefix := e.newPrefix(t)
+				e.newStore(t, sqlstore.Config{TablePrefix: prefix})
+				spill := filepath.Join(t.TempDir(), "audit.spill")
+				require.NoError(t, os.WriteFile(spill, []byte(file.String()), 0o600))
+
+				db, loser := e.openAnswerLoser(t, 2)
+				first, err := sqlstore.NewAuditor(db, e.dialect, sqlstore.AuditorConfig{
+					TablePrefix: prefix, Logger: slog.New(slog.DiscardHandler), SpillFile: spill,
+					MaxRetryDelay: time.Hour, CloseTimeout: 100 * time.Millisecond,
+				})
+				require.NoError(t, err)
+				waitFor(t, "the second commit's answer lost", loser.down.Load)
+				if noCopy {
+					require.NoError(t, os.MkdirAll(filepath.Join(spill+".tmp", "in-the-way"), 0o700))
+				}
+				require.NoError(t, first.Close())
+				require.NoError(t, os.RemoveAll(spill+".tmp"))
+				require.Equal(t, n, e.countAuditRows(t, prefix), "every line is in the table once")
+				assert.Equal(t, 1, first.Pending(), "the line whose answer was lost is left in the file")
+
+				second, err := sqlstore.NewAuditor(e.db, e.dialect, sqlstore.AuditorConfig{
+					TablePrefix: prefix, Logger: slog.New(slog.DiscardHandler), SpillFile: spill,
+				})
+				require.NoError(t, err)
+				t.Cleanup(func() { second.Close() })
+				waitFor(t, "the spill file written", func() bool { return second.Pending() == 0 })
+				require.NoError(t, second.Close())
+				assert.Zero(t, second.Lost())
+
+				count := map[string]int{}
+				for _, r := range e.auditRows(t, prefix) {
+					count[r.JTI]++
+				}
+				for jti, c := range count {
+					assert.Equal(t, 1, c, "rows of %s", jti)
+				}
+				assert.Len(t, count, n)
+			})
+		}
+	})
+}
+
+// TestMigrateMySQLKeyColumnWithoutIndex: on MySQL, version 8 adds the
+// audit events' key column and its unique index in one statement. A
+// table found with the column but not the index (a schema changed by
+// hand), whose rows hold a key twice, gets its duplicates removed, the
+// first row of each key kept, and the index built; Migrate run again
+// finds the work done.
+func TestMigrateMySQLKeyColumnWithoutIndex(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, e *env) {
+		if e.dialect != sqlstore.MySQL {
+			t.Skip("MySQL's migration only")
+		}
+		ctx := t.Context()
+		prefix := e.newPrefix(t)
+		s := e.newStore(t, sqlstore.Config{TablePrefix: prefix})
+		table := prefix + "audit_events"
+		for _, stmt := range []string{
+			"ALTER TABLE " + table + " DROP INDEX " + prefix + "audit_events_key_idx",
+			"DELETE FROM " + prefix + "schema_migrations WHERE version = 8",
+		} {
+			_, err := e.db.ExecContext(ctx, stmt)
+			require.NoError(t, err, stmt)
+		}
+		insert := "INSERT INTO " + table + ` (event_key, event_time, event_type, client_id, remote_ip, user_agent, audience, scope, jti, secret_id, error_code, reason)
+VALUES (?, 1, 'token_issued', 'c', '', '', '', '', ?, '', '', '')`
+		twice, once := []byte("0123456789abcdef"), []byte("fedcba9876543210")
+		for _, row := range []struct {
+			key []byte
+			jti string
+		}{{twice, "first"}, {twice, "second"}, {once, "once"}, {nil, "no key"}, {nil, "no key"}} {
+			_, err := e.db.ExecContext(ctx, insert, row.key, row.jti)
+			require.NoError(t, err)
+		}
+
+		require.NoError(t, s.Migrate(ctx))
+		require.NoError(t, s.Migrate(ctx), "run again")
+		assert.Equal(t, e.allVersions(), e.versions(t, prefix))
+		assert.Contains(t, e.auditIndexes(t, prefix), prefix+"audit_events_key_idx")
+		var jtis []string
+		for _, r := range e.auditRows(t, prefix) {
+			jtis = append(jtis, r.JTI)
+		}
+		assert.Equal(t, []string{"first", "once", "no key", "no key"}, jtis)
+	})
+}
+
+// TestAuditorAppendOnlyUser: a database user that may only append audit
+// rows, with the privileges the Auditor's docs name (INSERT, and on
+// PostgreSQL SELECT of event_key), writes every event, an event written
+// again included, once.
+func TestAuditorAppendOnlyUser(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, e *env) {
+		if e.dialect == sqlstore.SQLite {
+			t.Skip("SQLite has no users")
+		}
+		ctx := t.Context()
+		prefix := e.newPrefix(t)
+		e.newStore(t, sqlstore.Config{TablePrefix: prefix})
+		table := prefix + "audit_events"
+		user := strings.TrimSuffix(prefix, "_") + "_auditor"
+		const password = "append-only-0"
+		var dsn string
+		var grants, drops []string
+		switch e.dialect {
+		case sqlstore.Postgres:
+			grants = []string{
+				"CREATE ROLE " + user + " LOGIN PASSWORD '" + password + "'",
+				"GRANT INSERT ON " + table + " TO " + user,
+				"GRANT SELECT (event_key) ON " + table + " TO " + user,
+			}
+			drops = []string{"DROP OWNED BY " + user, "DROP ROLE " + user}
+			u, err := url.Parse(e.dsn)
+			require.NoError(t, err)
+			u.User = url.UserPassword(user, password)
+			dsn = u.String()
+		case sqlstore.MySQL:
+			cfg, err := mysql.ParseDSN(e.dsn)
+			require.NoError(t, err)
+			for _, host := range []string{"%", "localhost"} {
+				account := "'" + user + "'@'" + host + "'"
+				grants = append(grants, "CREATE USER "+account+" IDENTIFIED BY '"+password+"'",
+					"GRANT INSERT ON `"+cfg.DBName+"`."+table+" TO "+account)
+				drops = append(drops, "DROP USER "+account)
+			}
+			cfg.User, cfg.Passwd = user, password
+			dsn = cfg.FormatDSN()
+		}
+		t.Cleanup(func() {
+			for _, stmt := range drops {
+				if _, err := e.db.Exec(stmt); err != nil {
+					t.Errorf("%s: %v", stmt, err)
+				}
+			}
+		})
+		for _, stmt := range grants {
+			_, err := e.db.ExecContext(ctx, stmt)
+			require.NoError(t, err, stmt)
+		}
+		db, err := sql.Open(e.driver, dsn)
+		require.NoError(t, err)
+		t.Cleanup(func() { db.Close() })
+
+		// The same spill file written twice, as by a process that died
+		// before it emptied the file, then an event received.
+		spill := filepath.Join(t.TempDir(), "audit.spill")
+		line := `{"event_time":"2026-01-02T03:04:05Z","event_key":"00112233445566778899aabbccddeeff","event":"token_issued","client_id":"c","jti":"spilled"}` + "\n"
+		for i := range 2 {
+			require.NoError(t, os.WriteFile(spill, []byte(line), 0o600))
+			a, err := sqlstore.NewAuditor(db, e.dialect, sqlstore.AuditorConfig{
+				TablePrefix: prefix, Logger: slog.New(slog.DiscardHandler), SpillFile: spill,
+			})
+			require.NoError(t, err)
+			if i == 1 {
+				a.Audit(ctx, m2mauth.AuditEvent{Type: m2mauth.EventTokenIssued, ClientID: "c", JTI: "received"})
+			}
+			waitFor(t, "the spill file written", func() bool { return a.Pending() == 0 })
+			require.NoError(t, a.Close())
+			assert.Zero(t, a.Failures(), "events not written on the first try")
+			assert.Zero(t, a.Lost())
+		}
+		var jtis []string
+		for _, r := range e.auditRows(t, prefix) {
+			jtis = append(jtis, r.JTI)
+		}
+		assert.Equal(t, []string{"spilled", "received"}, jtis)
+	})
+}
