@@ -107,16 +107,16 @@ const (
 //   - Nothing is fetched before the first VerificationKeys or RefreshKeys
 //     call (the first token a validator sees makes one); that call waits
 //     for the fetch, within its context and Timeout.
-//   - Verifying does no I/O once a set is held: VerificationKeys is an
-//     atomic load and returns the same *jose.JSONWebKeySet until the keys
-//     change (a refetch of identical keys keeps the pointer).
+//   - Verifying does no I/O while the set held is fresh: VerificationKeys
+//     is an atomic load and returns the same *jose.JSONWebKeySet until
+//     the keys change (a refetch of identical keys keeps the pointer).
 //   - At most one fetch per RefreshCooldown (30s by default) for tokens
 //     naming a key the set lacks and after a failed fetch; concurrent
 //     callers that need one share it. A flood of tokens with made-up key
 //     ids costs the server at most that. A set that a successful fetch
 //     brought is fetched again when it is due, whatever the cooldown:
-//     at most one more fetch per lifetime of the set (per half of it,
-//     for lifetimes under twice Timeout).
+//     at most one more fetch per lifetime of the set less its refresh
+//     margin (below).
 //   - A set is fresh for its Cache-Control max-age (less Age), clamped to
 //     between 1 second and 24 hours; 10 minutes without one; no-store
 //     and no-cache count as 0. Shortly before expiry (a minute, or a tenth
@@ -139,10 +139,15 @@ const (
 //     after that VerificationKeys fails with [ErrKeysUnavailable] and the
 //     validator refuses tokens: it fails closed. While fetches fail, a
 //     call is served the set at once, and starts the next fetch in the
-//     background once the cooldown has passed; only when that fetch is
-//     overdue (no call came in the cooldown and Timeout after the last
-//     failure: a server back since then may have removed keys) does a
-//     call wait for a fetch, as after expiry.
+//     background once the cooldown has passed; only after a quiet spell
+//     (no call in the cooldown and Timeout after the last failed fetch or
+//     the last call served: a server back since then may have removed
+//     keys) does a call wait for a fetch, as after expiry, and so do the
+//     calls that come while it is under way.
+//   - A server that answers with a set that leaves nothing to trust (no
+//     usable key, or private or secret key material published) is
+//     believed: the set held before is dropped with it, and tokens are
+//     refused until a fetch brings usable keys.
 //   - Every request is bounded by Timeout (5s) and MaxBodyBytes (64 KiB)
 //     and goes over https, except to loopback hosts or with
 //     AllowInsecureHTTP.
@@ -176,6 +181,9 @@ type RemoteKeys struct {
 	flight      *remoteFlight
 	lastAttempt time.Time
 	lastErr     error
+	// lastServed is when an expired set was last served because
+	// fetches fail (see usable).
+	lastServed time.Time
 }
 
 // remoteSnapshot is a good key set and the instants that govern it.
@@ -193,6 +201,10 @@ type remoteSnapshot struct {
 // remoteFlight is one fetch in progress; done is closed when it ends.
 type remoteFlight struct {
 	done chan struct{}
+	// stale: calls are served the set held while the fetch is under
+	// way, as it began before the set's expiry, or while fetches failed
+	// and no quiet spell had passed.
+	stale bool
 }
 
 // RemoteKeysStatus describes the state of a [RemoteKeys], for health
@@ -355,11 +367,8 @@ func (r *RemoteKeys) VerificationKeys(ctx context.Context) (*jose.JSONWebKeySet,
 
 // usable reports whether s may be served at now without waiting for a
 // fetch: it is fresh; or it is within MaxStale of its expiry, and either
-// a refresh that began before the expiry is under way (which ends within
-// Timeout), or fetches fail: the last one failed, and the next is not
-// overdue (it may start once the cooldown has passed, and takes up to
-// Timeout; past both, the server may be back, and the set is not served
-// again before it is asked).
+// the fetch under way lets it be (see remoteFlight.stale), or, with none
+// under way, fetches fail (see failing).
 func (r *RemoteKeys) usable(s *remoteSnapshot, now time.Time) bool {
 	if now.Before(s.expires) {
 		return true
@@ -369,10 +378,30 @@ func (r *RemoteKeys) usable(s *remoteSnapshot, now time.Time) bool {
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if r.flight != nil && r.lastAttempt.Before(s.expires) {
+	if r.flight != nil {
+		return r.flight.stale
+	}
+	if r.failing(now) {
+		r.lastServed = now
 		return true
 	}
-	return r.lastErr != nil && now.Before(r.lastAttempt.Add(r.cfg.RefreshCooldown+r.cfg.Timeout))
+	return false
+}
+
+// failing reports whether fetches fail at now: the last one failed, and
+// no quiet spell has passed since it or since the last call served
+// because of it: the cooldown, after which the next fetch may start, and
+// its Timeout. Past a quiet spell, the server may be back, and an expired
+// set is not served before it is asked. r.mu must be held.
+func (r *RemoteKeys) failing(now time.Time) bool {
+	if r.lastErr == nil {
+		return false
+	}
+	last := r.lastAttempt
+	if r.lastServed.After(last) {
+		last = r.lastServed
+	}
+	return now.Before(last.Add(r.cfg.RefreshCooldown + r.cfg.Timeout))
 }
 
 // due reports whether a fetch may start at now: the cooldown since the
@@ -464,6 +493,9 @@ func (r *RemoteKeys) refreshInBackground(ctx context.Context, now time.Time) {
 // does not cancel it for the others. r.mu must be held.
 func (r *RemoteKeys) start(ctx context.Context, now time.Time) *remoteFlight {
 	f := &remoteFlight{done: make(chan struct{})}
+	if s := r.snap.Load(); s != nil {
+		f.stale = now.Before(s.expires) || now.Before(s.staleUntil) && r.failing(now)
+	}
 	r.flight = f
 	r.lastAttempt = now
 	if s := r.snap.Load(); s != nil {
@@ -487,6 +519,16 @@ func (r *RemoteKeys) run(ctx context.Context, f *remoteFlight, started time.Time
 	r.flight = nil
 	r.lastErr = err
 	old := r.snap.Load()
+	if u := (untrusted{}); errors.As(err, &u) && old != nil && now.Before(old.staleUntil) {
+		// Refused, but answered: the server has withdrawn what it
+		// published before, or shows it compromised.
+		gone := *old
+		gone.expires, gone.staleUntil = now, now
+		r.snap.Store(&gone)
+		r.cfg.Logger.ErrorContext(ctx, "m2mauth: JWKS refused; the last good set is dropped, tokens are refused",
+			"url", r.url, "error", err, "fetched_at", old.fetched)
+		return
+	}
 	if err != nil {
 		switch {
 		case old != nil && now.Before(old.staleUntil):
@@ -599,10 +641,10 @@ func remoteParseKeySet(body []byte) ([]jose.JSONWebKey, []string, error) {
 			continue
 		}
 		if m.D != nil || m.P != nil || m.Q != nil || m.DP != nil || m.DQ != nil || m.QI != nil || m.Oth != nil || m.Priv != nil {
-			return nil, nil, fmt.Errorf("key #%d (kid %q) holds private key material", i, m.Kid)
+			return nil, nil, untrusted{fmt.Errorf("key #%d (kid %q) holds private key material", i, m.Kid)}
 		}
 		if m.K != nil {
-			return nil, nil, fmt.Errorf("key #%d (kid %q) is a symmetric key; its secret is published", i, m.Kid)
+			return nil, nil, untrusted{fmt.Errorf("key #%d (kid %q) is a symmetric key; its secret is published", i, m.Kid)}
 		}
 		var k jose.JSONWebKey
 		if err := k.UnmarshalJSON(raw); err != nil {
@@ -612,7 +654,7 @@ func remoteParseKeySet(body []byte) ([]jose.JSONWebKey, []string, error) {
 		if !k.IsPublic() || !k.Valid() {
 			// Not reached for the key types accepted below; kept as the
 			// last word on private material.
-			return nil, nil, fmt.Errorf("key #%d (kid %q) is not a valid public key", i, m.Kid)
+			return nil, nil, untrusted{fmt.Errorf("key #%d (kid %q) is not a valid public key", i, m.Kid)}
 		}
 		reason := remoteCheckKey(&k)
 		switch {
@@ -630,10 +672,17 @@ func remoteParseKeySet(body []byte) ([]jose.JSONWebKey, []string, error) {
 		keys = append(keys, k)
 	}
 	if len(keys) == 0 {
-		return nil, dropped, fmt.Errorf("no usable key among %d", len(*doc.Keys))
+		return nil, dropped, untrusted{fmt.Errorf("no usable key among %d", len(*doc.Keys))}
 	}
 	return keys, dropped, nil
 }
+
+// untrusted is the refusal of a key set that leaves nothing to trust: no
+// usable key, or keys whose private or secret parts are published. The
+// server answered it: the set held before is dropped with it.
+type untrusted struct{ error }
+
+func (e untrusted) Unwrap() error { return e.error }
 
 // remoteCheckKey decides whether a public key from a remote set is kept,
 // setting its algorithm when only one fits, and returns why not if not.

@@ -10,6 +10,8 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"runtime"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -278,4 +280,294 @@ func TestRemoteKeysLifetimeFromRequest(t *testing.T) {
 	require.NoError(t, <-done)
 	st := rk.Status()
 	assert.False(t, st.Expires.After(asked.Add(time.Second)), "expires %v after the request", st.Expires.Sub(asked))
+}
+
+// gatedServer serves a JWKS; while gated, each request waits for a value
+// on release (or its own end) before it is answered.
+type gatedServer struct {
+	*httptest.Server
+	hits    atomic.Int64
+	arrived chan struct{}
+	release chan struct{}
+
+	mu     sync.Mutex
+	status int
+	body   []byte
+	cc     string
+	gated  bool
+}
+
+func newGatedServer(t *testing.T, body []byte, cc string) *gatedServer {
+	t.Helper()
+	s := &gatedServer{status: http.StatusOK, body: body, cc: cc,
+		arrived: make(chan struct{}, 100), release: make(chan struct{}, 100)}
+	s.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		s.hits.Add(1)
+		s.mu.Lock()
+		status, body, cc, gated := s.status, s.body, s.cc, s.gated
+		s.mu.Unlock()
+		if gated {
+			s.arrived <- struct{}{}
+			select {
+			case <-s.release:
+			case <-r.Context().Done():
+				return
+			}
+		}
+		if cc != "" {
+			w.Header().Set("Cache-Control", cc)
+		}
+		w.WriteHeader(status)
+		_, _ = w.Write(body)
+	}))
+	t.Cleanup(s.Close)
+	return s
+}
+
+func (s *gatedServer) set(status int, body []byte, gated bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.status, s.body, s.gated = status, body, gated
+}
+
+// TestRemoteKeysCallersDuringOverdueFetch: a verifier whose last refresh
+// failed long ago (a blip), whose server is back and has removed a key,
+// and that was idle past the set's expiry: the first call fetches and
+// waits, and so does a call that comes while that fetch is under way; a
+// token of the removed key verifies for neither.
+func TestRemoteKeysCallersDuringOverdueFetch(t *testing.T) {
+	for _, via := range []string{"Validate", "VerificationKeys", "RefreshKeys"} {
+		t.Run(via, func(t *testing.T) {
+			leaked, next := remoteEC(t), remoteEC(t)
+			srv := newGatedServer(t, remoteSet(t, remoteJWK("leaked", "ES256", &leaked.PublicKey)), "max-age=600")
+			clock := newRemoteClock()
+			rk := newRemote(t, srv.URL, remoteConfig(clock))
+			v, err := m2mauth.NewValidator(rk, m2mauth.ValidatorConfig{Issuer: testIssuer, Audience: testAudience, Now: clock.Now, CacheSize: -1})
+			require.NoError(t, err)
+			_, err = v.Validate(t.Context(), remoteMint(t, leaked, "leaked", clock.Now()))
+			require.NoError(t, err)
+
+			// A blip at the background refresh, shortly before expiry.
+			srv.set(http.StatusServiceUnavailable, []byte("restarting"), false)
+			at := clock.Add(9*time.Minute + 30*time.Second)
+			_, err = rk.VerificationKeys(t.Context())
+			require.NoError(t, err)
+			remoteWaitAttempt(t, rk, at, true)
+
+			// Back at once, with the leaked key revoked; answers take a
+			// moment (held until released). Idle for an hour.
+			srv.set(http.StatusOK, remoteSet(t, remoteJWK("next", "ES256", &next.PublicKey)), true)
+			clock.Add(time.Hour)
+
+			// The first caller: fetches and waits.
+			first := make(chan error, 1)
+			go func() {
+				_, err := v.Validate(context.Background(), remoteMint(t, leaked, "leaked", clock.Now()))
+				first <- err
+			}()
+			select {
+			case <-srv.arrived:
+			case <-time.After(5 * time.Second):
+				t.Fatal("the first call did not fetch")
+			}
+
+			// A second caller while that fetch is under way.
+			ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+			defer cancel()
+			switch via {
+			case "Validate":
+				_, err = v.Validate(ctx, remoteMint(t, leaked, "leaked", clock.Now()))
+				assert.Error(t, err, "a token of a key the answering server removed verifies, an hour past the set's expiry, while the fetch is under way")
+			case "VerificationKeys":
+				set, err := rk.VerificationKeys(ctx)
+				if err == nil {
+					assert.NotContains(t, remoteKids(set), "leaked", "the expired set served without waiting for the overdue fetch")
+				}
+			case "RefreshKeys":
+				set, err := rk.RefreshKeys(ctx, "leaked")
+				if err == nil {
+					assert.NotContains(t, remoteKids(set), "leaked", "the expired set served without waiting for the overdue fetch")
+				}
+			}
+			srv.release <- struct{}{}
+			require.Error(t, <-first, "the first caller, which waited, refuses the token")
+		})
+	}
+}
+
+// TestRemoteKeysHangingServerCallsDoNotWait: while a blackholed server
+// makes fetches fail, a verifier that calls every 7s (several calls in
+// each cooldown of 30s) has no call wait for a fetch: each cooldown's
+// fetch starts in the background.
+func TestRemoteKeysHangingServerCallsDoNotWait(t *testing.T) {
+	srv := newRemoteServer(t, remoteSet(t, remoteJWK("k1", "ES256", &remoteEC(t).PublicKey)))
+	srv.cacheControl = "max-age=600"
+	clock := newRemoteClock()
+	cfg := remoteConfig(clock)
+	cfg.Timeout = 400 * time.Millisecond
+	rk := newRemote(t, srv.jwksURL(), cfg)
+	_, err := rk.VerificationKeys(t.Context())
+	require.NoError(t, err)
+	srv.mu.Lock()
+	srv.stall = true
+	srv.mu.Unlock()
+
+	// A call that waited for a fetch would end with its deadline: the
+	// server answers nothing within Timeout.
+	waits := 0
+	clock.Add(9*time.Minute + 50*time.Second) // refreshAt passed: background refresh
+	for range 40 {                            // 280s of calls every 7s
+		ctx, cancel := context.WithTimeout(t.Context(), 50*time.Millisecond)
+		if _, err := rk.VerificationKeys(ctx); err != nil {
+			waits++
+		}
+		cancel()
+		waitNoFlight(t, rk) // 7s pass between calls: any fetch has ended
+		clock.Add(7 * time.Second)
+	}
+	t.Logf("%d of 40 calls waited for a fetch; fetches %d", waits, srv.hits.Load())
+	assert.Zero(t, waits, "a verifier calling every 7s (4 calls per cooldown) waited on a blackholed server")
+}
+
+// TestRemoteKeysAnsweredSetWithoutUsableKeys: the server answers 200 with
+// a well-formed JWKS from which the revoked key is gone, but which holds
+// no key RemoteKeys accepts (empty, or only an RSA key without alg, which
+// RFC 7517 §4.4 allows): the set held before is dropped with it, and the
+// removed key's tokens are refused.
+func TestRemoteKeysAnsweredSetWithoutUsableKeys(t *testing.T) {
+	rsaKey, err := remoteRSA()
+	require.NoError(t, err)
+	for _, tc := range []struct {
+		name string
+		body []byte
+	}{
+		{"empty keys", []byte(`{"keys":[]}`)},
+		{"only an RSA key without alg", remoteRaw(remoteMarshal(t, remoteJWK("rsa1", "RS256", &rsaKey.PublicKey), map[string]any{"alg": nil}))},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			leaked := remoteEC(t)
+			srv := newRemoteServer(t, remoteSet(t, remoteJWK("leaked", "ES256", &leaked.PublicKey)))
+			srv.cacheControl = "max-age=60"
+			clock := newRemoteClock()
+			rk := newRemote(t, srv.jwksURL(), remoteConfig(clock))
+			v, err := m2mauth.NewValidator(rk, m2mauth.ValidatorConfig{Issuer: testIssuer, Audience: testAudience, Now: clock.Now})
+			require.NoError(t, err)
+			_, err = v.Validate(t.Context(), remoteMint(t, leaked, "leaked", clock.Now()))
+			require.NoError(t, err)
+
+			srv.serve(http.StatusOK, tc.body) // the leaked key revoked
+			for _, d := range []time.Duration{2 * time.Minute, time.Hour, 12 * time.Hour} {
+				clock.Add(d)
+				_, err = v.Validate(t.Context(), remoteMint(t, leaked, "leaked", clock.Now()))
+				assert.Error(t, err, "a token of the key the server removed, %v after the removal; the server answers 200", d)
+			}
+			t.Logf("status: %+v", rk.Status().LastError)
+		})
+	}
+}
+
+// TestRemoteKeysNoGoroutineOutlivesFetch: callers that give up, hanging
+// and failing servers: no fetch goroutine is left once Timeout has passed.
+func TestRemoteKeysNoGoroutineOutlivesFetch(t *testing.T) {
+	srv := newRemoteServer(t, remoteSet(t, remoteJWK("k1", "ES256", &remoteEC(t).PublicKey)))
+	srv.cacheControl = "max-age=5"
+	clock := newRemoteClock()
+	cfg := remoteConfig(clock)
+	cfg.Timeout = 300 * time.Millisecond
+	cfg.RefreshCooldown = time.Second
+	rk := newRemote(t, srv.jwksURL(), cfg)
+	_, err := rk.VerificationKeys(t.Context())
+	require.NoError(t, err)
+	srv.mu.Lock()
+	srv.stall = true
+	srv.mu.Unlock()
+	for i := range 50 {
+		clock.Add(700 * time.Millisecond)
+		ctx, cancel := context.WithTimeout(context.Background(), time.Duration(i%3)*time.Millisecond)
+		_, _ = rk.VerificationKeys(ctx)
+		_, _ = rk.RefreshKeys(ctx, "nope")
+		cancel()
+	}
+	require.Eventually(t, func() bool { return runGoroutines() == 0 }, 10*time.Second, 10*time.Millisecond)
+}
+
+// TestRemoteKeysConcurrentClockJumps: concurrent VerificationKeys,
+// RefreshKeys, Validate and Status while the fake clock jumps forward and
+// back and the server fails, hangs, recovers and rotates; for -race, and
+// for panics.
+func TestRemoteKeysConcurrentClockJumps(t *testing.T) {
+	k1, k2 := remoteEC(t), remoteEC(t)
+	sets := [][]byte{remoteSet(t, remoteJWK("k1", "ES256", &k1.PublicKey)), remoteSet(t, remoteJWK("k2", "ES256", &k2.PublicKey))}
+	srv := newRemoteServer(t, sets[0])
+	srv.cacheControl = "max-age=2"
+	clock := newRemoteClock()
+	cfg := remoteConfig(clock)
+	cfg.RefreshCooldown = time.Second
+	cfg.Timeout = 50 * time.Millisecond
+	cfg.MaxStale = 5 * time.Second
+	rk := newRemote(t, srv.jwksURL(), cfg)
+	v, err := m2mauth.NewValidator(rk, m2mauth.ValidatorConfig{Issuer: testIssuer, Audience: testAudience, Now: clock.Now})
+	require.NoError(t, err)
+	toks := []string{remoteMint(t, k1, "k1", clock.Now()), remoteMint(t, k2, "k2", clock.Now())}
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for g := range 6 {
+		wg.Go(func() {
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				ctx, cancel := context.WithTimeout(context.Background(), time.Duration(i%4)*time.Millisecond)
+				switch g % 3 {
+				case 0:
+					_, _ = rk.VerificationKeys(ctx)
+				case 1:
+					_, _ = rk.RefreshKeys(ctx, []string{"k1", "k2", "zz"}[i%3])
+				default:
+					_, _ = v.Validate(ctx, toks[i%2])
+				}
+				cancel()
+				_ = rk.Status()
+			}
+		})
+	}
+	for i := range 300 {
+		switch i % 30 {
+		case 5:
+			srv.serve(http.StatusInternalServerError, nil)
+		case 10:
+			srv.mu.Lock()
+			srv.stall = true
+			srv.mu.Unlock()
+		case 15:
+			srv.mu.Lock()
+			srv.stall = false
+			srv.mu.Unlock()
+			srv.serve(http.StatusOK, sets[(i/30)%2])
+		}
+		if i%17 == 0 {
+			clock.Add(-3 * time.Second)
+		} else {
+			clock.Add(300 * time.Millisecond)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	close(stop)
+	wg.Wait()
+	require.Eventually(t, func() bool { return runGoroutines() == 0 }, 10*time.Second, 10*time.Millisecond)
+}
+
+// waitNoFlight waits until no fetch is under way (Status cannot say it;
+// the run goroutine is looked for in the stacks).
+func waitNoFlight(t *testing.T, rk *m2mauth.RemoteKeys) {
+	t.Helper()
+	require.Eventually(t, func() bool { return runGoroutines() == 0 }, 10*time.Second, time.Millisecond)
+}
+
+func runGoroutines() int {
+	buf := make([]byte, 1<<20)
+	n := runtime.Stack(buf, true)
+	return strings.Count(string(buf[:n]), "m2mauth.(*RemoteKeys).run(")
 }

@@ -524,23 +524,26 @@ func TestRemoteKeysRefusesBadResponses(t *testing.T) {
 		status int
 		body   []byte
 		want   string
+		// drops: an answer that leaves nothing to trust, so the set
+		// held before is dropped; the others keep it.
+		drops bool
 	}{
-		{"10 MiB body", 200, huge, "larger than 65536 bytes"},
-		{"body just over the bound", 200, append(bytes.Repeat([]byte(" "), 64<<10), remoteRaw(goodKey)...), "larger than"},
-		{"status 500", 500, remoteRaw(goodKey), "500"},
-		{"status 302 without Location", 302, remoteRaw(goodKey), "302"},
-		{"not JSON", 200, []byte("<html>login</html>"), "not a JWK Set"},
-		{"JSON array", 200, []byte(`[` + goodKey + `]`), "not a JWK Set"},
-		{"keys not an array", 200, []byte(`{"keys":{"kty":"EC"}}`), "not a JWK Set"},
-		{"no keys member", 200, []byte(`{}`), `no "keys"`},
-		{"keys null", 200, []byte(`{"keys":null}`), `no "keys"`},
-		{"empty set", 200, remoteRaw(), "no usable key"},
-		{"EC private key", 200, remoteSet(t, remoteJWK("good", "ES256", &good.PublicKey), remoteJWK("leak", "ES256", other)), "private key material"},
-		{"Ed25519 private key", 200, remoteSet(t, remoteJWK("good", "ES256", &good.PublicKey), remoteJWK("leak", "EdDSA", edPriv)), "private key material"},
-		{"RSA prime", 200, remoteRaw(goodKey, remoteMarshal(t, remoteJWK("rsa", "ES256", &other.PublicKey), map[string]any{"p": "AQAB"})), "private key material"},
-		{"private member null", 200, remoteRaw(goodKey, remoteMarshal(t, remoteJWK("x", "ES256", &other.PublicKey), map[string]any{"d": json.RawMessage("null")})), "private key material"},
-		{"HS256 oct key", 200, remoteSet(t, remoteJWK("good", "ES256", &good.PublicKey), remoteJWK("hmac", "HS256", []byte("0123456789abcdef0123456789abcdef"))), "symmetric"},
-		{"only unusable keys", 200, remoteRaw(remoteMarshal(t, remoteJWK("", "ES256", &good.PublicKey), nil)), "no usable key"},
+		{"10 MiB body", 200, huge, "larger than 65536 bytes", false},
+		{"body just over the bound", 200, append(bytes.Repeat([]byte(" "), 64<<10), remoteRaw(goodKey)...), "larger than", false},
+		{"status 500", 500, remoteRaw(goodKey), "500", false},
+		{"status 302 without Location", 302, remoteRaw(goodKey), "302", false},
+		{"not JSON", 200, []byte("<html>login</html>"), "not a JWK Set", false},
+		{"JSON array", 200, []byte(`[` + goodKey + `]`), "not a JWK Set", false},
+		{"keys not an array", 200, []byte(`{"keys":{"kty":"EC"}}`), "not a JWK Set", false},
+		{"no keys member", 200, []byte(`{}`), `no "keys"`, false},
+		{"keys null", 200, []byte(`{"keys":null}`), `no "keys"`, false},
+		{"empty set", 200, remoteRaw(), "no usable key", true},
+		{"EC private key", 200, remoteSet(t, remoteJWK("good", "ES256", &good.PublicKey), remoteJWK("leak", "ES256", other)), "private key material", true},
+		{"Ed25519 private key", 200, remoteSet(t, remoteJWK("good", "ES256", &good.PublicKey), remoteJWK("leak", "EdDSA", edPriv)), "private key material", true},
+		{"RSA prime", 200, remoteRaw(goodKey, remoteMarshal(t, remoteJWK("rsa", "ES256", &other.PublicKey), map[string]any{"p": "AQAB"})), "private key material", true},
+		{"private member null", 200, remoteRaw(goodKey, remoteMarshal(t, remoteJWK("x", "ES256", &other.PublicKey), map[string]any{"d": json.RawMessage("null")})), "private key material", true},
+		{"HS256 oct key", 200, remoteSet(t, remoteJWK("good", "ES256", &good.PublicKey), remoteJWK("hmac", "HS256", []byte("0123456789abcdef0123456789abcdef"))), "symmetric", true},
+		{"only unusable keys", 200, remoteRaw(remoteMarshal(t, remoteJWK("", "ES256", &good.PublicKey), nil)), "no usable key", true},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -558,7 +561,8 @@ func TestRemoteKeysRefusesBadResponses(t *testing.T) {
 			assert.NotContains(t, err.Error(), "login")
 			assert.NotContains(t, logs.String(), "login")
 
-			// After a good set: refused, and the good set kept.
+			// After a good set: refused; the good set kept, or, when the
+			// answer leaves nothing to trust, dropped (fail closed).
 			srv.serve(http.StatusOK, remoteRaw(goodKey))
 			clock.Add(30 * time.Second)
 			set, err := rk.VerificationKeys(t.Context())
@@ -567,13 +571,22 @@ func TestRemoteKeysRefusesBadResponses(t *testing.T) {
 			srv.serve(tc.status, tc.body)
 			clock.Add(30 * time.Second)
 			got, err := rk.RefreshKeys(t.Context(), "leak")
-			require.NoError(t, err)
-			assert.Same(t, set, got)
+			if tc.drops {
+				require.ErrorIs(t, err, m2mauth.ErrKeysUnavailable)
+			} else {
+				require.NoError(t, err)
+				assert.Same(t, set, got)
+			}
 			assert.Contains(t, rk.Status().LastError.Error(), tc.want)
 			got, err = rk.VerificationKeys(t.Context())
-			require.NoError(t, err)
-			assert.Same(t, set, got)
-			assert.EqualValues(t, 3, srv.hits.Load())
+			if tc.drops {
+				require.ErrorIs(t, err, m2mauth.ErrKeysUnavailable)
+				assert.Contains(t, err.Error(), tc.want)
+			} else {
+				require.NoError(t, err)
+				assert.Same(t, set, got)
+			}
+			assert.EqualValues(t, 3, srv.hits.Load(), "no fetch within the cooldown")
 		})
 	}
 }
@@ -1097,16 +1110,21 @@ func TestValidatorWithRemoteKeys(t *testing.T) {
 	}
 	assert.LessOrEqual(t, fetches.Load()-n, int64(1))
 
-	// A set offering an HS256 key is refused whole; the last good set
-	// stays in use.
+	// A set offering an HS256 key is refused whole, and shows the
+	// server broken: the last good set is dropped too, and every token
+	// refused (500: the fault is the server's) until usable keys return.
 	oct := []byte(`{"keys":[{"kty":"oct","kid":"h","alg":"HS256","k":"` + base64.RawURLEncoding.EncodeToString(make([]byte, 32)) + `"}]}`)
 	override.Store(&oct)
 	clock.Add(31 * time.Second)
 	hsKey, err := m2mauth.NewHS256Key("h", make([]byte, 32))
 	require.NoError(t, err)
 	setKeys(hsKey)
-	assert.Equal(t, 401, call(mint()), "an HS256 token is not verified with a key from a remote set")
-	assert.Equal(t, 200, call(newTok), "the last good set stays")
+	assert.Equal(t, 500, call(mint()), "an HS256 token is not verified with a key from a remote set")
+	assert.Equal(t, 500, call(newTok), "the last good set is dropped")
+	override.Store(nil)
+	clock.Add(31 * time.Second)
+	setKeys(second, first)
+	assert.Equal(t, 200, call(newTok), "back once the server publishes usable keys")
 }
 
 // TestValidatorCallerGoneWhileKeysFetched: a caller that hangs up while
