@@ -62,18 +62,20 @@
 // which fetches the authorization server's JWKS directly
 // ([NewRemoteKeys]) or through RFC 8414 discovery ([DiscoverRemoteKeys],
 // which requires the metadata's issuer to match exactly). Verifying a
-// token does no I/O once keys are held. The set stays fresh for its
-// Cache-Control max-age, clamped to [1 min, 24 h] (10 min without one),
-// and is refreshed shortly before it expires; a token naming an unknown
-// kid triggers a refetch, but at most one fetch happens per
-// RefreshCooldown (30 s) and concurrent callers share it, so forged kids
-// cannot flood the authorization server. A failed fetch never discards
-// the last good set: it is served up to MaxStale (24 h) past its expiry,
-// then tokens are refused (fail closed). Every fetch uses https (http only
-// to loopback hosts, or with AllowInsecureHTTP), a 5 s timeout, a 64 KiB
-// body limit and at most 3 redirects; a set that publishes any private or
-// symmetric key material is refused whole, and only RSA (≥ 2048 bits, with
-// an explicit RS256 or PS256 alg), P-256 and Ed25519 keys are accepted.
+// token does no I/O while the keys held are fresh. The set stays fresh
+// for its Cache-Control max-age, clamped to [1 s, 24 h] (10 min without
+// one), and is refreshed shortly before it expires, or, after a quiet
+// spell past its expiry, fetched again before it is trusted; a token
+// naming an unknown kid triggers a refetch, but at most one such fetch
+// happens per RefreshCooldown (30 s) and concurrent callers share it, so
+// forged kids cannot flood the authorization server. A failed fetch never
+// discards the last good set: it is served up to MaxStale (24 h) past its
+// expiry, then tokens are refused (fail closed). Every fetch uses https
+// (http only to loopback hosts, or with AllowInsecureHTTP), a 5 s timeout,
+// a 64 KiB body limit and at most 3 redirects; a set that publishes any
+// private or symmetric key material, or holds no usable key, is refused
+// whole, and the set held before with it; only RSA (≥ 2048 bits, with an
+// explicit RS256 or PS256 alg), P-256 and Ed25519 keys are accepted.
 //
 // # Operating it
 //

@@ -80,6 +80,7 @@
 //	                                the SQLite file, or in the working directory)
 //	-alert-webhook URL              POST alerts there too, signed with
 //	-alert-webhook-secret S         this secret (default: $M2MAUTH_ALERT_WEBHOOK_SECRET)
+//	-alert-learning-period 168h     how long new_address learns a client's networks
 //	-revocation-refresh 5s          how often a database's revocations are read
 //	-revocation-max-stale D         how long they are trusted while reads fail
 //	                                (default: 6 × -revocation-refresh, at least 30s)

@@ -333,7 +333,15 @@ func serve(g globals, args []string, stdout, stderr io.Writer) error {
 		scheme = "https"
 	}
 	base := scheme + "://" + ln.Addr().String()
-	if err := greet(ctx, b, g, sk, sched, disc, revocations, base, stdout); err != nil {
+	// The demo's commands go where clients reach the server: over TLS or
+	// through the trusted proxies, at -issuer's host (which the
+	// certificate names, and which the proxy answers for); over plain
+	// HTTP, at the listener.
+	demo := base
+	if (tlsConfig != nil || len(trusted) > 0) && strings.HasPrefix(disc.origin, "https://") {
+		demo = disc.origin
+	}
+	if err := greet(ctx, b, g, sk, sched, disc, revocations, base, demo, stdout); err != nil {
 		return err
 	}
 
@@ -517,9 +525,10 @@ func listing(kind string, names ...string) http.Handler {
 	})
 }
 
-// greet prints where the server listens and, on the first start, creates
-// the demo client and shows its secret once.
-func greet(ctx context.Context, b *backend, g globals, sk *serverKeys, sched keySchedule, disc discovery, revocations *revocationSource, base string, out io.Writer) error {
+// greet prints where the server listens, base, and, on the first start,
+// creates the demo client and shows its secret once, with commands that
+// use it at demo.
+func greet(ctx context.Context, b *backend, g globals, sk *serverKeys, sched keySchedule, disc discovery, revocations *revocationSource, base, demo string, out io.Writer) error {
 	fmt.Fprintf(out, "m2mauth example: listening on %s (store: %s)\n", base, b.kind)
 	greetDiscovery(g, disc, base, out)
 	if sk.managed() {
@@ -549,7 +558,7 @@ Get a token:
   TOKEN=$(curl -s -u %s -d grant_type=client_credentials %s | sed -E 's/.*"access_token":"([^"]+)".*/\1/')
 Call the protected API with it:
   curl -s -H "Authorization: Bearer $TOKEN" %s
-`, shellQuote(demoClientID+":"+secret), shellQuote(base+tokenPath), shellQuote(base+"/api/builders"))
+`, shellQuote(demoClientID+":"+secret), shellQuote(demo+tokenPath), shellQuote(demo+"/api/builders"))
 	return nil
 }
 

@@ -22,6 +22,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -40,6 +41,13 @@ import (
 // key to PEM files, and returns them with a pool that trusts the
 // certificate.
 func selfSignedCert(t *testing.T) (certFile, keyFile string, roots *x509.CertPool) {
+	return selfSignedCertFor(t, "127.0.0.1")
+}
+
+// selfSignedCertFor is selfSignedCert for host, an IP address or a DNS
+// name (the certificate names no IP address then, as a real one for a
+// host name does not).
+func selfSignedCertFor(t *testing.T, host string) (certFile, keyFile string, roots *x509.CertPool) {
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	require.NoError(t, err)
@@ -53,7 +61,11 @@ func selfSignedCert(t *testing.T) (certFile, keyFile string, roots *x509.CertPoo
 		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
 		BasicConstraintsValid: true,
 		IsCA:                  true,
-		IPAddresses:           []net.IP{net.IPv4(127, 0, 0, 1)},
+	}
+	if ip := net.ParseIP(host); ip != nil {
+		tmpl.IPAddresses = []net.IP{ip}
+	} else {
+		tmpl.DNSNames = []string{host}
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
 	require.NoError(t, err)
@@ -599,4 +611,66 @@ func TestDemoClientStaysDeleted(t *testing.T) {
 	out, err := exec.Command(bin, append(global, "client", "show", "-id", demoClientID)...).CombinedOutput()
 	require.Error(t, err, "%s", out)
 	assert.Contains(t, string(out), "not found")
+}
+
+// bannerTokenCurl matches the banner's "Get a token" command: the demo
+// client's credentials and the URL.
+var bannerTokenCurl = regexp.MustCompile(`TOKEN=\$\(curl -s -u '([^':]*):([^']*)' -d grant_type=client_credentials '([^']*)'`)
+
+// TestServeBannerCommands: the start-up banner's commands name the URL
+// clients reach the server at. Served with a certificate for -issuer's
+// host on every interface (-addr :PORT), the token command, run as
+// printed, gets a token (the listener's https://[::]:PORT fails the
+// certificate check); behind a TLS-terminating proxy (-trusted-proxies),
+// it names -issuer, not the plain HTTP listener, which refuses token
+// requests from elsewhere than loopback.
+func TestServeBannerCommands(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs the example server")
+	}
+	bin := buildExample(t)
+	certFile, keyFile, roots := selfSignedCertFor(t, "auth.example.com")
+	tests := []struct {
+		name  string
+		tls   bool
+		serve func(port string) []string
+	}{
+		{"TLS on every interface", true, func(port string) []string {
+			return []string{"-addr", ":" + port, "-tls-cert", certFile, "-tls-key", keyFile}
+		}},
+		{"behind a TLS-terminating proxy", false, func(port string) []string {
+			return []string{"-addr", "127.0.0.1:" + port, "-trusted-proxies", "127.0.0.1/32"}
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			l, err := net.Listen("tcp", "127.0.0.1:0")
+			require.NoError(t, err)
+			port := strconv.Itoa(l.Addr().(*net.TCPAddr).Port)
+			l.Close()
+			issuer := "https://auth.example.com:" + port
+			// As curl --resolve auth.example.com:PORT:127.0.0.1 would:
+			// any host name reaches this server; the certificate check
+			// decides.
+			dialer := &net.Dialer{Timeout: 5 * time.Second}
+			tlsConfig := &tls.Config{RootCAs: roots, ServerName: "auth.example.com", MinVersion: tls.VersionTLS12}
+			client := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{
+				TLSClientConfig: tlsConfig,
+				DialContext: func(ctx context.Context, network, _ string) (net.Conn, error) {
+					return dialer.DialContext(ctx, network, "127.0.0.1:"+port)
+				},
+			}}
+			global := []string{"-db", filepath.Join(t.TempDir(), "m2mauth.db"), "-signing-key-file", newKeyFile(t), "-issuer", issuer}
+			srv := startServerWith(t, bin, client, global, tt.serve(port)...)
+			m := bannerTokenCurl.FindStringSubmatch(waitOutput(t, srv, "/api/builders"))
+			require.NotNil(t, m, "banner:\n%s", srv.stdout)
+			require.Equal(t, issuer+"/oauth/token", m[3])
+			if !tt.tls {
+				return
+			}
+			client.Transport.(*http.Transport).TLSClientConfig = &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12} // the name the URL gives
+			resp, body := tokenRequest(t, client, strings.TrimSuffix(m[3], "/oauth/token"), m[1], m[2])
+			require.Equal(t, http.StatusOK, resp.StatusCode, "POST %s: %s", m[3], body)
+		})
+	}
 }
