@@ -854,7 +854,9 @@ func sameRows(a, b []StoredKey) bool {
 // claim (the store failing just then, or the process ending). The caller
 // holds mu.
 func (m *ManagedKeys) claimTransitions(ctx context.Context, rows []StoredKey, now time.Time) error {
-	live := liveKeys(rows, m.cfg.MaxTokenTTL+m.cfg.Leeway)
+	grace := m.cfg.MaxTokenTTL + m.cfg.Leeway
+	live := liveKeys(rows, grace)
+	signing := signingKey(live, now)
 	var errs []error
 	claimed := make(map[string]uint8, len(rows))
 	for _, r := range rows {
@@ -877,14 +879,14 @@ func (m *ManagedKeys) claimTransitions(ctx context.Context, rows []StoredKey, no
 			claimed[r.KID] |= bits
 		}
 	}
-	for _, l := range live {
+	for i, l := range live {
 		kid := l.row.KID
 		bits := m.claimed[kid] | claimed[kid]
 		for _, c := range [...]struct {
 			bit uint8
 			typ AuditEventType
 			at  time.Time
-		}{{claimedActivated, EventKeyActivated, l.row.ActiveAt}, {claimedRetired, EventKeyRetired, l.retireAt}} {
+		}{{claimedActivated, EventKeyActivated, activeAt(rows, live, i, signing, now, grace)}, {claimedRetired, EventKeyRetired, l.retireAt}} {
 			if bits&c.bit != 0 || c.at.IsZero() || now.Before(c.at) {
 				continue
 			}
@@ -1045,20 +1047,7 @@ func (m *ManagedKeys) Keys(ctx context.Context) ([]ManagedKeyInfo, error) {
 // keyInfos describes rows at now.
 func keyInfos(rows []StoredKey, now time.Time, grace time.Duration) []ManagedKeyInfo {
 	live := liveKeys(rows, grace)
-	// The signing key, by the rule of ManagedKeys.
-	signing := -1
-	for i := len(live) - 1; i >= 0; i-- {
-		if !live[i].deleteAt.IsZero() && !now.Before(live[i].deleteAt) {
-			continue
-		}
-		if !now.Before(live[i].row.ActiveAt) {
-			signing = i
-			break
-		}
-		if signing < 0 || !live[signing].row.ActiveAt.Before(live[i].row.ActiveAt) {
-			signing = i
-		}
-	}
+	signing := signingKey(live, now)
 	out := make([]ManagedKeyInfo, 0, len(rows))
 	for _, r := range rows {
 		info := ManagedKeyInfo{
@@ -1079,10 +1068,58 @@ func keyInfos(rows []StoredKey, now time.Time, grace time.Duration) []ManagedKey
 		}
 		if i >= 0 {
 			info.RetireAt = live[i].retireAt
+			info.ActiveAt = activeAt(rows, live, i, signing, now, grace)
 		}
 		out = append(out, info)
 	}
 	return out
+}
+
+// signingKey returns the index in live of the key that signs at now, by
+// the rule of ManagedKeys, or -1 if none does: the latest active key
+// still held, else, when no key held is active yet, the earliest to be.
+func signingKey(live []liveKey, now time.Time) int {
+	signing := -1
+	for i := len(live) - 1; i >= 0; i-- {
+		if !live[i].deleteAt.IsZero() && !now.Before(live[i].deleteAt) {
+			continue
+		}
+		if !now.Before(live[i].row.ActiveAt) {
+			return i
+		}
+		if signing < 0 || !live[signing].row.ActiveAt.Before(live[i].row.ActiveAt) {
+			signing = i
+		}
+	}
+	return signing
+}
+
+// activeAt returns when the key live[i] starts, or started, signing: its
+// ActiveAt; or, when it is the key that signs at now (live[signing])
+// ahead of its ActiveAt, because no key that had become active is left
+// (the one that signed was revoked, say), when the last of those stopped
+// (its revocation, or its deletion), or when it was published if later.
+// A key whose row is gone (deleted) is not known: the instant is then
+// the latest that the rows tell.
+func activeAt(rows []StoredKey, live []liveKey, i, signing int, now time.Time, grace time.Duration) time.Time {
+	k := live[i].row
+	if i != signing || !now.Before(k.ActiveAt) {
+		return k.ActiveAt
+	}
+	start := k.PublishedAt
+	for _, r := range rows {
+		if r.KID == k.KID || now.Before(r.ActiveAt) {
+			continue
+		}
+		end := r.RevokedAt
+		if end.IsZero() {
+			end = deleteAt(r, live, grace)
+		}
+		if end.After(start) && !end.After(now) {
+			start = end
+		}
+	}
+	return start
 }
 
 // ResealKeys seals every key of store again with to, from what from

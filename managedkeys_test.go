@@ -1099,3 +1099,47 @@ func TestManagedKeysOldKEKKeepsOffTheSchedule(t *testing.T) {
 		require.NoError(t, err, "generation %d under the new KEK", r.Generation)
 	}
 }
+
+// TestManagedKeysRevokeActiveTakeover: revoking the active key lets the
+// published key sign at once, ahead of its activation; it is listed as
+// active since the revocation, not from its scheduled activation, and
+// its key_activated event is dated then, once, on this replica and on
+// one that sees the change at its next refresh.
+func TestManagedKeysRevokeActiveTakeover(t *testing.T) {
+	f := newMKFixture(t)
+	mk := f.replica(t)
+	other := f.replica(t)
+	first := signingKID(t, mk)
+	f.advance(time.Minute)
+	next, err := mk.Rotate(t.Context()) // published; active after the propagation delay
+	require.NoError(t, err)
+	revokedAt := f.advance(time.Minute)
+	require.True(t, revokedAt.Before(next.ActiveAt))
+	require.NoError(t, mk.Revoke(t.Context(), first))
+	require.Equal(t, next.KID, signingKID(t, mk), "the published key signs at once")
+
+	f.advance(time.Second)
+	require.NoError(t, other.Refresh(t.Context()))
+	for _, r := range []*m2mauth.ManagedKeys{mk, other} {
+		infos, err := r.Keys(t.Context())
+		require.NoError(t, err)
+		i := slices.IndexFunc(infos, func(k m2mauth.ManagedKeyInfo) bool { return k.KID == next.KID })
+		require.GreaterOrEqual(t, i, 0)
+		assert.Equal(t, m2mauth.KeyStateActive, infos[i].State)
+		assert.Equal(t, revokedAt, infos[i].ActiveAt, "active since the revocation")
+	}
+
+	// Past its scheduled activation: nothing more to audit.
+	f.advance(next.ActiveAt.Sub(f.clock()) + time.Second)
+	require.NoError(t, mk.Refresh(t.Context()))
+	require.NoError(t, other.Refresh(t.Context()))
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var activated []time.Time
+	for _, e := range f.events {
+		if e.Type == m2mauth.EventKeyActivated && e.Reason == next.KID {
+			activated = append(activated, e.Time)
+		}
+	}
+	assert.Equal(t, []time.Time{revokedAt}, activated, "key_activated of the key that took over")
+}
