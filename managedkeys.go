@@ -856,7 +856,6 @@ func sameRows(a, b []StoredKey) bool {
 func (m *ManagedKeys) claimTransitions(ctx context.Context, rows []StoredKey, now time.Time) error {
 	grace := m.cfg.MaxTokenTTL + m.cfg.Leeway
 	live := liveKeys(rows, grace)
-	signing := signingKey(live, now)
 	var errs []error
 	claimed := make(map[string]uint8, len(rows))
 	for _, r := range rows {
@@ -886,7 +885,7 @@ func (m *ManagedKeys) claimTransitions(ctx context.Context, rows []StoredKey, no
 			bit uint8
 			typ AuditEventType
 			at  time.Time
-		}{{claimedActivated, EventKeyActivated, activeAt(rows, live, i, signing, now, grace)}, {claimedRetired, EventKeyRetired, l.retireAt}} {
+		}{{claimedActivated, EventKeyActivated, activeAt(rows, live, i, now, grace)}, {claimedRetired, EventKeyRetired, l.retireAt}} {
 			if bits&c.bit != 0 || c.at.IsZero() || now.Before(c.at) {
 				continue
 			}
@@ -1021,7 +1020,11 @@ type ManagedKeyInfo struct {
 	State      KeyState
 	// PublishedAt is when the key entered the key set.
 	PublishedAt time.Time
-	// ActiveAt is when it starts, or started, signing.
+	// ActiveAt is when it starts, or started, signing: its scheduled
+	// activation, or, for a key that took over ahead of it when the key
+	// signing was revoked, that revocation (told while the revoked key's
+	// row is kept, MaxTokenTTL plus Leeway after the revocation; its
+	// publication after that).
 	ActiveAt time.Time
 	// RetireAt is when a later key takes over: zero while none is
 	// published. It may be in the future.
@@ -1068,7 +1071,7 @@ func keyInfos(rows []StoredKey, now time.Time, grace time.Duration) []ManagedKey
 		}
 		if i >= 0 {
 			info.RetireAt = live[i].retireAt
-			info.ActiveAt = activeAt(rows, live, i, signing, now, grace)
+			info.ActiveAt = activeAt(rows, live, i, now, grace)
 		}
 		out = append(out, info)
 	}
@@ -1094,32 +1097,57 @@ func signingKey(live []liveKey, now time.Time) int {
 	return signing
 }
 
-// activeAt returns when the key live[i] starts, or started, signing: its
-// ActiveAt; or, when it is the key that signs at now (live[signing])
-// ahead of its ActiveAt, because no key that had become active is left
-// (the one that signed was revoked, say), when the last of those stopped
-// (its revocation, or its deletion), or when it was published if later.
-// A key whose row is gone (deleted) is not known: the instant is then
-// the latest that the rows tell.
-func activeAt(rows []StoredKey, live []liveKey, i, signing int, now time.Time, grace time.Duration) time.Time {
+// activeAt returns when the key live[i] starts, or started, signing: the
+// first instant by now at which it was the key that signs, as the rows
+// tell (see signedFrom); or, if it has not signed yet, its ActiveAt. A
+// key that signed ahead of its ActiveAt (the one that signed was
+// revoked) is told apart from its schedule so.
+func activeAt(rows []StoredKey, live []liveKey, i int, now time.Time, grace time.Duration) time.Time {
 	k := live[i].row
-	if i != signing || !now.Before(k.ActiveAt) {
-		return k.ActiveAt
+	if at, ok := signedFrom(rows, k.KID, now, grace); ok {
+		return at
 	}
-	start := k.PublishedAt
+	return k.ActiveAt
+}
+
+// signedFrom replays the rows up to now: at each instant something
+// changed (a key published, active by its schedule, revoked, or deleted
+// grace after its retirement), it finds the key that signs by the rule of
+// ManagedKeys among the keys as they were then, and returns the first
+// instant kid was that key. A revocation stamped after now (by a replica
+// whose clock is ahead) has happened all the same: the replay goes on to
+// it. A key whose row is gone (deleted) is not known to the replay.
+func signedFrom(rows []StoredKey, kid string, now time.Time, grace time.Duration) (time.Time, bool) {
+	var instants []time.Time
 	for _, r := range rows {
-		if r.KID == k.KID || now.Before(r.ActiveAt) {
-			continue
-		}
-		end := r.RevokedAt
-		if end.IsZero() {
-			end = deleteAt(r, live, grace)
-		}
-		if end.After(start) && !end.After(now) {
-			start = end
+		instants = append(instants, r.PublishedAt, r.ActiveAt, r.ActiveAt.Add(grace))
+		if !r.RevokedAt.IsZero() {
+			instants = append(instants, r.RevokedAt)
+			if r.RevokedAt.After(now) {
+				now = r.RevokedAt
+			}
 		}
 	}
-	return start
+	slices.SortFunc(instants, func(a, b time.Time) int { return a.Compare(b) })
+	then := make([]StoredKey, 0, len(rows))
+	for _, t := range instants {
+		if t.After(now) {
+			break
+		}
+		then = then[:0]
+		for _, r := range rows {
+			if r.PublishedAt.After(t) || !r.RevokedAt.IsZero() && !t.Before(r.RevokedAt) {
+				continue
+			}
+			r.RevokedAt = time.Time{} // not yet at t
+			then = append(then, r)
+		}
+		live := liveKeys(then, grace)
+		if s := signingKey(live, t); s >= 0 && live[s].row.KID == kid {
+			return t, true
+		}
+	}
+	return time.Time{}, false
 }
 
 // ResealKeys seals every key of store again with to, from what from
