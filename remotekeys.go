@@ -181,9 +181,11 @@ type RemoteKeys struct {
 	flight      *remoteFlight
 	lastAttempt time.Time
 	lastErr     error
-	// lastServed is when an expired set was last served because
-	// fetches fail (see usable).
+	// lastServed is when a set was last served while fetches fail (see
+	// usable); failed mirrors lastErr != nil, for calls served a fresh
+	// set without taking mu.
 	lastServed time.Time
+	failed     atomic.Bool
 }
 
 // remoteSnapshot is a good key set and the instants that govern it.
@@ -371,6 +373,11 @@ func (r *RemoteKeys) VerificationKeys(ctx context.Context) (*jose.JSONWebKeySet,
 // under way, fetches fail (see failing).
 func (r *RemoteKeys) usable(s *remoteSnapshot, now time.Time) bool {
 	if now.Before(s.expires) {
+		if r.failed.Load() {
+			r.mu.Lock()
+			r.lastServed = now
+			r.mu.Unlock()
+		}
 		return true
 	}
 	if !now.Before(s.staleUntil) {
@@ -389,9 +396,9 @@ func (r *RemoteKeys) usable(s *remoteSnapshot, now time.Time) bool {
 }
 
 // failing reports whether fetches fail at now: the last one failed, and
-// no quiet spell has passed since it or since the last call served
-// because of it: the cooldown, after which the next fetch may start, and
-// its Timeout. Past a quiet spell, the server may be back, and an expired
+// no quiet spell has passed since it or since the last call served while
+// it stood: the cooldown, after which the next fetch may start, and its
+// Timeout. Past a quiet spell, the server may be back, and an expired
 // set is not served before it is asked. r.mu must be held.
 func (r *RemoteKeys) failing(now time.Time) bool {
 	if r.lastErr == nil {
@@ -518,6 +525,7 @@ func (r *RemoteKeys) run(ctx context.Context, f *remoteFlight, started time.Time
 	defer r.mu.Unlock()
 	r.flight = nil
 	r.lastErr = err
+	r.failed.Store(err != nil)
 	old := r.snap.Load()
 	if u := (untrusted{}); errors.As(err, &u) && old != nil && now.Before(old.staleUntil) {
 		// Refused, but answered: the server has withdrawn what it

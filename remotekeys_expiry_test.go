@@ -571,3 +571,37 @@ func runGoroutines() int {
 	n := runtime.Stack(buf, true)
 	return strings.Count(string(buf[:n]), "m2mauth.(*RemoteKeys).run(")
 }
+
+// TestRemoteKeysFreshCallsWhileFailing: while fetches of a blackholed
+// server fail, calls served the still fresh set count against a quiet
+// spell too: the first call past the expiry, with no gap of the cooldown
+// and Timeout before it, does not wait for a fetch.
+func TestRemoteKeysFreshCallsWhileFailing(t *testing.T) {
+	srv := newRemoteServer(t, remoteSet(t, remoteJWK("k1", "ES256", &remoteEC(t).PublicKey)))
+	srv.cacheControl = "max-age=600"
+	clock := newRemoteClock()
+	cfg := remoteConfig(clock)
+	cfg.Timeout = 400 * time.Millisecond // quiet spell: 30.4s
+	rk := newRemote(t, srv.jwksURL(), cfg)
+	start := clock.Now()
+	_, err := rk.VerificationKeys(t.Context())
+	require.NoError(t, err)
+	srv.mu.Lock()
+	srv.stall = true
+	srv.mu.Unlock()
+
+	// Calls at 540s (refresh, fails), 565s, 571s (fetch, fails), 596s,
+	// 602s (set expired at 600s): gaps 25s, 6s, 25s, 6s.
+	var waited []string
+	for _, at := range []time.Duration{540, 565, 571, 596, 602} {
+		clock.Add(start.Add(at * time.Second).Sub(clock.Now()))
+		ctx, cancel := context.WithTimeout(t.Context(), 100*time.Millisecond)
+		_, err := rk.VerificationKeys(ctx)
+		cancel()
+		if err != nil {
+			waited = append(waited, fmt.Sprintf("%ds: %v", at, err))
+		}
+		waitNoFlight(t, rk)
+	}
+	assert.Empty(t, waited, "calls that waited on the blackholed server with no quiet spell (fetches %d)", srv.hits.Load())
+}
