@@ -158,23 +158,32 @@ type AuditorConfig struct {
 // The database user needs INSERT on the table and, on PostgreSQL, for the
 // insert's handling of a key already there, SELECT of event_key (GRANT
 // SELECT (event_key) ON <prefix>audit_events), which lets it read no
-// event: a user that may only append audit rows can run an Auditor.
+// event: a user that may only append audit rows can run an Auditor. On
+// MySQL the text must reach the table as utf8mb4: before it first writes,
+// the Auditor checks the connection's character set (the DSN's charset
+// parameter; the driver's default is utf8mb4) and the table's columns,
+// and writes nothing, reporting why, where a character would be written
+// changed.
 //
 // An Auditor is safe for concurrent use. It runs a background goroutine
 // until [Auditor.Close], which the owner must call.
 type Auditor struct {
 	// inserts[k] inserts 1<<k rows; inserts[0] is the dialect's one-row
 	// insert, which Audit runs.
-	inserts   [auditChunkBits + 1]lazyStmt
-	db        *sql.DB
-	dialect   Dialect
-	now       func() time.Time
-	timeout   time.Duration
-	fallback  m2mauth.Auditor
-	logger    *slog.Logger
-	maxDelay  time.Duration
-	closeWait time.Duration
-	gather    time.Duration // AuditorConfig.BatchDelay
+	inserts  [auditChunkBits + 1]lazyStmt
+	db       *sql.DB
+	dialect  Dialect
+	now      func() time.Time
+	timeout  time.Duration
+	fallback m2mauth.Auditor
+	// charsetQuery is the dialect's auditCharset ("" but on MySQL), and
+	// charsetOK whether it found utf8mb4 throughout.
+	charsetQuery string
+	charsetOK    atomic.Bool
+	logger       *slog.Logger
+	maxDelay     time.Duration
+	closeWait    time.Duration
+	gather       time.Duration // AuditorConfig.BatchDelay
 
 	keys     eventKeys
 	failures atomic.Uint64
@@ -362,21 +371,22 @@ func NewAuditor(db *sql.DB, dialect Dialect, cfg AuditorConfig) (*Auditor, error
 		return nil, err
 	}
 	a := &Auditor{
-		db:        db,
-		dialect:   dialect,
-		now:       cfg.Now,
-		timeout:   cfg.Timeout,
-		fallback:  cfg.Fallback,
-		logger:    cfg.Logger,
-		maxDelay:  cfg.MaxRetryDelay,
-		closeWait: cfg.CloseTimeout,
-		gather:    cfg.BatchDelay,
-		queueMax:  cfg.QueueSize,
-		heldMax:   cfg.RetryBuffer,
-		spill:     spill,
-		wake:      make(chan struct{}, 1),
-		stop:      make(chan struct{}),
-		done:      make(chan struct{}),
+		db:           db,
+		dialect:      dialect,
+		now:          cfg.Now,
+		timeout:      cfg.Timeout,
+		fallback:     cfg.Fallback,
+		charsetQuery: q.auditCharset,
+		logger:       cfg.Logger,
+		maxDelay:     cfg.MaxRetryDelay,
+		closeWait:    cfg.CloseTimeout,
+		gather:       cfg.BatchDelay,
+		queueMax:     cfg.QueueSize,
+		heldMax:      cfg.RetryBuffer,
+		spill:        spill,
+		wake:         make(chan struct{}, 1),
+		stop:         make(chan struct{}),
+		done:         make(chan struct{}),
 	}
 	for k := range a.inserts {
 		a.inserts[k] = lazyStmt{db: db, query: rows.query(1 << k)}
@@ -698,9 +708,38 @@ func (r rowsInsert) query(n int) string {
 	return b.String()
 }
 
+// checkCharset returns an error unless the audit text reaches the
+// table's columns as utf8mb4 on MySQL, where a character that did not fit
+// would be written changed (see the dialect's insertAudit): the
+// connection's character set (the DSN's charset parameter), and every
+// text column's. It asks once, once the answer is yes.
+func (a *Auditor) checkCharset(ctx context.Context) error {
+	if a.charsetQuery == "" || a.charsetOK.Load() {
+		return nil
+	}
+	var (
+		conn  string
+		other int
+	)
+	if err := a.db.QueryRowContext(ctx, a.charsetQuery).Scan(&conn, &other); err != nil {
+		return fmt.Errorf("sqlstore: checking the audit table's character sets: %w", err)
+	}
+	switch {
+	case conn != "utf8mb4":
+		return fmt.Errorf("sqlstore: the connection's character set is %s, not utf8mb4: characters outside it would be written to the audit table changed; give the DSN charset=utf8mb4", conn)
+	case other > 0:
+		return fmt.Errorf("sqlstore: %d text columns of the audit table are not utf8mb4: characters outside their character set would be written changed; convert the table to utf8mb4", other)
+	}
+	a.charsetOK.Store(true)
+	return nil
+}
+
 func (a *Auditor) write(ctx context.Context, e record) error {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), a.timeout)
 	defer cancel()
+	if err := a.checkCharset(ctx); err != nil {
+		return err
+	}
 	stmt, err := a.inserts[0].get(ctx)
 	if err != nil {
 		return err
@@ -718,6 +757,9 @@ func (a *Auditor) write(ctx context.Context, e record) error {
 func (a *Auditor) writeBatch(ctx context.Context, batch []record) (err error) {
 	ctx, cancel := context.WithTimeout(ctx, a.timeout)
 	defer cancel()
+	if err := a.checkCharset(ctx); err != nil {
+		return err
+	}
 	// Statements are prepared before the transaction takes its
 	// connection: a pool of one connection has no other to prepare on.
 	var stmts [auditChunkBits + 1]*sql.Stmt

@@ -329,3 +329,224 @@ func TestAuditorAppendOnlyUser(t *testing.T) {
 		assert.Equal(t, []string{"spilled", "received"}, jtis)
 	})
 }
+
+// TestAuditorMySQLCharacterSets: the MySQL audit insert skips a key
+// already there with INSERT IGNORE, which would also write a value that
+// does not fit its column changed: a character outside the BMP (an emoji
+// in a User-Agent) over a connection or into a column that cannot carry
+// it (a DSN with charset=utf8, a table converted to utf8mb3) would become
+// '?'. The Auditor refuses to write there, visibly: the event is counted
+// failed and lost (no spill file here), not written changed.
+func TestAuditorMySQLCharacterSets(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, e *env) {
+		if e.dialect != sqlstore.MySQL {
+			t.Skip("MySQL only")
+		}
+		for _, tc := range []struct {
+			name    string
+			charset string // connection charset, "" for the driver's default
+			convert bool   // the table converted to utf8mb3
+		}{
+			{"utf8 connection", "utf8", false},
+			{"utf8mb3 table", "", true},
+		} {
+			t.Run(tc.name, func(t *testing.T) {
+				ctx := t.Context()
+				prefix := e.newPrefix(t)
+				e.newStore(t, sqlstore.Config{TablePrefix: prefix})
+				if tc.convert {
+					_, err := e.db.ExecContext(ctx, "ALTER TABLE "+prefix+"audit_events CONVERT TO CHARACTER SET utf8mb3 COLLATE utf8mb3_bin")
+					require.NoError(t, err)
+				}
+				cfg, err := mysql.ParseDSN(e.dsn)
+				require.NoError(t, err)
+				if tc.charset != "" {
+					if cfg.Params == nil {
+						cfg.Params = map[string]string{}
+					}
+					cfg.Params["charset"] = tc.charset
+					cfg.Collation = ""
+				}
+				db, err := sql.Open("mysql", cfg.FormatDSN())
+				require.NoError(t, err)
+				t.Cleanup(func() { db.Close() })
+				var sqlMode string
+				require.NoError(t, db.QueryRowContext(ctx, "SELECT @@sql_mode").Scan(&sqlMode))
+				t.Logf("sql_mode=%s", sqlMode)
+
+				fb := &recorder{}
+				a, err := sqlstore.NewAuditor(db, e.dialect, sqlstore.AuditorConfig{
+					TablePrefix: prefix, Logger: slog.New(slog.DiscardHandler), Fallback: fb,
+					CloseTimeout: 200 * time.Millisecond,
+				})
+				require.NoError(t, err)
+				ev := testEvent(1)
+				ev.UserAgent = "curl/8 \U0001F600"
+				ev.Reason = "caf\u00e9 \U0001F511"
+				a.Audit(ctx, ev)
+				require.NoError(t, a.Close())
+
+				rows := e.auditRows(t, prefix)
+				failures, lost := a.Failures(), a.Lost()
+				t.Logf("rows=%+v failures=%d lost=%d fallback=%d", rows, failures, lost, fb.len())
+				if len(rows) == 1 {
+					assert.Equal(t, ev.UserAgent, rows[0].UserAgent, "the row's user agent is the event's, or the write fails visibly")
+					assert.Equal(t, ev.Reason, rows[0].Reason)
+				} else {
+					assert.NotZero(t, failures+lost, "an event not in the table is reported")
+				}
+
+			})
+		}
+	})
+}
+
+// TestMigrateMySQLKeyColumnWithoutIndexBigTable: version 8 on a table
+// that has the event_key column but not its index removes duplicate keys
+// in time that grows with the keyed rows, not quadratically with the
+// table: 12,000 rows without a key take well under Migrate's deadline.
+func TestMigrateMySQLKeyColumnWithoutIndexBigTable(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, e *env) {
+		if e.dialect != sqlstore.MySQL {
+			t.Skip("MySQL's migration only")
+		}
+		ctx := t.Context()
+		prefix := e.newPrefix(t)
+		s := e.newStore(t, sqlstore.Config{TablePrefix: prefix})
+		table := prefix + "audit_events"
+		for _, stmt := range []string{
+			"ALTER TABLE " + table + " DROP INDEX " + prefix + "audit_events_key_idx",
+			"DELETE FROM " + prefix + "schema_migrations WHERE version = 8",
+			// 12,000 rows of the release before keys.
+			`INSERT INTO ` + table + ` (event_time, event_type, client_id, remote_ip, user_agent, audience, scope, jti, secret_id, error_code, reason)
+SELECT n, 'token_issued', CONCAT('svc-', n % 50), '192.0.2.1', 'agent/1', 'https://api', 'read', CONCAT('jti-', n), 'sec', '', ''
+FROM (SELECT a.d + 10*b.d + 100*c.d + 1000*d.d AS n FROM
+ (SELECT 0 d UNION ALL SELECT 1 UNION ALL SELECT 2 UNION ALL SELECT 3 UNION ALL SELECT 4 UNION ALL SELECT 5 UNION ALL SELECT 6 UNION ALL SELECT 7 UNION ALL SELECT 8 UNION ALL SELECT 9) a,
+ (SELECT 0 d UNION ALL SELECT 1 UNION ALL SELECT 2 UNION ALL SELECT 3 UNION ALL SELECT 4 UNION ALL SELECT 5 UNION ALL SELECT 6 UNION ALL SELECT 7 UNION ALL SELECT 8 UNION ALL SELECT 9) b,
+ (SELECT 0 d UNION ALL SELECT 1 UNION ALL SELECT 2 UNION ALL SELECT 3 UNION ALL SELECT 4 UNION ALL SELECT 5 UNION ALL SELECT 6 UNION ALL SELECT 7 UNION ALL SELECT 8 UNION ALL SELECT 9) c,
+ (SELECT 0 d UNION ALL SELECT 1 UNION ALL SELECT 2 UNION ALL SELECT 3 UNION ALL SELECT 4 UNION ALL SELECT 5 UNION ALL SELECT 6 UNION ALL SELECT 7 UNION ALL SELECT 8 UNION ALL SELECT 9 UNION ALL SELECT 10 UNION ALL SELECT 11) d) nums`,
+		} {
+			_, err := e.db.ExecContext(ctx, stmt)
+			require.NoError(t, err, stmt)
+		}
+		// The server goes on with a statement whose client gave up: kill
+		// this test's DELETE, if still running, so that it neither holds
+		// its locks nor blocks the dropping of the tables.
+		t.Cleanup(func() {
+			rows, err := e.db.Query(`SELECT id FROM information_schema.processlist WHERE db = DATABASE() AND (info LIKE ? OR info LIKE '%m2mauth_ddl%') AND id <> CONNECTION_ID()`, "DELETE a FROM "+table+" %")
+			if err != nil {
+				return
+			}
+			var ids []int64
+			for rows.Next() {
+				var id int64
+				if rows.Scan(&id) == nil {
+					ids = append(ids, id)
+				}
+			}
+			rows.Close()
+			for _, id := range ids {
+				e.db.Exec(fmt.Sprintf("KILL %d", id))
+			}
+		})
+
+		migrated := make(chan error, 1)
+		start := time.Now()
+		mctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
+		go func() { migrated <- s.Migrate(mctx) }()
+
+		// An insert of the release before keys, a second into the
+		// migration, within the Auditor's default Timeout of 5s.
+		time.Sleep(time.Second)
+		ictx, icancel := context.WithTimeout(ctx, 5*time.Second)
+		defer icancel()
+		istart := time.Now()
+		_, ierr := e.db.ExecContext(ictx, "INSERT INTO "+table+` (event_time, event_type, client_id, remote_ip, user_agent, audience, scope, jti, secret_id, error_code, reason)
+VALUES (1, 'token_issued', 'c', '', '', '', '', 'old-release', '', '', '')`)
+		t.Logf("old-release insert: %v after %v", ierr, time.Since(istart))
+
+		merr := <-migrated
+		t.Logf("Migrate: %v after %v", merr, time.Since(start))
+		assert.NoError(t, ierr, "an insert of the previous release during the migration")
+		assert.NoError(t, merr, "version 8 on 12,000 rows within 5s")
+	})
+}
+
+// TestAuditorSpillKeylessLineOddTimeMoved: a keyless spill line whose
+// time encoding/json reads but cannot write back (an offset of +24:00)
+// keeps its key when Close moves it: the key is written into the line as
+// it is.
+func TestAuditorSpillKeylessLineOddTimeMoved(t *testing.T) {
+	const n = 257
+	var file strings.Builder
+	for i := range n - 1 {
+		file.WriteString(oldSpillLine(i))
+	}
+	file.WriteString(`{"event_time":"2026-01-02T03:04:05+24:00","event":"token_issued","client_id":"svc","jti":"jti-far-offset"}` + "\n")
+	forEachBackend(t, func(t *testing.T, e *env) {
+		prefix := e.newPrefix(t)
+		e.newStore(t, sqlstore.Config{TablePrefix: prefix})
+		spill := filepath.Join(t.TempDir(), "audit.spill")
+		require.NoError(t, os.WriteFile(spill, []byte(file.String()), 0o600))
+
+		db, loser := e.openAnswerLoser(t, 2)
+		first, err := sqlstore.NewAuditor(db, e.dialect, sqlstore.AuditorConfig{
+			TablePrefix: prefix, Logger: slog.New(slog.DiscardHandler), SpillFile: spill,
+			MaxRetryDelay: time.Hour, CloseTimeout: 100 * time.Millisecond,
+		})
+		require.NoError(t, err)
+		waitFor(t, "the second commit's answer lost", loser.down.Load)
+		require.NoError(t, first.Close())
+		require.Equal(t, n, e.countAuditRows(t, prefix), "every line is in the table once")
+
+		second, err := sqlstore.NewAuditor(e.db, e.dialect, sqlstore.AuditorConfig{
+			TablePrefix: prefix, Logger: slog.New(slog.DiscardHandler), SpillFile: spill,
+		})
+		require.NoError(t, err)
+		t.Cleanup(func() { second.Close() })
+		waitFor(t, "the spill file written", func() bool { return second.Pending() == 0 })
+		require.NoError(t, second.Close())
+
+		count := map[string]int{}
+		for _, r := range e.auditRows(t, prefix) {
+			count[r.JTI]++
+		}
+		assert.Equal(t, 1, count["jti-far-offset"], "rows of the moved line")
+		assert.Len(t, count, n)
+	})
+}
+
+// TestAuditorSpillCompactionBounded: Close's compaction, which writes
+// keys into the keyless lines it copies, does not grow a full spill file
+// past SpillMaxBytes: it marks the written lines in place instead.
+func TestAuditorSpillCompactionBounded(t *testing.T) {
+	const n = 2000
+	var file strings.Builder
+	for i := range n {
+		file.WriteString(oldSpillLine(i))
+	}
+	forEachBackend(t, func(t *testing.T, e *env) {
+		if e.dialect != sqlstore.SQLite {
+			t.Skip("the file, not the engine")
+		}
+		prefix := e.newPrefix(t)
+		e.newStore(t, sqlstore.Config{TablePrefix: prefix})
+		spill := filepath.Join(t.TempDir(), "audit.spill")
+		require.NoError(t, os.WriteFile(spill, []byte(file.String()), 0o600))
+		max := int64(file.Len())
+
+		db, loser := e.openAnswerLoser(t, 2)
+		a, err := sqlstore.NewAuditor(db, e.dialect, sqlstore.AuditorConfig{
+			TablePrefix: prefix, Logger: slog.New(slog.DiscardHandler), SpillFile: spill, SpillMaxBytes: max,
+			MaxRetryDelay: time.Hour, CloseTimeout: 100 * time.Millisecond,
+		})
+		require.NoError(t, err)
+		waitFor(t, "the second commit's answer lost", loser.down.Load)
+		require.NoError(t, a.Close())
+		fi, err := os.Stat(spill)
+		require.NoError(t, err)
+		t.Logf("SpillMaxBytes %d, file after Close %d bytes, %d lines pending", max, fi.Size(), a.Pending())
+		assert.LessOrEqual(t, fi.Size(), max, "the spill file within SpillMaxBytes")
+	})
+}

@@ -441,7 +441,8 @@ func (s *spillFile) markWritten(f *os.File) error {
 
 // compact replaces the file with its lines after off. A line without a
 // key of its own (see next) is copied with the key it is read with here
-// written in, so that it keeps that key at its new place.
+// written in, so that it keeps that key at its new place; if that makes
+// the copy larger than the bound, compact fails.
 func (s *spillFile) compact(f *os.File) error {
 	tmp := s.path + ".tmp"
 	// A .tmp left by a process stopped here is replaced; one that is a
@@ -452,6 +453,11 @@ func (s *spillFile) compact(f *os.File) error {
 		return fmt.Errorf("sqlstore: spill file: %w", err)
 	}
 	size, err := copyKeyed(t, io.NewSectionReader(f, s.off, s.size-s.off), s.off)
+	if err == nil && size > s.max {
+		// The keys written in grew it past its bound: the lines written
+		// are marked instead (see close).
+		err = errSpillFull
+	}
 	if err == nil {
 		err = t.Sync()
 	}
@@ -515,7 +521,25 @@ func keyed(at int64, line []byte) []byte {
 	if !spillLine(line) || json.Unmarshal(line, &r) != nil || k.parse(r.Key) {
 		return line
 	}
-	r.Key = lineKey(at, line).String()
+	key := lineKey(at, line).String()
+	if r.Key == "" {
+		// No key: it goes right after the event_time, the first member
+		// (a time has no quote or backslash in it), and the line is
+		// otherwise kept byte for byte, whatever encoding/json would
+		// make of it.
+		rest := line[len(spillPrefix):]
+		end := bytes.IndexByte(rest[min(1, len(rest)):], '"') + 1
+		if len(rest) > 0 && rest[0] == '"' && end > 0 && bytes.IndexByte(rest[:end], '\\') < 0 {
+			cut := len(spillPrefix) + end + 1
+			if cut < len(line) && (line[cut] == ',' || line[cut] == '}') {
+				out := make([]byte, 0, len(line)+len(`,"event_key":""`)+len(key))
+				out = append(append(append(out, line[:cut]...), `,"event_key":"`...), key...)
+				return append(append(out, '"'), line[cut:]...)
+			}
+		}
+	}
+	// A damaged key is replaced: the line is encoded again.
+	r.Key = key
 	b, err := json.Marshal(r)
 	if err != nil {
 		return line

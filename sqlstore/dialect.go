@@ -193,6 +193,10 @@ type queries struct {
 	deleteGrants string
 
 	insertAudit string
+	// auditCharset: MySQL only, the connection's character set and how
+	// many text columns of the audit table are not utf8mb4 (see
+	// Auditor.checkCharset).
+	auditCharset string
 
 	usage         string
 	usageAll      string
@@ -549,9 +553,15 @@ SELECT 2, g.client_id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, g.audience, g.s
 		// auto-increment id) and needs no privilege but INSERT, where
 		// ON DUPLICATE KEY UPDATE needs UPDATE of every column. It
 		// would also turn a value that does not fit its column into a
-		// warning, but every value fits: auditText bounds the text.
+		// warning, and write it changed: auditText bounds the text, and
+		// the Auditor checks, before it writes, that the text reaches
+		// the columns as utf8mb4 (auditCharset), where every character
+		// fits.
 		insertAudit: t(`INSERT IGNORE INTO {p}audit_events (event_key, event_time, event_type, client_id, remote_ip, user_agent, audience, scope, jti, secret_id, error_code, reason)
 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`),
+		auditCharset: t(`SELECT @@character_set_connection, (SELECT COUNT(*) FROM information_schema.columns
+ WHERE table_schema = DATABASE() AND table_name = '{p}audit_events'
+   AND character_set_name IS NOT NULL AND character_set_name <> 'utf8mb4')`),
 
 		// Both branches read the client's events in the range through
 		// the index on (client_id(191), event_time, id).

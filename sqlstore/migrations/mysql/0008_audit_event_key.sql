@@ -28,7 +28,7 @@ EXECUTE m2mauth_ddl;
 DEALLOCATE PREPARE m2mauth_ddl;
 
 SET @m2mauth_ddl = (SELECT IF(COUNT(*) = 0,
-    'DELETE a FROM {p}audit_events a JOIN {p}audit_events b ON a.event_key = b.event_key AND a.id > b.id',
+    'DELETE a FROM {p}audit_events a JOIN (SELECT event_key, MIN(id) AS id FROM {p}audit_events WHERE event_key IS NOT NULL GROUP BY event_key HAVING COUNT(*) > 1) d ON a.event_key = d.event_key AND a.id > d.id',
     'DO 0')
     FROM information_schema.statistics
     WHERE table_schema = DATABASE() AND table_name = '{p}audit_events'
