@@ -155,69 +155,14 @@ func TestRemoteKeysBusyVerifierDoesNotWait(t *testing.T) {
 	assert.Zero(t, errs.Load(), "calls that waited for the refresh, with a good set held and no fetch failed")
 }
 
-// TestRemoteKeysConcurrentExpiryFailRecover: concurrent VerificationKeys
-// and RefreshKeys across expiry, failures and recovery, for -race.
-func TestRemoteKeysConcurrentExpiryFailRecover(t *testing.T) {
-	k1, k2 := remoteEC(t), remoteEC(t)
-	sets := [][]byte{remoteSet(t, remoteJWK("k1", "ES256", &k1.PublicKey)), remoteSet(t, remoteJWK("k2", "ES256", &k2.PublicKey))}
-	srv := newRemoteServer(t, sets[0])
-	srv.cacheControl = "max-age=1"
-	clock := newRemoteClock()
-	cfg := remoteConfig(clock)
-	cfg.RefreshCooldown = time.Second
-	cfg.MaxStale = 3 * time.Second
-	rk := newRemote(t, srv.jwksURL(), cfg)
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	for g := range 8 {
-		wg.Go(func() {
-			for i := 0; ; i++ {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				ctx, cancel := context.WithTimeout(context.Background(), time.Duration(i%5)*time.Millisecond)
-				if g%2 == 0 {
-					_, _ = rk.VerificationKeys(ctx)
-				} else {
-					_, _ = rk.RefreshKeys(ctx, fmt.Sprintf("k%d", i%3))
-				}
-				cancel()
-				_ = rk.Status()
-			}
-		})
-	}
-	for i := range 400 {
-		switch i % 40 {
-		case 10:
-			srv.serve(http.StatusInternalServerError, nil)
-		case 25:
-			srv.serve(http.StatusOK, sets[(i/40)%2])
-		}
-		clock.Add(200 * time.Millisecond)
-		time.Sleep(time.Millisecond)
-	}
-	close(stop)
-	wg.Wait()
-}
-
 // TestRemoteKeysHangingServerAtExpiry: an idle verifier whose server
 // hangs past the expiry: every concurrent caller waits, up to Timeout,
 // for the one fetch; a caller hanging up does not cancel it for the
 // others; once it failed, the stale set is served at once.
 func TestRemoteKeysHangingServerAtExpiry(t *testing.T) {
-	srv := newRemoteServer(t, remoteSet(t, remoteJWK("k1", "ES256", &remoteEC(t).PublicKey)))
-	srv.cacheControl = "max-age=5"
-	clock := newRemoteClock()
-	cfg := remoteConfig(clock)
-	cfg.Timeout = 500 * time.Millisecond
-	rk := newRemote(t, srv.jwksURL(), cfg)
-	first, err := rk.VerificationKeys(t.Context())
-	require.NoError(t, err)
-	srv.mu.Lock()
-	srv.stall = true
-	srv.mu.Unlock()
+	srv, clock, rk, first := stalledRemote(t, "max-age=5", func(cfg *m2mauth.RemoteKeysConfig) {
+		cfg.Timeout = 500 * time.Millisecond
+	})
 	clock.Add(6 * time.Second)
 
 	impatient, cancel := context.WithCancel(context.Background())
@@ -400,17 +345,9 @@ func TestRemoteKeysCallersDuringOverdueFetch(t *testing.T) {
 // each cooldown of 30s) has no call wait for a fetch: each cooldown's
 // fetch starts in the background.
 func TestRemoteKeysHangingServerCallsDoNotWait(t *testing.T) {
-	srv := newRemoteServer(t, remoteSet(t, remoteJWK("k1", "ES256", &remoteEC(t).PublicKey)))
-	srv.cacheControl = "max-age=600"
-	clock := newRemoteClock()
-	cfg := remoteConfig(clock)
-	cfg.Timeout = 400 * time.Millisecond
-	rk := newRemote(t, srv.jwksURL(), cfg)
-	_, err := rk.VerificationKeys(t.Context())
-	require.NoError(t, err)
-	srv.mu.Lock()
-	srv.stall = true
-	srv.mu.Unlock()
+	srv, clock, rk, _ := stalledRemote(t, "max-age=600", func(cfg *m2mauth.RemoteKeysConfig) {
+		cfg.Timeout = 400 * time.Millisecond
+	})
 
 	// A call that waited for a fetch would end with its deadline: the
 	// server answers nothing within Timeout.
@@ -469,18 +406,10 @@ func TestRemoteKeysAnsweredSetWithoutUsableKeys(t *testing.T) {
 // TestRemoteKeysNoGoroutineOutlivesFetch: callers that give up, hanging
 // and failing servers: no fetch goroutine is left once Timeout has passed.
 func TestRemoteKeysNoGoroutineOutlivesFetch(t *testing.T) {
-	srv := newRemoteServer(t, remoteSet(t, remoteJWK("k1", "ES256", &remoteEC(t).PublicKey)))
-	srv.cacheControl = "max-age=5"
-	clock := newRemoteClock()
-	cfg := remoteConfig(clock)
-	cfg.Timeout = 300 * time.Millisecond
-	cfg.RefreshCooldown = time.Second
-	rk := newRemote(t, srv.jwksURL(), cfg)
-	_, err := rk.VerificationKeys(t.Context())
-	require.NoError(t, err)
-	srv.mu.Lock()
-	srv.stall = true
-	srv.mu.Unlock()
+	_, clock, rk, _ := stalledRemote(t, "max-age=5", func(cfg *m2mauth.RemoteKeysConfig) {
+		cfg.Timeout = 300 * time.Millisecond
+		cfg.RefreshCooldown = time.Second
+	})
 	for i := range 50 {
 		clock.Add(700 * time.Millisecond)
 		ctx, cancel := context.WithTimeout(context.Background(), time.Duration(i%3)*time.Millisecond)
@@ -577,18 +506,10 @@ func runGoroutines() int {
 // spell too: the first call past the expiry, with no gap of the cooldown
 // and Timeout before it, does not wait for a fetch.
 func TestRemoteKeysFreshCallsWhileFailing(t *testing.T) {
-	srv := newRemoteServer(t, remoteSet(t, remoteJWK("k1", "ES256", &remoteEC(t).PublicKey)))
-	srv.cacheControl = "max-age=600"
-	clock := newRemoteClock()
-	cfg := remoteConfig(clock)
-	cfg.Timeout = 400 * time.Millisecond // quiet spell: 30.4s
-	rk := newRemote(t, srv.jwksURL(), cfg)
-	start := clock.Now()
-	_, err := rk.VerificationKeys(t.Context())
-	require.NoError(t, err)
-	srv.mu.Lock()
-	srv.stall = true
-	srv.mu.Unlock()
+	srv, clock, rk, _ := stalledRemote(t, "max-age=600", func(cfg *m2mauth.RemoteKeysConfig) {
+		cfg.Timeout = 400 * time.Millisecond // quiet spell: 30.4s
+	})
+	start := clock.Now() // of the fetch
 
 	// Calls at 540s (refresh, fails), 565s, 571s (fetch, fails), 596s,
 	// 602s (set expired at 600s): gaps 25s, 6s, 25s, 6s.
@@ -604,4 +525,23 @@ func TestRemoteKeysFreshCallsWhileFailing(t *testing.T) {
 		waitNoFlight(t, rk)
 	}
 	assert.Empty(t, waited, "calls that waited on the blackholed server with no quiet spell (fetches %d)", srv.hits.Load())
+}
+
+// stalledRemote returns a RemoteKeys on a fake clock, its config edited,
+// that has fetched a set of one key with Cache-Control cacheControl, and
+// its server, which from then on answers nothing.
+func stalledRemote(t *testing.T, cacheControl string, edit func(*m2mauth.RemoteKeysConfig)) (*remoteServer, *remoteClock, *m2mauth.RemoteKeys, *jose.JSONWebKeySet) {
+	t.Helper()
+	srv := newRemoteServer(t, remoteSet(t, remoteJWK("k1", "ES256", &remoteEC(t).PublicKey)))
+	srv.cacheControl = cacheControl
+	clock := newRemoteClock()
+	cfg := remoteConfig(clock)
+	edit(&cfg)
+	rk := newRemote(t, srv.jwksURL(), cfg)
+	set, err := rk.VerificationKeys(t.Context())
+	require.NoError(t, err)
+	srv.mu.Lock()
+	srv.stall = true
+	srv.mu.Unlock()
+	return srv, clock, rk, set
 }
