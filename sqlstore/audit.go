@@ -711,22 +711,22 @@ func (r rowsInsert) query(n int) string {
 // checkCharset returns an error unless the audit text reaches the
 // table's columns as utf8mb4 on MySQL, where a character that did not fit
 // would be written changed (see the dialect's insertAudit): the
-// connection's character set (the DSN's charset parameter), and every
-// text column's. It asks once, once the answer is yes.
+// connection's character sets (the DSN's charset parameter), and those of
+// the text columns it writes. It asks until the answer is yes.
 func (a *Auditor) checkCharset(ctx context.Context) error {
 	if a.charsetQuery == "" || a.charsetOK.Load() {
 		return nil
 	}
 	var (
-		conn  string
-		other int
+		client, conn string
+		other        int
 	)
-	if err := a.db.QueryRowContext(ctx, a.charsetQuery).Scan(&conn, &other); err != nil {
+	if err := a.db.QueryRowContext(ctx, a.charsetQuery).Scan(&client, &conn, &other); err != nil {
 		return fmt.Errorf("sqlstore: checking the audit table's character sets: %w", err)
 	}
 	switch {
-	case conn != "utf8mb4":
-		return fmt.Errorf("sqlstore: the connection's character set is %s, not utf8mb4: characters outside it would be written to the audit table changed; give the DSN charset=utf8mb4", conn)
+	case client != "utf8mb4" || conn != "utf8mb4":
+		return fmt.Errorf("sqlstore: the connection's character sets are %s (client) and %s, not utf8mb4: characters outside them would be written to the audit table changed; give the DSN charset=utf8mb4", client, conn)
 	case other > 0:
 		return fmt.Errorf("sqlstore: %d text columns of the audit table are not utf8mb4: characters outside their character set would be written changed; convert the table to utf8mb4", other)
 	}

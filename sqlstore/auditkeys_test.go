@@ -145,65 +145,104 @@ func oldSpillLine(i int) string {
 }
 
 // TestAuditorSpillKeylessLineMoved: a spill file left by the release
-// before keys holds 258 lines without a key. The first transaction of
-// the file (256 rows) is written; the commit of the second (the last two
-// lines) succeeds on the server, but its answer is lost, and the database
-// stays down until Close, which compacts the file (or, without room for
-// a copy, marks the written lines): the two lines move to the start of
-// the file. The next process reads them there with the keys they were
-// written with, and writes no row twice.
+// before keys holds lines without a key. The first transaction of the
+// file (256 rows) is written; the commit of the second (the last line,
+// or lines) succeeds on the server, but its answer is lost, and the
+// database stays down until Close, which compacts the file (or, without
+// room for a copy, marks the written lines): those lines move to the
+// start of the file. The next process reads them there with the keys they
+// were written with, and writes no row twice, whatever form JSON allows
+// the line (a line Close cannot write a key into is not moved: the
+// written lines are marked instead).
 func TestAuditorSpillKeylessLineMoved(t *testing.T) {
-	const n = 258
-	var file strings.Builder
-	for i := range n - 1 {
-		file.WriteString(oldSpillLine(i))
+	const odd = `{"event_time":"2026-01-02T03:04:05Z","event":"token_issued","client_id":"svc","jti":"jti-odd"`
+	tests := []struct {
+		name  string
+		lines []string // after 256 lines of the earlier release
+		all   bool     // on every database; else SQLite alone (the file, not the engine)
+	}{
+		{"a line of the earlier release, and one whose time JSON cannot write back", []string{
+			oldSpillLine(256),
+			`{"event_time":"2026-01-02T03:04:05+24:00","event":"token_issued","client_id":"svc","jti":"jti-far-offset"}`,
+		}, true},
+		{"an empty key later", []string{odd + `,"event_key":""}`}, false},
+		{"an empty key in another case", []string{odd + `,"EVENT_KEY":""}`}, false},
+		{"a space after the colon, an odd time", []string{`{"event_time": "2026-01-02T03:04:05+24:00","event":"token_issued","client_id":"svc","jti":"jti-odd"}`}, false},
+		{"a damaged key, an odd time", []string{`{"event_time":"2026-01-02T03:04:05+24:00","event_key":"damaged","event":"token_issued","client_id":"svc","jti":"jti-odd"}`}, false},
+		{"a space after the colon", []string{`{"event_time": "2026-01-02T03:04:05Z","event":"token_issued","client_id":"svc","jti":"jti-odd"}`}, false},
+		{"near the longest line", []string{longKeylessLine(maxSpillLineForTest - 20)}, false},
+		{"CRLF", []string{odd + "}\r"}, false},
 	}
-	// A time encoding/json reads but cannot write back: the line keeps
-	// its bytes, its key written in.
-	file.WriteString(`{"event_time":"2026-01-02T03:04:05+24:00","event":"token_issued","client_id":"svc","jti":"jti-far-offset"}` + "\n")
-	forEachBackend(t, func(t *testing.T, e *env) {
-		for _, noCopy := range []bool{false, true} {
-			t.Run(map[bool]string{false: "compacted", true: "marked written"}[noCopy], func(t *testing.T) {
-				prefix := e.newPrefix(t)
-				e.newStore(t, sqlstore.Config{TablePrefix: prefix})
-				spill := filepath.Join(t.TempDir(), "audit.spill")
-				require.NoError(t, os.WriteFile(spill, []byte(file.String()), 0o600))
-
-				db, loser := e.openAnswerLoser(t, 2)
-				first, err := sqlstore.NewAuditor(db, e.dialect, sqlstore.AuditorConfig{
-					TablePrefix: prefix, Logger: slog.New(slog.DiscardHandler), SpillFile: spill,
-					MaxRetryDelay: time.Hour, CloseTimeout: 100 * time.Millisecond,
-				})
-				require.NoError(t, err)
-				waitFor(t, "the second commit's answer lost", loser.down.Load)
-				if noCopy {
-					require.NoError(t, os.MkdirAll(filepath.Join(spill+".tmp", "in-the-way"), 0o700))
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var file strings.Builder
+			for i := range 256 {
+				file.WriteString(oldSpillLine(i))
+			}
+			for _, l := range tt.lines {
+				file.WriteString(strings.TrimSuffix(l, "\n") + "\n")
+			}
+			n := 256 + len(tt.lines)
+			forEachBackend(t, func(t *testing.T, e *env) {
+				if !tt.all && e.dialect != sqlstore.SQLite {
+					t.Skip("the file, not the engine")
 				}
-				require.NoError(t, first.Close())
-				require.NoError(t, os.RemoveAll(spill+".tmp"))
-				require.Equal(t, n, e.countAuditRows(t, prefix), "every line is in the table once")
-				assert.Equal(t, 2, first.Pending(), "the lines whose answer was lost are left in the file")
+				for _, noCopy := range []bool{false, true} {
+					t.Run(map[bool]string{false: "compacted", true: "marked written"}[noCopy], func(t *testing.T) {
+						prefix := e.newPrefix(t)
+						e.newStore(t, sqlstore.Config{TablePrefix: prefix})
+						spill := filepath.Join(t.TempDir(), "audit.spill")
+						require.NoError(t, os.WriteFile(spill, []byte(file.String()), 0o600))
 
-				second, err := sqlstore.NewAuditor(e.db, e.dialect, sqlstore.AuditorConfig{
-					TablePrefix: prefix, Logger: slog.New(slog.DiscardHandler), SpillFile: spill,
-				})
-				require.NoError(t, err)
-				t.Cleanup(func() { second.Close() })
-				waitFor(t, "the spill file written", func() bool { return second.Pending() == 0 })
-				require.NoError(t, second.Close())
-				assert.Zero(t, second.Lost())
+						db, loser := e.openAnswerLoser(t, 2)
+						first, err := sqlstore.NewAuditor(db, e.dialect, sqlstore.AuditorConfig{
+							TablePrefix: prefix, Logger: slog.New(slog.DiscardHandler), SpillFile: spill,
+							MaxRetryDelay: time.Hour, CloseTimeout: 100 * time.Millisecond,
+						})
+						require.NoError(t, err)
+						waitFor(t, "the second commit's answer lost", loser.down.Load)
+						if noCopy {
+							require.NoError(t, os.MkdirAll(filepath.Join(spill+".tmp", "in-the-way"), 0o700))
+						}
+						require.NoError(t, first.Close())
+						require.NoError(t, os.RemoveAll(spill+".tmp"))
+						require.Equal(t, n, e.countAuditRows(t, prefix), "every line is in the table once")
+						assert.Equal(t, len(tt.lines), first.Pending(), "the lines whose answer was lost are left in the file")
 
-				count := map[string]int{}
-				for _, r := range e.auditRows(t, prefix) {
-					count[r.JTI]++
+						second, err := sqlstore.NewAuditor(e.db, e.dialect, sqlstore.AuditorConfig{
+							TablePrefix: prefix, Logger: slog.New(slog.DiscardHandler), SpillFile: spill,
+						})
+						require.NoError(t, err)
+						t.Cleanup(func() { second.Close() })
+						waitFor(t, "the spill file written", func() bool { return second.Pending() == 0 })
+						require.NoError(t, second.Close())
+						assert.Zero(t, second.Lost())
+
+						count := map[string]int{}
+						for _, r := range e.auditRows(t, prefix) {
+							count[r.JTI]++
+						}
+						for jti, c := range count {
+							assert.Equal(t, 1, c, "rows of %s", jti)
+						}
+						assert.Len(t, count, n)
+					})
 				}
-				for jti, c := range count {
-					assert.Equal(t, 1, c, "rows of %s", jti)
-				}
-				assert.Len(t, count, n)
 			})
-		}
-	})
+		})
+	}
+}
+
+// maxSpillLineForTest is the longest spill line an Auditor reads back
+// (maxSpillLine).
+const maxSpillLineForTest = 128 << 10
+
+// longKeylessLine returns a keyless spill line of n bytes, its end
+// included.
+func longKeylessLine(n int) string {
+	head := `{"event_time":"2026-01-02T03:04:05Z","event":"token_issued","client_id":"svc","jti":"jti-odd","reason":"`
+	tail := `"}`
+	return head + strings.Repeat("r", n-1-len(head)-len(tail)) + tail
 }
 
 // TestMigrateMySQLKeyColumnWithoutIndex: on MySQL, version 8 adds the

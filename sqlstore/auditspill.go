@@ -478,9 +478,15 @@ func (s *spillFile) compact(f *os.File) error {
 	return nil
 }
 
+// errUnkeyable fails a compaction that meets a line it cannot write its
+// key into: the written lines are marked in place instead (see close),
+// which moves no line.
+var errUnkeyable = errors.New("sqlstore: spill file: a line without a key cannot be given one")
+
 // copyKeyed copies the spill lines of r, which begins at offset at of
 // its file, to w, each as keyed returns it, and returns the bytes
-// written. Lines too long to read back are copied as they are.
+// written; it fails with errUnkeyable where keyed cannot. Lines too long
+// to read back are copied as they are.
 func copyKeyed(w io.Writer, r io.Reader, at int64) (int64, error) {
 	br := bufio.NewReaderSize(r, maxSpillLine)
 	bw := bufio.NewWriter(w)
@@ -490,7 +496,10 @@ func copyKeyed(w io.Writer, r io.Reader, at int64) (int64, error) {
 		start := at
 		at += int64(len(line))
 		if !long && err == nil {
-			line = keyed(start, line)
+			var ok bool
+			if line, ok = keyed(start, line); !ok {
+				return n, errUnkeyable
+			}
 		}
 		m, werr := bw.Write(line)
 		n += int64(m)
@@ -511,38 +520,58 @@ func copyKeyed(w io.Writer, r io.Reader, at int64) (int64, error) {
 
 // keyed returns line, the spill line that begins at offset at, with the
 // key next reads it with written in when it has none of its own (or a
-// damaged one): a line that moves keeps its key. Other lines, and lines
-// that are not records, are returned as they are.
-func keyed(at int64, line []byte) []byte {
+// damaged one), and true: a line that moves keeps its key. Other lines,
+// and lines that are not records, are returned as they are. It returns
+// false for a line it cannot give its key and still read back with it
+// (see errUnkeyable).
+func keyed(at int64, line []byte) ([]byte, bool) {
 	var (
 		r spillRecord
 		k eventKey
 	)
 	if !spillLine(line) || json.Unmarshal(line, &r) != nil || k.parse(r.Key) {
-		return line
+		return line, true
 	}
 	key := lineKey(at, line).String()
-	if r.Key == "" {
-		// No key: it goes right after the event_time, the first member
-		// (a time has no quote or backslash in it), and the line is
-		// otherwise kept byte for byte, whatever encoding/json would
-		// make of it.
-		rest := line[len(spillPrefix):]
-		end := bytes.IndexByte(rest[min(1, len(rest)):], '"') + 1
-		if len(rest) > 0 && rest[0] == '"' && end > 0 && bytes.IndexByte(rest[:end], '\\') < 0 {
-			cut := len(spillPrefix) + end + 1
-			if cut < len(line) && (line[cut] == ',' || line[cut] == '}') {
-				out := make([]byte, 0, len(line)+len(`,"event_key":""`)+len(key))
-				out = append(append(append(out, line[:cut]...), `,"event_key":"`...), key...)
-				return append(append(out, '"'), line[cut:]...)
-			}
+	out := keyedBytes(line, key)
+	if out == nil {
+		// A damaged key, or an unusual line: encoded again.
+		r.Key = key
+		b, err := json.Marshal(r)
+		if err != nil {
+			return line, false
 		}
+		out = append(b, '\n')
 	}
-	// A damaged key is replaced: the line is encoded again.
-	r.Key = key
-	b, err := json.Marshal(r)
-	if err != nil {
-		return line
+	var back spillRecord
+	if len(out) > maxSpillLine || json.Unmarshal(out, &back) != nil || back.Key != key {
+		return line, false
 	}
-	return append(b, '\n')
+	return out, true
+}
+
+// keyedBytes returns line with the member "event_key":key right after its
+// first, the event_time, the rest byte for byte as it was, or nil when
+// line is not as an Auditor writes it (a time string right after
+// spillPrefix) or names an event_key already (encoding/json takes the
+// last of two, in any case).
+func keyedBytes(line []byte, key string) []byte {
+	if bytes.Contains(bytes.ToLower(line), []byte(`"event_key"`)) {
+		return nil
+	}
+	rest := line[len(spillPrefix):]
+	if len(rest) == 0 || rest[0] != '"' {
+		return nil
+	}
+	end := bytes.IndexByte(rest[1:], '"') + 1 // a time has no quote or backslash in it
+	if end <= 0 || bytes.IndexByte(rest[:end], '\\') >= 0 {
+		return nil
+	}
+	cut := len(spillPrefix) + end + 1
+	if cut >= len(line) || line[cut] != ',' && line[cut] != '}' {
+		return nil
+	}
+	out := make([]byte, 0, len(line)+len(`,"event_key":""`)+len(key))
+	out = append(append(append(out, line[:cut]...), `,"event_key":"`...), key...)
+	return append(append(out, '"'), line[cut:]...)
 }

@@ -193,8 +193,9 @@ type queries struct {
 	deleteGrants string
 
 	insertAudit string
-	// auditCharset: MySQL only, the connection's character set and how
-	// many text columns of the audit table are not utf8mb4 (see
+	// auditCharset: MySQL only, the connection's character sets (of what
+	// the client sends, and what the server converts it to) and how many
+	// text columns the Auditor writes are not utf8mb4 (see
 	// Auditor.checkCharset).
 	auditCharset string
 
@@ -559,8 +560,9 @@ SELECT 2, g.client_id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, g.audience, g.s
 		// fits.
 		insertAudit: t(`INSERT IGNORE INTO {p}audit_events (event_key, event_time, event_type, client_id, remote_ip, user_agent, audience, scope, jti, secret_id, error_code, reason)
 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`),
-		auditCharset: t(`SELECT @@character_set_connection, (SELECT COUNT(*) FROM information_schema.columns
+		auditCharset: t(`SELECT @@character_set_client, @@character_set_connection, (SELECT COUNT(*) FROM information_schema.columns
  WHERE table_schema = DATABASE() AND table_name = '{p}audit_events'
+   AND column_name IN ('event_type', 'remote_ip', 'user_agent', 'audience', 'scope', 'jti', 'secret_id', 'error_code', 'reason')
    AND character_set_name IS NOT NULL AND character_set_name <> 'utf8mb4')`),
 
 		// Both branches read the client's events in the range through
