@@ -878,14 +878,22 @@ func (m *ManagedKeys) claimTransitions(ctx context.Context, rows []StoredKey, no
 			claimed[r.KID] |= bits
 		}
 	}
-	for i, l := range live {
+	var activated map[string]time.Time // made when needed: a replay
+	for _, l := range live {
 		kid := l.row.KID
 		bits := m.claimed[kid] | claimed[kid]
+		activeAt := l.row.ActiveAt
+		if bits&claimedActivated == 0 {
+			if activated == nil {
+				activated = activations(rows, now, grace)
+			}
+			activeAt = activated[kid]
+		}
 		for _, c := range [...]struct {
 			bit uint8
 			typ AuditEventType
 			at  time.Time
-		}{{claimedActivated, EventKeyActivated, activeAt(rows, live, i, now, grace)}, {claimedRetired, EventKeyRetired, l.retireAt}} {
+		}{{claimedActivated, EventKeyActivated, activeAt}, {claimedRetired, EventKeyRetired, l.retireAt}} {
 			if bits&c.bit != 0 || c.at.IsZero() || now.Before(c.at) {
 				continue
 			}
@@ -1023,8 +1031,8 @@ type ManagedKeyInfo struct {
 	// ActiveAt is when it starts, or started, signing: its scheduled
 	// activation, or, for a key that took over ahead of it when the key
 	// signing was revoked, that revocation (told while the revoked key's
-	// row is kept, MaxTokenTTL plus Leeway after the revocation; its
-	// publication after that).
+	// row is kept, MaxTokenTTL plus Leeway after the revocation; the
+	// scheduled activation after that).
 	ActiveAt time.Time
 	// RetireAt is when a later key takes over: zero while none is
 	// published. It may be in the future.
@@ -1051,6 +1059,7 @@ func (m *ManagedKeys) Keys(ctx context.Context) ([]ManagedKeyInfo, error) {
 func keyInfos(rows []StoredKey, now time.Time, grace time.Duration) []ManagedKeyInfo {
 	live := liveKeys(rows, grace)
 	signing := signingKey(live, now)
+	activated := activations(rows, now, grace)
 	out := make([]ManagedKeyInfo, 0, len(rows))
 	for _, r := range rows {
 		info := ManagedKeyInfo{
@@ -1071,7 +1080,7 @@ func keyInfos(rows []StoredKey, now time.Time, grace time.Duration) []ManagedKey
 		}
 		if i >= 0 {
 			info.RetireAt = live[i].retireAt
-			info.ActiveAt = activeAt(rows, live, i, now, grace)
+			info.ActiveAt = activated[r.KID]
 		}
 		out = append(out, info)
 	}
@@ -1097,38 +1106,48 @@ func signingKey(live []liveKey, now time.Time) int {
 	return signing
 }
 
-// activeAt returns when the key live[i] starts, or started, signing: the
-// first instant by now at which it was the key that signs, as the rows
-// tell (see signedFrom); or, if it has not signed yet, its ActiveAt. A
-// key that signed ahead of its ActiveAt (the one that signed was
-// revoked) is told apart from its schedule so.
-func activeAt(rows []StoredKey, live []liveKey, i int, now time.Time, grace time.Duration) time.Time {
-	k := live[i].row
-	if at, ok := signedFrom(rows, k.KID, now, grace); ok {
-		return at
+// activations returns, for each key of rows that is not revoked, when
+// it starts, or started, signing: the first instant by now at which it
+// was the key that signs, as the rows tell (see signedFrom); or, if it has
+// not signed yet, its ActiveAt. A key that signed ahead of its ActiveAt
+// (the one that signed was revoked) is told apart from its schedule so.
+func activations(rows []StoredKey, now time.Time, grace time.Duration) map[string]time.Time {
+	at := signedFrom(rows, now, grace)
+	for _, r := range rows {
+		if _, ok := at[r.KID]; !ok && r.RevokedAt.IsZero() {
+			at[r.KID] = r.ActiveAt
+		}
 	}
-	return k.ActiveAt
+	return at
 }
 
 // signedFrom replays the rows up to now: at each instant something
 // changed (a key published, active by its schedule, revoked, or deleted
 // grace after its retirement), it finds the key that signs by the rule of
 // ManagedKeys among the keys as they were then, and returns the first
-// instant kid was that key. A revocation stamped after now (by a replica
-// whose clock is ahead) has happened all the same: the replay goes on to
-// it. A key whose row is gone (deleted) is not known to the replay.
-func signedFrom(rows []StoredKey, kid string, now time.Time, grace time.Duration) (time.Time, bool) {
+// instant each key was that key. A key counts as signing ahead of its
+// ActiveAt only from a revocation or a deletion, what makes a key take
+// over: a key the rows show alone at its publication, because the rows of
+// the keys before it are gone (deleted), is not taken to have signed
+// then. A revocation stamped after now (by a replica whose clock is
+// ahead) has happened all the same: the replay goes on to it.
+func signedFrom(rows []StoredKey, now time.Time, grace time.Duration) map[string]time.Time {
 	var instants []time.Time
+	causes := make(map[int64]bool) // instants (ns) at which a key may take over
 	for _, r := range rows {
 		instants = append(instants, r.PublishedAt, r.ActiveAt, r.ActiveAt.Add(grace))
+		causes[r.ActiveAt.Add(grace).UnixNano()] = true
 		if !r.RevokedAt.IsZero() {
 			instants = append(instants, r.RevokedAt)
+			causes[r.RevokedAt.UnixNano()] = true
 			if r.RevokedAt.After(now) {
 				now = r.RevokedAt
 			}
 		}
 	}
 	slices.SortFunc(instants, func(a, b time.Time) int { return a.Compare(b) })
+	instants = slices.CompactFunc(instants, time.Time.Equal)
+	first := make(map[string]time.Time, len(rows))
 	then := make([]StoredKey, 0, len(rows))
 	for _, t := range instants {
 		if t.After(now) {
@@ -1143,11 +1162,17 @@ func signedFrom(rows []StoredKey, kid string, now time.Time, grace time.Duration
 			then = append(then, r)
 		}
 		live := liveKeys(then, grace)
-		if s := signingKey(live, t); s >= 0 && live[s].row.KID == kid {
-			return t, true
+		s := signingKey(live, t)
+		if s < 0 {
+			continue
 		}
+		k := live[s].row
+		if _, ok := first[k.KID]; ok || t.Before(k.ActiveAt) && !causes[t.UnixNano()] {
+			continue
+		}
+		first[k.KID] = t
 	}
-	return time.Time{}, false
+	return first
 }
 
 // ResealKeys seals every key of store again with to, from what from

@@ -42,7 +42,7 @@ type mkFixture struct {
 	logs   bytes.Buffer
 }
 
-func newMKFixture(t *testing.T) *mkFixture {
+func newMKFixture(t testing.TB) *mkFixture {
 	t.Helper()
 	f := &mkFixture{now: time.Date(2026, 12, 1, 9, 0, 0, 0, time.UTC)}
 	f.store = memstore.New(memstore.WithClock(f.clock))
