@@ -86,8 +86,9 @@ const (
 	remoteDefaultMaxAge = 10 * time.Minute
 	remoteMinMaxAge     = time.Second
 	remoteMaxMaxAge     = 24 * time.Hour
-	// A refresh may start this long before expiry (or a tenth of the
-	// lifetime, if shorter).
+	// A refresh may start this long before expiry, or a tenth of the
+	// lifetime if shorter; but at least Timeout, and at most half the
+	// lifetime, before it (see run).
 	remoteRefreshMargin = time.Minute
 	remoteMaxRedirects  = 3
 	// remoteWellKnown is the RFC 8414 §3 well-known URI suffix.
