@@ -152,16 +152,17 @@ type AuditorConfig struct {
 // written to the table again by the next process when the last one died
 // before emptying it. A line of a spill file that has no key (written by
 // a release before keys) is given one made of its place in the file and
-// its content, the same at every read. Rows of events that were held may
-// be out of event order; event_time keeps it.
+// its content, the same at every read, and written into it when Close
+// moves the line (or, where it cannot be, the line is not moved). Rows of
+// events that were held may be out of event order; event_time keeps it.
 //
 // The database user needs INSERT on the table and, on PostgreSQL, for the
 // insert's handling of a key already there, SELECT of event_key (GRANT
 // SELECT (event_key) ON <prefix>audit_events), which lets it read no
 // event: a user that may only append audit rows can run an Auditor. On
 // MySQL the text must reach the table as utf8mb4: before it first writes,
-// the Auditor checks the connection's character set (the DSN's charset
-// parameter; the driver's default is utf8mb4) and the table's columns,
+// the Auditor checks the connection's character sets (the DSN's charset
+// parameter; the driver's default is utf8mb4) and the columns it writes,
 // and writes nothing, reporting why, where a character would be written
 // changed.
 //
