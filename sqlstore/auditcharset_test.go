@@ -3,6 +3,7 @@ package sqlstore_test
 import (
 	"context"
 	"database/sql"
+	"fmt"
 	"log/slog"
 	"strings"
 	"testing"
@@ -14,88 +15,6 @@ import (
 
 	"github.com/m2mauth/m2mauth/sqlstore"
 )
-
-// TestAuditorMySQLConnectionCharsets: healthy DSNs write the event; a connection
-// whose client character set is not utf8mb4 (the text reaches the server
-// as latin1, then is converted) writes it changed or not at all.
-func TestAuditorMySQLConnectionCharsets(t *testing.T) {
-	forEachBackend(t, func(t *testing.T, e *env) {
-		if e.dialect != sqlstore.MySQL {
-			t.Skip("MySQL only")
-		}
-		for _, tc := range []struct {
-			name    string
-			params  map[string]string
-			coll    string
-			healthy bool
-		}{
-			{"driver default", nil, "", true},
-			{"charset utf8mb4", map[string]string{"charset": "utf8mb4"}, "", true},
-			{"charset utf8mb4,utf8 (raw DSN)", map[string]string{"raw": "charset=utf8mb4,utf8"}, "", true},
-			{"collation utf8mb4_unicode_ci", nil, "utf8mb4_unicode_ci", true},
-			{"collation utf8mb4_bin", nil, "utf8mb4_bin", true},
-			{"character_set_client latin1", map[string]string{"character_set_client": "latin1"}, "", false},
-			{"charset latin1", map[string]string{"charset": "latin1"}, "", false},
-		} {
-			t.Run(tc.name, func(t *testing.T) {
-				ctx := t.Context()
-				prefix := e.newPrefix(t)
-				e.newStore(t, sqlstore.Config{TablePrefix: prefix})
-				cfg, err := mysql.ParseDSN(e.dsn)
-				require.NoError(t, err)
-				if cfg.Params == nil {
-					cfg.Params = map[string]string{}
-				}
-				raw := ""
-				for k, v := range tc.params {
-					if k == "raw" {
-						raw = v
-						continue
-					}
-					cfg.Params[k] = v
-				}
-				if tc.coll != "" {
-					cfg.Collation = tc.coll
-				}
-				dsn := cfg.FormatDSN()
-				if raw != "" {
-					if strings.Contains(dsn, "?") {
-						dsn += "&" + raw
-					} else {
-						dsn += "?" + raw
-					}
-				}
-				db, err := sql.Open("mysql", dsn)
-				require.NoError(t, err)
-				t.Cleanup(func() { db.Close() })
-				var cl, cn string
-				require.NoError(t, db.QueryRowContext(ctx, "SELECT @@character_set_client, @@character_set_connection").Scan(&cl, &cn))
-				t.Logf("client=%s connection=%s", cl, cn)
-
-				fb := &recorder{}
-				a, err := sqlstore.NewAuditor(db, e.dialect, sqlstore.AuditorConfig{
-					TablePrefix: prefix, Logger: slog.New(slog.DiscardHandler), Fallback: fb,
-					CloseTimeout: 200 * time.Millisecond,
-				})
-				require.NoError(t, err)
-				ev := testEvent(1)
-				ev.UserAgent = "curl/8 \U0001F600"
-				ev.Reason = "caf\u00e9 \U0001F511"
-				a.Audit(ctx, ev)
-				require.NoError(t, a.Close())
-				rows := e.auditRows(t, prefix)
-				t.Logf("rows=%d failures=%d lost=%d", len(rows), a.Failures(), a.Lost())
-				if tc.healthy {
-					require.Len(t, rows, 1, "a healthy setup writes the event")
-				}
-				if len(rows) == 1 {
-					assert.Equal(t, ev.UserAgent, rows[0].UserAgent, "the row's user agent is the event's, or the write fails visibly")
-					assert.Equal(t, ev.Reason, rows[0].Reason)
-				}
-			})
-		}
-	})
-}
 
 // TestMigrateMySQLKeyedDuplicatesBigTable: version 8 on a table with
 // the key column but not its index, whose 20,000 rows carry keys, each
@@ -141,31 +60,95 @@ FROM (SELECT a.d + 10*b.d + 100*c.d + 1000*d.d + 10000*e.d AS n FROM ` + digits 
 	})
 }
 
-// TestAuditorMySQLColumnNotWritten: a column the Auditor does not write
-// (added by the operator, ascii) changes no character the Auditor writes:
-// the character set check lets it write.
-func TestAuditorMySQLColumnNotWritten(t *testing.T) {
+// TestAuditorMySQLCharacterSets: the MySQL audit insert skips a key
+// already there with INSERT IGNORE, which would also write a value that
+// does not fit its column changed: a character outside the BMP (an emoji
+// in a User-Agent) over a connection or into a column that cannot carry
+// it would become '?'. The Auditor writes the event, as it is, where the
+// connection and the columns it writes are utf8mb4, and refuses to write
+// elsewhere, visibly: the event is counted failed and lost (no spill file
+// here), not written changed.
+func TestAuditorMySQLCharacterSets(t *testing.T) {
+	tests := []struct {
+		name    string
+		params  map[string]string // of the DSN
+		coll    string            // the DSN's collation
+		raw     string            // appended to the DSN as it is
+		alter   string            // the audit table altered so: %s is its name
+		healthy bool
+	}{
+		{name: "driver default", healthy: true},
+		{name: "charset utf8mb4", params: map[string]string{"charset": "utf8mb4"}, healthy: true},
+		{name: "charset utf8mb4,utf8", raw: "charset=utf8mb4,utf8", healthy: true},
+		{name: "collation utf8mb4_unicode_ci", coll: "utf8mb4_unicode_ci", healthy: true},
+		{name: "collation utf8mb4_bin", coll: "utf8mb4_bin", healthy: true},
+		{name: "a column the Auditor does not write, ascii", alter: "ALTER TABLE %s ADD COLUMN checked_by VARCHAR(32) CHARACTER SET ascii NULL", healthy: true},
+		{name: "charset utf8", params: map[string]string{"charset": "utf8"}},
+		{name: "charset latin1", params: map[string]string{"charset": "latin1"}},
+		{name: "character_set_client latin1", params: map[string]string{"character_set_client": "latin1"}},
+		{name: "a utf8mb3 table", alter: "ALTER TABLE %s CONVERT TO CHARACTER SET utf8mb3 COLLATE utf8mb3_bin"},
+	}
 	forEachBackend(t, func(t *testing.T, e *env) {
 		if e.dialect != sqlstore.MySQL {
 			t.Skip("MySQL only")
 		}
-		ctx := t.Context()
-		prefix := e.newPrefix(t)
-		e.newStore(t, sqlstore.Config{TablePrefix: prefix})
-		_, err := e.db.ExecContext(ctx, "ALTER TABLE "+prefix+"audit_events ADD COLUMN checked_by VARCHAR(32) CHARACTER SET ascii NULL")
-		require.NoError(t, err)
-		a, err := sqlstore.NewAuditor(e.db, e.dialect, sqlstore.AuditorConfig{
-			TablePrefix: prefix, Logger: slog.New(slog.DiscardHandler), Fallback: &recorder{},
-			CloseTimeout: 200 * time.Millisecond,
-		})
-		require.NoError(t, err)
-		ev := testEvent(1)
-		ev.UserAgent = "curl/8 \U0001F600"
-		a.Audit(ctx, ev)
-		require.NoError(t, a.Close())
-		t.Logf("failures=%d lost=%d", a.Failures(), a.Lost())
-		rows := e.auditRows(t, prefix)
-		require.Len(t, rows, 1, "the event is written: every column the Auditor writes is utf8mb4")
-		assert.Equal(t, ev.UserAgent, rows[0].UserAgent)
+		for _, tt := range tests {
+			t.Run(tt.name, func(t *testing.T) {
+				ctx := t.Context()
+				prefix := e.newPrefix(t)
+				e.newStore(t, sqlstore.Config{TablePrefix: prefix})
+				if tt.alter != "" {
+					_, err := e.db.ExecContext(ctx, fmt.Sprintf(tt.alter, prefix+"audit_events"))
+					require.NoError(t, err)
+				}
+				cfg, err := mysql.ParseDSN(e.dsn)
+				require.NoError(t, err)
+				if cfg.Params == nil {
+					cfg.Params = map[string]string{}
+				}
+				for k, v := range tt.params {
+					cfg.Params[k] = v
+				}
+				if _, ok := tt.params["charset"]; ok {
+					cfg.Collation = ""
+				}
+				if tt.coll != "" {
+					cfg.Collation = tt.coll
+				}
+				dsn := cfg.FormatDSN()
+				if tt.raw != "" {
+					sep := "?"
+					if strings.Contains(dsn, "?") {
+						sep = "&"
+					}
+					dsn += sep + tt.raw
+				}
+				db, err := sql.Open("mysql", dsn)
+				require.NoError(t, err)
+				t.Cleanup(func() { db.Close() })
+
+				a, err := sqlstore.NewAuditor(db, e.dialect, sqlstore.AuditorConfig{
+					TablePrefix: prefix, Logger: slog.New(slog.DiscardHandler), Fallback: &recorder{},
+					CloseTimeout: 200 * time.Millisecond,
+				})
+				require.NoError(t, err)
+				ev := testEvent(1)
+				ev.UserAgent = "curl/8 \U0001F600"
+				ev.Reason = "caf\u00e9 \U0001F511"
+				a.Audit(ctx, ev)
+				require.NoError(t, a.Close())
+				rows := e.auditRows(t, prefix)
+				if tt.healthy {
+					require.Len(t, rows, 1, "written")
+					assert.Equal(t, ev.UserAgent, rows[0].UserAgent)
+					assert.Equal(t, ev.Reason, rows[0].Reason)
+					assert.Zero(t, a.Failures())
+					return
+				}
+				assert.Empty(t, rows, "nothing written changed")
+				assert.EqualValues(t, 1, a.Failures())
+				assert.EqualValues(t, 1, a.Lost())
+			})
+		}
 	})
 }
