@@ -127,22 +127,9 @@ func TestManagedKeysTakeoverActiveAtClockBehind(t *testing.T) {
 // show that key.
 func TestManagedKeysRotationActiveAtAfterPreviousKeyDeleted(t *testing.T) {
 	f := newMKFixture(t)
-	mk := f.replica(t, func(c *m2mauth.ManagedKeysConfig) {
-		c.RotationInterval = 24 * time.Hour
-		c.PropagationDelay = time.Hour
-		c.MaxTokenTTL = 10 * time.Minute
-		c.Leeway = time.Minute
-	})
+	mk := f.replica(t, dailyRotation)
 	a := signingKID(t, mk)
-
-	// Rotation is due at A.ActiveAt + 23h: B published, active 1h later.
-	f.advance(23*time.Hour + time.Second)
-	require.NoError(t, mk.Refresh(t.Context()))
-	infos, err := mk.Keys(t.Context())
-	require.NoError(t, err)
-	require.Len(t, infos, 2)
-	b := infos[1]
-	require.Equal(t, m2mauth.KeyStatePublished, b.State)
+	b := publishedOnSchedule(t, f, mk)
 	scheduled := b.ActiveAt
 
 	// B becomes active by its schedule; A retires.
@@ -155,7 +142,7 @@ func TestManagedKeysRotationActiveAtAfterPreviousKeyDeleted(t *testing.T) {
 	// A is deleted 11 minutes after its retirement.
 	f.advance(12 * time.Minute)
 	require.NoError(t, mk.Refresh(t.Context()))
-	infos, err = mk.Keys(t.Context())
+	infos, err := mk.Keys(t.Context())
 	require.NoError(t, err)
 	require.Len(t, infos, 1, "A deleted")
 	require.NotEqual(t, a, infos[0].KID)
@@ -172,24 +159,12 @@ func TestManagedKeysRotationActiveAtAfterPreviousKeyDeleted(t *testing.T) {
 // to sign; A signed until then), not B's publication an hour earlier.
 func TestManagedKeysRotationActivationAuditedAfterDowntime(t *testing.T) {
 	f := newMKFixture(t)
-	edit := func(c *m2mauth.ManagedKeysConfig) {
-		c.RotationInterval = 24 * time.Hour
-		c.PropagationDelay = time.Hour
-		c.MaxTokenTTL = 10 * time.Minute
-		c.Leeway = time.Minute
-	}
-	mk := f.replica(t, edit)
-	f.advance(23*time.Hour + time.Second)
-	require.NoError(t, mk.Refresh(t.Context()))
-	infos, err := mk.Keys(t.Context())
-	require.NoError(t, err)
-	require.Len(t, infos, 2)
-	b := infos[1]
-	require.Equal(t, m2mauth.KeyStatePublished, b.State)
+	mk := f.replica(t, dailyRotation)
+	b := publishedOnSchedule(t, f, mk)
 	mk.Close()
 
 	f.advance(3 * time.Hour)
-	mk2 := f.replica(t, edit)
+	mk2 := f.replica(t, dailyRotation)
 	require.Equal(t, b.KID, signingKID(t, mk2))
 	assert.Equal(t, []time.Time{b.ActiveAt}, f.activations(b.KID),
 		"key_activated of B: its ActiveAt, not its publication %v", b.PublishedAt)
@@ -200,12 +175,7 @@ func TestManagedKeysRotationActivationAuditedAfterDowntime(t *testing.T) {
 // key revoked), after a clock step back past an ordinary activation, and
 // across ResealKeys.
 func TestManagedKeysActivationCases(t *testing.T) {
-	edit := func(c *m2mauth.ManagedKeysConfig) {
-		c.RotationInterval = 24 * time.Hour
-		c.PropagationDelay = time.Hour
-		c.MaxTokenTTL = 10 * time.Minute
-		c.Leeway = time.Minute
-	}
+	edit := dailyRotation
 	t.Run("emergency", func(t *testing.T) {
 		f := newMKFixture(t)
 		mk := f.replica(t, edit)
@@ -283,4 +253,28 @@ func BenchmarkManagedKeysKeys(b *testing.B) {
 			b.Fatal(err, len(infos))
 		}
 	}
+}
+
+// dailyRotation configures a replica to rotate daily, publishing each key
+// an hour ahead, with tokens of at most ten minutes (and a minute of
+// leeway): a retired key is deleted eleven minutes after its retirement.
+func dailyRotation(c *m2mauth.ManagedKeysConfig) {
+	c.RotationInterval = 24 * time.Hour
+	c.PropagationDelay = time.Hour
+	c.MaxTokenTTL = 10 * time.Minute
+	c.Leeway = time.Minute
+}
+
+// publishedOnSchedule advances f to just past the scheduled rotation of
+// mk's first key (dailyRotation: its ActiveAt plus 23h) and returns the
+// key mk then publishes, active an hour later.
+func publishedOnSchedule(t *testing.T, f *mkFixture, mk *m2mauth.ManagedKeys) m2mauth.ManagedKeyInfo {
+	t.Helper()
+	f.advance(23*time.Hour + time.Second)
+	require.NoError(t, mk.Refresh(t.Context()))
+	infos, err := mk.Keys(t.Context())
+	require.NoError(t, err)
+	require.Len(t, infos, 2)
+	require.Equal(t, m2mauth.KeyStatePublished, infos[1].State)
+	return infos[1]
 }
