@@ -68,7 +68,10 @@ const (
 // the caller may not introspect (RFC 7662 §2.2: an error there would tell
 // the caller that the token is genuine), for one
 // that does not verify with the token handler's keys and issuer, has
-// expired (by the handler's clock, without leeway), is revoked (by
+// expired (by the handler's clock, without leeway), is not yet valid
+// (its nbf more than the validator's default leeway ahead, RFC 7519
+// §4.1.5: a token's nbf is when it was issued, by the clock of the
+// replica that issued it, which may run ahead of this one), is revoked (by
 // IntrospectionConfig.Revocations, or its client's
 // [Client.TokensRevokedAt]), or whose client is disabled or no longer
 // exists; else it is active, with the members of RFC 7662 §2.2: active,

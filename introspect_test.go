@@ -543,3 +543,37 @@ func BenchmarkIntrospectionHandler(b *testing.B) {
 		}
 	}
 }
+
+// TestIntrospectionNotYetValid: a token is active from its nbf, less the
+// validator's default leeway of 30s (RFC 7519 §4.1.5), by the clock of
+// the introspecting server: a replica whose clock lags the issuer's by
+// less still answers a fresh token active; one lagging by more answers
+// it inactive (RFC 7662 §2.2: not yet "within its given time window of
+// validity").
+func TestIntrospectionNotYetValid(t *testing.T) {
+	tests := []struct {
+		name   string
+		lag    time.Duration // how far the introspecting clock lags the issuing one
+		active bool
+	}{
+		{name: "same clock", lag: 0, active: true},
+		{name: "nbf 1s ahead", lag: time.Second, active: true},
+		{name: "nbf 30s ahead", lag: 30 * time.Second, active: true},
+		{name: "nbf 31s ahead", lag: 31 * time.Second, active: false},
+		{name: "nbf 2m ahead", lag: 2 * time.Minute, active: false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEndpointFixture(t, nil)
+			tok := e.issue(t, "svc", e.secret)
+			e.advance(-tc.lag)
+			w := send(t, e.introspect, request{body: "token=" + url.QueryEscape(tok), headers: auth(basic("introspector", e.introSecret))})
+			require.Equal(t, http.StatusOK, w.Code, "body: %s", w.Body)
+			if tc.active {
+				assert.JSONEq(t, activeBody(factsOf(t, tok)), w.Body.String())
+			} else {
+				assert.JSONEq(t, `{"active":false}`, w.Body.String())
+			}
+		})
+	}
+}

@@ -72,7 +72,10 @@ const ReasonRevocationRate = "revocation_rate"
 // RevocationHandler returns the revocation endpoint of h, which records
 // revocations in rev (normally the store h reads clients from).
 // Validators see a revocation when their [RevocationSource], reading the
-// same store, next refreshes.
+// same store, next refreshes. For a [RevocationPoller] in the same
+// process to see it before the client is answered, pass a Revoker whose
+// RevokeToken calls the poller's Refresh once the store has recorded
+// the revocation (the example does).
 func (h *TokenHandler) RevocationHandler(rev Revoker) (*RevocationHandler, error) {
 	if rev == nil {
 		return nil, errors.New("m2mauth: nil Revoker")

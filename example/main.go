@@ -130,7 +130,8 @@
 // own, which take effect at once; with a database a snapshot read every
 // -revocation-refresh, so that a revocation made on any server sharing
 // the database, or by an admin command, takes effect on all of them
-// within it. A server that cannot read them for -revocation-max-stale
+// within it, and on the server that answered a POST /oauth/revoke before
+// that answer. A server that cannot read them for -revocation-max-stale
 // refuses every token (503) until it can. GET /oauth/revocations
 // publishes them as a signed list for resource servers in other
 // processes, such as example/internal/resourceserver.

@@ -106,18 +106,44 @@ type revocationHandlers struct {
 // reads src; and the revocation list of src, signed with keys under
 // issuer, which resource servers in other processes poll
 // (m2mauth.NewRemoteRevocations).
-func newRevocationHandlers(tokens *m2mauth.TokenHandler, b *backend, src m2mauth.RevocationSource, keys m2mauth.KeyProvider, issuer string, logger *slog.Logger) (revocationHandlers, error) {
-	rh, err := tokens.RevocationHandler(b.revoker)
+func newRevocationHandlers(tokens *m2mauth.TokenHandler, b *backend, src *revocationSource, keys m2mauth.KeyProvider, issuer string, logger *slog.Logger) (revocationHandlers, error) {
+	rev := b.revoker
+	if src.poller != nil {
+		rev = refreshingRevoker{rev, src.poller}
+	}
+	rh, err := tokens.RevocationHandler(rev)
 	if err != nil {
 		return revocationHandlers{}, err
 	}
-	ih, err := tokens.IntrospectionHandler(m2mauth.IntrospectionConfig{Revocations: src})
+	ih, err := tokens.IntrospectionHandler(m2mauth.IntrospectionConfig{Revocations: src.RevocationSource})
 	if err != nil {
 		return revocationHandlers{}, err
 	}
-	list, err := m2mauth.NewRevocationListHandler(src, keys, m2mauth.RevocationListConfig{Issuer: issuer, Logger: logger})
+	list, err := m2mauth.NewRevocationListHandler(src.RevocationSource, keys, m2mauth.RevocationListConfig{Issuer: issuer, Logger: logger})
 	if err != nil {
 		return revocationHandlers{}, err
 	}
 	return revocationHandlers{revoke: rh, introspect: ih, list: list}, nil
+}
+
+// refreshingRevoker records a token's revocation, then has the poller
+// read it back before the revocation endpoint answers: this server's
+// validator, introspection endpoint and revocation list refuse the token
+// from the moment its owner is told it is revoked (RFC 7009 §2.2, RFC
+// 7662 §2.2), not at the next poll. Other replicas see it at their next
+// poll, as before.
+type refreshingRevoker struct {
+	m2mauth.Revoker
+	poller *m2mauth.RevocationPoller
+}
+
+// RevokeToken revokes the token and refreshes the poller. The revocation
+// stands whether or not the refresh succeeds: a refresh that fails is
+// the poller's to report, and its next poll, or its going stale, follows.
+func (r refreshingRevoker) RevokeToken(ctx context.Context, clientID, jti string, exp time.Time) error {
+	if err := r.Revoker.RevokeToken(ctx, clientID, jti, exp); err != nil {
+		return err
+	}
+	r.poller.Refresh(ctx)
+	return nil
 }

@@ -376,6 +376,53 @@ func TestServeStaleRevocations(t *testing.T) {
 	stopServer(t, srv)
 }
 
+// TestServeRevokedAtOnce: on a database, a token its client revoked at
+// POST /oauth/revoke is refused by the server that answered the
+// revocation from its next request on, with the default
+// -revocation-refresh of 5s: the API answers 401 and introspection
+// {"active":false} (RFC 7009 §2.2: 200 once "the token has been revoked";
+// RFC 7662 §2.2), while the client's other token stays active.
+func TestServeRevokedAtOnce(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs the example server")
+	}
+	bin := buildExample(t)
+	for _, tdb := range testDatabases() {
+		t.Run(tdb.name, func(t *testing.T) {
+			db := tdb.db(t)
+			id := newClientID("rev")
+			secret := createClient(t, db, id)
+			checker := newClientID("checker")
+			checkerSecret := createClient(t, db, checker, "-introspect")
+			srv := startServerWith(t, bin, http.DefaultClient, []string{"-db", db, "-signing-key-file", newKeyFile(t)},
+				"-addr", "127.0.0.1:0")
+			assert.Contains(t, waitOutput(t, srv, "-revocation-refresh"), "refused within 5s (-revocation-refresh)")
+			api := srv.base + "/api/builders"
+
+			revoked := accessToken(t, srv.base, id, secret)
+			kept := accessToken(t, srv.base, id, secret)
+			for _, tok := range []string{revoked, kept} {
+				code, md := introspect(t, srv.base, checker, checkerSecret, tok)
+				require.Equal(t, http.StatusOK, code)
+				require.Equal(t, true, md["active"])
+			}
+			code, raw := postToken(t, srv.base+revokePath, id, secret, revoked)
+			require.Equal(t, http.StatusOK, code, "%s", raw)
+
+			code, _, body := get(t, api, revoked)
+			assert.Equal(t, http.StatusUnauthorized, code, body)
+			code, md := introspect(t, srv.base, checker, checkerSecret, revoked)
+			assert.Equal(t, http.StatusOK, code)
+			assert.Equal(t, map[string]any{"active": false}, md)
+			code, _, body = get(t, api, kept)
+			assert.Equal(t, http.StatusOK, code, body)
+			code, md = introspect(t, srv.base, checker, checkerSecret, kept)
+			assert.Equal(t, http.StatusOK, code)
+			assert.Equal(t, true, md["active"])
+		})
+	}
+}
+
 // TestServeRevocationMemory: with -db memory the API reads the store's
 // own revocations, so a token revoked at POST /oauth/revoke (RFC 7009
 // §2.1) is refused by the very next request.

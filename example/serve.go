@@ -276,7 +276,7 @@ func serve(g globals, args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	defer revocations.close()
-	revocationEndpoints, err := newRevocationHandlers(tokens, b, revocations.RevocationSource, keys, g.issuer, logger)
+	revocationEndpoints, err := newRevocationHandlers(tokens, b, revocations, keys, g.issuer, logger)
 	if err != nil {
 		return err
 	}
