@@ -309,7 +309,7 @@ func publishedScopes(cfgName string, scopes []string) ([]string, error) {
 // (http only on a loopback host), no user info, no fragment, and no query
 // when noQuery.
 func checkPublishedURL(name, s string, noQuery bool) (*url.URL, error) {
-	u, err := url.Parse(s)
+	u, err := parseURL(s)
 	if err != nil {
 		return nil, fmt.Errorf("m2mauth: %s: %w", name, err)
 	}
@@ -331,7 +331,7 @@ func checkPublishedURL(name, s string, noQuery bool) (*url.URL, error) {
 		problem = "must use https"
 	}
 	if problem != "" {
-		return nil, fmt.Errorf("m2mauth: %s %q %s", name, s, problem)
+		return nil, fmt.Errorf("m2mauth: %s %q %s", name, u.Redacted(), problem)
 	}
 	return u, nil
 }

@@ -2,6 +2,7 @@ package m2mauth_test
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"log"
@@ -523,4 +524,68 @@ func ExampleNewProtectedResourceMetadataHandler() {
 	//     "header"
 	//   ]
 	// }
+}
+
+// TestURLErrorsHidePasswords: every constructor that takes a URL names
+// a URL it refuses without the password it may carry, whether the URL
+// does not parse (url.Parse's own error repeats it whole) or breaks a
+// rule: a configuration error ends up in logs.
+func TestURLErrorsHidePasswords(t *testing.T) {
+	const issuer = "https://auth.example.com"
+	keys := metadataKeys(t)
+	takers := []struct {
+		name string
+		try  func(u string) error
+	}{
+		{"NewRemoteKeys", func(u string) error {
+			_, err := m2mauth.NewRemoteKeys(u, m2mauth.RemoteKeysConfig{})
+			return err
+		}},
+		{"DiscoverRemoteKeys", func(u string) error {
+			_, err := m2mauth.DiscoverRemoteKeys(context.Background(), u, m2mauth.RemoteKeysConfig{})
+			return err
+		}},
+		{"NewRemoteRevocations", func(u string) error {
+			_, err := m2mauth.NewRemoteRevocations(u, keys, m2mauth.RemoteRevocationsConfig{Issuer: issuer})
+			return err
+		}},
+		{"NewAuthorizationServerMetadataHandler", func(u string) error {
+			_, err := m2mauth.NewAuthorizationServerMetadataHandler(metadataTokenHandler(t, issuer),
+				m2mauth.AuthorizationServerMetadataConfig{TokenEndpoint: issuer + "/oauth/token", JWKSURI: u})
+			return err
+		}},
+		{"NewProtectedResourceMetadataHandler", func(u string) error {
+			_, err := m2mauth.NewProtectedResourceMetadataHandler(metadataValidator(t, issuer, "https://api.example.com"),
+				m2mauth.ProtectedResourceMetadataConfig{JWKSURI: u})
+			return err
+		}},
+		{"AuthorizationServerMetadataPath", func(u string) error {
+			_, err := m2mauth.AuthorizationServerMetadataPath(u)
+			return err
+		}},
+		{"ProtectedResourceMetadataPath", func(u string) error {
+			_, err := m2mauth.ProtectedResourceMetadataPath(u)
+			return err
+		}},
+		{"ValidatorConfig.ResourceMetadataURL", func(u string) error {
+			_, err := m2mauth.NewValidator(keys, m2mauth.ValidatorConfig{Issuer: issuer, Audience: "https://api.example.com", ResourceMetadataURL: u})
+			return err
+		}},
+	}
+	urls := []string{
+		"https://app:hunter2@keys.example.com:bad/jwks", // does not parse: a bad port
+		"https://app:hunter2@keys.example.com/%zz",      // does not parse: a bad escape
+		"https://app:hunter2@keys.example.com/jwks",     // user information
+		"http://app:hunter2@keys.example.com/jwks",      // user information, and not https
+		"ftp://app:hunter2@keys.example.com/jwks",       // not https
+	}
+	for _, tk := range takers {
+		for _, u := range urls {
+			t.Run(tk.name+"/"+u, func(t *testing.T) {
+				err := tk.try(u)
+				require.Error(t, err)
+				assert.NotContains(t, err.Error(), "hunter2")
+			})
+		}
+	}
 }

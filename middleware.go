@@ -10,7 +10,6 @@ import (
 	"math"
 	"net/http"
 	"net/netip"
-	"net/url"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -246,14 +245,14 @@ func checkResourceMetadataURL(s string) error {
 			return errors.New("m2mauth: ResourceMetadataURL must be printable ASCII without spaces, quotes or backslashes")
 		}
 	}
-	u, err := url.Parse(s)
+	u, err := parseURL(s)
 	if err != nil {
 		return fmt.Errorf("m2mauth: ResourceMetadataURL: %w", err)
 	}
 	host := u.Hostname()
 	loopback := isLoopbackHost(host)
 	if host == "" || u.User != nil || u.Fragment != "" || u.Scheme != "https" && (u.Scheme != "http" || !loopback) {
-		return fmt.Errorf("m2mauth: ResourceMetadataURL %q must be an absolute https URL (http only on a loopback host) without user info or fragment", s)
+		return fmt.Errorf("m2mauth: ResourceMetadataURL %q must be an absolute https URL (http only on a loopback host) without user info or fragment", u.Redacted())
 	}
 	return nil
 }

@@ -788,7 +788,7 @@ func remoteDeltaSeconds(s string) (int64, bool) {
 
 // remoteCheckURL parses an absolute URL and applies the https rule.
 func remoteCheckURL(raw string, insecureHTTP bool) (*url.URL, error) {
-	u, err := url.Parse(raw)
+	u, err := parseURL(raw)
 	if err != nil {
 		return nil, err
 	}
@@ -797,6 +797,20 @@ func remoteCheckURL(raw string, insecureHTTP bool) (*url.URL, error) {
 	}
 	if u.Fragment != "" || strings.Contains(raw, "#") {
 		return nil, fmt.Errorf("%q has a fragment", raw)
+	}
+	return u, nil
+}
+
+// parseURL is url.Parse with an error that does not repeat the URL,
+// which may hold a password: url.Parse's error names it whole.
+func parseURL(raw string) (*url.URL, error) {
+	u, err := url.Parse(raw)
+	if err != nil {
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err
+		}
+		return nil, fmt.Errorf("the URL does not parse: %w", err)
 	}
 	return u, nil
 }

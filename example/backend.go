@@ -189,10 +189,42 @@ func parseDB(spec string) (*dbSpec, error) {
 	case isURL:
 		// Only the scheme is repeated: the rest may hold a password.
 		return nil, fmt.Errorf(`-db: unknown scheme %q: want a SQLite file path, a postgres://… or mysql://… URL, or "memory"`, scheme)
-	case strings.Contains(spec, "@tcp(") || strings.Contains(spec, "@unix(") || strings.HasPrefix(spec, "tcp(") || strings.HasPrefix(spec, "unix("):
+	case strings.Contains(spec, "@tcp(") || strings.Contains(spec, "@unix(") || strings.HasPrefix(spec, "tcp(") || strings.HasPrefix(spec, "unix(") || hasUserInfo(spec):
 		return nil, errors.New("-db: this looks like a go-sql-driver/mysql DSN (user:pass@tcp(host:port)/db); write it as a URL: mysql://user:pass@host:port/db?params")
+	case keywordDSN(spec):
+		// Not repeated: it may hold a password.
+		return nil, errors.New("-db: this looks like a PostgreSQL key=value connection string; write it as a URL: postgres://user:pass@host:port/db?params")
 	}
 	return sqliteSpec(spec)
+}
+
+// hasUserInfo reports whether spec starts with user:password@, before
+// any slash, as go-sql-driver/mysql's short DSNs do (user:pass@/db): no
+// SQLite file path a person would write.
+func hasUserInfo(spec string) bool {
+	at := strings.IndexByte(spec, '@')
+	slash := strings.IndexByte(spec, '/')
+	return at > 0 && (slash < 0 || at < slash) && strings.Contains(spec[:at], ":")
+}
+
+// keywordDSN reports whether spec is, or starts like, a PostgreSQL
+// key=value connection string (host=… user=… password=…): taken for a
+// SQLite file name it would be printed, password and all, and made into
+// a file.
+func keywordDSN(spec string) bool {
+	lower := strings.ToLower(spec)
+	if strings.Contains(lower, "password=") {
+		return true
+	}
+	key, _, ok := strings.Cut(strings.TrimSpace(lower), "=")
+	if !ok {
+		return false
+	}
+	switch key {
+	case "host", "hostaddr", "port", "dbname", "user", "passfile", "sslmode", "service", "connect_timeout":
+		return true
+	}
+	return false
 }
 
 func sqliteSpec(file string) (*dbSpec, error) {
@@ -224,9 +256,12 @@ func postgresSpec(spec string) (*dbSpec, error) {
 		}
 		dsn += sep + "connect_timeout=" + strconv.Itoa(int(defaultConnectTimeout/time.Second))
 	}
-	cfg, err := pgconn.ParseConfig(dsn) // its errors hide the password
+	cfg, err := pgconn.ParseConfig(dsn)
 	if err != nil {
-		return nil, fmt.Errorf("-db: %w", err)
+		// pgconn hides only parameters named exactly password and
+		// sslpassword: name the URL as redactDB does, then give the
+		// cause.
+		return nil, fmt.Errorf("-db %s: %s", redactDB(spec), pgParseCause(u, err))
 	}
 	addr := cfg.Host
 	if !strings.HasPrefix(addr, "/") { // not a Unix socket directory
@@ -240,6 +275,33 @@ func postgresSpec(spec string) (*dbSpec, error) {
 		d.connectTimeout = cfg.ConnectTimeout
 	}
 	return d, nil
+}
+
+// pgParseCause is why pgconn could not parse the URL u: its error
+// without the connection string it quotes, or less when even that holds
+// one of u's secrets.
+func pgParseCause(u *url.URL, err error) string {
+	msg := err.Error()
+	if pce := (*pgconn.ParseConfigError)(nil); errors.As(err, &pce) {
+		if i := strings.LastIndex(msg, "`: "); i >= 0 {
+			msg = msg[i+len("`: "):]
+		}
+	}
+	secrets := []string{}
+	if p, ok := u.User.Password(); ok {
+		secrets = append(secrets, p)
+	}
+	for k, vs := range u.Query() {
+		if strings.Contains(strings.ToLower(k), "password") {
+			secrets = append(secrets, vs...)
+		}
+	}
+	for _, v := range secrets {
+		if v != "" && strings.Contains(msg, v) {
+			return "it does not parse"
+		}
+	}
+	return msg
 }
 
 // mysqlSpec turns mysql://user:pass@host:port/db?params into the

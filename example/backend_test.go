@@ -26,6 +26,9 @@ func TestParseDB(t *testing.T) {
 			{"memory", "memory (clients are lost on exit)", "", nil},
 			{"m2mauth.db", "SQLite file m2mauth.db", "sqlite", nil},
 			{"sqlite:///var/lib/m2mauth/clients.db", "SQLite file /var/lib/m2mauth/clients.db", "sqlite", nil},
+			{"backup@2026.db", "SQLite file backup@2026.db", "sqlite", nil},
+			{"./ops:2026@home.db", "SQLite file ./ops:2026@home.db", "sqlite", nil},
+			{"a=b.db", "SQLite file a=b.db", "sqlite", nil},
 			{"postgres://app:hunter2@db.example:5433/app?sslmode=disable", "PostgreSQL at db.example:5433", "pgx", func(t *testing.T, d *dbSpec) {
 				assert.Equal(t, "postgres://app:hunter2@db.example:5433/app?sslmode=disable&connect_timeout=5", d.dsn)
 				assert.Equal(t, 5*time.Second, d.connectTimeout)
@@ -89,7 +92,17 @@ func TestParseDB(t *testing.T) {
 			{"mysql://app:hunter2@127.0.0.1/app/extra", "not a database name"},
 			{"mysql://app:hunter2@127.0.0.1:notaport/app", "not a valid mysql://"},
 			{"postgres://app:hunter2@127.0.0.1:notaport/app", "not a valid postgres://"},
-			{"postgres://app:hunter2@127.0.0.1/app?connect_timeout=soon", "-db: "},
+			{"postgres://app:hunter2@127.0.0.1/app?connect_timeout=soon", "-db postgres://app:xxxxx@127.0.0.1/app?connect_timeout=soon: "},
+			// pgconn hides only "password" and "sslpassword" in its errors.
+			{"postgres://app@127.0.0.1/app?PassWord=hunter2&sslmode=bogus", "-db postgres://app@127.0.0.1/app?PassWord=xxxxx&sslmode=bogus: "},
+			{"postgres://app@127.0.0.1/app?sslmode=bogus&Password=hunter2", "sslmode is invalid"},
+			// Connection strings of other forms, which would otherwise be
+			// taken for SQLite file names, printed and created.
+			{"host=127.0.0.1 port=5432 user=app password=hunter2 dbname=app", "PostgreSQL key=value connection string"},
+			{"user=app dbname=app sslmode=disable", "postgres://user:pass@host:port/db?params"},
+			{"dbname=app PASSWORD=hunter2", "PostgreSQL key=value"},
+			{"app:hunter2@/app?parseTime=true", "go-sql-driver/mysql DSN"},
+			{"app:hunter2@", "go-sql-driver/mysql DSN"},
 		}
 		for _, tc := range tests {
 			t.Run(tc.spec, func(t *testing.T) {
