@@ -282,6 +282,12 @@ type DetectorConfig struct {
 // clients that proved they hold one, so a flood of junk cannot make them
 // forget real clients.
 //
+// A Detector remembers in memory only: a new process starts with nothing
+// learnt, so new_address and issuance_spike learn each client anew, from
+// its first token after the start, for their LearningPeriod. A server
+// restarted more often than that never raises them: choose learning
+// periods shorter than the time between restarts.
+//
 // A Detector counts the events of its own process only. Behind a load
 // balancer each replica counts its share: guesses spread evenly over N
 // replicas raise client_failures after N times its Threshold. Lower the
