@@ -816,3 +816,78 @@ func TestBcryptSecretLength(t *testing.T) {
 		})
 	}
 }
+
+// stallingLimiter is a Limiter whose Reserve or Release, when told to
+// stall, waits for its context to end, as one over a database that
+// stopped answering does.
+type stallingLimiter struct {
+	m2mauth.Limiter
+	stallReserve, stallRelease bool
+}
+
+func (l *stallingLimiter) Reserve(ctx context.Context, id, ip string) (time.Duration, error) {
+	if l.stallReserve {
+		<-ctx.Done()
+		return 0, ctx.Err()
+	}
+	return l.Limiter.Reserve(ctx, id, ip)
+}
+
+func (l *stallingLimiter) Release(ctx context.Context, id, ip string, o m2mauth.Outcome) error {
+	if l.stallRelease {
+		<-ctx.Done()
+		return ctx.Err()
+	}
+	return l.Limiter.Release(ctx, id, ip, o)
+}
+
+// TestStalledLimiter: a limiter that stops answering holds a request no
+// longer than the docs say (StoreTimeout; twice that when it stalls
+// after granting the attempt, whose end gets a StoreTimeout of its own),
+// then the answer is 503 with Retry-After, whichever the secret.
+func TestStalledLimiter(t *testing.T) {
+	const storeTimeout = 400 * time.Millisecond
+	const slack = time.Second // a loaded machine
+	tests := []struct {
+		name                       string
+		stallReserve, stallRelease bool
+		wrong                      bool
+		within                     time.Duration
+	}{
+		{"stalled reserve", true, false, false, storeTimeout},
+		{"stalled release, right secret", false, true, false, 2 * storeTimeout},
+		{"stalled release, wrong secret", false, true, true, 2 * storeTimeout},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newFixture(t)
+			rl, err := m2mauth.NewRateLimiter(m2mauth.RateLimiterConfig{})
+			require.NoError(t, err)
+			h, err := m2mauth.NewTokenHandler(f.store, f.keys, m2mauth.TokenHandlerConfig{
+				Issuer: testIssuer, DefaultAudience: testAudience, Auditor: m2mauth.AuditorFunc(f.audit),
+				StoreTimeout: storeTimeout, Logger: discardLogger(),
+				Limiter: &stallingLimiter{Limiter: rl, stallReserve: tc.stallReserve, stallRelease: tc.stallRelease},
+			})
+			require.NoError(t, err)
+			srv := httptest.NewServer(h)
+			defer srv.Close()
+			secret := f.secret
+			if tc.wrong {
+				secret = "wrong"
+			}
+			req, err := http.NewRequest(http.MethodPost, srv.URL+"/oauth/token", strings.NewReader("grant_type=client_credentials"))
+			require.NoError(t, err)
+			req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+			req.Header.Set("Authorization", basic("svc", secret))
+			start := time.Now()
+			resp, err := srv.Client().Do(req)
+			require.NoError(t, err)
+			resp.Body.Close()
+			took := time.Since(start)
+			require.Equal(t, http.StatusServiceUnavailable, resp.StatusCode)
+			require.NotEmpty(t, resp.Header.Get("Retry-After"))
+			require.GreaterOrEqual(t, took, tc.within-storeTimeout/4, "answered before the limiter's time was up")
+			require.Less(t, took, tc.within+slack)
+		})
+	}
+}

@@ -172,11 +172,18 @@
 //     [LimiterInvalidClientID] is the id under which impossible client ids
 //     share one bucket per address. A limiter that fails refuses the
 //     request with a server error: the handler fails closed.
-//   - A stalled store or limiter holds a request at most
-//     [TokenHandlerConfig.StoreTimeout] (5 s), and at most
+//   - A stalled store or limiter never holds a request open-ended:
+//     waiting for a turn (at most
 //     [TokenHandlerConfig.MaxConcurrentRequests] requests are handled at
-//     once; past either, the answer is 503 temporarily_unavailable with
-//     Retry-After, never a 500 or an open-ended wait.
+//     once), then reading the client and reserving an attempt, each end
+//     within [TokenHandlerConfig.StoreTimeout] (5 s); ending the attempt
+//     (the limiter's Release, which must run even when the request has
+//     run out of time, or a guess would go uncounted) gets StoreTimeout
+//     of its own past that. So a request waits at most StoreTimeout for
+//     a stalled store, twice that when the limiter stalls after granting
+//     the attempt, and three times that at the most when it also waited
+//     for its turn; past any of these the answer is 503
+//     temporarily_unavailable with Retry-After, never a 500.
 //   - No token lives longer than [MaxClientTokenTTL] (24 h).
 //   - Rate-limited requests are answered with the RFC 6749 code
 //     temporarily_unavailable: no registered code means "too many failed

@@ -102,7 +102,11 @@ type TokenHandlerConfig struct {
 	// StoreTimeout bounds the time one request waits for the client store
 	// (and the [Revoker] of a revocation endpoint), the limiter and the
 	// rationing of slow hashes; past it the request is answered 503
-	// temporarily_unavailable with Retry-After. Default: 5s.
+	// temporarily_unavailable with Retry-After. The limiter's Release of
+	// the request's attempt gets StoreTimeout of its own past that
+	// deadline (it must run even when the request has run out of time),
+	// and a wait for a turn (MaxConcurrentRequests) comes before it: a
+	// request waits at most three times StoreTimeout. Default: 5s.
 	StoreTimeout time.Duration
 	// MaxConcurrentRequests bounds the requests handled at once by the
 	// token endpoint and its revocation and introspection endpoints
