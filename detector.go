@@ -284,9 +284,10 @@ type DetectorConfig struct {
 //
 // A Detector remembers in memory only: a new process starts with nothing
 // learnt, so new_address and issuance_spike learn each client anew, from
-// its first token after the start, for their LearningPeriod. A server
-// restarted more often than that never raises them: choose learning
-// periods shorter than the time between restarts.
+// its first token after the start, for their LearningPeriod, unless
+// new_address is told what an audit trail recorded before the start
+// ([Detector.LearnAddress]; the example server does so). Otherwise a
+// server restarted more often than that never raises them.
 //
 // A Detector counts the events of its own process only. Behind a load
 // balancer each replica counts its share: guesses spread evenly over N
@@ -538,6 +539,37 @@ func (d *Detector) Audit(ctx context.Context, e AuditEvent) {
 		}
 		d.spike.hit(d, client, now)
 	}
+}
+
+// LearnAddress tells the new_address rule what happened before this
+// Detector started, as an audit trail recorded it: clientID got tokens
+// from addr, the first at first and the last at last. It raises no
+// alert and sends nothing: the rule knows addr's network from then on
+// until last plus LearningPeriod, and counts the client's learning
+// period from first (or from an earlier first it knows). Feed it, once
+// at start-up, the tokens of the last two LearningPeriods (sqlstore's
+// Store.IssuedAddresses reads them from the audit table), so that a
+// restart does not start every client's learning over: the last
+// period's networks are known, and a client seen in the period before
+// is past its learning. Calls for an
+// invalid client id or address, or with last before first, are
+// ignored, and so is every call when the rule is disabled.
+func (d *Detector) LearnAddress(clientID string, addr netip.Addr, first, last time.Time) {
+	if !d.newAddr.on || !ValidClientID(clientID) || !addr.IsValid() || last.Before(first) {
+		return
+	}
+	k := makeNetKey(addr, d.cfg.NewAddress.IPv4Prefix, d.cfg.NewAddress.IPv6Prefix)
+	if k.bits == 0 {
+		return
+	}
+	// Times before the start are negative on the rules' clock.
+	from, to := int64(first.Sub(d.base)), int64(last.Sub(d.base))
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return
+	}
+	d.newAddr.remember(clientID, k, from, to)
 }
 
 // AuditHealth reports the health of the next auditor when it implements
@@ -1151,6 +1183,40 @@ func (r *newAddrRule) hit(d *Detector, client string, k netKey, now int64) {
 	if d.emit(notice{rule: ruleNewAddress, client: r.t.slots[i].key, addr: k, count: 1, at: now}) {
 		s.alert, s.count, s.addr = true, 1, k
 		r.t.activate(i)
+	}
+}
+
+// remember records that client used network k from first to last, as hit
+// does without alerting: the client is known since first at the latest,
+// and k until last at least.
+func (r *newAddrRule) remember(client string, k netKey, first, last int64) {
+	recent := last
+	if i, ok := r.t.index[client]; ok {
+		recent = max(recent, r.t.slots[i].last)
+	}
+	i, fresh := r.t.get(client, recent)
+	s := &r.t.slots[i].v
+	if fresh {
+		s.first = first
+		s.nets = append(make([]netSeen, 0, 2), netSeen{k, last})
+		return
+	}
+	s.first = min(s.first, first)
+	old := -1
+	for n := range s.nets {
+		if s.nets[n].k == k {
+			s.nets[n].seen = max(s.nets[n].seen, last)
+			return
+		}
+		if old < 0 || s.nets[n].seen < s.nets[old].seen {
+			old = n
+		}
+	}
+	switch {
+	case len(s.nets) < r.maxNets:
+		s.nets = append(s.nets, netSeen{k, last})
+	case s.nets[old].seen < last:
+		s.nets[old] = netSeen{k, last}
 	}
 }
 

@@ -457,6 +457,45 @@ func TestDetectorNewAddressStale(t *testing.T) {
 	assert.Equal(t, []string{"false 192.0.2.0/24", "true 192.0.2.0/24", "false 192.0.3.0/24"}, got)
 }
 
+// TestDetectorLearnAddress: what an audit trail says of the time before
+// a Detector started carries over a restart: a client seen longer ago
+// than the learning period alerts on a new network at once, a network
+// it used within the period is known, one it last used before is new
+// again, and a client first seen within the period still learns.
+// Nothing learnt raises an alert by itself.
+func TestDetectorLearnAddress(t *testing.T) {
+	ctx := t.Context()
+	clock := newDetectorClock()
+	d, rec := newTestDetector(t, clock, m2mauth.DetectorConfig{
+		NewAddress: m2mauth.NewAddressRule{LearningPeriod: 24 * time.Hour, Cooldown: time.Minute, MaxNetworks: 2},
+	})
+	now := clock.Now()
+	ip := netip.MustParseAddr
+	d.LearnAddress("etl", ip("192.0.2.10"), now.Add(-30*24*time.Hour), now.Add(-time.Hour))
+	d.LearnAddress("etl", ip("198.51.100.1"), now.Add(-40*24*time.Hour), now.Add(-25*time.Hour)) // unused for 25h
+	d.LearnAddress("etl", ip("203.0.113.1"), now.Add(-3*time.Hour), now.Add(-2*time.Hour))       // replaces the stale one
+	d.LearnAddress("fresh", ip("192.0.2.10"), now.Add(-2*time.Hour), now.Add(-time.Hour))
+	// Ignored: no such client id, no address, last before first.
+	d.LearnAddress("bad\x7f", ip("192.0.2.10"), now.Add(-48*time.Hour), now)
+	d.LearnAddress("ghost", netip.Addr{}, now.Add(-48*time.Hour), now)
+	d.LearnAddress("late", ip("192.0.2.10"), now.Add(-47*time.Hour), now.Add(-48*time.Hour))
+
+	d.Audit(ctx, detIssued("etl", "192.0.2.99"))    // known /24
+	d.Audit(ctx, detIssued("etl", "203.0.113.50"))  // known /24
+	d.Audit(ctx, detIssued("fresh", "100.64.1.1"))  // new, but fresh still learns
+	d.Audit(ctx, detIssued("ghost", "100.64.1.1"))  // first seen now: learns
+	d.Audit(ctx, detIssued("ghost", "100.64.2.1"))  // still learning
+	d.Audit(ctx, detIssued("late", "100.64.3.1"))   // first seen now: learns
+	d.Audit(ctx, detIssued("late", "100.64.4.1"))   // still learning
+	d.Audit(ctx, detIssued("etl", "198.51.100.77")) // last used 25h ago: new
+	got := rec.waitFor(t, m2mauth.RuleNewAddress, 1)
+	require.NoError(t, d.Close())
+	got = rec.of(m2mauth.RuleNewAddress)
+	require.Len(t, got, 1, "%+v", got)
+	assert.Equal(t, "etl", got[0].ClientID)
+	assert.Equal(t, "198.51.100.0/24", got[0].Address)
+}
+
 // TestDetectorIssuanceSpike: a client with a steady baseline fires once
 // when a window reaches Factor times it, stays quiet for the rest of the
 // window, recovers after a whole normal window, and fires again. The

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -13,6 +14,7 @@ import (
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 
 	"github.com/m2mauth/m2mauth"
+	"github.com/m2mauth/m2mauth/sqlstore"
 )
 
 // webhookSecretEnv holds the alert webhook's secret when
@@ -27,6 +29,35 @@ type observability struct {
 	scrape   http.Handler // GET /metrics
 	detector *m2mauth.Detector
 	close    func() error
+}
+
+// learnTimeout bounds the reading of the audit table by learnAddresses.
+const learnTimeout = time.Minute
+
+// learnAddresses reads from the audit table the addresses clients got
+// tokens from in the last two learning periods and teaches them to det,
+// so that a restart does not start the new_address rule's learning over:
+// the last period's networks are known, and a client seen in the one
+// before is past its learning. It runs beside the server: tokens issued
+// meanwhile are learnt as they come. A failure is logged; the rule then
+// learns from the start, as without the table.
+func learnAddresses(serving context.Context, store *sqlstore.Store, det *m2mauth.Detector, learning time.Duration, logger *slog.Logger) {
+	ctx, cancel := context.WithTimeout(serving, learnTimeout)
+	defer cancel()
+	since := time.Now().Add(-2 * learning)
+	n := 0
+	err := store.IssuedAddresses(ctx, since, func(a sqlstore.IssuedAddress) error {
+		det.LearnAddress(a.ClientID, a.Address, a.First, a.Last)
+		n++
+		return nil
+	})
+	if err != nil {
+		if serving.Err() == nil { // not the server stopping
+			logger.Warn("alerts: the addresses clients used were not read from the audit table; new_address learns them anew", "error", err)
+		}
+		return
+	}
+	logger.Info("alerts: learnt the addresses clients used from the audit table", "since", since.UTC().Format(time.RFC3339), "addresses", n)
 }
 
 // newObservability builds the metrics (an OpenTelemetry SDK meter

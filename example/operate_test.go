@@ -358,3 +358,58 @@ func TestServeAlertWebhookFlags(t *testing.T) {
 		})
 	}
 }
+
+// TestServeNewAddressAfterRestart: a server starting on a database
+// learns from the audit table which networks its clients got tokens
+// from, so a restart does not start the new_address rule's learning
+// over: a client first seen 36h ago (before this server started, with a
+// learning period of 24h) is past its learning, a network it used 2h
+// ago is known, and a network it never used raises the alert at once.
+func TestServeNewAddressAfterRestart(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs the example server")
+	}
+	bin := buildExample(t)
+	for _, tdb := range testDatabases() {
+		t.Run(tdb.name, func(t *testing.T) {
+			db := tdb.db(t)
+			id := newClientID("svc")
+			secret := createClient(t, db, id)
+			// What an earlier server recorded.
+			d, err := parseDB(db)
+			require.NoError(t, err)
+			b, err := openBackend(t.Context(), d, backendOptions{pool: defaultPool(), existing: true})
+			require.NoError(t, err)
+			now := time.Now()
+			for _, ago := range []time.Duration{36 * time.Hour, 2 * time.Hour} {
+				b.auditor.Audit(t.Context(), m2mauth.AuditEvent{Time: now.Add(-ago), Type: m2mauth.EventTokenIssued, ClientID: id, RemoteIP: "203.0.113.9"})
+			}
+			require.NoError(t, b.close())
+
+			const webhookSecret = "test-webhook-secret-0123456789abcdefghij"
+			recv, alerts := alertReceiver(t, webhookSecret)
+			t.Setenv(webhookSecretEnv, webhookSecret)
+			srv := startServerWith(t, bin, http.DefaultClient, []string{"-db", db, "-signing-key-file", newKeyFile(t)}, "-addr", "127.0.0.1:0",
+				"-trusted-proxies", "127.0.0.1/32", "-alert-webhook", recv.URL, "-alert-learning-period", "24h")
+			require.Eventually(t, func() bool {
+				return strings.Contains(srv.stderr.String(), "learnt the addresses clients used from the audit table")
+			}, 10*time.Second, 20*time.Millisecond, "%s", srv.stderr)
+
+			require.Equal(t, http.StatusOK, forwardedTokenRequest(t, srv.base, "203.0.113.10", id, secret)) // known network
+			require.Equal(t, http.StatusOK, forwardedTokenRequest(t, srv.base, "192.0.2.77", id, secret))   // new network
+			deadline := time.After(10 * time.Second)
+			for {
+				select {
+				case a := <-alerts:
+					if a.Rule != m2mauth.RuleNewAddress || a.ClientID != id {
+						continue
+					}
+					assert.Equal(t, "192.0.2.0/24", a.Address)
+					return
+				case <-deadline:
+					t.Fatalf("no new_address alert for %s from a network it never used; log: %s", id, srv.stderr)
+				}
+			}
+		})
+	}
+}

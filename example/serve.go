@@ -83,7 +83,7 @@ func parseServeFlags(args []string, stderr io.Writer) (*serveFlags, error) {
 	fs.StringVar(&f.auditSpill, "audit-spill", "", "`file` where audit events wait, synced to disk, while the audit table cannot be written; one per server process (default: beside the SQLite file, as NAME-audit.spill, or "+defaultAuditSpill+" in the working directory for a server database; \"none\": no file)")
 	fs.StringVar(&f.alertWebhook, "alert-webhook", "", "`URL` (https, or http on this machine) to POST alerts to, each signed with -alert-webhook-secret; they are always in the JSON log")
 	fs.StringVar(&f.alertWebhookSecret, "alert-webhook-secret", "", "`secret` that signs the webhook's alerts (HMAC-SHA256), at least 32 bytes, e.g. from: openssl rand -hex 32; default: $"+webhookSecretEnv+", which keeps it out of the process list")
-	fs.DurationVar(&f.alertLearning, "alert-learning-period", 7*24*time.Hour, "how long the new_address alert learns a new client's networks, and remembers a network after its last token, before a token from an unknown network raises it; each start of the server learns anew, so keep it shorter than the time between restarts")
+	fs.DurationVar(&f.alertLearning, "alert-learning-period", 7*24*time.Hour, "how long the new_address alert learns a new client's networks, and remembers a network after its last token, before a token from an unknown network raises it (on a database a starting server learns the last two periods from the audit table; with -db memory each start learns anew)")
 	fs.DurationVar(&f.revocationRefresh, "revocation-refresh", defaultRevocationRefresh, "how often the revocations are read from the database (at least 10ms): a revoked token, and the tokens of a disabled or deleted client, are refused within it on every server sharing the database. With -db memory revocations take effect at once")
 	fs.DurationVar(&f.revocationMaxStale, "revocation-max-stale", 0, "how long the revocations last read are trusted while reading them fails; past it every token is refused with 503 until a read succeeds (default: 6 × -revocation-refresh, and at least 30s)")
 	fs.DurationVar(&f.keyRefresh, "key-refresh", 0, "with managed signing keys ($"+kekEnv+"): how often they are read from the database (at least 10ms), so that a key published, revoked or resealed elsewhere is seen within it (default: 30s, or a quarter of -key-propagation-delay when that is shorter)")
@@ -239,6 +239,9 @@ func serve(g globals, args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	defer obs.close()
+	if b.sql != nil {
+		go learnAddresses(ctx, b.sql, obs.detector, f.alertLearning, logger)
+	}
 	m := obs.metrics
 	limiter := b.limiter
 	if limiter == nil {

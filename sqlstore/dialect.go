@@ -203,6 +203,10 @@ type queries struct {
 	usageAll      string
 	auditByClient string
 	auditAll      string
+	// issuedAddresses (since): client_id, remote_ip, first and last
+	// event_time of the token_issued events since then, one row per
+	// client and address.
+	issuedAddresses string
 
 	limitBegin     string // PostgreSQL only
 	limitEnsure    string // MySQL and SQLite only
@@ -394,6 +398,7 @@ SELECT 1, e.client_id, e.event_type, ` + usageReason + `, COUNT(*), 0, NULL, NUL
 		auditAll: t(`SELECT ` + auditColumns + ` FROM {p}audit_events
  WHERE event_time >= $1 AND ($2 = '' OR event_type = $3)
  ORDER BY event_time DESC, id DESC LIMIT $4`),
+		issuedAddresses: t(issuedAddressesQuery("$1")),
 
 		// The limiter's commits do not wait for the WAL to reach the
 		// disk, which costs about a millisecond each on PostgreSQL's
@@ -598,6 +603,7 @@ SELECT 1, e.client_id, e.event_type, ` + usageReason + `, COUNT(*), 0, NULL, NUL
 		auditAll: t(`SELECT ` + auditColumns + ` FROM {p}audit_events
  WHERE event_time >= ? AND (? = '' OR event_type = ?)
  ORDER BY event_time DESC, id DESC LIMIT ?`),
+		issuedAddresses: t(issuedAddressesQuery("?")),
 
 		// The no-op ON DUPLICATE KEY UPDATE locks a row that exists
 		// (an exclusive record lock on the primary key, no gap lock),
@@ -800,6 +806,7 @@ SELECT 1, e.client_id, e.event_type, ` + usageReason + `, COUNT(*), 0, NULL, NUL
 		auditAll: t(`SELECT ` + auditColumns + ` FROM {p}audit_events
  WHERE event_time >= ? AND (? = '' OR event_type = ?)
  ORDER BY event_time DESC, id DESC LIMIT ?`),
+		issuedAddresses: t(issuedAddressesQuery("?")),
 
 		// A transaction begins with limitEnsure, a write, so it holds
 		// the database write lock from its first statement: one that

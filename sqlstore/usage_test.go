@@ -1,8 +1,12 @@
 package sqlstore_test
 
 import (
+	"cmp"
 	"context"
 	"database/sql"
+	"errors"
+	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -287,5 +291,65 @@ func TestAuditClientIDsExact(t *testing.T) {
 			issued[cu.ClientID] = cu.TokensIssued
 		}
 		assert.Equal(t, map[string]int64{"a": 1, "a ": 2, " ": 1}, issued)
+	})
+}
+
+// TestIssuedAddresses: each client and address that got a token since a
+// time, with the first and last of those tokens, from the events of
+// TestUsage: other event types, other times and events without an
+// address are left out; ids are exact.
+func TestIssuedAddresses(t *testing.T) {
+	s := time.Second
+	addr := netip.MustParseAddr
+	tests := []struct {
+		name  string
+		since time.Time
+		want  []sqlstore.IssuedAddress
+	}{
+		{"Everything", time.Time{}, []sqlstore.IssuedAddress{
+			{ClientID: "SVC", Address: addr("192.0.2.1"), First: at(5 * s), Last: at(5 * s)},
+			{ClientID: "aaa", Address: addr("192.0.2.1"), First: at(6 * s), Last: at(6 * s)},
+			{ClientID: "other", Address: addr("192.0.2.1"), First: at(3 * s), Last: at(3 * s)},
+			{ClientID: "other", Address: addr("203.0.113.1"), First: at(3 * s), Last: at(3 * s)},
+			{ClientID: "svc", Address: addr("192.0.2.1"), First: at(0), Last: at(9 * s)},
+			{ClientID: "svc", Address: addr("192.0.2.2"), First: at(s), Last: at(s)},
+		}},
+		{"SinceInclusive", at(5 * s), []sqlstore.IssuedAddress{
+			{ClientID: "SVC", Address: addr("192.0.2.1"), First: at(5 * s), Last: at(5 * s)},
+			{ClientID: "aaa", Address: addr("192.0.2.1"), First: at(6 * s), Last: at(6 * s)},
+			{ClientID: "svc", Address: addr("192.0.2.1"), First: at(9 * s), Last: at(9 * s)},
+		}},
+		{"AfterTheEvents", at(100 * s), nil},
+	}
+	forEachBackend(t, func(t *testing.T, e *env) {
+		prefix := e.newPrefix(t)
+		store := e.newStore(t, sqlstore.Config{TablePrefix: prefix})
+		events := append(usageEvents(),
+			m2mauth.AuditEvent{Time: at(7 * s), Type: m2mauth.EventTokenIssued, ClientID: "noaddr"},
+			m2mauth.AuditEvent{Time: at(7 * s), Type: m2mauth.EventTokenIssued, ClientID: "badaddr", RemoteIP: "not an address"})
+		e.writeEvents(t, prefix, sqlstore.AuditorConfig{}, events)
+		for _, tt := range tests {
+			t.Run(tt.name, func(t *testing.T) {
+				var got []sqlstore.IssuedAddress
+				require.NoError(t, store.IssuedAddresses(t.Context(), tt.since, func(a sqlstore.IssuedAddress) error {
+					got = append(got, a)
+					return nil
+				}))
+				slices.SortFunc(got, func(a, b sqlstore.IssuedAddress) int {
+					return cmp.Or(strings.Compare(a.ClientID, b.ClientID), a.Address.Compare(b.Address))
+				})
+				assert.Equal(t, tt.want, got)
+			})
+		}
+		t.Run("StopsAtError", func(t *testing.T) {
+			stop := errors.New("enough")
+			n := 0
+			err := store.IssuedAddresses(t.Context(), time.Time{}, func(sqlstore.IssuedAddress) error {
+				n++
+				return stop
+			})
+			require.ErrorIs(t, err, stop)
+			assert.Equal(t, 1, n)
+		})
 	})
 }
