@@ -258,6 +258,13 @@ func AuthorizationServerMetadataPath(issuer string) (string, error) {
 // "/.well-known/oauth-protected-resource/builders". The path is returned
 // escaped, as it appears in a URL.
 //
+// For a resource identifier whose path ends in "/"
+// ("https://api.example.com/builders/"), RFC 9728 §3.1 is read two ways:
+// this path drops the slash, as RFC 8414 §3.1 drops an issuer's; some
+// clients (oauth4webapi) keep it. Serve the document at the path with
+// "/" added too (with http.ServeMux, the pattern path + "/{$}"); the
+// example server does.
+//
 // resource must be an absolute https URL without fragment (RFC 9728 §2);
 // http is accepted on a loopback host for development. A query, which
 // RFC 8707 §2 advises against, is refused too: a mux cannot route by it.

@@ -25,6 +25,14 @@ type discovery struct {
 	// asPath and prPath are the paths of the two metadata documents, ""
 	// when -issuer or -audience cannot be published in one.
 	asPath, prPath string
+	// prSlash is prPath with the -audience path's trailing "/" kept, ""
+	// when it has none. RFC 9728 §3.1 inserts the well-known string
+	// before the resource identifier's path; its "terminating slash"
+	// rule is read two ways for a path ending in "/": dropped, as RFC 8414
+	// §3.1 drops the issuer's (m2mauth.ProtectedResourceMetadataPath), or
+	// kept (oauth4webapi's resourceDiscoveryRequest). The document is
+	// served at both.
+	prSlash string
 	// publicKey: the JWK Set holds the signing key's public half (it is
 	// empty with HS256, whose key is secret).
 	publicKey bool
@@ -57,8 +65,16 @@ func newDiscovery(g globals, log *slog.Logger) discovery {
 		return d
 	}
 	d.prPath = prPath
+	if a, _ := url.Parse(g.audience); a != nil && a.EscapedPath() != "/" &&
+		wellKnownResource+a.EscapedPath() == prPath+"/" {
+		d.prSlash = prPath + "/"
+	}
 	return d
 }
+
+// wellKnownResource is the prefix of every protected resource metadata
+// path (RFC 9728 §3).
+const wellKnownResource = "/.well-known/oauth-protected-resource"
 
 // errUnroutable is a metadata path with empty, "." or ".." segments,
 // which http.ServeMux cannot route.
@@ -125,5 +141,9 @@ func (d discovery) documents(keys m2mauth.KeyProvider, tokens *m2mauth.TokenHand
 	if err != nil {
 		return nil, err
 	}
-	return append(docs, wellKnown{d.prPath, pr}), nil
+	docs = append(docs, wellKnown{d.prPath, pr})
+	if d.prSlash != "" {
+		docs = append(docs, wellKnown{d.prSlash + "{$}", pr}) // the path alone, not the tree below it
+	}
+	return docs, nil
 }

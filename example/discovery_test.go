@@ -40,20 +40,29 @@ func TestNewDiscovery(t *testing.T) {
 		issuer, audience string
 		origin           string
 		asPath, prPath   string
+		prSlash          string
 		warning          string // in the log, when set
 	}{
 		{"defaults", defaultIssuer, defaultAudience,
-			"http://127.0.0.1:8080", "/.well-known/oauth-authorization-server", "/.well-known/oauth-protected-resource", ""},
+			"http://127.0.0.1:8080", "/.well-known/oauth-authorization-server", "/.well-known/oauth-protected-resource", "", ""},
 		{"paths", "https://auth.example.com/tenant1/", "https://api.example.com/builders",
-			"https://auth.example.com", "/.well-known/oauth-authorization-server/tenant1", "/.well-known/oauth-protected-resource/builders", ""},
+			"https://auth.example.com", "/.well-known/oauth-authorization-server/tenant1", "/.well-known/oauth-protected-resource/builders", "", ""},
 		{"plain HTTP issuer off loopback", "http://10.0.0.5:8080", defaultAudience,
-			"", "", "", "-issuer must be an https URL"},
+			"", "", "", "", "-issuer must be an https URL"},
 		{"issuer with a query", "https://auth.example.com?x=1", defaultAudience,
-			"", "", "", "-issuer must be an https URL"},
+			"", "", "", "", "-issuer must be an https URL"},
 		{"audience that is not a URL", defaultIssuer, "builders-api",
-			"http://127.0.0.1:8080", "/.well-known/oauth-authorization-server", "", "-audience must be an https URL"},
+			"http://127.0.0.1:8080", "/.well-known/oauth-authorization-server", "", "", "-audience must be an https URL"},
 		{"audience path a mux cannot route", defaultIssuer, "https://api.example.com/a/../b",
-			"http://127.0.0.1:8080", "/.well-known/oauth-authorization-server", "", `empty, \".\" or \"..\" segments`},
+			"http://127.0.0.1:8080", "/.well-known/oauth-authorization-server", "", "", `empty, \".\" or \"..\" segments`},
+		// RFC 9728 §3.1, read with the path's trailing slash dropped and kept.
+		{"audience path ending in a slash", defaultIssuer, "https://api.example.com/builders/",
+			"http://127.0.0.1:8080", "/.well-known/oauth-authorization-server", "/.well-known/oauth-protected-resource/builders",
+			"/.well-known/oauth-protected-resource/builders/", ""},
+		{"audience of a host and a slash", defaultIssuer, "https://api.example.com/",
+			"http://127.0.0.1:8080", "/.well-known/oauth-authorization-server", "/.well-known/oauth-protected-resource", "", ""},
+		{"audience path ending in two slashes", defaultIssuer, "https://api.example.com/builders//",
+			"http://127.0.0.1:8080", "/.well-known/oauth-authorization-server", "/.well-known/oauth-protected-resource/builders", "", ""},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -62,6 +71,7 @@ func TestNewDiscovery(t *testing.T) {
 			assert.Equal(t, tc.origin, d.origin)
 			assert.Equal(t, tc.asPath, d.asPath)
 			assert.Equal(t, tc.prPath, d.prPath)
+			assert.Equal(t, tc.prSlash, d.prSlash)
 			if tc.prPath != "" {
 				assert.Equal(t, tc.origin+tc.prPath, d.resourceMetadataURL())
 			} else {
@@ -562,4 +572,31 @@ func mintToken(t *testing.T, key jose.JSONWebKey, issuer, clientID string) strin
 	}
 	require.NoError(t, json.Unmarshal(rec.Body.Bytes(), &tok))
 	return tok.AccessToken
+}
+
+// TestServeResourceMetadataTrailingSlash: for an -audience whose path
+// ends in "/", the protected resource metadata is served both where
+// m2mauth.ProtectedResourceMetadataPath puts it (the slash dropped, as
+// RFC 8414 §3.1 drops the issuer's) and with the slash kept, as clients
+// that read RFC 9728 §3.1 literally (oauth4webapi) ask for it; nothing
+// below that path is.
+func TestServeResourceMetadataTrailingSlash(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs the example server")
+	}
+	bin := buildExample(t)
+	const audience = "https://api.example.com/builders/"
+	srv := startServer(t, bin, "-db", filepath.Join(t.TempDir(), "m2mauth.db"), "-audience", audience)
+	var bodies []string
+	for _, p := range []string{"/.well-known/oauth-protected-resource/builders", "/.well-known/oauth-protected-resource/builders/"} {
+		resp, body := fetch(t, srv.base+p, nil)
+		require.Equal(t, http.StatusOK, resp.StatusCode, "%s: %s", p, body)
+		var md map[string]any
+		require.NoError(t, json.Unmarshal(body, &md))
+		assert.Equal(t, audience, md["resource"], p)
+		bodies = append(bodies, string(body))
+	}
+	assert.Equal(t, bodies[0], bodies[1])
+	resp, _ := fetch(t, srv.base+"/.well-known/oauth-protected-resource/builders/other", nil)
+	assert.Equal(t, http.StatusNotFound, resp.StatusCode)
 }
